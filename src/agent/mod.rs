@@ -1,0 +1,1 @@
+//! Guest agent protocol shared by host and guest (stub: being written).

@@ -1,0 +1,1 @@
+//! Drivers: one module per host mechanism (stub: being written).

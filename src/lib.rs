@@ -1,0 +1,17 @@
+//! megaplan: declarative VM network experiments in the style of minimega.
+//!
+//! The data flows through the modules in this order (see docs/ARCHITECTURE.md):
+//! `syntax` (KDL, TOML) -> `model` -> `validate` -> `lab` (the resolved, desired
+//! experiment) -> `graph` -> `plan` (pure) -> `apply` (the executor) -> `host`
+//! (the one seam to the machine) -> `drivers` (netlink, tc, qemu-img, QEMU/QMP,
+//! agent) -> `state`.
+
+pub mod agent;
+pub mod diag;
+pub mod drivers;
+pub mod identity;
+pub mod lab;
+pub mod model;
+pub mod schema;
+pub mod syntax;
+pub mod validate;

@@ -1,0 +1,213 @@
+//! The experiment model: what the user wrote, in either syntax, with a span on
+//! every value.
+//!
+//! Invariants:
+//! - Both front ends (`syntax::kdl`, `syntax::toml`) produce exactly this type;
+//!   nothing downstream knows which syntax a file used.
+//! - Values are kept as written (strings for sizes, MACs, UUIDs, durations...):
+//!   `validate` parses them, so every semantic error is found in one place and
+//!   points at the value's span.
+//! - Names are not yet expanded: `vm "web[1-3]"` is one `Vm` here.
+//! - Order is the order of the file; emitters (`convert`) keep it.
+
+use miette::SourceSpan;
+
+/// A value and where it was written. Equality ignores the span.
+#[derive(Clone, Debug)]
+pub struct Sp<T> {
+    pub value: T,
+    pub span: SourceSpan,
+}
+
+impl<T> Sp<T> {
+    pub fn new(value: T, span: impl Into<SourceSpan>) -> Self {
+        Sp {
+            value,
+            span: span.into(),
+        }
+    }
+    /// A value with no source position (built by code, not parsed).
+    pub fn bare(value: T) -> Self {
+        Sp {
+            value,
+            span: SourceSpan::from(0..0),
+        }
+    }
+}
+
+impl<T: PartialEq> PartialEq for Sp<T> {
+    fn eq(&self, other: &Self) -> bool {
+        self.value == other.value
+    }
+}
+impl<T: Eq> Eq for Sp<T> {}
+
+impl<T> std::ops::Deref for Sp<T> {
+    type Target = T;
+    fn deref(&self) -> &T {
+        &self.value
+    }
+}
+
+/// One experiment file, parsed.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Document {
+    /// Every `experiment` node (validation requires exactly one).
+    pub experiments: Vec<ExperimentNode>,
+    pub networks: Vec<Network>,
+    pub disks: Vec<Disk>,
+    pub vms: Vec<Vm>,
+}
+
+impl Document {
+    /// The first experiment node, if any.
+    pub fn experiment(&self) -> Option<&ExperimentNode> {
+        self.experiments.first()
+    }
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct ExperimentNode {
+    pub name: Sp<String>,
+    pub images: Option<Sp<String>>,
+    /// "auto", "kvm" or "tcg" as written; validate checks it.
+    pub accel: Option<Sp<String>>,
+    /// The whole node (for "second experiment node" errors).
+    pub span: SourceSpan,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Network {
+    pub name: Sp<String>,
+    /// CIDR, e.g. "10.0.0.254/24".
+    pub host_address: Option<Sp<String>>,
+    pub span: SourceSpan,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Disk {
+    pub name: Sp<String>,
+    /// "10G", "512M", "1024" (bytes)...
+    pub size: Option<Sp<String>>,
+    /// "qcow2" or "raw".
+    pub format: Option<Sp<String>>,
+    /// Only "ext4" is supported.
+    pub filesystem: Option<Sp<String>>,
+    pub keep: Option<Sp<bool>>,
+    /// Base image path: the disk is a copy-on-write child of it.
+    pub from: Option<Sp<String>>,
+    pub inject: Vec<Inject>,
+    pub span: SourceSpan,
+}
+
+/// Copy host file or folder `src` to `dst` inside the disk's filesystem.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Inject {
+    pub src: Sp<String>,
+    pub dst: Sp<String>,
+    pub span: SourceSpan,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Vm {
+    /// A name or a range such as "web[1-3]" / "web[01-10]".
+    pub name: Sp<String>,
+    pub uuid: Option<Sp<String>>,
+    pub kernel: Option<Sp<String>>,
+    pub initrd: Option<Sp<String>>,
+    pub append: Option<Sp<String>>,
+    /// "2048M", "1G"...
+    pub memory: Option<Sp<String>>,
+    pub vcpus: Option<Sp<i64>>,
+    pub snapshot: Option<Sp<bool>>,
+    pub disks: Vec<VmDisk>,
+    pub nics: Vec<Nic>,
+    pub mirrors: Vec<Mirror>,
+    pub tags: Vec<Tag>,
+    pub after: Vec<Sp<String>>,
+    /// Extra QEMU arguments, one argv word each.
+    pub qemu_args: Vec<Sp<String>>,
+    pub cc: Vec<CcStep>,
+    pub span: SourceSpan,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct VmDisk {
+    /// A `disk` name of this file, or a path to an existing image.
+    pub name: Sp<String>,
+    /// Where the guest mounts it.
+    pub mount: Option<Sp<String>>,
+    pub span: SourceSpan,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Nic {
+    pub network: Sp<String>,
+    pub mac: Option<Sp<String>>,
+    /// QEMU device model, default "virtio-net-pci".
+    pub driver: Option<Sp<String>>,
+    pub span: SourceSpan,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum MirrorSource {
+    /// Mirror one nic of one VM (`mirrors "A" nic=0`).
+    Vm(Sp<String>),
+    /// Mirror every tap of a network (`mirrors network="LAN"`).
+    Network(Sp<String>),
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Mirror {
+    pub source: MirrorSource,
+    /// Source nic index (VM form only), default 0.
+    pub nic: Option<Sp<i64>>,
+    /// This VM's nic that receives the copies, default 0.
+    pub into: Option<Sp<i64>>,
+    /// "both" (default), "ingress" or "egress", as written.
+    pub direction: Option<Sp<String>>,
+    pub span: SourceSpan,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Tag {
+    pub key: Sp<String>,
+    pub value: Sp<String>,
+}
+
+/// A command: one string runs under the guest's `sh -c`; a list runs directly.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Command {
+    Shell(Sp<String>),
+    Argv(Vec<Sp<String>>),
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum CcAction {
+    Exec(Command),
+    Background(Command),
+    /// Host path to guest path.
+    Send { src: Sp<String>, to: Sp<String> },
+    /// Guest path to host folder.
+    Recv { src: Sp<String>, to: Sp<String> },
+}
+
+impl CcAction {
+    pub fn keyword(&self) -> &'static str {
+        match self {
+            CcAction::Exec(_) => "exec",
+            CcAction::Background(_) => "background",
+            CcAction::Send { .. } => "send",
+            CcAction::Recv { .. } => "recv",
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct CcStep {
+    pub action: CcAction,
+    /// "30s", "5m", "1h30m"...
+    pub timeout: Option<Sp<String>>,
+    pub allow_failure: Option<Sp<bool>>,
+    pub span: SourceSpan,
+}

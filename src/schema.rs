@@ -1,0 +1,1 @@
+//! The JSON Schema of the experiment model (stub: being written).

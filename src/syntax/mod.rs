@@ -1,0 +1,30 @@
+//! Front ends: experiment text (KDL or TOML) to [`crate::model::Document`], and
+//! back (`convert`).
+//!
+//! Invariants:
+//! - Parsing never panics and never stops at the first problem: structural
+//!   errors (syntax, unknown keys, wrong types) go into the returned
+//!   [`Diagnostics`]; whatever could be read still lands in the document.
+//! - Emitting then parsing gives back an equal document (spans aside).
+
+pub mod kdl;
+pub mod toml;
+
+use crate::diag::{Diagnostics, SourceFile, Syntax};
+use crate::model::Document;
+
+/// Parse a file in the syntax its extension names.
+pub fn parse(src: &SourceFile) -> (Document, Diagnostics) {
+    match src.syntax() {
+        Syntax::Kdl => kdl::parse(src),
+        Syntax::Toml => toml::parse(src),
+    }
+}
+
+/// Write a document in the given syntax.
+pub fn emit(doc: &Document, syntax: Syntax) -> String {
+    match syntax {
+        Syntax::Kdl => kdl::emit(doc),
+        Syntax::Toml => toml::emit(doc),
+    }
+}
