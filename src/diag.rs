@@ -178,13 +178,15 @@ impl Diagnostic for Report {
         if self.diag.labels.is_empty() {
             return None;
         }
-        Some(Box::new(self.diag.labels.iter().enumerate().map(|(i, l)| {
-            if i == 0 {
-                LabeledSpan::new_primary_with_span(l.text.clone(), l.span)
-            } else {
-                LabeledSpan::new_with_span(l.text.clone(), l.span)
-            }
-        })))
+        Some(Box::new(self.diag.labels.iter().enumerate().map(
+            |(i, l)| {
+                if i == 0 {
+                    LabeledSpan::new_primary_with_span(l.text.clone(), l.span)
+                } else {
+                    LabeledSpan::new_with_span(l.text.clone(), l.span)
+                }
+            },
+        )))
     }
 }
 
@@ -221,10 +223,9 @@ impl Diagnostics {
 
     /// Render every diagnostic, deterministic and without colour (tests, pipes).
     pub fn render_plain(&self, src: &SourceFile) -> String {
-        let handler = miette::GraphicalReportHandler::new_themed(
-            miette::GraphicalTheme::unicode_nocolor(),
-        )
-        .with_width(100);
+        let handler =
+            miette::GraphicalReportHandler::new_themed(miette::GraphicalTheme::unicode_nocolor())
+                .with_width(100);
         let mut out = String::new();
         for d in &self.items {
             let report = d.with_source(src);
@@ -237,7 +238,10 @@ impl Diagnostics {
 }
 
 /// "did you mean 'LAN'?" — the closest candidate by edit distance, if close.
-pub fn did_you_mean<'a>(word: &str, candidates: impl IntoIterator<Item = &'a str>) -> Option<String> {
+pub fn did_you_mean<'a>(
+    word: &str,
+    candidates: impl IntoIterator<Item = &'a str>,
+) -> Option<String> {
     let mut best: Option<(usize, &str)> = None;
     for c in candidates {
         let d = levenshtein(&word.to_lowercase(), &c.to_lowercase());
@@ -249,18 +253,30 @@ pub fn did_you_mean<'a>(word: &str, candidates: impl IntoIterator<Item = &'a str
     best.map(|(_, c)| format!("did you mean '{c}'?"))
 }
 
+/// Optimal string alignment distance: edits and adjacent transpositions.
 fn levenshtein(a: &str, b: &str) -> usize {
+    let a: Vec<char> = a.chars().collect();
     let b: Vec<char> = b.chars().collect();
-    let mut prev: Vec<usize> = (0..=b.len()).collect();
-    for (i, ca) in a.chars().enumerate() {
-        let mut cur = vec![i + 1; b.len() + 1];
-        for (j, cb) in b.iter().enumerate() {
-            let cost = usize::from(ca != *cb);
-            cur[j + 1] = (prev[j] + cost).min(prev[j + 1] + 1).min(cur[j] + 1);
-        }
-        prev = cur;
+    let mut d = vec![vec![0usize; b.len() + 1]; a.len() + 1];
+    for (i, row) in d.iter_mut().enumerate() {
+        row[0] = i;
     }
-    prev[b.len()]
+    for (j, cell) in d[0].iter_mut().enumerate() {
+        *cell = j;
+    }
+    for i in 1..=a.len() {
+        for j in 1..=b.len() {
+            let cost = usize::from(a[i - 1] != b[j - 1]);
+            let mut v = (d[i - 1][j] + 1)
+                .min(d[i][j - 1] + 1)
+                .min(d[i - 1][j - 1] + cost);
+            if i > 1 && j > 1 && a[i - 1] == b[j - 2] && a[i - 2] == b[j - 1] {
+                v = v.min(d[i - 2][j - 2] + 1);
+            }
+            d[i][j] = v;
+        }
+    }
+    d[a.len()][b.len()]
 }
 
 #[cfg(test)]

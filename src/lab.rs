@@ -1,1 +1,229 @@
-//! The resolved experiment (stub).
+//! The lab: the resolved, desired experiment that `validate` produces from a
+//! [`crate::model::Document`] and that the planner compares with live state.
+//!
+//! Invariants:
+//! - Everything is expanded and checked: VM ranges are individual VMs, network
+//!   mirrors are one mirror per source tap, paths are absolute (`$images` and
+//!   relative paths resolved against the experiment file), sizes are bytes,
+//!   durations are milliseconds, identities (UUID, MAC, tap and bridge names)
+//!   are filled in.
+//! - Every name is safe to use in an interface alias, a file name and a QEMU
+//!   argument (`validate` refuses the rest).
+//! - No spans: a lab is plain data, serialisable, and the planner needs no source.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Accel {
+    #[default]
+    Auto,
+    Kvm,
+    Tcg,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DiskFormat {
+    Qcow2,
+    Raw,
+}
+
+impl DiskFormat {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DiskFormat::Qcow2 => "qcow2",
+            DiskFormat::Raw => "raw",
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, PartialOrd, Ord)]
+#[serde(rename_all = "lowercase")]
+pub enum Direction {
+    Both,
+    Ingress,
+    Egress,
+}
+
+impl Direction {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Direction::Both => "both",
+            Direction::Ingress => "ingress",
+            Direction::Egress => "egress",
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Lab {
+    pub name: String,
+    /// The experiment file.
+    pub file: PathBuf,
+    pub images: Option<PathBuf>,
+    pub accel: Accel,
+    pub networks: Vec<NetworkSpec>,
+    pub disks: Vec<DiskSpec>,
+    pub vms: Vec<VmSpec>,
+    pub mirrors: Vec<MirrorSpec>,
+}
+
+impl Lab {
+    pub fn vm(&self, name: &str) -> Option<&VmSpec> {
+        self.vms.iter().find(|v| v.name == name)
+    }
+    pub fn network(&self, name: &str) -> Option<&NetworkSpec> {
+        self.networks.iter().find(|n| n.name == name)
+    }
+    pub fn disk(&self, name: &str) -> Option<&DiskSpec> {
+        self.disks.iter().find(|d| d.name == name)
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct NetworkSpec {
+    pub name: String,
+    /// `network.NAME`
+    pub address: String,
+    pub bridge: String,
+    pub host_address: Option<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct DiskSpec {
+    pub name: String,
+    /// `disk.NAME`
+    pub address: String,
+    pub size_bytes: Option<u64>,
+    pub format: DiskFormat,
+    /// Only "ext4".
+    pub filesystem: Option<String>,
+    pub keep: bool,
+    pub from: Option<PathBuf>,
+    /// (host source, path inside the filesystem)
+    pub inject: Vec<(PathBuf, String)>,
+}
+
+impl DiskSpec {
+    /// The file name of the disk inside the state folder's `disks/`.
+    pub fn file_name(&self) -> String {
+        format!("{}.{}", self.name, self.format.as_str())
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum DiskSource {
+    /// A `disk` of this experiment.
+    Named(String),
+    /// An existing image file.
+    Path(PathBuf),
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct VmDiskSpec {
+    pub source: DiskSource,
+    pub mount: Option<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct NicSpec {
+    pub index: usize,
+    /// `vm.NAME.nic[i]`
+    pub address: String,
+    pub network: String,
+    pub tap: String,
+    pub mac: String,
+    pub driver: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CommandSpec {
+    Shell(String),
+    Argv(Vec<String>),
+}
+
+impl std::fmt::Display for CommandSpec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            CommandSpec::Shell(s) => f.write_str(s),
+            CommandSpec::Argv(a) => write!(f, "{a:?}"),
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CcActionSpec {
+    Exec(CommandSpec),
+    Background(CommandSpec),
+    Send { src: PathBuf, to: String },
+    Recv { src: String, to: PathBuf },
+}
+
+impl std::fmt::Display for CcActionSpec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            CcActionSpec::Exec(c) => write!(f, "exec {c}"),
+            CcActionSpec::Background(c) => write!(f, "background {c}"),
+            CcActionSpec::Send { src, to } => write!(f, "send {} to={to}", src.display()),
+            CcActionSpec::Recv { src, to } => write!(f, "recv {src} to={}", to.display()),
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct CcSpec {
+    pub index: usize,
+    /// `vm.NAME.cc[i]`
+    pub address: String,
+    pub action: CcActionSpec,
+    pub timeout_ms: Option<u64>,
+    pub allow_failure: bool,
+    /// SHA-256 (hex, 16 digits) of the step's content: a changed hash reruns it.
+    pub hash: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct VmSpec {
+    pub name: String,
+    /// `vm.NAME`
+    pub address: String,
+    pub uuid: Uuid,
+    pub kernel: Option<PathBuf>,
+    pub initrd: Option<PathBuf>,
+    pub append: Option<String>,
+    pub memory_mib: u64,
+    pub vcpus: u32,
+    pub snapshot: bool,
+    pub disks: Vec<VmDiskSpec>,
+    pub nics: Vec<NicSpec>,
+    pub tags: BTreeMap<String, String>,
+    pub after: Vec<String>,
+    pub qemu_args: Vec<String>,
+    pub cc: Vec<CcSpec>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct MirrorSpec {
+    /// `mirror.SRC[i]->DST[j]`
+    pub address: String,
+    pub source_vm: String,
+    pub source_nic: usize,
+    pub dest_vm: String,
+    pub dest_nic: usize,
+    pub direction: Direction,
+    /// Set when this mirror comes from `mirrors network=NAME`.
+    pub network: Option<String>,
+}
+
+impl MirrorSpec {
+    pub fn address_of(src: &str, nic: usize, dst: &str, into: usize) -> String {
+        format!("mirror.{src}[{nic}]->{dst}[{into}]")
+    }
+}

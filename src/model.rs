@@ -187,9 +187,15 @@ pub enum CcAction {
     Exec(Command),
     Background(Command),
     /// Host path to guest path.
-    Send { src: Sp<String>, to: Sp<String> },
+    Send {
+        src: Sp<String>,
+        to: Sp<String>,
+    },
     /// Guest path to host folder.
-    Recv { src: Sp<String>, to: Sp<String> },
+    Recv {
+        src: Sp<String>,
+        to: Sp<String>,
+    },
 }
 
 impl CcAction {

@@ -1,1 +1,1471 @@
-//! Validation (stub).
+//! Validation: a [`Document`] becomes a [`Lab`], or a list of every problem.
+//!
+//! Invariants:
+//! - Every check runs; errors are collected, never returned early, so a user
+//!   sees all of them at once. A [`Lab`] is produced only when there is no error.
+//! - Pure apart from reading file metadata for "file not found" warnings.
+//! - Every label points at the exact value at fault.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::path::{Path, PathBuf};
+
+use miette::SourceSpan;
+use petgraph::graph::DiGraph;
+use sha2::{Digest, Sha256};
+use uuid::Uuid;
+
+use crate::diag::{Diag, Diagnostics, SourceFile, did_you_mean};
+use crate::identity;
+use crate::lab::*;
+use crate::model::{self, Document, Sp};
+
+/// Parse and validate a file: the lab (when there is no error) and every diagnostic.
+pub fn check(src: &SourceFile) -> (Option<Lab>, Diagnostics) {
+    let (doc, mut diags) = crate::syntax::parse(src);
+    if diags.has_errors() {
+        // Semantic checks on a half-read document mostly repeat the syntax errors.
+        diags.sort();
+        return (None, diags);
+    }
+    let (lab, more) = validate(&doc, src);
+    diags.extend(more);
+    diags.sort();
+    if diags.has_errors() {
+        (None, diags)
+    } else {
+        (lab, diags)
+    }
+}
+
+/// Validate a parsed document.
+pub fn validate(doc: &Document, src: &SourceFile) -> (Option<Lab>, Diagnostics) {
+    let mut v = Validator {
+        d: Diagnostics::default(),
+        base: src
+            .path
+            .parent()
+            .map(|p| {
+                if p.as_os_str().is_empty() {
+                    PathBuf::from(".")
+                } else {
+                    p.to_path_buf()
+                }
+            })
+            .unwrap_or_else(|| PathBuf::from(".")),
+        images: None,
+        whole_file: SourceSpan::from(0..src.text.len().min(1)),
+        warned: HashSet::new(),
+    };
+    let lab = v.run(doc, src);
+    (lab, v.d)
+}
+
+struct Validator {
+    d: Diagnostics,
+    base: PathBuf,
+    images: Option<PathBuf>,
+    whole_file: SourceSpan,
+    /// Missing files already warned about (one warning per path).
+    warned: HashSet<PathBuf>,
+}
+
+/// Names become interface aliases, file names and QEMU arguments.
+pub fn name_problem(name: &str) -> Option<&'static str> {
+    if name.is_empty() {
+        return Some("a name cannot be empty");
+    }
+    if name.len() > 64 {
+        return Some("a name can be at most 64 bytes long");
+    }
+    if name == "." || name == ".." || name.contains("..") {
+        return Some("a name cannot contain '..'");
+    }
+    if name.contains('/') {
+        return Some("a name cannot contain '/'");
+    }
+    if name.chars().any(|c| c.is_control()) {
+        return Some("a name cannot contain control characters");
+    }
+    if name.starts_with('-') || name.starts_with('.') {
+        return Some("a name cannot start with '-' or '.'");
+    }
+    if !name
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+    {
+        return Some("a name may hold only letters, digits, '-', '_' and '.'");
+    }
+    None
+}
+
+/// Expand `web[1-3]`, `web[01-10]`, `n[1,4-5]` into names. Err: what is wrong.
+pub fn expand_range(name: &str) -> Result<Vec<String>, String> {
+    let Some(open) = name.find('[') else {
+        if name.contains(']') {
+            return Err("unbalanced ']' in a VM name".into());
+        }
+        return Ok(vec![name.to_string()]);
+    };
+    let Some(close_rel) = name[open..].find(']') else {
+        return Err("unbalanced '[' in a VM name range".into());
+    };
+    let close = open + close_rel;
+    let (prefix, body, suffix) = (&name[..open], &name[open + 1..close], &name[close + 1..]);
+    if suffix.contains('[') || suffix.contains(']') {
+        return Err("a VM name can hold only one range".into());
+    }
+    let mut out = Vec::new();
+    for part in body.split(',') {
+        let part = part.trim();
+        let (lo, hi) = match part.split_once('-') {
+            Some((lo, hi)) => (lo, hi),
+            None => (part, part),
+        };
+        let width = if lo.len() > 1 && lo.starts_with('0') {
+            lo.len()
+        } else {
+            0
+        };
+        let (Ok(a), Ok(b)) = (lo.parse::<u64>(), hi.parse::<u64>()) else {
+            return Err(format!("'{part}' is not a number or a range like 1-3"));
+        };
+        if a > b {
+            return Err(format!("the range {a}-{b} runs backwards"));
+        }
+        if b - a >= 100_000 || out.len() as u64 + (b - a) >= 1_000_000 {
+            return Err("a VM range can make at most 1,000,000 VMs".into());
+        }
+        for i in a..=b {
+            out.push(format!("{prefix}{i:0width$}{suffix}"));
+        }
+    }
+    Ok(out)
+}
+
+/// Sizes: `10G`, `512M`, `64K`, `1T`, `1024` (bytes), with optional `i`/`iB`/`B`.
+pub fn parse_size(s: &str, default_unit: u64) -> Option<u64> {
+    let s = s.trim();
+    let digits_end = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    if digits_end == 0 {
+        return None;
+    }
+    let n: u64 = s[..digits_end].parse().ok()?;
+    let unit = match s[digits_end..].trim() {
+        "" => default_unit,
+        "B" | "b" => 1,
+        "K" | "k" | "KB" | "KiB" | "kB" => 1 << 10,
+        "M" | "m" | "MB" | "MiB" => 1 << 20,
+        "G" | "g" | "GB" | "GiB" => 1 << 30,
+        "T" | "t" | "TB" | "TiB" => 1 << 40,
+        _ => return None,
+    };
+    n.checked_mul(unit)
+}
+
+/// Durations: `500ms`, `30s`, `5m`, `1h30m`, `90` (seconds).
+pub fn parse_duration_ms(s: &str) -> Option<u64> {
+    let s = s.trim();
+    if s.is_empty() {
+        return None;
+    }
+    if let Ok(secs) = s.parse::<u64>() {
+        return secs.checked_mul(1000);
+    }
+    let mut total: u64 = 0;
+    let mut rest = s;
+    while !rest.is_empty() {
+        let end = rest.find(|c: char| !c.is_ascii_digit())?;
+        if end == 0 {
+            return None;
+        }
+        let n: u64 = rest[..end].parse().ok()?;
+        rest = &rest[end..];
+        let unit_end = rest
+            .find(|c: char| c.is_ascii_digit())
+            .unwrap_or(rest.len());
+        let mult = match &rest[..unit_end] {
+            "ms" => 1,
+            "s" => 1000,
+            "m" => 60_000,
+            "h" => 3_600_000,
+            "d" => 86_400_000,
+            _ => return None,
+        };
+        total = total.checked_add(n.checked_mul(mult)?)?;
+        rest = &rest[unit_end..];
+    }
+    Some(total)
+}
+
+/// `aa:bb:cc:dd:ee:ff`, unicast. Returns the normalised (lowercase) MAC.
+pub fn parse_mac(s: &str) -> Result<String, &'static str> {
+    let parts: Vec<&str> = s.split(':').collect();
+    if parts.len() != 6
+        || parts
+            .iter()
+            .any(|p| p.len() != 2 || !p.chars().all(|c| c.is_ascii_hexdigit()))
+    {
+        return Err("a MAC address is six hex pairs separated by ':', like 02:00:00:00:00:01");
+    }
+    let first = u8::from_str_radix(parts[0], 16).map_err(|_| "bad hex")?;
+    if first & 1 == 1 {
+        return Err(
+            "this is a multicast MAC address: a nic needs a unicast one (even first octet)",
+        );
+    }
+    Ok(s.to_ascii_lowercase())
+}
+
+/// `10.0.0.1/24` or `fd00::1/64`.
+pub fn parse_cidr(s: &str) -> Result<(), &'static str> {
+    let Some((addr, len)) = s.split_once('/') else {
+        return Err("a host address needs a prefix length, like 10.0.0.254/24");
+    };
+    let Ok(len) = len.parse::<u8>() else {
+        return Err("the prefix length must be a number");
+    };
+    match addr.parse::<std::net::IpAddr>() {
+        Ok(std::net::IpAddr::V4(_)) if len <= 32 => Ok(()),
+        Ok(std::net::IpAddr::V6(_)) if len <= 128 => Ok(()),
+        Ok(_) => Err("the prefix length is too long for this address"),
+        Err(_) => Err("not an IPv4 or IPv6 address"),
+    }
+}
+
+fn hash_hex(v: &impl serde::Serialize) -> String {
+    let json = serde_json::to_vec(v).expect("serialising plain data cannot fail");
+    let h = Sha256::digest(&json);
+    h.iter().take(8).map(|b| format!("{b:02x}")).collect()
+}
+
+struct VmInst<'a> {
+    name: String,
+    src: &'a model::Vm,
+}
+
+impl Validator {
+    fn err(&mut self, d: Diag) {
+        self.d.push(d);
+    }
+
+    fn check_name(&mut self, what: &str, name: &Sp<String>) -> bool {
+        if let Some(problem) = name_problem(&name.value) {
+            self.err(
+                Diag::error("megaplan::bad_name", format!("{what} name '{}' is not allowed", name.value.escape_debug()))
+                    .label(name.span, problem)
+                    .help("names become interface aliases, file names and QEMU arguments: use letters, digits, '-', '_' and '.'"),
+            );
+            false
+        } else {
+            true
+        }
+    }
+
+    /// Resolve a path: `$images` and relative paths.
+    fn path(&mut self, p: &Sp<String>) -> PathBuf {
+        let raw = &p.value;
+        if let Some(rest) = raw.strip_prefix("$images") {
+            let rest = rest.trim_start_matches('/');
+            let images = match &self.images {
+                Some(i) => i.clone(),
+                None => {
+                    self.err(
+                        Diag::error(
+                            "megaplan::no_images",
+                            "'$images' is used but the experiment sets no images folder",
+                        )
+                        .label(p.span, "uses $images")
+                        .help(
+                            "add `images \"DIR\"` to the experiment node (relative to this file)",
+                        ),
+                    );
+                    self.base.clone()
+                }
+            };
+            return if rest.is_empty() {
+                images
+            } else {
+                images.join(rest)
+            };
+        }
+        let path = Path::new(raw);
+        if path.is_absolute() {
+            path.to_path_buf()
+        } else {
+            self.base.join(path)
+        }
+    }
+
+    fn warn_missing(&mut self, path: &Path, sp: &Sp<String>, what: &str) {
+        if !path.exists() && self.warned.insert(path.to_path_buf()) {
+            self.d.push(
+                Diag::warning("megaplan::missing_file", format!("{what} '{}' does not exist (yet)", path.display()))
+                    .label(sp.span, "not found")
+                    .help("this is an error at apply time; `megaplan image build --out DIR` makes a cc-enabled kernel and initrd"),
+            );
+        }
+    }
+
+    fn run(&mut self, doc: &Document, src: &SourceFile) -> Option<Lab> {
+        // --- experiment ------------------------------------------------------
+        if src.text.trim().is_empty() {
+            self.err(
+                Diag::error("megaplan::empty", "the experiment file is empty")
+                    .help("start with `experiment \"NAME\" { images \"images\" }` and add networks and VMs"),
+            );
+            return None;
+        }
+        let exp = match doc.experiments.as_slice() {
+            [] => {
+                let first = doc
+                    .networks
+                    .iter()
+                    .map(|n| n.span)
+                    .chain(doc.disks.iter().map(|d| d.span))
+                    .chain(doc.vms.iter().map(|v| v.span))
+                    .min_by_key(|s| s.offset())
+                    .unwrap_or(self.whole_file);
+                self.err(
+                    Diag::error("megaplan::no_experiment", "there is no experiment node")
+                        .label(first, "the experiment node belongs before this")
+                        .help("add `experiment \"NAME\"` (TOML: `[experiment]` with `name = \"NAME\"`): the name scopes everything megaplan creates"),
+                );
+                None
+            }
+            [first, rest @ ..] => {
+                for other in rest {
+                    self.err(
+                        Diag::error(
+                            "megaplan::second_experiment",
+                            "a file describes exactly one experiment",
+                        )
+                        .label(other.span, "second experiment node")
+                        .label(first.span, "the first one is here")
+                        .help("remove one of them, or split the file in two"),
+                    );
+                }
+                Some(first)
+            }
+        };
+        let exp_name = exp.map(|e| {
+            self.check_name("experiment", &e.name);
+            e.name.value.clone()
+        });
+        if let Some(images) = exp.and_then(|e| e.images.as_ref()) {
+            let p = Path::new(&images.value);
+            self.images = Some(if p.is_absolute() {
+                p.to_path_buf()
+            } else {
+                self.base.join(p)
+            });
+        }
+        let accel = match exp.and_then(|e| e.accel.as_ref()) {
+            None => Accel::Auto,
+            Some(a) => match a.value.as_str() {
+                "auto" => Accel::Auto,
+                "kvm" => Accel::Kvm,
+                "tcg" => Accel::Tcg,
+                other => {
+                    self.err(
+                        Diag::error(
+                            "megaplan::bad_accel",
+                            format!("unknown accelerator '{other}'"),
+                        )
+                        .label(a.span, "expected \"auto\", \"kvm\" or \"tcg\"")
+                        .help_opt(did_you_mean(other, ["auto", "kvm", "tcg"])),
+                    );
+                    Accel::Auto
+                }
+            },
+        };
+        let ename = exp_name.clone().unwrap_or_default();
+
+        // --- networks --------------------------------------------------------
+        let mut networks = Vec::new();
+        let mut seen: HashMap<String, SourceSpan> = HashMap::new();
+        for n in &doc.networks {
+            self.check_name("network", &n.name);
+            if let Some(prev) = seen.insert(n.name.value.clone(), n.name.span) {
+                self.err(
+                    Diag::error(
+                        "megaplan::duplicate_network",
+                        format!("network '{}' is defined twice", n.name.value),
+                    )
+                    .label(n.name.span, "defined again here")
+                    .label(prev, "first defined here")
+                    .help("give each network its own name"),
+                );
+                continue;
+            }
+            if let Some(h) = &n.host_address
+                && let Err(e) = parse_cidr(&h.value)
+            {
+                self.err(
+                    Diag::error(
+                        "megaplan::bad_cidr",
+                        format!("'{}' is not a valid host address", h.value),
+                    )
+                    .label(h.span, e)
+                    .help("write an address with its prefix length, like \"10.0.0.254/24\""),
+                );
+            }
+            let address = format!("network.{}", n.name.value);
+            networks.push(NetworkSpec {
+                name: n.name.value.clone(),
+                bridge: identity::bridge_name(&ename, &address),
+                address,
+                host_address: n.host_address.as_ref().map(|h| h.value.clone()),
+            });
+        }
+        let net_names: Vec<&str> = doc.networks.iter().map(|n| n.name.value.as_str()).collect();
+
+        // --- disks -----------------------------------------------------------
+        let mut disks = Vec::new();
+        let mut seen: HashMap<String, SourceSpan> = HashMap::new();
+        for disk in &doc.disks {
+            self.check_name("disk", &disk.name);
+            if let Some(prev) = seen.insert(disk.name.value.clone(), disk.name.span) {
+                self.err(
+                    Diag::error(
+                        "megaplan::duplicate_disk",
+                        format!("disk '{}' is defined twice", disk.name.value),
+                    )
+                    .label(disk.name.span, "defined again here")
+                    .label(prev, "first defined here")
+                    .help("give each disk its own name"),
+                );
+                continue;
+            }
+            let size_bytes = disk.size.as_ref().and_then(|s| match parse_size(&s.value, 1) {
+                Some(0) => {
+                    self.err(
+                        Diag::error("megaplan::bad_size", "a disk cannot be empty")
+                            .label(s.span, "size 0")
+                            .help("give a size such as \"10G\""),
+                    );
+                    None
+                }
+                Some(n) => Some(n),
+                None => {
+                    self.err(
+                        Diag::error("megaplan::bad_size", format!("'{}' is not a size", s.value))
+                            .label(s.span, "not a size")
+                            .help("write a number with a unit: \"512M\", \"10G\", \"1T\" (a bare number is bytes)"),
+                    );
+                    None
+                }
+            });
+            if disk.size.is_none() && disk.from.is_none() {
+                self.err(
+                    Diag::error("megaplan::disk_without_size", format!("disk '{}' has neither a size nor a base image", disk.name.value))
+                        .label(disk.name.span, "no size= and no from")
+                        .help("add size=\"10G\", or `from \"base.qcow2\"` to make a copy-on-write child of a base image"),
+                );
+            }
+            let format = match disk.format.as_ref() {
+                None => DiskFormat::Qcow2,
+                Some(f) => match f.value.as_str() {
+                    "qcow2" => DiskFormat::Qcow2,
+                    "raw" => DiskFormat::Raw,
+                    other => {
+                        self.err(
+                            Diag::error(
+                                "megaplan::bad_format",
+                                format!("unknown disk format '{other}'"),
+                            )
+                            .label(f.span, "expected \"qcow2\" or \"raw\"")
+                            .help_opt(did_you_mean(other, ["qcow2", "raw"])),
+                        );
+                        DiskFormat::Qcow2
+                    }
+                },
+            };
+            if let Some(fs) = &disk.filesystem
+                && fs.value != "ext4"
+            {
+                self.err(
+                    Diag::error(
+                        "megaplan::bad_filesystem",
+                        format!("filesystem '{}' is not supported", fs.value),
+                    )
+                    .label(fs.span, "only \"ext4\" is supported")
+                    .help("use filesystem=\"ext4\", or leave it out for a blank disk"),
+                );
+            }
+            if let Some(first) = disk.inject.first()
+                && disk.filesystem.is_none()
+            {
+                self.err(
+                    Diag::error(
+                        "megaplan::inject_without_filesystem",
+                        format!(
+                            "disk '{}' injects files but has no filesystem",
+                            disk.name.value
+                        ),
+                    )
+                    .label(first.span, "inject needs a filesystem")
+                    .help("add filesystem=\"ext4\" to the disk"),
+                );
+            }
+            if disk.from.is_some() && disk.filesystem.is_some() {
+                self.err(
+                    Diag::error(
+                        "megaplan::from_with_filesystem",
+                        "a disk made from a base image cannot also be formatted",
+                    )
+                    .label(
+                        disk.filesystem.as_ref().map_or(disk.span, |f| f.span),
+                        "filesystem here",
+                    )
+                    .help("remove filesystem= (the base image already has one) or remove `from`"),
+                );
+            }
+            let from = disk.from.as_ref().map(|f| {
+                let p = self.path(f);
+                self.warn_missing(&p, f, "base image");
+                p
+            });
+            let mut inject = Vec::new();
+            for inj in &disk.inject {
+                let p = self.path(&inj.src);
+                self.warn_missing(&p, &inj.src, "file to inject");
+                if !inj.dst.value.starts_with('/') {
+                    self.err(
+                        Diag::error(
+                            "megaplan::relative_guest_path",
+                            format!("'{}' is not an absolute path", inj.dst.value),
+                        )
+                        .label(inj.dst.span, "must start with '/'")
+                        .help("paths inside the disk are absolute, like \"/etc/motd\""),
+                    );
+                }
+                inject.push((p, inj.dst.value.clone()));
+            }
+            disks.push(DiskSpec {
+                name: disk.name.value.clone(),
+                address: format!("disk.{}", disk.name.value),
+                size_bytes,
+                format,
+                filesystem: disk.filesystem.as_ref().map(|f| f.value.clone()),
+                keep: disk.keep.as_ref().is_some_and(|k| k.value),
+                from,
+                inject,
+            });
+        }
+        let disk_names: Vec<&str> = doc.disks.iter().map(|d| d.name.value.as_str()).collect();
+
+        // --- VM names (ranges) ------------------------------------------------
+        let mut insts: Vec<VmInst> = Vec::new();
+        let mut seen: HashMap<String, SourceSpan> = HashMap::new();
+        for vm in &doc.vms {
+            let names = match expand_range(&vm.name.value) {
+                Ok(n) => n,
+                Err(e) => {
+                    self.err(
+                        Diag::error(
+                            "megaplan::bad_range",
+                            format!("VM name '{}' is not a valid range", vm.name.value),
+                        )
+                        .label(vm.name.span, e)
+                        .help("a range looks like \"web[1-3]\" or \"web[01-10]\""),
+                    );
+                    continue;
+                }
+            };
+            for name in names {
+                let sp = Sp::new(name.clone(), vm.name.span);
+                if !self.check_name("VM", &sp) {
+                    break;
+                }
+                if let Some(prev) = seen.insert(name.clone(), vm.name.span) {
+                    self.err(
+                        Diag::error("megaplan::duplicate_vm", format!("VM '{name}' is defined twice"))
+                            .label(vm.name.span, if vm.name.value == name { "defined again here".to_string() } else { format!("this range makes '{name}' again") })
+                            .label(prev, "first defined here")
+                            .help("give each VM its own name; ranges like web[1-3] expand to web1, web2, web3"),
+                    );
+                    continue;
+                }
+                insts.push(VmInst { name, src: vm });
+            }
+        }
+        let vm_names: Vec<String> = insts.iter().map(|i| i.name.clone()).collect();
+        let vm_name_set: HashSet<&str> = vm_names.iter().map(String::as_str).collect();
+
+        // --- VMs ------------------------------------------------------------
+        let mut vms = Vec::new();
+        let mut uuids: HashMap<Uuid, SourceSpan> = HashMap::new();
+        let mut macs: HashMap<String, SourceSpan> = HashMap::new();
+        let mut exclusive_disks: HashMap<String, (String, SourceSpan)> = HashMap::new();
+        let mut disk_users: HashMap<String, Vec<(String, SourceSpan, bool)>> = HashMap::new();
+        let mut reported_spans: HashSet<(usize, &'static str)> = HashSet::new();
+        let mut mirrors = Vec::new();
+
+        for inst in &insts {
+            let vm = inst.src;
+            let first_of_range = reported_spans.insert((vm.span.offset(), "vm"));
+            // Errors on a ranged VM's own values are reported once, not per instance.
+            let mut once = |this: &mut Self, d: Diag, key: &'static str| {
+                if first_of_range || reported_spans.insert((vm.span.offset(), key)) {
+                    this.err(d);
+                }
+            };
+            let address = format!("vm.{}", inst.name);
+            let uuid = match &vm.uuid {
+                None => identity::vm_uuid(&ename, &inst.name),
+                Some(u) => match Uuid::parse_str(&u.value) {
+                    Ok(id) => id,
+                    Err(e) => {
+                        once(
+                            self,
+                            Diag::error("megaplan::bad_uuid", format!("'{}' is not a UUID", u.value))
+                                .label(u.span, e.to_string())
+                                .help("write 8-4-4-4-12 hex digits, or leave uuid out: megaplan derives a stable one"),
+                            "uuid",
+                        );
+                        identity::vm_uuid(&ename, &inst.name)
+                    }
+                },
+            };
+            let uuid_span = vm.uuid.as_ref().map_or(vm.name.span, |u| u.span);
+            if let Some(prev) = uuids.insert(uuid, uuid_span) {
+                self.err(
+                    Diag::error(
+                        "megaplan::duplicate_uuid",
+                        format!("VM '{}' has the UUID {uuid} of another VM", inst.name),
+                    )
+                    .label(uuid_span, "used again here")
+                    .label(prev, "first used here")
+                    .help(if vm.name.value.contains('[') {
+                        "a VM range with a fixed uuid gives every VM the same one: leave uuid out"
+                            .to_string()
+                    } else {
+                        "each VM needs its own UUID; leave uuid out to get a stable derived one"
+                            .to_string()
+                    }),
+                );
+            }
+            let memory_mib = match &vm.memory {
+                None => 2048,
+                Some(m) => {
+                    match parse_size(&m.value, 1 << 20) {
+                        Some(0) => {
+                            once(
+                                self,
+                                Diag::error("megaplan::zero_memory", "a VM needs some memory")
+                                    .label(m.span, "0")
+                                    .help(
+                                        "memory defaults to \"2048M\"; tiny guests run in \"256M\"",
+                                    ),
+                                "memory",
+                            );
+                            0
+                        }
+                        Some(b) if b < (1 << 20) => {
+                            once(
+                                self,
+                                Diag::error(
+                                    "megaplan::bad_memory",
+                                    "memory is counted in whole MiB",
+                                )
+                                .label(m.span, "less than 1 MiB")
+                                .help("write \"256M\" or \"2G\""),
+                                "memory",
+                            );
+                            0
+                        }
+                        Some(b) => b >> 20,
+                        None => {
+                            once(self, Diag::error("megaplan::bad_memory", format!("'{}' is not an amount of memory", m.value))
+                            .label(m.span, "not a size")
+                            .help("write \"256M\" or \"2G\" (a bare number is MiB, as in minimega)"), "memory");
+                            0
+                        }
+                    }
+                }
+            };
+            let vcpus = match &vm.vcpus {
+                None => 1,
+                Some(c) if c.value <= 0 => {
+                    once(
+                        self,
+                        Diag::error("megaplan::zero_vcpus", "a VM needs at least one vcpu")
+                            .label(c.span, format!("{}", c.value))
+                            .help("vcpus defaults to 1"),
+                        "vcpus",
+                    );
+                    1
+                }
+                Some(c) if c.value > 1024 => {
+                    once(
+                        self,
+                        Diag::error("megaplan::bad_vcpus", "too many vcpus")
+                            .label(c.span, "at most 1024")
+                            .help("QEMU's x86 machines take at most 1024 vcpus"),
+                        "vcpus",
+                    );
+                    1
+                }
+                Some(c) => c.value as u32,
+            };
+            let snapshot = vm.snapshot.as_ref().is_none_or(|s| s.value);
+            let kernel = vm.kernel.as_ref().map(|k| {
+                let p = self.path(k);
+                if first_of_range {
+                    self.warn_missing(&p, k, "kernel");
+                }
+                p
+            });
+            let initrd = vm.initrd.as_ref().map(|k| {
+                let p = self.path(k);
+                if first_of_range {
+                    self.warn_missing(&p, k, "initrd");
+                }
+                p
+            });
+            if kernel.is_none() && vm.disks.is_empty() {
+                once(self, Diag::error("megaplan::nothing_to_boot", format!("VM '{}' has neither a kernel nor a disk to boot", inst.name))
+                    .label(vm.name.span, "nothing to boot")
+                    .help("add `kernel \"$images/miniccc.kernel\"` and `initrd \"$images/miniccc.initrd\"`"), "boot");
+            }
+            if vm.initrd.is_some()
+                && vm.kernel.is_none()
+                && let Some(i) = &vm.initrd
+            {
+                once(
+                    self,
+                    Diag::error(
+                        "megaplan::initrd_without_kernel",
+                        "an initrd needs a kernel",
+                    )
+                    .label(i.span, "initrd without kernel")
+                    .help("add `kernel \"…\"` beside it"),
+                    "initrd",
+                );
+            }
+
+            // disks
+            let mut vdisks = Vec::new();
+            let mut mounts: HashMap<&str, SourceSpan> = HashMap::new();
+            for vd in &vm.disks {
+                if let Some(m) = &vd.mount {
+                    if !m.value.starts_with('/')
+                        || m.value.contains("..")
+                        || m.value
+                            .chars()
+                            .any(|c| c.is_control() || c.is_whitespace() || c == ',')
+                    {
+                        once(
+                            self,
+                            Diag::error(
+                                "megaplan::bad_mount",
+                                format!("'{}' is not a usable mount point", m.value),
+                            )
+                            .label(
+                                m.span,
+                                "must be an absolute path without '..', spaces or commas",
+                            )
+                            .help("write mount=\"/bro\""),
+                            "mount",
+                        );
+                    }
+                    if let Some(prev) = mounts.insert(m.value.as_str(), m.span) {
+                        once(
+                            self,
+                            Diag::error(
+                                "megaplan::duplicate_mount",
+                                format!("two disks are mounted at '{}'", m.value),
+                            )
+                            .label(m.span, "again here")
+                            .label(prev, "first here")
+                            .help("give each disk its own mount point"),
+                            "mount2",
+                        );
+                    }
+                }
+                let source = if disk_names.contains(&vd.name.value.as_str()) {
+                    disk_users.entry(vd.name.value.clone()).or_default().push((
+                        inst.name.clone(),
+                        vd.name.span,
+                        snapshot,
+                    ));
+                    DiskSource::Named(vd.name.value.clone())
+                } else if vd.name.value.contains('/')
+                    || vd.name.value.contains('.')
+                    || vd.name.value.starts_with('$')
+                {
+                    let p = self.path(&vd.name);
+                    if first_of_range {
+                        self.warn_missing(&p, &vd.name, "disk image");
+                    }
+                    if !snapshot {
+                        exclusive_disks
+                            .entry(p.display().to_string())
+                            .or_insert((inst.name.clone(), vd.name.span));
+                    }
+                    DiskSource::Path(p)
+                } else {
+                    once(self, Diag::error("megaplan::unknown_disk", format!("there is no disk '{}'", vd.name.value))
+                        .label(vd.name.span, "unknown disk")
+                        .help(did_you_mean(&vd.name.value, disk_names.iter().copied()).unwrap_or_else(|| {
+                            "define it with `disk \"NAME\" size=\"10G\"`, or give a path to an image file".to_string()
+                        })), "disk");
+                    continue;
+                };
+                vdisks.push(VmDiskSpec {
+                    source,
+                    mount: vd.mount.as_ref().map(|m| m.value.clone()),
+                });
+            }
+
+            // nics
+            let mut nics = Vec::new();
+            for (i, nic) in vm.nics.iter().enumerate() {
+                if !net_names.contains(&nic.network.value.as_str()) {
+                    once(
+                        self,
+                        Diag::error(
+                            "megaplan::unknown_network",
+                            format!("there is no network '{}'", nic.network.value),
+                        )
+                        .label(nic.network.span, "unknown network")
+                        .help(
+                            did_you_mean(&nic.network.value, net_names.iter().copied())
+                                .unwrap_or_else(|| {
+                                    format!("define it with `network \"{}\"`", nic.network.value)
+                                }),
+                        ),
+                        "nic",
+                    );
+                }
+                let naddr = format!("{address}.nic[{i}]");
+                let mac = match &nic.mac {
+                    None => identity::mac(&ename, &naddr),
+                    Some(m) => match parse_mac(&m.value) {
+                        Ok(mac) => mac,
+                        Err(e) => {
+                            once(self, Diag::error("megaplan::bad_mac", format!("'{}' is not a valid MAC address", m.value))
+                                .label(m.span, e)
+                                .help("leave mac out and megaplan derives a stable, locally administered one"), "mac");
+                            identity::mac(&ename, &naddr)
+                        }
+                    },
+                };
+                let mac_span = nic.mac.as_ref().map_or(nic.span, |m| m.span);
+                if let Some(prev) = macs.insert(mac.clone(), mac_span) {
+                    self.err(
+                        Diag::error(
+                            "megaplan::duplicate_mac",
+                            format!("MAC {mac} is used by two nics"),
+                        )
+                        .label(mac_span, format!("{naddr} uses it again"))
+                        .label(prev, "first used here")
+                        .help("each nic needs its own MAC; leave mac out to get a derived one"),
+                    );
+                }
+                let driver = nic
+                    .driver
+                    .as_ref()
+                    .map_or_else(|| "virtio-net-pci".to_string(), |d| d.value.clone());
+                if let Some(d) = &nic.driver
+                    && (d.value.is_empty()
+                        || !d
+                            .value
+                            .chars()
+                            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_'))
+                {
+                    once(
+                        self,
+                        Diag::error(
+                            "megaplan::bad_driver",
+                            format!("'{}' is not a QEMU nic model", d.value),
+                        )
+                        .label(d.span, "letters, digits, '-' and '_' only")
+                        .help("for example driver=\"virtio-net-pci\" or driver=\"e1000\""),
+                        "driver",
+                    );
+                }
+                nics.push(NicSpec {
+                    index: i,
+                    tap: identity::tap_name(&ename, &naddr),
+                    address: naddr,
+                    network: nic.network.value.clone(),
+                    mac,
+                    driver,
+                });
+            }
+
+            // tags
+            let mut tags = BTreeMap::new();
+            for t in &vm.tags {
+                if tags
+                    .insert(t.key.value.clone(), t.value.value.clone())
+                    .is_some()
+                {
+                    once(
+                        self,
+                        Diag::error(
+                            "megaplan::duplicate_tag",
+                            format!("tag '{}' is set twice", t.key.value),
+                        )
+                        .label(t.key.span, "set again here")
+                        .help("a tag has one value"),
+                        "tag",
+                    );
+                }
+            }
+
+            // after
+            let mut after = Vec::new();
+            for a in &vm.after {
+                if !vm_name_set.contains(a.value.as_str()) {
+                    once(
+                        self,
+                        Diag::error(
+                            "megaplan::unknown_vm",
+                            format!("there is no VM '{}'", a.value),
+                        )
+                        .label(a.span, "unknown VM")
+                        .help_opt(did_you_mean(&a.value, vm_names.iter().map(String::as_str))),
+                        "after",
+                    );
+                } else if a.value == inst.name {
+                    self.err(
+                        Diag::error(
+                            "megaplan::after_cycle",
+                            format!("VM '{}' waits for itself", inst.name),
+                        )
+                        .label(a.span, "after itself")
+                        .help("remove it from `after`"),
+                    );
+                } else {
+                    after.push(a.value.clone());
+                }
+            }
+
+            // qemu args
+            let qemu_args: Vec<String> = vm.qemu_args.iter().map(|a| a.value.clone()).collect();
+            for a in &vm.qemu_args {
+                if a.value.chars().any(|c| c.is_control()) {
+                    once(
+                        self,
+                        Diag::error(
+                            "megaplan::bad_qemu_arg",
+                            "a QEMU argument cannot contain control characters",
+                        )
+                        .label(a.span, "here")
+                        .help("give each argument as its own string"),
+                        "qemuarg",
+                    );
+                }
+            }
+
+            // cc steps
+            let mut cc = Vec::new();
+            for (i, step) in vm.cc.iter().enumerate() {
+                let timeout_ms =
+                    step.timeout
+                        .as_ref()
+                        .and_then(|t| match parse_duration_ms(&t.value) {
+                            Some(0) | None => {
+                                once(
+                                    self,
+                                    Diag::error(
+                                        "megaplan::bad_duration",
+                                        format!("'{}' is not a duration", t.value),
+                                    )
+                                    .label(t.span, "not a duration")
+                                    .help("write \"30s\", \"5m\", \"1h30m\" or \"500ms\""),
+                                    "timeout",
+                                );
+                                None
+                            }
+                            Some(ms) => Some(ms),
+                        });
+                let cmd = |c: &model::Command| match c {
+                    model::Command::Shell(s) => CommandSpec::Shell(s.value.clone()),
+                    model::Command::Argv(a) => {
+                        CommandSpec::Argv(a.iter().map(|s| s.value.clone()).collect())
+                    }
+                };
+                let empty_cmd = |c: &model::Command| match c {
+                    model::Command::Shell(s) => s.value.trim().is_empty().then_some(s.span),
+                    model::Command::Argv(a) => a.is_empty().then_some(step.span),
+                };
+                let action = match &step.action {
+                    model::CcAction::Exec(c) | model::CcAction::Background(c) => {
+                        if let Some(span) = empty_cmd(c) {
+                            once(
+                                self,
+                                Diag::error("megaplan::empty_command", "a cc step needs a command")
+                                    .label(span, "empty")
+                                    .help("for example: exec \"ip link set eth0 up\""),
+                                "cmd",
+                            );
+                        }
+                        if matches!(step.action, model::CcAction::Exec(_)) {
+                            CcActionSpec::Exec(cmd(c))
+                        } else {
+                            if let Some(t) = &step.timeout {
+                                once(
+                                    self,
+                                    Diag::warning(
+                                        "megaplan::timeout_ignored",
+                                        "a background step runs on: its timeout is ignored",
+                                    )
+                                    .label(t.span, "ignored")
+                                    .help("use exec for a command that must finish"),
+                                    "bgtimeout",
+                                );
+                            }
+                            CcActionSpec::Background(cmd(c))
+                        }
+                    }
+                    model::CcAction::Send { src: s, to } => {
+                        let p = self.path(s);
+                        if first_of_range {
+                            self.warn_missing(&p, s, "file to send");
+                        }
+                        if !to.value.starts_with('/') {
+                            once(
+                                self,
+                                Diag::error(
+                                    "megaplan::relative_guest_path",
+                                    format!("'{}' is not an absolute guest path", to.value),
+                                )
+                                .label(to.span, "must start with '/'")
+                                .help("write to=\"/root/file\""),
+                                "sendto",
+                            );
+                        }
+                        CcActionSpec::Send {
+                            src: p,
+                            to: to.value.clone(),
+                        }
+                    }
+                    model::CcAction::Recv { src: s, to } => {
+                        if !s.value.starts_with('/') {
+                            once(
+                                self,
+                                Diag::error(
+                                    "megaplan::relative_guest_path",
+                                    format!("'{}' is not an absolute guest path", s.value),
+                                )
+                                .label(s.span, "must start with '/'")
+                                .help("write recv \"/bro/capture.pcap\" to=\"captures\""),
+                                "recvsrc",
+                            );
+                        }
+                        let p = self.path(to);
+                        CcActionSpec::Recv {
+                            src: s.value.clone(),
+                            to: p,
+                        }
+                    }
+                };
+                let allow_failure = step.allow_failure.as_ref().is_some_and(|a| a.value);
+                let hash = hash_hex(&(&action, timeout_ms, allow_failure));
+                cc.push(CcSpec {
+                    index: i,
+                    address: format!("{address}.cc[{i}]"),
+                    action,
+                    timeout_ms,
+                    allow_failure,
+                    hash,
+                });
+            }
+
+            vms.push(VmSpec {
+                name: inst.name.clone(),
+                address,
+                uuid,
+                kernel,
+                initrd,
+                append: vm.append.as_ref().map(|a| a.value.clone()),
+                memory_mib,
+                vcpus,
+                snapshot,
+                disks: vdisks,
+                nics,
+                tags,
+                after,
+                qemu_args,
+                cc,
+            });
+        }
+
+        // non-snapshot disks used by more than one VM
+        for (disk, users) in &disk_users {
+            if users.len() > 1
+                && let Some((vm, span, _)) = users.iter().find(|u| !u.2)
+            {
+                let other = users.iter().find(|u| &u.0 != vm).expect("len > 1");
+                self.err(Diag::error("megaplan::shared_writable_disk", format!("disk '{disk}' is written directly by VM '{vm}' but also used by VM '{}'", other.0))
+                    .label(*span, format!("'{vm}' has snapshot #false"))
+                    .label(other.1, format!("'{}' uses it too", other.0))
+                    .help("a disk without snapshot may be used by one VM only; keep snapshot #true on the others' VMs or give them their own disk"));
+            }
+        }
+
+        // mirrors (needs every VM's nics)
+        let mut mirror_seen: HashSet<String> = HashSet::new();
+        let mut mirror_reported: HashSet<(usize, &'static str)> = HashSet::new();
+        for inst in &insts {
+            let vm = inst.src;
+            let Some(dest) = vms.iter().find(|v| v.name == inst.name) else {
+                continue;
+            };
+            for m in &vm.mirrors {
+                let mut report = |this: &mut Self, d: Diag, key: &'static str| {
+                    if mirror_reported.insert((m.span.offset(), key)) {
+                        this.err(d);
+                    }
+                };
+                let direction = match m.direction.as_ref() {
+                    None => Direction::Both,
+                    Some(d) => match d.value.as_str() {
+                        "both" => Direction::Both,
+                        "ingress" => Direction::Ingress,
+                        "egress" => Direction::Egress,
+                        other => {
+                            report(
+                                self,
+                                Diag::error(
+                                    "megaplan::bad_direction",
+                                    format!("unknown mirror direction '{other}'"),
+                                )
+                                .label(d.span, "expected \"both\", \"ingress\" or \"egress\"")
+                                .help_opt(did_you_mean(other, ["both", "ingress", "egress"])),
+                                "dir",
+                            );
+                            Direction::Both
+                        }
+                    },
+                };
+                let into = match &m.into {
+                    None => 0usize,
+                    Some(i) if i.value < 0 || i.value as usize >= dest.nics.len() => {
+                        report(
+                            self,
+                            Diag::error(
+                                "megaplan::mirror_index",
+                                format!("VM '{}' has no nic {}", dest.name, i.value),
+                            )
+                            .label(
+                                i.span,
+                                format!("'{}' has {} nic(s)", dest.name, dest.nics.len()),
+                            )
+                            .help("into= counts this VM's nics from 0"),
+                            "into",
+                        );
+                        continue;
+                    }
+                    Some(i) => i.value as usize,
+                };
+                if dest.nics.is_empty() {
+                    report(
+                        self,
+                        Diag::error(
+                            "megaplan::mirror_without_nic",
+                            format!(
+                                "VM '{}' mirrors traffic but has no nic to receive it",
+                                dest.name
+                            ),
+                        )
+                        .label(m.span, "mirror here")
+                        .help(
+                            "add `nic \"mon\"` to this VM: copies arrive on its nic 0 (or into=N)",
+                        ),
+                        "nonic",
+                    );
+                    continue;
+                }
+                let sources: Vec<(String, usize)> = match &m.source {
+                    model::MirrorSource::Vm(src_vm) => {
+                        if src_vm.value == inst.name {
+                            report(self, Diag::error("megaplan::mirror_self", format!("VM '{}' mirrors itself", inst.name))
+                                .label(src_vm.span, "this VM")
+                                .help("a VM cannot receive copies of its own traffic: mirror another VM"), "self");
+                            continue;
+                        }
+                        let Some(src) = vms.iter().find(|v| v.name == src_vm.value) else {
+                            if !vm_name_set.contains(src_vm.value.as_str()) {
+                                report(
+                                    self,
+                                    Diag::error(
+                                        "megaplan::unknown_vm",
+                                        format!("there is no VM '{}'", src_vm.value),
+                                    )
+                                    .label(src_vm.span, "unknown VM")
+                                    .help_opt(did_you_mean(
+                                        &src_vm.value,
+                                        vm_names.iter().map(String::as_str),
+                                    )),
+                                    "src",
+                                );
+                            }
+                            continue;
+                        };
+                        let nic = match &m.nic {
+                            None => 0usize,
+                            Some(n) if n.value < 0 || n.value as usize >= src.nics.len() => {
+                                report(
+                                    self,
+                                    Diag::error(
+                                        "megaplan::mirror_index",
+                                        format!("VM '{}' has no nic {}", src.name, n.value),
+                                    )
+                                    .label(
+                                        n.span,
+                                        format!("'{}' has {} nic(s)", src.name, src.nics.len()),
+                                    )
+                                    .help("nic= counts the mirrored VM's nics from 0"),
+                                    "nic",
+                                );
+                                continue;
+                            }
+                            Some(n) => n.value as usize,
+                        };
+                        if src.nics.is_empty() {
+                            report(
+                                self,
+                                Diag::error(
+                                    "megaplan::mirror_index",
+                                    format!("VM '{}' has no nic to mirror", src.name),
+                                )
+                                .label(src_vm.span, "no nics")
+                                .help("mirror a VM that has a nic"),
+                                "nic0",
+                            );
+                            continue;
+                        }
+                        vec![(src.name.clone(), nic)]
+                    }
+                    model::MirrorSource::Network(net) => {
+                        if let Some(n) = &m.nic {
+                            report(
+                                self,
+                                Diag::error(
+                                    "megaplan::mirror_nic_with_network",
+                                    "nic= applies to a VM mirror, not a network mirror",
+                                )
+                                .label(n.span, "not with network=")
+                                .help("a network mirror copies every tap of the network"),
+                                "netnic",
+                            );
+                        }
+                        if !net_names.contains(&net.value.as_str()) {
+                            report(
+                                self,
+                                Diag::error(
+                                    "megaplan::unknown_network",
+                                    format!("there is no network '{}'", net.value),
+                                )
+                                .label(net.span, "unknown network")
+                                .help_opt(did_you_mean(&net.value, net_names.iter().copied())),
+                                "net",
+                            );
+                            continue;
+                        }
+                        if dest.nics[into].network == net.value {
+                            report(self, Diag::error("megaplan::mirror_loop", format!("VM '{}' mirrors network '{}' into a nic on that same network", dest.name, net.value))
+                                .label(net.span, "mirrored network")
+                                .help("receive the copies on a nic of another network (into=N), or copies would be copied again"), "loop");
+                            continue;
+                        }
+                        vms.iter()
+                            .filter(|v| v.name != dest.name)
+                            .flat_map(|v| {
+                                v.nics
+                                    .iter()
+                                    .filter(|n| n.network == net.value)
+                                    .map(|n| (v.name.clone(), n.index))
+                            })
+                            .collect()
+                    }
+                };
+                for (src_vm, nic) in sources {
+                    let address = MirrorSpec::address_of(&src_vm, nic, &dest.name, into);
+                    if !mirror_seen.insert(address.clone()) {
+                        continue;
+                    }
+                    mirrors.push(MirrorSpec {
+                        address,
+                        source_vm: src_vm,
+                        source_nic: nic,
+                        dest_vm: dest.name.clone(),
+                        dest_nic: into,
+                        direction,
+                        network: match &m.source {
+                            model::MirrorSource::Network(n) => Some(n.value.clone()),
+                            model::MirrorSource::Vm(_) => None,
+                        },
+                    });
+                }
+            }
+        }
+
+        // after cycles: name the whole cycle
+        self.check_after_cycles(&insts, &vms);
+
+        // interface name collisions (48-bit hashes: astronomically unlikely, but checked)
+        let mut ifnames: HashMap<&str, &str> = HashMap::new();
+        for n in &networks {
+            if let Some(prev) = ifnames.insert(&n.bridge, &n.address) {
+                self.err(
+                    Diag::error(
+                        "megaplan::ifname_collision",
+                        format!(
+                            "{} and {prev} would share interface name {}",
+                            n.address, n.bridge
+                        ),
+                    )
+                    .at(self.whole_file)
+                    .help("rename one of them"),
+                );
+            }
+        }
+        for v in &vms {
+            for n in &v.nics {
+                if let Some(prev) = ifnames.insert(&n.tap, &n.address) {
+                    self.err(
+                        Diag::error(
+                            "megaplan::ifname_collision",
+                            format!(
+                                "{} and {prev} would share interface name {}",
+                                n.address, n.tap
+                            ),
+                        )
+                        .at(self.whole_file)
+                        .help("rename one of them"),
+                    );
+                }
+            }
+        }
+
+        if self.d.has_errors() {
+            return None;
+        }
+        Some(Lab {
+            name: exp_name?,
+            file: src.path.clone(),
+            images: self.images.clone(),
+            accel,
+            networks,
+            disks,
+            vms,
+            mirrors,
+        })
+    }
+
+    fn check_after_cycles(&mut self, insts: &[VmInst], vms: &[VmSpec]) {
+        let mut g: DiGraph<&str, ()> = DiGraph::new();
+        let idx: HashMap<&str, _> = vms
+            .iter()
+            .map(|v| (v.name.as_str(), g.add_node(v.name.as_str())))
+            .collect();
+        for v in vms {
+            for a in &v.after {
+                if let (Some(&from), Some(&to)) = (idx.get(a.as_str()), idx.get(v.name.as_str())) {
+                    g.add_edge(from, to, ());
+                }
+            }
+        }
+        let mut reported = HashSet::new();
+        for scc in petgraph::algo::tarjan_scc(&g) {
+            if scc.len() < 2 {
+                continue;
+            }
+            // Walk the cycle in order so the message reads A -> B -> A.
+            let members: HashSet<_> = scc.iter().copied().collect();
+            let start = *scc.iter().min_by_key(|n| g[**n]).expect("non-empty");
+            let mut path = vec![start];
+            let mut cur = start;
+            loop {
+                let next = g
+                    .neighbors(cur)
+                    .filter(|n| members.contains(n))
+                    .min_by_key(|n| g[*n])
+                    .expect("a strongly connected component has a successor");
+                if next == start || path.contains(&next) {
+                    path.push(next);
+                    break;
+                }
+                path.push(next);
+                cur = next;
+            }
+            let names: Vec<&str> = path.iter().map(|n| g[*n]).collect();
+            let cycle = names.join(" -> ");
+            if !reported.insert(cycle.clone()) {
+                continue;
+            }
+            let mut d = Diag::error(
+                "megaplan::after_cycle",
+                format!("the `after` ordering has a cycle: {cycle}"),
+            )
+            .help("cc steps would wait for each other forever: remove one `after` of the cycle");
+            // Label each `after` entry that makes an edge of the cycle.
+            for w in names.windows(2) {
+                let (first, then) = (w[0], w[1]);
+                if let Some(inst) = insts.iter().find(|i| i.name == then)
+                    && let Some(a) = inst.src.after.iter().find(|a| a.value == first)
+                {
+                    d = d.label(a.span, format!("'{then}' waits for '{first}'"));
+                }
+            }
+            self.err(d);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ranges_expand() {
+        assert_eq!(expand_range("web[1-3]").unwrap(), ["web1", "web2", "web3"]);
+        assert_eq!(expand_range("n[08-10]").unwrap(), ["n08", "n09", "n10"]);
+        assert_eq!(expand_range("n[1,4-5]").unwrap(), ["n1", "n4", "n5"]);
+        assert_eq!(expand_range("plain").unwrap(), ["plain"]);
+        assert!(expand_range("web[3-1]").is_err());
+        assert!(expand_range("web[1-").is_err());
+        assert!(expand_range("web[a-b]").is_err());
+    }
+
+    #[test]
+    fn sizes_and_durations() {
+        assert_eq!(parse_size("10G", 1), Some(10 << 30));
+        assert_eq!(parse_size("512M", 1), Some(512 << 20));
+        assert_eq!(parse_size("2048", 1 << 20), Some(2048 << 20));
+        assert_eq!(parse_size("10X", 1), None);
+        assert_eq!(parse_size("G", 1), None);
+        assert_eq!(parse_duration_ms("1h30m"), Some(5_400_000));
+        assert_eq!(parse_duration_ms("500ms"), Some(500));
+        assert_eq!(parse_duration_ms("30"), Some(30_000));
+        assert_eq!(parse_duration_ms("30x"), None);
+        assert_eq!(parse_duration_ms("s"), None);
+    }
+
+    #[test]
+    fn macs_and_cidrs() {
+        assert_eq!(parse_mac("02:AA:00:00:00:01").unwrap(), "02:aa:00:00:00:01");
+        assert!(parse_mac("01:00:00:00:00:01").is_err());
+        assert!(parse_mac("02:00:00:00:00").is_err());
+        assert!(parse_cidr("10.0.0.1/24").is_ok());
+        assert!(parse_cidr("10.0.0.1").is_err());
+        assert!(parse_cidr("10.0.0.1/33").is_err());
+        assert!(parse_cidr("fd00::1/64").is_ok());
+    }
+
+    #[test]
+    fn names() {
+        assert!(name_problem("LAN").is_none());
+        assert!(name_problem("web-1.a_b").is_none());
+        assert!(name_problem("../etc").is_some());
+        assert!(name_problem("a/b").is_some());
+        assert!(name_problem("a\nb").is_some());
+        assert!(name_problem("-x").is_some());
+        assert!(name_problem("a b").is_some());
+    }
+}

@@ -10,6 +10,24 @@
 pub mod kdl;
 pub mod toml;
 
+/// The properties of a `vm`, in the order the emitters write them (both syntaxes).
+pub(crate) const VM_KEYS: &[&str] = &[
+    "uuid",
+    "kernel",
+    "initrd",
+    "append",
+    "memory",
+    "vcpus",
+    "snapshot",
+    "disk",
+    "nic",
+    "mirrors",
+    "tags",
+    "after",
+    "qemu-args",
+    "cc",
+];
+
 use crate::diag::{Diagnostics, SourceFile, Syntax};
 use crate::model::Document;
 
