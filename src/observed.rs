@@ -1,0 +1,57 @@
+//! What refresh saw on the host: the live side of `plan(desired, prior, observed)`.
+//!
+//! Invariants:
+//! - Plain data, filled by `refresh` (the only code that reads the system for
+//!   planning) or by hand in tests.
+//! - Keys are addresses recovered from ownership markers or from the state,
+//!   never guessed from names.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Observed {
+    /// Links carrying this experiment's marker, by the address in the marker.
+    pub links: BTreeMap<String, ObservedLink>,
+    /// Mirror filters seen on source taps.
+    pub mirrors: BTreeSet<ObservedMirror>,
+    /// VMs with a runtime folder, by address (`vm.A`).
+    pub vms: BTreeMap<String, ObservedVm>,
+    /// Disk addresses whose file exists.
+    pub disks: BTreeSet<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ObservedLink {
+    pub name: String,
+    /// "bridge", "tun" or another kernel kind.
+    pub kind: String,
+    pub up: bool,
+    /// The bridge it is enslaved to.
+    pub controller: Option<String>,
+    pub mac: Option<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct ObservedMirror {
+    pub source_tap: String,
+    pub dest_tap: String,
+    pub ingress: bool,
+    pub egress: bool,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ObservedVm {
+    pub pid: Option<u32>,
+    /// The process is alive and is QEMU.
+    pub alive: bool,
+    /// QMP's `query-status`, when it answered ("running", "paused", "shutdown"...).
+    pub status: Option<String>,
+}
+
+impl ObservedVm {
+    pub fn running(&self) -> bool {
+        self.alive && self.status.as_deref().is_none_or(|s| s == "running")
+    }
+}

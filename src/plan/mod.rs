@@ -1,0 +1,536 @@
+//! The planner: `plan(desired, prior_state, observed) -> Plan`, a pure function.
+//!
+//! Invariants:
+//! - Touches no system: no files, no clock, no randomness. Same inputs, same plan.
+//! - Every resource gets exactly one [`Change`] (no-ops included) with the
+//!   reasons behind its action, so a reviewer never has to guess.
+//! - A [`Plan`] is plain data: rendered as text, JSON or markdown by `render`,
+//!   saved with `--out`, and walked by the executor through its `deps`.
+//!
+//! What replaces and what updates in place is decided per attribute by
+//! [`crate::graph::forces_replacement`] (see docs/ARCHITECTURE.md), plus these
+//! cascades: a replaced tap or disk replaces the VMs using it; a created or
+//! replaced VM or tap replaces ("rewires") the mirrors touching it and reruns
+//! the VM's cc steps.
+
+pub mod render;
+
+use std::collections::{BTreeMap, BTreeSet, HashSet};
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use uuid::Uuid;
+
+use crate::graph::{self, Resource, forces_replacement};
+use crate::lab::Lab;
+use crate::observed::Observed;
+use crate::state::{Attrs, Kind, State, Status};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, PartialOrd, Ord, Hash)]
+#[serde(rename_all = "kebab-case")]
+pub enum Action {
+    NoOp,
+    Create,
+    Update,
+    /// Delete, then create.
+    Replace,
+    Delete,
+}
+
+impl Action {
+    /// Terraform's action list for this action.
+    pub fn actions(self) -> &'static [&'static str] {
+        match self {
+            Action::NoOp => &["no-op"],
+            Action::Create => &["create"],
+            Action::Update => &["update"],
+            Action::Replace => &["delete", "create"],
+            Action::Delete => &["delete"],
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Change {
+    pub address: String,
+    pub kind: Kind,
+    pub action: Action,
+    pub before: Option<Attrs>,
+    pub after: Option<Attrs>,
+    /// Why: "new", "memory changed: 256M -> 512M", "QEMU not running"...
+    pub reasons: Vec<String>,
+    /// Attributes whose change forces replacement.
+    pub replace_paths: Vec<String>,
+    /// Create order: what must exist first (from the file).
+    pub deps: Vec<String>,
+    /// Delete order: what this resource depended on when it was created (from the state).
+    pub prior_deps: Vec<String>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    Apply,
+    Destroy,
+    /// Destroy, `keep` disks included.
+    DestroyAll,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Plan {
+    pub experiment: String,
+    pub mode: Mode,
+    /// The state the plan was made against (a saved plan is stale once it moves).
+    pub lineage: Option<Uuid>,
+    pub serial: u64,
+    pub changes: Vec<Change>,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct Summary {
+    pub add: usize,
+    pub change: usize,
+    pub replace: usize,
+    pub destroy: usize,
+    pub steps: usize,
+}
+
+impl Plan {
+    pub fn summary(&self) -> Summary {
+        let mut s = Summary::default();
+        for c in &self.changes {
+            if c.kind == Kind::Step {
+                if matches!(c.action, Action::Create | Action::Replace) {
+                    s.steps += 1;
+                }
+                continue;
+            }
+            match c.action {
+                Action::Create => s.add += 1,
+                Action::Update => s.change += 1,
+                Action::Replace => s.replace += 1,
+                Action::Delete => s.destroy += 1,
+                Action::NoOp => {}
+            }
+        }
+        s
+    }
+    pub fn has_changes(&self) -> bool {
+        self.changes.iter().any(|c| c.action != Action::NoOp)
+    }
+    pub fn change(&self, address: &str) -> Option<&Change> {
+        self.changes.iter().find(|c| c.address == address)
+    }
+}
+
+fn show(v: &Value) -> String {
+    match v {
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
+}
+
+fn show_opt(v: Option<&Value>) -> String {
+    v.map_or_else(|| "(none)".to_string(), show)
+}
+
+/// Plan an apply of `desired` (or, with `desired == None` and a destroy mode,
+/// a destroy). `observed == None` plans from the state alone (`megaplan diff`).
+pub fn plan(desired: Option<&Lab>, prior: &State, observed: Option<&Observed>, mode: Mode) -> Plan {
+    let experiment = desired.map_or_else(|| prior.experiment.clone(), |l| l.name.clone());
+    let wanted: Vec<Resource> = match (mode, desired) {
+        (Mode::Apply, Some(lab)) => graph::resources(lab),
+        _ => Vec::new(),
+    };
+    let wanted_set: HashSet<&str> = wanted.iter().map(|r| r.address.as_str()).collect();
+    let mut changes: Vec<Change> = Vec::new();
+    let mut action_of: BTreeMap<String, Action> = BTreeMap::new();
+
+    for r in &wanted {
+        let prior_rec = prior.resources.get(&r.address);
+        let mut c = Change {
+            address: r.address.clone(),
+            kind: r.kind,
+            action: Action::NoOp,
+            before: prior_rec.map(|p| p.attrs.clone()),
+            after: Some(r.attrs.clone()),
+            reasons: Vec::new(),
+            replace_paths: Vec::new(),
+            deps: r.deps.clone(),
+            prior_deps: prior_rec.map(|p| p.deps.clone()).unwrap_or_default(),
+        };
+        match prior_rec {
+            None => {
+                c.action = Action::Create;
+                c.reasons.push(if r.kind == Kind::Step {
+                    "new step".into()
+                } else {
+                    "new".into()
+                });
+                // Something of ours already there (a crash before the state was written)?
+                if let Some(obs) = observed
+                    && (obs.links.contains_key(&r.address) || obs.vms.contains_key(&r.address))
+                {
+                    c.action = Action::Replace;
+                    c.reasons = vec![
+                        "found on the host but not in the state (an interrupted apply)".into(),
+                    ];
+                }
+            }
+            Some(rec) => {
+                let mut replace = false;
+                let mut update = false;
+                match rec.status {
+                    Status::Creating => {
+                        replace = true;
+                        c.reasons.push("its creation was interrupted".into());
+                    }
+                    Status::Failed => {
+                        replace = true;
+                        c.reasons.push(if r.kind == Kind::Step {
+                            "it failed last time".into()
+                        } else {
+                            "its creation failed".into()
+                        });
+                    }
+                    Status::Ready => {}
+                }
+                let keys: BTreeSet<&String> = rec.attrs.keys().chain(r.attrs.keys()).collect();
+                for k in keys {
+                    let (b, a) = (rec.attrs.get(k), r.attrs.get(k));
+                    if b == a || (k == "hash" && r.kind == Kind::Step) {
+                        continue;
+                    }
+                    let text = if r.kind == Kind::Step && k != "timeout_ms" && k != "allow_failure"
+                    {
+                        "step changed".to_string()
+                    } else {
+                        match (b, a) {
+                            (Some(Value::Array(_) | Value::Object(_)), _)
+                            | (_, Some(Value::Array(_) | Value::Object(_))) => {
+                                format!("{k} changed")
+                            }
+                            _ => format!("{k} changed: {} -> {}", show_opt(b), show_opt(a)),
+                        }
+                    };
+                    if !c.reasons.contains(&text) {
+                        c.reasons.push(text);
+                    }
+                    if forces_replacement(r.kind, k) {
+                        replace = true;
+                        c.replace_paths.push(k.clone());
+                    } else {
+                        update = true;
+                    }
+                }
+                if r.kind == Kind::Step
+                    && rec.status == Status::Ready
+                    && rec.exit.is_some_and(|e| e != 0)
+                    && !r.attrs.contains_key("allow_failure")
+                {
+                    replace = true;
+                    c.reasons.push(format!(
+                        "it exited {} last time",
+                        rec.exit.unwrap_or_default()
+                    ));
+                }
+                if let Some(obs) = observed
+                    && rec.status == Status::Ready
+                {
+                    let (r2, u2, why) = live_check(r, obs, prior);
+                    replace |= r2;
+                    update |= u2;
+                    c.reasons.extend(why);
+                }
+                c.action = if replace {
+                    Action::Replace
+                } else if update {
+                    Action::Update
+                } else {
+                    Action::NoOp
+                };
+            }
+        }
+        action_of.insert(c.address.clone(), c.action);
+        changes.push(c);
+    }
+
+    // Cascades, in dependency order (`wanted` is topologically sorted).
+    for i in 0..changes.len() {
+        let c = &changes[i];
+        if matches!(c.action, Action::Create | Action::Delete) {
+            continue;
+        }
+        let mut why: Vec<String> = Vec::new();
+        for d in &c.deps {
+            let Some(&da) = action_of.get(d) else {
+                continue;
+            };
+            let recreated = matches!(da, Action::Create | Action::Replace);
+            if !recreated {
+                continue;
+            }
+            let dk = changes.iter().find(|x| &x.address == d).map(|x| x.kind);
+            let text = match (c.kind, dk) {
+                (Kind::Vm, Some(Kind::Tap)) => Some(format!("its tap {} is recreated", short(d))),
+                (Kind::Vm, Some(Kind::Disk)) => Some(format!("its disk {} is recreated", short(d))),
+                (Kind::Mirror, Some(Kind::Vm)) => {
+                    Some(format!("{d} is recreated: the mirror is rewired"))
+                }
+                (Kind::Mirror, Some(Kind::Tap)) => {
+                    Some(format!("tap {d} is recreated: the mirror is rewired"))
+                }
+                (Kind::Step, Some(Kind::Vm)) if da == Action::Replace => {
+                    Some("its VM is replaced".to_string())
+                }
+                _ => None,
+            };
+            if let Some(t) = text {
+                why.push(t);
+            }
+        }
+        if !why.is_empty() {
+            let c = &mut changes[i];
+            c.action = Action::Replace;
+            for w in why {
+                if !c.reasons.contains(&w) {
+                    c.reasons.push(w);
+                }
+            }
+            action_of.insert(c.address.clone(), Action::Replace);
+        }
+    }
+
+    // Steps on a VM whose generation moved on since they ran (restarted outside megaplan).
+    // (The VM record's generation is bumped by each launch.)
+    for c in changes
+        .iter_mut()
+        .filter(|c| c.kind == Kind::Step && c.action == Action::NoOp)
+    {
+        let vm_addr = c.deps.first().cloned().unwrap_or_default();
+        let (Some(step), Some(vm)) = (
+            prior.resources.get(&c.address),
+            prior.resources.get(&vm_addr),
+        ) else {
+            continue;
+        };
+        if step.generation.is_some() && vm.generation.is_some() && step.generation != vm.generation
+        {
+            c.action = Action::Replace;
+            c.reasons.push("its VM was restarted since it ran".into());
+        }
+    }
+
+    // Removed from the file (or everything, when destroying), in reverse order.
+    let mut deletes: Vec<Change> = Vec::new();
+    for (address, rec) in &prior.resources {
+        if wanted_set.contains(address.as_str()) {
+            continue;
+        }
+        let keep = rec.kind == Kind::Disk && rec.attrs.get("keep") == Some(&Value::Bool(true));
+        let (action, reason) = match mode {
+            Mode::Apply if keep => (
+                Action::NoOp,
+                "removed from the file, but keep=#true: kept (`destroy --all` removes it)",
+            ),
+            Mode::Apply => (
+                Action::Delete,
+                if rec.kind == Kind::Step {
+                    "removed from the file (its record is dropped)"
+                } else {
+                    "removed from the file"
+                },
+            ),
+            Mode::Destroy if keep => (
+                Action::NoOp,
+                "keep=#true: kept (`destroy --all` removes it)",
+            ),
+            Mode::Destroy | Mode::DestroyAll => (Action::Delete, "destroy"),
+        };
+        deletes.push(Change {
+            address: address.clone(),
+            kind: rec.kind,
+            action,
+            before: Some(rec.attrs.clone()),
+            after: None,
+            reasons: vec![reason.to_string()],
+            replace_paths: Vec::new(),
+            deps: Vec::new(),
+            prior_deps: rec.deps.clone(),
+        });
+    }
+    // Orphans: our marker on the host, no record in the state.
+    if let Some(obs) = observed {
+        for (address, link) in &obs.links {
+            if prior.resources.contains_key(address) || wanted_set.contains(address.as_str()) {
+                continue;
+            }
+            let kind = if link.kind == "bridge" {
+                Kind::Network
+            } else {
+                Kind::Tap
+            };
+            deletes.push(orphan(
+                address,
+                kind,
+                [("name", Value::String(link.name.clone()))],
+            ));
+        }
+        for (address, vm) in &obs.vms {
+            if prior.resources.contains_key(address) || wanted_set.contains(address.as_str()) {
+                continue;
+            }
+            let pid = vm.pid.map_or(Value::Null, Value::from);
+            deletes.push(orphan(address, Kind::Vm, [("pid", pid)]));
+        }
+    }
+    // Reverse dependency order: steps, mirrors, VMs, taps, disks, networks.
+    deletes.sort_by(|a, b| b.kind.cmp(&a.kind).then_with(|| a.address.cmp(&b.address)));
+    changes.extend(deletes);
+
+    Plan {
+        experiment,
+        mode,
+        lineage: (prior.serial > 0).then_some(prior.lineage),
+        serial: prior.serial,
+        changes,
+    }
+}
+
+fn orphan<const N: usize>(address: &str, kind: Kind, attrs: [(&str, Value); N]) -> Change {
+    Change {
+        address: address.to_string(),
+        kind,
+        action: Action::Delete,
+        before: Some(
+            attrs
+                .into_iter()
+                .filter(|(_, v)| !v.is_null())
+                .map(|(k, v)| (k.to_string(), v))
+                .collect(),
+        ),
+        after: None,
+        reasons: vec!["orphan: carries this experiment's marker but is not in the state".into()],
+        replace_paths: Vec::new(),
+        deps: Vec::new(),
+        prior_deps: Vec::new(),
+    }
+}
+
+/// `vm.A.nic[0]` -> `nic[0]`.
+fn short(address: &str) -> &str {
+    address.rsplit('.').next().unwrap_or(address)
+}
+
+/// Compare one resource with what refresh saw: (replace, update, reasons).
+fn live_check(r: &Resource, obs: &Observed, prior: &State) -> (bool, bool, Vec<String>) {
+    let mut why = Vec::new();
+    let (mut replace, mut update) = (false, false);
+    match r.kind {
+        Kind::Network => match obs.links.get(&r.address) {
+            None => {
+                replace = true;
+                why.push("bridge missing".into());
+            }
+            Some(l) if !l.up => {
+                update = true;
+                why.push("bridge is down".into());
+            }
+            Some(_) => {}
+        },
+        Kind::Tap => match obs.links.get(&r.address) {
+            None => {
+                replace = true;
+                why.push("tap missing".into());
+            }
+            Some(l) => {
+                let bridge = r.attrs.get("bridge").and_then(Value::as_str);
+                if bridge.is_some() && l.controller.as_deref() != bridge {
+                    update = true;
+                    why.push(format!(
+                        "tap is not on its bridge {}",
+                        bridge.unwrap_or_default()
+                    ));
+                }
+                if !l.up {
+                    update = true;
+                    why.push("tap is down".into());
+                }
+            }
+        },
+        Kind::Disk => {
+            if !obs.disks.contains(&r.address) {
+                replace = true;
+                why.push("disk file missing".into());
+            }
+        }
+        Kind::Vm => match obs.vms.get(&r.address) {
+            None => {
+                replace = true;
+                why.push("QEMU not running".into());
+            }
+            Some(v) if !v.alive => {
+                replace = true;
+                why.push("QEMU not running".into());
+            }
+            Some(v) if !v.running() => {
+                replace = true;
+                why.push(format!(
+                    "QEMU is {}",
+                    v.status.as_deref().unwrap_or("stopped")
+                ));
+            }
+            Some(_) => {}
+        },
+        Kind::Mirror => {
+            let (src, dst) = (
+                r.attrs
+                    .get("source_tap")
+                    .and_then(Value::as_str)
+                    .unwrap_or_default(),
+                r.attrs
+                    .get("dest_tap")
+                    .and_then(Value::as_str)
+                    .unwrap_or_default(),
+            );
+            let dir = r
+                .attrs
+                .get("direction")
+                .and_then(Value::as_str)
+                .unwrap_or("both");
+            let want_in = dir != "egress";
+            let want_out = dir != "ingress";
+            // Compare with what the state says was wired, so a direction change is an update.
+            let wired = prior
+                .resources
+                .get(&r.address)
+                .and_then(|p| p.attrs.get("direction"))
+                .and_then(Value::as_str)
+                .unwrap_or(dir);
+            let (had_in, had_out) = (wired != "egress", wired != "ingress");
+            match obs
+                .mirrors
+                .iter()
+                .find(|m| m.source_tap == src && m.dest_tap == dst)
+            {
+                None => {
+                    replace = true;
+                    why.push("mirror missing".into());
+                }
+                Some(m)
+                    if (m.ingress, m.egress) != (had_in, had_out)
+                        && (m.ingress, m.egress) != (want_in, want_out) =>
+                {
+                    replace = true;
+                    why.push("mirror partly missing".into());
+                }
+                Some(_) => {}
+            }
+        }
+        Kind::Step => {}
+    }
+    (replace, update, why)
+}
+
+#[cfg(test)]
+mod tests;

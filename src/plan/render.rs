@@ -1,0 +1,208 @@
+//! Plans as text (Terraform-style), JSON (documented in docs/plan-json.md) and
+//! markdown (for a PR comment).
+//!
+//! Invariant: rendering is deterministic: the same plan gives the same bytes.
+
+use std::fmt::Write;
+
+use serde_json::{Value, json};
+
+use super::{Action, Change, Mode, Plan};
+use crate::state::Kind;
+
+/// The JSON format's version.
+pub const JSON_FORMAT_VERSION: &str = "1.0";
+
+fn val(v: &Value) -> String {
+    match v {
+        Value::String(s) => format!("{s:?}"),
+        other => other.to_string(),
+    }
+}
+
+fn symbol(c: &Change) -> &'static str {
+    match (c.kind, c.action) {
+        (Kind::Step, Action::Create | Action::Replace) => "  >",
+        (_, Action::Create) => "  +",
+        (_, Action::Update) => "  ~",
+        (_, Action::Replace) => "-/+",
+        (_, Action::Delete) => "  -",
+        (_, Action::NoOp) => "   ",
+    }
+}
+
+fn headline(c: &Change) -> String {
+    let why = if c.reasons == ["destroy"] {
+        String::new()
+    } else {
+        c.reasons.join("; ")
+    };
+    let verb = match (c.kind, c.action) {
+        (Kind::Step, Action::Create) => "will run",
+        (Kind::Step, Action::Replace) => "will run again",
+        (Kind::Step, Action::Delete) => "will be forgotten",
+        (_, Action::Create) => "will be created",
+        (_, Action::Update) => "will be updated in place",
+        (_, Action::Replace) => "must be replaced",
+        (_, Action::Delete) => "will be destroyed",
+        (_, Action::NoOp) => "is kept",
+    };
+    if why.is_empty() {
+        format!("# {} {verb}", c.address)
+    } else {
+        format!("# {} {verb} ({why})", c.address)
+    }
+}
+
+/// Terraform-style text.
+pub fn text(plan: &Plan) -> String {
+    let mut out = String::new();
+    let shown: Vec<&Change> = plan
+        .changes
+        .iter()
+        .filter(|c| c.action != Action::NoOp || (c.kind == Kind::Disk && c.after.is_none()))
+        .collect();
+    if !plan.has_changes() {
+        let _ = writeln!(
+            out,
+            "No changes. The experiment '{}' matches the file and the host.",
+            plan.experiment
+        );
+        for c in shown {
+            let _ = writeln!(out, "\n  {}", headline(c));
+        }
+        return out;
+    }
+    let _ = writeln!(
+        out,
+        "megaplan will perform the following actions on experiment '{}':",
+        plan.experiment
+    );
+    for c in shown {
+        let _ = writeln!(out);
+        let _ = writeln!(out, "  {}", headline(c));
+        let (_, name) = split(&c.address);
+        let _ = writeln!(out, "{} {} {name:?} {{", symbol(c), c.kind.as_str());
+        let empty = Default::default();
+        let before = c.before.as_ref().unwrap_or(&empty);
+        let after = c.after.as_ref().unwrap_or(&empty);
+        let keys: std::collections::BTreeSet<&String> = before.keys().chain(after.keys()).collect();
+        let width = keys.iter().map(|k| k.len()).max().unwrap_or(0);
+        let mut hidden = 0;
+        for k in keys {
+            let (b, a) = (before.get(k), after.get(k));
+            let line = match (c.action, b, a) {
+                (Action::Create, _, Some(a)) => format!("      + {k:width$} = {}", val(a)),
+                (Action::Delete, Some(b), _) => format!("      - {k:width$} = {}", val(b)),
+                (_, Some(b), Some(a)) if b == a => {
+                    hidden += 1;
+                    continue;
+                }
+                (_, Some(b), Some(a)) => format!("      ~ {k:width$} = {} -> {}", val(b), val(a)),
+                (_, None, Some(a)) => format!("      + {k:width$} = {}", val(a)),
+                (_, Some(b), None) => format!("      - {k:width$} = {} -> null", val(b)),
+                (_, None, None) => continue,
+            };
+            let force = if c.replace_paths.contains(k) {
+                " # forces replacement"
+            } else {
+                ""
+            };
+            let _ = writeln!(out, "{line}{force}");
+        }
+        if hidden > 0 {
+            let _ = writeln!(out, "        # ({hidden} unchanged attributes hidden)");
+        }
+        let _ = writeln!(out, "    }}");
+    }
+    let _ = writeln!(out);
+    let _ = writeln!(out, "{}", summary_line(plan));
+    out
+}
+
+/// `Plan: 1 to add, 0 to change, 1 to replace, 0 to destroy, 2 steps to run.`
+pub fn summary_line(plan: &Plan) -> String {
+    let s = plan.summary();
+    let prefix = if plan.mode == Mode::Apply {
+        "Plan"
+    } else {
+        "Destroy plan"
+    };
+    let mut line = format!(
+        "{prefix}: {} to add, {} to change, {} to replace, {} to destroy",
+        s.add, s.change, s.replace, s.destroy
+    );
+    if s.steps > 0 {
+        let _ = write!(
+            line,
+            ", {} step{} to run",
+            s.steps,
+            if s.steps == 1 { "" } else { "s" }
+        );
+    }
+    line.push('.');
+    line
+}
+
+fn split(address: &str) -> (&str, &str) {
+    address.split_once('.').unwrap_or(("resource", address))
+}
+
+/// The JSON plan (docs/plan-json.md).
+pub fn json(plan: &Plan) -> Value {
+    let changes: Vec<Value> = plan
+        .changes
+        .iter()
+        .map(|c| {
+            let (_, name) = split(&c.address);
+            json!({
+                "address": c.address,
+                "type": c.kind.as_str(),
+                "name": name,
+                "change": {
+                    "actions": c.action.actions(),
+                    "before": c.before,
+                    "after": c.after,
+                    "replace_paths": c.replace_paths,
+                },
+                "action_reason": c.reasons.join("; "),
+                "reasons": c.reasons,
+            })
+        })
+        .collect();
+    let s = plan.summary();
+    json!({
+        "format_version": JSON_FORMAT_VERSION,
+        "experiment": plan.experiment,
+        "mode": plan.mode,
+        "lineage": plan.lineage,
+        "serial": plan.serial,
+        "resource_changes": changes,
+        "summary": { "add": s.add, "change": s.change, "replace": s.replace, "destroy": s.destroy, "steps": s.steps },
+    })
+}
+
+/// A compact summary fit for a PR comment.
+pub fn markdown(plan: &Plan) -> String {
+    let mut out = String::new();
+    let _ = writeln!(out, "### megaplan: `{}`\n", plan.experiment);
+    if !plan.has_changes() {
+        out.push_str("No changes.\n");
+        return out;
+    }
+    let _ = writeln!(out, "**{}**\n", summary_line(plan));
+    out.push_str("| | resource | action | why |\n|---|---|---|---|\n");
+    for c in plan.changes.iter().filter(|c| c.action != Action::NoOp) {
+        let (sym, word) = match (c.kind, c.action) {
+            (Kind::Step, Action::Create | Action::Replace) => ("▶️", "run"),
+            (_, Action::Create) => ("➕", "create"),
+            (_, Action::Update) => ("🔧", "update"),
+            (_, Action::Replace) => ("♻️", "replace"),
+            (_, Action::Delete) => ("➖", "destroy"),
+            (_, Action::NoOp) => ("", "keep"),
+        };
+        let why = c.reasons.join("; ").replace('|', "\\|");
+        let _ = writeln!(out, "| {sym} | `{}` | {word} | {why} |", c.address);
+    }
+    out
+}

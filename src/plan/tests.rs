@@ -1,0 +1,574 @@
+//! Planner tests: insta snapshots of text, JSON and markdown plans over many
+//! scenarios, and a property test that applying a plan converges.
+
+use proptest::prelude::*;
+
+use super::render;
+use super::*;
+use crate::diag::SourceFile;
+use crate::observed::{ObservedLink, ObservedMirror, ObservedVm};
+use crate::state::Record;
+
+const SEED: &str = r#"
+experiment "tap-mirror" { images "images" }
+network "LAN"
+network "mon"
+vm "A" {
+    uuid "11111111-1111-1111-1111-111111111111"
+    kernel "$images/miniccc.kernel"
+    initrd "$images/miniccc.initrd"
+    memory "256M"
+    nic "LAN"
+    cc {
+        exec "ip addr add 10.0.0.1/24 dev eth0"
+        exec "ip link set eth0 up"
+    }
+}
+vm "B" {
+    uuid "22222222-2222-2222-2222-222222222222"
+    kernel "$images/miniccc.kernel"
+    initrd "$images/miniccc.initrd"
+    memory "256M"
+    nic "LAN"
+    cc {
+        exec "ip addr add 10.0.0.2/24 dev eth0"
+        exec "ip link set eth0 up"
+    }
+}
+vm "monitor" {
+    uuid "33333333-3333-3333-3333-333333333333"
+    kernel "$images/miniccc.kernel"
+    initrd "$images/miniccc.initrd"
+    memory "256M"
+    nic "mon"
+    mirrors "A"
+}
+"#;
+
+pub(crate) fn lab(text: &str) -> Lab {
+    let src = SourceFile::new("/lab/exp.kdl", text);
+    let (lab, diags) = crate::validate::check(&src);
+    assert!(!diags.has_errors(), "{}", diags.render_plain(&src));
+    lab.expect("valid")
+}
+
+fn empty_state(name: &str) -> State {
+    let mut s = State::new(name);
+    s.lineage = Uuid::from_u128(0x1234);
+    s
+}
+
+/// What an executor that succeeds at everything would leave: the new state and
+/// the host as refresh would then see it.
+pub(crate) fn simulate(plan: &Plan, prior: &State, prior_obs: &Observed) -> (State, Observed) {
+    let mut state = prior.clone();
+    state.serial += 1;
+    let mut obs = prior_obs.clone();
+    let gen_of = |s: &State, a: &str| s.resources.get(a).and_then(|r| r.generation).unwrap_or(0);
+    for c in &plan.changes {
+        match c.action {
+            Action::NoOp => {}
+            Action::Delete => {
+                state.resources.remove(&c.address);
+                obs.links.remove(&c.address);
+                obs.vms.remove(&c.address);
+                obs.disks.remove(&c.address);
+                if let Some(b) = &c.before
+                    && c.kind == Kind::Mirror
+                {
+                    let (s, d) = (
+                        b["source_tap"].as_str().unwrap(),
+                        b["dest_tap"].as_str().unwrap(),
+                    );
+                    obs.mirrors
+                        .retain(|m| !(m.source_tap == s && m.dest_tap == d));
+                }
+            }
+            Action::Create | Action::Update | Action::Replace => {
+                let after = c.after.clone().expect("create has after");
+                let mut rec = Record::new(c.kind, after.clone());
+                rec.deps = c.deps.clone();
+                let s = |k: &str| {
+                    after
+                        .get(k)
+                        .and_then(Value::as_str)
+                        .unwrap_or_default()
+                        .to_string()
+                };
+                match c.kind {
+                    Kind::Network => {
+                        obs.links.insert(
+                            c.address.clone(),
+                            ObservedLink {
+                                name: s("bridge"),
+                                kind: "bridge".into(),
+                                up: true,
+                                controller: None,
+                                mac: None,
+                            },
+                        );
+                    }
+                    Kind::Tap => {
+                        obs.links.insert(
+                            c.address.clone(),
+                            ObservedLink {
+                                name: s("name"),
+                                kind: "tun".into(),
+                                up: true,
+                                controller: Some(s("bridge")),
+                                mac: Some(s("mac")),
+                            },
+                        );
+                    }
+                    Kind::Disk => {
+                        obs.disks.insert(c.address.clone());
+                    }
+                    Kind::Vm => {
+                        let g = gen_of(&state, &c.address) + u64::from(c.action != Action::Update);
+                        rec.generation = Some(g);
+                        rec.pid = Some(1000 + g as u32);
+                        obs.vms.insert(
+                            c.address.clone(),
+                            ObservedVm {
+                                pid: rec.pid,
+                                alive: true,
+                                status: Some("running".into()),
+                            },
+                        );
+                    }
+                    Kind::Mirror => {
+                        let d = s("direction");
+                        obs.mirrors.retain(|m| {
+                            !(m.source_tap == s("source_tap") && m.dest_tap == s("dest_tap"))
+                        });
+                        obs.mirrors.insert(ObservedMirror {
+                            source_tap: s("source_tap"),
+                            dest_tap: s("dest_tap"),
+                            ingress: d != "egress",
+                            egress: d != "ingress",
+                        });
+                    }
+                    Kind::Step => {
+                        rec.exit = Some(0);
+                        rec.generation = Some(gen_of(&state, &c.deps[0]));
+                    }
+                }
+                state.resources.insert(c.address.clone(), rec);
+            }
+        }
+    }
+    (state, obs)
+}
+
+/// Apply `text` from nothing: the state and host afterwards.
+fn seeded(text: &str) -> (State, Observed) {
+    let l = lab(text);
+    let s = empty_state(&l.name);
+    let p = plan(Some(&l), &s, Some(&Observed::default()), Mode::Apply);
+    simulate(&p, &s, &Observed::default())
+}
+
+fn snap(name: &str, p: &Plan) {
+    let text = render::text(p);
+    let md = render::markdown(p);
+    insta::assert_snapshot!(name, format!("{text}\n---- markdown ----\n{md}"));
+    insta::assert_json_snapshot!(format!("{name}.json"), render::json(p));
+}
+
+fn replan(text: &str, state: &State, obs: &Observed) -> Plan {
+    plan(Some(&lab(text)), state, Some(obs), Mode::Apply)
+}
+
+#[test]
+fn s01_seed_from_nothing() {
+    let l = lab(SEED);
+    let p = plan(
+        Some(&l),
+        &empty_state(&l.name),
+        Some(&Observed::default()),
+        Mode::Apply,
+    );
+    assert_eq!(
+        p.summary(),
+        Summary {
+            add: 9,
+            change: 0,
+            replace: 0,
+            destroy: 0,
+            steps: 4
+        }
+    );
+    snap("s01_seed_from_nothing", &p);
+}
+
+#[test]
+fn s02_seed_again_no_changes() {
+    let (s, o) = seeded(SEED);
+    let p = replan(SEED, &s, &o);
+    assert!(!p.has_changes());
+    snap("s02_seed_again_no_changes", &p);
+}
+
+#[test]
+fn s03_memory_change_replaces_vm_and_reruns_its_steps() {
+    let (s, o) = seeded(SEED);
+    let text = SEED.replacen("memory \"256M\"", "memory \"512M\"", 1);
+    let p = replan(&text, &s, &o);
+    let vm = p.change("vm.A").unwrap();
+    assert_eq!(vm.action, Action::Replace);
+    assert_eq!(vm.reasons, ["memory changed: 256M -> 512M"]);
+    assert_eq!(vm.replace_paths, ["memory"]);
+    assert_eq!(p.change("vm.A.cc[0]").unwrap().action, Action::Replace);
+    assert_eq!(
+        p.change("mirror.A[0]->monitor[0]").unwrap().action,
+        Action::Replace
+    );
+    assert_eq!(p.change("vm.B").unwrap().action, Action::NoOp);
+    snap("s03_memory_change", &p);
+}
+
+#[test]
+fn s04_mirror_added_is_created_without_touching_vms() {
+    let (s, o) = seeded(SEED);
+    let text = SEED.replace(
+        "mirrors \"A\"",
+        "mirrors \"A\"\n    mirrors \"B\" direction=\"ingress\"",
+    );
+    let p = replan(&text, &s, &o);
+    assert_eq!(
+        p.change("mirror.B[0]->monitor[0]").unwrap().action,
+        Action::Create
+    );
+    assert_eq!(p.change("vm.monitor").unwrap().action, Action::NoOp);
+    snap("s04_mirror_added", &p);
+}
+
+#[test]
+fn s05_vm_removed() {
+    let (s, o) = seeded(SEED);
+    let start = SEED.find("vm \"B\"").unwrap();
+    let end = SEED.find("vm \"monitor\"").unwrap();
+    let text = format!("{}{}", &SEED[..start], &SEED[end..]);
+    let p = replan(&text, &s, &o);
+    assert_eq!(p.change("vm.B").unwrap().action, Action::Delete);
+    assert_eq!(p.change("vm.B.nic[0]").unwrap().action, Action::Delete);
+    assert_eq!(p.summary().destroy, 2);
+    snap("s05_vm_removed", &p);
+}
+
+#[test]
+fn s06_vm_renamed_is_destroy_and_create() {
+    let (s, o) = seeded(SEED);
+    let text = SEED.replace("vm \"B\"", "vm \"C\"");
+    let p = replan(&text, &s, &o);
+    assert_eq!(p.change("vm.B").unwrap().action, Action::Delete);
+    assert_eq!(p.change("vm.C").unwrap().action, Action::Create);
+    snap("s06_vm_renamed", &p);
+}
+
+#[test]
+fn s07_qemu_dead() {
+    let (s, mut o) = seeded(SEED);
+    o.vms.get_mut("vm.monitor").unwrap().alive = false;
+    let p = replan(SEED, &s, &o);
+    let vm = p.change("vm.monitor").unwrap();
+    assert_eq!(vm.action, Action::Replace);
+    assert_eq!(vm.reasons, ["QEMU not running"]);
+    assert_eq!(
+        p.change("mirror.A[0]->monitor[0]").unwrap().action,
+        Action::Replace
+    );
+    snap("s07_qemu_dead", &p);
+}
+
+#[test]
+fn s08_tap_missing() {
+    let (s, mut o) = seeded(SEED);
+    o.links.remove("vm.A.nic[0]");
+    let p = replan(SEED, &s, &o);
+    assert_eq!(p.change("vm.A.nic[0]").unwrap().reasons, ["tap missing"]);
+    assert_eq!(p.change("vm.A").unwrap().action, Action::Replace);
+    snap("s08_tap_missing", &p);
+}
+
+const RANGE: &str = r#"
+experiment "farm" { images "/img" }
+network "dmz"
+vm "web[1-3]" {
+    kernel "/img/k"
+    memory "128M"
+    nic "dmz"
+    cc { exec "hostname" }
+}
+"#;
+
+#[test]
+fn s09_range_grown_from_3_to_5() {
+    let (s, o) = seeded(RANGE);
+    let p = replan(&RANGE.replace("web[1-3]", "web[1-5]"), &s, &o);
+    assert_eq!(
+        p.summary(),
+        Summary {
+            add: 4,
+            change: 0,
+            replace: 0,
+            destroy: 0,
+            steps: 2
+        }
+    );
+    assert_eq!(p.change("vm.web3").unwrap().action, Action::NoOp);
+    snap("s09_range_grown", &p);
+}
+
+#[test]
+fn s10_cc_step_added() {
+    let (s, o) = seeded(SEED);
+    let text = SEED.replacen(
+        "exec \"ip link set eth0 up\"",
+        "exec \"ip link set eth0 up\"\n        exec \"ping -c 1 10.0.0.2\"",
+        1,
+    );
+    let p = replan(&text, &s, &o);
+    assert_eq!(p.change("vm.A.cc[2]").unwrap().action, Action::Create);
+    assert_eq!(
+        p.summary(),
+        Summary {
+            steps: 1,
+            ..Summary::default()
+        }
+    );
+    snap("s10_cc_step_added", &p);
+}
+
+#[test]
+fn s11_cc_step_changed_runs_again_on_the_live_vm() {
+    let (s, o) = seeded(SEED);
+    let p = replan(&SEED.replace("10.0.0.2/24", "10.0.0.3/24"), &s, &o);
+    let c = p.change("vm.B.cc[0]").unwrap();
+    assert_eq!(c.action, Action::Replace);
+    assert_eq!(c.reasons, ["step changed"]);
+    assert_eq!(p.change("vm.B").unwrap().action, Action::NoOp);
+    snap("s11_cc_step_changed", &p);
+}
+
+const BRO: &str = r#"
+experiment "bro" { images "/img" }
+network "LAN"
+network "mon"
+disk "bro" size="10G" format="qcow2" filesystem="ext4" keep=#true
+vm "A" { kernel "/img/k"; nic "LAN" }
+vm "monitor" {
+    kernel "/img/k"
+    snapshot #false
+    disk "bro" mount="/bro"
+    nic "mon"
+    mirrors "A"
+    cc { background "tcpdump -i eth0 -w /bro/capture.pcap" }
+}
+"#;
+
+#[test]
+fn s12_keep_disk_at_destroy() {
+    let (s, o) = seeded(BRO);
+    let p = plan(None, &s, Some(&o), Mode::Destroy);
+    assert_eq!(p.change("disk.bro").unwrap().action, Action::NoOp);
+    assert_eq!(p.change("vm.monitor").unwrap().action, Action::Delete);
+    snap("s12_keep_disk_at_destroy", &p);
+    let all = plan(None, &s, Some(&o), Mode::DestroyAll);
+    assert_eq!(all.change("disk.bro").unwrap().action, Action::Delete);
+    insta::assert_snapshot!("s12_destroy_all", render::text(&all));
+}
+
+#[test]
+fn s13_orphan_present() {
+    let (s, mut o) = seeded(SEED);
+    o.links.insert(
+        "vm.Z.nic[0]".into(),
+        ObservedLink {
+            name: "mpt0123456789ab".into(),
+            kind: "tun".into(),
+            up: true,
+            controller: None,
+            mac: None,
+        },
+    );
+    o.vms.insert(
+        "vm.Z".into(),
+        ObservedVm {
+            pid: Some(4242),
+            alive: true,
+            status: Some("running".into()),
+        },
+    );
+    let p = replan(SEED, &s, &o);
+    assert_eq!(p.change("vm.Z").unwrap().action, Action::Delete);
+    assert_eq!(p.change("vm.Z.nic[0]").unwrap().action, Action::Delete);
+    snap("s13_orphan_present", &p);
+}
+
+#[test]
+fn s14_tags_change_in_place() {
+    let (s, o) = seeded(SEED);
+    let text = SEED.replacen(
+        "memory \"256M\"",
+        "memory \"256M\"\n    tags { role \"client\" }",
+        1,
+    );
+    let p = replan(&text, &s, &o);
+    assert_eq!(p.change("vm.A").unwrap().action, Action::Update);
+    assert_eq!(p.change("vm.A.cc[0]").unwrap().action, Action::NoOp);
+    snap("s14_tags_change_in_place", &p);
+}
+
+#[test]
+fn s15_mirror_missing() {
+    let (s, mut o) = seeded(SEED);
+    o.mirrors.clear();
+    let p = replan(SEED, &s, &o);
+    let m = p.change("mirror.A[0]->monitor[0]").unwrap();
+    assert_eq!(
+        (m.action, m.reasons.clone()),
+        (Action::Replace, vec!["mirror missing".to_string()])
+    );
+    snap("s15_mirror_missing", &p);
+}
+
+#[test]
+fn s16_host_address_changes_in_place() {
+    let (s, o) = seeded(SEED);
+    let p = replan(
+        &SEED.replace(
+            "network \"mon\"",
+            "network \"mon\" { host-address \"10.9.0.254/24\"; }",
+        ),
+        &s,
+        &o,
+    );
+    assert_eq!(p.change("network.mon").unwrap().action, Action::Update);
+    snap("s16_host_address_in_place", &p);
+}
+
+#[test]
+fn s17_interrupted_creation_is_replaced() {
+    let (mut s, o) = seeded(SEED);
+    s.resources.get_mut("vm.B").unwrap().status = crate::state::Status::Creating;
+    let p = replan(SEED, &s, &o);
+    assert_eq!(
+        p.change("vm.B").unwrap().reasons,
+        ["its creation was interrupted"]
+    );
+    snap("s17_interrupted_creation", &p);
+}
+
+#[test]
+fn s18_failed_step_runs_again() {
+    let (mut s, o) = seeded(SEED);
+    s.resources.get_mut("vm.A.cc[1]").unwrap().exit = Some(2);
+    let p = replan(SEED, &s, &o);
+    assert_eq!(
+        p.change("vm.A.cc[1]").unwrap().reasons,
+        ["it exited 2 last time"]
+    );
+    snap("s18_failed_step", &p);
+}
+
+#[test]
+fn s19_disk_size_change_replaces_disk_and_vm() {
+    let (s, o) = seeded(BRO);
+    let p = replan(&BRO.replace("10G", "20G"), &s, &o);
+    assert_eq!(
+        p.change("disk.bro").unwrap().reasons,
+        ["size changed: 10G -> 20G"]
+    );
+    assert_eq!(p.change("vm.monitor").unwrap().action, Action::Replace);
+    snap("s19_disk_size_change", &p);
+}
+
+#[test]
+fn s20_destroy_after_partial_apply() {
+    let (mut s, o) = seeded(SEED);
+    s.resources.retain(|a, _| !a.starts_with("vm.B"));
+    let p = plan(None, &s, Some(&o), Mode::Destroy);
+    // vm.B's objects are orphans now: still destroyed.
+    assert_eq!(p.change("vm.B").unwrap().action, Action::Delete);
+    snap("s20_destroy_after_partial_apply", &p);
+}
+
+#[test]
+fn deletes_come_in_reverse_dependency_order() {
+    let (s, o) = seeded(SEED);
+    let p = plan(None, &s, Some(&o), Mode::Destroy);
+    let pos = |a: &str| p.changes.iter().position(|c| c.address == a).unwrap();
+    assert!(pos("vm.A.cc[0]") < pos("vm.A"));
+    assert!(pos("mirror.A[0]->monitor[0]") < pos("vm.A"));
+    assert!(pos("vm.A") < pos("vm.A.nic[0]"));
+    assert!(pos("vm.A.nic[0]") < pos("network.LAN"));
+}
+
+#[test]
+fn plan_is_deterministic() {
+    let (s, o) = seeded(SEED);
+    let t = SEED.replace("256M", "1G");
+    assert_eq!(
+        render::text(&replan(&t, &s, &o)),
+        render::text(&replan(&t, &s, &o))
+    );
+}
+
+/// A random lab: `n` VMs over `nets` networks, mirrors and steps.
+fn gen_lab(n: usize, nets: usize, mem: &[u16], mirror_every: usize, steps: &[u8]) -> String {
+    let mut t = String::from("experiment \"p\" { images \"/img\" }\n");
+    for i in 0..nets {
+        t += &format!("network \"n{i}\"\n");
+    }
+    t += "network \"mon\"\nvm \"mon\" { kernel \"/img/k\"; nic \"mon\" }\n";
+    for i in 0..n {
+        t += &format!(
+            "vm \"v{i}\" {{\n  kernel \"/img/k\"\n  memory \"{}M\"\n  nic \"n{}\"\n",
+            mem[i % mem.len()].max(1),
+            i % nets
+        );
+        let k = steps[i % steps.len()];
+        if k > 0 {
+            t += "  cc {\n";
+            for j in 0..k {
+                t += &format!("    exec \"echo {i} {j}\"\n");
+            }
+            t += "  }\n";
+        }
+        t += "}\n";
+    }
+    if mirror_every > 0 {
+        let mut m = String::new();
+        for i in (0..n).step_by(mirror_every) {
+            m += &format!("  mirrors \"v{i}\"\n");
+        }
+        t = t.replace("nic \"mon\" }", &format!("nic \"mon\"\n{m}}}"));
+    }
+    t
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(48))]
+    #[test]
+    fn applying_a_plan_converges(
+        n1 in 0usize..6, n2 in 0usize..6, nets1 in 1usize..3, nets2 in 1usize..3,
+        mem1 in proptest::collection::vec(64u16..512, 1..4), mem2 in proptest::collection::vec(64u16..512, 1..4),
+        m1 in 0usize..3, m2 in 0usize..3,
+        st1 in proptest::collection::vec(0u8..3, 1..4), st2 in proptest::collection::vec(0u8..3, 1..4),
+        kill in proptest::option::of(0usize..6),
+    ) {
+        let (s, mut o) = seeded(&gen_lab(n1, nets1, &mem1, m1, &st1));
+        if let Some(k) = kill
+            && let Some(v) = o.vms.get_mut(&format!("vm.v{k}"))
+        {
+            v.alive = false;
+        }
+        let second = gen_lab(n2, nets2, &mem2, m2, &st2);
+        let p = replan(&second, &s, &o);
+        let (s2, o2) = simulate(&p, &s, &o);
+        let again = replan(&second, &s2, &o2);
+        let left: Vec<_> = again.changes.iter().filter(|c| c.action != Action::NoOp).map(|c| (&c.address, &c.reasons)).collect();
+        prop_assert!(left.is_empty(), "not converged: {left:?}");
+    }
+}
