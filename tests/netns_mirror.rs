@@ -1,0 +1,557 @@
+//! Tap mirrors with real frames, each test in its own network namespace.
+//!
+//! Topology (all made with the driver, like an experiment would):
+//!   bridge mpbLAN: taps mptA, mptB      (the two endpoints)
+//!   bridge mpbmon: taps mptM, mptM2, mptP (mirror destinations and a probe)
+//! The test process holds every tap open through /dev/net/tun (without vnet
+//! header), so it writes raw Ethernet frames into A and B and reads what the
+//! kernel sends out of each tap. Frames carry a unique tag.
+//!
+//! "A is mirrored" is checked by: A sends a frame to B (A ingress) and waits
+//! until B has it; B sends one to A (A egress) and waits until A has it; by
+//! then any mirror copy has already been handed to M (mirroring happens before
+//! the bridge forwards, and before A's own queue). Then P sends a barrier frame
+//! that the mon bridge floods to M; once M has the barrier, everything M got
+//! before it is known. M's root qdisc is `noqueue`, so M's queue is strictly
+//! in order. No sleeps: every wait is a poll with a bounded deadline.
+
+#[path = "common/netns.rs"]
+mod netns;
+
+use std::collections::BTreeSet;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::time::{Duration, Instant};
+
+use megaplan::drivers::netlink::{MacAddr, Netlink};
+use megaplan::drivers::tc::{Direction, Tc};
+use netns::{can_run, in_netns, ns_cmd};
+
+const ETHERTYPE: u16 = 0x88b5; // IEEE local experimental
+const MAGIC: &[u8; 6] = b"MPTEST";
+const DEADLINE: Duration = Duration::from_secs(5);
+
+const MAC_A: [u8; 6] = [0x02, 0, 0, 0, 0, 0x0a]; // "guest" MACs behind the taps
+const MAC_B: [u8; 6] = [0x02, 0, 0, 0, 0, 0x0b];
+const MAC_P: [u8; 6] = [0x02, 0, 0, 0, 0, 0x0f];
+const BROADCAST: [u8; 6] = [0xff; 6];
+
+fn alias(addr: &str) -> String {
+    format!("megaplan:mirror-test:{addr}")
+}
+
+/// A tap held open by the test, for raw frames.
+struct TapFd {
+    name: String,
+    fd: OwnedFd,
+}
+
+impl TapFd {
+    fn open(name: &str) -> TapFd {
+        // SAFETY: open(2) of a constant NUL-terminated path.
+        let raw = unsafe {
+            libc::open(
+                c"/dev/net/tun".as_ptr(),
+                libc::O_RDWR | libc::O_CLOEXEC | libc::O_NONBLOCK,
+            )
+        };
+        assert!(
+            raw >= 0,
+            "open /dev/net/tun: {}",
+            std::io::Error::last_os_error()
+        );
+        // SAFETY: fresh fd, owned by nobody else.
+        let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+        // SAFETY: zeroed ifreq is valid.
+        let mut ifr: libc::ifreq = unsafe { std::mem::zeroed() };
+        for (d, s) in ifr.ifr_name.iter_mut().zip(name.as_bytes()) {
+            *d = *s as libc::c_char;
+        }
+        ifr.ifr_ifru.ifru_flags = (libc::IFF_TAP | libc::IFF_NO_PI) as libc::c_short;
+        // SAFETY: TUNSETIFF on our fd with our ifreq; attaches to the existing tap.
+        let rc = unsafe { libc::ioctl(fd.as_raw_fd(), libc::TUNSETIFF, &mut ifr) };
+        assert_eq!(rc, 0, "attach {name}: {}", std::io::Error::last_os_error());
+        TapFd {
+            name: name.to_string(),
+            fd,
+        }
+    }
+
+    fn send(&self, frame: &[u8]) {
+        // SAFETY: write from a valid buffer.
+        let n = unsafe { libc::write(self.fd.as_raw_fd(), frame.as_ptr().cast(), frame.len()) };
+        assert_eq!(
+            n,
+            frame.len() as isize,
+            "write {}: {}",
+            self.name,
+            std::io::Error::last_os_error()
+        );
+    }
+
+    /// Read one frame, waiting at most until `deadline`.
+    fn recv(&self, deadline: Instant) -> Option<Vec<u8>> {
+        let mut buf = vec![0u8; 2048];
+        loop {
+            // SAFETY: read into a buffer we own.
+            let n = unsafe { libc::read(self.fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
+            if n > 0 {
+                buf.truncate(n as usize);
+                return Some(buf);
+            }
+            let err = std::io::Error::last_os_error();
+            assert_eq!(
+                err.raw_os_error(),
+                Some(libc::EAGAIN),
+                "read {}: {err}",
+                self.name
+            );
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return None;
+            }
+            let mut pfd = libc::pollfd {
+                fd: self.fd.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            };
+            // SAFETY: poll on one valid pollfd.
+            unsafe { libc::poll(&mut pfd, 1, left.as_millis().max(1) as libc::c_int) };
+        }
+    }
+
+    /// Read frames until the one tagged `tag` arrives; returns every test tag
+    /// seen (including `tag`), or None at the deadline.
+    fn wait_tag(&self, tag: u64, within: Duration) -> Option<BTreeSet<u64>> {
+        let deadline = Instant::now() + within;
+        let mut seen = BTreeSet::new();
+        while let Some(f) = self.recv(deadline) {
+            if let Some(t) = tag_of(&f) {
+                seen.insert(t);
+                if t == tag {
+                    return Some(seen);
+                }
+            }
+        }
+        None
+    }
+
+    /// Every test tag already queued (no waiting).
+    fn drain(&self) -> BTreeSet<u64> {
+        let mut seen = BTreeSet::new();
+        while let Some(f) = self.recv(Instant::now()) {
+            if let Some(t) = tag_of(&f) {
+                seen.insert(t);
+            }
+        }
+        seen
+    }
+}
+
+fn frame(dst: [u8; 6], src: [u8; 6], tag: u64) -> Vec<u8> {
+    let mut f = Vec::with_capacity(60);
+    f.extend_from_slice(&dst);
+    f.extend_from_slice(&src);
+    f.extend_from_slice(&ETHERTYPE.to_be_bytes());
+    f.extend_from_slice(MAGIC);
+    f.extend_from_slice(&tag.to_be_bytes());
+    f.resize(60, 0);
+    f
+}
+
+fn tag_of(f: &[u8]) -> Option<u64> {
+    if f.len() < 28 || f[12..14] != ETHERTYPE.to_be_bytes() || &f[14..20] != MAGIC {
+        return None;
+    }
+    Some(u64::from_be_bytes(f[20..28].try_into().unwrap()))
+}
+
+struct Lab {
+    a: TapFd,
+    b: TapFd,
+    m: TapFd,
+    m2: TapFd,
+    p: TapFd,
+    next_tag: u64,
+    /// Every frame written, by tag, to compare mirror copies byte for byte.
+    sent: std::collections::HashMap<u64, Vec<u8>>,
+}
+
+impl Lab {
+    async fn build(ns: &str, nl: &Netlink) -> Lab {
+        // Less noise (IPv6 DAD, router solicitations) on new links.
+        ns_cmd(ns, &["sysctl", "-qw", "net.ipv6.conf.all.disable_ipv6=1"]);
+        ns_cmd(
+            ns,
+            &["sysctl", "-qw", "net.ipv6.conf.default.disable_ipv6=1"],
+        );
+        nl.create_bridge("mpbLAN", &alias("network.LAN"))
+            .await
+            .unwrap();
+        nl.create_bridge("mpbmon", &alias("network.mon"))
+            .await
+            .unwrap();
+        for (i, (tap, nic, br)) in [
+            ("mptA", "vm.A.nic[0]", "mpbLAN"),
+            ("mptB", "vm.B.nic[0]", "mpbLAN"),
+            ("mptM", "vm.monitor.nic[0]", "mpbmon"),
+            ("mptM2", "vm.monitor2.nic[0]", "mpbmon"),
+            ("mptP", "vm.probe.nic[0]", "mpbmon"),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let mac = MacAddr::tap_for_guest(MacAddr([0x02, 0, 0, 0, 1, i as u8]));
+            nl.create_tap(tap, Some(mac), &alias(nic), Some(br))
+                .await
+                .unwrap();
+        }
+        for m in ["mptM", "mptM2"] {
+            ns_cmd(ns, &["tc", "qdisc", "replace", "dev", m, "root", "noqueue"]);
+        }
+        let mut lab = Lab {
+            a: TapFd::open("mptA"),
+            b: TapFd::open("mptB"),
+            m: TapFd::open("mptM"),
+            m2: TapFd::open("mptM2"),
+            p: TapFd::open("mptP"),
+            next_tag: 1,
+            sent: Default::default(),
+        };
+        lab.warm_up();
+        lab
+    }
+
+    fn tag(&mut self) -> u64 {
+        self.next_tag += 1;
+        self.next_tag
+    }
+
+    fn send(&mut self, from: char, dst: [u8; 6], src: [u8; 6]) -> u64 {
+        let t = self.tag();
+        let f = frame(dst, src, t);
+        match from {
+            'A' => self.a.send(&f),
+            'B' => self.b.send(&f),
+            'P' => self.p.send(&f),
+            _ => unreachable!(),
+        }
+        self.sent.insert(t, f);
+        t
+    }
+
+    /// Bridge ports come up asynchronously once the taps have carrier: retry
+    /// until each path delivers (each try waits at most 100 ms for its frame).
+    fn warm_up(&mut self) {
+        let deadline = Instant::now() + DEADLINE;
+        for (from, to) in [('A', 'B'), ('B', 'A'), ('P', 'M'), ('P', '2')] {
+            loop {
+                assert!(Instant::now() < deadline, "path {from}->{to} never came up");
+                let (dst, src) = match from {
+                    'A' => (MAC_B, MAC_A),
+                    'B' => (MAC_A, MAC_B),
+                    _ => (BROADCAST, MAC_P),
+                };
+                let t = self.send(from, dst, src);
+                let rx = match to {
+                    'A' => &self.a,
+                    'B' => &self.b,
+                    'M' => &self.m,
+                    _ => &self.m2,
+                };
+                if rx.wait_tag(t, Duration::from_millis(100)).is_some() {
+                    break;
+                }
+            }
+        }
+        self.m.drain();
+        self.m2.drain();
+    }
+
+    /// Send A->B and B->A, then a barrier to both monitors; return which of the
+    /// two frames each monitor saw: ((ingress, egress) on M, (ingress, egress) on M2).
+    fn probe(&mut self) -> ((bool, bool), (bool, bool)) {
+        let t_in = self.send('A', MAC_B, MAC_A);
+        assert!(
+            self.b.wait_tag(t_in, DEADLINE).is_some(),
+            "B never got A's frame"
+        );
+        let t_out = self.send('B', MAC_A, MAC_B);
+        assert!(
+            self.a.wait_tag(t_out, DEADLINE).is_some(),
+            "A never got B's frame"
+        );
+        let barrier = self.send('P', BROADCAST, MAC_P);
+        let mut result = Vec::new();
+        for mon in [&self.m, &self.m2] {
+            let mut seen = mon
+                .wait_tag(barrier, DEADLINE)
+                .unwrap_or_else(|| panic!("{} never got the barrier", mon.name));
+            seen.extend(mon.drain());
+            result.push((seen.contains(&t_in), seen.contains(&t_out)));
+        }
+        (result[0], result[1])
+    }
+
+    /// Like probe, but also checks that a mirrored copy is byte-identical.
+    fn probe_exact_copy(&mut self) {
+        let t = self.send('A', MAC_B, MAC_A);
+        let deadline = Instant::now() + DEADLINE;
+        loop {
+            let f = self.m.recv(deadline).expect("no mirror copy on M");
+            if tag_of(&f) == Some(t) {
+                assert_eq!(&f, &self.sent[&t], "mirror copy differs from the frame");
+                break;
+            }
+        }
+        assert!(self.b.wait_tag(t, DEADLINE).is_some());
+    }
+}
+
+const NONE: (bool, bool) = (false, false);
+const IN: (bool, bool) = (true, false);
+const OUT: (bool, bool) = (false, true);
+const BOTH: (bool, bool) = (true, true);
+
+fn filters_on(ns: &str, dev: &str) -> String {
+    let i = ns_cmd(ns, &["tc", "filter", "show", "dev", dev, "ingress"]);
+    let e = ns_cmd(ns, &["tc", "filter", "show", "dev", dev, "egress"]);
+    format!("{i}{e}")
+}
+
+fn qdiscs_on(ns: &str, dev: &str) -> String {
+    ns_cmd(ns, &["tc", "qdisc", "show", "dev", dev])
+}
+
+#[test]
+fn mirror_directions_with_real_frames() {
+    if !can_run("mirror_directions_with_real_frames") {
+        return;
+    }
+    in_netns(|ns, rt| {
+        let nl = rt.block_on(async { Netlink::connect().unwrap() });
+        let tc = Tc::new(&nl);
+        let mut lab = rt.block_on(Lab::build(ns, &nl));
+
+        assert_eq!(lab.probe(), (NONE, NONE), "no mirror yet");
+
+        // Ingress only.
+        rt.block_on(tc.add_mirror("mptA", "mptM", Direction::Ingress))
+            .unwrap();
+        let ms = rt.block_on(tc.list_mirrors("mptA")).unwrap();
+        assert_eq!(ms.len(), 1, "{ms:?}");
+        assert_eq!(ms[0].direction, Direction::Ingress);
+        assert_eq!(ms[0].dst_name.as_deref(), Some("mptM"));
+        assert!(ms[0].is_for("mptM"));
+        assert_eq!(lab.probe(), (IN, NONE));
+        lab.probe_exact_copy();
+        assert_eq!(
+            rt.block_on(tc.remove_mirror("mptA", "mptM", Direction::Both))
+                .unwrap(),
+            1
+        );
+        assert_eq!(lab.probe(), (NONE, NONE), "removed mirror still copies");
+        assert!(
+            !rt.block_on(tc.has_clsact("mptA")).unwrap(),
+            "{}",
+            qdiscs_on(ns, "mptA")
+        );
+
+        // Egress only.
+        rt.block_on(tc.add_mirror("mptA", "mptM", Direction::Egress))
+            .unwrap();
+        assert_eq!(lab.probe(), (OUT, NONE));
+        assert_eq!(
+            rt.block_on(tc.remove_mirror("mptA", "mptM", Direction::Egress))
+                .unwrap(),
+            1
+        );
+        assert_eq!(lab.probe(), (NONE, NONE));
+
+        // Both, added twice (idempotent), then taken down one side at a time.
+        rt.block_on(tc.add_mirror("mptA", "mptM", Direction::Both))
+            .unwrap();
+        let first = rt.block_on(tc.list_mirrors("mptA")).unwrap();
+        rt.block_on(tc.add_mirror("mptA", "mptM", Direction::Both))
+            .unwrap();
+        let second = rt.block_on(tc.list_mirrors("mptA")).unwrap();
+        assert_eq!(first, second);
+        assert_eq!(second.len(), 2);
+        assert_ne!(second[0].priority, second[1].priority);
+        assert_eq!(lab.probe(), (BOTH, NONE));
+        assert_eq!(
+            rt.block_on(tc.remove_mirror("mptA", "mptM", Direction::Ingress))
+                .unwrap(),
+            1
+        );
+        assert_eq!(lab.probe(), (OUT, NONE));
+        let left = rt.block_on(tc.list_mirrors("mptA")).unwrap();
+        assert_eq!(left.len(), 1);
+        assert_eq!(left[0].direction, Direction::Egress);
+        assert_eq!(
+            rt.block_on(tc.remove_mirror("mptA", "mptM", Direction::Egress))
+                .unwrap(),
+            1
+        );
+        assert_eq!(lab.probe(), (NONE, NONE));
+
+        // Nothing left behind on the source.
+        assert!(rt.block_on(tc.list_mirrors("mptA")).unwrap().is_empty());
+        assert!(!rt.block_on(tc.has_clsact("mptA")).unwrap());
+        assert!(
+            !qdiscs_on(ns, "mptA").contains("clsact"),
+            "{}",
+            qdiscs_on(ns, "mptA")
+        );
+        teardown(ns, rt, &nl);
+    });
+}
+
+#[test]
+fn several_mirrors_on_one_source() {
+    if !can_run("several_mirrors_on_one_source") {
+        return;
+    }
+    in_netns(|ns, rt| {
+        let nl = rt.block_on(async { Netlink::connect().unwrap() });
+        let tc = Tc::new(&nl);
+        let mut lab = rt.block_on(Lab::build(ns, &nl));
+
+        rt.block_on(tc.add_mirror("mptA", "mptM", Direction::Both))
+            .unwrap();
+        rt.block_on(tc.add_mirror("mptA", "mptM2", Direction::Ingress))
+            .unwrap();
+        // A mirror on another source into the same destination.
+        rt.block_on(tc.add_mirror("mptB", "mptM2", Direction::Ingress))
+            .unwrap();
+        let ms = rt.block_on(tc.list_mirrors("mptA")).unwrap();
+        assert_eq!(ms.len(), 3, "{ms:?}");
+        let prios: BTreeSet<u16> = ms.iter().map(|m| m.priority).collect();
+        assert_eq!(prios.len(), 3, "priorities must be distinct: {ms:?}");
+        // M2 sees A's ingress via A, and B's ingress (= the B->A frame) via B.
+        assert_eq!(lab.probe(), (BOTH, BOTH));
+
+        // Remove one mirror: the other keeps working.
+        assert_eq!(
+            rt.block_on(tc.remove_mirror("mptB", "mptM2", Direction::Both))
+                .unwrap(),
+            1
+        );
+        assert_eq!(lab.probe(), (BOTH, IN));
+        assert_eq!(
+            rt.block_on(tc.remove_mirror("mptA", "mptM", Direction::Both))
+                .unwrap(),
+            2
+        );
+        assert_eq!(lab.probe(), (NONE, IN));
+        let ms = rt.block_on(tc.list_mirrors("mptA")).unwrap();
+        assert_eq!(ms.len(), 1);
+        assert_eq!(ms[0].dst_name.as_deref(), Some("mptM2"));
+        // Only our remaining filter, no empty leftovers.
+        let shown = filters_on(ns, "mptA");
+        assert_eq!(shown.matches("mirred").count(), 1, "{shown}");
+
+        // clear_mirrors drops the qdisc and everything on it.
+        assert!(rt.block_on(tc.clear_mirrors("mptA")).unwrap());
+        assert!(!rt.block_on(tc.clear_mirrors("mptA")).unwrap());
+        assert_eq!(lab.probe(), (NONE, NONE));
+        assert!(filters_on(ns, "mptA").trim().is_empty());
+        assert!(!qdiscs_on(ns, "mptA").contains("clsact"));
+        teardown(ns, rt, &nl);
+    });
+}
+
+#[test]
+fn foreign_filters_and_vanished_destinations() {
+    if !can_run("foreign_filters_and_vanished_destinations") {
+        return;
+    }
+    in_netns(|ns, rt| {
+        let nl = rt.block_on(async { Netlink::connect().unwrap() });
+        let tc = Tc::new(&nl);
+        let mut lab = rt.block_on(Lab::build(ns, &nl));
+
+        // Someone else's mirror (no cookie) on the same source, same kind of filter.
+        ns_cmd(ns, &["tc", "qdisc", "add", "dev", "mptA", "clsact"]);
+        ns_cmd(
+            ns,
+            &[
+                "tc", "filter", "add", "dev", "mptA", "egress", "prio", "7", "protocol", "all",
+                "u32", "match", "u32", "0", "0", "action", "mirred", "egress", "mirror", "dev",
+                "mptM2", "continue",
+            ],
+        );
+        rt.block_on(tc.add_mirror("mptA", "mptM", Direction::Ingress))
+            .unwrap();
+        let ms = rt.block_on(tc.list_mirrors("mptA")).unwrap();
+        assert_eq!(ms.len(), 1, "only ours is listed: {ms:?}");
+        assert_eq!(lab.probe(), (IN, OUT));
+
+        // Removing ours leaves theirs, and their qdisc.
+        assert_eq!(
+            rt.block_on(tc.remove_mirror("mptA", "mptM", Direction::Both))
+                .unwrap(),
+            1
+        );
+        assert_eq!(lab.probe(), (NONE, OUT));
+        assert!(rt.block_on(tc.has_clsact("mptA")).unwrap());
+        assert!(filters_on(ns, "mptA").contains("mirred"));
+        ns_cmd(ns, &["tc", "qdisc", "del", "dev", "mptA", "clsact"]);
+
+        // An `ingress` qdisc is not ours to replace.
+        ns_cmd(ns, &["tc", "qdisc", "add", "dev", "mptB", "ingress"]);
+        let e = rt
+            .block_on(tc.add_mirror("mptB", "mptM", Direction::Both))
+            .unwrap_err();
+        assert!(e.to_string().contains("not clsact"), "{e}");
+        ns_cmd(ns, &["tc", "qdisc", "del", "dev", "mptB", "ingress"]);
+
+        // The destination disappears: the mirror shows as dead, and can still be
+        // removed by the destination's name; re-adding after the destination is
+        // re-created replaces the stale filter.
+        rt.block_on(tc.add_mirror("mptA", "mptM", Direction::Both))
+            .unwrap();
+        drop(lab); // release the taps
+        rt.block_on(nl.delete_link("mptM", &alias("vm.monitor.nic[0]")))
+            .unwrap();
+        let ms = rt.block_on(tc.list_mirrors("mptA")).unwrap();
+        assert_eq!(ms.len(), 2);
+        assert!(
+            ms.iter()
+                .all(|m| m.dst_ifindex.is_none() && m.is_for("mptM")),
+            "{ms:?}"
+        );
+        rt.block_on(nl.create_tap("mptM", None, &alias("vm.monitor.nic[0]"), Some("mpbmon")))
+            .unwrap();
+        rt.block_on(tc.add_mirror("mptA", "mptM", Direction::Both))
+            .unwrap();
+        let new_index = rt.block_on(nl.index_of("mptM")).unwrap();
+        let ms = rt.block_on(tc.list_mirrors("mptA")).unwrap();
+        assert_eq!(ms.len(), 2, "{ms:?}");
+        assert!(
+            ms.iter().all(|m| m.dst_ifindex == Some(new_index)),
+            "{ms:?}"
+        );
+        rt.block_on(nl.delete_link("mptM", &alias("vm.monitor.nic[0]")))
+            .unwrap();
+        assert_eq!(
+            rt.block_on(tc.remove_mirror("mptA", "mptM", Direction::Both))
+                .unwrap(),
+            2
+        );
+        assert!(!rt.block_on(tc.has_clsact("mptA")).unwrap());
+        teardown(ns, rt, &nl);
+    });
+}
+
+/// Delete everything through the driver and check nothing marked is left.
+fn teardown(ns: &str, rt: &tokio::runtime::Runtime, nl: &Netlink) {
+    rt.block_on(async {
+        for l in nl.list_marked("megaplan:mirror-test:").await.unwrap() {
+            let a = l.alias.clone().unwrap();
+            nl.delete_link(&l.name, &a).await.unwrap();
+        }
+        assert!(nl.list_marked("megaplan:").await.unwrap().is_empty());
+    });
+    let links = ns_cmd(ns, &["ip", "-o", "link", "show"]);
+    assert_eq!(links.lines().count(), 1, "only lo should be left: {links}");
+}
