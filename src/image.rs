@@ -796,6 +796,10 @@ log "up; starting init"
 exec /sbin/init
 "#;
 
+/// root, nobody, and the users packaged tools switch to.
+const PASSWD: &str = "root:x:0:0:root:/root:/bin/sh\ntcpdump:x:104:104::/nonexistent:/bin/false\nnobody:x:65534:65534:nobody:/nonexistent:/bin/false\n";
+const GROUP: &str = "root:x:0:\ntcpdump:x:104:\nnogroup:x:65534:\n";
+
 const INITTAB: &str = "\
 ::respawn:/bin/sh -c '/sbin/megaplan-agent; sleep 1'
 ::respawn:/sbin/acpid -f -c /etc/acpi -l /dev/null
@@ -1002,12 +1006,13 @@ fn assemble(
     tree.file("etc/megaplan/modules", 0o644, order);
     tree.file("etc/megaplan/shutdown", 0o755, SHUTDOWN);
     tree.file("etc/inittab", 0o644, INITTAB);
+    // Users that tools drop privileges to (tcpdump runs as `tcpdump` on Debian).
+    tree.file("etc/passwd", 0o644, PASSWD);
+    tree.file("etc/group", 0o644, GROUP);
     if loaded.iter().any(|m| m == "button") || builtin.contains("button") {
         tree.file("etc/megaplan/acpi", 0o644, "button\n");
     }
     tree.file("etc/acpi/PWRF/00000080", 0o755, POWER_BUTTON);
-    tree.file("etc/passwd", 0o644, "root:x:0:0:root:/root:/bin/sh\n");
-    tree.file("etc/group", 0o644, "root:x:0:\n");
     tree.file("etc/hosts", 0o644, "127.0.0.1 localhost\n");
     tree.file("etc/hostname", 0o644, "megaplan\n");
     Ok((tree.entries(), loaded))

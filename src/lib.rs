@@ -7,11 +7,22 @@
 //! agent) -> `state`.
 
 pub mod agent;
+pub mod apply;
+pub mod cc;
+pub mod cli;
 pub mod diag;
 pub mod drivers;
+pub mod graph;
+pub mod host;
 pub mod identity;
+pub mod image;
 pub mod lab;
 pub mod model;
+pub mod observed;
+pub mod plan;
+pub mod saved;
 pub mod schema;
+pub mod show;
+pub mod state;
 pub mod syntax;
 pub mod validate;

@@ -1,0 +1,515 @@
+//! The executor: walks a plan's graph and carries it out through a [`Host`].
+//!
+//! Invariants:
+//! - Only the executor changes the machine (through [`Host`]) and the state.
+//! - A record is saved as `Creating` before an effect starts and `Ready` after
+//!   it succeeds (or `Failed`); a delete removes its record after the effect.
+//!   The state file is written after every step, so a crash or kill at any
+//!   point leaves a state the next plan converges from.
+//! - Independent operations run at once, up to `parallelism`; a failure skips
+//!   what depends on it, lets the rest finish, and every error is reported.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt::Write as _;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use futures::stream::{FuturesUnordered, StreamExt};
+use serde_json::Value;
+
+use crate::host::{Host, HostError};
+use crate::identity;
+use crate::lab::Lab;
+use crate::plan::{Action, Change, Plan};
+use crate::state::{Kind, Record, State, StateDir, Status};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+enum Phase {
+    Delete,
+    Create,
+}
+
+#[derive(Clone, Debug)]
+struct Op {
+    phase: Phase,
+    change: usize,
+}
+
+/// How an apply went.
+#[derive(Debug, Default)]
+pub struct Report {
+    pub done: Vec<String>,
+    pub errors: Vec<(String, String)>,
+    pub skipped: Vec<String>,
+    /// Wall time per kind and phase, for the summary.
+    pub timings: BTreeMap<String, Duration>,
+    pub total: Duration,
+}
+
+impl Report {
+    pub fn ok(&self) -> bool {
+        self.errors.is_empty() && self.skipped.is_empty()
+    }
+    pub fn summary(&self) -> String {
+        let mut s = String::new();
+        let _ = write!(s, "{} operations done", self.done.len());
+        if !self.errors.is_empty() {
+            let _ = write!(s, ", {} failed", self.errors.len());
+        }
+        if !self.skipped.is_empty() {
+            let _ = write!(s, ", {} skipped", self.skipped.len());
+        }
+        let _ = write!(s, " in {:.2}s", self.total.as_secs_f64());
+        let phases: Vec<String> = self
+            .timings
+            .iter()
+            .map(|(k, d)| format!("{k} {:.2}s", d.as_secs_f64()))
+            .collect();
+        if !phases.is_empty() {
+            let _ = write!(s, " ({})", phases.join(", "));
+        }
+        s
+    }
+}
+
+pub struct Executor<'a, H: Host> {
+    pub host: &'a H,
+    pub lab: Option<&'a Lab>,
+    pub sd: &'a StateDir,
+    pub experiment: String,
+    pub parallelism: usize,
+    /// Called with one line per event ("vm.A: created in 1.20s").
+    pub progress: &'a (dyn Fn(&str) + Sync),
+}
+
+fn s(attrs: &Option<crate::state::Attrs>, key: &str) -> String {
+    attrs
+        .as_ref()
+        .and_then(|a| a.get(key))
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .to_string()
+}
+
+impl<H: Host> Executor<'_, H> {
+    /// Carry out `plan`, updating and saving `state` after every step.
+    pub async fn run(&self, plan: &Plan, state: &mut State) -> Report {
+        let started = Instant::now();
+        let mut report = Report::default();
+        // Operations and their ordering edges.
+        let mut ops: Vec<Op> = Vec::new();
+        let mut op_of: HashMap<(usize, Phase), usize> = HashMap::new();
+        for (i, c) in plan.changes.iter().enumerate() {
+            let phases: &[Phase] = match c.action {
+                Action::NoOp => &[],
+                Action::Create | Action::Update => &[Phase::Create],
+                Action::Delete => &[Phase::Delete],
+                Action::Replace => &[Phase::Delete, Phase::Create],
+            };
+            for &p in phases {
+                op_of.insert((i, p), ops.len());
+                ops.push(Op {
+                    phase: p,
+                    change: i,
+                });
+            }
+        }
+        let index: HashMap<&str, usize> = plan
+            .changes
+            .iter()
+            .enumerate()
+            .map(|(i, c)| (c.address.as_str(), i))
+            .collect();
+        let mut deps: Vec<Vec<usize>> = vec![Vec::new(); ops.len()];
+        for (o, op) in ops.iter().enumerate() {
+            let c = &plan.changes[op.change];
+            match op.phase {
+                Phase::Create => {
+                    if let Some(&d) = op_of.get(&(op.change, Phase::Delete)) {
+                        deps[o].push(d);
+                    }
+                    for dep in &c.deps {
+                        if let Some(&ci) = index.get(dep.as_str())
+                            && let Some(&d) = op_of.get(&(ci, Phase::Create))
+                        {
+                            deps[o].push(d);
+                        }
+                    }
+                }
+                Phase::Delete => {
+                    // Delete this before what it depended on: so `dep`'s delete waits for ours.
+                    for dep in effective_prior_deps(c, plan) {
+                        if let Some(&ci) = index.get(dep.as_str())
+                            && let Some(&d) = op_of.get(&(ci, Phase::Delete))
+                        {
+                            deps[d].push(o);
+                        }
+                    }
+                }
+            }
+        }
+        let mut waiting: Vec<usize> = deps.iter().map(Vec::len).collect();
+        let mut dependents: Vec<Vec<usize>> = vec![Vec::new(); ops.len()];
+        for (o, ds) in deps.iter().enumerate() {
+            for &d in ds {
+                dependents[d].push(o);
+            }
+        }
+        let mut ready: Vec<usize> = (0..ops.len()).filter(|&o| waiting[o] == 0).collect();
+        ready.reverse();
+        let mut failed = vec![false; ops.len()];
+        let mut running = FuturesUnordered::new();
+        let mut finished = 0;
+        while finished < ops.len() {
+            while running.len() < self.parallelism.max(1) {
+                let Some(o) = ready.pop() else { break };
+                let op = ops[o].clone();
+                let c = &plan.changes[op.change];
+                // Record intent before the effect.
+                if op.phase == Phase::Create {
+                    let mut rec = state
+                        .resources
+                        .get(&c.address)
+                        .cloned()
+                        .unwrap_or_else(|| Record::new(c.kind, Default::default()));
+                    if c.action != Action::Update {
+                        rec.status = Status::Creating;
+                    }
+                    rec.attrs = c.after.clone().unwrap_or_default();
+                    rec.deps = c.deps.clone();
+                    state.resources.insert(c.address.clone(), rec);
+                    if let Err(e) = self.sd.save(state) {
+                        (self.progress)(&format!("warning: cannot save the state: {e}"));
+                    }
+                }
+                let prior = state.resources.get(&c.address).cloned();
+                let vm_gen = c
+                    .deps
+                    .first()
+                    .and_then(|v| state.resources.get(v))
+                    .and_then(|r| r.generation);
+                (self.progress)(&format!("{}: {}…", c.address, verb(c, op.phase)));
+                running.push(async move {
+                    let t = Instant::now();
+                    let r = self.effect(c, op.phase, prior.as_ref(), vm_gen).await;
+                    (o, r, t.elapsed())
+                });
+            }
+            let Some((o, result, took)) = running.next().await else {
+                break;
+            };
+            finished += 1;
+            let op = &ops[o];
+            let c = &plan.changes[op.change];
+            let key = format!(
+                "{} {}",
+                c.kind.as_str(),
+                if op.phase == Phase::Create {
+                    "create"
+                } else {
+                    "delete"
+                }
+            );
+            *report.timings.entry(key).or_default() += took;
+            match result {
+                Ok(outcome) => {
+                    self.record(state, c, op.phase, outcome);
+                    (self.progress)(&format!(
+                        "{}: {} in {:.2}s",
+                        c.address,
+                        done_verb(c, op.phase),
+                        took.as_secs_f64()
+                    ));
+                    report.done.push(c.address.clone());
+                }
+                Err(e) => {
+                    failed[o] = true;
+                    if let Some(r) = state.resources.get_mut(&c.address) {
+                        r.status = Status::Failed;
+                    }
+                    (self.progress)(&format!("{}: FAILED: {e}", c.address));
+                    report.errors.push((c.address.clone(), e.to_string()));
+                }
+            }
+            if let Err(e) = self.sd.save(state) {
+                report.errors.push(("state".into(), e.to_string()));
+            }
+            // Release dependents; skip the ones downstream of a failure.
+            let mut stack = vec![o];
+            while let Some(x) = stack.pop() {
+                for &d in &dependents[x] {
+                    if failed[x] {
+                        if !failed[d] {
+                            failed[d] = true;
+                            finished += 1;
+                            let cd = &plan.changes[ops[d].change];
+                            (self.progress)(&format!(
+                                "{}: skipped (a dependency failed)",
+                                cd.address
+                            ));
+                            report.skipped.push(cd.address.clone());
+                            stack.push(d);
+                        }
+                    } else {
+                        waiting[d] -= 1;
+                        if waiting[d] == 0 && !failed[d] {
+                            ready.push(d);
+                        }
+                    }
+                }
+            }
+        }
+        report.total = started.elapsed();
+        report
+    }
+
+    fn record(&self, state: &mut State, c: &Change, phase: Phase, outcome: Outcome) {
+        match phase {
+            Phase::Delete => {
+                state.resources.remove(&c.address);
+            }
+            Phase::Create => {
+                let prev_gen = state.resources.get(&c.address).and_then(|r| r.generation);
+                let rec = state
+                    .resources
+                    .entry(c.address.clone())
+                    .or_insert_with(|| Record::new(c.kind, Default::default()));
+                rec.status = Status::Ready;
+                match outcome {
+                    Outcome::Vm { pid } => {
+                        rec.pid = Some(pid);
+                        rec.generation = Some(prev_gen.unwrap_or(0) + 1);
+                    }
+                    Outcome::Step { exit, vm_gen } => {
+                        rec.exit = Some(exit);
+                        rec.generation = vm_gen;
+                        if exit != 0
+                            && c.after
+                                .as_ref()
+                                .is_none_or(|a| !a.contains_key("allow_failure"))
+                        {
+                            rec.status = Status::Failed;
+                        }
+                    }
+                    Outcome::Done => {}
+                }
+            }
+        }
+    }
+
+    async fn effect(
+        &self,
+        c: &Change,
+        phase: Phase,
+        prior: Option<&Record>,
+        vm_gen: Option<u64>,
+    ) -> Result<Outcome, HostError> {
+        let exp = &self.experiment;
+        let marker = identity::marker(exp, &c.address);
+        let before = &c.before;
+        let after = &c.after;
+        match (c.kind, phase) {
+            (Kind::Network, Phase::Create) => {
+                let ha = after
+                    .as_ref()
+                    .and_then(|a| a.get("host_address"))
+                    .and_then(Value::as_str);
+                self.host
+                    .ensure_bridge(&s(after, "bridge"), &marker, ha)
+                    .await?;
+            }
+            (Kind::Network | Kind::Tap, Phase::Delete) => {
+                let name = match c.kind {
+                    Kind::Network if before.as_ref().is_some_and(|b| b.contains_key("bridge")) => {
+                        s(before, "bridge")
+                    }
+                    _ => s(before, "name"),
+                };
+                self.host.delete_link(&name, &marker).await?;
+            }
+            (Kind::Tap, Phase::Create) => {
+                self.host
+                    .ensure_tap(
+                        &s(after, "name"),
+                        &s(after, "mac"),
+                        &marker,
+                        &s(after, "bridge"),
+                    )
+                    .await?;
+            }
+            (Kind::Disk, Phase::Create) => {
+                let lab = self
+                    .lab
+                    .ok_or_else(|| HostError::Other("no experiment to create from".into()))?;
+                let name = c.address.trim_start_matches("disk.");
+                let spec = lab
+                    .disk(name)
+                    .ok_or_else(|| HostError::Other(format!("no disk {name}")))?;
+                if c.action != Action::Update {
+                    self.host
+                        .create_disk(spec, &self.sd.disks().join(spec.file_name()))
+                        .await?;
+                }
+            }
+            (Kind::Disk, Phase::Delete) => {
+                self.host
+                    .remove_file(&self.sd.disks().join(s(before, "file")))
+                    .await?;
+            }
+            (Kind::Vm, Phase::Create) => {
+                if c.action == Action::Update {
+                    return Ok(Outcome::Vm {
+                        pid: prior.and_then(|p| p.pid).unwrap_or_default(),
+                    });
+                }
+                let lab = self
+                    .lab
+                    .ok_or_else(|| HostError::Other("no experiment to create from".into()))?;
+                let name = c.address.trim_start_matches("vm.");
+                let vm = lab
+                    .vm(name)
+                    .ok_or_else(|| HostError::Other(format!("no VM {name}")))?;
+                for p in vm.kernel.iter().chain(vm.initrd.iter()) {
+                    if !p.exists() {
+                        return Err(HostError::Other(format!(
+                            "{} does not exist (build one with `megaplan image build`)",
+                            p.display()
+                        )));
+                    }
+                }
+                // Leftovers of an interrupted launch go first.
+                self.host.stop_vm(exp, name, None, false, self.sd).await?;
+                let pid = self.host.launch_vm(lab, vm, self.sd).await?;
+                return Ok(Outcome::Vm { pid });
+            }
+            (Kind::Vm, Phase::Delete) => {
+                let name = c.address.trim_start_matches("vm.");
+                // Persistent disks want a clean shutdown; snapshot-only VMs can just stop.
+                let graceful =
+                    before.as_ref().and_then(|b| b.get("snapshot")) == Some(&Value::Bool(false));
+                self.host
+                    .stop_vm(exp, name, prior.and_then(|p| p.pid), graceful, self.sd)
+                    .await?;
+            }
+            (Kind::Mirror, Phase::Create) => {
+                if c.action == Action::Update {
+                    self.host
+                        .remove_mirror(&s(before, "source_tap"), &s(before, "dest_tap"))
+                        .await?;
+                }
+                self.host
+                    .add_mirror(
+                        &s(after, "source_tap"),
+                        &s(after, "dest_tap"),
+                        &s(after, "direction"),
+                    )
+                    .await?;
+            }
+            (Kind::Mirror, Phase::Delete) => {
+                self.host
+                    .remove_mirror(&s(before, "source_tap"), &s(before, "dest_tap"))
+                    .await?;
+            }
+            (Kind::Step, Phase::Create) => {
+                let lab = self
+                    .lab
+                    .ok_or_else(|| HostError::Other("no experiment".into()))?;
+                let (vm_name, idx) = parse_step_address(&c.address)
+                    .ok_or_else(|| HostError::Other(format!("bad step address {}", c.address)))?;
+                let vm = lab
+                    .vm(vm_name)
+                    .ok_or_else(|| HostError::Other(format!("no VM {vm_name}")))?;
+                let step = &vm.cc[idx];
+                let out = self
+                    .host
+                    .run_step(
+                        exp,
+                        vm_name,
+                        &step.action,
+                        step.timeout_ms.map(Duration::from_millis),
+                    )
+                    .await?;
+                let dir: PathBuf = self.sd.cc().join(vm_name).join(idx.to_string());
+                std::fs::create_dir_all(&dir)?;
+                std::fs::write(dir.join("stdout"), &out.stdout)?;
+                std::fs::write(dir.join("stderr"), &out.stderr)?;
+                std::fs::write(dir.join("exit"), format!("{}\n", out.exit))?;
+                if out.exit != 0 && !step.allow_failure {
+                    return Err(HostError::Other(format!(
+                        "{} exited {}: {}",
+                        c.address,
+                        out.exit,
+                        out.stderr.trim()
+                    )));
+                }
+                return Ok(Outcome::Step {
+                    exit: out.exit,
+                    vm_gen,
+                });
+            }
+            (Kind::Step, Phase::Delete) => {}
+        }
+        Ok(Outcome::Done)
+    }
+}
+
+enum Outcome {
+    Done,
+    Vm { pid: u32 },
+    Step { exit: i32, vm_gen: Option<u64> },
+}
+
+/// `vm.A.cc[1]` -> ("A", 1)
+fn parse_step_address(a: &str) -> Option<(&str, usize)> {
+    let rest = a.strip_prefix("vm.")?;
+    let (vm, idx) = rest.rsplit_once(".cc[")?;
+    Some((vm, idx.strip_suffix(']')?.parse().ok()?))
+}
+
+/// What a deleted resource depended on; orphans have no record, so derive it.
+fn effective_prior_deps(c: &Change, plan: &Plan) -> Vec<String> {
+    if !c.prior_deps.is_empty() {
+        return c.prior_deps.clone();
+    }
+    // An orphan VM goes before its orphan taps.
+    if c.kind == Kind::Vm {
+        let prefix = format!("{}.nic[", c.address);
+        return plan
+            .changes
+            .iter()
+            .filter(|x| x.address.starts_with(&prefix))
+            .map(|x| x.address.clone())
+            .collect();
+    }
+    Vec::new()
+}
+
+fn verb(c: &Change, p: Phase) -> &'static str {
+    match (c.kind, p, c.action) {
+        (Kind::Step, Phase::Create, _) => "running",
+        (_, Phase::Delete, _) => "destroying",
+        (_, _, Action::Update) => "updating",
+        _ => "creating",
+    }
+}
+
+fn done_verb(c: &Change, p: Phase) -> &'static str {
+    match (c.kind, p, c.action) {
+        (Kind::Step, Phase::Create, _) => "ran",
+        (_, Phase::Delete, _) => "destroyed",
+        (_, _, Action::Update) => "updated",
+        _ => "created",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn step_addresses_parse() {
+        assert_eq!(parse_step_address("vm.web1.cc[2]"), Some(("web1", 2)));
+        assert_eq!(parse_step_address("vm.a.b.cc[0]"), Some(("a.b", 0)));
+        assert_eq!(parse_step_address("vm.A"), None);
+    }
+}

@@ -1,0 +1,899 @@
+//! The command line: parses arguments, calls the library, maps errors to exit
+//! codes and hints.
+//!
+//! Invariants:
+//! - Exit codes: 0 success (or no changes), 1 error, 2 changes with
+//!   `plan --detailed-exitcode`.
+//! - User-input problems are rendered as miette diagnostics, all at once;
+//!   other failures as one `error:` line plus a `hint:` when we have one.
+
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+use crate::diag::{Diagnostics, SourceFile, Syntax};
+use crate::lab::Lab;
+use crate::plan::{self, Mode, Plan, render};
+use crate::state::{State, StateDir};
+
+#[derive(Parser, Debug)]
+#[command(name = "megaplan", version, about = "Declarative VM network experiments, minimega-style", long_about = None)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum, PartialEq, Eq)]
+pub enum DiffFormat {
+    Text,
+    Json,
+    Markdown,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum, PartialEq, Eq)]
+pub enum SyntaxArg {
+    Kdl,
+    Toml,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Parse and check an experiment file; every error at once.
+    Validate { file: PathBuf },
+    /// Show what apply would change, against live state.
+    Plan {
+        file: PathBuf,
+        /// Emit the plan as JSON (docs/plan-json.md).
+        #[arg(long)]
+        json: bool,
+        /// Save the plan for `megaplan apply PLAN`.
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// Exit 0 for no changes, 1 on error, 2 when there are changes.
+        #[arg(long)]
+        detailed_exitcode: bool,
+        #[arg(long)]
+        state_dir: Option<PathBuf>,
+    },
+    /// The resource-level difference between two experiment files.
+    Diff {
+        old: PathBuf,
+        new: PathBuf,
+        #[arg(long, value_enum, default_value = "text")]
+        format: DiffFormat,
+    },
+    /// The dependency graph as DOT.
+    Graph { file: PathBuf },
+    /// The same experiment in the other syntax.
+    Convert {
+        file: PathBuf,
+        #[arg(long, value_enum)]
+        to: SyntaxArg,
+    },
+    /// Print the JSON Schema of the experiment language.
+    Schema,
+    /// Carry out the plan: create, update, replace and destroy until the host matches the file.
+    Apply {
+        /// An experiment file, or a plan saved with `plan --out`.
+        file: PathBuf,
+        #[arg(long)]
+        auto_approve: bool,
+        /// How many operations run at once.
+        #[arg(long, default_value_t = 10)]
+        parallelism: usize,
+        #[arg(long)]
+        state_dir: Option<PathBuf>,
+    },
+    /// Remove everything the experiment created, in reverse order.
+    Destroy {
+        file: PathBuf,
+        /// Also remove disks marked keep=#true.
+        #[arg(long)]
+        all: bool,
+        /// Show what would be destroyed, change nothing.
+        #[arg(long)]
+        dry_run: bool,
+        #[arg(long)]
+        auto_approve: bool,
+        #[arg(long, default_value_t = 10)]
+        parallelism: usize,
+        #[arg(long)]
+        state_dir: Option<PathBuf>,
+    },
+    /// Command and control: run commands in guests, read step results.
+    Cc {
+        #[command(subcommand)]
+        command: CcCommand,
+    },
+    /// Disks after the experiment.
+    Disk {
+        #[command(subcommand)]
+        command: DiskCommand,
+    },
+    /// Live state as a table (like minimega's `.columns name,tap vm info`).
+    Show {
+        file: PathBuf,
+        /// Comma-separated: name,state,uuid,pid,tap,bridge,mac,disks,memory,vcpus,tags
+        #[arg(long, value_delimiter = ',')]
+        columns: Vec<String>,
+        #[arg(long)]
+        json: bool,
+        #[arg(long)]
+        state_dir: Option<PathBuf>,
+    },
+    /// Guest images: `image build` makes a cc-enabled kernel + initrd.
+    Image {
+        #[command(subcommand)]
+        command: ImageCommand,
+    },
+}
+
+/// Exit with the code for an outcome.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e}");
+            if let Some(h) = e.hint() {
+                eprintln!("hint: {h}");
+            }
+            ExitCode::from(1)
+        }
+    }
+}
+
+/// A failure outside the experiment file, with an optional hint.
+#[derive(Debug)]
+pub struct CliError {
+    pub message: String,
+    pub hint: Option<String>,
+}
+
+impl CliError {
+    pub fn new(message: impl Into<String>) -> Self {
+        CliError {
+            message: message.into(),
+            hint: None,
+        }
+    }
+    pub fn hint(&self) -> Option<&str> {
+        self.hint.as_deref()
+    }
+    pub fn with_hint(mut self, h: impl Into<String>) -> Self {
+        self.hint = Some(h.into());
+        self
+    }
+}
+
+impl std::fmt::Display for CliError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl From<crate::state::StateError> for CliError {
+    fn from(e: crate::state::StateError) -> Self {
+        let hint = match &e {
+            crate::state::StateError::Locked { .. } => Some(
+                "wait for it to finish; the lock is released when that process exits".to_string(),
+            ),
+            crate::state::StateError::Experiment { .. } => {
+                Some("pass another --state-dir".to_string())
+            }
+            _ => None,
+        };
+        CliError {
+            message: e.to_string(),
+            hint,
+        }
+    }
+}
+
+/// Print diagnostics the way a user reads them: fancy on a terminal, plain otherwise.
+pub fn print_diagnostics(diags: &Diagnostics, src: &SourceFile) {
+    if diags.is_empty() {
+        return;
+    }
+    if std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none() {
+        for d in &diags.items {
+            eprintln!("{:?}", miette::Report::new(d.with_source(src)));
+        }
+    } else {
+        eprint!("{}", diags.render_plain(src));
+    }
+}
+
+/// Read, parse and validate a file; print every diagnostic.
+pub fn load(file: &Path) -> Result<(SourceFile, Lab), ExitCode> {
+    let src = match SourceFile::read(file) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("error: cannot read {}: {e}", file.display());
+            return Err(ExitCode::from(1));
+        }
+    };
+    let (lab, diags) = crate::validate::check(&src);
+    print_diagnostics(&diags, &src);
+    match lab {
+        Some(l) => Ok((src, l)),
+        None => {
+            let n = diags.errors().count();
+            eprintln!(
+                "{}: {n} error{} found",
+                file.display(),
+                if n == 1 { "" } else { "s" }
+            );
+            Err(ExitCode::from(1))
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<ExitCode, CliError> {
+    match cli.command {
+        Command::Validate { file } => Ok(match load(&file) {
+            Ok((_, lab)) => {
+                println!(
+                    "{}: experiment '{}' is valid ({} networks, {} disks, {} VMs, {} mirrors, {} cc steps)",
+                    file.display(),
+                    lab.name,
+                    lab.networks.len(),
+                    lab.disks.len(),
+                    lab.vms.len(),
+                    lab.mirrors.len(),
+                    lab.vms.iter().map(|v| v.cc.len()).sum::<usize>()
+                );
+                ExitCode::SUCCESS
+            }
+            Err(code) => code,
+        }),
+        Command::Convert { file, to } => {
+            let src = SourceFile::read(&file)
+                .map_err(|e| CliError::new(format!("cannot read {}: {e}", file.display())))?;
+            let (lab, diags) = crate::validate::check(&src);
+            print_diagnostics(&diags, &src);
+            if lab.is_none() {
+                return Ok(ExitCode::from(1));
+            }
+            let (doc, _) = crate::syntax::parse(&src);
+            let syntax = match to {
+                SyntaxArg::Kdl => Syntax::Kdl,
+                SyntaxArg::Toml => Syntax::Toml,
+            };
+            print!("{}", crate::syntax::emit(&doc, syntax));
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Schema => {
+            print!("{}", crate::schema::schema_json());
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Graph { file } => Ok(match load(&file) {
+            Ok((_, lab)) => {
+                print!("{}", crate::graph::to_dot(&lab));
+                ExitCode::SUCCESS
+            }
+            Err(code) => code,
+        }),
+        Command::Diff { old, new, format } => {
+            let (Ok((_, old_lab)), Ok((_, new_lab))) = (load(&old), load(&new)) else {
+                return Ok(ExitCode::from(1));
+            };
+            let p = diff(&old_lab, &new_lab);
+            match format {
+                DiffFormat::Text => print!("{}", render::text(&p)),
+                DiffFormat::Json => println!(
+                    "{}",
+                    serde_json::to_string_pretty(&render::json(&p)).expect("json")
+                ),
+                DiffFormat::Markdown => print!("{}", render::markdown(&p)),
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Apply {
+            file,
+            auto_approve,
+            parallelism,
+            state_dir,
+        } => apply_cmd(file, auto_approve, parallelism, state_dir),
+        Command::Destroy {
+            file,
+            all,
+            dry_run,
+            auto_approve,
+            parallelism,
+            state_dir,
+        } => destroy_cmd(file, all, dry_run, auto_approve, parallelism, state_dir),
+        Command::Show {
+            file,
+            columns,
+            json,
+            state_dir,
+        } => show_cmd(file, columns, json, state_dir),
+        Command::Cc { command } => cc_cmd(command),
+        Command::Disk { command } => disk_cmd(command),
+        Command::Image { command } => image_cmd(command),
+        Command::Plan {
+            file,
+            json,
+            out,
+            detailed_exitcode,
+            state_dir,
+        } => {
+            let Ok((_, lab)) = load(&file) else {
+                return Ok(ExitCode::from(1));
+            };
+            let sd = StateDir::for_file(&file, &lab.name, state_dir.as_deref());
+            let _lock = sd.lock(&format!("megaplan plan {}", file.display()))?;
+            let state = sd.load()?;
+            let observed = crate::host::refresh(&lab.name, &state, &sd)
+                .map_err(|e| CliError::new(format!("refresh failed: {e}")))?;
+            let p = plan::plan(Some(&lab), &state, Some(&observed), Mode::Apply);
+            if json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&render::json(&p)).expect("json")
+                );
+            } else {
+                print!("{}", render::text(&p));
+            }
+            if let Some(out) = out {
+                let saved = crate::saved::SavedPlan::new(&file, p.clone());
+                saved
+                    .write(&out)
+                    .map_err(|e| CliError::new(format!("cannot write {}: {e}", out.display())))?;
+                eprintln!(
+                    "Saved the plan to {}. Apply it with: megaplan apply {}",
+                    out.display(),
+                    out.display()
+                );
+            }
+            Ok(if detailed_exitcode && p.has_changes() {
+                ExitCode::from(2)
+            } else {
+                ExitCode::SUCCESS
+            })
+        }
+    }
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime, CliError> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| CliError::new(format!("cannot start the runtime: {e}")))
+}
+
+/// Check what changing the host needs, naming each missing piece.
+pub fn preflight(lab: Option<&Lab>) -> Result<(), CliError> {
+    let mut missing: Vec<String> = Vec::new();
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        missing.push("root (or CAP_NET_ADMIN): run megaplan apply/destroy as root".into());
+    }
+    if !Path::new("/dev/net/tun").exists() {
+        missing.push("/dev/net/tun: load the tun module (modprobe tun)".into());
+    }
+    let on_path = |bin: &str| {
+        std::env::var_os("PATH")
+            .is_some_and(|p| std::env::split_paths(&p).any(|d| d.join(bin).is_file()))
+    };
+    for (bin, pkg) in [
+        ("qemu-system-x86_64", "qemu-system-x86"),
+        ("qemu-img", "qemu-utils"),
+    ] {
+        if !on_path(bin) {
+            missing.push(format!(
+                "{bin}: apt-get install {pkg} (or bash scripts/setup-host.sh)"
+            ));
+        }
+    }
+    if let Some(lab) = lab {
+        for vm in &lab.vms {
+            for p in vm.kernel.iter().chain(vm.initrd.iter()) {
+                if !p.exists() {
+                    missing.push(format!(
+                        "{} (vm {}): build it with `megaplan image build --out {}`",
+                        p.display(),
+                        vm.name,
+                        p.parent().map_or(".".into(), |d| d.display().to_string())
+                    ));
+                }
+            }
+        }
+        missing.dedup();
+    }
+    if missing.is_empty() {
+        Ok(())
+    } else {
+        Err(CliError::new(format!(
+            "cannot change the host; missing:\n  - {}",
+            missing.join("\n  - ")
+        ))
+        .with_hint("install what is listed, then run the command again"))
+    }
+}
+
+fn confirm(what: &str) -> Result<bool, CliError> {
+    if !std::io::stdin().is_terminal() {
+        return Err(CliError::new(format!(
+            "refusing to {what} without confirmation: stdin is not a terminal"
+        ))
+        .with_hint("pass --auto-approve"));
+    }
+    eprint!("Do you want to {what}? Only 'yes' will be accepted: ");
+    let mut line = String::new();
+    std::io::stdin()
+        .read_line(&mut line)
+        .map_err(|e| CliError::new(e.to_string()))?;
+    Ok(line.trim() == "yes")
+}
+
+fn execute(
+    lab: Option<&Lab>,
+    experiment: &str,
+    sd: &StateDir,
+    plan: &Plan,
+    state: &mut State,
+    parallelism: usize,
+) -> Result<ExitCode, CliError> {
+    let rt = runtime()?;
+    let report = rt.block_on(async {
+        let host = crate::host::LocalHost::connect().map_err(|e| CliError::new(e.to_string()))?;
+        let progress = |line: &str| eprintln!("{line}");
+        let ex = crate::apply::Executor {
+            host: &host,
+            lab,
+            sd,
+            experiment: experiment.to_string(),
+            parallelism,
+            progress: &progress,
+        };
+        Ok::<_, CliError>(ex.run(plan, state).await)
+    })?;
+    eprintln!();
+    if report.ok() {
+        println!("Done: {}.", report.summary());
+        Ok(ExitCode::SUCCESS)
+    } else {
+        println!("Failed: {}.", report.summary());
+        for (addr, e) in &report.errors {
+            println!("  error: {addr}: {e}");
+        }
+        for addr in &report.skipped {
+            println!("  skipped: {addr}");
+        }
+        println!(
+            "hint: fix the cause and run apply again; what was done is recorded and will not be redone"
+        );
+        Ok(ExitCode::from(1))
+    }
+}
+
+fn apply_cmd(
+    file: PathBuf,
+    auto_approve: bool,
+    parallelism: usize,
+    state_dir: Option<PathBuf>,
+) -> Result<ExitCode, CliError> {
+    if let Some(saved) = crate::saved::SavedPlan::read(&file) {
+        let Ok((_, lab)) = load(&saved.file) else {
+            return Ok(ExitCode::from(1));
+        };
+        preflight(Some(&lab))?;
+        let sd = StateDir::for_file(&saved.file, &lab.name, state_dir.as_deref());
+        let _lock = sd.lock(&format!("megaplan apply {}", file.display()))?;
+        let mut state = sd.load()?;
+        if let Some(why) = saved.stale_because(&state) {
+            return Err(CliError::new(format!(
+                "the saved plan {} is stale: {why}",
+                file.display()
+            ))
+            .with_hint(format!(
+                "make a new one: megaplan plan {} --out {}",
+                saved.file.display(),
+                file.display()
+            )));
+        }
+        return execute(
+            Some(&lab),
+            &lab.name,
+            &sd,
+            &saved.plan,
+            &mut state,
+            parallelism,
+        );
+    }
+    let Ok((_, lab)) = load(&file) else {
+        return Ok(ExitCode::from(1));
+    };
+    preflight(Some(&lab))?;
+    let sd = StateDir::for_file(&file, &lab.name, state_dir.as_deref());
+    let _lock = sd.lock(&format!("megaplan apply {}", file.display()))?;
+    let mut state = sd.load()?;
+    let observed = crate::host::refresh(&lab.name, &state, &sd)
+        .map_err(|e| CliError::new(format!("refresh failed: {e}")))?;
+    let p = plan::plan(Some(&lab), &state, Some(&observed), Mode::Apply);
+    print!("{}", render::text(&p));
+    if !p.has_changes() {
+        return Ok(ExitCode::SUCCESS);
+    }
+    if !auto_approve && !confirm("perform these actions")? {
+        println!("Apply cancelled.");
+        return Ok(ExitCode::from(1));
+    }
+    execute(Some(&lab), &lab.name, &sd, &p, &mut state, parallelism)
+}
+
+fn destroy_cmd(
+    file: PathBuf,
+    all: bool,
+    dry_run: bool,
+    auto_approve: bool,
+    parallelism: usize,
+    state_dir: Option<PathBuf>,
+) -> Result<ExitCode, CliError> {
+    let Ok((_, lab)) = load(&file) else {
+        return Ok(ExitCode::from(1));
+    };
+    if !dry_run {
+        preflight(None)?;
+    }
+    let sd = StateDir::for_file(&file, &lab.name, state_dir.as_deref());
+    let _lock = sd.lock(&format!("megaplan destroy {}", file.display()))?;
+    let mut state = sd.load()?;
+    let observed = crate::host::refresh(&lab.name, &state, &sd)
+        .map_err(|e| CliError::new(format!("refresh failed: {e}")))?;
+    let mode = if all { Mode::DestroyAll } else { Mode::Destroy };
+    let p = plan::plan(None, &state, Some(&observed), mode);
+    print!("{}", render::text(&p));
+    if dry_run || !p.has_changes() {
+        return Ok(ExitCode::SUCCESS);
+    }
+    if !auto_approve && !confirm("destroy these resources")? {
+        println!("Destroy cancelled.");
+        return Ok(ExitCode::from(1));
+    }
+    let code = execute(Some(&lab), &lab.name, &sd, &p, &mut state, parallelism)?;
+    let _ = std::fs::remove_dir(crate::host::runtime_root(&lab.name));
+    Ok(code)
+}
+
+fn show_cmd(
+    file: PathBuf,
+    columns: Vec<String>,
+    json: bool,
+    state_dir: Option<PathBuf>,
+) -> Result<ExitCode, CliError> {
+    let Ok((_, lab)) = load(&file) else {
+        return Ok(ExitCode::from(1));
+    };
+    let sd = StateDir::for_file(&file, &lab.name, state_dir.as_deref());
+    let state = sd.load()?;
+    let observed = crate::host::refresh(&lab.name, &state, &sd)
+        .map_err(|e| CliError::new(format!("refresh failed: {e}")))?;
+    let mut rows = crate::show::rows(&lab, &state, &observed);
+    if columns.iter().any(|c| c == "ip") {
+        let addrs = runtime()?.block_on(crate::cc::addresses(&lab));
+        for r in &mut rows {
+            let name = r
+                .get("name")
+                .and_then(|v| v.as_str())
+                .unwrap_or_default()
+                .to_string();
+            if let Some(a) = addrs.get(&name) {
+                r.insert("ip".into(), a.clone().into());
+            }
+        }
+    }
+    let columns: Vec<String> = if columns.is_empty() {
+        crate::show::DEFAULT_COLUMNS
+            .iter()
+            .map(|s| s.to_string())
+            .collect()
+    } else {
+        columns
+    };
+    for c in &columns {
+        if !crate::show::ALL_COLUMNS.contains(&c.as_str()) {
+            return Err(CliError::new(format!("unknown column '{c}'"))
+                .with_hint(format!("columns: {}", crate::show::ALL_COLUMNS.join(","))));
+        }
+    }
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&crate::show::json(&rows, &columns)).expect("json")
+        );
+    } else {
+        print!("{}", crate::show::table(&rows, &columns));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+#[derive(Subcommand, Debug)]
+pub enum CcCommand {
+    /// Run a command now in every matching guest; exit non-zero if any failed.
+    Exec {
+        file: PathBuf,
+        /// name=VM, uuid=UUID or tag:KEY=VALUE (repeat to narrow).
+        #[arg(long)]
+        filter: Vec<String>,
+        #[arg(long)]
+        json: bool,
+        /// Give up on a guest's command after this long (e.g. 30s).
+        #[arg(long)]
+        timeout: Option<String>,
+        /// The command: one word runs under `sh -c`, several run as an argv.
+        #[arg(last = true, required = true)]
+        command: Vec<String>,
+    },
+    /// The recorded results of the cc steps.
+    Responses {
+        file: PathBuf,
+        vm: Option<String>,
+        #[arg(long)]
+        state_dir: Option<PathBuf>,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum DiskCommand {
+    /// Copy files out of a disk (no VM using it may be running).
+    Extract {
+        file: PathBuf,
+        disk: String,
+        /// The path inside the disk (default: everything).
+        guest_path: Option<String>,
+        #[arg(long)]
+        to: PathBuf,
+        #[arg(long)]
+        state_dir: Option<PathBuf>,
+    },
+}
+
+fn cc_cmd(command: CcCommand) -> Result<ExitCode, CliError> {
+    match command {
+        CcCommand::Exec {
+            file,
+            filter,
+            json,
+            timeout,
+            command,
+        } => {
+            let Ok((_, lab)) = load(&file) else {
+                return Ok(ExitCode::from(1));
+            };
+            let filters: Vec<crate::cc::Filter> = filter
+                .iter()
+                .map(|f| f.parse().map_err(|e: String| CliError::new(e)))
+                .collect::<Result<_, _>>()?;
+            let timeout = match timeout {
+                Some(t) => Some(std::time::Duration::from_millis(
+                    crate::validate::parse_duration_ms(&t).ok_or_else(|| {
+                        CliError::new(format!("'{t}' is not a duration"))
+                            .with_hint("write 30s, 5m or 500ms")
+                    })?,
+                )),
+                None => None,
+            };
+            let responses = runtime()?.block_on(crate::cc::exec(&lab, &filters, &command, timeout));
+            if responses.is_empty() {
+                return Err(CliError::new("no VM matches the filter")
+                    .with_hint("filters: name=VM, uuid=UUID, tag:KEY=VALUE"));
+            }
+            if json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&responses).expect("json")
+                );
+            } else {
+                for r in &responses {
+                    println!("== {} (exit {})", r.vm, r.exit);
+                    print!("{}", r.stdout);
+                    if !r.stderr.is_empty() {
+                        eprint!("{}", r.stderr);
+                        if !r.stderr.ends_with('\n') {
+                            eprintln!();
+                        }
+                    }
+                }
+            }
+            Ok(if responses.iter().all(|r| r.exit == 0) {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            })
+        }
+        CcCommand::Responses {
+            file,
+            vm,
+            state_dir,
+        } => {
+            let Ok((_, lab)) = load(&file) else {
+                return Ok(ExitCode::from(1));
+            };
+            if let Some(v) = &vm
+                && lab.vm(v).is_none()
+            {
+                return Err(CliError::new(format!("there is no VM '{v}'")));
+            }
+            let sd = StateDir::for_file(&file, &lab.name, state_dir.as_deref());
+            for (address, exit, stdout, stderr) in crate::cc::responses(&lab, &sd, vm.as_deref()) {
+                match exit {
+                    None => println!("== {address}: not run"),
+                    Some(e) => {
+                        println!("== {address} (exit {e})");
+                        print!("{stdout}");
+                        if !stderr.is_empty() {
+                            println!("-- stderr");
+                            print!("{stderr}");
+                        }
+                    }
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+fn disk_cmd(command: DiskCommand) -> Result<ExitCode, CliError> {
+    let DiskCommand::Extract {
+        file,
+        disk,
+        guest_path,
+        to,
+        state_dir,
+    } = command;
+    let Ok((_, lab)) = load(&file) else {
+        return Ok(ExitCode::from(1));
+    };
+    let spec = lab.disk(&disk).ok_or_else(|| {
+        CliError::new(format!("there is no disk '{disk}'")).with_hint(format!(
+            "disks: {}",
+            lab.disks
+                .iter()
+                .map(|d| d.name.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ))
+    })?;
+    let sd = StateDir::for_file(&file, &lab.name, state_dir.as_deref());
+    let state = sd.load()?;
+    let observed = crate::host::refresh(&lab.name, &state, &sd)
+        .map_err(|e| CliError::new(format!("refresh failed: {e}")))?;
+    for vm in &lab.vms {
+        let uses = vm
+            .disks
+            .iter()
+            .any(|d| d.source == crate::lab::DiskSource::Named(disk.clone()));
+        if uses && observed.vms.get(&vm.address).is_some_and(|o| o.alive) {
+            return Err(CliError::new(format!(
+                "VM '{}' uses disk '{disk}' and is running",
+                vm.name
+            ))
+            .with_hint(
+                "destroy the experiment first (the disk survives destroy when keep=#true)",
+            ));
+        }
+    }
+    let path = sd.disks().join(spec.file_name());
+    if !path.exists() {
+        return Err(
+            CliError::new(format!("disk '{disk}' has no image at {}", path.display()))
+                .with_hint("apply the experiment first"),
+        );
+    }
+    let format = match spec.format {
+        crate::lab::DiskFormat::Qcow2 => crate::drivers::qemu_img::ImageFormat::Qcow2,
+        crate::lab::DiskFormat::Raw => crate::drivers::qemu_img::ImageFormat::Raw,
+    };
+    std::fs::create_dir_all(&to)
+        .map_err(|e| CliError::new(format!("cannot create {}: {e}", to.display())))?;
+    let gp = guest_path.unwrap_or_else(|| "/".to_string());
+    runtime()?
+        .block_on(crate::drivers::qemu_img::extract(&path, format, &gp, &to))
+        .map_err(|e| CliError::new(format!("extract failed: {e}")))?;
+    println!("Copied {gp} of disk '{disk}' to {}", to.display());
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The plan that would turn an applied `old` into `new`, with no live state.
+pub fn diff(old: &Lab, new: &Lab) -> Plan {
+    let mut state = State::new(&new.name);
+    let from_old = plan::plan(Some(old), &state, None, Mode::Apply);
+    for c in &from_old.changes {
+        let mut rec = crate::state::Record::new(c.kind, c.after.clone().unwrap_or_default());
+        rec.deps = c.deps.clone();
+        state.resources.insert(c.address.clone(), rec);
+    }
+    let mut p = plan::plan(Some(new), &state, None, Mode::Apply);
+    p.lineage = None;
+    p.serial = 0;
+    p
+}
+
+/// `megaplan image ...`
+#[derive(Subcommand, Debug)]
+pub enum ImageCommand {
+    /// Build a cc-enabled kernel + initrd (busybox, megaplan-agent, virtio modules):
+    /// OUT/NAME.kernel and OUT/NAME.initrd. Boot with `console=ttyS0`, and
+    /// `megaplan.mounts=vdb:/data,...` to mount ext4 disks.
+    Build {
+        /// Output directory.
+        #[arg(long)]
+        out: PathBuf,
+        #[arg(long, default_value = crate::image::DEFAULT_NAME)]
+        name: String,
+        /// A kernel image (with --modules); default: the host's running kernel.
+        #[arg(long, requires = "modules", conflicts_with_all = ["kernel_deb", "kernel_dir"])]
+        kernel: Option<PathBuf>,
+        /// The kernel's modules directory (lib/modules/VERSION).
+        #[arg(long, requires = "kernel")]
+        modules: Option<PathBuf>,
+        /// A Debian linux-image-*.deb.
+        #[arg(long, conflicts_with = "kernel_dir")]
+        kernel_deb: Option<PathBuf>,
+        /// An unpacked kernel package: boot/vmlinuz-* and lib/modules/VERSION/ (scripts/guest-kernel.sh).
+        #[arg(long)]
+        kernel_dir: Option<PathBuf>,
+        /// The agent binary; default: megaplan-agent beside this executable.
+        #[arg(long)]
+        agent: Option<PathBuf>,
+        /// Extra binaries, copied with the shared libraries they need.
+        #[arg(long, num_args = 1..)]
+        include: Vec<PathBuf>,
+        /// Keep debug information in the agent and the included binaries.
+        #[arg(long)]
+        no_strip: bool,
+    },
+}
+
+fn image_cmd(command: ImageCommand) -> Result<ExitCode, CliError> {
+    use crate::image::{ImageOptions, KernelSource};
+    let ImageCommand::Build {
+        out,
+        name,
+        kernel,
+        modules,
+        kernel_deb,
+        kernel_dir,
+        agent,
+        include,
+        no_strip,
+    } = command;
+    let mut opts = ImageOptions::new(out);
+    opts.name = name;
+    opts.kernel = match (kernel, modules, kernel_deb, kernel_dir) {
+        (Some(kernel), Some(modules), _, _) => KernelSource::Files { kernel, modules },
+        (_, _, Some(deb), _) => KernelSource::Deb(deb),
+        (_, _, _, Some(dir)) => KernelSource::Dir(dir),
+        _ => KernelSource::Host,
+    };
+    opts.agent = agent;
+    opts.include = include;
+    opts.strip = !no_strip;
+    let img = crate::image::build(&opts).map_err(|e| {
+        let hint = match &e {
+            crate::image::ImageError::Kernel(_) => Some(
+                "scripts/guest-kernel.sh fetches a guest kernel: pass its output as --kernel-dir",
+            ),
+            crate::image::ImageError::Invalid(m) if m.contains("busybox") => {
+                Some("apt-get install busybox-static")
+            }
+            _ => None,
+        };
+        let err = CliError::new(format!("image build failed: {e}"));
+        match hint {
+            Some(h) => err.with_hint(h),
+            None => err,
+        }
+    })?;
+    for w in &img.warnings {
+        eprintln!("warning: {w}");
+    }
+    println!("{}", img.kernel.display());
+    println!("{}", img.initrd.display());
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,484 @@
+//! The local host: this machine, through netlink, tc, qemu-img, QEMU and QMP.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use crate::drivers::netlink::{LinkKind, Netlink};
+use crate::drivers::qmp::{Qmp, process_alive};
+use crate::drivers::tc::{Direction as TcDirection, Tc};
+use crate::identity;
+use crate::observed::{Observed, ObservedLink, ObservedMirror, ObservedVm};
+use crate::state::{Kind, State, StateDir};
+
+use super::HostError;
+
+pub struct LocalHost {
+    pub nl: Netlink,
+    pub tc: Tc,
+}
+
+impl LocalHost {
+    /// Connect to the kernel (inside a tokio runtime).
+    pub fn connect() -> Result<Self, HostError> {
+        let nl = Netlink::connect()?;
+        let tc = Tc::new(&nl);
+        Ok(LocalHost { nl, tc })
+    }
+
+    /// Refresh: links with our marker, their mirror filters, QEMU processes, disk files.
+    pub async fn observe(
+        &self,
+        experiment: &str,
+        state: &State,
+        sd: &StateDir,
+    ) -> Result<Observed, HostError> {
+        let mut obs = Observed::default();
+        let prefix = identity::marker_prefix(experiment);
+        let links = self.nl.list_marked(&prefix).await?;
+        for l in &links {
+            let Some(address) = l
+                .alias
+                .as_deref()
+                .and_then(|a| identity::address_of_marker(experiment, a))
+            else {
+                continue;
+            };
+            let kind = match l.kind {
+                LinkKind::Bridge => "bridge".to_string(),
+                LinkKind::Tap | LinkKind::Tun => "tun".to_string(),
+                ref other => other.to_string(),
+            };
+            obs.links.insert(
+                address.to_string(),
+                ObservedLink {
+                    name: l.name.clone(),
+                    kind,
+                    up: l.admin_up,
+                    controller: l.controller_name.clone(),
+                    mac: l.mac.map(|m| m.to_string()),
+                },
+            );
+        }
+        // Mirrors: every filter of ours on our taps.
+        let mut seen: BTreeMap<(String, String), (bool, bool)> = BTreeMap::new();
+        for l in links
+            .iter()
+            .filter(|l| matches!(l.kind, LinkKind::Tap | LinkKind::Tun))
+        {
+            for m in self.tc.list_mirrors(&l.name).await? {
+                let Some(dst) = m.dst_name.clone() else {
+                    continue;
+                };
+                let e = seen.entry((l.name.clone(), dst)).or_default();
+                match m.direction {
+                    TcDirection::Ingress => e.0 = true,
+                    TcDirection::Egress => e.1 = true,
+                    TcDirection::Both => *e = (true, true),
+                }
+            }
+        }
+        obs.mirrors = seen
+            .into_iter()
+            .map(
+                |((source_tap, dest_tap), (ingress, egress))| ObservedMirror {
+                    source_tap,
+                    dest_tap,
+                    ingress,
+                    egress,
+                },
+            )
+            .collect();
+        // VMs: runtime folders.
+        if let Ok(dir) = std::fs::read_dir(super::runtime_root(experiment)) {
+            for entry in dir.flatten() {
+                let name = entry.file_name().to_string_lossy().to_string();
+                let rt = entry.path();
+                let pid = std::fs::read_to_string(rt.join(crate::drivers::qemu::PIDFILE_NAME))
+                    .ok()
+                    .and_then(|p| p.trim().parse::<u32>().ok());
+                let alive = pid.is_some_and(process_alive);
+                let mut status = None;
+                if alive {
+                    let sock = rt.join(crate::drivers::qemu::QMP_SOCKET_NAME);
+                    if let Ok(Ok(q)) = tokio::time::timeout(
+                        Duration::from_secs(2),
+                        Qmp::connect_timeout(&sock, Duration::from_secs(2)),
+                    )
+                    .await
+                        && let Ok(s) = q.query_status().await
+                    {
+                        status = Some(s.status.clone());
+                    }
+                }
+                obs.vms
+                    .insert(format!("vm.{name}"), ObservedVm { pid, alive, status });
+            }
+        }
+        // Disks recorded in the state.
+        for (address, rec) in &state.resources {
+            if rec.kind == Kind::Disk
+                && let Some(file) = rec.attr_str("file")
+                && super::disk_path(sd, file).exists()
+            {
+                obs.disks.insert(address.clone());
+            }
+        }
+        Ok(obs)
+    }
+}
+
+use std::path::{Path, PathBuf};
+
+use crate::agent::{AgentClient, Command as AgentCommand, Exit};
+use crate::drivers::netlink::MacAddr;
+use crate::drivers::qemu::{self, DiskConfig, NicConfig, VmConfig};
+use crate::drivers::qemu_img::{self, ImageFormat};
+use crate::lab::{CcActionSpec, CommandSpec, DiskFormat, DiskSource, DiskSpec, Lab, VmSpec};
+
+/// The outcome of one cc step.
+#[derive(Debug, Clone)]
+pub struct StepOutcome {
+    pub exit: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+fn fmt_of(f: DiskFormat) -> ImageFormat {
+    match f {
+        DiskFormat::Qcow2 => ImageFormat::Qcow2,
+        DiskFormat::Raw => ImageFormat::Raw,
+    }
+}
+
+fn tc_dir(d: &str) -> TcDirection {
+    match d {
+        "ingress" => TcDirection::Ingress,
+        "egress" => TcDirection::Egress,
+        _ => TcDirection::Both,
+    }
+}
+
+impl super::Host for LocalHost {
+    async fn observe(
+        &self,
+        experiment: &str,
+        state: &State,
+        sd: &StateDir,
+    ) -> Result<Observed, HostError> {
+        LocalHost::observe(self, experiment, state, sd).await
+    }
+
+    async fn ensure_bridge(
+        &self,
+        name: &str,
+        marker: &str,
+        host_address: Option<&str>,
+    ) -> Result<(), HostError> {
+        self.nl.create_bridge(name, marker).await?;
+        self.nl.set_up(name, marker, true).await?;
+        if let Some(cidr) = host_address {
+            self.nl.set_address(name, marker, cidr).await?;
+        }
+        Ok(())
+    }
+
+    async fn ensure_tap(
+        &self,
+        name: &str,
+        guest_mac: &str,
+        marker: &str,
+        bridge: &str,
+    ) -> Result<(), HostError> {
+        let mac: MacAddr = guest_mac.parse()?;
+        self.nl
+            .create_tap(
+                name,
+                Some(MacAddr::tap_for_guest(mac)),
+                marker,
+                Some(bridge),
+            )
+            .await?;
+        Ok(())
+    }
+
+    async fn delete_link(&self, name: &str, marker: &str) -> Result<(), HostError> {
+        self.nl.delete_link(name, marker).await?;
+        Ok(())
+    }
+
+    async fn add_mirror(&self, src: &str, dst: &str, direction: &str) -> Result<(), HostError> {
+        self.tc.add_mirror(src, dst, tc_dir(direction)).await?;
+        Ok(())
+    }
+
+    async fn remove_mirror(&self, src: &str, dst: &str) -> Result<(), HostError> {
+        self.tc.remove_mirror(src, dst, TcDirection::Both).await?;
+        Ok(())
+    }
+
+    async fn create_disk(&self, disk: &DiskSpec, path: &Path) -> Result<(), HostError> {
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent)?;
+        }
+        let _ = std::fs::remove_file(path);
+        let fmt = fmt_of(disk.format);
+        if disk.filesystem.is_some() {
+            // Stage the injected files in a folder for mkfs.ext4 -d.
+            let stage = path.with_extension("stage");
+            let _ = std::fs::remove_dir_all(&stage);
+            std::fs::create_dir_all(&stage)?;
+            for (src, dst) in &disk.inject {
+                let target = stage.join(dst.trim_start_matches('/'));
+                if let Some(p) = target.parent() {
+                    std::fs::create_dir_all(p)?;
+                }
+                copy_tree(src, &target)?;
+            }
+            let size = disk.size_bytes.unwrap_or(1 << 30);
+            let r = qemu_img::make_ext4(path, fmt, size, Some(&stage)).await;
+            let _ = std::fs::remove_dir_all(&stage);
+            r?;
+        } else if let Some(base) = &disk.from {
+            let info = qemu_img::info(base).await?;
+            let base_fmt = info.image_format().unwrap_or(ImageFormat::Raw);
+            qemu_img::create(
+                path,
+                fmt,
+                disk.size_bytes.unwrap_or(0),
+                Some((base, base_fmt)),
+            )
+            .await?;
+        } else {
+            qemu_img::create(path, fmt, disk.size_bytes.unwrap_or(1 << 30), None).await?;
+        }
+        Ok(())
+    }
+
+    async fn remove_file(&self, path: &Path) -> Result<(), HostError> {
+        match std::fs::remove_file(path) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    async fn launch_vm(&self, lab: &Lab, vm: &VmSpec, sd: &StateDir) -> Result<u32, HostError> {
+        let accel = match lab.accel {
+            crate::lab::Accel::Kvm => qemu::Accel::Kvm,
+            crate::lab::Accel::Tcg => qemu::Accel::Tcg,
+            crate::lab::Accel::Auto => qemu::detect_accel()?,
+        };
+        let accel = match std::env::var("MEGAPLAN_ACCEL").ok().as_deref() {
+            Some("tcg") => qemu::Accel::Tcg,
+            Some("kvm") => qemu::Accel::Kvm,
+            _ => accel,
+        };
+        let rt = super::runtime_dir(&lab.name, &vm.name);
+        std::fs::create_dir_all(&rt)?;
+        let mut cfg = VmConfig::new(&vm.name, vm.uuid, accel, &rt);
+        cfg.memory_mib = vm.memory_mib;
+        cfg.vcpus = vm.vcpus;
+        cfg.kernel = vm
+            .kernel
+            .as_ref()
+            .map(|p| std::path::absolute(p).unwrap_or_else(|_| p.clone()));
+        cfg.initrd = vm
+            .initrd
+            .as_ref()
+            .map(|p| std::path::absolute(p).unwrap_or_else(|_| p.clone()));
+        let logs = sd.logs();
+        std::fs::create_dir_all(&logs)?;
+        cfg.serial_log = Some(std::path::absolute(
+            logs.join(format!("{}.serial.log", vm.name)),
+        )?);
+        let mut append = vec![
+            "console=ttyS0".to_string(),
+            format!("megaplan.hostname={}", vm.name),
+        ];
+        let mut mounts = Vec::new();
+        for (i, d) in vm.disks.iter().enumerate() {
+            let (path, format) = match &d.source {
+                DiskSource::Named(n) => {
+                    let spec = lab
+                        .disk(n)
+                        .ok_or_else(|| HostError::Other(format!("unknown disk {n}")))?;
+                    (
+                        std::path::absolute(sd.disks().join(spec.file_name()))?,
+                        fmt_of(spec.format),
+                    )
+                }
+                DiskSource::Path(p) => {
+                    let fmt = qemu_img::info(p)
+                        .await?
+                        .image_format()
+                        .unwrap_or(ImageFormat::Raw);
+                    (std::path::absolute(p)?, fmt)
+                }
+            };
+            let (path, format) = if vm.snapshot {
+                let overlay = std::path::absolute(overlay_path(sd, &vm.name, i))?;
+                if let Some(p) = overlay.parent() {
+                    std::fs::create_dir_all(p)?;
+                }
+                let _ = std::fs::remove_file(&overlay);
+                qemu_img::create_overlay(&path, &overlay).await?;
+                (overlay, ImageFormat::Qcow2)
+            } else {
+                (path, format)
+            };
+            cfg.disks.push(DiskConfig {
+                path,
+                format,
+                readonly: false,
+            });
+            if let Some(m) = &d.mount {
+                mounts.push(format!("vd{}:{m}", (b'a' + i as u8) as char));
+            }
+        }
+        if !mounts.is_empty() {
+            append.push(format!("megaplan.mounts={}", mounts.join(",")));
+        }
+        if let Some(a) = &vm.append {
+            append.push(a.clone());
+        }
+        cfg.append = Some(append.join(" "));
+        for n in &vm.nics {
+            let mut nic = NicConfig::new(&n.tap, &n.mac);
+            nic.driver = n.driver.clone();
+            cfg.nics.push(nic);
+        }
+        cfg.extra_args = vm.qemu_args.clone();
+        Ok(qemu::launch(&cfg).await?)
+    }
+
+    async fn stop_vm(
+        &self,
+        experiment: &str,
+        vm: &str,
+        pid: Option<u32>,
+        graceful: bool,
+        sd: &StateDir,
+    ) -> Result<(), HostError> {
+        let rt = super::runtime_dir(experiment, vm);
+        let pid = pid.or_else(|| {
+            std::fs::read_to_string(rt.join(qemu::PIDFILE_NAME))
+                .ok()
+                .and_then(|p| p.trim().parse().ok())
+        });
+        if let Some(pid) = pid
+            && process_alive(pid)
+        {
+            if graceful {
+                // Ask the agent to flush and unmount, then power down.
+                if let Ok(client) = AgentClient::connect_timeout(
+                    rt.join(qemu::CC_SOCKET_NAME),
+                    Duration::from_secs(1),
+                )
+                .await
+                    && client.wait_hello(Duration::from_secs(2)).await.is_ok()
+                {
+                    let _ = client.sync_unmount(&[], Duration::from_secs(10)).await;
+                }
+            }
+            let grace = if graceful {
+                Duration::from_secs(10)
+            } else {
+                Duration::ZERO
+            };
+            crate::drivers::qmp::stop_vm(&rt, pid, grace).await?;
+        }
+        let _ = std::fs::remove_dir_all(&rt);
+        // Snapshot overlays go with the VM.
+        if let Ok(dir) = std::fs::read_dir(sd.root.join("overlays")) {
+            let prefix = format!("{vm}.");
+            for e in dir.flatten() {
+                if e.file_name().to_string_lossy().starts_with(&prefix) {
+                    let _ = std::fs::remove_file(e.path());
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn run_step(
+        &self,
+        experiment: &str,
+        vm: &str,
+        action: &CcActionSpec,
+        timeout: Option<Duration>,
+    ) -> Result<StepOutcome, HostError> {
+        let rt = super::runtime_dir(experiment, vm);
+        let client =
+            AgentClient::connect_timeout(rt.join(qemu::CC_SOCKET_NAME), Duration::from_secs(30))
+                .await
+                .map_err(|e| HostError::Other(format!("cc channel of {vm}: {e}")))?;
+        client
+            .wait_hello(Duration::from_secs(120))
+            .await
+            .map_err(|e| HostError::Other(format!("agent of {vm} did not report in: {e}")))?;
+        let agent_err = |e: crate::agent::AgentError| HostError::Other(format!("{vm}: {e}"));
+        let cmd = |c: &CommandSpec| match c {
+            CommandSpec::Shell(s) => AgentCommand::Shell(s.clone()),
+            CommandSpec::Argv(a) => AgentCommand::Argv(a.clone()),
+        };
+        Ok(match action {
+            CcActionSpec::Exec(c) => {
+                let r = client.exec(cmd(c), timeout).await.map_err(agent_err)?;
+                let exit = match r.exit {
+                    Exit::Code(c) => c,
+                    Exit::Signal(s) => 128 + s,
+                };
+                StepOutcome {
+                    exit: if r.timed_out { 124 } else { exit },
+                    stdout: r.stdout,
+                    stderr: r.stderr,
+                }
+            }
+            CcActionSpec::Background(c) => {
+                let pid = client.background(cmd(c)).await.map_err(agent_err)?;
+                StepOutcome {
+                    exit: 0,
+                    stdout: format!("started pid {pid}\n"),
+                    stderr: String::new(),
+                }
+            }
+            CcActionSpec::Send { src, to } => {
+                let t = client.send_file(src, to).await.map_err(agent_err)?;
+                StepOutcome {
+                    exit: 0,
+                    stdout: format!("{t:?}\n"),
+                    stderr: String::new(),
+                }
+            }
+            CcActionSpec::Recv { src, to } => {
+                let t = client
+                    .recv_file(src, to, timeout.unwrap_or(Duration::from_secs(60)))
+                    .await
+                    .map_err(agent_err)?;
+                StepOutcome {
+                    exit: 0,
+                    stdout: format!("{t:?}\n"),
+                    stderr: String::new(),
+                }
+            }
+        })
+    }
+}
+
+/// The overlay of a snapshot VM's i-th disk.
+pub fn overlay_path(sd: &StateDir, vm: &str, i: usize) -> PathBuf {
+    sd.root.join("overlays").join(format!("{vm}.{i}.qcow2"))
+}
+
+fn copy_tree(src: &Path, dst: &Path) -> std::io::Result<()> {
+    if src.is_dir() {
+        std::fs::create_dir_all(dst)?;
+        for e in std::fs::read_dir(src)? {
+            let e = e?;
+            copy_tree(&e.path(), &dst.join(e.file_name()))?;
+        }
+        Ok(())
+    } else {
+        std::fs::copy(src, dst).map(|_| ())
+    }
+}

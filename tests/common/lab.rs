@@ -1,0 +1,208 @@
+//! Test helper for end-to-end runs of the `megaplan` binary: a private network
+//! namespace, a private state and runtime folder, a cc-enabled guest image
+//! (built once per test process), and a guard that destroys everything.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::OnceLock;
+
+use super::netns::NetnsGuard;
+
+/// True when this machine can run guests: root, QEMU, the guest kernel.
+pub fn can_boot(test: &str) -> bool {
+    if !super::netns::can_run(test) {
+        return false;
+    }
+    if Command::new("qemu-system-x86_64")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        eprintln!("SKIP {test}: qemu-system-x86_64 missing (bash scripts/setup-host.sh)");
+        return false;
+    }
+    true
+}
+
+/// The guest kernel folder from scripts/guest-kernel.sh (fetched once).
+pub fn guest_kernel_dir() -> PathBuf {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/guest-kernel.sh");
+    let out = Command::new(&script)
+        .output()
+        .expect("run scripts/guest-kernel.sh");
+    assert!(
+        out.status.success(),
+        "guest-kernel.sh failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    PathBuf::from(String::from_utf8(out.stdout).unwrap().trim())
+}
+
+/// A cc-enabled image (`miniccc.kernel`, `miniccc.initrd`) with tcpdump, built once.
+pub fn image_dir() -> &'static Path {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let dir = std::env::temp_dir().join(format!("megaplan-test-images-{}", std::process::id()));
+        let mut opts = megaplan::image::ImageOptions::new(&dir);
+        opts.kernel = megaplan::image::KernelSource::Dir(guest_kernel_dir());
+        opts.agent = Some(PathBuf::from(env!("CARGO_BIN_EXE_megaplan-agent")));
+        opts.include = vec![PathBuf::from("/usr/bin/tcpdump")];
+        megaplan::image::build(&opts).expect("image build");
+        dir
+    })
+}
+
+pub struct Lab {
+    pub ns: NetnsGuard,
+    pub dir: tempfile::TempDir,
+    pub file: PathBuf,
+    pub experiment: String,
+}
+
+impl Lab {
+    /// Write `text` (with `@IMAGES@` replaced by the test image folder) as FILE_NAME.
+    pub fn new(file_name: &str, experiment: &str, text: &str) -> Lab {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join(file_name);
+        std::fs::write(
+            &file,
+            text.replace("@IMAGES@", image_dir().to_str().unwrap()),
+        )
+        .unwrap();
+        Lab {
+            ns: NetnsGuard::new(),
+            dir,
+            file,
+            experiment: experiment.to_string(),
+        }
+    }
+
+    pub fn megaplan(&self, args: &[&str]) -> Output {
+        let out = Command::new("ip")
+            .args(["netns", "exec", &self.ns.name])
+            .arg(env!("CARGO_BIN_EXE_megaplan"))
+            .args(args)
+            .env("MEGAPLAN_RUNTIME_DIR", self.dir.path().join("run"))
+            .env("MEGAPLAN_ACCEL", "tcg")
+            .env("NO_COLOR", "1")
+            .output()
+            .unwrap();
+        eprintln!(
+            "$ megaplan {}\n{}{}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        out
+    }
+
+    /// Run `megaplan SUB FILE ARGS…`.
+    pub fn run(&self, sub: &str, args: &[&str]) -> Output {
+        let mut all = vec![sub, self.f()];
+        all.extend_from_slice(args);
+        self.megaplan(&all)
+    }
+
+    pub fn ok(&self, sub: &str, args: &[&str]) -> String {
+        let out = self.run(sub, args);
+        assert!(out.status.success(), "megaplan {sub} failed");
+        String::from_utf8_lossy(&out.stdout).to_string()
+    }
+
+    pub fn f(&self) -> &str {
+        self.file.to_str().unwrap()
+    }
+
+    pub fn state(&self) -> serde_json::Value {
+        let p = self
+            .dir
+            .path()
+            .join(".megaplan")
+            .join(&self.experiment)
+            .join("state.json");
+        serde_json::from_str(&std::fs::read_to_string(p).unwrap()).unwrap()
+    }
+
+    pub fn attr(&self, address: &str, key: &str) -> String {
+        self.state()["resources"][address]["attrs"][key]
+            .as_str()
+            .unwrap_or_default()
+            .to_string()
+    }
+
+    pub fn pid(&self, vm: &str) -> i32 {
+        self.state()["resources"][format!("vm.{vm}")]["pid"]
+            .as_u64()
+            .unwrap() as i32
+    }
+
+    pub fn ns_cmd(&self, args: &[&str]) -> String {
+        let out = Command::new("ip")
+            .args(["netns", "exec", &self.ns.name])
+            .args(args)
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).to_string()
+    }
+
+    /// SIGKILL a QEMU and wait (bounded) until it is gone.
+    pub fn kill_vm(&self, vm: &str) -> i32 {
+        let pid = self.pid(vm);
+        // SAFETY: a signal to a QEMU this test launched.
+        unsafe { libc::kill(pid, libc::SIGKILL) };
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while alive(pid) && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        assert!(!alive(pid), "QEMU {pid} survived SIGKILL");
+        pid
+    }
+
+    /// Nothing of the experiment is left: no marked link, no tc filter on
+    /// a marked link, no QEMU of this lab, no runtime files.
+    pub fn assert_clean(&self) {
+        let links = self.ns_cmd(&["ip", "-d", "-o", "link", "show"]);
+        assert!(!links.contains("megaplan:"), "marked links left:\n{links}");
+        let qdiscs = self.ns_cmd(&["tc", "qdisc", "show"]);
+        assert!(!qdiscs.contains("clsact"), "clsact left:\n{qdiscs}");
+        let run = self.dir.path().join("run").join(&self.experiment);
+        assert!(
+            !run.exists() || std::fs::read_dir(&run).unwrap().next().is_none(),
+            "runtime files left in {}",
+            run.display()
+        );
+        let ps = Command::new("pgrep")
+            .args(["-f", &format!("{}/run/", self.dir.path().display())])
+            .output()
+            .unwrap();
+        assert!(
+            ps.stdout.is_empty(),
+            "QEMU left: {}",
+            String::from_utf8_lossy(&ps.stdout)
+        );
+        let overlays = self
+            .dir
+            .path()
+            .join(".megaplan")
+            .join(&self.experiment)
+            .join("overlays");
+        assert!(
+            !overlays.exists() || std::fs::read_dir(&overlays).unwrap().next().is_none(),
+            "overlays left"
+        );
+    }
+}
+
+pub fn alive(pid: i32) -> bool {
+    std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| !c.is_empty())
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        let _ = self.megaplan(&["destroy", self.f(), "--all", "--auto-approve"]);
+        let _ = Command::new("pkill")
+            .args(["-9", "-f", &format!("{}/run/", self.dir.path().display())])
+            .status();
+    }
+}
