@@ -18,13 +18,13 @@ kernel_dir=$(bash scripts/guest-kernel.sh)
 
 step "building megaplan"
 cargo build --release --locked --bins
-mp=$PWD/target/release/megaplan
-export PATH="$PWD/target/release:$PATH"
+bin=$(realpath "${CARGO_TARGET_DIR:-target}")/release
+mp=$bin/megaplan
 
 seed=examples/tap-mirror.kdl
 step "building the cc-enabled guest image into examples/images"
 $mp image build --out examples/images --kernel-dir "$kernel_dir" \
-    --agent target/release/megaplan-agent --include /usr/bin/tcpdump
+    --agent "$bin/megaplan-agent" --include /usr/bin/tcpdump
 
 cleanup() { $mp destroy "$seed" --auto-approve >/dev/null 2>&1 || true; }
 trap cleanup EXIT
