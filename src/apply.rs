@@ -189,6 +189,7 @@ impl<H: Host> Executor<'_, H> {
                     .and_then(|v| state.resources.get(v))
                     .and_then(|r| r.generation);
                 (self.progress)(&format!("{}: {}…", c.address, verb(c, op.phase)));
+                crash_point("BEFORE", &c.address);
                 running.push(async move {
                     let t = Instant::now();
                     let r = self.effect(c, op.phase, prior.as_ref(), vm_gen).await;
@@ -198,6 +199,7 @@ impl<H: Host> Executor<'_, H> {
             let Some((o, result, took)) = running.next().await else {
                 break;
             };
+            crash_point("AFTER", &plan.changes[ops[o].change].address);
             finished += 1;
             let op = &ops[o];
             let c = &plan.changes[op.change];
@@ -457,6 +459,17 @@ enum Outcome {
     Done,
     Vm { pid: u32 },
     Step { exit: i32, vm_gen: Option<u64> },
+}
+
+/// Fault injection for the crash tests: `MEGAPLAN_TEST_CRASH_BEFORE=ADDRESS`
+/// kills this process with SIGKILL once ADDRESS is recorded as being created,
+/// before its effect; `MEGAPLAN_TEST_CRASH_AFTER=ADDRESS` once the effect is
+/// done, before the state records it. Unset, it costs one env lookup per step.
+fn crash_point(when: &str, address: &str) {
+    if std::env::var(format!("MEGAPLAN_TEST_CRASH_{when}")).is_ok_and(|a| a == address) {
+        // SAFETY: raising a signal on ourselves.
+        unsafe { libc::raise(libc::SIGKILL) };
+    }
 }
 
 /// `vm.A.cc[1]` -> ("A", 1)

@@ -79,6 +79,10 @@ impl Lab {
     }
 
     pub fn megaplan(&self, args: &[&str]) -> Output {
+        self.megaplan_env(args, &[])
+    }
+
+    pub fn megaplan_env(&self, args: &[&str], env: &[(&str, &str)]) -> Output {
         let out = Command::new("ip")
             .args(["netns", "exec", &self.ns.name])
             .arg(env!("CARGO_BIN_EXE_megaplan"))
@@ -86,6 +90,7 @@ impl Lab {
             .env("MEGAPLAN_RUNTIME_DIR", self.dir.path().join("run"))
             .env("MEGAPLAN_ACCEL", "tcg")
             .env("NO_COLOR", "1")
+            .envs(env.iter().copied())
             .output()
             .unwrap();
         eprintln!(
