@@ -46,7 +46,7 @@ pub fn rows(lab: &Lab, state: &State, obs: &Observed) -> Vec<Row> {
                     state
                         .resources
                         .get(&c.address)
-                        .is_some_and(|r| r.exit == Some(0))
+                        .is_some_and(|r| r.status == crate::state::Status::Ready)
                 })
                 .count();
             let mut r = Map::new();

@@ -441,7 +441,35 @@ fn execute(
     let rt = runtime()?;
     let report = rt.block_on(async {
         let host = crate::host::LocalHost::connect().map_err(|e| CliError::new(e.to_string()))?;
-        let progress = |line: &str| eprintln!("{line}");
+        // A terminal gets a progress bar; a pipe gets plain lines.
+        let ops: u64 = plan
+            .changes
+            .iter()
+            .map(|c| match c.action {
+                plan::Action::NoOp => 0,
+                plan::Action::Replace => 2,
+                _ => 1,
+            })
+            .sum();
+        let bar = std::io::stderr().is_terminal().then(|| {
+            let pb = indicatif::ProgressBar::new(ops);
+            pb.set_style(
+                indicatif::ProgressStyle::with_template(
+                    "{spinner} [{elapsed_precise}] {bar:30} {pos}/{len} {wide_msg}",
+                )
+                .expect("a valid template"),
+            );
+            pb.enable_steady_tick(std::time::Duration::from_millis(120));
+            pb
+        });
+        let progress = |line: &str| match &bar {
+            None => eprintln!("{line}"),
+            Some(pb) if line.ends_with('…') => pb.set_message(line.to_string()),
+            Some(pb) => {
+                pb.println(line);
+                pb.inc(1);
+            }
+        };
         let ex = crate::apply::Executor {
             host: &host,
             lab,
@@ -450,7 +478,11 @@ fn execute(
             parallelism,
             progress: &progress,
         };
-        Ok::<_, CliError>(ex.run(plan, state).await)
+        let report = ex.run(plan, state).await;
+        if let Some(pb) = &bar {
+            pb.finish_and_clear();
+        }
+        Ok::<_, CliError>(report)
     })?;
     eprintln!();
     if report.ok() {

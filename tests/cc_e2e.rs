@@ -1,0 +1,159 @@
+//! cc steps of every kind on real guests (TCG): exec as a string and as an
+//! argv, background, send, recv, allow-failure, timeout, `after` ordering
+//! across VMs; their recorded results; `cc exec` with filters; `show`'s ip
+//! and cc columns; a failing step failing the apply.
+
+#[path = "common/lab.rs"]
+mod lab;
+#[path = "common/netns.rs"]
+mod netns;
+
+use lab::Lab;
+
+const TEXT: &str = r#"
+experiment "cc" { images "@IMAGES@"; accel "tcg"; }
+network "LAN"
+vm "srv" {
+    kernel "$images/miniccc.kernel"
+    initrd "$images/miniccc.initrd"
+    memory "192M"
+    nic "LAN"
+    tags { role "server"; }
+    cc {
+        exec "ip addr add 10.0.0.1/24 dev eth0"
+        exec "ip" "link" "set" "eth0" "up"
+        send "payload.txt" to="/root/in/payload.txt"
+        exec "sha256sum /root/in/payload.txt"
+        background "sleep 1000"
+        recv "/etc/hostname" to="got"
+        exec "echo failing >&2; exit 3" allow-failure=#true
+        exec "sleep 30" timeout="1s" allow-failure=#true
+    }
+}
+vm "cli[1-2]" {
+    kernel "$images/miniccc.kernel"
+    initrd "$images/miniccc.initrd"
+    memory "192M"
+    nic "LAN"
+    tags { role "client"; }
+    after "srv"
+    cc {
+        exec "ip addr add 10.0.0.1$(hostname | tr -dc 0-9)/24 dev eth0"
+        exec "ip link set eth0 up"
+        exec "ping -c 1 -W 5 10.0.0.1"
+    }
+}
+"#;
+
+fn read(lab: &Lab, rel: &str) -> String {
+    std::fs::read_to_string(lab.dir.path().join(rel)).unwrap_or_else(|e| panic!("{rel}: {e}"))
+}
+
+#[test]
+fn steps_of_every_kind_run_in_order_and_are_recorded() {
+    if !lab::can_boot("cc_e2e") {
+        return;
+    }
+    let lab = Lab::new("cc.kdl", "cc", TEXT);
+    let payload = "megaplan payload\n".repeat(1000);
+    std::fs::write(lab.dir.path().join("payload.txt"), &payload).unwrap();
+    lab.ok("apply", &["--auto-approve"]);
+
+    let cc = ".megaplan/cc/cc";
+    for i in 0..8 {
+        let exit = read(&lab, &format!("{cc}/srv/{i}/exit"));
+        let want = match i {
+            6 => "3",
+            7 => "124",
+            _ => "0",
+        };
+        assert_eq!(exit.trim(), want, "srv step {i}");
+    }
+    // send: the guest's hash is the host's.
+    let host_hash = megaplan::agent::protocol::sha256_of(payload.as_bytes());
+    assert!(read(&lab, &format!("{cc}/srv/3/stdout")).starts_with(&host_hash));
+    // recv: the guest's hostname is the VM's name.
+    assert_eq!(read(&lab, "got/hostname").trim(), "srv");
+    assert!(read(&lab, &format!("{cc}/srv/6/stderr")).contains("failing"));
+    // after: the clients' pings to srv worked, so srv's address came first.
+    for c in ["cli1", "cli2"] {
+        assert_eq!(
+            read(&lab, &format!("{cc}/{c}/2/exit")).trim(),
+            "0",
+            "{c} could not ping srv"
+        );
+    }
+    let out = lab.megaplan(&["cc", "responses", lab.f()]);
+    assert!(out.status.success());
+    let responses = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        responses.contains("== vm.srv.cc[6] (exit 3)"),
+        "{responses}"
+    );
+
+    // cc exec with a tag filter reaches both clients and only them.
+    let out = lab.megaplan(&[
+        "cc",
+        "exec",
+        lab.f(),
+        "--filter",
+        "tag:role=client",
+        "--json",
+        "--",
+        "hostname",
+    ]);
+    assert!(out.status.success());
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let mut names: Vec<String> = v
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["stdout"].as_str().unwrap().trim().to_string())
+        .collect();
+    names.sort();
+    assert_eq!(names, ["cli1", "cli2"]);
+    // A failing command makes cc exec fail.
+    assert_eq!(
+        lab.megaplan(&["cc", "exec", lab.f(), "--filter", "name=srv", "--", "false"])
+            .status
+            .code(),
+        Some(1)
+    );
+    // show: ip and cc columns from the agents and the state.
+    let show = lab.ok("show", &["--columns", "name,ip,cc"]);
+    assert!(
+        show.lines()
+            .any(|l| l.starts_with("srv ") && l.contains("10.0.0.1/24") && l.contains("8/8")),
+        "{show}"
+    );
+    assert!(
+        show.lines()
+            .any(|l| l.starts_with("cli1") && l.contains("10.0.0.11/24") && l.contains("3/3")),
+        "{show}"
+    );
+    assert_eq!(
+        lab.run("plan", &["--detailed-exitcode"]).status.code(),
+        Some(0)
+    );
+
+    // A step that fails without allow-failure fails the apply, and runs again next time.
+    std::fs::write(
+        &lab.file,
+        std::fs::read_to_string(&lab.file).unwrap().replace(
+            "ping -c 1 -W 5 10.0.0.1\"",
+            "ping -c 1 -W 5 10.0.0.1\"\n        exec \"exit 7\"",
+        ),
+    )
+    .unwrap();
+    let out = lab.run("apply", &["--auto-approve"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("vm.cli1.cc[3]: vm.cli1.cc[3] exited 7"));
+    let plan = String::from_utf8_lossy(&lab.run("plan", &[]).stdout).to_string();
+    assert!(
+        plan.contains("# vm.cli1.cc[3] will run again (it failed last time)"),
+        "{plan}"
+    );
+
+    lab.ok("destroy", &["--auto-approve"]);
+    lab.assert_clean();
+}
