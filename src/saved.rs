@@ -76,3 +76,40 @@ impl SavedPlan {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::plan::Mode;
+
+    #[test]
+    fn a_saved_plan_goes_stale_when_the_state_or_the_file_moves() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("x.kdl");
+        std::fs::write(&file, "experiment \"x\"\n").unwrap();
+        let state = State::new("x");
+        let plan = crate::plan::plan(None, &state, None, Mode::Apply);
+        let saved = SavedPlan::new(&file, plan);
+        let path = dir.path().join("x.plan");
+        saved.write(&path).unwrap();
+        let back = SavedPlan::read(&path).expect("a saved plan");
+        assert_eq!(back.stale_because(&state), None);
+        let mut moved = state.clone();
+        moved.serial = 3;
+        assert!(
+            back.stale_because(&moved)
+                .unwrap()
+                .contains("state changed")
+        );
+        std::fs::write(&file, "experiment \"x\"\nnetwork \"LAN\"\n").unwrap();
+        assert!(
+            back.stale_because(&state)
+                .unwrap()
+                .contains("changed since")
+        );
+        assert!(
+            SavedPlan::read(&file).is_none(),
+            "an experiment file is not a saved plan"
+        );
+    }
+}

@@ -1,0 +1,149 @@
+//! The commands that need no root, through the real binary: convert round
+//! trips, graph, diff in three formats, schema.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn megaplan(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_megaplan"))
+        .args(args)
+        .env("NO_COLOR", "1")
+        .output()
+        .unwrap()
+}
+
+fn stdout(out: &Output) -> String {
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout.clone()).unwrap()
+}
+
+fn ex_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("examples")
+}
+
+fn examples() -> Vec<PathBuf> {
+    let mut v: Vec<PathBuf> =
+        std::fs::read_dir(Path::new(env!("CARGO_MANIFEST_DIR")).join("examples"))
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| matches!(p.extension().and_then(|e| e.to_str()), Some("kdl" | "toml")))
+            .collect();
+    v.sort();
+    v
+}
+
+#[test]
+fn convert_round_trips_reach_a_fixpoint() {
+    // Beside the examples, so relative paths ($images, inject, send) resolve the same.
+    struct Cleanup(Vec<PathBuf>);
+    impl Drop for Cleanup {
+        fn drop(&mut self) {
+            for p in &self.0 {
+                let _ = std::fs::remove_file(p);
+            }
+        }
+    }
+    let mut made = Cleanup(Vec::new());
+    let tmp = |name: &str, ext: &str| {
+        ex_dir().join(format!(".convert-{}-{name}.{ext}", std::process::id()))
+    };
+    for ex in examples() {
+        let name = ex.file_stem().unwrap().to_str().unwrap();
+        let (a, b) = if ex.extension().unwrap() == "kdl" {
+            ("toml", "kdl")
+        } else {
+            ("kdl", "toml")
+        };
+        let first = stdout(&megaplan(&["convert", ex.to_str().unwrap(), "--to", a]));
+        let p1 = tmp(name, a);
+        made.0.push(p1.clone());
+        std::fs::write(&p1, &first).unwrap();
+        let back = stdout(&megaplan(&["convert", p1.to_str().unwrap(), "--to", b]));
+        let p2 = tmp(name, b);
+        made.0.push(p2.clone());
+        std::fs::write(&p2, &back).unwrap();
+        let again = stdout(&megaplan(&["convert", p2.to_str().unwrap(), "--to", a]));
+        assert_eq!(
+            first,
+            again,
+            "{}: {a} -> {b} -> {a} is not a fixpoint",
+            ex.display()
+        );
+        let back2 = stdout(&megaplan(&["convert", p1.to_str().unwrap(), "--to", b]));
+        assert_eq!(back, back2);
+        // The converted file describes the same experiment: same resources in a diff.
+        let diff = stdout(&megaplan(&[
+            "diff",
+            ex.to_str().unwrap(),
+            p2.to_str().unwrap(),
+        ]));
+        assert!(diff.starts_with("No changes."), "{}: {diff}", ex.display());
+    }
+}
+
+#[test]
+fn tap_mirror_kdl_and_toml_are_the_same_experiment() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples");
+    let out = stdout(&megaplan(&[
+        "diff",
+        root.join("tap-mirror.kdl").to_str().unwrap(),
+        root.join("tap-mirror.toml").to_str().unwrap(),
+    ]));
+    assert!(out.starts_with("No changes."), "{out}");
+}
+
+#[test]
+fn graph_is_stable_dot() {
+    let f = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/tap-mirror.kdl");
+    let dot = stdout(&megaplan(&["graph", f.to_str().unwrap()]));
+    assert_eq!(dot, stdout(&megaplan(&["graph", f.to_str().unwrap()])));
+    assert!(dot.contains("\"vm.A.nic[0]\" -> \"mirror.A[0]->monitor[0]\";"));
+    assert!(dot.contains("\"network.LAN\" -> \"vm.A.nic[0]\";"));
+    assert!(dot.contains("\"vm.A.cc[0]\" -> \"vm.A.cc[1]\";"));
+    insta::assert_snapshot!(dot);
+}
+
+#[test]
+fn diff_for_review_in_three_formats() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/tap-mirror.kdl");
+    let text = std::fs::read_to_string(&src).unwrap();
+    let old = dir.path().join("old.kdl");
+    let new = dir.path().join("new.kdl");
+    std::fs::write(&old, &text).unwrap();
+    let changed = text
+        .replace("nic \"mon\"\n    mirrors \"A\"", "memory \"4G\"\n    nic \"mon\"\n    mirrors \"A\"\n    mirrors \"B\" direction=\"ingress\"")
+        .replace("exec \"ip link set eth0 up\"\n    }\n}\n\nvm \"B\"", "exec \"ip link set eth0 up\"\n        exec \"ping -c 1 10.0.0.2\"\n    }\n}\n\nvm \"B\"");
+    assert_ne!(changed, text, "the test's edits must apply");
+    std::fs::write(&new, changed).unwrap();
+    let (o, n) = (old.to_str().unwrap(), new.to_str().unwrap());
+    let txt = stdout(&megaplan(&["diff", o, n]));
+    let md = stdout(&megaplan(&["diff", o, n, "--format", "markdown"]));
+    let json: serde_json::Value =
+        serde_json::from_str(&stdout(&megaplan(&["diff", o, n, "--format", "json"]))).unwrap();
+    assert_eq!(json["format_version"], "1.0");
+    assert_eq!(json["summary"]["add"], 1);
+    assert_eq!(json["summary"]["replace"], 2);
+    insta::assert_snapshot!("diff_text", txt);
+    insta::assert_snapshot!("diff_markdown", md);
+}
+
+#[test]
+fn schema_command_prints_the_committed_schema() {
+    let committed = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("schemas/experiment.schema.json"),
+    )
+    .unwrap();
+    assert_eq!(stdout(&megaplan(&["schema"])), committed);
+}
+
+#[test]
+fn validate_of_a_missing_file_says_so() {
+    let out = megaplan(&["validate", "/nonexistent/x.kdl"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot read /nonexistent/x.kdl"));
+}
