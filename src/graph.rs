@@ -155,9 +155,18 @@ pub fn resources(lab: &Lab) -> Vec<Resource> {
             deps,
         });
     }
+    // By name, first wins (as `Lab::vm` would), without a linear scan per mirror.
+    let mut vm_by_name: HashMap<&str, &crate::lab::VmSpec> = HashMap::with_capacity(lab.vms.len());
+    for v in &lab.vms {
+        vm_by_name.entry(v.name.as_str()).or_insert(v);
+    }
     for m in &lab.mirrors {
-        let src = lab.vm(&m.source_vm).expect("validated mirror source");
-        let dst = lab.vm(&m.dest_vm).expect("validated mirror destination");
+        let src = *vm_by_name
+            .get(m.source_vm.as_str())
+            .expect("validated mirror source");
+        let dst = *vm_by_name
+            .get(m.dest_vm.as_str())
+            .expect("validated mirror destination");
         let (s, d) = (&src.nics[m.source_nic], &dst.nics[m.dest_nic]);
         out.push(Resource {
             address: m.address.clone(),

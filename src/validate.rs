@@ -1110,9 +1110,14 @@ impl Validator {
         // mirrors (needs every VM's nics)
         let mut mirror_seen: HashSet<String> = HashSet::new();
         let mut mirror_reported: HashSet<(usize, &'static str)> = HashSet::new();
+        // By name, first wins (as a linear `find` would): lookups stay O(1) with 10,000s of VMs.
+        let mut vm_by_name: HashMap<&str, &VmSpec> = HashMap::with_capacity(vms.len());
+        for v in &vms {
+            vm_by_name.entry(v.name.as_str()).or_insert(v);
+        }
         for inst in &insts {
             let vm = inst.src;
-            let Some(dest) = vms.iter().find(|v| v.name == inst.name) else {
+            let Some(&dest) = vm_by_name.get(inst.name.as_str()) else {
                 continue;
             };
             for m in &vm.mirrors {
@@ -1188,7 +1193,7 @@ impl Validator {
                                 .help("a VM cannot receive copies of its own traffic: mirror another VM"), "self");
                             continue;
                         }
-                        let Some(src) = vms.iter().find(|v| v.name == src_vm.value) else {
+                        let Some(&src) = vm_by_name.get(src_vm.value.as_str()) else {
                             if !vm_name_set.contains(src_vm.value.as_str()) {
                                 report(
                                     self,

@@ -15,7 +15,7 @@
 
 pub mod render;
 
-use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -255,9 +255,13 @@ pub fn plan(desired: Option<&Lab>, prior: &State, observed: Option<&Observed>, m
         changes.push(c);
     }
 
+    // Kind of each wanted address, first wins (as a linear `find` over `changes` would).
+    let mut kind_of: HashMap<&str, Kind> = HashMap::with_capacity(wanted.len());
+    for r in &wanted {
+        kind_of.entry(r.address.as_str()).or_insert(r.kind);
+    }
     // Cascades, in dependency order (`wanted` is topologically sorted).
-    for i in 0..changes.len() {
-        let c = &changes[i];
+    for c in &mut changes {
         if matches!(c.action, Action::Create | Action::Delete) {
             continue;
         }
@@ -270,7 +274,7 @@ pub fn plan(desired: Option<&Lab>, prior: &State, observed: Option<&Observed>, m
             if !recreated {
                 continue;
             }
-            let dk = changes.iter().find(|x| &x.address == d).map(|x| x.kind);
+            let dk = kind_of.get(d.as_str()).copied();
             let text = match (c.kind, dk) {
                 (Kind::Vm, Some(Kind::Tap)) => Some(format!("its tap {} is recreated", short(d))),
                 (Kind::Vm, Some(Kind::Disk)) => Some(format!("its disk {} is recreated", short(d))),
@@ -290,7 +294,6 @@ pub fn plan(desired: Option<&Lab>, prior: &State, observed: Option<&Observed>, m
             }
         }
         if !why.is_empty() {
-            let c = &mut changes[i];
             c.action = Action::Replace;
             for w in why {
                 if !c.reasons.contains(&w) {
