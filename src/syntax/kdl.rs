@@ -12,8 +12,11 @@
 //!   `parse(emit(d)) == d` for any document parsed from a valid file.
 //! - KDL 2.0 is tried first; if it fails and KDL 1.0 succeeds, the file is
 //!   read as KDL 1.0. If both fail, the KDL 2.0 errors are reported.
+//! - Before the kdl crate, the fast reader (`kdl_fast`) tries the file; it
+//!   reads only a strict subset of KDL 2.0 and yields the same tree, spans
+//!   included, so the result does not depend on which reader read the file.
 
-use kdl::{KdlDiagnostic, KdlDocument, KdlEntry, KdlError, KdlNode, KdlValue};
+use kdl::{KdlDiagnostic, KdlDocument, KdlError};
 use miette::SourceSpan;
 
 use crate::diag::{Diag, Diagnostics, SourceFile, did_you_mean};
@@ -71,14 +74,24 @@ mod usage {
 /// Parse a KDL experiment file. Structural problems go into the diagnostics;
 /// whatever could be read lands in the document.
 pub fn parse(src: &SourceFile) -> (Document, Diagnostics) {
+    parse_with(src, true)
+}
+
+/// [`parse`], with or without trying the fast reader first; the result is the
+/// same either way (the differential tests below check it).
+fn parse_with(src: &SourceFile, fast: bool) -> (Document, Diagnostics) {
     let text = src.text.as_str();
     let mut p = Parser {
         text,
         diags: Diagnostics::default(),
     };
     let mut doc = Document::default();
-    if let Some(kdl) = p.read_kdl() {
-        p.document(&kdl, &mut doc);
+    let nodes = fast
+        .then(|| super::kdl_fast::parse(text))
+        .flatten()
+        .or_else(|| p.read_kdl().map(|d| RawNode::list(&d)));
+    if let Some(nodes) = nodes {
+        p.document(&nodes, &mut doc);
     }
     (doc, p.diags)
 }
@@ -115,6 +128,151 @@ pub fn emit(doc: &Document) -> String {
 }
 
 // ---------------------------------------------------------------------------
+// The parsed tree the mapper reads
+
+/// A KDL node as the mapper reads it: names and values, with the *raw* spans
+/// the kdl crate reports (the mapper trims and widens them itself). Both
+/// readers produce it: the kdl crate's tree is converted ([`RawNode::list`]),
+/// and [`super::kdl_fast`] builds it directly with the same spans, so the
+/// mapping and its diagnostics are shared.
+#[derive(Debug, Clone, PartialEq)]
+pub(super) struct RawNode {
+    pub name: RawName,
+    /// From the name (or type annotation) to after the space that follows
+    /// the node's last part; the terminator is not included.
+    pub span: SourceSpan,
+    /// The span of the node's type annotation `(...)`, if any.
+    pub ty: Option<SourceSpan>,
+    pub entries: Vec<RawEntry>,
+    pub children: Option<RawChildren>,
+}
+
+/// A node name or property key, with the span of the name as written.
+#[derive(Debug, Clone, PartialEq)]
+pub(super) struct RawName {
+    pub value: String,
+    pub span: SourceSpan,
+}
+
+/// A `{ ... }` block: its nodes, and a span from the first thing in the
+/// block that is not space or a comment to the end of the last node.
+#[derive(Debug, Clone, PartialEq)]
+pub(super) struct RawChildren {
+    pub nodes: Vec<RawNode>,
+    pub span: SourceSpan,
+}
+
+/// An argument (no name) or a property; `span` runs from the key (or the
+/// value) to the end of the value.
+#[derive(Debug, Clone, PartialEq)]
+pub(super) struct RawEntry {
+    pub name: Option<RawName>,
+    pub value: RawValue,
+    pub span: SourceSpan,
+    pub ty: Option<SourceSpan>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub(super) enum RawValue {
+    String(String),
+    Integer(i128),
+    Float(f64),
+    Bool(bool),
+    Null,
+}
+
+impl RawName {
+    fn of(id: &kdl::KdlIdentifier) -> Self {
+        RawName {
+            value: id.value().to_string(),
+            span: id.span(),
+        }
+    }
+    fn value(&self) -> &str {
+        &self.value
+    }
+    fn span(&self) -> SourceSpan {
+        self.span
+    }
+}
+
+impl RawNode {
+    /// The nodes of a document read by the kdl crate.
+    fn list(doc: &KdlDocument) -> Vec<RawNode> {
+        doc.nodes().iter().map(RawNode::of).collect()
+    }
+
+    fn of(n: &kdl::KdlNode) -> Self {
+        RawNode {
+            name: RawName::of(n.name()),
+            span: n.span(),
+            ty: n.ty().map(|t| t.span()),
+            entries: n.entries().iter().map(RawEntry::of).collect(),
+            children: n.children().map(|c| RawChildren {
+                nodes: RawNode::list(c),
+                span: c.span(),
+            }),
+        }
+    }
+
+    fn name(&self) -> &RawName {
+        &self.name
+    }
+    fn span(&self) -> SourceSpan {
+        self.span
+    }
+    fn ty(&self) -> Option<SourceSpan> {
+        self.ty
+    }
+    fn entries(&self) -> &[RawEntry] {
+        &self.entries
+    }
+    fn children(&self) -> Option<&RawChildren> {
+        self.children.as_ref()
+    }
+}
+
+impl RawChildren {
+    fn nodes(&self) -> &[RawNode] {
+        &self.nodes
+    }
+    fn span(&self) -> SourceSpan {
+        self.span
+    }
+}
+
+impl RawEntry {
+    fn of(e: &kdl::KdlEntry) -> Self {
+        let value = match e.value() {
+            kdl::KdlValue::String(s) => RawValue::String(s.clone()),
+            kdl::KdlValue::Integer(i) => RawValue::Integer(*i),
+            kdl::KdlValue::Float(f) => RawValue::Float(*f),
+            kdl::KdlValue::Bool(b) => RawValue::Bool(*b),
+            kdl::KdlValue::Null => RawValue::Null,
+        };
+        RawEntry {
+            name: e.name().map(RawName::of),
+            value,
+            span: e.span(),
+            ty: e.ty().map(|t| t.span()),
+        }
+    }
+
+    fn name(&self) -> Option<&RawName> {
+        self.name.as_ref()
+    }
+    fn value(&self) -> &RawValue {
+        &self.value
+    }
+    fn span(&self) -> SourceSpan {
+        self.span
+    }
+    fn ty(&self) -> Option<SourceSpan> {
+        self.ty
+    }
+}
+
+// ---------------------------------------------------------------------------
 // Parsing
 
 struct Parser<'t> {
@@ -125,17 +283,17 @@ struct Parser<'t> {
 /// A node's entries, split into positional arguments and (known, first)
 /// properties.
 struct View<'n> {
-    node: &'n KdlNode,
+    node: &'n RawNode,
     usage: &'static str,
-    args: Vec<&'n KdlEntry>,
-    props: Vec<(&'n str, &'n KdlEntry)>,
+    args: Vec<&'n RawEntry>,
+    props: Vec<(&'n str, &'n RawEntry)>,
 }
 
 impl<'n> View<'n> {
     fn name(&self) -> &'n str {
         self.node.name().value()
     }
-    fn prop(&self, key: &str) -> Option<&'n KdlEntry> {
+    fn prop(&self, key: &str) -> Option<&'n RawEntry> {
         self.props.iter().find(|(k, _)| *k == key).map(|(_, e)| *e)
     }
 }
@@ -143,13 +301,13 @@ impl<'n> View<'n> {
 /// Single-valued child nodes seen so far in one block: name and name span.
 type Seen<'n> = Vec<(&'n str, SourceSpan)>;
 
-fn value_kind(v: &KdlValue) -> &'static str {
+fn value_kind(v: &RawValue) -> &'static str {
     match v {
-        KdlValue::String(_) => "a string",
-        KdlValue::Integer(_) => "an integer",
-        KdlValue::Float(_) => "a decimal number",
-        KdlValue::Bool(_) => "a boolean",
-        KdlValue::Null => "#null",
+        RawValue::String(_) => "a string",
+        RawValue::Integer(_) => "an integer",
+        RawValue::Float(_) => "a decimal number",
+        RawValue::Bool(_) => "a boolean",
+        RawValue::Null => "#null",
     }
 }
 
@@ -207,11 +365,11 @@ impl<'t> Parser<'t> {
         }
     }
 
-    fn node_span(&self, node: &KdlNode) -> SourceSpan {
+    fn node_span(&self, node: &RawNode) -> SourceSpan {
         self.trim(node.span())
     }
 
-    fn name_span(&self, node: &KdlNode) -> SourceSpan {
+    fn name_span(&self, node: &RawNode) -> SourceSpan {
         let s = self.fix(node.name().span());
         if s.is_empty() {
             self.node_span(node)
@@ -220,12 +378,12 @@ impl<'t> Parser<'t> {
         }
     }
 
-    fn entry_span(&self, e: &KdlEntry) -> SourceSpan {
+    fn entry_span(&self, e: &RawEntry) -> SourceSpan {
         self.trim(e.span())
     }
 
     /// The span of an entry's value: for a property, the part after `=`.
-    fn value_span(&self, e: &KdlEntry) -> SourceSpan {
+    fn value_span(&self, e: &RawEntry) -> SourceSpan {
         let es = self.entry_span(e);
         let Some(name) = e.name() else {
             return es;
@@ -249,7 +407,7 @@ impl<'t> Parser<'t> {
     }
 
     /// The child block of a node, from `{` to `}` when they can be found.
-    fn children_span(&self, node: &KdlNode) -> SourceSpan {
+    fn children_span(&self, node: &RawNode) -> SourceSpan {
         let ns = self.node_span(node);
         let (start, end) = (ns.offset(), ns.offset() + ns.len());
         let inner = node.children().map(|c| self.fix(c.span()));
@@ -393,14 +551,14 @@ impl<'t> Parser<'t> {
 
     fn view<'n>(
         &mut self,
-        node: &'n KdlNode,
+        node: &'n RawNode,
         props: &[&str],
         children: &[&str],
         usage: &'static str,
     ) -> View<'n> {
         let name = node.name().value();
         if let Some(ty) = node.ty() {
-            self.type_annotation(ty.span(), node.span());
+            self.type_annotation(ty, node.span());
         }
         let mut view = View {
             node,
@@ -410,7 +568,7 @@ impl<'t> Parser<'t> {
         };
         for e in node.entries() {
             if let Some(ty) = e.ty() {
-                self.type_annotation(ty.span(), e.span());
+                self.type_annotation(ty, e.span());
             }
             let Some(key) = e.name() else {
                 view.args.push(e);
@@ -527,7 +685,7 @@ impl<'t> Parser<'t> {
     }
 
     /// Record a single-valued child; false (and an error) if seen before.
-    fn once<'n>(&mut self, seen: &mut Seen<'n>, node: &'n KdlNode) -> bool {
+    fn once<'n>(&mut self, seen: &mut Seen<'n>, node: &'n RawNode) -> bool {
         let name = node.name().value();
         let span = self.name_span(node);
         if let Some((_, first)) = seen.iter().find(|(n, _)| *n == name) {
@@ -545,7 +703,7 @@ impl<'t> Parser<'t> {
 
     fn unknown_node(
         &mut self,
-        node: &KdlNode,
+        node: &RawNode,
         parent: Option<&str>,
         known: &[&str],
         props: &[&str],
@@ -582,14 +740,14 @@ impl<'t> Parser<'t> {
     // -- values ---------------------------------------------------------------
 
     /// How an entry is named in messages: `kernel` or `mount=`.
-    fn entry_name(node: &KdlNode, e: &KdlEntry) -> String {
+    fn entry_name(node: &RawNode, e: &RawEntry) -> String {
         match e.name() {
             Some(k) => format!("{}=", k.value()),
             None => node.name().value().to_string(),
         }
     }
 
-    fn wrong_type(&mut self, node: &KdlNode, e: &KdlEntry, expected: &str, help: String) {
+    fn wrong_type(&mut self, node: &RawNode, e: &RawEntry, expected: &str, help: String) {
         let what = Self::entry_name(node, e);
         let got = value_kind(e.value());
         self.diags.push(
@@ -602,7 +760,7 @@ impl<'t> Parser<'t> {
         );
     }
 
-    fn source_of(&self, e: &KdlEntry) -> String {
+    fn source_of(&self, e: &RawEntry) -> String {
         let s = self.value_span(e);
         self.text
             .get(s.offset()..s.offset() + s.len())
@@ -610,10 +768,10 @@ impl<'t> Parser<'t> {
             .to_string()
     }
 
-    fn string(&mut self, node: &KdlNode, e: &KdlEntry) -> Option<Sp<String>> {
+    fn string(&mut self, node: &RawNode, e: &RawEntry) -> Option<Sp<String>> {
         match e.value() {
-            KdlValue::String(s) => Some(Sp::new(s.clone(), self.value_span(e))),
-            KdlValue::Null => {
+            RawValue::String(s) => Some(Sp::new(s.clone(), self.value_span(e))),
+            RawValue::Null => {
                 self.wrong_type(node, e, "a string", "write a quoted string".to_string());
                 None
             }
@@ -627,16 +785,16 @@ impl<'t> Parser<'t> {
     }
 
     /// A string, or an integer kept as its decimal text (`memory 512`).
-    fn string_or_int(&mut self, node: &KdlNode, e: &KdlEntry) -> Option<Sp<String>> {
+    fn string_or_int(&mut self, node: &RawNode, e: &RawEntry) -> Option<Sp<String>> {
         match e.value() {
-            KdlValue::Integer(i) => Some(Sp::new(i.to_string(), self.value_span(e))),
+            RawValue::Integer(i) => Some(Sp::new(i.to_string(), self.value_span(e))),
             _ => self.string(node, e),
         }
     }
 
-    fn int(&mut self, node: &KdlNode, e: &KdlEntry) -> Option<Sp<i64>> {
+    fn int(&mut self, node: &RawNode, e: &RawEntry) -> Option<Sp<i64>> {
         match e.value() {
-            KdlValue::Integer(i) => match i64::try_from(*i) {
+            RawValue::Integer(i) => match i64::try_from(*i) {
                 Ok(i) => Some(Sp::new(i, self.value_span(e))),
                 Err(_) => {
                     let what = Self::entry_name(node, e);
@@ -647,7 +805,7 @@ impl<'t> Parser<'t> {
                     None
                 }
             },
-            KdlValue::String(s) if s.trim().parse::<i64>().is_ok() => {
+            RawValue::String(s) if s.trim().parse::<i64>().is_ok() => {
                 let help = format!("write {} without quotes", s.trim());
                 self.wrong_type(node, e, "an integer", help);
                 None
@@ -664,10 +822,10 @@ impl<'t> Parser<'t> {
         }
     }
 
-    fn boolean(&mut self, node: &KdlNode, e: &KdlEntry) -> Option<Sp<bool>> {
+    fn boolean(&mut self, node: &RawNode, e: &RawEntry) -> Option<Sp<bool>> {
         match e.value() {
-            KdlValue::Bool(b) => Some(Sp::new(*b, self.value_span(e))),
-            KdlValue::String(s) if matches!(s.as_str(), "true" | "false") => {
+            RawValue::Bool(b) => Some(Sp::new(*b, self.value_span(e))),
+            RawValue::String(s) if matches!(s.as_str(), "true" | "false") => {
                 let help = format!("write #{s} without quotes");
                 self.wrong_type(node, e, "a boolean", help);
                 None
@@ -708,10 +866,10 @@ impl<'t> Parser<'t> {
     fn scalar<'n>(
         &mut self,
         seen: &mut Seen<'n>,
-        node: &'n KdlNode,
+        node: &'n RawNode,
         what: &str,
         usage: &'static str,
-    ) -> Option<&'n KdlEntry> {
+    ) -> Option<&'n RawEntry> {
         let first = self.once(seen, node);
         let v = self.view(node, &[], &[], usage);
         self.no_children(&v);
@@ -726,7 +884,7 @@ impl<'t> Parser<'t> {
     fn scalar_string<'n>(
         &mut self,
         seen: &mut Seen<'n>,
-        node: &'n KdlNode,
+        node: &'n RawNode,
         what: &str,
         usage: &'static str,
     ) -> Option<Sp<String>> {
@@ -734,14 +892,14 @@ impl<'t> Parser<'t> {
         self.string(node, e)
     }
 
-    fn children(node: &KdlNode) -> &[KdlNode] {
+    fn children(node: &RawNode) -> &[RawNode] {
         node.children().map(|c| c.nodes()).unwrap_or(&[])
     }
 
     // -- the experiment language ----------------------------------------------
 
-    fn document(&mut self, kdl: &KdlDocument, doc: &mut Document) {
-        for node in kdl.nodes() {
+    fn document(&mut self, nodes: &[RawNode], doc: &mut Document) {
+        for node in nodes {
             match node.name().value() {
                 "experiment" => doc.experiments.push(self.experiment(node)),
                 "network" => {
@@ -766,7 +924,7 @@ impl<'t> Parser<'t> {
 
     /// Always returns a node (with an empty name if none was given), so a
     /// nameless experiment is not also reported as a missing one.
-    fn experiment(&mut self, node: &KdlNode) -> ExperimentNode {
+    fn experiment(&mut self, node: &RawNode) -> ExperimentNode {
         let v = self.view(node, &[], EXPERIMENT_CHILDREN, usage::EXPERIMENT);
         let name = self
             .name_arg(&v, "a name")
@@ -792,7 +950,7 @@ impl<'t> Parser<'t> {
         e
     }
 
-    fn network(&mut self, node: &KdlNode) -> Option<Network> {
+    fn network(&mut self, node: &RawNode) -> Option<Network> {
         let v = self.view(node, &[], NETWORK_CHILDREN, usage::NETWORK);
         let name = self.name_arg(&v, "a name");
         let mut host_address = None;
@@ -813,7 +971,7 @@ impl<'t> Parser<'t> {
         })
     }
 
-    fn disk(&mut self, node: &KdlNode) -> Option<Disk> {
+    fn disk(&mut self, node: &RawNode) -> Option<Disk> {
         let v = self.view(node, DISK_PROPS, DISK_CHILDREN, usage::DISK);
         let name = self.name_arg(&v, "a name");
         let size = v.prop("size").and_then(|e| self.string_or_int(node, e));
@@ -858,7 +1016,7 @@ impl<'t> Parser<'t> {
         })
     }
 
-    fn vm(&mut self, node: &KdlNode) -> Option<Vm> {
+    fn vm(&mut self, node: &RawNode) -> Option<Vm> {
         let v = self.view(node, &[], VM_CHILDREN, usage::VM);
         let name = self.name_arg(&v, "a name");
         let mut vm = Vm {
@@ -928,7 +1086,7 @@ impl<'t> Parser<'t> {
         Some(vm)
     }
 
-    fn vm_disk(&mut self, node: &KdlNode) -> Option<VmDisk> {
+    fn vm_disk(&mut self, node: &RawNode) -> Option<VmDisk> {
         let v = self.view(node, VM_DISK_PROPS, &[], usage::VM_DISK);
         self.no_children(&v);
         let name = self.name_arg(&v, "a disk name or path");
@@ -940,7 +1098,7 @@ impl<'t> Parser<'t> {
         })
     }
 
-    fn nic(&mut self, node: &KdlNode) -> Option<Nic> {
+    fn nic(&mut self, node: &RawNode) -> Option<Nic> {
         let v = self.view(node, NIC_PROPS, &[], usage::NIC);
         self.no_children(&v);
         let network = self.name_arg(&v, "a network name");
@@ -956,7 +1114,7 @@ impl<'t> Parser<'t> {
 
     /// `mirrors "A" "B" nic=0 into=0 direction="both"` (one mirror per VM) or
     /// `mirrors network="LAN"`.
-    fn mirrors(&mut self, node: &KdlNode, out: &mut Vec<Mirror>) {
+    fn mirrors(&mut self, node: &RawNode, out: &mut Vec<Mirror>) {
         let v = self.view(node, MIRROR_PROPS, &[], usage::MIRRORS);
         self.no_children(&v);
         let network = v.prop("network");
@@ -1000,7 +1158,7 @@ impl<'t> Parser<'t> {
         }
     }
 
-    fn tags(&mut self, node: &KdlNode, out: &mut Vec<Tag>) {
+    fn tags(&mut self, node: &RawNode, out: &mut Vec<Tag>) {
         let v = self.view(node, &[], &[], usage::TAGS);
         self.want_args(&v, 0, Some(0), "");
         for child in Self::children(node) {
@@ -1035,7 +1193,7 @@ impl<'t> Parser<'t> {
     /// `after` and `qemu-args`: one or more strings, appended.
     fn words(
         &mut self,
-        node: &KdlNode,
+        node: &RawNode,
         what: &str,
         usage: &'static str,
         out: &mut Vec<Sp<String>>,
@@ -1050,7 +1208,7 @@ impl<'t> Parser<'t> {
         }
     }
 
-    fn cc(&mut self, node: &KdlNode, out: &mut Vec<CcStep>) {
+    fn cc(&mut self, node: &RawNode, out: &mut Vec<CcStep>) {
         let v = self.view(node, &[], CC_CHILDREN, usage::CC);
         self.want_args(&v, 0, Some(0), "");
         for child in Self::children(node) {
@@ -1067,7 +1225,7 @@ impl<'t> Parser<'t> {
         }
     }
 
-    fn command_step(&mut self, node: &KdlNode) -> Option<CcStep> {
+    fn command_step(&mut self, node: &RawNode) -> Option<CcStep> {
         let exec = node.name().value() == "exec";
         let usage = if exec { usage::EXEC } else { usage::BACKGROUND };
         let v = self.view(node, CMD_PROPS, &[], usage);
@@ -1105,7 +1263,7 @@ impl<'t> Parser<'t> {
         })
     }
 
-    fn copy_step(&mut self, node: &KdlNode) -> Option<CcStep> {
+    fn copy_step(&mut self, node: &RawNode) -> Option<CcStep> {
         let send = node.name().value() == "send";
         let usage = if send { usage::SEND } else { usage::RECV };
         let v = self.view(node, COPY_PROPS, &[], usage);
@@ -1917,4 +2075,303 @@ vm "A" {
             let _ = emit(&doc);
         }
     }
+
+    // -- the fast reader against the kdl crate ----------------------------------
+
+    /// When the fast reader accepts `text`: the kdl crate reads it as KDL 2.0
+    /// into the same tree, raw spans included, and `parse` gives the same
+    /// document and diagnostics, spans included, as the kdl-crate path.
+    /// Returns whether the fast reader accepted the text.
+    fn same_as_kdl_crate(text: &str) -> bool {
+        let Some(fast) = crate::syntax::kdl_fast::parse(text) else {
+            return false;
+        };
+        let slow = KdlDocument::parse_v2(text).map(|d| RawNode::list(&d));
+        assert_eq!(Ok(&fast), slow.as_ref(), "tree differs for {text:?}");
+        let src = SourceFile::new("t.kdl", text);
+        let (fast_doc, fast_diags) = parse(&src);
+        let (slow_doc, slow_diags) = parse_with(&src, false);
+        // Debug output shows every span; the model's PartialEq ignores `Sp`'s.
+        assert_eq!(
+            format!("{fast_doc:#?}"),
+            format!("{slow_doc:#?}"),
+            "{text:?}"
+        );
+        assert_eq!(
+            format!("{fast_diags:#?}"),
+            format!("{slow_diags:#?}"),
+            "{text:?}"
+        );
+        true
+    }
+
+    fn kdl_files(dir: &str) -> Vec<(String, String)> {
+        let dir = format!("{}/{dir}", env!("CARGO_MANIFEST_DIR"));
+        let mut files: Vec<_> = std::fs::read_dir(&dir)
+            .unwrap_or_else(|e| panic!("{dir}: {e}"))
+            .map(|e| e.unwrap().path())
+            .filter(|p| p.extension().is_some_and(|x| x == "kdl"))
+            .map(|p| {
+                let text = std::fs::read_to_string(&p).unwrap();
+                (p.display().to_string(), text)
+            })
+            .collect();
+        files.sort();
+        files
+    }
+
+    #[test]
+    fn fast_reader_matches_kdl_crate_on_files() {
+        let mut accepted = Vec::new();
+        for dir in ["examples", "tests/bad/kdl", "tests/bad/semantic"] {
+            for (path, text) in kdl_files(dir) {
+                if same_as_kdl_crate(&text) {
+                    accepted.push(path);
+                } else {
+                    assert!(dir != "examples", "fast reader rejected {path}");
+                }
+            }
+        }
+        assert!(accepted.len() > 30, "{accepted:?}");
+        assert!(same_as_kdl_crate(&super::gen_lab::generate(50)));
+        // Also every document used in the tests above.
+        assert!(same_as_kdl_crate(FULL));
+    }
+
+    #[test]
+    fn fast_reader_on_tricky_inputs() {
+        let accepted = [
+            "",
+            "// only a comment",
+            "vm \"a\"",
+            "vm \"a\";",
+            "vm \"a\"; vm \"b\";\n",
+            "\n\n  vm \"a\"  \n\n",
+            "vm \"a\" {}",
+            "vm \"a\" { }",
+            "vm \"a\" {\n}\n",
+            "vm \"a\" { kernel \"k\"}",
+            "vm \"a\" { kernel \"k\"; }; network \"n\"",
+            "vm \"a\" {\r\n    kernel \"k\"\r\n}\r\n",
+            "vm \"a\" { tags { \"odd key\" \"v\"; k \"é 日本\"; }; }",
+            "\"quoted name\" \"x\"",
+            "disk \"d\" size=\"1G\" keep=#true format=#null",
+            "disk \"d\" \"size\"=\"1G\"",
+            "disk \"d\" size=10 size=-5 size=+7 size=1.5 size=-0.25 size=007",
+            "vm \"a\" { vcpus 123456789012345678; }",
+            "vm \"a\" { kernel \"\\n\\t\\r\\b\\f\\s\\\\\\\"\\u{41}\\u{1F600}\\u{0}\"; }",
+            "vm \"a\" { kernel \"tab\there\"; }",
+            "vm \"a\" /* c */ { /* { */ kernel /* x */ \"k\" /* y */ }",
+            "vm \"a\" /* a /* nested */ comment */ {\n}",
+            "vm \"a\" { kernel \"k\" // comment\n}",
+            "vm \"a\" // comment\nvm \"b\"",
+            "vm \"a\" {\n    kernel \"k\" \\\n        \"more\"\n}",
+            "vm \"a\" \\ // continued\n    \"b\"",
+            "vm \"a\"\t{\tkernel\t\"k\"\t}",
+            "vm \"a\" { cc { exec \"x\" timeout=\"1s\" allow-failure=#false; }; }",
+            "vm \"a\" {\n    kernel \"k\";  \n}\n",
+            "a.b-c_d:e \"x\"",
+            "vm \"a\" { kernel 1.5; }",
+            "vm \"a\" { memory 512 ; }",
+            "vm \"a\" { tags { k \"1\"; k \"2\"; }; }",
+            "vm \"a\" { nic \"LAN\" { mac \"x\"; }; }",
+            "vm \"a\" { snapshot \"true\"; }",
+            "vm \"a\" {\n    kernel \"x\" \"y\"\n    nic\n    unknown \"z\" w=1\n}\n",
+            "vm \"a\"/* c */\"b\"",
+            "vm \"a\"\\\n\"b\"",
+        ];
+        for text in accepted {
+            assert!(same_as_kdl_crate(text), "fast reader rejected {text:?}");
+        }
+        let rejected = [
+            "\u{feff}vm \"a\"",
+            "vm \"a\" size=1_000",
+            "vm \"a\" size=0x10",
+            "vm \"a\" size=0o7",
+            "vm \"a\" size=0b1",
+            "vm \"a\" size=1.5e3",
+            "vm \"a\" size=1e3",
+            "vm \"a\" size=1.",
+            "vm \"a\" size=.5",
+            "vm \"a\" size=10G",
+            "vm \"a\" size=1234567890123456789",
+            "vm \"a\" x=#inf",
+            "vm \"a\" x=#nan",
+            "vm \"a\" x=#-inf",
+            "vm \"a\" x=#truex",
+            "vm \"a\" x=true",
+            "vm \"a\" x=bare",
+            "vm bare",
+            "vm \"a\" x = \"y\"",
+            "vm \"a\" x= \"y\"",
+            "vm \"a\" x =\"y\"",
+            "vm r#\"a\"#",
+            "vm #\"a\"#",
+            "vm \"\"\"\nmulti\n\"\"\"",
+            "(t)vm \"a\"",
+            "vm (t)\"a\"",
+            "vm \"a\" /- \"b\"",
+            "/- vm \"a\"",
+            "vm \"a\" /- { }",
+            "vm \"a\"{}",
+            "vm \"a\" {",
+            "vm \"a\" }",
+            "}",
+            ";",
+            "vm \"a\" { ; }",
+            "vm \"a\";;",
+            "vm \"a\" { } \"b\"",
+            "vm \"a\" { } b",
+            "vm \"a\" \"b\"\"c\"",
+            "vm \"a\" \"b\\q\"",
+            "vm \"a\" \"b\\/\"",
+            "vm \"a\" \"b\\\n  c\"",
+            "vm \"a\" \"b\\u{}\"",
+            "vm \"a\" \"b\\u{D800}\"",
+            "vm \"a\" \"b\\u{1234567}\"",
+            "vm \"a\" \"b\\u41\"",
+            "vm \"a\" \"new\nline\"",
+            "vm \"a\" \"nul\u{0}\"",
+            "vm \"a\" \"bidi\u{202e}\"",
+            "vm \"a\" \"unterminated",
+            "vm \"a\" /* unterminated",
+            "vm \"a\"\rvm \"b\"",
+            "vm \"a\"\u{85}vm \"b\"",
+            "vm\u{a0}\"a\"",
+            "vm \"a\" // \u{2028} x",
+            "vm \"a\" \\ x\n\"b\"",
+            "true \"a\"",
+            "null",
+            "日本 \"a\"",
+            "-x \"a\"",
+            "1 \"a\"",
+            "vm=1",
+            "vm \"a\" { vcpus (u8)2; }",
+            "disk \"d\" keep=true",
+            "vm \"a\" { snapshot false; }",
+        ];
+        for text in rejected {
+            assert!(
+                !same_as_kdl_crate(text),
+                "fast reader accepted {text:?}, which it should leave to the kdl crate"
+            );
+        }
+        let deep = format!("{}{}", "a {\n".repeat(100), "}\n".repeat(100));
+        assert!(!same_as_kdl_crate(&deep));
+        let shallow = format!("{}{}", "a {\n".repeat(20), "}\n".repeat(20));
+        assert!(same_as_kdl_crate(&shallow));
+    }
+
+    /// Damaged files: every prefix and single insertions, as in
+    /// `garbage_does_not_panic`, but with the fast reader checked.
+    #[test]
+    fn fast_reader_on_damaged_files() {
+        let base = format!("{FULL}{}{}", example("lab.kdl"), example("bro-capture.kdl"));
+        let cuts: Vec<usize> = (0..=base.len())
+            .filter(|i| base.is_char_boundary(*i))
+            .step_by(7)
+            .collect();
+        let junk = [
+            "\"", "{", "}", "=", "é", ";", "#", "1", "\n", "/*", "*/", "\\", " ", "/-", "x",
+        ];
+        for (n, &i) in cuts.iter().enumerate() {
+            same_as_kdl_crate(&base[..i]);
+            let mut s = base.clone();
+            s.insert_str(i, junk[n % junk.len()]);
+            same_as_kdl_crate(&s);
+        }
+    }
+
+    mod soup {
+        use super::same_as_kdl_crate;
+        use proptest::prelude::*;
+
+        const TOKENS: &[&str] = &[
+            "vm",
+            "kernel",
+            "tags",
+            "x",
+            "size",
+            "\"a\"",
+            "\"é\\n\"",
+            "\"\\u{41}\"",
+            "\"\\q\"",
+            " ",
+            "  ",
+            "\t",
+            "\n",
+            "\r\n",
+            "\r",
+            ";",
+            "{",
+            "}",
+            "=",
+            "#true",
+            "#null",
+            "#nan",
+            "#",
+            "1",
+            "-5",
+            "+2",
+            "1.5",
+            "1_000",
+            "0x10",
+            "1e3",
+            ".",
+            "-",
+            "//c",
+            "/*",
+            "*/",
+            "/-",
+            "\\",
+            "\"",
+            "(t)",
+            "\"\"\"",
+            "#\"",
+            "é",
+            "\u{a0}",
+            "\u{feff}",
+            "true",
+            "x=",
+            "\"k\"=",
+        ];
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(2000))]
+            /// Whatever the fast reader accepts, the kdl crate reads the same.
+            #[test]
+            fn token_soup(tokens in prop::collection::vec(prop::sample::select(TOKENS), 0..30)) {
+                same_as_kdl_crate(&tokens.concat());
+            }
+
+            /// Mostly well-formed nodes, so that the fast reader accepts often.
+            #[test]
+            fn node_soup(nodes in prop::collection::vec(
+                (
+                    prop::sample::select(&["vm", "\"n m\"", "kernel", "a-b"][..]),
+                    prop::collection::vec(
+                        prop::sample::select(&[
+                            " \"v\"", " 1", " -2", " 3.25", " #false", " #null", " k=\"v\"",
+                            " k=1", " \"q k\"=#true", " /* c */ \"w\"", " \\\n \"c\"",
+                        ][..]),
+                        0..4,
+                    ),
+                    prop::sample::select(&["", " { }", " {\n  x \"1\"\n}", " { y; z 2 }"][..]),
+                    prop::sample::select(&["\n", ";", " // c\n", "\r\n", ";\n\n", " "][..]),
+                ),
+                0..6,
+            )) {
+                let text: String = nodes
+                    .iter()
+                    .map(|(n, es, kids, end)| format!("{n}{}{kids}{end}", es.concat()))
+                    .collect();
+                same_as_kdl_crate(&text);
+            }
+        }
+    }
 }
+
+#[cfg(test)]
+#[allow(dead_code)]
+#[path = "../../examples/gen_lab.rs"]
+mod gen_lab;

@@ -8,6 +8,7 @@
 //! - Emitting then parsing gives back an equal document (spans aside).
 
 pub mod kdl;
+mod kdl_fast;
 pub mod toml;
 
 /// The properties of a `vm`, in the order the emitters write them (both syntaxes).
