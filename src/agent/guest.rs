@@ -58,12 +58,24 @@ pub async fn run(opts: Options) -> io::Result<()> {
         match open_channel(&opts).await {
             Ok((stream, said_hello)) => {
                 backoff = MIN_BACKOFF;
-                match serve(stream, &opts, said_hello).await {
-                    Ok(()) => log("channel closed by host"),
-                    Err(e) => log(&format!("session ended: {e}")),
-                }
+                let served = match serve(stream, &opts, said_hello).await {
+                    Ok(frames) => {
+                        log("channel closed by host");
+                        frames
+                    }
+                    Err(e) => {
+                        log(&format!("session ended: {e}"));
+                        0
+                    }
+                };
                 if opts.once {
                     return Ok(());
+                }
+                // A host that talked and hung up (one `cc exec`) may come
+                // right back: reopen at once. Only a session that carried
+                // nothing waits, so a channel that keeps failing cannot spin.
+                if served > 0 {
+                    continue;
                 }
             }
             Err(e) => {
@@ -304,7 +316,7 @@ pub async fn serve(
     stream: Box<dyn Stream>,
     opts: &Options,
     said_hello: bool,
-) -> Result<(), FrameError> {
+) -> Result<u64, FrameError> {
     let (mut rd, mut wr) = tokio::io::split(stream);
     if !said_hello {
         protocol::write_message(&mut wr, &Message::Hello(gather_hello(opts))).await?;
@@ -339,6 +351,7 @@ pub async fn serve(
 
     let mut transfers: HashMap<u64, mpsc::Sender<Message>> = HashMap::new();
     let mut writer_gone = false;
+    let mut frames: u64 = 0;
     let result = loop {
         let frame = tokio::select! {
             f = protocol::read_frame(&mut rd) => f,
@@ -347,8 +360,11 @@ pub async fn serve(
                 break Err(FrameError::Io(io::ErrorKind::BrokenPipe.into()));
             }
         };
+        if let Ok(Some(_)) = &frame {
+            frames += 1;
+        }
         match frame {
-            Ok(None) => break Ok(()),
+            Ok(None) => break Ok(frames),
             Ok(Some(Incoming::Message(m))) => {
                 dispatch(m, &tx, &mut transfers, opts).await;
             }
