@@ -116,8 +116,3 @@ pub fn refresh(experiment: &str, state: &State, sd: &StateDir) -> Result<Observe
 pub fn disk_path(sd: &StateDir, file: &str) -> PathBuf {
     sd.disks().join(file)
 }
-
-/// Whether a path exists (used by refresh for disks and overlays).
-pub fn exists(p: &Path) -> bool {
-    p.exists()
-}
