@@ -27,16 +27,7 @@ fn wait_capture(lab: &Lab, vm: &str, path: &str) {
     let script = format!(
         "i=0; while [ ! -s {path} ] && [ $i -lt 200 ]; do i=$((i+1)); sleep 0.05; done; test -s {path}"
     );
-    let out = lab.megaplan(&[
-        "cc",
-        "exec",
-        lab.f(),
-        "--filter",
-        &format!("name={vm}"),
-        "--",
-        &script,
-    ]);
-    assert!(out.status.success(), "tcpdump never started on {vm}");
+    cc(lab, vm, &script);
 }
 
 fn cc(lab: &Lab, vm: &str, cmd: &str) -> String {
