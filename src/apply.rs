@@ -6,8 +6,10 @@
 //!   it succeeds (or `Failed`); a delete removes its record after the effect.
 //!   The state file is written after every step, so a crash or kill at any
 //!   point leaves a state the next plan converges from.
-//! - Independent operations run at once, up to `parallelism`; a failure skips
-//!   what depends on it, lets the rest finish, and every error is reported.
+//! - Independent operations run at once: host effects up to `parallelism`,
+//!   cc steps (which mostly wait for guests) without a bound, effects first;
+//!   a failure skips what depends on it, lets the rest finish, and every
+//!   error is reported.
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write as _;
@@ -159,11 +161,26 @@ impl<H: Host> Executor<'_, H> {
         ready.reverse();
         let mut failed = vec![false; ops.len()];
         let mut running = FuturesUnordered::new();
+        let mut effects_running = 0usize;
         let mut finished = 0;
         while finished < ops.len() {
-            while running.len() < self.parallelism.max(1) {
-                let Some(o) = ready.pop() else { break };
+            // Host effects are bounded by `parallelism`. cc steps are not: they
+            // mostly wait for a guest to boot, and counting them would hold
+            // back the launch of the other VMs. Effects go first.
+            loop {
+                let is_step = |o: &usize| plan.changes[ops[*o].change].kind == Kind::Step;
+                let pick = if effects_running < self.parallelism.max(1) {
+                    ready.iter().rposition(|o| !is_step(o))
+                } else {
+                    None
+                }
+                .or_else(|| ready.iter().rposition(is_step));
+                let Some(i) = pick else { break };
+                let o = ready.remove(i);
                 let op = ops[o].clone();
+                if !is_step(&o) {
+                    effects_running += 1;
+                }
                 let c = &plan.changes[op.change];
                 // Record intent before the effect.
                 if op.phase == Phase::Create {
@@ -203,6 +220,9 @@ impl<H: Host> Executor<'_, H> {
             finished += 1;
             let op = &ops[o];
             let c = &plan.changes[op.change];
+            if c.kind != Kind::Step {
+                effects_running -= 1;
+            }
             let key = format!(
                 "{} {}",
                 c.kind.as_str(),

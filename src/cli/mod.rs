@@ -80,7 +80,7 @@ pub enum Command {
         file: PathBuf,
         #[arg(long)]
         auto_approve: bool,
-        /// How many operations run at once.
+        /// How many host operations (links, disks, QEMU launches, mirrors) run at once; cc steps are not counted.
         #[arg(long, default_value_t = 10)]
         parallelism: usize,
         #[arg(long)]
