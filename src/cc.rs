@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-use crate::agent::{AgentClient, Command, Exit, Hello};
+use crate::agent::{AgentClient, Command, Exit};
 use crate::lab::{Lab, VmSpec};
 use crate::state::StateDir;
 
@@ -60,16 +60,10 @@ pub struct Response {
 }
 
 /// Connect to a VM's agent and wait for its hello.
-pub async fn connect(lab: &Lab, vm: &str, wait: Duration) -> Result<(AgentClient, Hello), String> {
-    let sock = crate::host::runtime_dir(&lab.name, vm).join(crate::drivers::qemu::CC_SOCKET_NAME);
-    let client = AgentClient::connect_timeout(&sock, Duration::from_secs(2))
+pub async fn connect(lab: &Lab, vm: &str, wait: Duration) -> Result<AgentClient, String> {
+    crate::host::connect_agent(&lab.name, vm, Duration::from_secs(2), wait)
         .await
-        .map_err(|e| format!("{vm}: no cc channel ({e}); is the VM running?"))?;
-    let hello = client
-        .wait_hello(wait)
-        .await
-        .map_err(|e| format!("{vm}: the agent did not report in: {e}"))?;
-    Ok((client, hello))
+        .map_err(|e| format!("{vm}: no answer from its agent ({e}); is the VM running?"))
 }
 
 /// Run `argv` in every VM matching all `filters`, at once.
@@ -101,7 +95,7 @@ pub async fn exec(
             };
             match connect(lab, &vm.name, Duration::from_secs(30)).await {
                 Err(e) => Response { stderr: e, ..base },
-                Ok((client, _)) => match client.exec(cmd, timeout).await {
+                Ok(client) => match client.exec(cmd, timeout).await {
                     Ok(r) => Response {
                         exit: match r.exit {
                             Exit::Code(c) => c,
@@ -126,7 +120,7 @@ pub async fn exec(
 pub async fn addresses(lab: &Lab) -> std::collections::BTreeMap<String, Vec<String>> {
     let runs = lab.vms.iter().map(|vm| async move {
         let addrs = match connect(lab, &vm.name, Duration::from_millis(500)).await {
-            Ok((client, _)) => match client.refresh(Duration::from_secs(2)).await {
+            Ok(client) => match client.refresh(Duration::from_secs(2)).await {
                 Ok(h) => h
                     .interfaces
                     .iter()

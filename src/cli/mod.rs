@@ -817,10 +817,7 @@ fn disk_cmd(command: DiskCommand) -> Result<ExitCode, CliError> {
                 .with_hint("apply the experiment first"),
         );
     }
-    let format = match spec.format {
-        crate::lab::DiskFormat::Qcow2 => crate::drivers::qemu_img::ImageFormat::Qcow2,
-        crate::lab::DiskFormat::Raw => crate::drivers::qemu_img::ImageFormat::Raw,
-    };
+    let format = crate::host::local::fmt_of(spec.format);
     std::fs::create_dir_all(&to)
         .map_err(|e| CliError::new(format!("cannot create {}: {e}", to.display())))?;
     let gp = guest_path.unwrap_or_else(|| "/".to_string());

@@ -129,7 +129,7 @@ impl LocalHost {
 
 use std::path::{Path, PathBuf};
 
-use crate::agent::{AgentClient, Command as AgentCommand, Exit};
+use crate::agent::{Command as AgentCommand, Exit};
 use crate::drivers::netlink::MacAddr;
 use crate::drivers::qemu::{self, DiskConfig, NicConfig, VmConfig};
 use crate::drivers::qemu_img::{self, ImageFormat};
@@ -143,7 +143,8 @@ pub struct StepOutcome {
     pub stderr: String,
 }
 
-fn fmt_of(f: DiskFormat) -> ImageFormat {
+/// The driver's name for a lab disk format.
+pub fn fmt_of(f: DiskFormat) -> ImageFormat {
     match f {
         DiskFormat::Qcow2 => ImageFormat::Qcow2,
         DiskFormat::Raw => ImageFormat::Raw,
@@ -370,12 +371,13 @@ impl super::Host for LocalHost {
         {
             if graceful {
                 // Ask the agent to flush and unmount, then power down.
-                if let Ok(client) = AgentClient::connect_timeout(
-                    rt.join(qemu::CC_SOCKET_NAME),
+                if let Ok(client) = super::connect_agent(
+                    experiment,
+                    vm,
                     Duration::from_secs(1),
+                    Duration::from_secs(2),
                 )
                 .await
-                    && client.wait_hello(Duration::from_secs(2)).await.is_ok()
                 {
                     let _ = client.sync_unmount(&[], Duration::from_secs(10)).await;
                 }
@@ -407,15 +409,14 @@ impl super::Host for LocalHost {
         action: &CcActionSpec,
         timeout: Option<Duration>,
     ) -> Result<StepOutcome, HostError> {
-        let rt = super::runtime_dir(experiment, vm);
-        let client =
-            AgentClient::connect_timeout(rt.join(qemu::CC_SOCKET_NAME), Duration::from_secs(30))
-                .await
-                .map_err(|e| HostError::Other(format!("cc channel of {vm}: {e}")))?;
-        client
-            .wait_hello(Duration::from_secs(120))
-            .await
-            .map_err(|e| HostError::Other(format!("agent of {vm} did not report in: {e}")))?;
+        let client = super::connect_agent(
+            experiment,
+            vm,
+            Duration::from_secs(30),
+            Duration::from_secs(120),
+        )
+        .await
+        .map_err(|e| HostError::Other(format!("agent of {vm} did not report in: {e}")))?;
         let agent_err = |e: crate::agent::AgentError| HostError::Other(format!("{vm}: {e}"));
         let cmd = |c: &CommandSpec| match c {
             CommandSpec::Shell(s) => AgentCommand::Shell(s.clone()),

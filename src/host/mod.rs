@@ -112,6 +112,21 @@ pub fn refresh(experiment: &str, state: &State, sd: &StateDir) -> Result<Observe
     })
 }
 
+/// Connect to a VM's guest agent through its cc socket and wait for its
+/// hello: the one way every caller (steps, `cc exec`, `show`, graceful stop)
+/// reaches a guest.
+pub async fn connect_agent(
+    experiment: &str,
+    vm: &str,
+    connect_wait: Duration,
+    hello_wait: Duration,
+) -> Result<crate::agent::AgentClient, crate::agent::AgentError> {
+    let sock = runtime_dir(experiment, vm).join(crate::drivers::qemu::CC_SOCKET_NAME);
+    let client = crate::agent::AgentClient::connect_timeout(&sock, connect_wait).await?;
+    client.wait_hello(hello_wait).await?;
+    Ok(client)
+}
+
 /// Paths of disk files recorded in the state.
 pub fn disk_path(sd: &StateDir, file: &str) -> PathBuf {
     sd.disks().join(file)
