@@ -105,8 +105,9 @@ megaplan_run() { # N RUN
     fi
     ip netns del "$ns"
     s=$(sed -n 's/^Done: //p' "$d/out")
+    local own; own=$(sed -n "s/.*megaplan's own CPU \([0-9.]*\)s\.\$/\1/p" "$d/out")
     local plan_s; plan_s=$(printf '%s\n' "${plans[@]}" | median)
-    echo "mp n=$n run=$r running=$running done=$done_s first_vm=$first last_step=$last plan=$plan_s destroy=$destroy_s cpu=$(awk '{ print $1 + $2 }' "$d/cpu") summary=[$s]" | tee -a "$out"
+    echo "mp n=$n run=$r running=$running done=$done_s first_vm=$first last_step=$last plan=$plan_s destroy=$destroy_s cpu=$(awk '{ print $1 + $2 }' "$d/cpu") own=${own:--1} summary=[$s]" | tee -a "$out"
 }
 
 shell_run() { # N RUN
@@ -156,13 +157,13 @@ $1 == "mp" || $1 == "sh" {
 END {
     h1 = med("h1"); c1 = med("c1")
     printf "one guest to hello: %.2f s wall, %.2f s QEMU CPU (medians of the N=1 shell runs); %d cores\n", h1, c1, cores
-    printf "%4s | %9s | %9s | %9s | %9s | %7s | %9s | %8s | %9s | %9s | %9s | %7s\n", "N", "mp run", "mp done", "sh run", "sh done", "limit", "done/lim", "destroy", "sh tdown", "noop plan", "mpCPU/VM", "ovh/VM"
+    printf "%4s | %9s | %9s | %9s | %9s | %7s | %9s | %8s | %9s | %9s | %9s | %7s | %7s\n", "N", "mp run", "mp done", "sh run", "sh done", "limit", "done/lim", "destroy", "sh tdown", "noop plan", "mpCPU/VM", "own/VM", "ovh/VM"
     for (n = 1; n <= 1024; n++) if ((n in seen) && (("mp," n ",done") in vals)) {
         lim = n * c1 / cores; if (lim < h1) lim = h1
         d = med("mp," n ",done")
-        printf "%4d | %9.2f | %9.2f | %9.2f | %9.2f | %7.2f | %9.2f | %8.3f | %9.3f | %9.3f | %9.4f | %7.4f\n", n,
+        printf "%4d | %9.2f | %9.2f | %9.2f | %9.2f | %7.2f | %9.2f | %8.3f | %9.3f | %9.3f | %9.4f | %7.4f | %7.4f\n", n,
             med("mp," n ",running"), d, med("sh," n ",running"), med("sh," n ",done"), lim,
-            d / lim, med("mp," n ",destroy"), med("sh," n ",teardown"), med("mp," n ",plan"), med("mp," n ",cpu") / n,
+            d / lim, med("mp," n ",destroy"), med("sh," n ",teardown"), med("mp," n ",plan"), med("mp," n ",cpu") / n, med("mp," n ",own") / n,
             (d - med("mp," n ",last_step") + med("mp," n ",first_vm")) / n
     }
 }'

@@ -31,7 +31,15 @@ fn apply_repair_and_destroy_three_guests_with_a_mirror() {
         return;
     }
     let lab = Lab::new("e2e.kdl", "e2e", &text());
-    lab.ok("apply", &["--auto-approve"]);
+    let done = lab.ok("apply", &["--auto-approve"]);
+    // The summary names megaplan's own CPU time (benches/apply-scale.sh reads it).
+    let own: f64 = done
+        .split("megaplan's own CPU ")
+        .nth(1)
+        .and_then(|r| r.strip_suffix("s.\n"))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no own CPU in the summary: {done}"));
+    assert!(own > 0.0, "{done}");
     let links = lab.ns_cmd(&["ip", "-d", "-o", "link", "show"]);
     assert_eq!(links.matches("alias megaplan:e2e:").count(), 5, "{links}");
     assert_eq!(

@@ -427,6 +427,16 @@ fn several_mirrors_on_one_source() {
         assert_eq!(ms.len(), 3, "{ms:?}");
         let prios: BTreeSet<u16> = ms.iter().map(|m| m.priority).collect();
         assert_eq!(prios.len(), 3, "priorities must be distinct: {ms:?}");
+        // Refresh's batched listing agrees with the per-tap one.
+        let all = batched(rt, &tc, &nl);
+        assert_eq!(
+            all.keys().collect::<Vec<_>>(),
+            ["mptA", "mptB"],
+            "only taps with mirrors: {all:?}"
+        );
+        assert_eq!(all["mptA"], ms);
+        assert_eq!(all["mptB"], rt.block_on(tc.list_mirrors("mptB")).unwrap());
+        assert_eq!(all["mptB"][0].dst_name.as_deref(), Some("mptM2"));
         // M2 sees A's ingress via A, and B's ingress (= the B->A frame) via B.
         assert_eq!(lab.probe(), (BOTH, BOTH));
 
@@ -484,6 +494,7 @@ fn foreign_filters_and_vanished_destinations() {
             .unwrap();
         let ms = rt.block_on(tc.list_mirrors("mptA")).unwrap();
         assert_eq!(ms.len(), 1, "only ours is listed: {ms:?}");
+        assert_eq!(batched(rt, &tc, &nl)["mptA"], ms);
         assert_eq!(lab.probe(), (IN, OUT));
 
         // Removing ours leaves theirs, and their qdisc.
@@ -503,6 +514,10 @@ fn foreign_filters_and_vanished_destinations() {
             .block_on(tc.add_mirror("mptB", "mptM", Direction::Both))
             .unwrap_err();
         assert!(e.to_string().contains("not clsact"), "{e}");
+        assert!(
+            batched(rt, &tc, &nl).is_empty(),
+            "an ingress qdisc and a foreign filter are no mirrors of ours"
+        );
         ns_cmd(ns, &["tc", "qdisc", "del", "dev", "mptB", "ingress"]);
 
         // The destination disappears: the mirror shows as dead, and can still be
@@ -520,6 +535,7 @@ fn foreign_filters_and_vanished_destinations() {
                 .all(|m| m.dst_ifindex.is_none() && m.is_for("mptM")),
             "{ms:?}"
         );
+        assert_eq!(batched(rt, &tc, &nl)["mptA"], ms);
         rt.block_on(nl.create_tap("mptM", None, &alias("vm.monitor.nic[0]"), Some("mpbmon")))
             .unwrap();
         rt.block_on(tc.add_mirror("mptA", "mptM", Direction::Both))
@@ -541,6 +557,25 @@ fn foreign_filters_and_vanished_destinations() {
         assert!(!rt.block_on(tc.has_clsact("mptA")).unwrap());
         teardown(ns, rt, &nl);
     });
+}
+
+/// `Tc::list_mirrors_of` over every marked link, as refresh calls it, with the
+/// link listing as the name map.
+fn batched(
+    rt: &tokio::runtime::Runtime,
+    tc: &Tc,
+    nl: &Netlink,
+) -> std::collections::BTreeMap<String, Vec<megaplan::drivers::tc::MirrorInfo>> {
+    rt.block_on(async {
+        let links = nl.list_marked("megaplan:mirror-test:").await.unwrap();
+        let taps: Vec<(String, u32)> = links
+            .iter()
+            .filter(|l| l.name.starts_with("mpt"))
+            .map(|l| (l.name.clone(), l.index))
+            .collect();
+        let names = links.iter().map(|l| (l.index, l.name.clone())).collect();
+        tc.list_mirrors_of(&taps, &names).await.unwrap()
+    })
 }
 
 /// Delete everything through the driver and check nothing marked is left.

@@ -20,7 +20,7 @@
 //!   those; the cookie also names the destination after that device is gone (the
 //!   kernel then reports ifindex 0).
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use netlink_packet_core::{
     NLM_F_ACK, NLM_F_CREATE, NLM_F_DUMP, NLM_F_EXCL, NLM_F_REQUEST, NetlinkMessage, NetlinkPayload,
@@ -39,6 +39,8 @@ use super::netlink::{Netlink, NetlinkError, validate_ifname};
 pub const PRIO_BASE: u16 = 0x2000;
 /// Number of (ingress, egress) priority pairs available to mirrors.
 pub const PRIO_SLOTS: u16 = 2048;
+/// How many taps' filters [`Tc::list_mirrors_of`] dumps at once.
+pub const LIST_CONCURRENCY: usize = 16;
 
 const COOKIE_MAGIC: &[u8; 8] = b"megaplan";
 const ETH_P_ALL: u16 = 0x0003;
@@ -255,6 +257,54 @@ impl Tc {
         Ok(out)
     }
 
+    /// The mirrors megaplan installed on each of `taps` (name, ifindex), by tap
+    /// name, each sorted by priority; taps without mirrors are left out.
+    /// Refresh's batched form of [`Tc::list_mirrors`]: one qdisc dump for the
+    /// whole host instead of one per tap, then the filter dumps of the taps
+    /// that have a clsact qdisc, up to [`LIST_CONCURRENCY`] at once on the
+    /// shared connection. `names` maps ifindexes to names for destinations
+    /// (the caller's link listing); others are looked up.
+    pub async fn list_mirrors_of(
+        &self,
+        taps: &[(String, u32)],
+        names: &HashMap<u32, String>,
+    ) -> Result<BTreeMap<String, Vec<MirrorInfo>>, TcError> {
+        use futures::{StreamExt, TryStreamExt};
+        if taps.is_empty() {
+            return Ok(BTreeMap::new());
+        }
+        let with_clsact = self.clsact_indices().await?;
+        let listed: Vec<(String, Vec<MirrorInfo>)> =
+            futures::stream::iter(taps.iter().filter(|(_, i)| with_clsact.contains(i)))
+                .map(|(name, index)| async move {
+                    let raw = self.dump_filters_raw(name, *index).await?;
+                    Ok::<_, TcError>((
+                        name.clone(),
+                        raw.into_iter().filter_map(|f| f.mirror).collect(),
+                    ))
+                })
+                .buffer_unordered(LIST_CONCURRENCY)
+                .try_collect()
+                .await?;
+        let mut out = BTreeMap::new();
+        for (name, mut mirrors) in listed {
+            if mirrors.is_empty() {
+                continue;
+            }
+            for m in &mut mirrors {
+                if let Some(i) = m.dst_ifindex {
+                    m.dst_name = match names.get(&i) {
+                        Some(n) => Some(n.clone()),
+                        None => self.nl.name_of_index(i).await?,
+                    };
+                }
+            }
+            mirrors.sort_by_key(|m| (m.priority, m.handle));
+            out.insert(name, mirrors);
+        }
+        Ok(out)
+    }
+
     /// Remove the mirrors of `src` into `dst` on the chosen sides (matched by
     /// our cookie, so this works after `dst` is gone). Removes the clsact qdisc
     /// when no filter at all is left on it. Returns how many filters were
@@ -353,26 +403,52 @@ impl Tc {
         ifname: &str,
         index: u32,
     ) -> Result<Option<String>, TcError> {
-        // A dump of every device's qdiscs, filtered here: a non-dump GET
-        // ignores tcm_parent and answers with the root qdisc.
-        let msg = TcMessage::with_index(index as i32);
+        Ok(self
+            .ingress_qdiscs(index as i32, ifname)
+            .await?
+            .remove(&(index as i32)))
+    }
+
+    /// The ifindexes of every device on the host with a clsact qdisc.
+    async fn clsact_indices(&self) -> Result<BTreeSet<u32>, TcError> {
+        Ok(self
+            .ingress_qdiscs(0, "*")
+            .await?
+            .into_iter()
+            .filter(|(_, kind)| kind == "clsact")
+            .map(|(i, _)| i as u32)
+            .collect())
+    }
+
+    /// The kind of the qdisc at the ingress/clsact parent, by ifindex. A dump
+    /// of every device's qdiscs, filtered here: a non-dump GET ignores
+    /// tcm_parent and answers with the root qdisc. `index` only goes into
+    /// the request header (0 = any); `what` names the device in errors.
+    async fn ingress_qdiscs(
+        &self,
+        index: i32,
+        what: &str,
+    ) -> Result<HashMap<i32, String>, TcError> {
+        let msg = TcMessage::with_index(index);
         let qdiscs = self
             .request(
                 "dump qdiscs",
-                ifname,
+                what,
                 RouteNetlinkMessage::GetQueueDiscipline(msg),
                 NLM_F_REQUEST | NLM_F_DUMP,
             )
             .await?;
         Ok(qdiscs
             .into_iter()
-            .filter(|q| q.header.index == index as i32 && q.header.parent == CLSACT_PARENT)
-            .find_map(|q| {
+            .filter(|q| q.header.parent == CLSACT_PARENT)
+            .filter_map(|q| {
+                let index = q.header.index;
                 q.attributes.into_iter().find_map(|a| match a {
-                    TcAttribute::Kind(k) => Some(k),
+                    TcAttribute::Kind(k) => Some((index, k)),
                     _ => None,
                 })
-            }))
+            })
+            .collect())
     }
 
     async fn ensure_clsact(&self, ifname: &str, index: u32) -> Result<(), TcError> {
@@ -443,6 +519,11 @@ impl Tc {
         if self.ingress_qdisc_kind(ifname, index).await?.as_deref() != Some("clsact") {
             return Ok(Vec::new());
         }
+        self.dump_filters_raw(ifname, index).await
+    }
+
+    /// The filters on both sides of a device known to have a clsact qdisc.
+    async fn dump_filters_raw(&self, ifname: &str, index: u32) -> Result<Vec<RawFilter>, TcError> {
         let mut out: Vec<RawFilter> = Vec::new();
         for side in [Direction::Ingress, Direction::Egress] {
             let mut msg = TcMessage::with_index(index as i32);

@@ -1,7 +1,10 @@
 //! The local host: this machine, through netlink, tc, qemu-img, QEMU and QMP.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
 use std::time::Duration;
+
+use futures::StreamExt;
 
 use crate::drivers::netlink::{LinkKind, Netlink};
 use crate::drivers::qmp::{Qmp, process_alive};
@@ -15,6 +18,32 @@ use super::HostError;
 pub struct LocalHost {
     pub nl: Netlink,
     pub tc: Tc,
+}
+
+/// How many QEMUs refresh asks for their status at once.
+const QMP_CONCURRENCY: usize = 32;
+
+/// One VM's runtime folder: its QEMU's pid, whether it lives, and its run
+/// state from QMP `query-status` (None when QMP does not answer in 2 s).
+async fn observe_vm(rt: &Path) -> ObservedVm {
+    let pid = std::fs::read_to_string(rt.join(crate::drivers::qemu::PIDFILE_NAME))
+        .ok()
+        .and_then(|p| p.trim().parse::<u32>().ok());
+    let alive = pid.is_some_and(process_alive);
+    let mut status = None;
+    if alive {
+        let sock = rt.join(crate::drivers::qemu::QMP_SOCKET_NAME);
+        if let Ok(Ok(q)) = tokio::time::timeout(
+            Duration::from_secs(2),
+            Qmp::connect_timeout(&sock, Duration::from_secs(2)),
+        )
+        .await
+            && let Ok(s) = q.query_status().await
+        {
+            status = Some(s.status.clone());
+        }
+    }
+    ObservedVm { pid, alive, status }
 }
 
 impl LocalHost {
@@ -59,17 +88,21 @@ impl LocalHost {
                 },
             );
         }
-        // Mirrors: every filter of ours on our taps.
-        let mut seen: BTreeMap<(String, String), (bool, bool)> = BTreeMap::new();
-        for l in links
+        // Mirrors: every filter of ours on our taps (one qdisc dump, filter
+        // dumps in parallel).
+        let taps: Vec<(String, u32)> = links
             .iter()
             .filter(|l| matches!(l.kind, LinkKind::Tap | LinkKind::Tun))
-        {
-            for m in self.tc.list_mirrors(&l.name).await? {
-                let Some(dst) = m.dst_name.clone() else {
+            .map(|l| (l.name.clone(), l.index))
+            .collect();
+        let names: HashMap<u32, String> = links.iter().map(|l| (l.index, l.name.clone())).collect();
+        let mut seen: BTreeMap<(String, String), (bool, bool)> = BTreeMap::new();
+        for (src, mirrors) in self.tc.list_mirrors_of(&taps, &names).await? {
+            for m in mirrors {
+                let Some(dst) = m.dst_name else {
                     continue;
                 };
-                let e = seen.entry((l.name.clone(), dst)).or_default();
+                let e = seen.entry((src.clone(), dst)).or_default();
                 match m.direction {
                     TcDirection::Ingress => e.0 = true,
                     TcDirection::Egress => e.1 = true,
@@ -88,31 +121,24 @@ impl LocalHost {
                 },
             )
             .collect();
-        // VMs: runtime folders.
+        // VMs: runtime folders; their QEMUs asked for their status over QMP,
+        // up to QMP_CONCURRENCY at once.
+        let mut folders = Vec::new();
         if let Ok(dir) = std::fs::read_dir(super::runtime_root(experiment)) {
             for entry in dir.flatten() {
-                let name = entry.file_name().to_string_lossy().to_string();
-                let rt = entry.path();
-                let pid = std::fs::read_to_string(rt.join(crate::drivers::qemu::PIDFILE_NAME))
-                    .ok()
-                    .and_then(|p| p.trim().parse::<u32>().ok());
-                let alive = pid.is_some_and(process_alive);
-                let mut status = None;
-                if alive {
-                    let sock = rt.join(crate::drivers::qemu::QMP_SOCKET_NAME);
-                    if let Ok(Ok(q)) = tokio::time::timeout(
-                        Duration::from_secs(2),
-                        Qmp::connect_timeout(&sock, Duration::from_secs(2)),
-                    )
-                    .await
-                        && let Ok(s) = q.query_status().await
-                    {
-                        status = Some(s.status.clone());
-                    }
-                }
-                obs.vms
-                    .insert(format!("vm.{name}"), ObservedVm { pid, alive, status });
+                folders.push((
+                    entry.file_name().to_string_lossy().to_string(),
+                    entry.path(),
+                ));
             }
+        }
+        let vms: Vec<(String, ObservedVm)> = futures::stream::iter(folders)
+            .map(|(name, rt)| async move { (name, observe_vm(&rt).await) })
+            .buffer_unordered(QMP_CONCURRENCY)
+            .collect()
+            .await;
+        for (name, vm) in vms {
+            obs.vms.insert(format!("vm.{name}"), vm);
         }
         // Disks recorded in the state.
         for (address, rec) in &state.resources {
@@ -127,7 +153,7 @@ impl LocalHost {
     }
 }
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use crate::agent::{Command as AgentCommand, Exit};
 use crate::drivers::netlink::MacAddr;

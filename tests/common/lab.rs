@@ -39,11 +39,23 @@ pub fn guest_kernel_dir() -> PathBuf {
     PathBuf::from(String::from_utf8(out.stdout).unwrap().trim())
 }
 
-/// A cc-enabled image (`miniccc.kernel`, `miniccc.initrd`) with tcpdump, built once.
+static IMAGE_DIR: OnceLock<PathBuf> = OnceLock::new();
+
+/// Removes the image folder when the test process exits (the harness ends
+/// with `process::exit`, which runs atexit handlers); statics are never dropped.
+extern "C" fn remove_image_dir() {
+    if let Some(dir) = IMAGE_DIR.get() {
+        let _ = std::fs::remove_dir_all(dir);
+    }
+}
+
+/// A cc-enabled image (`miniccc.kernel`, `miniccc.initrd`) with tcpdump, built
+/// once per test process and removed when it exits.
 pub fn image_dir() -> &'static Path {
-    static DIR: OnceLock<PathBuf> = OnceLock::new();
-    DIR.get_or_init(|| {
+    IMAGE_DIR.get_or_init(|| {
         let dir = std::env::temp_dir().join(format!("megaplan-test-images-{}", std::process::id()));
+        // SAFETY: registers a plain extern "C" function without arguments.
+        unsafe { libc::atexit(remove_image_dir) };
         let mut opts = megaplan::image::ImageOptions::new(&dir);
         opts.kernel = megaplan::image::KernelSource::Dir(guest_kernel_dir());
         opts.agent = Some(PathBuf::from(env!("CARGO_BIN_EXE_megaplan-agent")));
