@@ -56,19 +56,7 @@ trap 'exit 130' INT TERM
 kdir=$(bash scripts/guest-kernel.sh)
 "$bin/megaplan" image build --out "$work/images" --kernel-dir "$kdir" --agent "$bin/megaplan-agent" >/dev/null
 
-gen() { # N -> KDL
-    local n=$1 m i
-    m=$((n / 4)); [ "$m" -lt 1 ] && m=1; [ "$n" -lt 2 ] && m=0
-    echo "experiment \"apscale\" { images \"$work/images\"; accel \"tcg\"; }"
-    echo 'network "LAN"'
-    echo 'network "mon"'
-    for i in $(seq 1 "$m"); do
-        echo "vm \"m$i\" { kernel \"\$images/miniccc.kernel\"; initrd \"\$images/miniccc.initrd\"; memory \"$mem\"; nic \"mon\"; mirrors \"g$i\"; cc { exec \"true\"; }; }"
-    done
-    for i in $(seq 1 $((n - m))); do
-        echo "vm \"g$i\" { kernel \"\$images/miniccc.kernel\"; initrd \"\$images/miniccc.initrd\"; memory \"$mem\"; nic \"LAN\"; cc { exec \"true\"; }; }"
-    done
-}
+gen() { bash benches/scale-lab.sh "$1" apscale "$work/images" "$mem"; }
 # Timestamp each line as it arrives (bash's $EPOCHREALTIME: no fork per line).
 tsread() { while IFS= read -r l; do printf '%s %s\n' "$EPOCHREALTIME" "$l"; done; }
 since() { awk -v a="$1" -v b="$EPOCHREALTIME" 'BEGIN { printf "%.3f", b - a }'; }
@@ -88,7 +76,12 @@ megaplan_run() { # N RUN
     running=$(awk -v a="$t0" '$2 ~ /^vm\.[^.]*:$/ && $3 == "created" { t = $1 } END { printf "%.3f", t - a }' "$d/log")
     first=$(awk -v a="$t0" '$2 ~ /^vm\.[^.]*:$/ && $3 == "creating…" { printf "%.3f", $1 - a; exit }' "$d/log")
     last=$(awk -v a="$t0" '$3 == "ran" { t = $1 } END { printf "%.3f", t - a }' "$d/log")
-    grep -q '^Done:' "$d/out" || { echo "apply failed:"; cat "$d/out" "$d/log"; exit 1; }
+    if ! grep -q '^Done:' "$d/out"; then
+        # Keep the guests' serial logs: the work folder goes with the trap.
+        mkdir -p "$out.failed/$ns"
+        for f in "$d"/run/*/*/serial.log; do cp "$f" "$out.failed/$ns/$(basename "$(dirname "$f")").serial.log"; done 2>/dev/null
+        echo "apply failed (serial logs in $out.failed/$ns):"; cat "$d/out" "$d/log"; exit 1
+    fi
     local plans=() rc
     for _ in 1 2 3; do
         t=$EPOCHREALTIME

@@ -29,18 +29,8 @@ trap cleanup EXIT
 trap 'exit 130' INT TERM
 kdir=$(bash scripts/guest-kernel.sh)
 "$bin/megaplan" image build --out "$work/images" --kernel-dir "$kdir" --agent "$bin/megaplan-agent" >/dev/null
-m=$((n / 4)); [ "$m" -lt 1 ] && m=1; [ "$n" -lt 2 ] && m=0
-{
-    echo "experiment \"noop\" { images \"$work/images\"; accel \"tcg\"; }"
-    echo 'network "LAN"'
-    echo 'network "mon"'
-    for i in $(seq 1 "$m"); do
-        echo "vm \"m$i\" { kernel \"\$images/miniccc.kernel\"; initrd \"\$images/miniccc.initrd\"; memory \"128M\"; nic \"mon\"; mirrors \"g$i\"; cc { exec \"true\"; }; }"
-    done
-    for i in $(seq 1 $((n - m))); do
-        echo "vm \"g$i\" { kernel \"\$images/miniccc.kernel\"; initrd \"\$images/miniccc.initrd\"; memory \"128M\"; nic \"LAN\"; cc { exec \"true\"; }; }"
-    done
-} >"$work/lab.kdl"
+bash benches/scale-lab.sh "$n" noop "$work/images" >"$work/lab.kdl"
+m=$(grep -c mirrors "$work/lab.kdl" || true)
 ip netns add "$ns"
 export MEGAPLAN_RUNTIME_DIR=$work/run NO_COLOR=1
 ip netns exec "$ns" "$bin/megaplan" apply "$work/lab.kdl" --auto-approve >/dev/null 2>&1

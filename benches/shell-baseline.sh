@@ -66,7 +66,7 @@ for v in "${names[@]}"; do
         -machine q35 -accel tcg -m "$mem" -smp 1 \
         -chardev "file,id=serial0,path=$work/logs/$v.serial.log" -serial chardev:serial0 \
         -kernel "$images/miniccc.kernel" -initrd "$images/miniccc.initrd" \
-        -append "console=ttyS0 megaplan.hostname=$v" \
+        -append "console=ttyS0 no_timer_check megaplan.hostname=$v" \
         -netdev "tap,id=n0,ifname=bt$v,script=no,downscript=no,vhost=off" \
         -device "virtio-net-pci,netdev=n0,mac=$(printf '02:00:00:00:%02x:%02x' $((k / 256)) $((k % 256)))" \
         -device virtio-serial-pci,id=vser0 \

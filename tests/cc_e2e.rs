@@ -112,6 +112,23 @@ fn steps_of_every_kind_run_in_order_and_are_recorded() {
         .collect();
     names.sort();
     assert_eq!(names, ["cli1", "cli2"]);
+    // megaplan's kernel command line reached the guest, `append` after it.
+    let out = lab.megaplan(&[
+        "cc",
+        "exec",
+        lab.f(),
+        "--filter",
+        "name=srv",
+        "--",
+        "cat",
+        "/proc/cmdline",
+    ]);
+    assert!(out.status.success());
+    let cmdline = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        cmdline.contains("console=ttyS0 no_timer_check megaplan.hostname=srv"),
+        "{cmdline}"
+    );
     // A failing command makes cc exec fail.
     assert_eq!(
         lab.megaplan(&["cc", "exec", lab.f(), "--filter", "name=srv", "--", "false"])

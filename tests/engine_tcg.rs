@@ -98,3 +98,33 @@ fn apply_repair_and_destroy_three_guests_with_a_mirror() {
     lab.assert_clean();
     assert!(lab.state()["resources"].as_object().unwrap().is_empty());
 }
+
+/// A guest whose kernel panics fails its step at once with the panic line and
+/// where the serial log is, instead of waiting two minutes for its agent;
+/// the next plan reruns the step, and destroy cleans up.
+#[test]
+fn a_kernel_panic_fails_the_step_with_its_reason() {
+    if !lab::can_boot("engine_tcg") {
+        return;
+    }
+    // No such init in the initrd: the kernel falls back to a root device
+    // there is none of, and panics.
+    let text = "experiment \"panic\" { images \"@IMAGES@\"; accel \"tcg\"; }\n\
+        vm \"P\" {\n    kernel \"$images/miniccc.kernel\"\n    initrd \"$images/miniccc.initrd\"\n    \
+        append \"rdinit=/no/such/init\"\n    memory \"128M\"\n    cc { exec \"true\"; }\n}\n";
+    let lab = Lab::new("panic.kdl", "panic", text);
+    let out = lab.run("apply", &["--auto-approve"]);
+    assert_eq!(out.status.code(), Some(1));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains(
+            "error: vm.P.cc[0]: agent of P will not report in: the guest kernel panicked: Kernel panic - not syncing: VFS: Unable to mount root fs"
+        ),
+        "{stdout}"
+    );
+    assert!(stdout.contains("P.serial.log)"), "{stdout}");
+    let plan = lab.ok("plan", &[]);
+    assert!(plan.contains("vm.P.cc[0]"), "{plan}");
+    lab.ok("destroy", &["--auto-approve"]);
+    lab.assert_clean();
+}

@@ -320,6 +320,11 @@ impl super::Host for LocalHost {
         )?);
         let mut append = vec![
             "console=ttyS0".to_string(),
+            // The kernel's boot-time check that timer interrupts arrive
+            // panics ("IO-APIC + timer doesn't work!") when the vCPU is
+            // starved, e.g. 32 TCG guests booting on 2 cores; it exists for
+            // broken physical chipsets, so VMs skip it (as cloud images do).
+            "no_timer_check".to_string(),
             format!("megaplan.hostname={}", vm.name),
         ];
         let mut mounts = Vec::new();
@@ -375,7 +380,15 @@ impl super::Host for LocalHost {
             cfg.nics.push(nic);
         }
         cfg.extra_args = vm.qemu_args.clone();
-        Ok(qemu::launch(&cfg).await?)
+        let pid = qemu::launch(&cfg).await?;
+        // The serial log lives with the state; a link from the runtime folder
+        // lets a step waiting for the agent watch it for a kernel panic.
+        if let Some(log) = &cfg.serial_log {
+            let link = cfg.runtime_dir.join(qemu::SERIAL_LOG_NAME);
+            let _ = std::fs::remove_file(&link);
+            std::os::unix::fs::symlink(log, &link)?;
+        }
+        Ok(pid)
     }
 
     async fn stop_vm(
@@ -435,14 +448,13 @@ impl super::Host for LocalHost {
         action: &CcActionSpec,
         timeout: Option<Duration>,
     ) -> Result<StepOutcome, HostError> {
-        let client = super::connect_agent(
+        let client = super::connect_agent_watched(
             experiment,
             vm,
             Duration::from_secs(30),
             Duration::from_secs(120),
         )
-        .await
-        .map_err(|e| HostError::Other(format!("agent of {vm} did not report in: {e}")))?;
+        .await?;
         let agent_err = |e: crate::agent::AgentError| HostError::Other(format!("{vm}: {e}"));
         let cmd = |c: &CommandSpec| match c {
             CommandSpec::Shell(s) => AgentCommand::Shell(s.clone()),
