@@ -349,6 +349,20 @@ async fn wait_exit(pid: u32, pidfd: Option<&PidFd>, timeout: Duration) -> bool {
     tokio::time::timeout(timeout, wait).await.is_ok() || !process_alive(pid)
 }
 
+/// Resolves when QEMU process `pid` has exited (at once if it is not a
+/// running QEMU): a pidfd, so no polling, where the kernel has them.
+pub async fn exited(pid: u32) {
+    if !process_alive(pid) {
+        return;
+    }
+    let fd = PidFd::open(pid);
+    // Opened after the check: the pid could have gone (and come back) between.
+    if !process_alive(pid) {
+        return;
+    }
+    wait_exit(pid, fd.as_ref(), Duration::MAX).await;
+}
+
 /// How a VM was stopped.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum StopOutcome {
