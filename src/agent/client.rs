@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use sha2::{Digest, Sha256};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
@@ -305,14 +305,7 @@ impl AgentClient {
             if let Ok(m) = rx.try_recv() {
                 return Err(unexpected(&m));
             }
-            let mut got = 0;
-            while got < buf.len() {
-                let n = f.read(&mut buf[got..]).await?;
-                if n == 0 {
-                    break;
-                }
-                got += n;
-            }
+            let got = protocol::read_chunk(&mut f, &mut buf).await?;
             if got == 0 {
                 break;
             }

@@ -833,17 +833,9 @@ async fn get_file(id: u64, path: String, tx: Tx) {
         let mut offset = 0u64;
         let mut buf = vec![0u8; CHUNK_SIZE];
         loop {
-            let mut got = 0;
-            while got < buf.len() {
-                let n = f
-                    .read(&mut buf[got..])
-                    .await
-                    .map_err(|e| format!("read {path}: {e}"))?;
-                if n == 0 {
-                    break;
-                }
-                got += n;
-            }
+            let got = protocol::read_chunk(&mut f, &mut buf)
+                .await
+                .map_err(|e| format!("read {path}: {e}"))?;
             if got == 0 {
                 break;
             }

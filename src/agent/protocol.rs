@@ -389,6 +389,20 @@ pub async fn read_frame<R: AsyncRead + Unpin + ?Sized>(
     Ok(Some(decode_body(&body)))
 }
 
+/// Read into `buf` until it is full or the reader ends; how many bytes came.
+/// File transfers send whole chunks, so only the last one is short.
+pub async fn read_chunk<R: AsyncRead + Unpin>(r: &mut R, buf: &mut [u8]) -> std::io::Result<usize> {
+    let mut got = 0;
+    while got < buf.len() {
+        let n = r.read(&mut buf[got..]).await?;
+        if n == 0 {
+            break;
+        }
+        got += n;
+    }
+    Ok(got)
+}
+
 /// Standard base64 with padding, as used in `FileChunk::data`.
 pub fn b64_encode(data: &[u8]) -> String {
     base64::engine::general_purpose::STANDARD.encode(data)

@@ -519,6 +519,12 @@ pub fn argv(cfg: &VmConfig) -> Result<Vec<OsString>, QemuError> {
 /// How long `launch` waits for QEMU's foreground process to exit.
 pub const LAUNCH_TIMEOUT: Duration = Duration::from_secs(60);
 
+/// The pid in a VM's runtime folder, if its pidfile is there and readable
+/// (for refresh and stop, where a missing or garbled file means "no pid").
+pub fn pid_in(runtime_dir: &Path) -> Option<u32> {
+    read_pidfile(&runtime_dir.join(PIDFILE_NAME)).ok().flatten()
+}
+
 fn read_pidfile(path: &Path) -> Result<Option<u32>, QemuError> {
     match std::fs::read_to_string(path) {
         Ok(s) => s

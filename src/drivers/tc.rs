@@ -242,19 +242,10 @@ impl Tc {
         let Some(info) = self.nl.link_by_name(src).await? else {
             return Ok(Vec::new());
         };
-        let mut out: Vec<MirrorInfo> = self
-            .dump_filters(src, info.index)
-            .await?
-            .into_iter()
-            .filter_map(|f| f.mirror)
-            .collect();
-        for m in &mut out {
-            if let Some(i) = m.dst_ifindex {
-                m.dst_name = self.nl.name_of_index(i).await?;
-            }
-        }
-        out.sort_by_key(|m| (m.priority, m.handle));
-        Ok(out)
+        let mut all = self
+            .list_mirrors_of(&[(src.to_string(), info.index)], &HashMap::new())
+            .await?;
+        Ok(all.remove(src).unwrap_or_default())
     }
 
     /// The mirrors megaplan installed on each of `taps` (name, ifindex), by tap

@@ -26,9 +26,7 @@ const QMP_CONCURRENCY: usize = 32;
 /// One VM's runtime folder: its QEMU's pid, whether it lives, and its run
 /// state from QMP `query-status` (None when QMP does not answer in 2 s).
 async fn observe_vm(rt: &Path) -> ObservedVm {
-    let pid = std::fs::read_to_string(rt.join(crate::drivers::qemu::PIDFILE_NAME))
-        .ok()
-        .and_then(|p| p.trim().parse::<u32>().ok());
+    let pid = crate::drivers::qemu::pid_in(rt);
     let alive = pid.is_some_and(process_alive);
     let mut status = None;
     if alive {
@@ -400,11 +398,7 @@ impl super::Host for LocalHost {
         sd: &StateDir,
     ) -> Result<(), HostError> {
         let rt = super::runtime_dir(experiment, vm);
-        let pid = pid.or_else(|| {
-            std::fs::read_to_string(rt.join(qemu::PIDFILE_NAME))
-                .ok()
-                .and_then(|p| p.trim().parse().ok())
-        });
+        let pid = pid.or_else(|| qemu::pid_in(&rt));
         if let Some(pid) = pid
             && process_alive(pid)
         {

@@ -151,7 +151,6 @@ pub async fn connect_agent_watched(
 /// (`benches/apply-scale.sh`: 250 ms polling of the pidfile, /proc and the
 /// log cost ~12 ms per VM at N=16).
 async fn watch_boot(rt: &Path) -> String {
-    let pidfile = rt.join(crate::drivers::qemu::PIDFILE_NAME);
     let log = rt.join(crate::drivers::qemu::SERIAL_LOG_NAME);
     let console = async {
         let mut read = 0u64;
@@ -175,10 +174,7 @@ async fn watch_boot(rt: &Path) -> String {
     };
     let qemu = async {
         loop {
-            if let Some(pid) = std::fs::read_to_string(&pidfile)
-                .ok()
-                .and_then(|p| p.trim().parse::<u32>().ok())
-            {
+            if let Some(pid) = crate::drivers::qemu::pid_in(rt) {
                 crate::drivers::qmp::exited(pid).await;
                 return format!("its QEMU (pid {pid}) exited");
             }
