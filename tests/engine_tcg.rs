@@ -42,10 +42,7 @@ fn apply_repair_and_destroy_three_guests_with_a_mirror() {
     assert!(own > 0.0, "{done}");
     let links = lab.ns_cmd(&["ip", "-d", "-o", "link", "show"]);
     assert_eq!(links.matches("alias megaplan:e2e:").count(), 5, "{links}");
-    assert_eq!(
-        lab.run("plan", &["--detailed-exitcode"]).status.code(),
-        Some(0)
-    );
+    lab.assert_converged("plan after apply");
 
     let a_tap = lab.attr("vm.A.nic[0]", "name");
     let mon_tap = lab.attr("vm.monitor.nic[0]", "name");
@@ -71,9 +68,7 @@ fn apply_repair_and_destroy_three_guests_with_a_mirror() {
     }
 
     let old = lab.kill_vm("monitor");
-    let out = lab.run("plan", &["--detailed-exitcode"]);
-    assert_eq!(out.status.code(), Some(2));
-    let plan = String::from_utf8_lossy(&out.stdout);
+    let plan = lab.plan_changes();
     assert!(
         plan.contains("# vm.monitor must be replaced (QEMU not running)"),
         "{plan}"
@@ -84,10 +79,7 @@ fn apply_repair_and_destroy_three_guests_with_a_mirror() {
     );
 
     lab.ok("apply", &["--auto-approve"]);
-    assert_eq!(
-        lab.run("plan", &["--detailed-exitcode"]).status.code(),
-        Some(0)
-    );
+    lab.assert_converged("plan after apply");
     assert_ne!(lab.pid("monitor"), old);
     assert!(
         lab.ns_cmd(&["tc", "filter", "show", "dev", &a_tap, "ingress"])

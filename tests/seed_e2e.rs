@@ -114,29 +114,24 @@ fn capture_on_a_keep_disk_survives_destroy_and_extracts() {
     cc(&lab, "A", "ping -c 3 -W 5 10.0.0.2");
     // Refused while the VM using the disk runs.
     let to = lab.dir.path().join("extracted");
-    let refused = lab.megaplan(&[
-        "disk",
-        "extract",
-        lab.f(),
-        "bro",
-        "/capture.pcap",
-        "--to",
-        to.to_str().unwrap(),
-    ]);
+    let extract = || {
+        lab.megaplan(&[
+            "disk",
+            "extract",
+            lab.f(),
+            "bro",
+            "/capture.pcap",
+            "--to",
+            to.to_str().unwrap(),
+        ])
+    };
+    let refused = extract();
     assert_eq!(refused.status.code(), Some(1));
     lab.ok("destroy", &["--auto-approve"]);
     lab.assert_clean();
     let disk = lab.dir.path().join(".megaplan/bro-e2e/disks/bro.qcow2");
     assert!(disk.exists(), "the keep disk was removed by destroy");
-    let out = lab.megaplan(&[
-        "disk",
-        "extract",
-        lab.f(),
-        "bro",
-        "/capture.pcap",
-        "--to",
-        to.to_str().unwrap(),
-    ]);
+    let out = extract();
     assert!(out.status.success());
     let read = std::process::Command::new("tcpdump")
         .args(["-n", "-r"])
@@ -163,10 +158,7 @@ fn rerun_reproduces_identities_and_drift_is_repaired() {
         &seed_text("").replace("{NAME}", "seed-rerun"),
     );
     lab.ok("apply", &["--auto-approve"]);
-    assert_eq!(
-        lab.run("plan", &["--detailed-exitcode"]).status.code(),
-        Some(0)
-    );
+    lab.assert_converged("plan after apply");
     let ids = |lab: &Lab| -> Vec<String> {
         ["A", "B", "monitor"]
             .iter()
@@ -201,9 +193,7 @@ fn rerun_reproduces_identities_and_drift_is_repaired() {
 
     // Drift: the monitor's QEMU dies; the plan says so, apply repairs, the mirror works again.
     lab.kill_vm("monitor");
-    let out = lab.run("plan", &["--detailed-exitcode"]);
-    assert_eq!(out.status.code(), Some(2));
-    let plan = String::from_utf8_lossy(&out.stdout);
+    let plan = lab.plan_changes();
     assert!(
         plan.contains("# vm.monitor must be replaced (QEMU not running)"),
         "{plan}"
@@ -214,10 +204,7 @@ fn rerun_reproduces_identities_and_drift_is_repaired() {
     );
     assert!(plan.contains("# vm.monitor.cc[1] will run again"), "{plan}");
     lab.ok("apply", &["--auto-approve"]);
-    assert_eq!(
-        lab.run("plan", &["--detailed-exitcode"]).status.code(),
-        Some(0)
-    );
+    lab.assert_converged("plan after apply");
     wait_capture(&lab, "monitor", "/tmp/cap.pcap");
     cc(&lab, "A", "ping -c 2 -W 5 10.0.0.2");
     let seen = cc(&lab, "monitor", "tcpdump -n -r /tmp/cap.pcap");

@@ -127,6 +127,22 @@ impl Lab {
         String::from_utf8_lossy(&out.stdout).to_string()
     }
 
+    /// `plan --detailed-exitcode` must find changes (exit 2); its text.
+    pub fn plan_changes(&self) -> String {
+        let out = self.run("plan", &["--detailed-exitcode"]);
+        assert_eq!(out.status.code(), Some(2), "plan should find changes");
+        String::from_utf8_lossy(&out.stdout).to_string()
+    }
+
+    /// `plan --detailed-exitcode` must find nothing to do (exit 0).
+    pub fn assert_converged(&self, context: &str) {
+        assert_eq!(
+            self.run("plan", &["--detailed-exitcode"]).status.code(),
+            Some(0),
+            "{context}"
+        );
+    }
+
     pub fn f(&self) -> &str {
         self.file.to_str().unwrap()
     }
