@@ -841,9 +841,12 @@ fn disk_cmd(command: DiskCommand) -> Result<ExitCode, CliError> {
     std::fs::create_dir_all(&to)
         .map_err(|e| CliError::new(format!("cannot create {}: {e}", to.display())))?;
     let gp = guest_path.unwrap_or_else(|| "/".to_string());
-    runtime()?
+    let report = runtime()?
         .block_on(crate::drivers::qemu_img::extract(&path, format, &gp, &to))
         .map_err(|e| CliError::new(format!("extract failed: {e}")))?;
+    for w in &report.warnings {
+        eprintln!("warning: {w}");
+    }
     println!("Copied {gp} of disk '{disk}' to {}", to.display());
     Ok(ExitCode::SUCCESS)
 }

@@ -1,4 +1,5 @@
-//! Disk images with `qemu-img`, `mkfs.ext4 -d` and `debugfs` (no mounts, no nbd).
+//! Disk images with `qemu-img` and `mkfs.ext4 -d`; ext4 is read in-process
+//! (`ext4-view`) to extract files (no mounts, no nbd).
 //!
 //! Every function runs its tools with an argv (never a shell). Paths handed to
 //! `qemu-img` are made absolute first so that a name such as `nbd:x` or `json:{…}`
@@ -62,8 +63,8 @@ pub enum QemuImgError {
         status: std::process::ExitStatus,
         stderr: String,
     },
-    #[error("debugfs could not extract {guest_path:?} from {image}: {message}")]
-    Debugfs {
+    #[error("cannot extract {guest_path:?} from {image}: {message}")]
+    Ext4 {
         image: PathBuf,
         guest_path: String,
         message: String,
@@ -133,7 +134,6 @@ struct RawInfo {
 
 const QEMU_IMG: &str = "qemu-img";
 const MKFS_EXT4: &str = "mkfs.ext4";
-const DEBUGFS: &str = "debugfs";
 
 /// e2fsprogs live in /sbin and /usr/sbin, often not on a user's PATH.
 fn sbin_tool(name: &str) -> OsString {
@@ -369,77 +369,370 @@ pub async fn make_ext4(
     Ok(())
 }
 
-/// Quotes one argument for debugfs' request parser (libss): inside double quotes
-/// a doubled `""` stands for one `"`.
-fn debugfs_quote(arg: &str) -> Result<String, QemuImgError> {
-    if arg.contains(['\n', '\r', '\0']) {
-        return Err(QemuImgError::Invalid(format!(
-            "{arg:?}: line breaks are not allowed in a debugfs path"
-        )));
-    }
-    Ok(format!("\"{}\"", arg.replace('"', "\"\"")))
+/// What [`extract`] copied, and what it left out (with the reason).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ExtractReport {
+    pub files: u64,
+    pub dirs: u64,
+    pub symlinks: u64,
+    /// Entries skipped: device nodes, FIFOs, sockets, duplicate or unsafe
+    /// names, names that already exist in the destination.
+    pub warnings: Vec<String>,
 }
 
-/// Copies `guest_path` (a file or a directory, recursively) out of the ext4
-/// filesystem in `image` into `to_dir` (created if missing) with
-/// `debugfs -R 'rdump GUEST_PATH TO_DIR'`. A qcow2 image is first converted to a raw
-/// temporary file in the system temporary directory (`TMPDIR`). Like `cp -r`, the
-/// last component of `guest_path` is created inside `to_dir`; `/` copies the whole
-/// filesystem (lost+found included) into `to_dir` itself.
+/// Deepest directory nesting copied (a corrupt filesystem can loop).
+const MAX_EXTRACT_DEPTH: usize = 256;
+
+/// A private folder (0700, random name) removed with its contents when dropped.
+struct PrivateDir(PathBuf);
+
+impl PrivateDir {
+    fn new(parent: &Path, tag: &str) -> Result<Self, QemuImgError> {
+        use std::os::unix::fs::DirBuilderExt;
+        let mut last = None;
+        for _ in 0..16 {
+            let p = parent.join(format!(".megaplan-{tag}-{}", uuid::Uuid::new_v4().simple()));
+            match std::fs::DirBuilder::new().mode(0o700).create(&p) {
+                Ok(()) => return Ok(PrivateDir(p)),
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => last = Some(e),
+                Err(e) => return Err(io_err(&p)(e)),
+            }
+        }
+        Err(io_err(parent)(last.unwrap_or_else(|| {
+            std::io::Error::other("cannot create a private folder")
+        })))
+    }
+}
+
+impl Drop for PrivateDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Copies `guest_path` (a file, symlink or directory, recursively) out of the
+/// ext4 filesystem in `image` into `to_dir` (created if missing). The
+/// filesystem is read in-process (`ext4-view`), never mounted; a qcow2 image is
+/// first converted to a raw file in a private folder (0700) of the system
+/// temporary directory (`TMPDIR`). Like `cp -r`, the last component of
+/// `guest_path` is created inside `to_dir`; `/` copies the whole filesystem
+/// (lost+found included) into `to_dir` itself.
+///
+/// The filesystem is the guest's and so untrusted. Every output entry is
+/// created relative to a directory descriptor this function just created
+/// (`mkdirat`, `openat(O_CREAT|O_EXCL|O_NOFOLLOW)`, `symlinkat`), so nothing is
+/// ever written through a link or outside `to_dir`, and nothing that exists is
+/// overwritten. Symlinks are copied as symlinks (never followed); modes lose
+/// setuid/setgid/sticky and group/world write (owner keeps read/write);
+/// ownership is not copied. Device nodes, FIFOs, sockets, duplicate names
+/// and names already present in `to_dir` are skipped with a warning in the
+/// report. On an error, the entries created so far are removed again.
 pub async fn extract(
     image: &Path,
     format: ImageFormat,
     guest_path: &str,
     to_dir: &Path,
-) -> Result<(), QemuImgError> {
+) -> Result<ExtractReport, QemuImgError> {
     if !guest_path.starts_with('/') {
         return Err(QemuImgError::Invalid(format!(
             "guest path {guest_path:?} must be absolute"
         )));
     }
+    if guest_path.contains('\0') || guest_path.split('/').any(|c| c == "." || c == "..") {
+        return Err(QemuImgError::Invalid(format!(
+            "guest path {guest_path:?} must not contain '.' or '..' components"
+        )));
+    }
     let image = absolute(image)?;
     let to_dir = absolute(to_dir)?;
     std::fs::create_dir_all(&to_dir).map_err(io_err(&to_dir))?;
-    let to_str = to_dir
-        .to_str()
-        .ok_or_else(|| QemuImgError::Invalid(format!("{}: not valid UTF-8", to_dir.display())))?;
 
     let tmp;
     let raw = match format {
-        ImageFormat::Raw => &image,
+        ImageFormat::Raw => image.clone(),
         ImageFormat::Qcow2 => {
-            tmp = TempFile::beside(
-                &std::env::temp_dir().join(image.file_name().unwrap_or(OsStr::new("image"))),
-                "extract",
-            )?;
-            convert(&image, ImageFormat::Qcow2, &tmp.0, ImageFormat::Raw).await?;
-            &tmp.0
+            tmp = PrivateDir::new(&std::env::temp_dir(), "extract")?;
+            let raw = tmp.0.join("disk.raw");
+            convert(&image, ImageFormat::Qcow2, &raw, ImageFormat::Raw).await?;
+            raw
         }
     };
+    let guest_path = guest_path.to_string();
+    let image2 = image.clone();
+    tokio::task::spawn_blocking(move || extract_blocking(&raw, &image2, &guest_path, &to_dir))
+        .await
+        .map_err(|e| QemuImgError::Invalid(format!("extraction task failed: {e}")))?
+}
 
-    // rdump of "/" dumps the root's entries (lost+found too) into to_dir itself.
+fn ext4_err(image: &Path, guest_path: &str, e: impl fmt::Display) -> QemuImgError {
+    QemuImgError::Ext4 {
+        image: image.to_path_buf(),
+        guest_path: guest_path.to_string(),
+        message: e.to_string(),
+    }
+}
+
+fn extract_blocking(
+    raw: &Path,
+    image: &Path,
+    guest_path: &str,
+    to_dir: &Path,
+) -> Result<ExtractReport, QemuImgError> {
+    let file = std::fs::File::open(raw).map_err(io_err(raw))?;
+    let fs = ext4_view::Ext4::load(Box::new(file)).map_err(|e| ext4_err(image, "/", e))?;
+    // The destination is the user's own choice: it may be reached through a
+    // link. Everything below it is created by us.
+    let top = std::fs::File::open(to_dir).map_err(io_err(to_dir))?;
+    if !top.metadata().map_err(io_err(to_dir))?.is_dir() {
+        return Err(QemuImgError::Invalid(format!(
+            "{} is not a directory",
+            to_dir.display()
+        )));
+    }
+    let mut x = Extractor {
+        fs: &fs,
+        image,
+        report: ExtractReport::default(),
+        created_top: Vec::new(),
+    };
     let trimmed = guest_path.trim_end_matches('/');
-    let source = if trimmed.is_empty() { "/" } else { trimmed };
-    let request = format!(
-        "rdump {} {}",
-        debugfs_quote(source)?,
-        debugfs_quote(to_str)?
-    );
-    // Read-only open (no -w); the request is one argv element.
-    let args = vec![os("-R"), os(&request), raw.into()];
-    let (_, stderr) = run(sbin_tool(DEBUGFS), args).await?;
-    // debugfs exits 0 even when the request fails: its complaints go to stderr,
-    // after the version banner.
-    let complaints: Vec<&str> = stderr
-        .lines()
-        .filter(|l| !l.is_empty() && !l.starts_with("debugfs "))
-        .collect();
-    if !complaints.is_empty() {
-        return Err(QemuImgError::Debugfs {
-            image,
-            guest_path: guest_path.to_string(),
-            message: complaints.join("; "),
-        });
+    let result = if trimmed.is_empty() {
+        let root = ext4_view::PathBuf::new("/");
+        x.children(&root, top.as_fd(), 0)
+    } else {
+        let gp = ext4_view::PathBuf::new(trimmed);
+        match fs.symlink_metadata(&gp) {
+            Err(ext4_view::Ext4Error::NotFound) => Err(ext4_err(image, guest_path, "not found")),
+            Err(e) => Err(ext4_err(image, guest_path, e)),
+            Ok(_) => {
+                let name = trimmed.rsplit('/').next().unwrap_or(trimmed).as_bytes();
+                x.entry(&gp, name, top.as_fd(), 0)
+            }
+        }
+    };
+    match result {
+        Ok(()) => Ok(x.report),
+        Err(e) => {
+            // Leave nothing half-copied behind.
+            for name in &x.created_top {
+                let p = to_dir.join(std::ffi::OsStr::from_bytes(name));
+                match std::fs::symlink_metadata(&p) {
+                    Ok(m) if m.is_dir() => {
+                        let _ = std::fs::remove_dir_all(&p);
+                    }
+                    Ok(_) => {
+                        let _ = std::fs::remove_file(&p);
+                    }
+                    Err(_) => {}
+                }
+            }
+            Err(e)
+        }
+    }
+}
+
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+
+struct Extractor<'a> {
+    fs: &'a ext4_view::Ext4,
+    image: &'a Path,
+    report: ExtractReport,
+    /// Names created directly in `to_dir` (removed again on an error).
+    created_top: Vec<Vec<u8>>,
+}
+
+/// Owner keeps read/write (and search on directories); nobody else may write;
+/// setuid, setgid and sticky are dropped.
+pub fn sanitize_mode(mode: u32, dir: bool) -> u32 {
+    (mode & 0o755) | if dir { 0o700 } else { 0o600 }
+}
+
+fn cstr(name: &[u8]) -> Option<std::ffi::CString> {
+    std::ffi::CString::new(name).ok()
+}
+
+impl Extractor<'_> {
+    fn warn(&mut self, path: &ext4_view::PathBuf, why: &str) {
+        self.report
+            .warnings
+            .push(format!("{}: {why}", path.display()));
+    }
+
+    fn children(
+        &mut self,
+        dir: &ext4_view::PathBuf,
+        fd: BorrowedFd<'_>,
+        depth: usize,
+    ) -> Result<(), QemuImgError> {
+        let gp = dir.display().to_string();
+        let entries = self
+            .fs
+            .read_dir(dir)
+            .map_err(|e| ext4_err(self.image, &gp, e))?;
+        let mut seen = std::collections::HashSet::new();
+        for entry in entries {
+            let entry = entry.map_err(|e| ext4_err(self.image, &gp, e))?;
+            let name = entry.file_name().as_ref().to_vec();
+            if name == b"." || name == b".." {
+                continue;
+            }
+            let path = entry.path();
+            if !seen.insert(name.clone()) {
+                self.warn(
+                    &path,
+                    "duplicate name in its directory; kept the first, skipped this one",
+                );
+                continue;
+            }
+            self.entry(&path, &name, fd, depth)?;
+        }
+        Ok(())
+    }
+
+    fn entry(
+        &mut self,
+        path: &ext4_view::PathBuf,
+        name: &[u8],
+        parent: BorrowedFd<'_>,
+        depth: usize,
+    ) -> Result<(), QemuImgError> {
+        let gp = path.display().to_string();
+        if name.is_empty() || name == b"." || name == b".." || name.contains(&b'/') {
+            self.warn(path, "unsafe name; skipped");
+            return Ok(());
+        }
+        let Some(cname) = cstr(name) else {
+            self.warn(path, "unsafe name; skipped");
+            return Ok(());
+        };
+        let top = depth == 0;
+        let meta = self
+            .fs
+            .symlink_metadata(path)
+            .map_err(|e| ext4_err(self.image, &gp, e))?;
+        let mode = u32::from(meta.mode());
+        let kind = meta.file_type();
+        if kind.is_dir() {
+            if depth >= MAX_EXTRACT_DEPTH {
+                self.warn(path, "directories nested too deep; skipped");
+                return Ok(());
+            }
+            // SAFETY: valid descriptor and NUL-terminated name.
+            if unsafe { libc::mkdirat(parent.as_raw_fd(), cname.as_ptr(), 0o700) } != 0 {
+                return self.exists_or(path, std::io::Error::last_os_error());
+            }
+            if top {
+                self.created_top.push(name.to_vec());
+            }
+            let fd = open_at(parent, &cname, libc::O_RDONLY | libc::O_DIRECTORY, 0)
+                .map_err(|e| ext4_err(self.image, &gp, format!("open the copy: {e}")))?;
+            self.report.dirs += 1;
+            self.children(path, fd.as_fd(), depth + 1)?;
+            fchmod(&fd, sanitize_mode(mode, true))
+                .map_err(|e| ext4_err(self.image, &gp, format!("chmod the copy: {e}")))?;
+        } else if kind.is_regular_file() {
+            let fd = match open_at(
+                parent,
+                &cname,
+                libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL,
+                0o600,
+            ) {
+                Ok(fd) => fd,
+                Err(e) => return self.exists_or(path, e),
+            };
+            if top {
+                self.created_top.push(name.to_vec());
+            }
+            let mut out = std::fs::File::from(fd);
+            let mut src = self
+                .fs
+                .open(path)
+                .map_err(|e| ext4_err(self.image, &gp, e))?;
+            std::io::copy(&mut src, &mut out)
+                .map_err(|e| ext4_err(self.image, &gp, format!("copy: {e}")))?;
+            use std::os::unix::fs::PermissionsExt;
+            out.set_permissions(std::fs::Permissions::from_mode(sanitize_mode(mode, false)))
+                .map_err(|e| ext4_err(self.image, &gp, format!("chmod the copy: {e}")))?;
+            self.report.files += 1;
+        } else if kind.is_symlink() {
+            let target = self
+                .fs
+                .read_link(path)
+                .map_err(|e| ext4_err(self.image, &gp, e))?;
+            let Some(ctarget) = cstr(target.as_ref()) else {
+                self.warn(path, "symlink target holds a NUL byte; skipped");
+                return Ok(());
+            };
+            // SAFETY: valid descriptor and NUL-terminated strings.
+            if unsafe { libc::symlinkat(ctarget.as_ptr(), parent.as_raw_fd(), cname.as_ptr()) } != 0
+            {
+                return self.exists_or(path, std::io::Error::last_os_error());
+            }
+            if top {
+                self.created_top.push(name.to_vec());
+            }
+            self.report.symlinks += 1;
+        } else {
+            let what = if kind.is_fifo() {
+                "a FIFO"
+            } else if kind.is_socket() {
+                "a socket"
+            } else {
+                "a device node"
+            };
+            self.warn(path, &format!("{what}; skipped"));
+        }
+        Ok(())
+    }
+
+    /// A name that exists already is skipped with a warning (never
+    /// overwritten); any other failure is an error.
+    fn exists_or(
+        &mut self,
+        path: &ext4_view::PathBuf,
+        e: std::io::Error,
+    ) -> Result<(), QemuImgError> {
+        if e.raw_os_error() == Some(libc::EEXIST) {
+            self.warn(path, "already exists in the destination; not overwritten");
+            Ok(())
+        } else {
+            Err(ext4_err(
+                self.image,
+                &path.display().to_string(),
+                format!("create the copy: {e}"),
+            ))
+        }
+    }
+}
+
+/// `openat(parent, name, flags|O_NOFOLLOW|O_CLOEXEC, mode)`.
+fn open_at(
+    parent: BorrowedFd<'_>,
+    name: &std::ffi::CStr,
+    flags: i32,
+    mode: libc::mode_t,
+) -> std::io::Result<OwnedFd> {
+    // SAFETY: valid descriptor and NUL-terminated name.
+    let fd = unsafe {
+        libc::openat(
+            parent.as_raw_fd(),
+            name.as_ptr(),
+            flags | libc::O_NOFOLLOW | libc::O_CLOEXEC,
+            mode as libc::c_uint,
+        )
+    };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: a descriptor we just opened and own.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+fn fchmod(fd: &OwnedFd, mode: u32) -> std::io::Result<()> {
+    // SAFETY: valid descriptor.
+    if unsafe { libc::fchmod(fd.as_raw_fd(), mode as libc::mode_t) } != 0 {
+        return Err(std::io::Error::last_os_error());
     }
     Ok(())
 }
@@ -449,10 +742,13 @@ mod tests {
     use super::*;
 
     #[test]
-    fn quote_for_debugfs() {
-        assert_eq!(debugfs_quote("/a b").unwrap(), "\"/a b\"");
-        assert_eq!(debugfs_quote("/x\"y").unwrap(), "\"/x\"\"y\"");
-        assert!(debugfs_quote("/a\nb").is_err());
+    fn modes_are_sanitised() {
+        assert_eq!(sanitize_mode(0o4755, false), 0o755);
+        assert_eq!(sanitize_mode(0o2777, false), 0o755);
+        assert_eq!(sanitize_mode(0o1777, true), 0o755);
+        assert_eq!(sanitize_mode(0o000, false), 0o600);
+        assert_eq!(sanitize_mode(0o000, true), 0o700);
+        assert_eq!(sanitize_mode(0o640, false), 0o640);
     }
 
     #[test]
