@@ -209,7 +209,9 @@ pub fn resources(lab: &Lab) -> Vec<Resource> {
                 CcActionSpec::Exec(c) => ("exec", c.to_string()),
                 CcActionSpec::Background(c) => ("background", c.to_string()),
                 CcActionSpec::Send { src, to } => ("send", format!("{} to={to}", src.display())),
-                CcActionSpec::Recv { src, to } => ("recv", format!("{src} to={}", to.display())),
+                CcActionSpec::Recv { src, to, .. } => {
+                    ("recv", format!("{src} to={}", to.display()))
+                }
             };
             out.push(Resource {
                 address: step.address.clone(),

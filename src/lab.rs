@@ -162,8 +162,28 @@ impl std::fmt::Display for CommandSpec {
 pub enum CcActionSpec {
     Exec(CommandSpec),
     Background(CommandSpec),
-    Send { src: PathBuf, to: String },
-    Recv { src: String, to: PathBuf },
+    Send {
+        src: PathBuf,
+        to: String,
+    },
+    Recv {
+        src: String,
+        to: PathBuf,
+        /// Bytes the guest may send at most (`max-size`, default 1 GiB).
+        #[serde(
+            default = "default_max_recv",
+            skip_serializing_if = "is_default_max_recv"
+        )]
+        max_size: u64,
+    },
+}
+
+fn default_max_recv() -> u64 {
+    crate::agent::client::DEFAULT_MAX_RECV
+}
+
+fn is_default_max_recv(n: &u64) -> bool {
+    *n == crate::agent::client::DEFAULT_MAX_RECV
 }
 
 impl std::fmt::Display for CcActionSpec {
@@ -172,7 +192,13 @@ impl std::fmt::Display for CcActionSpec {
             CcActionSpec::Exec(c) => write!(f, "exec {c}"),
             CcActionSpec::Background(c) => write!(f, "background {c}"),
             CcActionSpec::Send { src, to } => write!(f, "send {} to={to}", src.display()),
-            CcActionSpec::Recv { src, to } => write!(f, "recv {src} to={}", to.display()),
+            CcActionSpec::Recv { src, to, max_size } => {
+                write!(f, "recv {src} to={}", to.display())?;
+                if !is_default_max_recv(max_size) {
+                    write!(f, " max-size={max_size}")?;
+                }
+                Ok(())
+            }
         }
     }
 }

@@ -195,6 +195,8 @@ pub enum CcAction {
     Recv {
         src: Sp<String>,
         to: Sp<String>,
+        /// `max-size`: the most the guest may send ("10M"; default 1 GiB).
+        max_size: Option<Sp<String>>,
     },
 }
 

@@ -340,6 +340,10 @@ pub struct RecvStep {
     pub recv: String,
     /// The host folder.
     pub to: String,
+    /// The most the guest may send (`10M`, `2G`; default 1 GiB).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = SIZE_PATTERN))]
+    pub max_size: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(regex(pattern = DURATION_PATTERN))]
     pub timeout: Option<String>,

@@ -1043,7 +1043,11 @@ impl Validator {
                             to: to.value.clone(),
                         }
                     }
-                    model::CcAction::Recv { src: s, to } => {
+                    model::CcAction::Recv {
+                        src: s,
+                        to,
+                        max_size,
+                    } => {
                         if !s.value.starts_with('/') {
                             once(
                                 self,
@@ -1057,9 +1061,29 @@ impl Validator {
                             );
                         }
                         let p = self.path(to);
+                        let max_size = match max_size {
+                            None => crate::agent::client::DEFAULT_MAX_RECV,
+                            Some(m) => match parse_size(&m.value, 1) {
+                                Some(n) if n > 0 => n,
+                                _ => {
+                                    once(
+                                        self,
+                                        Diag::error(
+                                            "megaplan::bad_size",
+                                            format!("'{}' is not a size", m.value),
+                                        )
+                                        .label(m.span, "max-size expected")
+                                        .help("write max-size=\"10M\" (default 1G)"),
+                                        "recvmax",
+                                    );
+                                    0
+                                }
+                            },
+                        };
                         CcActionSpec::Recv {
                             src: s.value.clone(),
                             to: p,
+                            max_size,
                         }
                     }
                 };

@@ -594,3 +594,70 @@ async fn connect_waits_for_the_socket_and_is_bounded() {
     protocol::write_message(&mut s, &hello).await.unwrap();
     assert_eq!(client.wait_hello(T).await.unwrap().hostname, "h");
 }
+
+fn names_in(dir: &Path) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    v.sort();
+    v
+}
+
+/// A hostile guest file: setuid and world-writable, larger than allowed, with
+/// links planted at the temporary and at the final host path.
+#[tokio::test]
+async fn recv_is_bounded_ignores_the_guest_mode_and_never_follows_links() {
+    use std::os::unix::fs::PermissionsExt;
+    let h = Harness::start();
+    let c = h.client().await;
+    c.wait_hello(T).await.unwrap();
+
+    let canary = h.path("canary");
+    std::fs::write(&canary, "canary\n").unwrap();
+    let data = pattern(300 * 1024);
+    let guest = h.path("guest/wide.bin");
+    std::fs::create_dir_all(guest.parent().unwrap()).unwrap();
+    std::fs::write(&guest, &data).unwrap();
+    std::fs::set_permissions(&guest, std::fs::Permissions::from_mode(0o4777)).unwrap();
+    let guest = guest.to_str().unwrap();
+
+    // A link planted where the old code put its temporary file is not followed.
+    let back = h.path("back");
+    std::fs::create_dir_all(&back).unwrap();
+    std::os::unix::fs::symlink(&canary, back.join(".wide.bin.part")).unwrap();
+    let got = c.recv_file(guest, &back, T).await.unwrap();
+    assert_eq!(std::fs::read(&got.path).unwrap(), data);
+    assert_eq!(std::fs::read_to_string(&canary).unwrap(), "canary\n");
+    // The guest's mode is not kept: 0644, no setuid, nobody else writes.
+    let mode = std::fs::metadata(&got.path).unwrap().permissions().mode() & 0o7777;
+    assert_eq!(mode, 0o644);
+    assert_eq!(names_in(&back), [".wide.bin.part", "wide.bin"]);
+
+    // More than max-size: an error naming the limit, and nothing kept.
+    let small = h.path("small");
+    let e = c
+        .recv_file_limited(guest, &small, T, 100 * 1024)
+        .await
+        .unwrap_err();
+    assert!(matches!(e, AgentError::TooLarge { .. }), "{e:?}");
+    assert!(e.to_string().contains("100 KiB"), "{e}");
+    assert!(names_in(&small).is_empty(), "{:?}", names_in(&small));
+    // Exactly max-size is fine.
+    let exact = h.path("exact");
+    c.recv_file_limited(guest, &exact, T, data.len() as u64)
+        .await
+        .unwrap();
+    assert_eq!(std::fs::read(exact.join("wide.bin")).unwrap(), data);
+
+    // The final name is a symlink: refused, the link and its target untouched.
+    let linked = h.path("linked");
+    std::fs::create_dir_all(&linked).unwrap();
+    std::os::unix::fs::symlink(&canary, linked.join("wide.bin")).unwrap();
+    let e = c.recv_file(guest, &linked, T).await.unwrap_err();
+    assert!(matches!(e, AgentError::Refused(_)), "{e:?}");
+    assert_eq!(std::fs::read_to_string(&canary).unwrap(), "canary\n");
+    assert_eq!(std::fs::read_link(linked.join("wide.bin")).unwrap(), canary);
+    assert_eq!(names_in(&linked), ["wide.bin"]);
+    c.ping(T).await.unwrap();
+}

@@ -21,6 +21,8 @@ use super::protocol::{
 
 /// How long [`AgentClient::connect`] waits for the socket to appear.
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
+/// Default bound on a received file's size (1 GiB).
+pub const DEFAULT_MAX_RECV: u64 = 1 << 30;
 /// Extra time the host waits beyond an exec's own timeout for the reply.
 const REPLY_GRACE: Duration = Duration::from_secs(10);
 
@@ -35,6 +37,10 @@ pub enum AgentError {
     Protocol(String),
     #[error("agent: {0}")]
     Remote(String),
+    #[error("{path}: the guest sent more than {} (max-size); nothing was kept", crate::agent::protocol::human_size(*max))]
+    TooLarge { path: String, max: u64 },
+    #[error("{0}: exists and is a symlink or a directory; refusing to replace it")]
+    Refused(PathBuf),
     #[error(transparent)]
     Io(#[from] std::io::Error),
 }
@@ -348,13 +354,34 @@ impl AgentClient {
     }
 
     /// Copy a guest file into `host_dir` (created if missing), under the same
-    /// file name. Written to a temporary name and renamed once the SHA-256
-    /// matches. `idle_timeout` bounds the wait for each chunk.
+    /// file name, taking at most [`DEFAULT_MAX_RECV`] bytes. See
+    /// [`recv_file_limited`](Self::recv_file_limited).
     pub async fn recv_file(
         &self,
         guest_path: &str,
         host_dir: impl AsRef<Path>,
         idle_timeout: Duration,
+    ) -> Result<Transfer, AgentError> {
+        self.recv_file_limited(guest_path, host_dir, idle_timeout, DEFAULT_MAX_RECV)
+            .await
+    }
+
+    /// Copy a guest file into `host_dir` (created if missing), under the same
+    /// file name. `idle_timeout` bounds the wait for each chunk.
+    ///
+    /// The guest is untrusted: the data goes to a new temporary file created
+    /// with `O_CREAT|O_EXCL|O_NOFOLLOW` under a random name in `host_dir`
+    /// (never through a planted link), the guest's mode is ignored (the file
+    /// is 0644), more than `max_size` bytes is an error, and the file is
+    /// renamed into place only once the SHA-256 matches and if the final name
+    /// is not a symlink or a directory. On any error the temporary file is
+    /// removed.
+    pub async fn recv_file_limited(
+        &self,
+        guest_path: &str,
+        host_dir: impl AsRef<Path>,
+        idle_timeout: Duration,
+        max_size: u64,
     ) -> Result<Transfer, AgentError> {
         let name = Path::new(guest_path)
             .file_name()
@@ -363,15 +390,23 @@ impl AgentClient {
         let host_dir = host_dir.as_ref();
         tokio::fs::create_dir_all(host_dir).await?;
         let dest = host_dir.join(&name);
-        let part = host_dir.join(format!(".{}.part", name.to_string_lossy()));
-        let (_g, mut rx) = self
+        let dir = std::fs::File::open(host_dir)?;
+        let (part_name, part) = create_part(&dir, &name)?;
+        let (_g, mut rx) = match self
             .request(|id| Message::GetFile {
                 id,
                 path: guest_path.to_string(),
             })
-            .await?;
+            .await
+        {
+            Ok(r) => r,
+            Err(e) => {
+                let _ = unlink_at(&dir, &part_name);
+                return Err(e);
+            }
+        };
         let result = async {
-            let mut f = tokio::fs::File::create(&part).await?;
+            let mut f = tokio::fs::File::from_std(part);
             let mut hasher = Sha256::new();
             let mut written = 0u64;
             loop {
@@ -383,13 +418,18 @@ impl AgentClient {
                             )));
                         }
                         let bytes = protocol::b64_decode(&data).map_err(AgentError::Protocol)?;
+                        if written + bytes.len() as u64 > max_size {
+                            return Err(AgentError::TooLarge {
+                                path: guest_path.to_string(),
+                                max: max_size,
+                            });
+                        }
                         hasher.update(&bytes);
                         f.write_all(&bytes).await?;
                         written += bytes.len() as u64;
                     }
-                    Message::FileEnd {
-                        size, sha256, mode, ..
-                    } => {
+                    Message::FileEnd { size, sha256, .. } => {
+                        // The guest's mode is ignored: the file is 0644.
                         let got = protocol::sha256_hex(hasher);
                         if size != written || !got.eq_ignore_ascii_case(&sha256) {
                             return Err(AgentError::Protocol(format!(
@@ -400,12 +440,7 @@ impl AgentClient {
                         f.flush().await?;
                         f.sync_all().await?;
                         drop(f);
-                        if let Some(mode) = mode {
-                            use std::os::unix::fs::PermissionsExt;
-                            let perm = std::fs::Permissions::from_mode(mode & 0o777);
-                            tokio::fs::set_permissions(&part, perm).await?;
-                        }
-                        tokio::fs::rename(&part, &dest).await?;
+                        rename_into_place(&dir, &part_name, &name, &dest)?;
                         return Ok(Transfer {
                             path: dest.clone(),
                             size,
@@ -418,7 +453,7 @@ impl AgentClient {
         }
         .await;
         if result.is_err() {
-            let _ = tokio::fs::remove_file(&part).await;
+            let _ = unlink_at(&dir, &part_name);
         }
         result
     }
@@ -554,4 +589,90 @@ async fn read_loop<R: AsyncRead + Unpin>(
     let mut t = lock(&pending);
     t.closed = true;
     t.map.clear();
+}
+
+fn c_name(name: &std::ffi::OsStr) -> std::io::Result<std::ffi::CString> {
+    use std::os::unix::ffi::OsStrExt;
+    std::ffi::CString::new(name.as_bytes())
+        .map_err(|_| std::io::Error::new(std::io::ErrorKind::InvalidInput, "NUL in file name"))
+}
+
+/// A new temporary file `.NAME.RANDOM.part` (0600) in `dir`, created with
+/// `O_CREAT|O_EXCL|O_NOFOLLOW`: never an existing file, never through a link.
+fn create_part(
+    dir: &std::fs::File,
+    name: &std::ffi::OsStr,
+) -> std::io::Result<(std::ffi::CString, std::fs::File)> {
+    use std::os::fd::{AsRawFd, FromRawFd};
+    let mut last = None;
+    for _ in 0..16 {
+        let mut part = std::ffi::OsString::from(".");
+        part.push(name);
+        part.push(format!(".{}.part", uuid::Uuid::new_v4().simple()));
+        let c = c_name(&part)?;
+        // SAFETY: valid descriptor and NUL-terminated name.
+        let fd = unsafe {
+            libc::openat(
+                dir.as_raw_fd(),
+                c.as_ptr(),
+                libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL | libc::O_NOFOLLOW | libc::O_CLOEXEC,
+                0o600 as libc::c_uint,
+            )
+        };
+        if fd >= 0 {
+            // SAFETY: a descriptor we just opened and own.
+            let f = unsafe { std::fs::File::from_raw_fd(fd) };
+            // Not the guest's mode, and not the umask's either.
+            use std::os::unix::fs::PermissionsExt;
+            f.set_permissions(std::fs::Permissions::from_mode(0o644))?;
+            return Ok((c, f));
+        }
+        let e = std::io::Error::last_os_error();
+        if e.raw_os_error() != Some(libc::EEXIST) {
+            return Err(e);
+        }
+        last = Some(e);
+    }
+    Err(last.unwrap_or_else(|| std::io::Error::other("cannot create a temporary file")))
+}
+
+fn unlink_at(dir: &std::fs::File, name: &std::ffi::CStr) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: valid descriptor and NUL-terminated name.
+    if unsafe { libc::unlinkat(dir.as_raw_fd(), name.as_ptr(), 0) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Rename `part` to `name` in `dir`, unless `name` is a symlink or a directory.
+fn rename_into_place(
+    dir: &std::fs::File,
+    part: &std::ffi::CStr,
+    name: &std::ffi::OsStr,
+    dest: &Path,
+) -> Result<(), AgentError> {
+    use std::os::fd::AsRawFd;
+    let c = c_name(name)?;
+    // SAFETY: valid descriptor, NUL-terminated name, a zeroed stat buffer.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    let rc = unsafe {
+        libc::fstatat(
+            dir.as_raw_fd(),
+            c.as_ptr(),
+            &mut st,
+            libc::AT_SYMLINK_NOFOLLOW,
+        )
+    };
+    if rc == 0 {
+        let fmt = st.st_mode & libc::S_IFMT;
+        if fmt == libc::S_IFLNK || fmt == libc::S_IFDIR {
+            return Err(AgentError::Refused(dest.to_path_buf()));
+        }
+    }
+    // SAFETY: valid descriptors and NUL-terminated names.
+    if unsafe { libc::renameat(dir.as_raw_fd(), part.as_ptr(), dir.as_raw_fd(), c.as_ptr()) } != 0 {
+        return Err(std::io::Error::last_os_error().into());
+    }
+    Ok(())
 }

@@ -426,3 +426,13 @@ pub fn sha256_of(data: &[u8]) -> String {
     h.update(data);
     sha256_hex(h)
 }
+
+/// `1 GiB`, `10 MiB`, `64 KiB`, `123 bytes`: exact binary units when they fit.
+pub fn human_size(n: u64) -> String {
+    for (unit, shift) in [("GiB", 30), ("MiB", 20), ("KiB", 10)] {
+        if n >= 1 << shift && n % (1 << shift) == 0 {
+            return format!("{} {unit}", n >> shift);
+        }
+    }
+    format!("{n} bytes")
+}

@@ -483,9 +483,14 @@ impl super::Host for LocalHost {
                     stderr: String::new(),
                 }
             }
-            CcActionSpec::Recv { src, to } => {
+            CcActionSpec::Recv { src, to, max_size } => {
                 let t = client
-                    .recv_file(src, to, timeout.unwrap_or(Duration::from_secs(60)))
+                    .recv_file_limited(
+                        src,
+                        to,
+                        timeout.unwrap_or(Duration::from_secs(60)),
+                        *max_size,
+                    )
                     .await
                     .map_err(agent_err)?;
                 StepOutcome {

@@ -37,6 +37,7 @@ const MIRROR_PROPS: &[&str] = &["network", "nic", "into", "direction"];
 const CC_CHILDREN: &[&str] = &["exec", "background", "send", "recv"];
 const CMD_PROPS: &[&str] = &["timeout", "allow-failure"];
 const COPY_PROPS: &[&str] = &["to", "timeout", "allow-failure"];
+const RECV_PROPS: &[&str] = &["to", "max-size", "timeout", "allow-failure"];
 
 mod usage {
     pub const EXPERIMENT: &str = "experiment \"NAME\" { images \"DIR\"; accel \"auto\" }";
@@ -68,7 +69,7 @@ mod usage {
     pub const EXEC: &str = "exec \"CMD\" timeout=\"30s\" allow-failure=#true";
     pub const BACKGROUND: &str = "background \"CMD\"";
     pub const SEND: &str = "send \"HOST-PATH\" to=\"GUEST-PATH\"";
-    pub const RECV: &str = "recv \"GUEST-PATH\" to=\"HOST-DIR\"";
+    pub const RECV: &str = "recv \"GUEST-PATH\" to=\"HOST-DIR\" max-size=\"1G\"";
 }
 
 /// Parse a KDL experiment file. Structural problems go into the diagnostics;
@@ -1266,7 +1267,8 @@ impl<'t> Parser<'t> {
     fn copy_step(&mut self, node: &RawNode) -> Option<CcStep> {
         let send = node.name().value() == "send";
         let usage = if send { usage::SEND } else { usage::RECV };
-        let v = self.view(node, COPY_PROPS, &[], usage);
+        let props = if send { COPY_PROPS } else { RECV_PROPS };
+        let v = self.view(node, props, &[], usage);
         self.no_children(&v);
         let src = self.name_arg(&v, "a source path");
         let to = self.prop_string(&v, "to");
@@ -1281,6 +1283,11 @@ impl<'t> Parser<'t> {
                 .help(format!("usage: {usage}")),
             );
         }
+        let max_size = if send {
+            None
+        } else {
+            self.prop_string(&v, "max-size")
+        };
         let timeout = self.prop_string(&v, "timeout");
         let allow_failure = self.prop_bool(&v, "allow-failure");
         let (src, to) = (src?, to?);
@@ -1288,7 +1295,7 @@ impl<'t> Parser<'t> {
             action: if send {
                 CcAction::Send { src, to }
             } else {
-                CcAction::Recv { src, to }
+                CcAction::Recv { src, to, max_size }
             },
             timeout,
             allow_failure,
@@ -1501,7 +1508,11 @@ fn emit_step(step: &CcStep) -> Node {
         CcAction::Exec(c) => format!("exec {}", emit_command(c)),
         CcAction::Background(c) => format!("background {}", emit_command(c)),
         CcAction::Send { src, to } => format!("send {} to={}", quote(src), quote(to)),
-        CcAction::Recv { src, to } => format!("recv {} to={}", quote(src), quote(to)),
+        CcAction::Recv { src, to, max_size } => {
+            let mut h = format!("recv {} to={}", quote(src), quote(to));
+            prop_str(&mut h, "max-size", max_size);
+            h
+        }
     };
     prop_str(&mut head, "timeout", &step.timeout);
     prop_bool(&mut head, "allow-failure", &step.allow_failure);
@@ -1718,7 +1729,8 @@ vm "web[1-3]" {
             vm.cc[4].action,
             CcAction::Recv {
                 src: Sp::bare("/guest/out".into()),
-                to: Sp::bare("results/".into())
+                to: Sp::bare("results/".into()),
+                max_size: None,
             }
         );
         assert_round_trip(&doc);

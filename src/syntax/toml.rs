@@ -51,6 +51,7 @@ const CC_KEYS: &[&str] = &[
     "send",
     "recv",
     "to",
+    "max-size",
     "timeout",
     "allow-failure",
 ];
@@ -709,6 +710,8 @@ impl Reader<'_> {
         let allow_failure = self.opt_bool(&t, "allow-failure");
         let to_key = t.key("to");
         let to = self.opt_string(&t, "to");
+        let max_size_key = t.key("max-size");
+        let max_size = self.opt_string(&t, "max-size");
         let (ak, av) = match actions.as_slice() {
             [] => {
                 self.push(
@@ -753,6 +756,16 @@ impl Reader<'_> {
                             .help(format!("remove `to` from this `{akey}` step")),
                     );
                 }
+                if let Some(k) = max_size_key {
+                    self.push(
+                        Diag::error(
+                            CODE_UNKNOWN_KEY,
+                            format!("`max-size` does not apply to `{akey}`"),
+                        )
+                        .label(span_of(k.span()), "only `recv` takes `max-size`")
+                        .help(format!("remove `max-size` from this `{akey}` step")),
+                    );
+                }
                 let cmd = self.command(av, akey)?;
                 if akey == "exec" {
                     CcAction::Exec(cmd)
@@ -770,11 +783,20 @@ impl Reader<'_> {
                 if to_key.is_none() {
                     self.missing(&t, "to", example);
                 }
+                if akey == "send"
+                    && let Some(k) = max_size_key
+                {
+                    self.push(
+                        Diag::error(CODE_UNKNOWN_KEY, "`max-size` does not apply to `send`")
+                            .label(span_of(k.span()), "only `recv` takes `max-size`")
+                            .help("remove `max-size` from this `send` step"),
+                    );
+                }
                 let (src, to) = (src?, to?);
                 if akey == "send" {
                     CcAction::Send { src, to }
                 } else {
-                    CcAction::Recv { src, to }
+                    CcAction::Recv { src, to, max_size }
                 }
             }
         };
@@ -949,9 +971,12 @@ fn cc_step(s: &CcStep) -> String {
             fields.push(("send", string(src)));
             fields.push(("to", string(to)));
         }
-        CcAction::Recv { src, to } => {
+        CcAction::Recv { src, to, max_size } => {
             fields.push(("recv", string(src)));
             fields.push(("to", string(to)));
+            if let Some(m) = max_size {
+                fields.push(("max-size", string(m)));
+            }
         }
     }
     if let Some(t) = &s.timeout {
@@ -1391,7 +1416,8 @@ cc = [
             vm.cc[5].action,
             CcAction::Recv {
                 src: Sp::bare("/guest/path".into()),
-                to: Sp::bare("hostdir".into())
+                to: Sp::bare("hostdir".into()),
+                max_size: None,
             }
         );
         assert_eq!(vm.cc[5].timeout.as_ref().unwrap().value, "5m");
@@ -1679,7 +1705,11 @@ cc = [{ exec = "a", background = "b" }, { timeout = "3s" }, { send = "x" }, { ex
                 command().prop_map(CcAction::Exec),
                 command().prop_map(CcAction::Background),
                 (s(), s()).prop_map(|(src, to)| CcAction::Send { src, to }),
-                (s(), s()).prop_map(|(src, to)| CcAction::Recv { src, to }),
+                (s(), s(), os()).prop_map(|(src, to, max_size)| CcAction::Recv {
+                    src,
+                    to,
+                    max_size
+                }),
             ];
             (action, os(), ob()).prop_map(|(action, timeout, allow_failure)| CcStep {
                 action,
