@@ -9,7 +9,8 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-use crate::agent::{AgentClient, Command, Exit};
+use crate::agent::protocol::{MAX_OUTPUT_LIMIT, OUTPUT_CAP, human_duration, human_size};
+use crate::agent::{AgentClient, Command, ExecResult, Exit, Transfer};
 use crate::lab::{Lab, VmSpec};
 use crate::state::StateDir;
 
@@ -54,9 +55,138 @@ impl Filter {
 pub struct Response {
     pub vm: String,
     pub uuid: String,
+    /// The exit code; 124 when the command timed out; 128+N for signal N.
     pub exit: i32,
     pub stdout: String,
     pub stderr: String,
+    /// The guest killed the command when `--timeout` elapsed.
+    pub timed_out: bool,
+    /// The command wrote more than `--max-output`; the rest was discarded.
+    pub stdout_truncated: bool,
+    pub stderr_truncated: bool,
+}
+
+impl Response {
+    /// `exit 3`, or `timed out after 30s`.
+    pub fn status(&self, timeout: Option<Duration>) -> String {
+        match (self.timed_out, timeout) {
+            (true, Some(t)) => timed_out_after(t),
+            (true, None) => "timed out".to_string(),
+            (false, _) => format!("exit {}", self.exit),
+        }
+    }
+
+    /// One line per truncated stream, saying how to get more.
+    pub fn notes(&self, max_output: Option<u64>) -> Vec<String> {
+        truncation_notes(
+            self.stdout_truncated,
+            self.stderr_truncated,
+            max_output,
+            "--max-output raises it",
+        )
+    }
+}
+
+/// `timed out after 30s`: the one wording for steps and `cc exec`.
+pub fn timed_out_after(t: Duration) -> String {
+    format!("timed out after {}", human_duration(t))
+}
+
+/// The exit code recorded for a command: its code, 128+signal, 124 when it
+/// timed out (as `timeout(1)` does).
+pub fn exit_code(r: &ExecResult) -> i32 {
+    if r.timed_out {
+        return 124;
+    }
+    match r.exit {
+        Exit::Code(c) => c,
+        Exit::Signal(s) => 128 + s,
+    }
+}
+
+fn truncation_notes(stdout: bool, stderr: bool, max_output: Option<u64>, how: &str) -> Vec<String> {
+    let cap = max_output
+        .unwrap_or(OUTPUT_CAP as u64)
+        .min(MAX_OUTPUT_LIMIT as u64);
+    let how = if cap >= MAX_OUTPUT_LIMIT as u64 {
+        "the most one reply carries".to_string()
+    } else {
+        how.to_string()
+    };
+    [("stdout", stdout), ("stderr", stderr)]
+        .into_iter()
+        .filter(|(_, t)| *t)
+        .map(|(s, _)| format!("({s} truncated at {}; {how})", human_size(cap)))
+        .collect()
+}
+
+/// What a cc step records for an exec: the streams, with a last stderr line
+/// saying that it timed out or that output was cut.
+pub fn step_outcome(r: ExecResult, timeout: Option<Duration>) -> (i32, String, String) {
+    let exit = exit_code(&r);
+    let mut stderr = r.stderr;
+    let mut notes = truncation_notes(
+        r.stdout_truncated,
+        r.stderr_truncated,
+        None,
+        "64 KiB per stream is kept",
+    );
+    if r.timed_out {
+        notes.push(format!(
+            "({})",
+            timeout
+                .map(timed_out_after)
+                .unwrap_or_else(|| "timed out".into())
+        ));
+    }
+    for n in notes {
+        if !stderr.is_empty() && !stderr.ends_with('\n') {
+            stderr.push('\n');
+        }
+        stderr.push_str(&format!("megaplan: {n}\n"));
+    }
+    (exit, r.stdout, stderr)
+}
+
+/// How a recorded step ended, for `cc responses`: `exit 3`, or `timed out
+/// after 30s` when its stderr ends with the note [`step_outcome`] adds.
+pub fn recorded_status(exit: &str, stderr: &str) -> String {
+    let last = stderr.lines().next_back().unwrap_or("");
+    match last
+        .strip_prefix("megaplan: (")
+        .and_then(|l| l.strip_suffix(')'))
+    {
+        Some(note) if exit == "124" && note.starts_with("timed out") => note.to_string(),
+        _ => format!("exit {exit}"),
+    }
+}
+
+/// The recorded stdout of a `send` step.
+pub fn sent(t: &Transfer) -> String {
+    format!(
+        "sent {} to {} (sha256 {})\n",
+        bytes(t.size),
+        t.path.display(),
+        t.sha256
+    )
+}
+
+/// The recorded stdout of a `recv` step.
+pub fn received(src: &str, t: &Transfer) -> String {
+    format!(
+        "received {} from {src} into {} (sha256 {})\n",
+        bytes(t.size),
+        t.path.display(),
+        t.sha256
+    )
+}
+
+fn bytes(n: u64) -> String {
+    if n == 1 {
+        "1 byte".into()
+    } else {
+        format!("{n} bytes")
+    }
 }
 
 /// Connect to a VM's agent and wait for its hello.
@@ -66,12 +196,14 @@ pub async fn connect(lab: &Lab, vm: &str, wait: Duration) -> Result<AgentClient,
         .map_err(|e| format!("{vm}: no answer from its agent ({e}); is the VM running?"))
 }
 
-/// Run `argv` in every VM matching all `filters`, at once.
+/// Run `argv` in every VM matching all `filters`, at once, keeping up to
+/// `max_output` bytes of each stream (64 KiB when `None`).
 pub async fn exec(
     lab: &Lab,
     filters: &[Filter],
     argv: &[String],
     timeout: Option<Duration>,
+    max_output: Option<u64>,
 ) -> Vec<Response> {
     let vms: Vec<&VmSpec> = lab
         .vms
@@ -92,15 +224,18 @@ pub async fn exec(
                 exit: -1,
                 stdout: String::new(),
                 stderr: String::new(),
+                timed_out: false,
+                stdout_truncated: false,
+                stderr_truncated: false,
             };
             match connect(lab, &vm.name, Duration::from_secs(30)).await {
                 Err(e) => Response { stderr: e, ..base },
-                Ok(client) => match client.exec(cmd, timeout).await {
+                Ok(client) => match client.exec_capped(cmd, timeout, max_output).await {
                     Ok(r) => Response {
-                        exit: match r.exit {
-                            Exit::Code(c) => c,
-                            Exit::Signal(s) => 128 + s,
-                        },
+                        exit: exit_code(&r),
+                        timed_out: r.timed_out,
+                        stdout_truncated: r.stdout_truncated,
+                        stderr_truncated: r.stderr_truncated,
                         stdout: r.stdout,
                         stderr: r.stderr,
                         ..base
@@ -156,4 +291,108 @@ pub fn responses(
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn result(timed_out: bool, out_t: bool) -> ExecResult {
+        ExecResult {
+            id: 1,
+            exit: Exit::Signal(9),
+            timed_out,
+            stdout: "o".into(),
+            stderr: "partial".into(),
+            stdout_truncated: out_t,
+            stderr_truncated: false,
+            duration_ms: 1000,
+        }
+    }
+
+    #[test]
+    fn a_timed_out_step_says_so_and_exits_124() {
+        let (exit, out, err) = step_outcome(result(true, false), Some(Duration::from_secs(30)));
+        assert_eq!(exit, 124);
+        assert_eq!(out, "o");
+        assert_eq!(err, "partial\nmegaplan: (timed out after 30s)\n");
+    }
+
+    #[test]
+    fn truncated_output_is_reported() {
+        let (exit, _, err) = step_outcome(result(false, true), None);
+        assert_eq!(exit, 137);
+        assert!(
+            err.ends_with("megaplan: (stdout truncated at 64 KiB; 64 KiB per stream is kept)\n"),
+            "{err}"
+        );
+        let r = Response {
+            vm: "a".into(),
+            uuid: String::new(),
+            exit: 124,
+            stdout: String::new(),
+            stderr: String::new(),
+            timed_out: true,
+            stdout_truncated: true,
+            stderr_truncated: true,
+        };
+        assert_eq!(
+            r.status(Some(Duration::from_secs(30))),
+            "timed out after 30s"
+        );
+        assert_eq!(
+            r.notes(None),
+            [
+                "(stdout truncated at 64 KiB; --max-output raises it)",
+                "(stderr truncated at 64 KiB; --max-output raises it)"
+            ]
+        );
+        assert_eq!(
+            r.notes(Some(1 << 40))[0],
+            "(stdout truncated at 448 KiB; the most one reply carries)"
+        );
+    }
+
+    #[test]
+    fn step_failures_name_the_timeout() {
+        let mut o = crate::host::StepOutcome {
+            exit: 124,
+            stdout: String::new(),
+            stderr: "x\n".into(),
+            timed_out: Some(Duration::from_secs(30)),
+        };
+        assert_eq!(o.failure("vm.a.cc[1]"), "vm.a.cc[1] timed out after 30s");
+        o.timed_out = None;
+        o.exit = 3;
+        assert_eq!(o.failure("vm.a.cc[1]"), "vm.a.cc[1] exited 3: x");
+    }
+
+    #[test]
+    fn recorded_timeouts_read_as_such() {
+        let (exit, _, err) = step_outcome(result(true, false), Some(Duration::from_secs(1)));
+        assert_eq!(
+            recorded_status(&exit.to_string(), &err),
+            "timed out after 1s"
+        );
+        assert_eq!(recorded_status("124", "plain\n"), "exit 124");
+        assert_eq!(recorded_status("0", ""), "exit 0");
+    }
+
+    #[test]
+    fn transfers_read_as_sentences() {
+        let t = Transfer {
+            path: "/root/x".into(),
+            size: 1234,
+            sha256: "ab12".into(),
+        };
+        assert_eq!(sent(&t), "sent 1234 bytes to /root/x (sha256 ab12)\n");
+        let t = Transfer {
+            path: "got/hostname".into(),
+            ..t
+        };
+        assert_eq!(
+            received("/etc/hostname", &t),
+            "received 1234 bytes from /etc/hostname into got/hostname (sha256 ab12)\n"
+        );
+    }
 }

@@ -40,12 +40,14 @@ fn sample_messages() -> Vec<Message> {
             command: Command::Shell("echo 'hi' \"there\"\n".into()),
             timeout_ms: Some(1500),
             background: false,
+            max_output: Some(1 << 18),
         },
         Message::Exec {
             id: 4,
             command: Command::Argv(vec!["ip".into(), "link".into()]),
             timeout_ms: None,
             background: true,
+            max_output: None,
         },
         Message::ExecResult(ExecResult {
             id: 3,
@@ -123,6 +125,7 @@ fn wire_format_is_tagged_json() {
         command: Command::Argv(vec!["true".into()]),
         timeout_ms: None,
         background: false,
+        max_output: None,
     })
     .unwrap();
     let len = u32::from_be_bytes(f[..4].try_into().unwrap()) as usize;
@@ -187,6 +190,7 @@ async fn oversized_frames_are_skipped_or_refused_without_allocating() {
         command: Command::Shell("x".repeat(MAX_FRAME)),
         timeout_ms: None,
         background: false,
+        max_output: None,
     };
     assert!(matches!(
         protocol::encode_frame(&big),
@@ -322,6 +326,28 @@ async fn agent_says_hello_and_runs_commands() {
         .unwrap();
     assert_eq!(r.stdout.len(), OUTPUT_CAP);
     assert!(r.stdout_truncated && !r.stderr_truncated);
+    // max_output raises the cap; output that fits is not marked truncated.
+    let r = c
+        .exec_capped(
+            sh("head -c 200000 /dev/zero | tr '\\0' a"),
+            Some(T),
+            Some(256 << 10),
+        )
+        .await
+        .unwrap();
+    assert_eq!(r.stdout.len(), 200_000);
+    assert!(!r.stdout_truncated);
+    // and is bounded by what fits in one reply frame.
+    let r = c
+        .exec_capped(
+            sh("head -c 2000000 /dev/zero | tr '\\0' a; head -c 2000000 /dev/zero | tr '\\0' b >&2"),
+            Some(T),
+            Some(u64::MAX),
+        )
+        .await
+        .unwrap();
+    assert_eq!(r.stdout.len(), protocol::MAX_OUTPUT_LIMIT);
+    assert!(r.stdout_truncated && r.stderr_truncated);
 
     // A timeout kills the whole process group (the pipeline too).
     let start = Instant::now();

@@ -246,6 +246,19 @@ impl AgentClient {
         command: impl Into<Command>,
         timeout: Option<Duration>,
     ) -> Result<ExecResult, AgentError> {
+        self.exec_capped(command, timeout, None).await
+    }
+
+    /// [`exec`](Self::exec) keeping up to `max_output` bytes of each output
+    /// stream (the agent's default, 64 KiB, when `None`; at most
+    /// [`protocol::MAX_OUTPUT_LIMIT`]). `*_truncated` in the result says
+    /// whether more was produced.
+    pub async fn exec_capped(
+        &self,
+        command: impl Into<Command>,
+        timeout: Option<Duration>,
+        max_output: Option<u64>,
+    ) -> Result<ExecResult, AgentError> {
         let command = command.into();
         let timeout_ms = timeout.map(|t| t.as_millis().max(1) as u64);
         let (_g, mut rx) = self
@@ -254,6 +267,7 @@ impl AgentClient {
                 command: command.clone(),
                 timeout_ms,
                 background: false,
+                max_output,
             })
             .await?;
         let wait = timeout.map(|t| t + REPLY_GRACE);
@@ -272,6 +286,7 @@ impl AgentClient {
                 command: command.clone(),
                 timeout_ms: None,
                 background: true,
+                max_output: None,
             })
             .await?;
         match recv(&mut rx, Some(REPLY_GRACE), "starting a background command").await? {

@@ -25,7 +25,7 @@ use tokio::sync::mpsc;
 
 use super::protocol::{
     self, CHUNK_SIZE, Command, ExecResult, Exit, FrameError, Hello, Incoming, Interface, MAX_FRAME,
-    Message, OUTPUT_CAP, PORT_NAME, PROTOCOL_VERSION,
+    MAX_OUTPUT_LIMIT, Message, OUTPUT_CAP, PORT_NAME, PROTOCOL_VERSION,
 };
 
 /// How long captured output may keep draining after the process exited (a
@@ -415,6 +415,7 @@ async fn dispatch(
             command,
             timeout_ms,
             background,
+            max_output,
         } => {
             if background {
                 let m = match spawn_background(&command) {
@@ -425,7 +426,10 @@ async fn dispatch(
             } else {
                 let tx = tx.clone();
                 tokio::spawn(async move {
-                    let m = run_exec(id, command, timeout_ms.map(Duration::from_millis)).await;
+                    let cap = max_output
+                        .map(|n| (n as usize).min(MAX_OUTPUT_LIMIT))
+                        .unwrap_or(OUTPUT_CAP);
+                    let m = run_exec(id, command, timeout_ms.map(Duration::from_millis), cap).await;
                     reply(&tx, m).await;
                 });
             }
@@ -635,6 +639,7 @@ struct Capture {
 fn capture<R: AsyncRead + Unpin + Send + 'static>(
     r: Option<R>,
     into: Arc<Mutex<Capture>>,
+    cap: usize,
 ) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         let Some(mut r) = r else { return };
@@ -644,7 +649,7 @@ fn capture<R: AsyncRead + Unpin + Send + 'static>(
                 Ok(0) | Err(_) => break,
                 Ok(n) => {
                     let mut c = into.lock().unwrap_or_else(|e| e.into_inner());
-                    let room = OUTPUT_CAP - c.buf.len();
+                    let room = cap - c.buf.len();
                     if n > room {
                         c.truncated = true;
                     }
@@ -655,7 +660,7 @@ fn capture<R: AsyncRead + Unpin + Send + 'static>(
     })
 }
 
-async fn run_exec(id: u64, command: Command, timeout: Option<Duration>) -> Message {
+async fn run_exec(id: u64, command: Command, timeout: Option<Duration>, cap: usize) -> Message {
     let mut cmd = match build_command(&command) {
         Ok(c) => c,
         Err(e) => return error(Some(id), format!("cannot run {command}: {e}")),
@@ -669,8 +674,8 @@ async fn run_exec(id: u64, command: Command, timeout: Option<Duration>) -> Messa
     let pid = child.id();
     let out = Arc::new(Mutex::new(Capture::default()));
     let err = Arc::new(Mutex::new(Capture::default()));
-    let t_out = capture(child.stdout.take(), out.clone());
-    let t_err = capture(child.stderr.take(), err.clone());
+    let t_out = capture(child.stdout.take(), out.clone(), cap);
+    let t_err = capture(child.stderr.take(), err.clone(), cap);
 
     let mut timed_out = false;
     let status = match timeout {
@@ -714,7 +719,7 @@ async fn run_exec(id: u64, command: Command, timeout: Option<Duration>) -> Messa
     };
     let (stdout, stdout_truncated) = take(&out);
     let (stderr, stderr_truncated) = take(&err);
-    Message::ExecResult(ExecResult {
+    let mut r = ExecResult {
         id,
         exit,
         timed_out,
@@ -723,7 +728,33 @@ async fn run_exec(id: u64, command: Command, timeout: Option<Duration>) -> Messa
         stdout_truncated,
         stderr_truncated,
         duration_ms: start.elapsed().as_millis() as u64,
-    })
+    };
+    fit_in_a_frame(&mut r);
+    Message::ExecResult(r)
+}
+
+/// Trim the longer stream (and say so) until the reply fits in one frame:
+/// JSON escaping can make output up to six times larger.
+fn fit_in_a_frame(r: &mut ExecResult) {
+    loop {
+        let len = serde_json::to_vec(&Message::ExecResult(r.clone()))
+            .map(|v| v.len())
+            .unwrap_or(usize::MAX);
+        if len <= MAX_FRAME || (r.stdout.is_empty() && r.stderr.is_empty()) {
+            return;
+        }
+        let (s, t) = if r.stdout.len() >= r.stderr.len() {
+            (&mut r.stdout, &mut r.stdout_truncated)
+        } else {
+            (&mut r.stderr, &mut r.stderr_truncated)
+        };
+        let mut cut = s.len() / 2;
+        while !s.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        s.truncate(cut);
+        *t = true;
+    }
 }
 
 fn part_path(path: &Path, id: u64) -> PathBuf {
@@ -888,5 +919,29 @@ fn sync_unmount(paths: &[String]) -> Result<(), String> {
         Ok(())
     } else {
         Err(format!("synced, but {}", errs.join("; ")))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_exec_result_is_trimmed_to_fit_one_frame() {
+        // NUL bytes escape as \u0000: six bytes on the wire for each.
+        let mut r = ExecResult {
+            id: 1,
+            exit: Exit::Code(0),
+            timed_out: false,
+            stdout: "\0".repeat(MAX_OUTPUT_LIMIT),
+            stderr: "e".repeat(1000),
+            stdout_truncated: false,
+            stderr_truncated: false,
+            duration_ms: 0,
+        };
+        fit_in_a_frame(&mut r);
+        assert!(protocol::encode_frame(&Message::ExecResult(r.clone())).is_ok());
+        assert!(r.stdout_truncated && !r.stderr_truncated);
+        assert_eq!(r.stderr.len(), 1000);
     }
 }

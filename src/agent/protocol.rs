@@ -20,8 +20,12 @@ pub const MAX_FRAME: usize = 1 << 20;
 pub const MAX_SKIP: usize = 16 << 20;
 /// Raw bytes per file chunk (base64 makes it 4/3 larger on the wire).
 pub const CHUNK_SIZE: usize = 256 << 10;
-/// Captured bytes kept per output stream (stdout, stderr) of an exec.
+/// Captured bytes kept per output stream (stdout, stderr) of an exec, unless
+/// the request's `max_output` says otherwise.
 pub const OUTPUT_CAP: usize = 64 << 10;
+/// The largest `max_output` an agent honours: both streams must fit in one
+/// `exec_result` frame (the agent trims further if escaping makes it larger).
+pub const MAX_OUTPUT_LIMIT: usize = 448 << 10;
 /// The virtio-serial port name the guest agent looks for.
 pub const PORT_NAME: &str = "megaplan.cc";
 
@@ -155,6 +159,10 @@ pub enum Message {
         timeout_ms: Option<u64>,
         #[serde(default)]
         background: bool,
+        /// Bytes kept per output stream ([`OUTPUT_CAP`] when absent; at most
+        /// [`MAX_OUTPUT_LIMIT`]). Older agents ignore it.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        max_output: Option<u64>,
     },
     /// Starts an upload; followed by `FileChunk`s and one `FileEnd` with the same id.
     PutFile {
@@ -427,6 +435,31 @@ pub fn sha256_of(data: &[u8]) -> String {
     sha256_hex(h)
 }
 
+/// Duration as written in experiment files: `500ms`, `30s`, `5m`, `1h30m`, `1m5s`.
+pub fn human_duration(d: std::time::Duration) -> String {
+    let ms = d.as_millis() as u64;
+    if ms < 1000 || ms % 1000 != 0 {
+        return if ms >= 1000 {
+            format!("{:.1}s", ms as f64 / 1000.0)
+        } else {
+            format!("{ms}ms")
+        };
+    }
+    let s = ms / 1000;
+    let (h, m, s) = (s / 3600, s / 60 % 60, s % 60);
+    let mut out = String::new();
+    if h > 0 {
+        out.push_str(&format!("{h}h"));
+    }
+    if m > 0 {
+        out.push_str(&format!("{m}m"));
+    }
+    if s > 0 || out.is_empty() {
+        out.push_str(&format!("{s}s"));
+    }
+    out
+}
+
 /// `1 GiB`, `10 MiB`, `64 KiB`, `123 bytes`: exact binary units when they fit.
 pub fn human_size(n: u64) -> String {
     for (unit, shift) in [("GiB", 30), ("MiB", 20), ("KiB", 10)] {
@@ -435,4 +468,22 @@ pub fn human_size(n: u64) -> String {
         }
     }
     format!("{n} bytes")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn human_units() {
+        assert_eq!(human_size(64 << 10), "64 KiB");
+        assert_eq!(human_size(1 << 30), "1 GiB");
+        assert_eq!(human_size(1000), "1000 bytes");
+        use std::time::Duration;
+        assert_eq!(human_duration(Duration::from_secs(30)), "30s");
+        assert_eq!(human_duration(Duration::from_secs(90)), "1m30s");
+        assert_eq!(human_duration(Duration::from_secs(3600)), "1h");
+        assert_eq!(human_duration(Duration::from_millis(500)), "500ms");
+        assert_eq!(human_duration(Duration::from_millis(1500)), "1.5s");
+    }
 }

@@ -677,6 +677,9 @@ pub enum CcCommand {
         /// Give up on a guest's command after this long (e.g. 30s).
         #[arg(long)]
         timeout: Option<String>,
+        /// Keep this much of each output stream (default 64K, at most 448K).
+        #[arg(long, value_name = "SIZE")]
+        max_output: Option<String>,
         /// The command: one word runs under `sh -c`, several run as an argv.
         #[arg(last = true, required = true)]
         command: Vec<String>,
@@ -712,6 +715,7 @@ fn cc_cmd(command: CcCommand) -> Result<ExitCode, CliError> {
             filter,
             json,
             timeout,
+            max_output,
             command,
         } => {
             let Ok((_, lab)) = load(&file) else {
@@ -730,7 +734,23 @@ fn cc_cmd(command: CcCommand) -> Result<ExitCode, CliError> {
                 )),
                 None => None,
             };
-            let responses = runtime()?.block_on(crate::cc::exec(&lab, &filters, &command, timeout));
+            let max_output = match max_output {
+                None => None,
+                Some(m) => match crate::validate::parse_size(&m, 1) {
+                    Some(n) if n > 0 && n <= crate::agent::protocol::MAX_OUTPUT_LIMIT as u64 => {
+                        Some(n)
+                    }
+                    _ => {
+                        return Err(CliError::new(format!(
+                            "'{m}' is not a size between 1 byte and 448K"
+                        ))
+                        .with_hint("write --max-output 256K"));
+                    }
+                },
+            };
+            let responses = runtime()?.block_on(crate::cc::exec(
+                &lab, &filters, &command, timeout, max_output,
+            ));
             if responses.is_empty() {
                 return Err(CliError::new("no VM matches the filter")
                     .with_hint("filters: name=VM, uuid=UUID, tag:KEY=VALUE"));
@@ -742,13 +762,16 @@ fn cc_cmd(command: CcCommand) -> Result<ExitCode, CliError> {
                 );
             } else {
                 for r in &responses {
-                    println!("== {} (exit {})", r.vm, r.exit);
+                    println!("== {} ({})", r.vm, r.status(timeout));
                     print!("{}", r.stdout);
                     if !r.stderr.is_empty() {
                         eprint!("{}", r.stderr);
                         if !r.stderr.ends_with('\n') {
                             eprintln!();
                         }
+                    }
+                    for n in r.notes(max_output) {
+                        eprintln!("{n}");
                     }
                 }
             }
@@ -776,7 +799,7 @@ fn cc_cmd(command: CcCommand) -> Result<ExitCode, CliError> {
                 match exit {
                     None => println!("== {address}: not run"),
                     Some(e) => {
-                        println!("== {address} (exit {e})");
+                        println!("== {address} ({})", crate::cc::recorded_status(&e, &stderr));
                         print!("{stdout}");
                         if !stderr.is_empty() {
                             println!("-- stderr");

@@ -153,7 +153,7 @@ impl LocalHost {
 
 use std::path::PathBuf;
 
-use crate::agent::{Command as AgentCommand, Exit};
+use crate::agent::Command as AgentCommand;
 use crate::drivers::netlink::MacAddr;
 use crate::drivers::qemu::{self, DiskConfig, NicConfig, VmConfig};
 use crate::drivers::qemu_img::{self, ImageFormat};
@@ -165,6 +165,19 @@ pub struct StepOutcome {
     pub exit: i32,
     pub stdout: String,
     pub stderr: String,
+    /// The step's timeout, when the guest killed it for running longer.
+    pub timed_out: Option<Duration>,
+}
+
+impl StepOutcome {
+    /// Why the step at `address` failed: `vm.A.cc[2] timed out after 30s`
+    /// or `vm.A.cc[2] exited 3: <stderr>`.
+    pub fn failure(&self, address: &str) -> String {
+        match self.timed_out {
+            Some(t) => format!("{address} {}", crate::cc::timed_out_after(t)),
+            None => format!("{address} exited {}: {}", self.exit, self.stderr.trim()),
+        }
+    }
 }
 
 /// The driver's name for a lab disk format.
@@ -457,14 +470,13 @@ impl super::Host for LocalHost {
         Ok(match action {
             CcActionSpec::Exec(c) => {
                 let r = client.exec(cmd(c), timeout).await.map_err(agent_err)?;
-                let exit = match r.exit {
-                    Exit::Code(c) => c,
-                    Exit::Signal(s) => 128 + s,
-                };
+                let timed_out = r.timed_out;
+                let (exit, stdout, stderr) = crate::cc::step_outcome(r, timeout);
                 StepOutcome {
-                    exit: if r.timed_out { 124 } else { exit },
-                    stdout: r.stdout,
-                    stderr: r.stderr,
+                    exit,
+                    stdout,
+                    stderr,
+                    timed_out: timed_out.then_some(timeout).flatten(),
                 }
             }
             CcActionSpec::Background(c) => {
@@ -473,14 +485,16 @@ impl super::Host for LocalHost {
                     exit: 0,
                     stdout: format!("started pid {pid}\n"),
                     stderr: String::new(),
+                    timed_out: None,
                 }
             }
             CcActionSpec::Send { src, to } => {
                 let t = client.send_file(src, to).await.map_err(agent_err)?;
                 StepOutcome {
                     exit: 0,
-                    stdout: format!("{t:?}\n"),
+                    stdout: crate::cc::sent(&t),
                     stderr: String::new(),
+                    timed_out: None,
                 }
             }
             CcActionSpec::Recv { src, to, max_size } => {
@@ -495,8 +509,9 @@ impl super::Host for LocalHost {
                     .map_err(agent_err)?;
                 StepOutcome {
                     exit: 0,
-                    stdout: format!("{t:?}\n"),
+                    stdout: crate::cc::received(src, &t),
                     stderr: String::new(),
+                    timed_out: None,
                 }
             }
         })
