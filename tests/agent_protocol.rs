@@ -687,3 +687,120 @@ async fn recv_is_bounded_ignores_the_guest_mode_and_never_follows_links() {
     assert_eq!(names_in(&linked), ["wide.bin"]);
     c.ping(T).await.unwrap();
 }
+
+/// Stands in for QEMU's chardev: the agent's end is `agent`, and host
+/// clients connect to `sock`, which (like QEMU's) has a backlog of one and
+/// serves one client at a time. Frames from the agent go to whichever client
+/// is connected, whole (a frame is never split between two clients).
+fn fake_qemu(sock: &Path, agent: UnixStream) -> tokio::task::JoinHandle<()> {
+    use std::os::fd::FromRawFd;
+    let c = std::ffi::CString::new(sock.as_os_str().as_encoded_bytes()).unwrap();
+    // SAFETY: plain socket/bind/listen on a sockaddr_un we fill in.
+    let listener = unsafe {
+        let fd = libc::socket(libc::AF_UNIX, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
+        assert!(fd >= 0);
+        let mut addr: libc::sockaddr_un = std::mem::zeroed();
+        addr.sun_family = libc::AF_UNIX as libc::sa_family_t;
+        for (d, s) in addr.sun_path.iter_mut().zip(c.as_bytes_with_nul()) {
+            *d = *s as libc::c_char;
+        }
+        let len = std::mem::size_of::<libc::sockaddr_un>() as libc::socklen_t;
+        assert_eq!(libc::bind(fd, (&raw const addr).cast(), len), 0);
+        assert_eq!(libc::listen(fd, 1), 0);
+        let l = std::os::unix::net::UnixListener::from_raw_fd(fd);
+        l.set_nonblocking(true).unwrap();
+        UnixListener::from_std(l).unwrap()
+    };
+    tokio::spawn(async move {
+        let (mut ar, mut aw) = agent.into_split();
+        let (ftx, mut frx) = tokio::sync::mpsc::channel::<Vec<u8>>(64);
+        tokio::spawn(async move {
+            loop {
+                let mut hdr = [0u8; 4];
+                if ar.read_exact(&mut hdr).await.is_err() {
+                    return;
+                }
+                let mut frame = hdr.to_vec();
+                frame.resize(4 + u32::from_be_bytes(hdr) as usize, 0);
+                if ar.read_exact(&mut frame[4..]).await.is_err() || ftx.send(frame).await.is_err() {
+                    return;
+                }
+            }
+        });
+        loop {
+            let Ok((client, _)) = listener.accept().await else {
+                return;
+            };
+            let (mut cr, mut cw) = client.into_split();
+            let mut buf = vec![0u8; 64 << 10];
+            loop {
+                tokio::select! {
+                    f = frx.recv() => match f {
+                        Some(f) => { let _ = cw.write_all(&f).await; }
+                        None => return,
+                    },
+                    n = cr.read(&mut buf) => match n {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => { if aw.write_all(&buf[..n]).await.is_err() { return; } }
+                    },
+                }
+            }
+        }
+    })
+}
+
+/// Five sessions at once on one guest, through a socket that serves one
+/// client at a time: each waits its turn on the session lock instead of
+/// failing with EAGAIN, and each gets its own answer.
+#[tokio::test]
+async fn concurrent_sessions_on_one_guest_take_turns() {
+    let h = Harness::start();
+    let agent = h.accept().await;
+    let sock = h.path("qemu-cc.sock");
+    let qemu = fake_qemu(&sock, agent);
+    let lock = h.path("cc.lock");
+    let runs = (0..5).map(|i| {
+        let (sock, lock) = (sock.clone(), lock.clone());
+        async move {
+            let c = AgentClient::connect_exclusive(&sock, &lock, T, T).await?;
+            let r = c.exec(sh(&format!("echo session-{i}")), Some(T)).await?;
+            Ok::<_, AgentError>(r.stdout)
+        }
+    });
+    let outs = futures::future::join_all(runs).await;
+    for (i, o) in outs.into_iter().enumerate() {
+        assert_eq!(o.unwrap(), format!("session-{i}\n"));
+    }
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(&lock).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600);
+
+    // A session that never ends: the next one gives up after its bound,
+    // with a clear error, instead of hanging or failing at once.
+    let held = AgentClient::connect_exclusive(&sock, &lock, T, T)
+        .await
+        .unwrap();
+    let wait = Duration::from_millis(300);
+    let e = AgentClient::connect_exclusive(&sock, &lock, wait, wait)
+        .await
+        .err()
+        .expect("busy");
+    assert!(matches!(e, AgentError::Busy { .. }), "{e:?}");
+    assert!(e.to_string().contains("another megaplan session"), "{e}");
+    drop(held);
+    let c = AgentClient::connect_exclusive(&sock, &lock, T, T)
+        .await
+        .unwrap();
+    c.ping(T).await.unwrap();
+
+    // A symlink planted at the lock path is not followed.
+    let planted = h.path("planted.lock");
+    std::os::unix::fs::symlink(h.path("target"), &planted).unwrap();
+    assert!(
+        AgentClient::connect_exclusive(&sock, &planted, T, T)
+            .await
+            .is_err()
+    );
+    assert!(!h.path("target").exists());
+    qemu.abort();
+}

@@ -41,6 +41,11 @@ pub enum AgentError {
     TooLarge { path: String, max: u64 },
     #[error("{0}: exists and is a symlink or a directory; refusing to replace it")]
     Refused(PathBuf),
+    #[error(
+        "another megaplan session kept the agent busy for {}; try again when it ends",
+        crate::agent::protocol::human_duration(*waited)
+    )]
+    Busy { waited: Duration },
     #[error(transparent)]
     Io(#[from] std::io::Error),
 }
@@ -94,6 +99,62 @@ pub struct AgentClient {
     next_id: AtomicU64,
     hello: watch::Receiver<Option<Hello>>,
     reader: tokio::task::JoinHandle<()>,
+    /// Held for as long as this connection lives (see [`SessionLock`]).
+    _session: Option<SessionLock>,
+}
+
+/// An exclusive lock on one guest's agent channel, held by one host session
+/// at a time.
+///
+/// QEMU's chardev socket serves one client at a time; others are queued in a
+/// tiny backlog or refused with `EAGAIN`. Sessions of megaplan processes
+/// (cc steps, `cc exec`, `show`) therefore take turns: each takes an
+/// exclusive `flock` on a lock file beside the socket, waiting for its turn
+/// (bounded), and the lock goes with the connection.
+#[derive(Debug)]
+pub struct SessionLock {
+    _file: std::fs::File,
+}
+
+impl SessionLock {
+    /// Take the lock on `path` (created 0600 if missing; a symlink, FIFO or
+    /// anything but a regular file there is refused), waiting at most `wait`.
+    pub async fn acquire(path: &Path, wait: Duration) -> Result<SessionLock, AgentError> {
+        use std::os::fd::AsRawFd;
+        use std::os::unix::fs::OpenOptionsExt;
+        let f = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC)
+            .open(path)?;
+        if !f.metadata()?.is_file() {
+            return Err(AgentError::Io(std::io::Error::other(format!(
+                "{}: not a regular file",
+                path.display()
+            ))));
+        }
+        let start = Instant::now();
+        let mut delay = Duration::from_millis(5);
+        loop {
+            // SAFETY: flock on a descriptor we own.
+            if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
+                return Ok(SessionLock { _file: f });
+            }
+            let e = std::io::Error::last_os_error();
+            if e.raw_os_error() != Some(libc::EWOULDBLOCK) {
+                return Err(e.into());
+            }
+            if start.elapsed() + delay > wait {
+                return Err(AgentError::Busy {
+                    waited: start.elapsed(),
+                });
+            }
+            tokio::time::sleep(delay).await;
+            delay = (delay * 2).min(Duration::from_millis(100));
+        }
+    }
 }
 
 impl Drop for AgentClient {
@@ -136,10 +197,14 @@ impl AgentClient {
         loop {
             match tokio::net::UnixStream::connect(path).await {
                 Ok(s) => return Ok(Self::from_stream(s)),
+                // EAGAIN: QEMU's backlog is full (another client holds the
+                // channel); that one will go away.
                 Err(e)
                     if matches!(
                         e.kind(),
-                        std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused
+                        std::io::ErrorKind::NotFound
+                            | std::io::ErrorKind::ConnectionRefused
+                            | std::io::ErrorKind::WouldBlock
                     ) =>
                 {
                     if Instant::now() + delay > deadline {
@@ -154,6 +219,23 @@ impl AgentClient {
                 Err(e) => return Err(e.into()),
             }
         }
+    }
+
+    /// One exclusive session: take the [`SessionLock`] at `lock` (waiting at
+    /// most `connect_wait + hello_wait` for other sessions to end), connect to
+    /// `sock` (at most `connect_wait`) and wait for the hello (at most
+    /// `hello_wait`). The lock is released when the client is dropped.
+    pub async fn connect_exclusive(
+        sock: &Path,
+        lock: &Path,
+        connect_wait: Duration,
+        hello_wait: Duration,
+    ) -> Result<Self, AgentError> {
+        let session = SessionLock::acquire(lock, connect_wait + hello_wait).await?;
+        let mut client = Self::connect_timeout(sock, connect_wait).await?;
+        client._session = Some(session);
+        client.wait_hello(hello_wait).await?;
+        Ok(client)
     }
 
     /// Use an already connected stream (a socketpair, an accepted socket).
@@ -185,6 +267,7 @@ impl AgentClient {
             next_id: AtomicU64::new(first_id()),
             hello: hello_rx,
             reader,
+            _session: None,
         }
     }
 

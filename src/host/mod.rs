@@ -97,6 +97,9 @@ pub fn runtime_root(experiment: &str) -> PathBuf {
     base.join(experiment)
 }
 
+/// The lock file beside a VM's cc socket that serialises agent sessions.
+pub const CC_LOCK_NAME: &str = "cc.lock";
+
 pub fn runtime_dir(experiment: &str, vm: &str) -> PathBuf {
     runtime_root(experiment).join(vm)
 }
@@ -121,10 +124,17 @@ pub async fn connect_agent(
     connect_wait: Duration,
     hello_wait: Duration,
 ) -> Result<crate::agent::AgentClient, crate::agent::AgentError> {
-    let sock = runtime_dir(experiment, vm).join(crate::drivers::qemu::CC_SOCKET_NAME);
-    let client = crate::agent::AgentClient::connect_timeout(&sock, connect_wait).await?;
-    client.wait_hello(hello_wait).await?;
-    Ok(client)
+    let rt = runtime_dir(experiment, vm);
+    let sock = rt.join(crate::drivers::qemu::CC_SOCKET_NAME);
+    if !rt.is_dir() {
+        // Not running: fail as a connection to a missing socket does.
+        let client = crate::agent::AgentClient::connect_timeout(&sock, connect_wait).await?;
+        client.wait_hello(hello_wait).await?;
+        return Ok(client);
+    }
+    // One session at a time per guest (QEMU's socket serves one client).
+    let lock = rt.join(CC_LOCK_NAME);
+    crate::agent::AgentClient::connect_exclusive(&sock, &lock, connect_wait, hello_wait).await
 }
 
 /// [`connect_agent`] for a guest that may still be booting, watched on the
