@@ -1,7 +1,8 @@
 //! cc steps of every kind on real guests (TCG): exec as a string and as an
 //! argv, background, send, recv, allow-failure, timeout, `after` ordering
-//! across VMs; their recorded results; `cc exec` with filters; `show`'s ip
-//! and cc columns; a failing step failing the apply.
+//! across VMs; their recorded results; `cc exec` with filters, timeouts,
+//! output caps and five at once on one guest; `show`'s ip and cc columns; a
+//! failing step failing the apply.
 
 #[path = "common/lab.rs"]
 mod lab;
@@ -90,6 +91,77 @@ fn steps_of_every_kind_run_in_order_and_are_recorded() {
         responses.contains("== vm.srv.cc[6] (exit 3)"),
         "{responses}"
     );
+    // A timed-out step says so; transfers read as sentences.
+    assert!(
+        responses.contains("== vm.srv.cc[7] (timed out after 1s)"),
+        "{responses}"
+    );
+    assert!(
+        responses.contains(&format!(
+            "sent {} bytes to /root/in/payload.txt (sha256 {host_hash})",
+            payload.len()
+        )),
+        "{responses}"
+    );
+    assert!(
+        responses.contains("received 4 bytes from /etc/hostname into "),
+        "{responses}"
+    );
+    assert!(!responses.contains("Transfer {"), "{responses}");
+
+    // Five cc exec at once on one guest all get through, each its own answer.
+    std::thread::scope(|s| {
+        let runs: Vec<_> = (0..5)
+            .map(|i| {
+                let lab = &lab;
+                s.spawn(move || {
+                    let echo = format!("echo parallel-{i}");
+                    lab.megaplan(&["cc", "exec", lab.f(), "--filter", "name=srv", "--", &echo])
+                })
+            })
+            .collect();
+        for (i, r) in runs.into_iter().enumerate() {
+            let out = r.join().unwrap();
+            assert!(out.status.success(), "parallel cc exec {i} failed");
+            let text = String::from_utf8_lossy(&out.stdout);
+            assert!(text.contains(&format!("parallel-{i}\n")), "{text}");
+        }
+    });
+
+    // cc exec --timeout: the same wording as a step, and timed_out in JSON.
+    let srv = |args: &[&str]| {
+        let mut all = vec!["cc", "exec", lab.f(), "--filter", "name=srv"];
+        all.extend_from_slice(args);
+        lab.megaplan(&all)
+    };
+    let out = srv(&["--timeout", "1s", "--", "sleep 30"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("== srv (timed out after 1s)"),
+        "{out:?}"
+    );
+    let out = srv(&["--timeout", "1s", "--json", "--", "sleep 30"]);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v[0]["timed_out"], true, "{v}");
+    assert_eq!(v[0]["exit"], 124, "{v}");
+
+    // Output past 64 KiB is cut, and says so; --max-output raises the cap.
+    let big = "head -c 100000 /dev/zero | tr '\\0' a";
+    let out = srv(&["--", big]);
+    assert!(out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr)
+            .contains("(stdout truncated at 64 KiB; --max-output raises it)"),
+        "{out:?}"
+    );
+    let out = srv(&["--json", "--", big]);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v[0]["stdout_truncated"], true, "{v}");
+    assert_eq!(v[0]["stdout"].as_str().unwrap().len(), 64 << 10);
+    let out = srv(&["--max-output", "200K", "--json", "--", big]);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v[0]["stdout_truncated"], false, "{v}");
+    assert_eq!(v[0]["stdout"].as_str().unwrap().len(), 100_000);
 
     // cc exec with a tag filter reaches both clients and only them.
     let out = lab.megaplan(&[
