@@ -438,7 +438,7 @@ pub fn sha256_of(data: &[u8]) -> String {
 /// Duration as written in experiment files: `500ms`, `30s`, `5m`, `1h30m`, `1m5s`.
 pub fn human_duration(d: std::time::Duration) -> String {
     let ms = d.as_millis() as u64;
-    if ms < 1000 || ms % 1000 != 0 {
+    if ms < 1000 || !ms.is_multiple_of(1000) {
         return if ms >= 1000 {
             format!("{:.1}s", ms as f64 / 1000.0)
         } else {
@@ -463,7 +463,7 @@ pub fn human_duration(d: std::time::Duration) -> String {
 /// `1 GiB`, `10 MiB`, `64 KiB`, `123 bytes`: exact binary units when they fit.
 pub fn human_size(n: u64) -> String {
     for (unit, shift) in [("GiB", 30), ("MiB", 20), ("KiB", 10)] {
-        if n >= 1 << shift && n % (1 << shift) == 0 {
+        if n >= 1 << shift && n.is_multiple_of(1 << shift) {
             return format!("{} {unit}", n >> shift);
         }
     }
