@@ -445,3 +445,41 @@ async fn extract_of_a_hostile_disk_never_writes_outside_to_dir() {
         ));
     }
 }
+
+/// Hard links (or sparse files) cannot make a small disk fill the host: the
+/// copies may not add up to more than the disk, and a refused extraction
+/// leaves nothing behind.
+#[tokio::test]
+async fn extract_refuses_more_data_than_the_disk_holds() {
+    if !tools_present() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("src");
+    std::fs::create_dir_all(&src).unwrap();
+    std::fs::write(src.join("big"), vec![7u8; 2 * MIB as usize]).unwrap();
+    let img = dir.path().join("links.raw");
+    qemu_img::make_ext4(&img, ImageFormat::Raw, 8 * MIB, Some(&src))
+        .await
+        .unwrap();
+    // Five more names for the same 2 MiB inode: 12 MiB of copies from 8 MiB.
+    let links: String = (0..5).map(|i| format!("ln big l{i}\n")).collect();
+    debugfs_write(&img, &links);
+    let out = dir.path().join("out");
+    let err = qemu_img::extract(&img, ImageFormat::Raw, "/", &out)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, QemuImgError::Ext4 { .. }), "{err:?}");
+    assert!(err.to_string().contains("more than the disk"), "{err}");
+    let left: Vec<_> = std::fs::read_dir(&out).unwrap().collect();
+    assert!(left.is_empty(), "{left:?}");
+    // One name of it is fine.
+    let one = dir.path().join("one");
+    qemu_img::extract(&img, ImageFormat::Raw, "/l0", &one)
+        .await
+        .unwrap();
+    assert_eq!(
+        std::fs::read(one.join("l0")).unwrap().len(),
+        2 * MIB as usize
+    );
+}

@@ -494,6 +494,7 @@ fn extract_blocking(
         image,
         report: ExtractReport::default(),
         created_top: Vec::new(),
+        budget: std::fs::metadata(raw).map_err(io_err(raw))?.len(),
     };
     let trimmed = guest_path.trim_end_matches('/');
     let result = if trimmed.is_empty() {
@@ -540,6 +541,9 @@ struct Extractor<'a> {
     report: ExtractReport,
     /// Names created directly in `to_dir` (removed again on an error).
     created_top: Vec<Vec<u8>>,
+    /// Bytes the regular files may add up to: the filesystem's own size, so
+    /// that hard links and sparse files cannot make a small disk fill the host.
+    budget: u64,
 }
 
 /// Owner keeps read/write (and search on directories); nobody else may write;
@@ -649,8 +653,21 @@ impl Extractor<'_> {
                 .fs
                 .open(path)
                 .map_err(|e| ext4_err(self.image, &gp, e))?;
-            std::io::copy(&mut src, &mut out)
+            let len = src.metadata().len();
+            if len > self.budget {
+                return Err(ext4_err(
+                    self.image,
+                    &gp,
+                    "the files add up to more than the disk itself holds (hard links or \
+                     sparse files?); refusing to fill the host",
+                ));
+            }
+            self.budget -= len;
+            let copied = std::io::copy(&mut std::io::Read::take(&mut src, len), &mut out)
                 .map_err(|e| ext4_err(self.image, &gp, format!("copy: {e}")))?;
+            if copied != len {
+                return Err(ext4_err(self.image, &gp, "shorter than its size"));
+            }
             use std::os::unix::fs::PermissionsExt;
             out.set_permissions(std::fs::Permissions::from_mode(sanitize_mode(mode, false)))
                 .map_err(|e| ext4_err(self.image, &gp, format!("chmod the copy: {e}")))?;
