@@ -262,6 +262,17 @@ mod tests {
         let exe = exe_dir.path().join("qemu-system-fake");
         std::os::unix::fs::symlink("/bin/sleep", &exe).unwrap();
         let child = std::process::Command::new(&exe).arg("600").spawn().unwrap();
+        // Until the child has exec'd, /proc shows the forked test binary,
+        // which `process_alive` rightly calls no QEMU: wait for the exec.
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while !crate::drivers::qmp::process_alive(child.id()) {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the stand-in QEMU (pid {}) never showed as exec'd",
+                child.id()
+            );
+            std::thread::sleep(Duration::from_millis(2));
+        }
         let rt = rt_with_pid(child.id());
         std::fs::write(
             rt.path().join(crate::drivers::qemu::SERIAL_LOG_NAME),
