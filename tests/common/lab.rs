@@ -19,8 +19,10 @@ pub fn can_boot(test: &str) -> bool {
         .output()
         .is_err()
     {
-        eprintln!("SKIP {test}: qemu-system-x86_64 missing (bash scripts/setup-host.sh)");
-        return false;
+        return super::netns::skip(
+            test,
+            "qemu-system-x86_64 missing (bash scripts/setup-host.sh)",
+        );
     }
     true
 }
