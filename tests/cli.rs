@@ -147,3 +147,51 @@ fn validate_of_a_missing_file_says_so() {
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("cannot read /nonexistent/x.kdl"));
 }
+
+/// `show` of a lab that was never applied: reads the (empty) state and the
+/// machine, changes nothing. The table has the addresses by default and
+/// `--json` has every field.
+#[test]
+fn show_defaults_have_the_address_and_json_has_every_field() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("show.kdl");
+    std::fs::write(
+        &file,
+        "experiment \"show-defaults\"\nnetwork \"LAN\"\nvm \"A\" { kernel \"k\"; nic \"LAN\"; cc { exec \"true\"; }; }\n",
+    )
+    .unwrap();
+    let file = file.to_str().unwrap();
+    let state = dir.path().join("state");
+    let state = state.to_str().unwrap();
+    let run = |extra: &[&str]| {
+        let mut args = vec!["show", file, "--state-dir", state];
+        args.extend_from_slice(extra);
+        let out = Command::new(env!("CARGO_BIN_EXE_megaplan"))
+            .args(&args)
+            .env("NO_COLOR", "1")
+            .env("MEGAPLAN_RUNTIME_DIR", dir.path().join("run"))
+            .output()
+            .unwrap();
+        stdout(&out)
+    };
+    let table = run(&[]);
+    let header: Vec<&str> = table
+        .lines()
+        .next()
+        .unwrap()
+        .split(" | ")
+        .map(str::trim)
+        .collect();
+    assert!(header.contains(&"ip"), "{table}");
+    let json: serde_json::Value = serde_json::from_str(&run(&["--json"])).unwrap();
+    let row = json[0].as_object().expect("one row per VM");
+    let keys: Vec<&str> = row.keys().map(String::as_str).collect();
+    for field in [
+        "name", "state", "uuid", "pid", "tap", "bridge", "mac", "ip", "disks", "memory", "vcpus",
+        "tags", "cc",
+    ] {
+        assert!(keys.contains(&field), "{field} missing from {json}");
+    }
+    assert_eq!(row["state"], "absent");
+    assert_eq!(row["cc"], "0/1");
+}

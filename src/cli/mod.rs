@@ -115,7 +115,8 @@ pub enum Command {
     /// Live state as a table (like minimega's `.columns name,tap vm info`).
     Show {
         file: PathBuf,
-        /// Comma-separated: name,state,uuid,pid,tap,bridge,mac,disks,memory,vcpus,tags
+        /// Comma-separated: name,state,uuid,pid,tap,bridge,mac,ip,disks,memory,vcpus,tags,cc
+        /// (default: all but disks and cc; every column with --json)
         #[arg(long, value_delimiter = ',')]
         columns: Vec<String>,
         #[arg(long)]
@@ -625,6 +626,10 @@ fn show_cmd(
     let state = sd.load()?;
     let observed = crate::host::refresh(&lab.name, &state, &sd)
         .map_err(|e| CliError::new(format!("refresh failed: {e}")))?;
+    let columns = crate::show::columns(&columns, json).map_err(|c| {
+        CliError::new(format!("unknown column '{c}'"))
+            .with_hint(format!("columns: {}", crate::show::ALL_COLUMNS.join(",")))
+    })?;
     let mut rows = crate::show::rows(&lab, &state, &observed);
     if columns.iter().any(|c| c == "ip") {
         let addrs = runtime()?.block_on(crate::cc::addresses(&lab));
@@ -637,20 +642,6 @@ fn show_cmd(
             if let Some(a) = addrs.get(&name) {
                 r.insert("ip".into(), a.clone().into());
             }
-        }
-    }
-    let columns: Vec<String> = if columns.is_empty() {
-        crate::show::DEFAULT_COLUMNS
-            .iter()
-            .map(|s| s.to_string())
-            .collect()
-    } else {
-        columns
-    };
-    for c in &columns {
-        if !crate::show::ALL_COLUMNS.contains(&c.as_str()) {
-            return Err(CliError::new(format!("unknown column '{c}'"))
-                .with_hint(format!("columns: {}", crate::show::ALL_COLUMNS.join(","))));
         }
     }
     if json {
