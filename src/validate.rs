@@ -1289,6 +1289,14 @@ impl Validator {
                             .collect()
                     }
                 };
+                // Every frame on a network is sent by one member: a network
+                // mirror copies what each member sends (tap ingress), so each
+                // frame arrives once. Both sides of every tap would copy a
+                // unicast twice and a broadcast once per member.
+                let direction = match (&m.source, direction) {
+                    (model::MirrorSource::Network(_), Direction::Both) => Direction::Ingress,
+                    (_, d) => d,
+                };
                 for (src_vm, nic) in sources {
                     let address = MirrorSpec::address_of(&src_vm, nic, &dest.name, into);
                     if !mirror_seen.insert(address.clone()) {

@@ -590,3 +590,80 @@ fn teardown(ns: &str, rt: &tokio::runtime::Runtime, nl: &Netlink) {
     let links = ns_cmd(ns, &["ip", "-o", "link", "show"]);
     assert_eq!(links.lines().count(), 1, "only lo should be left: {links}");
 }
+
+/// `mirrors network="LAN"` as validate expands it and the host wires it (one
+/// mirror per member tap, with the direction the lab says): every frame on
+/// LAN reaches the monitor exactly once, unicast in either direction and a
+/// broadcast alike.
+#[test]
+fn a_network_mirror_delivers_each_frame_once() {
+    use megaplan::host::Host;
+    if !can_run("a_network_mirror_delivers_each_frame_once") {
+        return;
+    }
+    let src = megaplan::diag::SourceFile::new(
+        "/nonexistent/mirror-test.kdl",
+        "experiment \"mirror-test\"\nnetwork \"LAN\"\nnetwork \"mon\"\n\
+         vm \"A\" { kernel \"k\"; nic \"LAN\"; }\n\
+         vm \"B\" { kernel \"k\"; nic \"LAN\"; }\n\
+         vm \"monitor\" { kernel \"k\"; nic \"mon\"; mirrors network=\"LAN\"; }\n",
+    );
+    let (lab_spec, diags) = megaplan::validate::check(&src);
+    let lab_spec = lab_spec.unwrap_or_else(|| panic!("{diags:?}"));
+    // The lab's taps stand for the test's (same VMs, same bridges).
+    let tap_of = |vm: &str| match vm {
+        "A" => "mptA",
+        "B" => "mptB",
+        "monitor" => "mptM",
+        other => panic!("unexpected VM {other}"),
+    };
+    let wiring: Vec<(&str, &str, &str)> = lab_spec
+        .mirrors
+        .iter()
+        .map(|m| {
+            (
+                tap_of(&m.source_vm),
+                tap_of(&m.dest_vm),
+                m.direction.as_str(),
+            )
+        })
+        .collect();
+    assert_eq!(wiring.len(), 2, "one mirror per member of LAN: {wiring:?}");
+    in_netns(move |ns, rt| {
+        let host = rt.block_on(async { megaplan::host::LocalHost::connect().unwrap() });
+        let mut lab = rt.block_on(Lab::build(ns, &host.nl));
+        for (s, d, dir) in &wiring {
+            rt.block_on(host.add_mirror(s, d, dir)).unwrap();
+        }
+        let a_to_b = lab.send('A', MAC_B, MAC_A);
+        assert!(lab.b.wait_tag(a_to_b, DEADLINE).is_some());
+        let b_to_a = lab.send('B', MAC_A, MAC_B);
+        assert!(lab.a.wait_tag(b_to_a, DEADLINE).is_some());
+        let bcast = lab.send('A', BROADCAST, MAC_A);
+        assert!(lab.b.wait_tag(bcast, DEADLINE).is_some());
+        // Everything M was handed before P's barrier is in M's queue.
+        let barrier = lab.send('P', BROADCAST, MAC_P);
+        let deadline = Instant::now() + DEADLINE;
+        let mut copies: std::collections::BTreeMap<u64, usize> = Default::default();
+        loop {
+            let f = lab.m.recv(deadline).expect("M never got the barrier");
+            match tag_of(&f) {
+                Some(t) if t == barrier => break,
+                Some(t) => *copies.entry(t).or_default() += 1,
+                None => {}
+            }
+        }
+        for (what, t) in [("A->B", a_to_b), ("B->A", b_to_a), ("broadcast", bcast)] {
+            assert_eq!(
+                copies.get(&t).copied().unwrap_or(0),
+                1,
+                "{what} should reach the monitor once: {copies:?}\n{}",
+                filters_on(ns, "mptA") + &filters_on(ns, "mptB")
+            );
+        }
+        for (s, d, _) in &wiring {
+            rt.block_on(host.remove_mirror(s, d)).unwrap();
+        }
+        teardown(ns, rt, &host.nl);
+    });
+}
