@@ -201,9 +201,14 @@ impl super::Host for LocalHost {
     ) -> Result<(), HostError> {
         self.nl.create_bridge(name, marker).await?;
         self.nl.set_up(name, marker, true).await?;
+        let mut own = Vec::new();
         if let Some(cidr) = host_address {
             self.nl.set_address(name, marker, cidr).await?;
+            own.push(cidr.parse()?);
         }
+        // Networks stay apart through the host (docs/networking.md).
+        self.nl.isolate(name, marker).await?;
+        self.tc.isolate_bridge(name, &own).await?;
         Ok(())
     }
 
