@@ -980,6 +980,70 @@ mod tests {
         assert_eq!(b, pick_priority(&used, "mpt0", Direction::Egress).unwrap());
     }
 
+    /// Runs a program of the instructions the isolation programs use on a
+    /// packet given from its network header.
+    fn run(prog: &[SockFilter], net: &[u8]) -> u32 {
+        let (mut a, mut pc) = (0u32, 0usize);
+        loop {
+            let i = prog[pc];
+            pc += 1;
+            match i.code {
+                BPF_LD_W_ABS => {
+                    let off = (i.k as i32 - SKF_NET_OFF) as usize;
+                    a = u32::from_be_bytes(net[off..off + 4].try_into().unwrap());
+                }
+                BPF_AND_K => a &= i.k,
+                BPF_JEQ_K => pc += usize::from(if a == i.k { i.jt } else { i.jf }),
+                BPF_RET_K => return i.k,
+                other => panic!("unexpected opcode {other:#x}"),
+            }
+        }
+    }
+
+    fn v4_to(dst: &str) -> Vec<u8> {
+        let mut h = vec![0x45; 20];
+        h[16..20].copy_from_slice(&dst.parse::<std::net::Ipv4Addr>().unwrap().octets());
+        h
+    }
+
+    fn v6_to(dst: &str) -> Vec<u8> {
+        let mut h = vec![0x60; 40];
+        h[24..40].copy_from_slice(&dst.parse::<std::net::Ipv6Addr>().unwrap().octets());
+        h
+    }
+
+    #[test]
+    fn isolation_passes_only_own_broadcast_and_multicast() {
+        let own: Vec<Cidr> = vec![
+            "10.0.0.254/24".parse().unwrap(),
+            "fd00::fe/64".parse().unwrap(),
+        ];
+        let v4 = isolation_program_v4(&own);
+        for ok in ["10.0.0.254", "10.0.0.255", "255.255.255.255", "224.0.0.251"] {
+            assert_eq!(run(&v4, &v4_to(ok)), TC_ACT_UNSPEC, "{ok}");
+        }
+        for no in ["10.0.1.254", "10.0.0.1", "192.168.1.1", "10.0.0.253"] {
+            assert_eq!(run(&v4, &v4_to(no)), TC_ACT_SHOT, "{no}");
+        }
+        let v6 = isolation_program_v6(&own);
+        for ok in ["fd00::fe", "fe80::1", "febf::1", "ff02::1:ff00:fe"] {
+            assert_eq!(run(&v6, &v6_to(ok)), TC_ACT_UNSPEC, "{ok}");
+        }
+        for no in [
+            "fd00::fd",
+            "fd00:0:0:1::fe",
+            "fd01::fe",
+            "2001:db8::1",
+            "fec0::1",
+        ] {
+            assert_eq!(run(&v6, &v6_to(no)), TC_ACT_SHOT, "{no}");
+        }
+        // No host address: only broadcast and multicast.
+        let bare = isolation_program_v4(&[]);
+        assert_eq!(run(&bare, &v4_to("10.0.0.254")), TC_ACT_SHOT);
+        assert_eq!(run(&bare, &v4_to("255.255.255.255")), TC_ACT_UNSPEC);
+    }
+
     #[test]
     fn cookie_round_trip() {
         let c = cookie(Direction::Egress, "mptdst");
