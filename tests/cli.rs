@@ -195,3 +195,31 @@ fn show_defaults_have_the_address_and_json_has_every_field() {
     assert_eq!(row["state"], "absent");
     assert_eq!(row["cc"], "0/1");
 }
+
+/// `boot-timeout` on a VM and experiment-wide, in both syntaxes, resolved
+/// into the lab; a bad one is an error at its value.
+#[test]
+fn boot_timeout_in_both_syntaxes() {
+    use megaplan::diag::SourceFile;
+    let kdl = "experiment \"bt\" { boot-timeout \"90s\"; }\n\
+               vm \"A\" { kernel \"k\"; boot-timeout \"5s\"; }\nvm \"B\" { kernel \"k\"; }\n";
+    let toml = "[experiment]\nname = \"bt\"\nboot-timeout = \"90s\"\n\n\
+                [vm.A]\nkernel = \"k\"\nboot-timeout = \"5s\"\n\n[vm.B]\nkernel = \"k\"\n";
+    for (name, text) in [("/nonexistent/bt.kdl", kdl), ("/nonexistent/bt.toml", toml)] {
+        let (lab, diags) = megaplan::validate::check(&SourceFile::new(name, text));
+        let lab = lab.unwrap_or_else(|| panic!("{name}: {diags:?}"));
+        let waits: Vec<u64> = lab.vms.iter().map(|v| v.boot_timeout_ms).collect();
+        assert_eq!(waits, [5_000, 90_000], "{name}");
+    }
+    let (lab, _) = megaplan::validate::check(&SourceFile::new(
+        "/nonexistent/d.kdl",
+        "experiment \"d\"\nvm \"A\" { kernel \"k\"; }\n",
+    ));
+    assert_eq!(lab.unwrap().vms[0].boot_timeout_ms, 120_000);
+    let text = "experiment \"bad\"\nvm \"A\" { kernel \"k\"; boot-timeout \"soon\"; }\n";
+    let (lab, diags) = megaplan::validate::check(&SourceFile::new("/nonexistent/bad.kdl", text));
+    assert!(lab.is_none());
+    let e = diags.errors().next().expect("an error");
+    assert_eq!(e.code, "megaplan::bad_duration");
+    assert!(e.message.contains("'soon'"), "{}", e.message);
+}

@@ -120,3 +120,44 @@ fn a_kernel_panic_fails_the_step_with_its_reason() {
     lab.ok("destroy", &["--auto-approve"]);
     lab.assert_clean();
 }
+
+/// A guest whose agent never starts (its init is a shell waiting on the
+/// console) fails its step after the file's `boot-timeout`, not two minutes,
+/// and the error names the serial log and shows its last lines.
+#[test]
+fn a_silent_guest_fails_after_its_boot_timeout_with_the_serial_log() {
+    if !lab::can_boot("engine_tcg") {
+        return;
+    }
+    let text = "experiment \"silent\" { images \"@IMAGES@\"; accel \"tcg\"; }\n\
+        vm \"S\" {\n    kernel \"$images/miniccc.kernel\"\n    initrd \"$images/miniccc.initrd\"\n    \
+        append \"rdinit=/bin/sh\"\n    memory \"128M\"\n    boot-timeout \"5s\"\n    cc { exec \"true\"; }\n}\n";
+    let lab = Lab::new("silent.kdl", "silent", text);
+    let started = std::time::Instant::now();
+    let out = lab.run("apply", &["--auto-approve"]);
+    let took = started.elapsed();
+    assert_eq!(out.status.code(), Some(1));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    eprintln!("{stdout}");
+    assert!(
+        stdout.contains("error: vm.S.cc[0]: agent of S did not report in within 5s (boot-timeout)"),
+        "{stdout}"
+    );
+    let log_line = stdout
+        .lines()
+        .find(|l| l.starts_with("serial log "))
+        .unwrap_or_else(|| panic!("no serial log line: {stdout}"));
+    assert!(log_line.ends_with("S.serial.log, last lines:"), "{stdout}");
+    // The kernel's boot messages are in the log: some of them are shown.
+    let shown: Vec<&str> = stdout
+        .lines()
+        .skip_while(|l| !l.starts_with("serial log "))
+        .skip(1)
+        .take_while(|l| l.starts_with("  "))
+        .collect();
+    assert!(!shown.is_empty() && shown.len() <= 10, "{stdout}");
+    // Well within the old fixed two minutes (QEMU start and the plan included).
+    assert!(took < std::time::Duration::from_secs(60), "took {took:?}");
+    lab.ok("destroy", &["--auto-approve"]);
+    lab.assert_clean();
+}
