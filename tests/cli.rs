@@ -223,3 +223,61 @@ fn boot_timeout_in_both_syntaxes() {
     assert_eq!(e.code, "megaplan::bad_duration");
     assert!(e.message.contains("'soon'"), "{}", e.message);
 }
+
+/// Completions come from the CLI definition: bash's complete a partial
+/// subcommand; zsh's and fish's name the commands too.
+#[test]
+fn completions_for_bash_zsh_and_fish() {
+    let script = stdout(&megaplan(&["completions", "bash"]));
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("megaplan.bash");
+    std::fs::write(&file, &script).unwrap();
+    // The completion function, run as bash runs it for `megaplan con<TAB>`.
+    let out = Command::new("bash")
+        .arg("-c")
+        .arg("source \"$1\"; COMP_WORDS=(megaplan con); COMP_CWORD=1; _megaplan megaplan con megaplan; echo \"${COMPREPLY[@]}\"")
+        .arg("bash")
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert_eq!(stdout(&out).trim(), "convert console");
+    for shell in ["zsh", "fish"] {
+        let s = stdout(&megaplan(&["completions", shell]));
+        assert!(s.contains("console") && s.contains("apply"), "{shell}: {s}");
+    }
+    let bad = megaplan(&["completions", "tcsh"]);
+    assert!(!bad.status.success());
+}
+
+/// The man pages come from the CLI definition: one on stdout, or every
+/// page into a folder; `man -l` reads them.
+#[test]
+fn man_pages_from_the_cli() {
+    let page = stdout(&megaplan(&["man"]));
+    assert!(page.contains(".TH megaplan 1"), "{page}");
+    let dir = tempfile::tempdir().unwrap();
+    stdout(&megaplan(&[
+        "man",
+        "--out-dir",
+        dir.path().to_str().unwrap(),
+    ]));
+    for p in [
+        "megaplan.1",
+        "megaplan-apply.1",
+        "megaplan-console.1",
+        "megaplan-cc-exec.1",
+    ] {
+        assert!(dir.path().join(p).is_file(), "{p} missing");
+    }
+    assert!(!dir.path().join("megaplan-man.1").exists(), "man is hidden");
+    if let Ok(out) = Command::new("man")
+        .arg("-l")
+        .arg(dir.path().join("megaplan-console.1"))
+        .env("MANPAGER", "cat")
+        .env("MANWIDTH", "80")
+        .output()
+    {
+        let text = stdout(&out);
+        assert!(text.contains("Ctrl-]"), "{text}");
+    }
+}

@@ -326,9 +326,7 @@ impl super::Host for LocalHost {
             .map(|p| std::path::absolute(p).unwrap_or_else(|_| p.clone()));
         let logs = sd.logs();
         std::fs::create_dir_all(&logs)?;
-        cfg.serial_log = Some(std::path::absolute(
-            logs.join(format!("{}.serial.log", vm.name)),
-        )?);
+        cfg.serial_log = Some(std::path::absolute(super::serial_log(sd, &vm.name))?);
         let mut append = vec![
             "console=ttyS0".to_string(),
             // The kernel's boot-time check that timer interrupts arrive

@@ -329,6 +329,12 @@ fn read_from(path: &Path, offset: u64) -> std::io::Result<Vec<u8>> {
     Ok(buf)
 }
 
+/// A VM's serial log in the state folder (QEMU writes it; the runtime
+/// folder's `serial.log` links to it).
+pub fn serial_log(sd: &StateDir, vm: &str) -> PathBuf {
+    sd.logs().join(format!("{vm}.serial.log"))
+}
+
 /// Paths of disk files recorded in the state.
 pub fn disk_path(sd: &StateDir, file: &str) -> PathBuf {
     sd.disks().join(file)
