@@ -161,3 +161,46 @@ fn a_silent_guest_fails_after_its_boot_timeout_with_the_serial_log() {
     lab.ok("destroy", &["--auto-approve"]);
     lab.assert_clean();
 }
+
+/// `megaplan console`: the log shows the guest's boot text, and attached,
+/// a command typed into the guest's shell on ttyS0 runs there and its
+/// output comes back; Ctrl-] detaches.
+#[test]
+fn console_reads_the_boot_text_and_types_into_the_guest() {
+    use std::io::Write;
+    if !lab::can_boot("engine_tcg") {
+        return;
+    }
+    let text = "experiment \"console\" { images \"@IMAGES@\"; accel \"tcg\"; }\n\
+        vm \"C\" {\n    kernel \"$images/miniccc.kernel\"\n    initrd \"$images/miniccc.initrd\"\n    \
+        append \"megaplan.shell\"\n    memory \"256M\"\n    cc { exec \"true\"; }\n}\n";
+    let lab = Lab::new("console.kdl", "console", text);
+    lab.ok("apply", &["--auto-approve"]);
+    let wait = std::time::Duration::from_secs(60);
+
+    // The log, followed: the kernel's first line is there.
+    let mut follow = lab.spawn("console", &["C", "--follow"]);
+    let mut log = lab::OutputWatch::new(follow.stdout.take().unwrap());
+    let found = log.wait_for("Linux version", wait);
+    follow.kill().unwrap();
+    follow.wait().unwrap();
+    assert!(found, "no boot text in the followed log: {}", log.seen);
+
+    // Attached: type into the guest's shell.
+    let mut attached = lab.spawn("console", &["C"]);
+    let mut stdin = attached.stdin.take().unwrap();
+    let mut out = lab::OutputWatch::new(attached.stdout.take().unwrap());
+    stdin.write_all(b"\necho console-$((6*7))\n").unwrap();
+    let answered = out.wait_for("console-42", wait);
+    stdin.write_all(&[0x1d]).unwrap();
+    let status = attached.wait().unwrap();
+    let mut err = String::new();
+    std::io::Read::read_to_string(&mut attached.stderr.take().unwrap(), &mut err).unwrap();
+    assert!(answered, "the guest's shell did not answer: {}", out.seen);
+    assert!(status.success(), "{err}");
+    assert!(err.contains("attached to the console of C"), "{err}");
+    assert!(err.contains("detached from C"), "{err}");
+
+    lab.ok("destroy", &["--auto-approve"]);
+    lab.assert_clean();
+}
