@@ -200,9 +200,9 @@ fn is_invisible(c: char) -> bool {
 /// "5s", "2m", "1500ms": a wait as the experiment file would write it.
 fn duration_text(d: Duration) -> String {
     let ms = d.as_millis();
-    if ms % 60_000 == 0 && ms > 0 {
+    if ms.is_multiple_of(60_000) && ms > 0 {
         format!("{}m", ms / 60_000)
-    } else if ms % 1000 == 0 {
+    } else if ms.is_multiple_of(1000) {
         format!("{}s", ms / 1000)
     } else {
         format!("{ms}ms")
