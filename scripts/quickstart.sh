@@ -21,6 +21,11 @@ cargo build --release --locked --bins
 bin=$(realpath "${CARGO_TARGET_DIR:-target}")/release
 mp=$bin/megaplan
 
+step "installing bash completions and the man pages (made from the CLI definition)"
+install -d /usr/share/bash-completion/completions /usr/local/share/man/man1
+$mp completions bash > /usr/share/bash-completion/completions/megaplan
+$mp man --out-dir /usr/local/share/man/man1    # megaplan.1, megaplan-apply.1, ...
+
 seed=examples/tap-mirror.kdl
 step "building the cc-enabled guest image into examples/images"
 $mp image build --out examples/images --kernel-dir "$kernel_dir" \

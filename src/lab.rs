@@ -215,6 +215,13 @@ pub struct CcSpec {
     pub hash: String,
 }
 
+/// The wait for a guest's agent when neither the VM nor the experiment sets `boot-timeout`.
+pub const DEFAULT_BOOT_TIMEOUT_MS: u64 = 120_000;
+
+fn default_boot_timeout_ms() -> u64 {
+    DEFAULT_BOOT_TIMEOUT_MS
+}
+
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct VmSpec {
     pub name: String,
@@ -227,6 +234,9 @@ pub struct VmSpec {
     pub memory_mib: u64,
     pub vcpus: u32,
     pub snapshot: bool,
+    /// How long a step waits for the guest's agent to report in.
+    #[serde(default = "default_boot_timeout_ms")]
+    pub boot_timeout_ms: u64,
     pub disks: Vec<VmDiskSpec>,
     pub nics: Vec<NicSpec>,
     pub tags: BTreeMap<String, String>,

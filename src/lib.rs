@@ -10,6 +10,7 @@ pub mod agent;
 pub mod apply;
 pub mod cc;
 pub mod cli;
+pub mod console;
 pub mod diag;
 pub mod drivers;
 pub mod graph;

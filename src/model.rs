@@ -72,6 +72,8 @@ pub struct ExperimentNode {
     pub images: Option<Sp<String>>,
     /// "auto", "kvm" or "tcg" as written; validate checks it.
     pub accel: Option<Sp<String>>,
+    /// Every VM's default `boot-timeout` (a duration as written).
+    pub boot_timeout: Option<Sp<String>>,
     /// The whole node (for "second experiment node" errors).
     pub span: SourceSpan,
 }
@@ -120,6 +122,8 @@ pub struct Vm {
     pub memory: Option<Sp<String>>,
     pub vcpus: Option<Sp<i64>>,
     pub snapshot: Option<Sp<bool>>,
+    /// How long the first step waits for the guest's agent ("60s").
+    pub boot_timeout: Option<Sp<String>>,
     pub disks: Vec<VmDisk>,
     pub nics: Vec<Nic>,
     pub mirrors: Vec<Mirror>,

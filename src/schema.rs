@@ -61,6 +61,10 @@ pub struct Experiment {
     /// `auto` (default) uses KVM when it can run ordinary guests, TCG otherwise.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub accel: Option<Accel>,
+    /// Every VM's default `boot-timeout` (default `120s`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = DURATION_PATTERN))]
+    pub boot_timeout: Option<String>,
 }
 
 #[derive(Clone, Copy, Debug, Serialize, Deserialize, JsonSchema)]
@@ -150,6 +154,11 @@ pub struct Vm {
     /// Default true: disk writes go to a per-VM overlay that `destroy` removes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub snapshot: Option<bool>,
+    /// How long the first cc step waits for the guest's agent to report in
+    /// after boot, e.g. `60s` (default: the experiment's, else `120s`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = DURATION_PATTERN))]
+    pub boot_timeout: Option<String>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub disk: Vec<VmDisk>,
     /// Network interfaces: nic i is ethi in the guest.

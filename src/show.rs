@@ -13,9 +13,29 @@ pub const ALL_COLUMNS: &[&str] = &[
     "name", "state", "uuid", "pid", "tap", "bridge", "mac", "ip", "disks", "memory", "vcpus",
     "tags", "cc",
 ];
+/// The table without `--columns`: with the guest's addresses, as minimega's
+/// `vm info` has them.
 pub const DEFAULT_COLUMNS: &[&str] = &[
-    "name", "state", "uuid", "pid", "tap", "bridge", "mac", "memory", "vcpus", "tags",
+    "name", "state", "uuid", "pid", "tap", "bridge", "mac", "ip", "memory", "vcpus", "tags",
 ];
+
+/// The columns to show: those asked for (each checked, the unknown one
+/// returned as the error), else every column for `--json` and
+/// [`DEFAULT_COLUMNS`] for the table.
+pub fn columns(requested: &[String], json: bool) -> Result<Vec<String>, String> {
+    if let Some(bad) = requested
+        .iter()
+        .find(|c| !ALL_COLUMNS.contains(&c.as_str()))
+    {
+        return Err(bad.clone());
+    }
+    let default = if json { ALL_COLUMNS } else { DEFAULT_COLUMNS };
+    Ok(if requested.is_empty() {
+        default.iter().map(|s| s.to_string()).collect()
+    } else {
+        requested.to_vec()
+    })
+}
 
 pub type Row = Map<String, Value>;
 
@@ -165,4 +185,28 @@ pub fn json(rows: &[Row], columns: &[String]) -> Value {
             })
             .collect(),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_default_table_has_the_addresses() {
+        let c = columns(&[], false).unwrap();
+        assert!(c.iter().any(|c| c == "ip"), "{c:?}");
+    }
+
+    #[test]
+    fn json_without_columns_has_every_field() {
+        let c = columns(&[], true).unwrap();
+        assert_eq!(c, ALL_COLUMNS);
+    }
+
+    #[test]
+    fn asked_columns_are_kept_in_order_and_checked() {
+        let ask = |s: &str| s.split(',').map(String::from).collect::<Vec<_>>();
+        assert_eq!(columns(&ask("cc,name"), true).unwrap(), ask("cc,name"));
+        assert_eq!(columns(&ask("name,host"), false), Err("host".to_string()));
+    }
 }

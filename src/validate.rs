@@ -248,6 +248,22 @@ impl Validator {
         self.d.push(d);
     }
 
+    /// A `boot-timeout` in ms; an error (and None) unless it is a duration > 0.
+    fn boot_timeout(&mut self, t: &Sp<String>) -> Option<u64> {
+        let ms = parse_duration_ms(&t.value).filter(|&ms| ms > 0);
+        if ms.is_none() {
+            self.err(
+                Diag::error(
+                    "megaplan::bad_duration",
+                    format!("'{}' is not a duration", t.value),
+                )
+                .label(t.span, "not a duration")
+                .help("write how long to wait for the guest's agent: \"60s\", \"5m\" (default \"120s\")"),
+            );
+        }
+        ms
+    }
+
     fn check_name(&mut self, what: &str, name: &Sp<String>) -> bool {
         if let Some(problem) = name_problem(&name.value) {
             self.err(
@@ -379,6 +395,10 @@ impl Validator {
             },
         };
         let ename = exp_name.clone().unwrap_or_default();
+        let default_boot_timeout = exp
+            .and_then(|e| e.boot_timeout.as_ref())
+            .and_then(|t| self.boot_timeout(t))
+            .unwrap_or(crate::lab::DEFAULT_BOOT_TIMEOUT_MS);
 
         // --- networks --------------------------------------------------------
         let mut networks = Vec::new();
@@ -960,6 +980,13 @@ impl Validator {
                 }
             }
 
+            let boot_timeout_ms = match &vm.boot_timeout {
+                Some(t) if first_of_range => self.boot_timeout(t),
+                Some(t) => parse_duration_ms(&t.value).filter(|&ms| ms > 0),
+                None => None,
+            }
+            .unwrap_or(default_boot_timeout);
+
             // cc steps
             let mut cc = Vec::new();
             for (i, step) in vm.cc.iter().enumerate() {
@@ -1109,6 +1136,7 @@ impl Validator {
                 memory_mib,
                 vcpus,
                 snapshot,
+                boot_timeout_ms,
                 disks: vdisks,
                 nics,
                 tags,
@@ -1312,6 +1340,14 @@ impl Validator {
                             })
                             .collect()
                     }
+                };
+                // Every frame on a network is sent by one member: a network
+                // mirror copies what each member sends (tap ingress), so each
+                // frame arrives once. Both sides of every tap would copy a
+                // unicast twice and a broadcast once per member.
+                let direction = match (&m.source, direction) {
+                    (model::MirrorSource::Network(_), Direction::Both) => Direction::Ingress,
+                    (_, d) => d,
                 };
                 for (src_vm, nic) in sources {
                     let address = MirrorSpec::address_of(&src_vm, nic, &dest.name, into);

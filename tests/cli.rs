@@ -147,3 +147,137 @@ fn validate_of_a_missing_file_says_so() {
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("cannot read /nonexistent/x.kdl"));
 }
+
+/// `show` of a lab that was never applied: reads the (empty) state and the
+/// machine, changes nothing. The table has the addresses by default and
+/// `--json` has every field.
+#[test]
+fn show_defaults_have_the_address_and_json_has_every_field() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("show.kdl");
+    std::fs::write(
+        &file,
+        "experiment \"show-defaults\"\nnetwork \"LAN\"\nvm \"A\" { kernel \"k\"; nic \"LAN\"; cc { exec \"true\"; }; }\n",
+    )
+    .unwrap();
+    let file = file.to_str().unwrap();
+    let state = dir.path().join("state");
+    let state = state.to_str().unwrap();
+    let run = |extra: &[&str]| {
+        let mut args = vec!["show", file, "--state-dir", state];
+        args.extend_from_slice(extra);
+        let out = Command::new(env!("CARGO_BIN_EXE_megaplan"))
+            .args(&args)
+            .env("NO_COLOR", "1")
+            .env("MEGAPLAN_RUNTIME_DIR", dir.path().join("run"))
+            .output()
+            .unwrap();
+        stdout(&out)
+    };
+    let table = run(&[]);
+    let header: Vec<&str> = table
+        .lines()
+        .next()
+        .unwrap()
+        .split(" | ")
+        .map(str::trim)
+        .collect();
+    assert!(header.contains(&"ip"), "{table}");
+    let json: serde_json::Value = serde_json::from_str(&run(&["--json"])).unwrap();
+    let row = json[0].as_object().expect("one row per VM");
+    let keys: Vec<&str> = row.keys().map(String::as_str).collect();
+    for field in [
+        "name", "state", "uuid", "pid", "tap", "bridge", "mac", "ip", "disks", "memory", "vcpus",
+        "tags", "cc",
+    ] {
+        assert!(keys.contains(&field), "{field} missing from {json}");
+    }
+    assert_eq!(row["state"], "absent");
+    assert_eq!(row["cc"], "0/1");
+}
+
+/// `boot-timeout` on a VM and experiment-wide, in both syntaxes, resolved
+/// into the lab; a bad one is an error at its value.
+#[test]
+fn boot_timeout_in_both_syntaxes() {
+    use megaplan::diag::SourceFile;
+    let kdl = "experiment \"bt\" { boot-timeout \"90s\"; }\n\
+               vm \"A\" { kernel \"k\"; boot-timeout \"5s\"; }\nvm \"B\" { kernel \"k\"; }\n";
+    let toml = "[experiment]\nname = \"bt\"\nboot-timeout = \"90s\"\n\n\
+                [vm.A]\nkernel = \"k\"\nboot-timeout = \"5s\"\n\n[vm.B]\nkernel = \"k\"\n";
+    for (name, text) in [("/nonexistent/bt.kdl", kdl), ("/nonexistent/bt.toml", toml)] {
+        let (lab, diags) = megaplan::validate::check(&SourceFile::new(name, text));
+        let lab = lab.unwrap_or_else(|| panic!("{name}: {diags:?}"));
+        let waits: Vec<u64> = lab.vms.iter().map(|v| v.boot_timeout_ms).collect();
+        assert_eq!(waits, [5_000, 90_000], "{name}");
+    }
+    let (lab, _) = megaplan::validate::check(&SourceFile::new(
+        "/nonexistent/d.kdl",
+        "experiment \"d\"\nvm \"A\" { kernel \"k\"; }\n",
+    ));
+    assert_eq!(lab.unwrap().vms[0].boot_timeout_ms, 120_000);
+    let text = "experiment \"bad\"\nvm \"A\" { kernel \"k\"; boot-timeout \"soon\"; }\n";
+    let (lab, diags) = megaplan::validate::check(&SourceFile::new("/nonexistent/bad.kdl", text));
+    assert!(lab.is_none());
+    let e = diags.errors().next().expect("an error");
+    assert_eq!(e.code, "megaplan::bad_duration");
+    assert!(e.message.contains("'soon'"), "{}", e.message);
+}
+
+/// Completions come from the CLI definition: bash's complete a partial
+/// subcommand; zsh's and fish's name the commands too.
+#[test]
+fn completions_for_bash_zsh_and_fish() {
+    let script = stdout(&megaplan(&["completions", "bash"]));
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("megaplan.bash");
+    std::fs::write(&file, &script).unwrap();
+    // The completion function, run as bash runs it for `megaplan con<TAB>`.
+    let out = Command::new("bash")
+        .arg("-c")
+        .arg("source \"$1\"; COMP_WORDS=(megaplan con); COMP_CWORD=1; _megaplan megaplan con megaplan; echo \"${COMPREPLY[@]}\"")
+        .arg("bash")
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert_eq!(stdout(&out).trim(), "convert console");
+    for shell in ["zsh", "fish"] {
+        let s = stdout(&megaplan(&["completions", shell]));
+        assert!(s.contains("console") && s.contains("apply"), "{shell}: {s}");
+    }
+    let bad = megaplan(&["completions", "tcsh"]);
+    assert!(!bad.status.success());
+}
+
+/// The man pages come from the CLI definition: one on stdout, or every
+/// page into a folder; `man -l` reads them.
+#[test]
+fn man_pages_from_the_cli() {
+    let page = stdout(&megaplan(&["man"]));
+    assert!(page.contains(".TH megaplan 1"), "{page}");
+    let dir = tempfile::tempdir().unwrap();
+    stdout(&megaplan(&[
+        "man",
+        "--out-dir",
+        dir.path().to_str().unwrap(),
+    ]));
+    for p in [
+        "megaplan.1",
+        "megaplan-apply.1",
+        "megaplan-console.1",
+        "megaplan-cc-exec.1",
+    ] {
+        assert!(dir.path().join(p).is_file(), "{p} missing");
+    }
+    assert!(!dir.path().join("megaplan-man.1").exists(), "man is hidden");
+    if let Ok(out) = Command::new("man")
+        .arg("-l")
+        .arg(dir.path().join("megaplan-console.1"))
+        .env("MANPAGER", "cat")
+        .env("MANWIDTH", "80")
+        .output()
+    {
+        let text = stdout(&out);
+        assert!(text.contains("Ctrl-]"), "{text}");
+    }
+}

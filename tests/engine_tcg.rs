@@ -120,3 +120,87 @@ fn a_kernel_panic_fails_the_step_with_its_reason() {
     lab.ok("destroy", &["--auto-approve"]);
     lab.assert_clean();
 }
+
+/// A guest whose agent never starts (its init is a shell waiting on the
+/// console) fails its step after the file's `boot-timeout`, not two minutes,
+/// and the error names the serial log and shows its last lines.
+#[test]
+fn a_silent_guest_fails_after_its_boot_timeout_with_the_serial_log() {
+    if !lab::can_boot("engine_tcg") {
+        return;
+    }
+    let text = "experiment \"silent\" { images \"@IMAGES@\"; accel \"tcg\"; }\n\
+        vm \"S\" {\n    kernel \"$images/miniccc.kernel\"\n    initrd \"$images/miniccc.initrd\"\n    \
+        append \"rdinit=/bin/sh\"\n    memory \"128M\"\n    boot-timeout \"5s\"\n    cc { exec \"true\"; }\n}\n";
+    let lab = Lab::new("silent.kdl", "silent", text);
+    let started = std::time::Instant::now();
+    let out = lab.run("apply", &["--auto-approve"]);
+    let took = started.elapsed();
+    assert_eq!(out.status.code(), Some(1));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    eprintln!("{stdout}");
+    assert!(
+        stdout.contains("error: vm.S.cc[0]: agent of S did not report in within 5s (boot-timeout)"),
+        "{stdout}"
+    );
+    let log_line = stdout
+        .lines()
+        .find(|l| l.starts_with("serial log "))
+        .unwrap_or_else(|| panic!("no serial log line: {stdout}"));
+    assert!(log_line.ends_with("S.serial.log, last lines:"), "{stdout}");
+    // The kernel's boot messages are in the log: some of them are shown.
+    let shown: Vec<&str> = stdout
+        .lines()
+        .skip_while(|l| !l.starts_with("serial log "))
+        .skip(1)
+        .take_while(|l| l.starts_with("  "))
+        .collect();
+    assert!(!shown.is_empty() && shown.len() <= 10, "{stdout}");
+    // Well within the old fixed two minutes (QEMU start and the plan included).
+    assert!(took < std::time::Duration::from_secs(60), "took {took:?}");
+    lab.ok("destroy", &["--auto-approve"]);
+    lab.assert_clean();
+}
+
+/// `megaplan console`: the log shows the guest's boot text, and attached,
+/// a command typed into the guest's shell on ttyS0 runs there and its
+/// output comes back; Ctrl-] detaches.
+#[test]
+fn console_reads_the_boot_text_and_types_into_the_guest() {
+    use std::io::Write;
+    if !lab::can_boot("engine_tcg") {
+        return;
+    }
+    let text = "experiment \"console\" { images \"@IMAGES@\"; accel \"tcg\"; }\n\
+        vm \"C\" {\n    kernel \"$images/miniccc.kernel\"\n    initrd \"$images/miniccc.initrd\"\n    \
+        append \"megaplan.shell\"\n    memory \"256M\"\n    cc { exec \"true\"; }\n}\n";
+    let lab = Lab::new("console.kdl", "console", text);
+    lab.ok("apply", &["--auto-approve"]);
+    let wait = std::time::Duration::from_secs(60);
+
+    // The log, followed: the kernel's first line is there.
+    let mut follow = lab.spawn("console", &["C", "--follow"]);
+    let mut log = lab::OutputWatch::new(follow.stdout.take().unwrap());
+    let found = log.wait_for("Linux version", wait);
+    follow.kill().unwrap();
+    follow.wait().unwrap();
+    assert!(found, "no boot text in the followed log: {}", log.seen);
+
+    // Attached: type into the guest's shell.
+    let mut attached = lab.spawn("console", &["C"]);
+    let mut stdin = attached.stdin.take().unwrap();
+    let mut out = lab::OutputWatch::new(attached.stdout.take().unwrap());
+    stdin.write_all(b"\necho console-$((6*7))\n").unwrap();
+    let answered = out.wait_for("console-42", wait);
+    stdin.write_all(&[0x1d]).unwrap();
+    let status = attached.wait().unwrap();
+    let mut err = String::new();
+    std::io::Read::read_to_string(&mut attached.stderr.take().unwrap(), &mut err).unwrap();
+    assert!(answered, "the guest's shell did not answer: {}", out.seen);
+    assert!(status.success(), "{err}");
+    assert!(err.contains("attached to the console of C"), "{err}");
+    assert!(err.contains("detached from C"), "{err}");
+
+    lab.ok("destroy", &["--auto-approve"]);
+    lab.assert_clean();
+}

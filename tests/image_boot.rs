@@ -13,6 +13,9 @@ use megaplan::drivers::qmp::{self, StopOutcome};
 use megaplan::image::{self, ImageOptions, KernelSource};
 use uuid::Uuid;
 
+#[path = "common/netns.rs"]
+mod netns;
+
 /// Kills the QEMU process on drop, so that a failing test leaves nothing behind.
 struct KillOnDrop(u32);
 
@@ -28,26 +31,23 @@ impl Drop for KillOnDrop {
 fn prerequisites() -> bool {
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
-        eprintln!("skipping: needs root");
-        return false;
+        return netns::skip("image_boot", "needs root");
     }
     let on_path = |bin: &str| {
         std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default())
             .any(|d| d.join(bin).is_file())
     };
     if !on_path(qemu::QEMU_BINARY) {
-        eprintln!(
-            "skipping: {} missing (scripts/setup-host.sh)",
-            qemu::QEMU_BINARY
+        return netns::skip(
+            "image_boot",
+            &format!("{} missing (scripts/setup-host.sh)", qemu::QEMU_BINARY),
         );
-        return false;
     }
     if !Path::new(image::DEFAULT_BUSYBOX).is_file() {
-        eprintln!(
-            "skipping: {} missing (busybox-static)",
-            image::DEFAULT_BUSYBOX
+        return netns::skip(
+            "image_boot",
+            &format!("{} missing (busybox-static)", image::DEFAULT_BUSYBOX),
         );
-        return false;
     }
     true
 }
@@ -60,7 +60,10 @@ fn guest_kernel_dir() -> Option<PathBuf> {
         .output()
         .expect("run scripts/guest-kernel.sh");
     if !out.status.success() {
-        eprintln!("skipping: guest-kernel.sh failed ({})", out.status);
+        netns::skip(
+            "image_boot",
+            &format!("guest-kernel.sh failed ({})", out.status),
+        );
         return None;
     }
     Some(PathBuf::from(String::from_utf8(out.stdout).unwrap().trim()))

@@ -3,6 +3,8 @@
 
 #[path = "common/netns.rs"]
 mod netns;
+#[path = "common/tap.rs"]
+mod tap;
 
 use megaplan::drivers::netlink::{LinkKind, MacAddr, Netlink, NetlinkError};
 use netns::{can_run, in_netns, ns_cmd};
@@ -249,5 +251,226 @@ fn bad_names_are_errors_before_any_syscall() {
             .await
             .unwrap_err();
         assert!(matches!(e, NetlinkError::InvalidCidr { .. }), "{e}");
+    });
+}
+
+// ---- isolation between networks through the host ----
+
+const GUEST_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x0a];
+const GUEST_IP: [u8; 4] = [10, 0, 0, 1];
+const LAN_IP: [u8; 4] = [10, 0, 0, 254];
+const MON_IP: [u8; 4] = [10, 0, 1, 254];
+
+fn arp_request(target: [u8; 4]) -> Vec<u8> {
+    let mut f = vec![0xff; 6];
+    f.extend_from_slice(&GUEST_MAC);
+    f.extend_from_slice(&[0x08, 0x06, 0, 1, 0x08, 0, 6, 4, 0, 1]);
+    f.extend_from_slice(&GUEST_MAC);
+    f.extend_from_slice(&GUEST_IP);
+    f.extend_from_slice(&[0; 6]);
+    f.extend_from_slice(&target);
+    f.resize(60, 0);
+    f
+}
+
+/// The sender IP of an ARP reply, if `f` is one.
+fn arp_reply_from(f: &[u8]) -> Option<[u8; 4]> {
+    (f.len() >= 42 && f[12..14] == [0x08, 0x06] && f[20..22] == [0, 2])
+        .then(|| f[28..32].try_into().unwrap())
+}
+
+fn checksum(data: &[u8]) -> u16 {
+    let mut sum: u32 = data
+        .chunks(2)
+        .map(|c| u32::from(u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)])))
+        .sum();
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    !(sum as u16)
+}
+
+/// An ICMP echo request from the guest to `dst`, through `via` (a MAC).
+fn echo_request(via: [u8; 6], dst: [u8; 4], id: u16) -> Vec<u8> {
+    let mut icmp = vec![8, 0, 0, 0];
+    icmp.extend_from_slice(&id.to_be_bytes());
+    icmp.extend_from_slice(&1u16.to_be_bytes());
+    icmp.extend_from_slice(b"megaplan");
+    let c = checksum(&icmp);
+    icmp[2..4].copy_from_slice(&c.to_be_bytes());
+    let mut ip = vec![0x45, 0];
+    ip.extend_from_slice(&((20 + icmp.len()) as u16).to_be_bytes());
+    ip.extend_from_slice(&[0, 0, 0x40, 0, 64, 1, 0, 0]);
+    ip.extend_from_slice(&GUEST_IP);
+    ip.extend_from_slice(&dst);
+    let c = checksum(&ip);
+    ip[10..12].copy_from_slice(&c.to_be_bytes());
+    let mut f = via.to_vec();
+    f.extend_from_slice(&GUEST_MAC);
+    f.extend_from_slice(&[0x08, 0x00]);
+    f.extend_from_slice(&ip);
+    f.extend_from_slice(&icmp);
+    f
+}
+
+/// The id of an ICMP echo reply, if `f` is one.
+fn echo_reply_id(f: &[u8]) -> Option<u16> {
+    (f.len() >= 42 && f[12..14] == [0x08, 0x00] && f[23] == 1 && f[34] == 0)
+        .then(|| u16::from_be_bytes([f[38], f[39]]))
+}
+
+/// Send `probe` then `control` from the guest; read until the answer to
+/// `control` arrives and return whether `probe` was answered before it. The
+/// host answers both in order as it receives them (tun writes are processed
+/// in the writer's context), so the control's answer is a barrier.
+fn answered_before<T: PartialEq>(
+    tap: &tap::TapFd,
+    probe: &[u8],
+    control: &[u8],
+    want_probe: &T,
+    want_control: &T,
+    answer: impl Fn(&[u8]) -> Option<T>,
+) -> bool {
+    tap.send(probe);
+    tap.send(control);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    let mut probe_answered = false;
+    loop {
+        let f = tap
+            .recv(deadline)
+            .expect("the host never answered the control probe");
+        match answer(&f) {
+            Some(a) if &a == want_control => return probe_answered,
+            Some(a) if &a == want_probe => probe_answered = true,
+            _ => {}
+        }
+    }
+}
+
+/// Two networks with host addresses, made as apply makes them; a "guest"
+/// (a tap the test holds) on LAN gets ARP and ping answers from LAN's host
+/// address, and none from mon's, which the host would otherwise answer on
+/// any bridge.
+#[test]
+fn networks_are_isolated_through_the_host() {
+    use megaplan::host::Host;
+    if !can_run("networks_are_isolated_through_the_host") {
+        return;
+    }
+    in_netns(|ns, rt| {
+        rt.block_on(async {
+            let host = megaplan::host::LocalHost::connect().unwrap();
+            let mon_alias = "megaplan:t:network.mon";
+            host.ensure_bridge("mpbLAN", BR_ALIAS, Some("10.0.0.254/24"))
+                .await
+                .unwrap();
+            host.ensure_bridge("mpbmon", mon_alias, Some("10.0.1.254/24"))
+                .await
+                .unwrap();
+            // Again: idempotent (the filters are replaced, not doubled).
+            host.ensure_bridge("mpbLAN", BR_ALIAS, Some("10.0.0.254/24"))
+                .await
+                .unwrap();
+            for br in ["mpbLAN", "mpbmon"] {
+                let read = |k: &str| {
+                    std::fs::read_to_string(format!("/proc/sys/net/ipv4/conf/{br}/{k}"))
+                        .unwrap()
+                        .trim()
+                        .to_string()
+                };
+                assert_eq!(
+                    (read("arp_ignore"), read("arp_announce"), read("forwarding")),
+                    ("1".into(), "2".into(), "0".into()),
+                    "{br}"
+                );
+                let v6 =
+                    std::fs::read_to_string(format!("/proc/sys/net/ipv6/conf/{br}/forwarding"));
+                assert_eq!(v6.unwrap().trim(), "0", "{br}");
+            }
+            let filters = ns_cmd(ns, &["tc", "filter", "show", "dev", "mpbLAN", "ingress"]);
+            assert_eq!(filters.matches("direct-action").count(), 2, "{filters}");
+
+            let mac = MacAddr::tap_for_guest(MacAddr(GUEST_MAC));
+            host.nl
+                .create_tap("mptG", Some(mac), TAP_ALIAS, Some("mpbLAN"))
+                .await
+                .unwrap();
+            let guest = tap::TapFd::open("mptG");
+            let lan_mac = host
+                .nl
+                .link_by_name("mpbLAN")
+                .await
+                .unwrap()
+                .unwrap()
+                .mac
+                .unwrap();
+            // The host answers the guest without asking for its MAC.
+            ns_cmd(
+                ns,
+                &[
+                    "ip",
+                    "neigh",
+                    "replace",
+                    "10.0.0.1",
+                    "lladdr",
+                    "02:00:00:00:00:0a",
+                    "dev",
+                    "mpbLAN",
+                    "nud",
+                    "permanent",
+                ],
+            );
+            // The port forwards once the tap has carrier: ask until answered.
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+            loop {
+                guest.send(&arp_request(LAN_IP));
+                let until = std::time::Instant::now() + std::time::Duration::from_millis(100);
+                let mut answered = false;
+                while let Some(f) = guest.recv(until) {
+                    answered |= arp_reply_from(&f) == Some(LAN_IP);
+                }
+                if answered {
+                    break;
+                }
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "LAN's host address never answered ARP"
+                );
+            }
+
+            // L2: no ARP answer for mon's address on LAN.
+            assert!(
+                !answered_before(
+                    &guest,
+                    &arp_request(MON_IP),
+                    &arp_request(LAN_IP),
+                    &MON_IP,
+                    &LAN_IP,
+                    arp_reply_from
+                ),
+                "the host answered ARP for mon's host address on LAN"
+            );
+            // L3: a ping to mon's address sent to the host (through LAN's
+            // address, as a route via it would) gets no answer; one to LAN's does.
+            assert!(
+                !answered_before(
+                    &guest,
+                    &echo_request(lan_mac.0, MON_IP, 1),
+                    &echo_request(lan_mac.0, LAN_IP, 2),
+                    &1,
+                    &2,
+                    echo_reply_id
+                ),
+                "the host answered a ping to mon's host address arriving on LAN"
+            );
+            drop(guest);
+            for (name, alias) in [
+                ("mptG", TAP_ALIAS),
+                ("mpbLAN", BR_ALIAS),
+                ("mpbmon", mon_alias),
+            ] {
+                assert!(host.nl.delete_link(name, alias).await.unwrap());
+            }
+        })
     });
 }

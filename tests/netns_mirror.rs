@@ -17,14 +17,16 @@
 
 #[path = "common/netns.rs"]
 mod netns;
+#[path = "common/tap.rs"]
+mod tap;
 
 use std::collections::BTreeSet;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::time::{Duration, Instant};
 
 use megaplan::drivers::netlink::{MacAddr, Netlink};
 use megaplan::drivers::tc::{Direction, Tc};
 use netns::{can_run, in_netns, ns_cmd};
+use tap::TapFd;
 
 const ETHERTYPE: u16 = 0x88b5; // IEEE local experimental
 const MAGIC: &[u8; 6] = b"MPTEST";
@@ -39,86 +41,7 @@ fn alias(addr: &str) -> String {
     format!("megaplan:mirror-test:{addr}")
 }
 
-/// A tap held open by the test, for raw frames.
-struct TapFd {
-    name: String,
-    fd: OwnedFd,
-}
-
 impl TapFd {
-    fn open(name: &str) -> TapFd {
-        // SAFETY: open(2) of a constant NUL-terminated path.
-        let raw = unsafe {
-            libc::open(
-                c"/dev/net/tun".as_ptr(),
-                libc::O_RDWR | libc::O_CLOEXEC | libc::O_NONBLOCK,
-            )
-        };
-        assert!(
-            raw >= 0,
-            "open /dev/net/tun: {}",
-            std::io::Error::last_os_error()
-        );
-        // SAFETY: fresh fd, owned by nobody else.
-        let fd = unsafe { OwnedFd::from_raw_fd(raw) };
-        // SAFETY: zeroed ifreq is valid.
-        let mut ifr: libc::ifreq = unsafe { std::mem::zeroed() };
-        for (d, s) in ifr.ifr_name.iter_mut().zip(name.as_bytes()) {
-            *d = *s as libc::c_char;
-        }
-        ifr.ifr_ifru.ifru_flags = (libc::IFF_TAP | libc::IFF_NO_PI) as libc::c_short;
-        // SAFETY: TUNSETIFF on our fd with our ifreq; attaches to the existing tap.
-        let rc = unsafe { libc::ioctl(fd.as_raw_fd(), libc::TUNSETIFF, &mut ifr) };
-        assert_eq!(rc, 0, "attach {name}: {}", std::io::Error::last_os_error());
-        TapFd {
-            name: name.to_string(),
-            fd,
-        }
-    }
-
-    fn send(&self, frame: &[u8]) {
-        // SAFETY: write from a valid buffer.
-        let n = unsafe { libc::write(self.fd.as_raw_fd(), frame.as_ptr().cast(), frame.len()) };
-        assert_eq!(
-            n,
-            frame.len() as isize,
-            "write {}: {}",
-            self.name,
-            std::io::Error::last_os_error()
-        );
-    }
-
-    /// Read one frame, waiting at most until `deadline`.
-    fn recv(&self, deadline: Instant) -> Option<Vec<u8>> {
-        let mut buf = vec![0u8; 2048];
-        loop {
-            // SAFETY: read into a buffer we own.
-            let n = unsafe { libc::read(self.fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
-            if n > 0 {
-                buf.truncate(n as usize);
-                return Some(buf);
-            }
-            let err = std::io::Error::last_os_error();
-            assert_eq!(
-                err.raw_os_error(),
-                Some(libc::EAGAIN),
-                "read {}: {err}",
-                self.name
-            );
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                return None;
-            }
-            let mut pfd = libc::pollfd {
-                fd: self.fd.as_raw_fd(),
-                events: libc::POLLIN,
-                revents: 0,
-            };
-            // SAFETY: poll on one valid pollfd.
-            unsafe { libc::poll(&mut pfd, 1, left.as_millis().max(1) as libc::c_int) };
-        }
-    }
-
     /// Read frames until the one tagged `tag` arrives; returns every test tag
     /// seen (including `tag`), or None at the deadline.
     fn wait_tag(&self, tag: u64, within: Duration) -> Option<BTreeSet<u64>> {
@@ -589,4 +512,81 @@ fn teardown(ns: &str, rt: &tokio::runtime::Runtime, nl: &Netlink) {
     });
     let links = ns_cmd(ns, &["ip", "-o", "link", "show"]);
     assert_eq!(links.lines().count(), 1, "only lo should be left: {links}");
+}
+
+/// `mirrors network="LAN"` as validate expands it and the host wires it (one
+/// mirror per member tap, with the direction the lab says): every frame on
+/// LAN reaches the monitor exactly once, unicast in either direction and a
+/// broadcast alike.
+#[test]
+fn a_network_mirror_delivers_each_frame_once() {
+    use megaplan::host::Host;
+    if !can_run("a_network_mirror_delivers_each_frame_once") {
+        return;
+    }
+    let src = megaplan::diag::SourceFile::new(
+        "/nonexistent/mirror-test.kdl",
+        "experiment \"mirror-test\"\nnetwork \"LAN\"\nnetwork \"mon\"\n\
+         vm \"A\" { kernel \"k\"; nic \"LAN\"; }\n\
+         vm \"B\" { kernel \"k\"; nic \"LAN\"; }\n\
+         vm \"monitor\" { kernel \"k\"; nic \"mon\"; mirrors network=\"LAN\"; }\n",
+    );
+    let (lab_spec, diags) = megaplan::validate::check(&src);
+    let lab_spec = lab_spec.unwrap_or_else(|| panic!("{diags:?}"));
+    // The lab's taps stand for the test's (same VMs, same bridges).
+    let tap_of = |vm: &str| match vm {
+        "A" => "mptA",
+        "B" => "mptB",
+        "monitor" => "mptM",
+        other => panic!("unexpected VM {other}"),
+    };
+    let wiring: Vec<(&str, &str, &str)> = lab_spec
+        .mirrors
+        .iter()
+        .map(|m| {
+            (
+                tap_of(&m.source_vm),
+                tap_of(&m.dest_vm),
+                m.direction.as_str(),
+            )
+        })
+        .collect();
+    assert_eq!(wiring.len(), 2, "one mirror per member of LAN: {wiring:?}");
+    in_netns(move |ns, rt| {
+        let host = rt.block_on(async { megaplan::host::LocalHost::connect().unwrap() });
+        let mut lab = rt.block_on(Lab::build(ns, &host.nl));
+        for (s, d, dir) in &wiring {
+            rt.block_on(host.add_mirror(s, d, dir)).unwrap();
+        }
+        let a_to_b = lab.send('A', MAC_B, MAC_A);
+        assert!(lab.b.wait_tag(a_to_b, DEADLINE).is_some());
+        let b_to_a = lab.send('B', MAC_A, MAC_B);
+        assert!(lab.a.wait_tag(b_to_a, DEADLINE).is_some());
+        let bcast = lab.send('A', BROADCAST, MAC_A);
+        assert!(lab.b.wait_tag(bcast, DEADLINE).is_some());
+        // Everything M was handed before P's barrier is in M's queue.
+        let barrier = lab.send('P', BROADCAST, MAC_P);
+        let deadline = Instant::now() + DEADLINE;
+        let mut copies: std::collections::BTreeMap<u64, usize> = Default::default();
+        loop {
+            let f = lab.m.recv(deadline).expect("M never got the barrier");
+            match tag_of(&f) {
+                Some(t) if t == barrier => break,
+                Some(t) => *copies.entry(t).or_default() += 1,
+                None => {}
+            }
+        }
+        for (what, t) in [("A->B", a_to_b), ("B->A", b_to_a), ("broadcast", bcast)] {
+            assert_eq!(
+                copies.get(&t).copied().unwrap_or(0),
+                1,
+                "{what} should reach the monitor once: {copies:?}\n{}",
+                filters_on(ns, "mptA") + &filters_on(ns, "mptB")
+            );
+        }
+        for (s, d, _) in &wiring {
+            rt.block_on(host.remove_mirror(s, d)).unwrap();
+        }
+        teardown(ns, rt, &host.nl);
+    });
 }

@@ -8,6 +8,9 @@ use megaplan::drivers::qemu::{self, QemuError, VmConfig};
 use megaplan::drivers::qmp::{self, Qmp, StopOutcome};
 use uuid::Uuid;
 
+#[path = "common/netns.rs"]
+mod netns;
+
 const MARKER: &str = "megaplan-boot-marker: init is up";
 
 /// Kills the QEMU process on drop, so that a failing test leaves nothing behind.
@@ -25,13 +28,10 @@ impl Drop for KillOnDrop {
 fn qemu_present() -> bool {
     let ok = std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default())
         .any(|d| d.join(qemu::QEMU_BINARY).is_file());
-    if !ok {
-        eprintln!(
-            "skipping: {} missing (scripts/setup-host.sh)",
-            qemu::QEMU_BINARY
-        );
-    }
-    ok
+    ok || netns::skip(
+        "qemu_boot",
+        &format!("{} missing (scripts/setup-host.sh)", qemu::QEMU_BINARY),
+    )
 }
 
 /// The guest kernel: scripts/guest-kernel.sh fetches it once, then just prints its dir.

@@ -115,7 +115,8 @@ pub enum Command {
     /// Live state as a table (like minimega's `.columns name,tap vm info`).
     Show {
         file: PathBuf,
-        /// Comma-separated: name,state,uuid,pid,tap,bridge,mac,disks,memory,vcpus,tags
+        /// Comma-separated: name,state,uuid,pid,tap,bridge,mac,ip,disks,memory,vcpus,tags,cc
+        /// (default: all but disks and cc; every column with --json)
         #[arg(long, value_delimiter = ',')]
         columns: Vec<String>,
         #[arg(long)]
@@ -128,6 +129,36 @@ pub enum Command {
         #[command(subcommand)]
         command: ImageCommand,
     },
+    /// A guest's serial console: attach (type into it; Ctrl-] detaches), or
+    /// print its serial log.
+    Console {
+        file: PathBuf,
+        vm: String,
+        /// Print the serial log and follow it as it grows instead of attaching.
+        #[arg(long)]
+        follow: bool,
+        #[arg(long)]
+        state_dir: Option<PathBuf>,
+    },
+    /// Shell completions for bash, zsh or fish, on stdout.
+    Completions {
+        #[arg(value_enum)]
+        shell: CompletionShell,
+    },
+    /// The man page (roff) on stdout, or with --out-dir every page
+    /// (megaplan.1, megaplan-apply.1, …) written into that folder.
+    #[command(hide = true)]
+    Man {
+        #[arg(long)]
+        out_dir: Option<PathBuf>,
+    },
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum, PartialEq, Eq)]
+pub enum CompletionShell {
+    Bash,
+    Zsh,
+    Fish,
 }
 
 /// Exit with the code for an outcome.
@@ -314,6 +345,38 @@ fn run(cli: Cli) -> Result<ExitCode, CliError> {
         Command::Cc { command } => cc_cmd(command),
         Command::Disk { command } => disk_cmd(command),
         Command::Image { command } => image_cmd(command),
+        Command::Console {
+            file,
+            vm,
+            follow,
+            state_dir,
+        } => console_cmd(file, vm, follow, state_dir),
+        Command::Completions { shell } => {
+            use clap::CommandFactory;
+            let shell = match shell {
+                CompletionShell::Bash => clap_complete::Shell::Bash,
+                CompletionShell::Zsh => clap_complete::Shell::Zsh,
+                CompletionShell::Fish => clap_complete::Shell::Fish,
+            };
+            let mut script = Vec::new();
+            clap_complete::generate(shell, &mut Cli::command(), "megaplan", &mut script);
+            write_stdout(&script)
+        }
+        Command::Man { out_dir: Some(dir) } => {
+            use clap::CommandFactory;
+            clap_mangen::generate_to(Cli::command(), &dir).map_err(|e| {
+                CliError::new(format!("cannot write man pages to {}: {e}", dir.display()))
+            })?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Man { out_dir: None } => {
+            use clap::CommandFactory;
+            let mut page = Vec::new();
+            clap_mangen::Man::new(Cli::command())
+                .render(&mut page)
+                .map_err(|e| CliError::new(format!("cannot render the man page: {e}")))?;
+            write_stdout(&page)
+        }
         Command::Plan {
             file,
             json,
@@ -625,6 +688,10 @@ fn show_cmd(
     let state = sd.load()?;
     let observed = crate::host::refresh(&lab.name, &state, &sd)
         .map_err(|e| CliError::new(format!("refresh failed: {e}")))?;
+    let columns = crate::show::columns(&columns, json).map_err(|c| {
+        CliError::new(format!("unknown column '{c}'"))
+            .with_hint(format!("columns: {}", crate::show::ALL_COLUMNS.join(",")))
+    })?;
     let mut rows = crate::show::rows(&lab, &state, &observed);
     if columns.iter().any(|c| c == "ip") {
         let addrs = runtime()?.block_on(crate::cc::addresses(&lab));
@@ -639,20 +706,6 @@ fn show_cmd(
             }
         }
     }
-    let columns: Vec<String> = if columns.is_empty() {
-        crate::show::DEFAULT_COLUMNS
-            .iter()
-            .map(|s| s.to_string())
-            .collect()
-    } else {
-        columns
-    };
-    for c in &columns {
-        if !crate::show::ALL_COLUMNS.contains(&c.as_str()) {
-            return Err(CliError::new(format!("unknown column '{c}'"))
-                .with_hint(format!("columns: {}", crate::show::ALL_COLUMNS.join(","))));
-        }
-    }
     if json {
         println!(
             "{}",
@@ -661,6 +714,53 @@ fn show_cmd(
     } else {
         print!("{}", crate::show::table(&rows, &columns));
     }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Generated text on stdout; a closed pipe (`| head`) is not an error.
+fn write_stdout(bytes: &[u8]) -> Result<ExitCode, CliError> {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    match out.write_all(bytes).and_then(|_| out.flush()) {
+        Ok(()) => Ok(ExitCode::SUCCESS),
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(ExitCode::SUCCESS),
+        Err(e) => Err(CliError::new(format!("cannot write to stdout: {e}"))),
+    }
+}
+
+fn console_cmd(
+    file: PathBuf,
+    vm: String,
+    follow: bool,
+    state_dir: Option<PathBuf>,
+) -> Result<ExitCode, CliError> {
+    let Ok((_, lab)) = load(&file) else {
+        return Ok(ExitCode::from(1));
+    };
+    // Paths come from the lab's (validated) name, not from the argument.
+    let Some(spec) = lab.vms.iter().find(|v| v.name == vm) else {
+        let names: Vec<&str> = lab.vms.iter().map(|v| v.name.as_str()).collect();
+        return Err(
+            CliError::new(format!("there is no VM '{vm}' in {}", file.display()))
+                .with_hint(format!("VMs: {}", names.join(", "))),
+        );
+    };
+    let sd = StateDir::for_file(&file, &lab.name, state_dir.as_deref());
+    let log = crate::host::serial_log(&sd, &spec.name);
+    let sock = crate::host::runtime_dir(&lab.name, &spec.name)
+        .join(crate::drivers::qemu::CONSOLE_SOCKET_NAME);
+    let result = if follow {
+        crate::console::show_log(&log, true)
+    } else if sock.exists() {
+        crate::console::attach(&sock, &spec.name)
+    } else {
+        eprintln!(
+            "{} is not running (no console socket): its serial log follows",
+            spec.name
+        );
+        crate::console::show_log(&log, false)
+    };
+    result.map_err(|e| CliError::new(e.to_string()))?;
     Ok(ExitCode::SUCCESS)
 }
 

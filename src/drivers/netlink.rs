@@ -70,6 +70,12 @@ pub enum NetlinkError {
     },
     #[error("interface {0} does not exist")]
     NotFound(String),
+    #[error("setting {path}: {source}")]
+    Sysctl {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
     #[error(
         "interface {name} exists but is not ours (alias {found:?}, expected {expected:?}); \
          megaplan never changes or removes an interface without its marker"
@@ -240,6 +246,19 @@ impl FromStr for Cidr {
         }
         Ok(Cidr { addr, prefix_len })
     }
+}
+
+/// Write one value to an existing sysctl file (never created, never
+/// through a symlink). The calling thread's network namespace decides which
+/// interface it is.
+fn write_sysctl(path: &str, value: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(path)?;
+    f.write_all(value.as_bytes())
 }
 
 /// What kind of link it is, as far as megaplan cares.
@@ -608,6 +627,32 @@ impl Netlink {
             }
         }
         Ok(false)
+    }
+
+    /// Keep the host's other addresses out of reach through this interface
+    /// (a link carrying `expected_alias`): it answers ARP only for its own
+    /// addresses (`arp_ignore=1`), announces only its own as ARP source
+    /// (`arp_announce=2`), and forwards nothing it receives (IPv4 and IPv6
+    /// `forwarding=0`; writing the host-wide `ip_forward` later resets the
+    /// IPv4 one, which the bridge's isolation filter covers). IPv6 settings
+    /// are skipped when the host has no IPv6.
+    pub async fn isolate(&self, name: &str, expected_alias: &str) -> Result<(), NetlinkError> {
+        validate_ifname(name)?;
+        self.owned_link(name, expected_alias).await?;
+        for (path, value) in [
+            (format!("/proc/sys/net/ipv4/conf/{name}/arp_ignore"), "1"),
+            (format!("/proc/sys/net/ipv4/conf/{name}/arp_announce"), "2"),
+            (format!("/proc/sys/net/ipv4/conf/{name}/forwarding"), "0"),
+            (format!("/proc/sys/net/ipv6/conf/{name}/forwarding"), "0"),
+        ] {
+            if path.starts_with("/proc/sys/net/ipv6/")
+                && !std::path::Path::new("/proc/sys/net/ipv6").exists()
+            {
+                continue;
+            }
+            write_sysctl(&path, value).map_err(|source| NetlinkError::Sysctl { path, source })?;
+        }
+        Ok(())
     }
 
     /// Delete a link, but only if its alias is exactly `expected_alias`.

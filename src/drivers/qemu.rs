@@ -30,6 +30,8 @@ pub const PIDFILE_NAME: &str = "qemu.pid";
 pub const QMP_SOCKET_NAME: &str = "qmp.sock";
 pub const CC_SOCKET_NAME: &str = "cc.sock";
 pub const SERIAL_LOG_NAME: &str = "serial.log";
+/// The serial console's unix socket (`megaplan console` attaches to it).
+pub const CONSOLE_SOCKET_NAME: &str = "console.sock";
 /// Longest path a unix socket address holds (sun_path minus the final NUL).
 const MAX_SOCKET_PATH: usize = 107;
 
@@ -267,6 +269,9 @@ impl VmConfig {
     pub fn cc_socket(&self) -> PathBuf {
         self.runtime_dir.join(CC_SOCKET_NAME)
     }
+    pub fn console_socket(&self) -> PathBuf {
+        self.runtime_dir.join(CONSOLE_SOCKET_NAME)
+    }
     pub fn serial_log_path(&self) -> PathBuf {
         self.serial_log
             .clone()
@@ -316,7 +321,7 @@ impl VmConfig {
         {
             return bad("kernel command line contains NUL".into());
         }
-        for sock in [self.qmp_socket(), self.cc_socket()] {
+        for sock in [self.qmp_socket(), self.cc_socket(), self.console_socket()] {
             if sock.as_os_str().len() > MAX_SOCKET_PATH {
                 return bad(format!(
                     "socket path {} is longer than {MAX_SOCKET_PATH} bytes (unix socket limit): use a shorter runtime dir",
@@ -461,11 +466,16 @@ pub fn argv(cfg: &VmConfig) -> Result<Vec<OsString>, QemuError> {
         &"-smp",
         &cfg.vcpus.to_string(),
     ]);
-    // The console: a file chardev (truncated at each launch) on the first serial port.
-    push(&[
-        &"-chardev",
-        &opt("file,id=serial0,path=", cfg.serial_log_path(), ""),
-    ]);
+    // The console on the first serial port: a unix socket for
+    // `megaplan console` (output is dropped while nobody is attached), and
+    // everything the guest prints also in the log (truncated at each
+    // launch, so a boot watch reads only this boot).
+    let log = escape_opt(cfg.serial_log_path());
+    let mut serial = opt("socket,id=serial0,path=", cfg.console_socket(), "");
+    serial.push(",server=on,wait=off,logfile=");
+    serial.push(&log);
+    serial.push(",logappend=off");
+    push(&[&"-chardev", &serial]);
     push(&[&"-serial", &"chardev:serial0"]);
     // -kernel, -initrd and -append take their argument whole (no option parsing).
     if let Some(k) = &cfg.kernel {
@@ -575,7 +585,12 @@ pub async fn launch(cfg: &VmConfig) -> Result<u32, QemuError> {
             pidfile,
         });
     }
-    for stale in [&pidfile, &cfg.qmp_socket(), &cfg.cc_socket()] {
+    for stale in [
+        &pidfile,
+        &cfg.qmp_socket(),
+        &cfg.cc_socket(),
+        &cfg.console_socket(),
+    ] {
         match std::fs::remove_file(stale) {
             Ok(()) => {}
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
@@ -712,7 +727,9 @@ mod tests {
             "-smp",
             "1",
             "-chardev",
-            &format!("file,id=serial0,path={r}/serial.log"),
+            &format!(
+                "socket,id=serial0,path={r}/console.sock,server=on,wait=off,logfile={r}/serial.log,logappend=off"
+            ),
             "-serial",
             "chardev:serial0",
             "-kernel",
@@ -807,7 +824,11 @@ mod tests {
             ["file=/d/evil,,format=raw,,file=/etc/shadow,format=qcow2,if=none,id=disk0"]
         );
         let chardevs = values(&a, "-chardev");
-        assert_eq!(chardevs[0], "file,id=serial0,path=/logs/s,,erial.log");
+        assert!(
+            chardevs[0].ends_with(",logfile=/logs/s,,erial.log,logappend=off"),
+            "{}",
+            chardevs[0]
+        );
         assert_eq!(
             chardevs[1],
             "socket,id=cc,path=/run/x,,y/cc.sock,server=on,wait=off"

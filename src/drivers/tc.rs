@@ -22,23 +22,31 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
+use netlink_packet_core::DefaultNla;
 use netlink_packet_core::{
     NLM_F_ACK, NLM_F_CREATE, NLM_F_DUMP, NLM_F_EXCL, NLM_F_REQUEST, NetlinkMessage, NetlinkPayload,
 };
 use netlink_packet_route::RouteNetlinkMessage;
 use netlink_packet_route::tc::{
     TcAction, TcActionAttribute, TcActionMirror, TcActionMirrorOption, TcActionOption,
-    TcActionType, TcAttribute, TcFilterU32, TcFilterU32Option, TcHandle, TcMessage, TcMirror,
-    TcMirrorActionType, TcOption, TcU32Key, TcU32Selector, TcU32SelectorFlags,
+    TcActionType, TcAttribute, TcBpfFlags, TcFilterBpf, TcFilterBpfOption, TcFilterU32,
+    TcFilterU32Option, TcHandle, TcMessage, TcMirror, TcMirrorActionType, TcOption, TcU32Key,
+    TcU32Selector, TcU32SelectorFlags,
 };
 use rtnetlink::Handle;
 
-use super::netlink::{Netlink, NetlinkError, validate_ifname};
+use super::netlink::{Cidr, Netlink, NetlinkError, validate_ifname};
 
 /// First filter priority megaplan uses for mirrors.
 pub const PRIO_BASE: u16 = 0x2000;
 /// Number of (ingress, egress) priority pairs available to mirrors.
 pub const PRIO_SLOTS: u16 = 2048;
+/// Filter priorities of a bridge's isolation ([`Tc::isolate_bridge`]): IPv4
+/// and IPv6, below the mirrors' range.
+pub const PRIO_ISOLATE_V4: u16 = 0x1f00;
+pub const PRIO_ISOLATE_V6: u16 = 0x1f01;
+const ETH_P_IP: u16 = 0x0800;
+const ETH_P_IPV6: u16 = 0x86dd;
 /// How many taps' filters [`Tc::list_mirrors_of`] dumps at once.
 pub const LIST_CONCURRENCY: usize = 16;
 
@@ -339,6 +347,37 @@ impl Tc {
         self.delete_clsact(src, info.index).await
     }
 
+    /// Keep what arrives at the host through bridge `bridge` from reaching
+    /// any host address but its own: on the bridge's clsact ingress (what
+    /// its ports hand up to the host, not what it forwards between them), an
+    /// IPv4 packet passes only to one of `own`, its subnet broadcast,
+    /// 255.255.255.255 or a multicast group, and an IPv6 packet only to one
+    /// of `own`, a link-local or a multicast address; any other is dropped.
+    /// So a guest cannot reach another network's host address (or any other
+    /// address of the host) through this bridge, nor be routed anywhere by
+    /// the host. The filters are classic BPF programs in direct-action mode
+    /// (this kernel has no gact), at [`PRIO_ISOLATE_V4`]/[`PRIO_ISOLATE_V6`],
+    /// replaced on each call. The caller must own `bridge`.
+    pub async fn isolate_bridge(&self, bridge: &str, own: &[Cidr]) -> Result<(), TcError> {
+        validate_ifname(bridge)?;
+        let index = self.nl.index_of(bridge).await?;
+        self.ensure_clsact(bridge, index).await?;
+        for f in self.dump_filters(bridge, index).await? {
+            if matches!(f.priority, PRIO_ISOLATE_V4 | PRIO_ISOLATE_V6) {
+                let whole = RawFilter { handle: 0, ..f };
+                self.delete_filter(bridge, index, &whole).await?;
+            }
+        }
+        for (prio, proto, prog) in [
+            (PRIO_ISOLATE_V4, ETH_P_IP, isolation_program_v4(own)),
+            (PRIO_ISOLATE_V6, ETH_P_IPV6, isolation_program_v6(own)),
+        ] {
+            self.add_bpf_filter(bridge, index, prio, proto, &prog)
+                .await?;
+        }
+        Ok(())
+    }
+
     /// Whether `ifname` has a clsact qdisc.
     pub async fn has_clsact(&self, ifname: &str) -> Result<bool, TcError> {
         validate_ifname(ifname)?;
@@ -595,6 +634,46 @@ impl Tc {
         Ok(())
     }
 
+    /// A classic BPF filter in direct-action mode on the ingress side.
+    async fn add_bpf_filter(
+        &self,
+        ifname: &str,
+        index: u32,
+        prio: u16,
+        protocol: u16,
+        prog: &[SockFilter],
+    ) -> Result<(), TcError> {
+        const TCA_BPF_OPS_LEN: u16 = 4;
+        const TCA_BPF_OPS: u16 = 5;
+        let mut msg = TcMessage::with_index(index as i32);
+        msg.header.parent = Direction::Ingress.parent();
+        msg.header.info = u32::from(TcHandle {
+            major: prio,
+            minor: protocol.to_be(),
+        });
+        let ops: Vec<u8> = prog.iter().flat_map(|i| i.to_bytes()).collect();
+        let len = u16::try_from(prog.len()).expect("a short program");
+        msg.attributes = vec![
+            TcAttribute::Kind(TcFilterBpf::KIND.to_string()),
+            TcAttribute::Options(vec![
+                TcOption::Bpf(TcFilterBpfOption::Other(DefaultNla::new(
+                    TCA_BPF_OPS_LEN,
+                    len.to_ne_bytes().to_vec(),
+                ))),
+                TcOption::Bpf(TcFilterBpfOption::Other(DefaultNla::new(TCA_BPF_OPS, ops))),
+                TcOption::Bpf(TcFilterBpfOption::Flags(TcBpfFlags::DirectAction)),
+            ]),
+        ];
+        self.request(
+            "add isolation filter",
+            ifname,
+            RouteNetlinkMessage::NewTrafficFilter(msg),
+            NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL,
+        )
+        .await?;
+        Ok(())
+    }
+
     /// Delete one filter (handle != 0) or a whole priority (handle 0).
     async fn delete_filter(&self, ifname: &str, index: u32, f: &RawFilter) -> Result<(), TcError> {
         let mut msg = TcMessage::with_index(index as i32);
@@ -728,6 +807,128 @@ fn parse_mirror_action(a: &TcAction, priority: u16, handle: u32) -> Option<Mirro
     })
 }
 
+/// One classic BPF instruction (`struct sock_filter`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct SockFilter {
+    code: u16,
+    jt: u8,
+    jf: u8,
+    k: u32,
+}
+
+impl SockFilter {
+    fn to_bytes(self) -> [u8; 8] {
+        let mut b = [0u8; 8];
+        b[..2].copy_from_slice(&self.code.to_ne_bytes());
+        b[2] = self.jt;
+        b[3] = self.jf;
+        b[4..].copy_from_slice(&self.k.to_ne_bytes());
+        b
+    }
+}
+
+const BPF_LD_W_ABS: u16 = 0x20;
+const BPF_JEQ_K: u16 = 0x15;
+const BPF_AND_K: u16 = 0x54;
+const BPF_RET_K: u16 = 0x06;
+/// Classic BPF loads relative to the network header (`SKF_NET_OFF`).
+const SKF_NET_OFF: i32 = -0x10_0000;
+const TC_ACT_SHOT: u32 = 2;
+/// `TC_ACT_UNSPEC` (-1): not decided here, the next filter runs.
+const TC_ACT_UNSPEC: u32 = u32::MAX;
+
+fn ld_net(offset: i32) -> SockFilter {
+    SockFilter {
+        code: BPF_LD_W_ABS,
+        jt: 0,
+        jf: 0,
+        k: (SKF_NET_OFF + offset) as u32,
+    }
+}
+fn and(k: u32) -> SockFilter {
+    SockFilter {
+        code: BPF_AND_K,
+        jt: 0,
+        jf: 0,
+        k,
+    }
+}
+fn jeq(k: u32, jt: u8, jf: u8) -> SockFilter {
+    SockFilter {
+        code: BPF_JEQ_K,
+        jt,
+        jf,
+        k,
+    }
+}
+fn ret(k: u32) -> SockFilter {
+    SockFilter {
+        code: BPF_RET_K,
+        jt: 0,
+        jf: 0,
+        k,
+    }
+}
+
+/// Ends a program whose "pass" jumps all aim past the end: `drop`, `pass`,
+/// with each placeholder jump (jt == u8::MAX) pointed at `pass`.
+fn finish(mut prog: Vec<SockFilter>) -> Vec<SockFilter> {
+    prog.push(ret(TC_ACT_SHOT));
+    let pass = prog.len();
+    prog.push(ret(TC_ACT_UNSPEC));
+    for (i, ins) in prog.iter_mut().enumerate() {
+        if ins.code == BPF_JEQ_K && ins.jt == u8::MAX {
+            ins.jt = u8::try_from(pass - i - 1).expect("a short program");
+        }
+    }
+    prog
+}
+
+/// IPv4 destinations allowed: each own address and its subnet broadcast,
+/// 255.255.255.255, 224.0.0.0/4.
+fn isolation_program_v4(own: &[Cidr]) -> Vec<SockFilter> {
+    let mut ok: Vec<u32> = vec![u32::MAX];
+    for c in own {
+        if let std::net::IpAddr::V4(a) = c.addr {
+            let a = u32::from(a);
+            ok.push(a);
+            if c.prefix_len < 31 {
+                ok.push(a | (u32::MAX >> c.prefix_len));
+            }
+        }
+    }
+    let mut prog = vec![ld_net(16)];
+    prog.extend(ok.iter().map(|&v| jeq(v, u8::MAX, 0)));
+    prog.push(and(0xf000_0000));
+    prog.push(jeq(0xe000_0000, u8::MAX, 0));
+    finish(prog)
+}
+
+/// IPv6 destinations allowed: each own address, fe80::/10, ff00::/8.
+fn isolation_program_v6(own: &[Cidr]) -> Vec<SockFilter> {
+    let mut prog = vec![
+        ld_net(24),
+        and(0xffc0_0000),
+        jeq(0xfe80_0000, u8::MAX, 0),
+        ld_net(24),
+        and(0xff00_0000),
+        jeq(0xff00_0000, u8::MAX, 0),
+    ];
+    for c in own {
+        if let std::net::IpAddr::V6(a) = c.addr {
+            let o = a.octets();
+            for w in 0..4 {
+                let word = u32::from_be_bytes(o[4 * w..4 * w + 4].try_into().expect("4 bytes"));
+                prog.push(ld_net(24 + 4 * w as i32));
+                // On a mismatch, skip the rest of this address's 8 instructions.
+                let last = w == 3;
+                prog.push(jeq(word, if last { u8::MAX } else { 0 }, (6 - 2 * w) as u8));
+            }
+        }
+    }
+    finish(prog)
+}
+
 fn fnv1a64(data: &[u8]) -> u64 {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
     for b in data {
@@ -777,6 +978,70 @@ mod tests {
         assert_ne!(c, a);
         assert!(c.is_multiple_of(2));
         assert_eq!(b, pick_priority(&used, "mpt0", Direction::Egress).unwrap());
+    }
+
+    /// Runs a program of the instructions the isolation programs use on a
+    /// packet given from its network header.
+    fn run(prog: &[SockFilter], net: &[u8]) -> u32 {
+        let (mut a, mut pc) = (0u32, 0usize);
+        loop {
+            let i = prog[pc];
+            pc += 1;
+            match i.code {
+                BPF_LD_W_ABS => {
+                    let off = (i.k as i32 - SKF_NET_OFF) as usize;
+                    a = u32::from_be_bytes(net[off..off + 4].try_into().unwrap());
+                }
+                BPF_AND_K => a &= i.k,
+                BPF_JEQ_K => pc += usize::from(if a == i.k { i.jt } else { i.jf }),
+                BPF_RET_K => return i.k,
+                other => panic!("unexpected opcode {other:#x}"),
+            }
+        }
+    }
+
+    fn v4_to(dst: &str) -> Vec<u8> {
+        let mut h = vec![0x45; 20];
+        h[16..20].copy_from_slice(&dst.parse::<std::net::Ipv4Addr>().unwrap().octets());
+        h
+    }
+
+    fn v6_to(dst: &str) -> Vec<u8> {
+        let mut h = vec![0x60; 40];
+        h[24..40].copy_from_slice(&dst.parse::<std::net::Ipv6Addr>().unwrap().octets());
+        h
+    }
+
+    #[test]
+    fn isolation_passes_only_own_broadcast_and_multicast() {
+        let own: Vec<Cidr> = vec![
+            "10.0.0.254/24".parse().unwrap(),
+            "fd00::fe/64".parse().unwrap(),
+        ];
+        let v4 = isolation_program_v4(&own);
+        for ok in ["10.0.0.254", "10.0.0.255", "255.255.255.255", "224.0.0.251"] {
+            assert_eq!(run(&v4, &v4_to(ok)), TC_ACT_UNSPEC, "{ok}");
+        }
+        for no in ["10.0.1.254", "10.0.0.1", "192.168.1.1", "10.0.0.253"] {
+            assert_eq!(run(&v4, &v4_to(no)), TC_ACT_SHOT, "{no}");
+        }
+        let v6 = isolation_program_v6(&own);
+        for ok in ["fd00::fe", "fe80::1", "febf::1", "ff02::1:ff00:fe"] {
+            assert_eq!(run(&v6, &v6_to(ok)), TC_ACT_UNSPEC, "{ok}");
+        }
+        for no in [
+            "fd00::fd",
+            "fd00:0:0:1::fe",
+            "fd01::fe",
+            "2001:db8::1",
+            "fec0::1",
+        ] {
+            assert_eq!(run(&v6, &v6_to(no)), TC_ACT_SHOT, "{no}");
+        }
+        // No host address: only broadcast and multicast.
+        let bare = isolation_program_v4(&[]);
+        assert_eq!(run(&bare, &v4_to("10.0.0.254")), TC_ACT_SHOT);
+        assert_eq!(run(&bare, &v4_to("255.255.255.255")), TC_ACT_UNSPEC);
     }
 
     #[test]

@@ -18,6 +18,10 @@ use super::HostError;
 pub struct LocalHost {
     pub nl: Netlink,
     pub tc: Tc,
+    /// Each VM's `boot-timeout`, by (experiment, VM), recorded when this
+    /// host launched it; a step of a VM it did not launch (already running)
+    /// waits the default.
+    boot_waits: std::sync::Mutex<HashMap<(String, String), Duration>>,
 }
 
 /// How many QEMUs refresh asks for their status at once.
@@ -49,7 +53,11 @@ impl LocalHost {
     pub fn connect() -> Result<Self, HostError> {
         let nl = Netlink::connect()?;
         let tc = Tc::new(&nl);
-        Ok(LocalHost { nl, tc })
+        Ok(LocalHost {
+            nl,
+            tc,
+            boot_waits: Default::default(),
+        })
     }
 
     /// Refresh: links with our marker, their mirror filters, QEMU processes, disk files.
@@ -214,9 +222,14 @@ impl super::Host for LocalHost {
     ) -> Result<(), HostError> {
         self.nl.create_bridge(name, marker).await?;
         self.nl.set_up(name, marker, true).await?;
+        let mut own = Vec::new();
         if let Some(cidr) = host_address {
             self.nl.set_address(name, marker, cidr).await?;
+            own.push(cidr.parse()?);
         }
+        // Networks stay apart through the host (docs/networking.md).
+        self.nl.isolate(name, marker).await?;
+        self.tc.isolate_bridge(name, &own).await?;
         Ok(())
     }
 
@@ -326,9 +339,7 @@ impl super::Host for LocalHost {
             .map(|p| std::path::absolute(p).unwrap_or_else(|_| p.clone()));
         let logs = sd.logs();
         std::fs::create_dir_all(&logs)?;
-        cfg.serial_log = Some(std::path::absolute(
-            logs.join(format!("{}.serial.log", vm.name)),
-        )?);
+        cfg.serial_log = Some(std::path::absolute(super::serial_log(sd, &vm.name))?);
         let mut append = vec![
             "console=ttyS0".to_string(),
             // The kernel's boot-time check that timer interrupts arrive
@@ -392,6 +403,13 @@ impl super::Host for LocalHost {
         }
         cfg.extra_args = vm.qemu_args.clone();
         let pid = qemu::launch(&cfg).await?;
+        self.boot_waits
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(
+                (lab.name.clone(), vm.name.clone()),
+                Duration::from_millis(vm.boot_timeout_ms),
+            );
         // The serial log lives with the state; a link from the runtime folder
         // lets a step waiting for the agent watch it for a kernel panic.
         if let Some(log) = &cfg.serial_log {
@@ -455,11 +473,18 @@ impl super::Host for LocalHost {
         action: &CcActionSpec,
         timeout: Option<Duration>,
     ) -> Result<StepOutcome, HostError> {
+        let boot_wait = self
+            .boot_waits
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&(experiment.to_string(), vm.to_string()))
+            .copied()
+            .unwrap_or(Duration::from_millis(crate::lab::DEFAULT_BOOT_TIMEOUT_MS));
         let client = super::connect_agent_watched(
             experiment,
             vm,
-            Duration::from_secs(30),
-            Duration::from_secs(120),
+            Duration::from_secs(30).min(boot_wait),
+            boot_wait,
         )
         .await?;
         let agent_err = |e: crate::agent::AgentError| HostError::Other(format!("{vm}: {e}"));

@@ -147,11 +147,107 @@ pub async fn connect_agent_watched(
     hello_wait: Duration,
 ) -> Result<crate::agent::AgentClient, HostError> {
     let rt = runtime_dir(experiment, vm);
-    let agent = connect_agent(experiment, vm, connect_wait, hello_wait);
-    tokio::select! {
-        r = agent => r.map_err(|e| HostError::Other(format!("agent of {vm} did not report in: {e}"))),
-        why = watch_boot(&rt) => Err(HostError::Other(format!("agent of {vm} will not report in: {why}"))),
+    // The whole wait, connecting included, is bounded by `hello_wait`.
+    let agent = tokio::time::timeout(
+        hello_wait,
+        connect_agent(experiment, vm, connect_wait, hello_wait),
+    );
+    let failed = tokio::select! {
+        r = agent => match r {
+            Ok(Ok(client)) => return Ok(client),
+            Ok(Err(e)) => format!(
+                "agent of {vm} did not report in within {} (boot-timeout): {e}",
+                duration_text(hello_wait)
+            ),
+            Err(_) => format!(
+                "agent of {vm} did not report in within {} (boot-timeout)",
+                duration_text(hello_wait)
+            ),
+        },
+        why = watch_boot(&rt) => format!("agent of {vm} will not report in: {why}"),
+    };
+    Err(HostError::Other(format!(
+        "{failed}{}",
+        serial_tail(
+            &rt.join(crate::drivers::qemu::SERIAL_LOG_NAME),
+            SERIAL_TAIL_LINES
+        )
+    )))
+}
+
+/// How many lines of a guest's serial console a boot failure shows.
+pub const SERIAL_TAIL_LINES: usize = 10;
+
+/// Where a failed guest's serial log is and its last `n` lines, for an
+/// error message: "\nserial log PATH, last lines:\n  …" (or that it is
+/// empty or unreadable). The log is the guest's: each line is shown with
+/// control characters escaped, and at most the last 64 KiB are read.
+fn serial_tail(link: &Path, n: usize) -> String {
+    // The runtime folder's link to the log in the state folder (ours).
+    let path = std::fs::read_link(link).unwrap_or_else(|_| link.to_path_buf());
+    let shown = path.display();
+    let bytes = match read_tail(&path, 64 << 10) {
+        Ok(b) => b,
+        Err(e) => return format!("\nserial log {shown}: cannot read it: {e}"),
+    };
+    let lines = last_lines(&bytes, n);
+    if lines.is_empty() {
+        return format!("\nserial log {shown}: empty (the guest printed nothing)");
     }
+    let mut out = format!("\nserial log {shown}, last lines:");
+    for l in lines {
+        out.push_str("\n  ");
+        out.push_str(&l);
+    }
+    out
+}
+
+/// Characters that would reorder or hide text on a terminal.
+fn is_invisible(c: char) -> bool {
+    matches!(c as u32, 0x2028 | 0x2029 | 0x200B..=0x200F | 0x202A..=0x202E | 0x2066..=0x2069 | 0xFEFF)
+}
+
+/// "5s", "2m", "1500ms": a wait as the experiment file would write it.
+fn duration_text(d: Duration) -> String {
+    let ms = d.as_millis();
+    if ms.is_multiple_of(60_000) && ms > 0 {
+        format!("{}m", ms / 60_000)
+    } else if ms.is_multiple_of(1000) {
+        format!("{}s", ms / 1000)
+    } else {
+        format!("{ms}ms")
+    }
+}
+
+/// The last `max` bytes of a file.
+fn read_tail(path: &Path, max: u64) -> std::io::Result<Vec<u8>> {
+    let len = std::fs::metadata(path)?.len();
+    read_from(path, len.saturating_sub(max))
+}
+
+/// The last `n` non-empty lines of console output, each with a trailing CR
+/// dropped and other control characters escaped (`\u{1b}`).
+fn last_lines(bytes: &[u8], n: usize) -> Vec<String> {
+    let text = String::from_utf8_lossy(bytes);
+    let mut lines: Vec<String> = text
+        .split('\n')
+        .map(|l| l.trim_end_matches('\r'))
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| {
+            l.chars()
+                .map(|c| {
+                    if c.is_control() || is_invisible(c) {
+                        c.escape_unicode().to_string()
+                    } else {
+                        c.to_string()
+                    }
+                })
+                .collect()
+        })
+        .collect();
+    let keep = lines.len().saturating_sub(n);
+    lines.drain(..keep);
+    lines
 }
 
 /// Resolves when the guest in runtime folder `rt` is beyond hope: its QEMU
@@ -243,6 +339,12 @@ fn read_from(path: &Path, offset: u64) -> std::io::Result<Vec<u8>> {
     Ok(buf)
 }
 
+/// A VM's serial log in the state folder (QEMU writes it; the runtime
+/// folder's `serial.log` links to it).
+pub fn serial_log(sd: &StateDir, vm: &str) -> PathBuf {
+    sd.logs().join(format!("{vm}.serial.log"))
+}
+
 /// Paths of disk files recorded in the state.
 pub fn disk_path(sd: &StateDir, file: &str) -> PathBuf {
     sd.disks().join(file)
@@ -272,6 +374,17 @@ mod tests {
         let exe = exe_dir.path().join("qemu-system-fake");
         std::os::unix::fs::symlink("/bin/sleep", &exe).unwrap();
         let child = std::process::Command::new(&exe).arg("600").spawn().unwrap();
+        // Until the child has exec'd, /proc shows the forked test binary,
+        // which `process_alive` rightly calls no QEMU: wait for the exec.
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while !crate::drivers::qmp::process_alive(child.id()) {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the stand-in QEMU (pid {}) never showed as exec'd",
+                child.id()
+            );
+            std::thread::sleep(Duration::from_millis(2));
+        }
         let rt = rt_with_pid(child.id());
         std::fs::write(
             rt.path().join(crate::drivers::qemu::SERIAL_LOG_NAME),
@@ -295,6 +408,48 @@ mod tests {
         )
         .unwrap();
         rt
+    }
+
+    #[test]
+    fn the_serial_tail_is_the_last_lines_escaped() {
+        let log =
+            b"one\r\ntwo\r\n\r\nthree \x1b[1mbold\x1b[0m\ninit: \xff\xfe bytes\n\xe2\x80\xaertl\n";
+        let lines = last_lines(log, 3);
+        assert_eq!(
+            lines,
+            [
+                "three \\u{1b}[1mbold\\u{1b}[0m",
+                "init: \u{fffd}\u{fffd} bytes",
+                "\\u{202e}rtl"
+            ]
+        );
+        assert_eq!(last_lines(b"", 10), Vec::<String>::new());
+        assert_eq!(last_lines(b"a\nb\n", 10), ["a", "b"]);
+    }
+
+    #[test]
+    fn the_serial_tail_names_the_log_and_reads_only_its_end() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("A.serial.log");
+        let mut text = "x".repeat(200 << 10);
+        for i in 0..20 {
+            text.push_str(&format!("\nline {i}"));
+        }
+        std::fs::write(&log, &text).unwrap();
+        let link = dir.path().join("serial.log");
+        std::os::unix::fs::symlink(&log, &link).unwrap();
+        let tail = serial_tail(&link, 2);
+        assert_eq!(
+            tail,
+            format!(
+                "\nserial log {}, last lines:\n  line 18\n  line 19",
+                log.display()
+            )
+        );
+        std::fs::write(&log, "").unwrap();
+        assert!(serial_tail(&link, 2).ends_with(": empty (the guest printed nothing)"));
+        assert_eq!(duration_text(Duration::from_secs(5)), "5s");
+        assert_eq!(duration_text(Duration::from_secs(120)), "2m");
     }
 
     #[test]

@@ -26,7 +26,7 @@ use crate::model::{
 };
 
 const TOP: &[&str] = &["experiment", "network", "disk", "vm"];
-const EXPERIMENT_CHILDREN: &[&str] = &["images", "accel"];
+const EXPERIMENT_CHILDREN: &[&str] = &["images", "accel", "boot-timeout"];
 const NETWORK_CHILDREN: &[&str] = &["host-address"];
 const DISK_PROPS: &[&str] = &["size", "format", "filesystem", "keep"];
 const DISK_CHILDREN: &[&str] = &["from", "inject"];
@@ -56,6 +56,7 @@ mod usage {
     pub const MEMORY: &str = "memory \"2048M\"";
     pub const VCPUS: &str = "vcpus 2";
     pub const SNAPSHOT: &str = "snapshot #false";
+    pub const BOOT_TIMEOUT: &str = "boot-timeout \"60s\"";
     pub const VM_DISK: &str = "disk \"NAME\" mount=\"/PATH\"";
     pub const NIC: &str = "nic \"NETWORK\" mac=\"MAC\" driver=\"virtio-net-pci\"";
     pub const MIRRORS: &str =
@@ -934,6 +935,7 @@ impl<'t> Parser<'t> {
             name,
             images: None,
             accel: None,
+            boot_timeout: None,
             span: self.node_span(node),
         };
         let mut seen = Seen::new();
@@ -944,6 +946,10 @@ impl<'t> Parser<'t> {
                 }
                 "accel" => {
                     e.accel = self.scalar_string(&mut seen, child, "an accelerator", usage::ACCEL)
+                }
+                "boot-timeout" => {
+                    e.boot_timeout =
+                        self.scalar_string(&mut seen, child, "a duration", usage::BOOT_TIMEOUT)
                 }
                 _ => self.unknown_node(child, Some("experiment"), EXPERIMENT_CHILDREN, &[]),
             }
@@ -1029,6 +1035,7 @@ impl<'t> Parser<'t> {
             memory: None,
             vcpus: None,
             snapshot: None,
+            boot_timeout: None,
             disks: Vec::new(),
             nics: Vec::new(),
             mirrors: Vec::new(),
@@ -1062,6 +1069,10 @@ impl<'t> Parser<'t> {
                     vm.snapshot = self
                         .scalar(s, child, "#true or #false", usage::SNAPSHOT)
                         .and_then(|e| self.boolean(child, e))
+                }
+                "boot-timeout" => {
+                    vm.boot_timeout =
+                        self.scalar_string(s, child, "a duration", usage::BOOT_TIMEOUT)
                 }
                 "disk" => {
                     if let Some(d) = self.vm_disk(child) {
@@ -1406,6 +1417,7 @@ fn emit_experiment(e: &ExperimentNode) -> Node {
     let mut n = Node::new(format!("experiment {}", quote(&e.name)));
     kid_str(&mut n.kids, "images", &e.images);
     kid_str(&mut n.kids, "accel", &e.accel);
+    kid_str(&mut n.kids, "boot-timeout", &e.boot_timeout);
     n
 }
 
@@ -1451,6 +1463,7 @@ fn emit_vm(vm: &Vm) -> Node {
     if let Some(v) = &vm.snapshot {
         k.push(Node::new(format!("snapshot #{}", v.value)));
     }
+    kid_str(k, "boot-timeout", &vm.boot_timeout);
     for d in &vm.disks {
         let mut head = format!("disk {}", quote(&d.name));
         prop_str(&mut head, "mount", &d.mount);

@@ -20,6 +20,7 @@ pub(crate) const VM_KEYS: &[&str] = &[
     "memory",
     "vcpus",
     "snapshot",
+    "boot-timeout",
     "disk",
     "nic",
     "mirrors",

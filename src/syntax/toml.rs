@@ -36,7 +36,7 @@ pub const CODE_CONFLICTING_KEYS: &str = "megaplan::conflicting_keys";
 pub const CODE_CC_ACTION: &str = "megaplan::cc_action";
 
 const ROOT_KEYS: &[&str] = &["experiment", "network", "disk", "vm"];
-const EXPERIMENT_KEYS: &[&str] = &["name", "images", "accel"];
+const EXPERIMENT_KEYS: &[&str] = &["name", "images", "accel", "boot-timeout"];
 const NETWORK_KEYS: &[&str] = &["host-address"];
 const DISK_KEYS: &[&str] = &["size", "format", "filesystem", "keep", "from", "inject"];
 const INJECT_KEYS: &[&str] = &["src", "dst"];
@@ -424,10 +424,12 @@ impl Reader<'_> {
         let name = self.req_string(&t, "name", "\"NAME\"");
         let images = self.opt_string(&t, "images");
         let accel = self.opt_string(&t, "accel");
+        let boot_timeout = self.opt_string(&t, "boot-timeout");
         Some(ExperimentNode {
             name: name?,
             images,
             accel,
+            boot_timeout,
             span: t.span,
         })
     }
@@ -488,6 +490,7 @@ impl Reader<'_> {
             memory: t.get("memory").and_then(|v| self.memory(v)),
             vcpus: self.opt_int(&t, "vcpus"),
             snapshot: self.opt_bool(&t, "snapshot"),
+            boot_timeout: self.opt_string(&t, "boot-timeout"),
             disks: Vec::new(),
             nics: Vec::new(),
             mirrors: Vec::new(),
@@ -821,6 +824,7 @@ pub fn emit(doc: &Document) -> String {
         kv(&mut out, "name", &string(&e.name));
         opt_kv(&mut out, "images", e.images.as_ref());
         opt_kv(&mut out, "accel", e.accel.as_ref());
+        opt_kv(&mut out, "boot-timeout", e.boot_timeout.as_ref());
     }
     for n in &doc.networks {
         section(&mut out, format!("[network.{}]", key(&n.name)));
@@ -871,6 +875,7 @@ fn emit_vm(out: &mut String, vm: &Vm) {
     if let Some(b) = &vm.snapshot {
         kv(out, "snapshot", &b.value.to_string());
     }
+    opt_kv(out, "boot-timeout", vm.boot_timeout.as_ref());
     if !vm.disks.is_empty() {
         let items: Vec<String> = vm
             .disks
@@ -1109,6 +1114,7 @@ mod tests {
                     name: sp(&e.name),
                     images: osp(&e.images),
                     accel: osp(&e.accel),
+                    boot_timeout: osp(&e.boot_timeout),
                     span: z(),
                 })
                 .collect(),
@@ -1155,6 +1161,7 @@ mod tests {
                     memory: osp(&v.memory),
                     vcpus: osp(&v.vcpus),
                     snapshot: osp(&v.snapshot),
+                    boot_timeout: osp(&v.boot_timeout),
                     disks: v
                         .disks
                         .iter()
@@ -1732,7 +1739,7 @@ cc = [{ exec = "a", background = "b" }, { timeout = "3s" }, { send = "x" }, { ex
             })
         }
         fn vm(name: String) -> impl Strategy<Value = Vm> {
-            let a = (os(), os(), os(), os(), os(), oi(), ob());
+            let a = (os(), os(), os(), os(), os(), oi(), ob(), os());
             let b = (
                 vec((s(), os()), 0..3),
                 vec((s(), os(), os()), 0..3),
@@ -1751,6 +1758,7 @@ cc = [{ exec = "a", background = "b" }, { timeout = "3s" }, { send = "x" }, { ex
                 memory: a.4,
                 vcpus: a.5,
                 snapshot: a.6,
+                boot_timeout: a.7,
                 disks: b
                     .0
                     .into_iter()
@@ -1786,14 +1794,15 @@ cc = [{ exec = "a", background = "b" }, { timeout = "3s" }, { send = "x" }, { ex
             })
         }
         fn document() -> impl Strategy<Value = Document> {
-            let exp = of(
-                (s(), os(), os()).prop_map(|(name, images, accel)| ExperimentNode {
+            let exp = of((s(), os(), os(), os()).prop_map(
+                |(name, images, accel, boot_timeout)| ExperimentNode {
                     name,
                     images,
                     accel,
+                    boot_timeout,
                     span: z(),
-                }),
-            );
+                },
+            ));
             let networks = proptest::collection::btree_map(text(), os(), 0..3);
             let disks = proptest::collection::btree_map(
                 text(),

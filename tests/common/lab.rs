@@ -19,8 +19,10 @@ pub fn can_boot(test: &str) -> bool {
         .output()
         .is_err()
     {
-        eprintln!("SKIP {test}: qemu-system-x86_64 missing (bash scripts/setup-host.sh)");
-        return false;
+        return super::netns::skip(
+            test,
+            "qemu-system-x86_64 missing (bash scripts/setup-host.sh)",
+        );
     }
     true
 }
@@ -112,6 +114,26 @@ impl Lab {
             String::from_utf8_lossy(&out.stderr)
         );
         out
+    }
+
+    /// Start `megaplan SUB FILE ARGS…` with the lab's environment and piped
+    /// stdin, stdout and stderr; the caller waits for (or kills) it.
+    pub fn spawn(&self, sub: &str, args: &[&str]) -> std::process::Child {
+        use std::process::Stdio;
+        Command::new("ip")
+            .args(["netns", "exec", &self.ns.name])
+            .arg(env!("CARGO_BIN_EXE_megaplan"))
+            .arg(sub)
+            .arg(self.f())
+            .args(args)
+            .env("MEGAPLAN_RUNTIME_DIR", self.dir.path().join("run"))
+            .env("MEGAPLAN_ACCEL", "tcg")
+            .env("NO_COLOR", "1")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
     }
 
     /// Run `megaplan SUB FILE ARGS…`.
@@ -237,5 +259,43 @@ impl Drop for Lab {
         let _ = Command::new("pkill")
             .args(["-9", "-f", &format!("{}/run/", self.dir.path().display())])
             .status();
+    }
+}
+
+/// Reads a child's output on a thread; `wait_for` collects it until a text
+/// shows up (or a deadline passes).
+pub struct OutputWatch {
+    rx: std::sync::mpsc::Receiver<Vec<u8>>,
+    pub seen: String,
+}
+
+impl OutputWatch {
+    pub fn new(mut from: impl std::io::Read + Send + 'static) -> OutputWatch {
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            while let Ok(n) = from.read(&mut buf) {
+                if n == 0 || tx.send(buf[..n].to_vec()).is_err() {
+                    break;
+                }
+            }
+        });
+        OutputWatch {
+            rx,
+            seen: String::new(),
+        }
+    }
+
+    /// Whether `text` appeared within `within`.
+    pub fn wait_for(&mut self, text: &str, within: std::time::Duration) -> bool {
+        let deadline = std::time::Instant::now() + within;
+        while !self.seen.contains(text) {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            match self.rx.recv_timeout(left) {
+                Ok(chunk) => self.seen.push_str(&String::from_utf8_lossy(&chunk)),
+                Err(_) => return false,
+            }
+        }
+        true
     }
 }

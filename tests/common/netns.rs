@@ -10,12 +10,31 @@ use std::os::fd::AsRawFd;
 use std::process::Command;
 use std::sync::atomic::{AtomicU32, Ordering};
 
-/// True when the tests can do real networking (root). Prints why not.
+/// True when a missing prerequisite must fail a test instead of skipping
+/// it: `CI` is set (to anything but empty) or `MEGAPLAN_E2E=1`.
+pub fn must_run() -> bool {
+    std::env::var_os("CI").is_some_and(|v| !v.is_empty())
+        || std::env::var_os("MEGAPLAN_E2E").is_some_and(|v| v == "1")
+}
+
+/// A test cannot run here because `why`: on a developer machine it prints
+/// `SKIP test: why` and returns false (the caller returns, the test passes);
+/// under CI (see [`must_run`]) the test fails with that reason.
+pub fn skip(test: &str, why: &str) -> bool {
+    assert!(
+        !must_run(),
+        "{test} cannot run: {why} (CI or MEGAPLAN_E2E=1 is set, so a missing prerequisite fails)"
+    );
+    eprintln!("SKIP {test}: {why}");
+    false
+}
+
+/// True when the tests can do real networking (root). Prints why not; fails
+/// the test instead under CI.
 pub fn can_run(test: &str) -> bool {
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
-        eprintln!("SKIP {test}: needs root (network namespaces, taps, tc)");
-        return false;
+        return skip(test, "needs root (network namespaces, taps, tc)");
     }
     true
 }
