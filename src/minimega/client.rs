@@ -273,7 +273,8 @@ pub fn quote(value: &str) -> Result<String, ClientError> {
 }
 
 /// A name minimega stores and re-quotes itself (namespace, host, VM, bridge,
-/// tap): 1 to 64 of `A-Z a-z 0-9 _ . -`, starting with a letter or digit.
+/// tap): 1 to 64 of `A-Z a-z 0-9 _ . -` (minimega's own `validName`),
+/// starting with a letter or digit, and not the wildcard `all`.
 /// minimega forwards such names to other nodes through Go's `%q`, which only
 /// round-trips through minicli for plain names like these.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -297,9 +298,9 @@ impl Name {
         {
             return Err(bad("a minimega name has only A-Z a-z 0-9 _ . -"));
         }
-        // minimega reserves these words for itself (see `isReserved`).
-        if matches!(value, "all" | "local" | "mesh" | "host" | "vm" | "cc") {
-            return Err(bad("a minimega name cannot be one of its reserved words"));
+        // minimega's one reserved word (`isReserved`): the wildcard.
+        if value == "all" {
+            return Err(bad("`all` is minimega's wildcard, not a name"));
         }
         Ok(Name(value.to_owned()))
     }
@@ -648,8 +649,7 @@ mod tests {
             Some(c) => Err(format!("unexpected escaped character: {c}")),
             None => Err("expected escape character".into()),
         };
-        'outside: loop {
-            let Some(c) = chars.next() else { break };
+        'outside: while let Some(c) = chars.next() {
             match c {
                 '\\' => content.push(escape(chars.next())?),
                 '"' | '\'' => {
@@ -928,7 +928,7 @@ mod tests {
             ..Default::default()
         };
         let cmd = Command::new("vm").word("info");
-        let vms = vm_infos(&cmd, &[resp.clone()]).unwrap();
+        let vms = vm_infos(&cmd, std::slice::from_ref(&resp)).unwrap();
         assert_eq!(vms.len(), 1);
         assert_eq!(vms[0].state, VmState::Running);
         assert_eq!(vms[0].host, "mm2");
