@@ -98,6 +98,18 @@ fn a_two_node_mesh_runs_vms_on_both_nodes_and_cleans_up() {
         e => panic!("expected a host error, got {e}"),
     }
 
+    // The fixture's leftover check sees this mesh's own daemons.
+    for node in [mm1, mm2] {
+        let mut comms: Vec<String> = node.processes().into_iter().map(|(_, c)| c).collect();
+        comms.sort();
+        assert_eq!(
+            comms,
+            ["minimega", "ovs-vswitchd", "ovsdb-server"],
+            "processes in {}'s namespace",
+            node.name
+        );
+    }
+
     // (a) Both nodes answer: the head itself, the other through the mesh.
     let r = head.run_ok(&Mm::new("host").word("name")).unwrap();
     assert_eq!(r.len(), 1);
