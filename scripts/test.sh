@@ -9,6 +9,9 @@ if [[ ${EUID:-$(id -u)} -eq 0 ]]; then
     MEGAPLAN_GUEST_KERNEL_DIR=${MEGAPLAN_GUEST_KERNEL_DIR:-/var/cache/megaplan/guest-kernel}
     export MEGAPLAN_GUEST_KERNEL_DIR
     bash scripts/guest-kernel.sh >/dev/null
+    # minimega and Open vSwitch for tests/minimega_mesh.rs (a two-node mesh).
+    MEGAPLAN_MINIMEGA_BIN=$(bash scripts/minimega.sh)
+    export MEGAPLAN_MINIMEGA_BIN
 fi
 export MEGAPLAN_ACCEL=${MEGAPLAN_ACCEL:-tcg}
 cargo test --locked --no-fail-fast

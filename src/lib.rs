@@ -18,6 +18,7 @@ pub mod host;
 pub mod identity;
 pub mod image;
 pub mod lab;
+pub mod minimega;
 pub mod model;
 pub mod observed;
 pub mod plan;

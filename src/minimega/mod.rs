@@ -1,0 +1,3 @@
+//! minimega: driving a minimega cluster.
+
+pub mod client;
