@@ -20,6 +20,7 @@ pub mod lab;
 pub mod model;
 pub mod observed;
 pub mod plan;
+pub mod safefs;
 pub mod saved;
 pub mod schema;
 pub mod show;

@@ -176,18 +176,9 @@ impl std::fmt::Display for CliError {
 
 impl From<crate::state::StateError> for CliError {
     fn from(e: crate::state::StateError) -> Self {
-        let hint = match &e {
-            crate::state::StateError::Locked { .. } => Some(
-                "wait for it to finish; the lock is released when that process exits".to_string(),
-            ),
-            crate::state::StateError::Experiment { .. } => {
-                Some("pass another --state-dir".to_string())
-            }
-            _ => None,
-        };
         CliError {
             message: e.to_string(),
-            hint,
+            hint: e.hint(),
         }
     }
 }
