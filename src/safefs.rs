@@ -361,6 +361,22 @@ fn not_a_folder(path: &Path, e: io::Error) -> io::Error {
     }
 }
 
+/// Tests that set the process umask hold this (the umask is process-wide).
+#[cfg(test)]
+pub(crate) static UMASK_TEST: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// Run `f` with umask 0 in this process, restoring it afterwards.
+#[cfg(test)]
+pub(crate) fn with_umask_0<T>(f: impl FnOnce() -> T) -> T {
+    let _g = UMASK_TEST.lock().unwrap_or_else(|e| e.into_inner());
+    // SAFETY: umask has no preconditions.
+    let old = unsafe { libc::umask(0) };
+    let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
+    // SAFETY: as above.
+    unsafe { libc::umask(old) };
+    r.unwrap_or_else(|p| std::panic::resume_unwind(p))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -797,16 +797,14 @@ mod tests {
     fn files_are_private_whatever_the_umask() {
         use std::os::unix::fs::PermissionsExt;
         let dir = tempfile::tempdir().unwrap();
-        // SAFETY: umask has no preconditions.
-        let old = unsafe { libc::umask(0) };
         let sd = StateDir::for_file(&dir.path().join("x.kdl"), "x", None);
-        let lock = sd.lock("apply").map(drop);
-        let mut s = State::new("x");
-        let saved = sd.save(&mut s).and_then(|()| sd.save(&mut s));
-        let step = sd.write_step_result("A", 0, 0, "out", "err");
-        let disks = sd.private_subdir("disks");
-        // SAFETY: as above.
-        unsafe { libc::umask(old) };
+        let (lock, saved, step, disks) = crate::safefs::with_umask_0(|| {
+            let lock = sd.lock("apply").map(drop);
+            let mut s = State::new("x");
+            let saved = sd.save(&mut s).and_then(|()| sd.save(&mut s));
+            let step = sd.write_step_result("A", 0, 0, "out", "err");
+            (lock, saved, step, sd.private_subdir("disks"))
+        });
         lock.unwrap();
         saved.unwrap();
         step.unwrap();

@@ -142,7 +142,7 @@ impl LocalHost {
         for (address, rec) in &state.resources {
             if rec.kind == Kind::Disk
                 && let Some(file) = rec.attr_str("file")
-                && super::disk_path(sd, file).exists()
+                && super::disk_path(sd, file).is_some_and(|p| p.symlink_metadata().is_ok())
             {
                 obs.disks.insert(address.clone());
             }
@@ -243,7 +243,16 @@ impl super::Host for LocalHost {
 
     async fn create_disk(&self, disk: &DiskSpec, path: &Path) -> Result<(), HostError> {
         if let Some(parent) = path.parent() {
-            std::fs::create_dir_all(parent)?;
+            super::private_dir(parent)?;
+        }
+        // A keep disk's file is never replaced: if it is there with no record
+        // (a lost state), it is the user's data.
+        if disk.keep && path.symlink_metadata().is_ok() {
+            return Err(HostError::Other(format!(
+                "disk '{}' is keep=#true and {} already exists: refusing to overwrite it (move it away to start empty, or restore the state that records it)",
+                disk.name,
+                path.display()
+            )));
         }
         let _ = std::fs::remove_file(path);
         let fmt = fmt_of(disk.format);
@@ -298,8 +307,7 @@ impl super::Host for LocalHost {
             Some("kvm") => qemu::Accel::Kvm,
             _ => accel,
         };
-        let rt = super::runtime_dir(&lab.name, &vm.name);
-        std::fs::create_dir_all(&rt)?;
+        let rt = super::ensure_runtime_dir(&lab.name, &vm.name)?;
         let mut cfg = VmConfig::new(&vm.name, vm.uuid, accel, &rt);
         cfg.memory_mib = vm.memory_mib;
         cfg.vcpus = vm.vcpus;
@@ -311,8 +319,9 @@ impl super::Host for LocalHost {
             .initrd
             .as_ref()
             .map(|p| std::path::absolute(p).unwrap_or_else(|_| p.clone()));
-        let logs = sd.logs();
-        std::fs::create_dir_all(&logs)?;
+        let logs = sd
+            .private_subdir("logs")
+            .map_err(|e| HostError::Other(e.to_string()))?;
         cfg.serial_log = Some(std::path::absolute(
             logs.join(format!("{}.serial.log", vm.name)),
         )?);
@@ -347,9 +356,8 @@ impl super::Host for LocalHost {
             };
             let (path, format) = if vm.snapshot {
                 let overlay = std::path::absolute(overlay_path(sd, &vm.name, i))?;
-                if let Some(p) = overlay.parent() {
-                    std::fs::create_dir_all(p)?;
-                }
+                sd.private_subdir("overlays")
+                    .map_err(|e| HostError::Other(e.to_string()))?;
                 let _ = std::fs::remove_file(&overlay);
                 qemu_img::create_overlay(&path, &overlay).await?;
                 (overlay, ImageFormat::Qcow2)
@@ -398,7 +406,10 @@ impl super::Host for LocalHost {
         sd: &StateDir,
     ) -> Result<(), HostError> {
         let rt = super::runtime_dir(experiment, vm);
-        let pid = pid.or_else(|| qemu::pid_in(&rt));
+        // The pidfile in our runtime folder names the QEMU to stop; a pid
+        // from the state only when that process runs with this runtime
+        // folder (a state is untrusted: never signal someone else's process).
+        let pid = qemu::pid_in(&rt).or(pid.filter(|&p| runs_with(p, &rt)));
         if let Some(pid) = pid
             && process_alive(pid)
         {
@@ -498,6 +509,17 @@ impl super::Host for LocalHost {
     }
 }
 
+/// Does process `pid`'s command line name the runtime folder `rt`?
+fn runs_with(pid: u32, rt: &Path) -> bool {
+    use std::os::unix::ffi::OsStrExt;
+    if !crate::state::valid_pid(u64::from(pid)) {
+        return false;
+    }
+    let needle = rt.as_os_str().as_bytes();
+    std::fs::read(format!("/proc/{pid}/cmdline"))
+        .is_ok_and(|c| !needle.is_empty() && c.windows(needle.len()).any(|w| w == needle))
+}
+
 /// The overlay of a snapshot VM's i-th disk.
 pub fn overlay_path(sd: &StateDir, vm: &str, i: usize) -> PathBuf {
     sd.root.join("overlays").join(format!("{vm}.{i}.qcow2"))
@@ -513,5 +535,48 @@ fn copy_tree(src: &Path, dst: &Path) -> std::io::Result<()> {
         Ok(())
     } else {
         std::fs::copy(src, dst).map(|_| ())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::host::Host;
+
+    fn disk(keep: bool) -> DiskSpec {
+        DiskSpec {
+            name: "data".into(),
+            address: "disk.data".into(),
+            size_bytes: Some(1 << 20),
+            format: DiskFormat::Raw,
+            filesystem: None,
+            keep,
+            from: None,
+            inject: Vec::new(),
+        }
+    }
+
+    /// A keep disk's file with no record (a lost state) is the user's data:
+    /// creating the disk refuses instead of replacing it.
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_keep_disk_file_is_never_overwritten() {
+        let host = match LocalHost::connect() {
+            Ok(h) => h,
+            Err(e) => {
+                assert!(std::env::var_os("CI").is_none(), "no netlink socket: {e}");
+                eprintln!("SKIP a_keep_disk_file_is_never_overwritten: no netlink socket: {e}");
+                return;
+            }
+        };
+        let t = tempfile::tempdir().unwrap();
+        let path = t.path().join("disks/data.raw");
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(&path, "the user's data").unwrap();
+        let err = host.create_disk(&disk(true), &path).await.unwrap_err();
+        assert!(err.to_string().contains("refusing to overwrite"), "{err}");
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "the user's data");
+        // Not keep: replaced by a fresh image of the size asked for.
+        host.create_disk(&disk(false), &path).await.unwrap();
+        assert_eq!(std::fs::metadata(&path).unwrap().len(), 1 << 20);
     }
 }
