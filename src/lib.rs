@@ -19,6 +19,7 @@ pub mod image;
 pub mod lab;
 pub mod model;
 pub mod observed;
+pub mod owners;
 pub mod plan;
 pub mod safefs;
 pub mod saved;

@@ -183,6 +183,23 @@ impl From<crate::state::StateError> for CliError {
     }
 }
 
+impl From<crate::owners::OwnerError> for CliError {
+    fn from(e: crate::owners::OwnerError) -> Self {
+        CliError {
+            message: e.to_string(),
+            hint: e.hint(),
+        }
+    }
+}
+
+/// Claim the experiment's name for this state folder (commands that change the host).
+fn claim(experiment: &str, sd: &StateDir) -> Result<(), CliError> {
+    if let Some(notice) = crate::owners::claim(experiment, &sd.root)? {
+        eprintln!("notice: {notice}");
+    }
+    Ok(())
+}
+
 /// Print diagnostics the way a user reads them: fancy on a terminal, plain otherwise.
 pub fn print_diagnostics(diags: &Diagnostics, src: &SourceFile) {
     if diags.is_empty() {
@@ -317,6 +334,7 @@ fn run(cli: Cli) -> Result<ExitCode, CliError> {
             };
             let sd = StateDir::for_file(&file, &lab.name, state_dir.as_deref());
             let _lock = sd.lock(&format!("megaplan plan {}", file.display()))?;
+            crate::owners::check(&lab.name, &sd.root)?;
             let state = sd.load()?;
             let observed = crate::host::refresh(&lab.name, &state, &sd)
                 .map_err(|e| CliError::new(format!("refresh failed: {e}")))?;
@@ -527,6 +545,7 @@ fn apply_cmd(
         preflight(Some(&lab))?;
         let sd = StateDir::for_file(&saved.file, &lab.name, state_dir.as_deref());
         let _lock = sd.lock(&format!("megaplan apply {}", file.display()))?;
+        claim(&lab.name, &sd)?;
         let mut state = sd.load()?;
         if let Some(why) = saved.stale_because(&state) {
             return Err(CliError::new(format!(
@@ -554,6 +573,7 @@ fn apply_cmd(
     preflight(Some(&lab))?;
     let sd = StateDir::for_file(&file, &lab.name, state_dir.as_deref());
     let _lock = sd.lock(&format!("megaplan apply {}", file.display()))?;
+    claim(&lab.name, &sd)?;
     let mut state = sd.load()?;
     let observed = crate::host::refresh(&lab.name, &state, &sd)
         .map_err(|e| CliError::new(format!("refresh failed: {e}")))?;
@@ -585,21 +605,34 @@ fn destroy_cmd(
     }
     let sd = StateDir::for_file(&file, &lab.name, state_dir.as_deref());
     let _lock = sd.lock(&format!("megaplan destroy {}", file.display()))?;
+    if dry_run {
+        crate::owners::check(&lab.name, &sd.root)?;
+    } else {
+        claim(&lab.name, &sd)?;
+    }
     let mut state = sd.load()?;
     let observed = crate::host::refresh(&lab.name, &state, &sd)
         .map_err(|e| CliError::new(format!("refresh failed: {e}")))?;
     let mode = if all { Mode::DestroyAll } else { Mode::Destroy };
     let p = plan::plan(None, &state, Some(&observed), mode);
     print!("{}", render::text(&p));
-    if dry_run || !p.has_changes() {
+    if dry_run {
         return Ok(ExitCode::SUCCESS);
     }
-    if !auto_approve && !confirm("destroy these resources")? {
-        println!("Destroy cancelled.");
-        return Ok(ExitCode::from(1));
-    }
-    let code = execute(Some(&lab), &lab.name, &sd, &p, &mut state, parallelism)?;
+    let code = if p.has_changes() {
+        if !auto_approve && !confirm("destroy these resources")? {
+            println!("Destroy cancelled.");
+            return Ok(ExitCode::from(1));
+        }
+        execute(Some(&lab), &lab.name, &sd, &p, &mut state, parallelism)?
+    } else {
+        ExitCode::SUCCESS
+    };
     let _ = std::fs::remove_dir(crate::host::runtime_root(&lab.name));
+    // Nothing recorded any more (keep disks stay recorded): the name is free.
+    if state.resources.is_empty() {
+        crate::owners::release(&lab.name, &sd.root)?;
+    }
     Ok(code)
 }
 
@@ -613,6 +646,7 @@ fn show_cmd(
         return Ok(ExitCode::from(1));
     };
     let sd = StateDir::for_file(&file, &lab.name, state_dir.as_deref());
+    crate::owners::check(&lab.name, &sd.root)?;
     let state = sd.load()?;
     let observed = crate::host::refresh(&lab.name, &state, &sd)
         .map_err(|e| CliError::new(format!("refresh failed: {e}")))?;
@@ -803,6 +837,7 @@ fn disk_cmd(command: DiskCommand) -> Result<ExitCode, CliError> {
         ))
     })?;
     let sd = StateDir::for_file(&file, &lab.name, state_dir.as_deref());
+    crate::owners::check(&lab.name, &sd.root)?;
     let state = sd.load()?;
     let observed = crate::host::refresh(&lab.name, &state, &sd)
         .map_err(|e| CliError::new(format!("refresh failed: {e}")))?;
