@@ -6,6 +6,7 @@
 //! (the one seam to the machine) -> `drivers` (netlink, tc, qemu-img, QEMU/QMP,
 //! agent) -> `state`.
 
+pub mod adopt;
 pub mod agent;
 pub mod apply;
 pub mod cc;

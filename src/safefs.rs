@@ -361,20 +361,43 @@ fn not_a_folder(path: &Path, e: io::Error) -> io::Error {
     }
 }
 
-/// Tests that set the process umask hold this (the umask is process-wide).
+/// Run the `#[ignore]`d test `name` (its full path) in a child test process
+/// whose umask is 0, and require it to pass: the umask is process-wide, so
+/// it is never changed under the other tests of this process.
 #[cfg(test)]
-pub(crate) static UMASK_TEST: std::sync::Mutex<()> = std::sync::Mutex::new(());
+pub(crate) fn run_with_umask_0(name: &str) {
+    use std::os::unix::process::CommandExt;
+    let mut cmd = std::process::Command::new(std::env::current_exe().unwrap());
+    cmd.args([
+        name,
+        "--exact",
+        "--ignored",
+        "--nocapture",
+        "--test-threads=1",
+    ]);
+    // SAFETY: umask is async-signal-safe.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::umask(0);
+            Ok(())
+        });
+    }
+    let out = cmd.output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && text.contains("1 passed"),
+        "{name} with umask 0:\n{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
 
-/// Run `f` with umask 0 in this process, restoring it afterwards.
+/// In a test run by [`run_with_umask_0`]: the umask is really 0.
 #[cfg(test)]
-pub(crate) fn with_umask_0<T>(f: impl FnOnce() -> T) -> T {
-    let _g = UMASK_TEST.lock().unwrap_or_else(|e| e.into_inner());
-    // SAFETY: umask has no preconditions.
-    let old = unsafe { libc::umask(0) };
-    let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
-    // SAFETY: as above.
-    unsafe { libc::umask(old) };
-    r.unwrap_or_else(|p| std::panic::resume_unwind(p))
+pub(crate) fn assert_umask_0() {
+    // SAFETY: umask has no preconditions; set back at once.
+    let m = unsafe { libc::umask(0) };
+    unsafe { libc::umask(m) };
+    assert_eq!(m, 0, "run this test through run_with_umask_0");
 }
 
 #[cfg(test)]

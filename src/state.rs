@@ -193,7 +193,7 @@ impl StateError {
                 );
                 Some(if backup.exists() {
                     format!(
-                        "the state before the last write is kept in {}: `megaplan state restore-backup FILE` (with the same --state-dir) puts it back; or {rebuild}",
+                        "the state as it was before the last command that wrote it is kept in {}: `megaplan state restore-backup FILE` (with the same --state-dir) puts it back; or {rebuild}",
                         backup.display()
                     )
                 } else {
@@ -400,8 +400,9 @@ impl StateDir {
         Ok(state)
     }
 
-    /// Write atomically: temp file (O_EXCL, 0600), fsync, keep the old
-    /// `state.json` as `state.json.backup`, rename, fsync the folder. Bumps serial.
+    /// Write atomically: temp file (O_EXCL, 0600), fsync, keep the state as
+    /// this process found it as `state.json.backup`, rename, fsync the
+    /// folder. Bumps serial.
     pub fn save(&self, state: &mut State) -> Result<(), StateError> {
         state.serial += 1;
         let path = self.state_file();
@@ -422,9 +423,10 @@ impl StateDir {
             f.write_all(&body).map_err(werr)?;
             f.sync_all().map_err(werr)?;
         }
-        // The backup: a second name for the current state, moved into place,
-        // so there is always a state.json (old or new) and a backup of it.
-        if dir.exists(STATE_NAME).map_err(werr)? {
+        // The backup: a second name for the state as this process found it
+        // (its first write only), moved into place, so there is always a
+        // state.json (old or new) and a complete earlier state beside it.
+        if first_write_of(&self.root) && dir.exists(STATE_NAME).map_err(werr)? {
             let btmp = format!(".{BACKUP_NAME}.{}.tmp", std::process::id());
             dir.unlink(&btmp).map_err(werr)?;
             dir.link(STATE_NAME, &btmp).map_err(werr)?;
@@ -494,6 +496,27 @@ impl StateDir {
             _dir: dir,
             _file: file,
         })
+    }
+}
+
+/// True the first time this process writes the state in `root`: the backup
+/// is the state before the command, not one operation behind (as Terraform's).
+fn first_write_of(root: &Path) -> bool {
+    written(root, true)
+}
+
+static WRITTEN: std::sync::Mutex<Option<std::collections::HashSet<PathBuf>>> =
+    std::sync::Mutex::new(None);
+
+/// Mark (`true`: returns whether it was new) or forget `root` as written by this process.
+fn written(root: &Path, mark: bool) -> bool {
+    let key = std::fs::canonicalize(root).unwrap_or_else(|_| root.to_path_buf());
+    let mut set = WRITTEN.lock().unwrap_or_else(|e| e.into_inner());
+    let set = set.get_or_insert_with(Default::default);
+    if mark {
+        set.insert(key)
+    } else {
+        set.remove(&key)
     }
 }
 
@@ -791,24 +814,25 @@ mod tests {
         assert!(err.contains("belongs to uid 65534"), "{err}");
     }
 
-    /// Runs with umask 0 in this process: modes must not depend on it. (The
-    /// only test here that changes the umask; others create nothing they check.)
     #[test]
     fn files_are_private_whatever_the_umask() {
+        crate::safefs::run_with_umask_0("state::tests::files_are_private_with_umask_0");
+    }
+
+    #[test]
+    #[ignore = "run by files_are_private_whatever_the_umask in a child with umask 0"]
+    fn files_are_private_with_umask_0() {
         use std::os::unix::fs::PermissionsExt;
+        crate::safefs::assert_umask_0();
         let dir = tempfile::tempdir().unwrap();
         let sd = StateDir::for_file(&dir.path().join("x.kdl"), "x", None);
-        let (lock, saved, step, disks) = crate::safefs::with_umask_0(|| {
-            let lock = sd.lock("apply").map(drop);
-            let mut s = State::new("x");
-            let saved = sd.save(&mut s).and_then(|()| sd.save(&mut s));
-            let step = sd.write_step_result("A", 0, 0, "out", "err");
-            (lock, saved, step, sd.private_subdir("disks"))
-        });
-        lock.unwrap();
-        saved.unwrap();
-        step.unwrap();
-        disks.unwrap();
+        drop(sd.lock("apply").unwrap());
+        let mut s = State::new("x");
+        sd.save(&mut s).unwrap();
+        written(&sd.root, false);
+        sd.save(&mut s).unwrap();
+        sd.write_step_result("A", 0, 0, "out", "err").unwrap();
+        sd.private_subdir("disks").unwrap();
         let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode(&sd.root), 0o700);
         assert_eq!(mode(&sd.root.parent().unwrap().to_path_buf()), 0o700);
@@ -829,11 +853,15 @@ mod tests {
     }
 
     #[test]
-    fn every_write_keeps_the_previous_state_as_backup() {
+    fn the_state_before_a_command_is_kept_as_backup() {
         let dir = tempfile::tempdir().unwrap();
         let (sd, mut s) = saved_state(dir.path());
         assert!(!sd.backup_file().exists(), "nothing to back up at first");
+        // A new command (process): its first write keeps the state it found.
+        written(&sd.root, false);
         s.resources.remove("disk.data");
+        sd.save(&mut s).unwrap();
+        // Later writes of the same command keep that backup.
         sd.save(&mut s).unwrap();
         let backup: State =
             serde_json::from_str(&std::fs::read_to_string(sd.backup_file()).unwrap()).unwrap();

@@ -151,3 +151,118 @@ fn two_folders_cannot_share_an_experiment_name() {
     h.ok(&["destroy", s(&b), "--all", "--auto-approve"]);
     assert!(!h.links().contains(&h.bridge()));
 }
+
+/// Overwrite the start of the keep disk with something to recognise.
+fn mark_disk(path: &Path) {
+    use std::io::{Seek, Write};
+    let mut f = std::fs::OpenOptions::new().write(true).open(path).unwrap();
+    f.rewind().unwrap();
+    f.write_all(b"the user's data").unwrap();
+}
+
+fn disk_is_marked(path: &Path) -> bool {
+    std::fs::read(path).unwrap().starts_with(b"the user's data")
+}
+
+#[test]
+fn a_lost_state_is_rebuilt_from_the_host() {
+    if !can_run("a_lost_state_is_rebuilt_from_the_host") {
+        return;
+    }
+    let h = Host::new();
+    let f = h.folder("lab", LAB);
+    h.ok(&["apply", s(&f), "--auto-approve"]);
+    let sd = state_dir(&f);
+    let disk = sd.join("disks/data.raw");
+    mark_disk(&disk);
+    std::fs::remove_file(sd.join("state.json")).unwrap();
+    let _ = std::fs::remove_file(sd.join("state.json.backup"));
+
+    // plan adopts (and writes nothing): no changes.
+    let out = h.run(&["plan", s(&f), "--detailed-exitcode"]);
+    assert_eq!(out.status.code(), Some(0));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("adopted 2 objects"), "{err}");
+    assert!(!sd.join("state.json").exists(), "plan changes nothing");
+    // apply adopts and records them; the bridge stays, the disk keeps its data.
+    h.ok(&["apply", s(&f), "--auto-approve"]);
+    assert!(sd.join("state.json").exists());
+    assert!(disk_is_marked(&disk));
+    assert!(h.links().contains(&h.bridge()));
+    assert_eq!(
+        h.run(&["plan", s(&f), "--detailed-exitcode"]).status.code(),
+        Some(0)
+    );
+    h.ok(&["destroy", s(&f), "--all", "--auto-approve"]);
+    assert!(!h.links().contains(&h.bridge()));
+}
+
+#[test]
+fn a_corrupt_state_names_the_way_out() {
+    if !can_run("a_corrupt_state_names_the_way_out") {
+        return;
+    }
+    let h = Host::new();
+    let f = h.folder("lab", LAB);
+    h.ok(&["apply", s(&f), "--auto-approve"]);
+    // A second apply (one more write), so the backup is the complete state.
+    std::fs::write(&f, format!("{LAB}network \"mon\"\n")).unwrap();
+    h.ok(&["apply", s(&f), "--auto-approve"]);
+    std::fs::write(&f, LAB).unwrap();
+    let sd = state_dir(&f);
+    let text = std::fs::read_to_string(sd.join("state.json")).unwrap();
+    std::fs::write(sd.join("state.json"), &text[..text.len() / 3]).unwrap();
+    let err = h.refused(&["apply", s(&f), "--auto-approve"]);
+    assert!(err.contains("state.json is not a megaplan state"), "{err}");
+    assert!(err.contains("state.json.backup"), "{err}");
+    assert!(err.contains("megaplan state restore-backup"), "{err}");
+    // Crafted paths are refused on load, naming the address.
+    std::fs::write(
+        sd.join("state.json"),
+        text.replace("\"data.raw\"", "\"../../victim\""),
+    )
+    .unwrap();
+    let err = h.refused(&["destroy", s(&f), "--all", "--auto-approve"]);
+    assert!(err.contains("disk.data: file '../../victim'"), "{err}");
+    h.ok(&["state", "restore-backup", s(&f)]);
+    // The backup is the state before that second apply: LAN and the disk
+    // (network.mon, made since, is an orphan of this experiment).
+    let out = h.ok(&["plan", s(&f)]);
+    assert!(
+        out.contains("Plan: 0 to add, 0 to change, 0 to replace, 1 to destroy."),
+        "{out}"
+    );
+    assert!(
+        out.contains("network.mon will be destroyed (orphan"),
+        "{out}"
+    );
+    h.ok(&["destroy", s(&f), "--all", "--auto-approve"]);
+}
+
+#[test]
+fn a_saved_plan_is_refused_once_the_host_changed() {
+    if !can_run("a_saved_plan_is_refused_once_the_host_changed") {
+        return;
+    }
+    let h = Host::new();
+    let f = h.folder("lab", LAB);
+    h.ok(&["apply", s(&f), "--auto-approve"]);
+    let saved = h.dir.path().join("lab.plan");
+    h.ok(&["plan", s(&f), "--out", s(&saved)]);
+    // Drift: the bridge is deleted behind megaplan's back.
+    let st = Command::new("ip")
+        .args(["-n", &h.ns.name, "link", "del", &h.bridge()])
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let err = h.refused(&["apply", s(&saved)]);
+    assert!(err.contains("the host changed since the plan"), "{err}");
+    assert!(err.contains("network.LAN bridge missing"), "{err}");
+    assert!(err.contains("make a new one"), "{err}");
+    assert!(!h.links().contains(&h.bridge()), "nothing was done");
+    // A new plan applies and repairs it.
+    h.ok(&["plan", s(&f), "--out", s(&saved)]);
+    h.ok(&["apply", s(&saved)]);
+    assert!(h.links().contains(&h.bridge()));
+    h.ok(&["destroy", s(&f), "--all", "--auto-approve"]);
+}

@@ -128,6 +128,21 @@ pub enum Command {
         #[command(subcommand)]
         command: ImageCommand,
     },
+    /// The state folder: `state restore-backup` puts the previous state.json back.
+    State {
+        #[command(subcommand)]
+        command: StateCommand,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum StateCommand {
+    /// Replace state.json by state.json.backup (the state before the last write), after checking it.
+    RestoreBackup {
+        file: PathBuf,
+        #[arg(long)]
+        state_dir: Option<PathBuf>,
+    },
 }
 
 /// Exit with the code for an outcome.
@@ -322,6 +337,25 @@ fn run(cli: Cli) -> Result<ExitCode, CliError> {
         Command::Cc { command } => cc_cmd(command),
         Command::Disk { command } => disk_cmd(command),
         Command::Image { command } => image_cmd(command),
+        Command::State {
+            command: StateCommand::RestoreBackup { file, state_dir },
+        } => {
+            let Ok((_, lab)) = load(&file) else {
+                return Ok(ExitCode::from(1));
+            };
+            let sd = StateDir::for_file(&file, &lab.name, state_dir.as_deref());
+            let _lock = sd.lock(&format!("megaplan state restore-backup {}", file.display()))?;
+            crate::owners::check(&lab.name, &sd.root)?;
+            let state = sd.restore_backup()?;
+            println!(
+                "Restored {} from {} (serial {}, {} resources); run plan to see how the host compares.",
+                sd.state_file().display(),
+                sd.backup_file().display(),
+                state.serial,
+                state.resources.len()
+            );
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Plan {
             file,
             json,
@@ -335,10 +369,8 @@ fn run(cli: Cli) -> Result<ExitCode, CliError> {
             let sd = StateDir::for_file(&file, &lab.name, state_dir.as_deref());
             let _lock = sd.lock(&format!("megaplan plan {}", file.display()))?;
             crate::owners::check(&lab.name, &sd.root)?;
-            let state = sd.load()?;
-            let observed = crate::host::refresh(&lab.name, &state, &sd)
-                .map_err(|e| CliError::new(format!("refresh failed: {e}")))?;
-            let p = plan::plan(Some(&lab), &state, Some(&observed), Mode::Apply);
+            let mut state = sd.load()?;
+            let (_, p) = refresh_and_plan(&lab, &sd, &mut state)?;
             if json {
                 println!(
                     "{}",
@@ -539,6 +571,16 @@ fn apply_cmd(
     state_dir: Option<PathBuf>,
 ) -> Result<ExitCode, CliError> {
     if let Some(saved) = crate::saved::SavedPlan::read(&file) {
+        saved.check().map_err(|why| {
+            CliError::new(format!(
+                "{} is not a plan megaplan made: {why}",
+                file.display()
+            ))
+            .with_hint(format!(
+                "make a new one: megaplan plan FILE --out {}",
+                file.display()
+            ))
+        })?;
         let Ok((_, lab)) = load(&saved.file) else {
             return Ok(ExitCode::from(1));
         };
@@ -547,25 +589,36 @@ fn apply_cmd(
         let _lock = sd.lock(&format!("megaplan apply {}", file.display()))?;
         claim(&lab.name, &sd)?;
         let mut state = sd.load()?;
+        let new_plan = || {
+            format!(
+                "make a new one: megaplan plan {} --out {}",
+                saved.file.display(),
+                file.display()
+            )
+        };
         if let Some(why) = saved.stale_because(&state) {
             return Err(CliError::new(format!(
                 "the saved plan {} is stale: {why}",
                 file.display()
             ))
-            .with_hint(format!(
-                "make a new one: megaplan plan {} --out {}",
-                saved.file.display(),
-                file.display()
-            )));
+            .with_hint(new_plan()));
         }
-        return execute(
-            Some(&lab),
-            &lab.name,
-            &sd,
-            &saved.plan,
-            &mut state,
-            parallelism,
-        );
+        // The plan's assumptions about the host, checked again: what runs is
+        // this fresh plan, which must do what the saved one said.
+        let (adopted, fresh) = refresh_and_plan(&lab, &sd, &mut state)?;
+        let drift = crate::saved::drift(&saved.plan, &fresh);
+        if !drift.is_empty() {
+            return Err(CliError::new(format!(
+                "the host changed since the plan {} was made:\n  - {}",
+                file.display(),
+                drift.join("\n  - ")
+            ))
+            .with_hint(new_plan()));
+        }
+        if adopted {
+            sd.save(&mut state)?;
+        }
+        return execute(Some(&lab), &lab.name, &sd, &fresh, &mut state, parallelism);
     }
     let Ok((_, lab)) = load(&file) else {
         return Ok(ExitCode::from(1));
@@ -575,9 +628,10 @@ fn apply_cmd(
     let _lock = sd.lock(&format!("megaplan apply {}", file.display()))?;
     claim(&lab.name, &sd)?;
     let mut state = sd.load()?;
-    let observed = crate::host::refresh(&lab.name, &state, &sd)
-        .map_err(|e| CliError::new(format!("refresh failed: {e}")))?;
-    let p = plan::plan(Some(&lab), &state, Some(&observed), Mode::Apply);
+    let (adopted, p) = refresh_and_plan(&lab, &sd, &mut state)?;
+    if adopted {
+        sd.save(&mut state)?;
+    }
     print!("{}", render::text(&p));
     if !p.has_changes() {
         return Ok(ExitCode::SUCCESS);
@@ -587,6 +641,19 @@ fn apply_cmd(
         return Ok(ExitCode::from(1));
     }
     execute(Some(&lab), &lab.name, &sd, &p, &mut state, parallelism)
+}
+
+/// Refresh, rebuild a lost state from the host (crate::adopt), and plan an
+/// apply: (whether anything was adopted, the plan).
+fn refresh_and_plan(lab: &Lab, sd: &StateDir, state: &mut State) -> Result<(bool, Plan), CliError> {
+    let mut observed = crate::host::refresh(&lab.name, state, sd)
+        .map_err(|e| CliError::new(format!("refresh failed: {e}")))?;
+    let adopted = crate::adopt::adopt(lab, state, &mut observed, sd);
+    if !adopted.is_empty() {
+        eprintln!("notice: {}", crate::adopt::notice(sd, &adopted));
+    }
+    let p = plan::plan(Some(lab), state, Some(&observed), Mode::Apply);
+    Ok((!adopted.is_empty(), p))
 }
 
 fn destroy_cmd(

@@ -697,9 +697,16 @@ mod tests {
 
     /// QEMU's own files (pidfile, sockets, serial log) are made with umask
     /// 077 whatever the caller's: a stand-in QEMU writes its pidfile.
+    #[test]
+    fn qemu_runs_with_a_private_umask() {
+        crate::safefs::run_with_umask_0("drivers::qemu::tests::qemu_runs_with_a_private_umask_0");
+    }
+
     #[tokio::test(flavor = "current_thread")]
-    async fn qemu_runs_with_a_private_umask() {
+    #[ignore = "run by qemu_runs_with_a_private_umask with umask 0"]
+    async fn qemu_runs_with_a_private_umask_0() {
         use std::os::unix::fs::PermissionsExt;
+        crate::safefs::assert_umask_0();
         let t = tempfile::tempdir().unwrap();
         let fake = t.path().join("fake-qemu");
         std::fs::write(
@@ -712,15 +719,7 @@ mod tests {
         c.runtime_dir = t.path().join("rt");
         c.serial_log = Some(t.path().join("serial.log"));
         c.qemu_binary = Some(fake);
-        let _g = crate::safefs::UMASK_TEST
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
-        // SAFETY: umask has no preconditions.
-        let old = unsafe { libc::umask(0) };
-        let r = launch(&c).await;
-        // SAFETY: as above.
-        unsafe { libc::umask(old) };
-        r.unwrap();
+        launch(&c).await.unwrap();
         let mode = std::fs::metadata(c.pidfile()).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o600);
         let mode = std::fs::metadata(&c.runtime_dir)
