@@ -305,11 +305,24 @@ impl StateDir {
     /// The path of a disk file in `disks/`: only for a plain file name that
     /// passes the experiment file's name rules (no `/`, no `..`, no leading
     /// `.` or `-`), so no state or plan can point it elsewhere.
+    /// `disks/` itself, when it exists, must be a real folder (not a link).
     pub fn disk_file(&self, file: &str) -> Result<PathBuf, StateError> {
         if crate::validate::name_problem(file).is_some() {
             return Err(StateError::BadName {
                 dir: self.disks(),
                 name: file.to_string(),
+            });
+        }
+        if let Some(root) = self.open(false)?
+            && let Some((mode, _)) = root.lstat("disks").map_err(|source| StateError::Read {
+                path: self.disks(),
+                source,
+            })?
+            && mode & libc::S_IFMT != libc::S_IFDIR
+        {
+            return Err(StateError::Unsafe {
+                path: self.disks(),
+                why: "it is not a folder (a link?): megaplan never follows one there".into(),
             });
         }
         Ok(self.disks().join(file))
@@ -1006,5 +1019,18 @@ mod tests {
         ] {
             assert!(sd.disk_file(bad).is_err(), "{bad}");
         }
+        // disks/ planted as a link to another folder: refused.
+        let dir = tempfile::tempdir().unwrap();
+        let elsewhere = tempfile::tempdir().unwrap();
+        let sd = StateDir {
+            root: dir.path().into(),
+            experiment: "x".into(),
+        };
+        sd.disk_file("data.qcow2").unwrap();
+        std::os::unix::fs::symlink(elsewhere.path(), sd.disks()).unwrap();
+        assert!(matches!(
+            sd.disk_file("data.qcow2"),
+            Err(StateError::Unsafe { .. })
+        ));
     }
 }

@@ -124,10 +124,14 @@ impl LocalHost {
         let mut folders = Vec::new();
         if let Ok(dir) = std::fs::read_dir(super::runtime_root(experiment)) {
             for entry in dir.flatten() {
-                folders.push((
-                    entry.file_name().to_string_lossy().to_string(),
-                    entry.path(),
-                ));
+                // Only real folders with names megaplan could have made (not links).
+                let name = entry.file_name().to_string_lossy().to_string();
+                if crate::validate::name_problem(&name).is_some()
+                    || !entry.file_type().is_ok_and(|t| t.is_dir())
+                {
+                    continue;
+                }
+                folders.push((name, entry.path()));
             }
         }
         let vms: Vec<(String, ObservedVm)> = futures::stream::iter(folders)
@@ -433,7 +437,12 @@ impl super::Host for LocalHost {
             };
             crate::drivers::qmp::stop_vm(&rt, pid, grace).await?;
         }
-        let _ = std::fs::remove_dir_all(&rt);
+        // Never through a link: the experiment's runtime folder must be a real one.
+        let root_is_real = std::fs::symlink_metadata(super::runtime_root(experiment))
+            .is_ok_and(|m| m.file_type().is_dir());
+        if root_is_real && crate::validate::name_problem(vm).is_none() {
+            let _ = std::fs::remove_dir_all(&rt);
+        }
         // Snapshot overlays go with the VM.
         if let Ok(dir) = std::fs::read_dir(sd.root.join("overlays")) {
             let prefix = format!("{vm}.");
