@@ -848,7 +848,7 @@ mod tests {
         sd.private_subdir("disks").unwrap();
         let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode(&sd.root), 0o700);
-        assert_eq!(mode(&sd.root.parent().unwrap().to_path_buf()), 0o700);
+        assert_eq!(mode(sd.root.parent().unwrap()), 0o700);
         assert_eq!(mode(&sd.root.join("lock")), 0o600);
         assert_eq!(mode(&sd.state_file()), 0o600);
         assert_eq!(mode(&sd.backup_file()), 0o600);
