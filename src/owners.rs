@@ -62,6 +62,11 @@ impl OwnerError {
                 "if no other state folder runs this experiment, remove {}",
                 path.display()
             )),
+            OwnerError::Io { source, .. }
+                if source.kind() == std::io::ErrorKind::PermissionDenied =>
+            {
+                Some("the owners folder belongs to root: run megaplan as root (apply and destroy need it anyway), or set MEGAPLAN_OWNERS_DIR".into())
+            }
             OwnerError::Io { .. } => None,
         }
     }

@@ -145,7 +145,8 @@ impl Dir {
         let flags = libc::O_NOFOLLOW
             | libc::O_CLOEXEC
             | match how {
-                Open::Read => libc::O_RDONLY,
+                // Non-blocking: a FIFO planted under the name must not hang us.
+                Open::Read => libc::O_RDONLY | libc::O_NONBLOCK,
                 Open::ReadWriteCreate => libc::O_RDWR | libc::O_CREAT,
                 Open::CreateNew => libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL,
             };
@@ -409,6 +410,13 @@ mod tests {
         let t = tempfile::tempdir().unwrap();
         let d = Dir::open(t.path(), false).unwrap().unwrap();
         std::fs::write(t.path().join("victim"), "keep me").unwrap();
+        let fifo = std::ffi::CString::new(t.path().join("fifo").as_os_str().as_bytes()).unwrap();
+        // SAFETY: a valid C string.
+        assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o600) }, 0);
+        assert!(
+            d.read("fifo", 10).is_err(),
+            "a FIFO is refused, not waited on"
+        );
         std::os::unix::fs::symlink(t.path().join("victim"), t.path().join("lnk")).unwrap();
         assert!(d.open_file("lnk", Open::ReadWriteCreate).is_err());
         assert!(d.open_file("lnk", Open::Read).is_err());
