@@ -1,16 +1,20 @@
 //! Rebuilding a lost state from the host. When `state.json` is gone (never
-//! written, or moved away after corruption), what carries the experiment's
-//! marker and matches the file is adopted as if it had been recorded, so
-//! apply neither fails on it nor kills running VMs nor re-creates a disk
-//! over the user's data.
+//! written, or moved away after corruption) or holds less than the host
+//! (restored from its backup), what carries the experiment's marker and
+//! matches the file is adopted as if it had been recorded, so apply neither
+//! fails on it nor kills running VMs nor re-creates a disk over the user's
+//! data. (Records are written before their effects, so an object of ours
+//! with no record can only come from a lost or older state: with one state
+//! folder per name, see `owners`, it is never another folder's.)
 //!
 //! Invariants:
-//! - Only a state that was never written (serial 0, no records) is filled.
+//! - Only resources of the file with no record are filled in; records that
+//!   exist are never changed.
 //! - Only what refresh saw under this experiment's marker (links, QEMUs in
 //!   this experiment's runtime folder, mirrors between its taps) and disk
 //!   files at the file's own names in `disks/` (plain files, not links) is
 //!   adopted, each with the attributes the file gives it today; steps only
-//!   with a recorded exit in `cc/VM/STEP/exit` and a running, adopted VM.
+//!   with a recorded exit in `cc/VM/STEP/exit` on a VM adopted at the same time.
 //! - Adopted objects are `Ready`: the planner's live checks still replace
 //!   what is not as it should be.
 
@@ -24,11 +28,11 @@ use crate::state::{Kind, Record, State, StateDir};
 /// The generation given to an adopted VM (and the steps adopted on it).
 const ADOPTED_GENERATION: u64 = 1;
 
-/// Fill a never-written `state` from what `observed` and the state folder
+/// Fill the records `state` lacks from what `observed` and the state folder
 /// hold; the adopted addresses (empty when there was nothing to do). Disks
 /// adopted are added to `observed.disks` (refresh lists only recorded ones).
 pub fn adopt(lab: &Lab, state: &mut State, observed: &mut Observed, sd: &StateDir) -> Vec<String> {
-    if state.serial != 0 || !state.resources.is_empty() || lab.name != state.experiment {
+    if lab.name != state.experiment {
         return Vec::new();
     }
     let mut adopted = Vec::new();
@@ -36,6 +40,9 @@ pub fn adopt(lab: &Lab, state: &mut State, observed: &mut Observed, sd: &StateDi
     let attr =
         |r: &graph::Resource, k: &str| r.attrs.get(k).and_then(Value::as_str).map(str::to_owned);
     for r in &resources {
+        if state.resources.contains_key(&r.address) {
+            continue;
+        }
         let mut rec = Record::new(r.kind, r.attrs.clone());
         rec.deps = r.deps.clone();
         let found = match r.kind {
@@ -76,7 +83,7 @@ pub fn adopt(lab: &Lab, state: &mut State, observed: &mut Observed, sd: &StateDi
                     _ => false,
                 }
             }
-            Kind::Step => step_exit(r, state, sd).is_some_and(|exit| {
+            Kind::Step => step_exit(r, state, &adopted, sd).is_some_and(|exit| {
                 rec.exit = Some(exit);
                 rec.generation = Some(ADOPTED_GENERATION);
                 true
@@ -93,9 +100,12 @@ pub fn adopt(lab: &Lab, state: &mut State, observed: &mut Observed, sd: &StateDi
     adopted
 }
 
-/// A step's recorded exit, when its VM (first dependency) was adopted.
-fn step_exit(r: &graph::Resource, state: &State, sd: &StateDir) -> Option<i32> {
+/// A step's recorded exit, when its VM (first dependency) was adopted now.
+fn step_exit(r: &graph::Resource, state: &State, adopted: &[String], sd: &StateDir) -> Option<i32> {
     let vm = r.deps.first()?;
+    if !adopted.contains(vm) {
+        return None;
+    }
     state.resources.get(vm).filter(|v| v.kind == Kind::Vm)?;
     let rest = r.address.strip_prefix("vm.")?;
     let (name, idx) = rest.rsplit_once(".cc[")?;
@@ -111,7 +121,7 @@ fn step_exit(r: &graph::Resource, state: &State, sd: &StateDir) -> Option<i32> {
 /// The notice printed when something was adopted.
 pub fn notice(sd: &StateDir, adopted: &[String]) -> String {
     format!(
-        "no state in {}: adopted {} object{} of experiment '{}' found on this host with its marker ({}), as the file describes them; destroy and apply again if they may differ",
+        "not recorded in {}: adopted {} object{} of experiment '{}' found on this host with its marker ({}), as the file describes them; destroy and apply again if they may differ",
         sd.root.display(),
         adopted.len(),
         if adopted.len() == 1 { "" } else { "s" },
@@ -229,8 +239,45 @@ vm "B" {
         assert_eq!(state.resources["vm.A"].pid, Some(4242));
         assert_eq!(state.resources["vm.A.cc[0]"].exit, Some(0));
         assert!(notice(&sd, &adopted).contains("adopted 8 objects"));
-        // Adopting again (a state that exists) does nothing.
+        // Adopting again (everything recorded) does nothing.
         assert!(adopt(&lab, &mut state, &mut obs, &sd).is_empty());
+    }
+
+    /// A state restored from its backup lacks what the last command made:
+    /// that is adopted, and what is recorded is left as it is.
+    #[test]
+    fn an_older_state_gets_what_it_lacks() {
+        let lab = lab();
+        let t = tempfile::tempdir().unwrap();
+        let sd = StateDir {
+            root: t.path().join("s"),
+            experiment: "x".into(),
+        };
+        std::fs::create_dir_all(sd.disks()).unwrap();
+        std::fs::write(sd.disks().join("keep.raw"), "user data").unwrap();
+        let mut obs = host(&lab);
+        let mut state = State::new("x");
+        state.serial = 7;
+        let mut net = Record::new(Kind::Network, Default::default());
+        net.attrs
+            .insert("bridge".into(), lab.networks[0].bridge.clone().into());
+        net.attrs
+            .insert("host_address".into(), "10.9.9.9/24".into());
+        state.resources.insert("network.LAN".into(), net.clone());
+        let adopted = adopt(&lab, &mut state, &mut obs, &sd);
+        assert!(adopted.contains(&"vm.A".to_string()), "{adopted:?}");
+        assert!(!adopted.contains(&"network.LAN".to_string()));
+        assert_eq!(
+            state.resources["network.LAN"], net,
+            "records are never changed"
+        );
+        let p = plan::plan(Some(&lab), &state, Some(&obs), Mode::Apply);
+        // The recorded network differs from the file: updated; nothing is replaced.
+        assert_eq!(p.change("network.LAN").unwrap().action, Action::Update);
+        assert!(
+            !p.changes.iter().any(|c| c.action == Action::Replace),
+            "{p:?}"
+        );
     }
 
     #[test]
