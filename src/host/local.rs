@@ -391,6 +391,21 @@ impl super::Host for LocalHost {
         }
         cfg.extra_args = vm.qemu_args.clone();
         let pid = qemu::launch(&cfg).await?;
+        // QEMU's -daemonize sets umask 027 for itself: make its files 0600
+        // (they sit in 0700 folders, so nobody else could reach them meanwhile).
+        for p in [
+            cfg.pidfile(),
+            cfg.qmp_socket(),
+            cfg.cc_socket(),
+            cfg.serial_log_path(),
+        ] {
+            use std::os::unix::fs::PermissionsExt;
+            if p.symlink_metadata()
+                .is_ok_and(|m| !m.file_type().is_symlink())
+            {
+                std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600))?;
+            }
+        }
         // The serial log lives with the state; a link from the runtime folder
         // lets a step waiting for the agent watch it for a kernel panic.
         if let Some(log) = &cfg.serial_log {
