@@ -18,6 +18,8 @@ use crate::plan::{Action, Mode, Plan};
 use crate::state::State;
 
 pub const SAVED_FORMAT: &str = "megaplan-plan/1";
+/// A saved plan larger than this is not read.
+pub const SAVED_LIMIT: u64 = 512 << 20;
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct SavedPlan {
@@ -48,17 +50,40 @@ impl SavedPlan {
         }
     }
 
+    /// Write the plan to `path` without following a link there: a new temp
+    /// file (O_EXCL, 0600) beside it, renamed over it (a link planted at
+    /// `path` in a shared folder is replaced, its target never written).
     pub fn write(&self, path: &Path) -> std::io::Result<()> {
-        std::fs::write(
-            path,
-            serde_json::to_vec_pretty(self).expect("plan serialises"),
+        let name = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .ok_or_else(|| std::io::Error::other("the plan file needs a UTF-8 file name"))?;
+        let parent = match path.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p,
+            _ => Path::new("."),
+        };
+        let dir = crate::safefs::Dir::open(&std::fs::canonicalize(parent)?, false)?
+            .ok_or_else(|| std::io::Error::from(std::io::ErrorKind::NotFound))?;
+        dir.write_atomic(
+            name,
+            &serde_json::to_vec_pretty(self).expect("plan serialises"),
         )
     }
 
-    /// Read a saved plan; `None` when the file is not one (an experiment file).
+    /// Read a saved plan; `None` when the file is not one (an experiment
+    /// file). At most [`SAVED_LIMIT`] bytes are read.
     pub fn read(path: &Path) -> Option<Self> {
-        let text = std::fs::read_to_string(path).ok()?;
-        let saved: SavedPlan = serde_json::from_str(&text).ok()?;
+        use std::io::Read;
+        let mut bytes = Vec::new();
+        std::fs::File::open(path)
+            .ok()?
+            .take(SAVED_LIMIT + 1)
+            .read_to_end(&mut bytes)
+            .ok()?;
+        if bytes.len() as u64 > SAVED_LIMIT {
+            return None;
+        }
+        let saved: SavedPlan = serde_json::from_slice(&bytes).ok()?;
         (saved.format == SAVED_FORMAT).then_some(saved)
     }
 
@@ -173,6 +198,15 @@ mod tests {
             SavedPlan::read(&file).is_none(),
             "an experiment file is not a saved plan"
         );
+        // A link planted where the plan goes is replaced, its target untouched.
+        let victim = dir.path().join("victim");
+        std::fs::write(&victim, "precious").unwrap();
+        let planted = dir.path().join("planted.plan");
+        std::os::unix::fs::symlink(&victim, &planted).unwrap();
+        saved.write(&planted).unwrap();
+        assert_eq!(std::fs::read_to_string(&victim).unwrap(), "precious");
+        assert!(SavedPlan::read(&planted).is_some());
+        assert!(!planted.symlink_metadata().unwrap().file_type().is_symlink());
     }
 
     fn network_lab() -> crate::lab::Lab {
