@@ -367,6 +367,12 @@ fn not_a_folder(path: &Path, e: io::Error) -> io::Error {
 /// it is never changed under the other tests of this process.
 #[cfg(test)]
 pub(crate) fn run_with_umask_0(name: &str) {
+    run_with_umask(name, 0);
+}
+
+/// [`run_with_umask_0`] with another umask.
+#[cfg(test)]
+pub(crate) fn run_with_umask(name: &str, mask: libc::mode_t) {
     use std::os::unix::process::CommandExt;
     let mut cmd = std::process::Command::new(std::env::current_exe().unwrap());
     cmd.args([
@@ -378,8 +384,8 @@ pub(crate) fn run_with_umask_0(name: &str) {
     ]);
     // SAFETY: umask is async-signal-safe.
     unsafe {
-        cmd.pre_exec(|| {
-            libc::umask(0);
+        cmd.pre_exec(move || {
+            libc::umask(mask);
             Ok(())
         });
     }
@@ -387,7 +393,7 @@ pub(crate) fn run_with_umask_0(name: &str) {
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success() && text.contains("1 passed"),
-        "{name} with umask 0:\n{text}{}",
+        "{name} with umask {mask:o}:\n{text}{}",
         String::from_utf8_lossy(&out.stderr)
     );
 }

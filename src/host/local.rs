@@ -272,6 +272,9 @@ impl super::Host for LocalHost {
                 }
                 copy_tree(src, &target)?;
             }
+            // The folders become the guest's: 0755 as under a usual umask,
+            // not the 0700 megaplan's own umask (077) gives them.
+            dirs_0755(&stage)?;
             let size = disk.size_bytes.unwrap_or(1 << 30);
             let r = qemu_img::make_ext4(path, fmt, size, Some(&stage)).await;
             let _ = std::fs::remove_dir_all(&stage);
@@ -549,6 +552,19 @@ pub fn overlay_path(sd: &StateDir, vm: &str, i: usize) -> PathBuf {
     sd.root.join("overlays").join(format!("{vm}.{i}.qcow2"))
 }
 
+/// Set `dir` and every folder below it (not following links) to 0755.
+fn dirs_0755(dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755))?;
+    for e in std::fs::read_dir(dir)? {
+        let e = e?;
+        if e.file_type()?.is_dir() {
+            dirs_0755(&e.path())?;
+        }
+    }
+    Ok(())
+}
+
 fn copy_tree(src: &Path, dst: &Path) -> std::io::Result<()> {
     if src.is_dir() {
         std::fs::create_dir_all(dst)?;
@@ -602,5 +618,38 @@ mod tests {
         // Not keep: replaced by a fresh image of the size asked for.
         host.create_disk(&disk(false), &path).await.unwrap();
         assert_eq!(std::fs::metadata(&path).unwrap().len(), 1 << 20);
+    }
+
+    #[test]
+    fn injected_folders_are_0755_under_megaplans_umask() {
+        crate::safefs::run_with_umask(
+            "host::local::tests::injected_folders_are_0755_with_umask_077",
+            0o077,
+        );
+    }
+
+    /// megaplan runs apply with umask 077; the folders it stages for
+    /// `mkfs.ext4 -d` become the guest's and must not be 0700.
+    #[tokio::test(flavor = "current_thread")]
+    #[ignore = "run by injected_folders_are_0755_under_megaplans_umask with umask 077"]
+    async fn injected_folders_are_0755_with_umask_077() {
+        let host = LocalHost::connect().unwrap();
+        let t = tempfile::tempdir().unwrap();
+        std::fs::write(t.path().join("hello"), "hi").unwrap();
+        let mut d = disk(false);
+        d.filesystem = Some("ext4".into());
+        d.size_bytes = Some(8 << 20);
+        d.inject = vec![(t.path().join("hello"), "/sub/dir/hello".into())];
+        let path = t.path().join("disks/data.raw");
+        host.create_disk(&d, &path).await.unwrap();
+        for dir in ["/", "/sub", "/sub/dir"] {
+            let out = std::process::Command::new("debugfs")
+                .args(["-R", &format!("stat {dir}")])
+                .arg(&path)
+                .output()
+                .unwrap();
+            let text = String::from_utf8_lossy(&out.stdout);
+            assert!(text.contains("Mode:  0755"), "{dir}: {text}");
+        }
     }
 }
