@@ -255,19 +255,6 @@ pub fn load(file: &Path) -> Result<(SourceFile, Lab), ExitCode> {
 }
 
 fn run(cli: Cli) -> Result<ExitCode, CliError> {
-    // What these commands and their children (QEMU, qemu-img, mkfs.ext4)
-    // create in the state and runtime folders is private whatever the
-    // caller's umask (disk images, overlays, sockets, logs, results).
-    if matches!(
-        cli.command,
-        Command::Plan { .. }
-            | Command::Apply { .. }
-            | Command::Destroy { .. }
-            | Command::State { .. }
-    ) {
-        // SAFETY: umask has no preconditions.
-        unsafe { libc::umask(0o077) };
-    }
     match cli.command {
         Command::Validate { file } => Ok(match load(&file) {
             Ok((_, lab)) => {

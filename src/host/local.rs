@@ -273,7 +273,7 @@ impl super::Host for LocalHost {
                 copy_tree(src, &target)?;
             }
             // The folders become the guest's: 0755 as under a usual umask,
-            // not the 0700 megaplan's own umask (077) gives them.
+            // whatever the caller's (077 would make the guest's root 0700).
             dirs_0755(&stage)?;
             let size = disk.size_bytes.unwrap_or(1 << 30);
             let r = qemu_img::make_ext4(path, fmt, size, Some(&stage)).await;
@@ -292,6 +292,8 @@ impl super::Host for LocalHost {
         } else {
             qemu_img::create(path, fmt, disk.size_bytes.unwrap_or(1 << 30), None).await?;
         }
+        // qemu-img and mkfs.ext4 create with the caller's umask: the image is private.
+        private_file(path)?;
         Ok(())
     }
 
@@ -367,6 +369,7 @@ impl super::Host for LocalHost {
                     .map_err(|e| HostError::Other(e.to_string()))?;
                 let _ = std::fs::remove_file(&overlay);
                 qemu_img::create_overlay(&path, &overlay).await?;
+                private_file(&overlay)?;
                 (overlay, ImageFormat::Qcow2)
             } else {
                 (path, format)
@@ -552,6 +555,18 @@ pub fn overlay_path(sd: &StateDir, vm: &str, i: usize) -> PathBuf {
     sd.root.join("overlays").join(format!("{vm}.{i}.qcow2"))
 }
 
+/// Make a file megaplan created 0600 (not through a link).
+fn private_file(path: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    if path.symlink_metadata()?.file_type().is_symlink() {
+        return Err(std::io::Error::other(format!(
+            "{} is a link",
+            path.display()
+        )));
+    }
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+}
+
 /// Set `dir` and every folder below it (not following links) to 0755.
 fn dirs_0755(dir: &Path) -> std::io::Result<()> {
     use std::os::unix::fs::PermissionsExt;
@@ -615,23 +630,26 @@ mod tests {
         let err = host.create_disk(&disk(true), &path).await.unwrap_err();
         assert!(err.to_string().contains("refusing to overwrite"), "{err}");
         assert_eq!(std::fs::read_to_string(&path).unwrap(), "the user's data");
-        // Not keep: replaced by a fresh image of the size asked for.
+        // Not keep: replaced by a fresh image of the size asked for, private.
         host.create_disk(&disk(false), &path).await.unwrap();
-        assert_eq!(std::fs::metadata(&path).unwrap().len(), 1 << 20);
+        let m = std::fs::metadata(&path).unwrap();
+        assert_eq!(m.len(), 1 << 20);
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(m.permissions().mode() & 0o777, 0o600);
     }
 
     #[test]
-    fn injected_folders_are_0755_under_megaplans_umask() {
+    fn injected_folders_are_0755_under_a_strict_umask() {
         crate::safefs::run_with_umask(
             "host::local::tests::injected_folders_are_0755_with_umask_077",
             0o077,
         );
     }
 
-    /// megaplan runs apply with umask 077; the folders it stages for
-    /// `mkfs.ext4 -d` become the guest's and must not be 0700.
+    /// With a caller's umask 077, the folders staged for `mkfs.ext4 -d`
+    /// (which become the guest's) must still not be 0700.
     #[tokio::test(flavor = "current_thread")]
-    #[ignore = "run by injected_folders_are_0755_under_megaplans_umask with umask 077"]
+    #[ignore = "run by injected_folders_are_0755_under_a_strict_umask with umask 077"]
     async fn injected_folders_are_0755_with_umask_077() {
         let host = LocalHost::connect().unwrap();
         let t = tempfile::tempdir().unwrap();
