@@ -94,6 +94,13 @@ fn s(attrs: &Option<crate::state::Attrs>, key: &str) -> String {
 }
 
 impl<H: Host> Executor<'_, H> {
+    /// A disk file in the state folder, for a validated plain name only (state::StateDir::disk_file).
+    fn disk_file(&self, file: &str) -> Result<PathBuf, HostError> {
+        self.sd
+            .disk_file(file)
+            .map_err(|e| HostError::Other(e.to_string()))
+    }
+
     /// Carry out `plan`, updating and saving `state` after every step.
     pub async fn run(&self, plan: &Plan, state: &mut State) -> Report {
         let started = Instant::now();
@@ -369,13 +376,13 @@ impl<H: Host> Executor<'_, H> {
                     .ok_or_else(|| HostError::Other(format!("no disk {name}")))?;
                 if c.action != Action::Update {
                     self.host
-                        .create_disk(spec, &self.sd.disks().join(spec.file_name()))
+                        .create_disk(spec, &self.disk_file(&spec.file_name())?)
                         .await?;
                 }
             }
             (Kind::Disk, Phase::Delete) => {
                 self.host
-                    .remove_file(&self.sd.disks().join(s(before, "file")))
+                    .remove_file(&self.disk_file(&s(before, "file"))?)
                     .await?;
             }
             (Kind::Vm, Phase::Create) => {
@@ -451,11 +458,9 @@ impl<H: Host> Executor<'_, H> {
                         step.timeout_ms.map(Duration::from_millis),
                     )
                     .await?;
-                let dir: PathBuf = self.sd.cc().join(vm_name).join(idx.to_string());
-                std::fs::create_dir_all(&dir)?;
-                std::fs::write(dir.join("stdout"), &out.stdout)?;
-                std::fs::write(dir.join("stderr"), &out.stderr)?;
-                std::fs::write(dir.join("exit"), format!("{}\n", out.exit))?;
+                self.sd
+                    .write_step_result(vm_name, idx, out.exit, &out.stdout, &out.stderr)
+                    .map_err(|e| HostError::Other(e.to_string()))?;
                 if out.exit != 0 && !step.allow_failure {
                     return Err(HostError::Other(format!(
                         "{} exited {}: {}",

@@ -6,6 +6,7 @@
 //! (the one seam to the machine) -> `drivers` (netlink, tc, qemu-img, QEMU/QMP,
 //! agent) -> `state`.
 
+pub mod adopt;
 pub mod agent;
 pub mod apply;
 pub mod cc;
@@ -21,7 +22,9 @@ pub mod lab;
 pub mod minimega;
 pub mod model;
 pub mod observed;
+pub mod owners;
 pub mod plan;
+pub mod safefs;
 pub mod saved;
 pub mod schema;
 pub mod show;

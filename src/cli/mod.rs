@@ -152,6 +152,11 @@ pub enum Command {
         #[arg(long)]
         out_dir: Option<PathBuf>,
     },
+    /// The state folder: `state restore-backup` puts the previous state.json back.
+    State {
+        #[command(subcommand)]
+        command: StateCommand,
+    },
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum, PartialEq, Eq)]
@@ -159,6 +164,16 @@ pub enum CompletionShell {
     Bash,
     Zsh,
     Fish,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum StateCommand {
+    /// Replace state.json by state.json.backup (the state before the last write), after checking it.
+    RestoreBackup {
+        file: PathBuf,
+        #[arg(long)]
+        state_dir: Option<PathBuf>,
+    },
 }
 
 /// Exit with the code for an outcome.
@@ -207,20 +222,28 @@ impl std::fmt::Display for CliError {
 
 impl From<crate::state::StateError> for CliError {
     fn from(e: crate::state::StateError) -> Self {
-        let hint = match &e {
-            crate::state::StateError::Locked { .. } => Some(
-                "wait for it to finish; the lock is released when that process exits".to_string(),
-            ),
-            crate::state::StateError::Experiment { .. } => {
-                Some("pass another --state-dir".to_string())
-            }
-            _ => None,
-        };
         CliError {
             message: e.to_string(),
-            hint,
+            hint: e.hint(),
         }
     }
+}
+
+impl From<crate::owners::OwnerError> for CliError {
+    fn from(e: crate::owners::OwnerError) -> Self {
+        CliError {
+            message: e.to_string(),
+            hint: e.hint(),
+        }
+    }
+}
+
+/// Claim the experiment's name for this state folder (commands that change the host).
+fn claim(experiment: &str, sd: &StateDir) -> Result<(), CliError> {
+    if let Some(notice) = crate::owners::claim(experiment, &sd.root)? {
+        eprintln!("notice: {notice}");
+    }
+    Ok(())
 }
 
 /// Print diagnostics the way a user reads them: fancy on a terminal, plain otherwise.
@@ -377,6 +400,25 @@ fn run(cli: Cli) -> Result<ExitCode, CliError> {
                 .map_err(|e| CliError::new(format!("cannot render the man page: {e}")))?;
             write_stdout(&page)
         }
+        Command::State {
+            command: StateCommand::RestoreBackup { file, state_dir },
+        } => {
+            let Ok((_, lab)) = load(&file) else {
+                return Ok(ExitCode::from(1));
+            };
+            let sd = StateDir::for_file(&file, &lab.name, state_dir.as_deref());
+            let _lock = sd.lock(&format!("megaplan state restore-backup {}", file.display()))?;
+            crate::owners::check(&lab.name, &sd.root)?;
+            let state = sd.restore_backup()?;
+            println!(
+                "Restored {} from {} (serial {}, {} resources); run plan to see how the host compares.",
+                sd.state_file().display(),
+                sd.backup_file().display(),
+                state.serial,
+                state.resources.len()
+            );
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Plan {
             file,
             json,
@@ -389,10 +431,9 @@ fn run(cli: Cli) -> Result<ExitCode, CliError> {
             };
             let sd = StateDir::for_file(&file, &lab.name, state_dir.as_deref());
             let _lock = sd.lock(&format!("megaplan plan {}", file.display()))?;
-            let state = sd.load()?;
-            let observed = crate::host::refresh(&lab.name, &state, &sd)
-                .map_err(|e| CliError::new(format!("refresh failed: {e}")))?;
-            let p = plan::plan(Some(&lab), &state, Some(&observed), Mode::Apply);
+            crate::owners::check(&lab.name, &sd.root)?;
+            let mut state = sd.load()?;
+            let (_, p) = refresh_and_plan(&lab, &sd, &mut state)?;
             if json {
                 println!(
                     "{}",
@@ -593,32 +634,54 @@ fn apply_cmd(
     state_dir: Option<PathBuf>,
 ) -> Result<ExitCode, CliError> {
     if let Some(saved) = crate::saved::SavedPlan::read(&file) {
+        saved.check().map_err(|why| {
+            CliError::new(format!(
+                "{} is not a plan megaplan made: {why}",
+                file.display()
+            ))
+            .with_hint(format!(
+                "make a new one: megaplan plan FILE --out {}",
+                file.display()
+            ))
+        })?;
         let Ok((_, lab)) = load(&saved.file) else {
             return Ok(ExitCode::from(1));
         };
         preflight(Some(&lab))?;
         let sd = StateDir::for_file(&saved.file, &lab.name, state_dir.as_deref());
         let _lock = sd.lock(&format!("megaplan apply {}", file.display()))?;
+        claim(&lab.name, &sd)?;
         let mut state = sd.load()?;
+        let new_plan = || {
+            format!(
+                "make a new one: megaplan plan {} --out {}",
+                saved.file.display(),
+                file.display()
+            )
+        };
         if let Some(why) = saved.stale_because(&state) {
             return Err(CliError::new(format!(
                 "the saved plan {} is stale: {why}",
                 file.display()
             ))
-            .with_hint(format!(
-                "make a new one: megaplan plan {} --out {}",
-                saved.file.display(),
-                file.display()
-            )));
+            .with_hint(new_plan()));
         }
-        return execute(
-            Some(&lab),
-            &lab.name,
-            &sd,
-            &saved.plan,
-            &mut state,
-            parallelism,
-        );
+        // The plan's assumptions about the host, checked again: what runs is
+        // this fresh plan, which must do what the saved one said.
+        let (adopted, fresh) = refresh_and_plan(&lab, &sd, &mut state)?;
+        let drift = crate::saved::drift(&saved.plan, &fresh);
+        if !drift.is_empty() {
+            return Err(CliError::new(format!(
+                "the host changed since the plan {} was made:\n  - {}",
+                file.display(),
+                drift.join("\n  - ")
+            ))
+            .with_hint(new_plan()));
+        }
+        if adopted {
+            sd.save(&mut state)?;
+        }
+        return execute(Some(&lab), &lab.name, &sd, &fresh, &mut state, parallelism);
     }
     let Ok((_, lab)) = load(&file) else {
         return Ok(ExitCode::from(1));
@@ -626,10 +689,12 @@ fn apply_cmd(
     preflight(Some(&lab))?;
     let sd = StateDir::for_file(&file, &lab.name, state_dir.as_deref());
     let _lock = sd.lock(&format!("megaplan apply {}", file.display()))?;
+    claim(&lab.name, &sd)?;
     let mut state = sd.load()?;
-    let observed = crate::host::refresh(&lab.name, &state, &sd)
-        .map_err(|e| CliError::new(format!("refresh failed: {e}")))?;
-    let p = plan::plan(Some(&lab), &state, Some(&observed), Mode::Apply);
+    let (adopted, p) = refresh_and_plan(&lab, &sd, &mut state)?;
+    if adopted {
+        sd.save(&mut state)?;
+    }
     print!("{}", render::text(&p));
     if !p.has_changes() {
         return Ok(ExitCode::SUCCESS);
@@ -639,6 +704,19 @@ fn apply_cmd(
         return Ok(ExitCode::from(1));
     }
     execute(Some(&lab), &lab.name, &sd, &p, &mut state, parallelism)
+}
+
+/// Refresh, rebuild a lost state from the host (crate::adopt), and plan an
+/// apply: (whether anything was adopted, the plan).
+fn refresh_and_plan(lab: &Lab, sd: &StateDir, state: &mut State) -> Result<(bool, Plan), CliError> {
+    let mut observed = crate::host::refresh(&lab.name, state, sd)
+        .map_err(|e| CliError::new(format!("refresh failed: {e}")))?;
+    let adopted = crate::adopt::adopt(lab, state, &mut observed, sd);
+    if !adopted.is_empty() {
+        eprintln!("notice: {}", crate::adopt::notice(sd, &adopted));
+    }
+    let p = plan::plan(Some(lab), state, Some(&observed), Mode::Apply);
+    Ok((!adopted.is_empty(), p))
 }
 
 fn destroy_cmd(
@@ -657,21 +735,34 @@ fn destroy_cmd(
     }
     let sd = StateDir::for_file(&file, &lab.name, state_dir.as_deref());
     let _lock = sd.lock(&format!("megaplan destroy {}", file.display()))?;
+    if dry_run {
+        crate::owners::check(&lab.name, &sd.root)?;
+    } else {
+        claim(&lab.name, &sd)?;
+    }
     let mut state = sd.load()?;
     let observed = crate::host::refresh(&lab.name, &state, &sd)
         .map_err(|e| CliError::new(format!("refresh failed: {e}")))?;
     let mode = if all { Mode::DestroyAll } else { Mode::Destroy };
     let p = plan::plan(None, &state, Some(&observed), mode);
     print!("{}", render::text(&p));
-    if dry_run || !p.has_changes() {
+    if dry_run {
         return Ok(ExitCode::SUCCESS);
     }
-    if !auto_approve && !confirm("destroy these resources")? {
-        println!("Destroy cancelled.");
-        return Ok(ExitCode::from(1));
-    }
-    let code = execute(Some(&lab), &lab.name, &sd, &p, &mut state, parallelism)?;
+    let code = if p.has_changes() {
+        if !auto_approve && !confirm("destroy these resources")? {
+            println!("Destroy cancelled.");
+            return Ok(ExitCode::from(1));
+        }
+        execute(Some(&lab), &lab.name, &sd, &p, &mut state, parallelism)?
+    } else {
+        ExitCode::SUCCESS
+    };
     let _ = std::fs::remove_dir(crate::host::runtime_root(&lab.name));
+    // Nothing recorded any more (keep disks stay recorded): the name is free.
+    if state.resources.is_empty() {
+        crate::owners::release(&lab.name, &sd.root)?;
+    }
     Ok(code)
 }
 
@@ -685,6 +776,7 @@ fn show_cmd(
         return Ok(ExitCode::from(1));
     };
     let sd = StateDir::for_file(&file, &lab.name, state_dir.as_deref());
+    crate::owners::check(&lab.name, &sd.root)?;
     let state = sd.load()?;
     let observed = crate::host::refresh(&lab.name, &state, &sd)
         .map_err(|e| CliError::new(format!("refresh failed: {e}")))?;
@@ -935,6 +1027,7 @@ fn disk_cmd(command: DiskCommand) -> Result<ExitCode, CliError> {
         ))
     })?;
     let sd = StateDir::for_file(&file, &lab.name, state_dir.as_deref());
+    crate::owners::check(&lab.name, &sd.root)?;
     let state = sd.load()?;
     let observed = crate::host::refresh(&lab.name, &state, &sd)
         .map_err(|e| CliError::new(format!("refresh failed: {e}")))?;

@@ -604,7 +604,17 @@ pub async fn launch(cfg: &VmConfig) -> Result<u32, QemuError> {
     }
 
     let program = cfg.binary();
-    let mut child = Command::new(program)
+    let mut cmd = Command::new(program);
+    // QEMU creates its pidfile, sockets and serial log: private whatever
+    // the caller's umask.
+    // SAFETY: umask is async-signal-safe and touches no memory.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::umask(0o077);
+            Ok(())
+        });
+    }
+    let mut child = cmd
         .args(&args)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
@@ -698,6 +708,41 @@ mod tests {
             .filter(|w| w[0] == flag)
             .map(|w| w[1].clone())
             .collect()
+    }
+
+    /// QEMU's own files (pidfile, sockets, serial log) are made with umask
+    /// 077 whatever the caller's: a stand-in QEMU writes its pidfile.
+    #[test]
+    fn qemu_runs_with_a_private_umask() {
+        crate::safefs::run_with_umask_0("drivers::qemu::tests::qemu_runs_with_a_private_umask_0");
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    #[ignore = "run by qemu_runs_with_a_private_umask with umask 0"]
+    async fn qemu_runs_with_a_private_umask_0() {
+        use std::os::unix::fs::PermissionsExt;
+        crate::safefs::assert_umask_0();
+        let t = tempfile::tempdir().unwrap();
+        let fake = t.path().join("fake-qemu");
+        std::fs::write(
+            &fake,
+            "#!/bin/sh\nwhile [ $# -gt 0 ]; do [ \"$1\" = -pidfile ] && p=\"$2\"; shift; done\necho $$ > \"$p\"\n",
+        )
+        .unwrap();
+        std::fs::set_permissions(&fake, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let mut c = cfg();
+        c.runtime_dir = t.path().join("rt");
+        c.serial_log = Some(t.path().join("serial.log"));
+        c.qemu_binary = Some(fake);
+        launch(&c).await.unwrap();
+        let mode = std::fs::metadata(c.pidfile()).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        let mode = std::fs::metadata(&c.runtime_dir)
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777;
+        assert_eq!(mode, 0o700);
     }
 
     #[test]

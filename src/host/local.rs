@@ -132,10 +132,14 @@ impl LocalHost {
         let mut folders = Vec::new();
         if let Ok(dir) = std::fs::read_dir(super::runtime_root(experiment)) {
             for entry in dir.flatten() {
-                folders.push((
-                    entry.file_name().to_string_lossy().to_string(),
-                    entry.path(),
-                ));
+                // Only real folders with names megaplan could have made (not links).
+                let name = entry.file_name().to_string_lossy().to_string();
+                if crate::validate::name_problem(&name).is_some()
+                    || !entry.file_type().is_ok_and(|t| t.is_dir())
+                {
+                    continue;
+                }
+                folders.push((name, entry.path()));
             }
         }
         let vms: Vec<(String, ObservedVm)> = futures::stream::iter(folders)
@@ -150,7 +154,7 @@ impl LocalHost {
         for (address, rec) in &state.resources {
             if rec.kind == Kind::Disk
                 && let Some(file) = rec.attr_str("file")
-                && super::disk_path(sd, file).exists()
+                && super::disk_path(sd, file).is_some_and(|p| p.symlink_metadata().is_ok())
             {
                 obs.disks.insert(address.clone());
             }
@@ -269,7 +273,16 @@ impl super::Host for LocalHost {
 
     async fn create_disk(&self, disk: &DiskSpec, path: &Path) -> Result<(), HostError> {
         if let Some(parent) = path.parent() {
-            std::fs::create_dir_all(parent)?;
+            super::private_dir(parent)?;
+        }
+        // A keep disk's file is never replaced: if it is there with no record
+        // (a lost state), it is the user's data.
+        if disk.keep && path.symlink_metadata().is_ok() {
+            return Err(HostError::Other(format!(
+                "disk '{}' is keep=#true and {} already exists: refusing to overwrite it (move it away to start empty, or restore the state that records it)",
+                disk.name,
+                path.display()
+            )));
         }
         let _ = std::fs::remove_file(path);
         let fmt = fmt_of(disk.format);
@@ -285,6 +298,9 @@ impl super::Host for LocalHost {
                 }
                 copy_tree(src, &target)?;
             }
+            // The folders become the guest's: 0755 as under a usual umask,
+            // whatever the caller's (077 would make the guest's root 0700).
+            dirs_0755(&stage)?;
             let size = disk.size_bytes.unwrap_or(1 << 30);
             let r = qemu_img::make_ext4(path, fmt, size, Some(&stage)).await;
             let _ = std::fs::remove_dir_all(&stage);
@@ -302,6 +318,8 @@ impl super::Host for LocalHost {
         } else {
             qemu_img::create(path, fmt, disk.size_bytes.unwrap_or(1 << 30), None).await?;
         }
+        // qemu-img and mkfs.ext4 create with the caller's umask: the image is private.
+        private_file(path)?;
         Ok(())
     }
 
@@ -324,8 +342,7 @@ impl super::Host for LocalHost {
             Some("kvm") => qemu::Accel::Kvm,
             _ => accel,
         };
-        let rt = super::runtime_dir(&lab.name, &vm.name);
-        std::fs::create_dir_all(&rt)?;
+        let rt = super::ensure_runtime_dir(&lab.name, &vm.name)?;
         let mut cfg = VmConfig::new(&vm.name, vm.uuid, accel, &rt);
         cfg.memory_mib = vm.memory_mib;
         cfg.vcpus = vm.vcpus;
@@ -337,8 +354,8 @@ impl super::Host for LocalHost {
             .initrd
             .as_ref()
             .map(|p| std::path::absolute(p).unwrap_or_else(|_| p.clone()));
-        let logs = sd.logs();
-        std::fs::create_dir_all(&logs)?;
+        sd.private_subdir("logs")
+            .map_err(|e| HostError::Other(e.to_string()))?;
         cfg.serial_log = Some(std::path::absolute(super::serial_log(sd, &vm.name))?);
         let mut append = vec![
             "console=ttyS0".to_string(),
@@ -371,11 +388,11 @@ impl super::Host for LocalHost {
             };
             let (path, format) = if vm.snapshot {
                 let overlay = std::path::absolute(overlay_path(sd, &vm.name, i))?;
-                if let Some(p) = overlay.parent() {
-                    std::fs::create_dir_all(p)?;
-                }
+                sd.private_subdir("overlays")
+                    .map_err(|e| HostError::Other(e.to_string()))?;
                 let _ = std::fs::remove_file(&overlay);
                 qemu_img::create_overlay(&path, &overlay).await?;
+                private_file(&overlay)?;
                 (overlay, ImageFormat::Qcow2)
             } else {
                 (path, format)
@@ -410,6 +427,21 @@ impl super::Host for LocalHost {
                 (lab.name.clone(), vm.name.clone()),
                 Duration::from_millis(vm.boot_timeout_ms),
             );
+        // QEMU's -daemonize sets umask 027 for itself: make its files 0600
+        // (they sit in 0700 folders, so nobody else could reach them meanwhile).
+        for p in [
+            cfg.pidfile(),
+            cfg.qmp_socket(),
+            cfg.cc_socket(),
+            cfg.serial_log_path(),
+        ] {
+            use std::os::unix::fs::PermissionsExt;
+            if p.symlink_metadata()
+                .is_ok_and(|m| !m.file_type().is_symlink())
+            {
+                std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600))?;
+            }
+        }
         // The serial log lives with the state; a link from the runtime folder
         // lets a step waiting for the agent watch it for a kernel panic.
         if let Some(log) = &cfg.serial_log {
@@ -429,7 +461,10 @@ impl super::Host for LocalHost {
         sd: &StateDir,
     ) -> Result<(), HostError> {
         let rt = super::runtime_dir(experiment, vm);
-        let pid = pid.or_else(|| qemu::pid_in(&rt));
+        // The pidfile in our runtime folder names the QEMU to stop; a pid
+        // from the state only when that process runs with this runtime
+        // folder (a state is untrusted: never signal someone else's process).
+        let pid = qemu::pid_in(&rt).or(pid.filter(|&p| runs_with(p, &rt)));
         if let Some(pid) = pid
             && process_alive(pid)
         {
@@ -453,7 +488,12 @@ impl super::Host for LocalHost {
             };
             crate::drivers::qmp::stop_vm(&rt, pid, grace).await?;
         }
-        let _ = std::fs::remove_dir_all(&rt);
+        // Never through a link: the experiment's runtime folder must be a real one.
+        let root_is_real = std::fs::symlink_metadata(super::runtime_root(experiment))
+            .is_ok_and(|m| m.file_type().is_dir());
+        if root_is_real && crate::validate::name_problem(vm).is_none() {
+            let _ = std::fs::remove_dir_all(&rt);
+        }
         // Snapshot overlays go with the VM.
         if let Ok(dir) = std::fs::read_dir(sd.root.join("overlays")) {
             let prefix = format!("{vm}.");
@@ -543,9 +583,45 @@ impl super::Host for LocalHost {
     }
 }
 
+/// Does process `pid`'s command line name the runtime folder `rt`?
+fn runs_with(pid: u32, rt: &Path) -> bool {
+    use std::os::unix::ffi::OsStrExt;
+    if !crate::state::valid_pid(u64::from(pid)) {
+        return false;
+    }
+    let needle = rt.as_os_str().as_bytes();
+    std::fs::read(format!("/proc/{pid}/cmdline"))
+        .is_ok_and(|c| !needle.is_empty() && c.windows(needle.len()).any(|w| w == needle))
+}
+
 /// The overlay of a snapshot VM's i-th disk.
 pub fn overlay_path(sd: &StateDir, vm: &str, i: usize) -> PathBuf {
     sd.root.join("overlays").join(format!("{vm}.{i}.qcow2"))
+}
+
+/// Make a file megaplan created 0600 (not through a link).
+fn private_file(path: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    if path.symlink_metadata()?.file_type().is_symlink() {
+        return Err(std::io::Error::other(format!(
+            "{} is a link",
+            path.display()
+        )));
+    }
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+}
+
+/// Set `dir` and every folder below it (not following links) to 0755.
+fn dirs_0755(dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755))?;
+    for e in std::fs::read_dir(dir)? {
+        let e = e?;
+        if e.file_type()?.is_dir() {
+            dirs_0755(&e.path())?;
+        }
+    }
+    Ok(())
 }
 
 fn copy_tree(src: &Path, dst: &Path) -> std::io::Result<()> {
@@ -558,5 +634,84 @@ fn copy_tree(src: &Path, dst: &Path) -> std::io::Result<()> {
         Ok(())
     } else {
         std::fs::copy(src, dst).map(|_| ())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::host::Host;
+
+    fn disk(keep: bool) -> DiskSpec {
+        DiskSpec {
+            name: "data".into(),
+            address: "disk.data".into(),
+            size_bytes: Some(1 << 20),
+            format: DiskFormat::Raw,
+            filesystem: None,
+            keep,
+            from: None,
+            inject: Vec::new(),
+        }
+    }
+
+    /// A keep disk's file with no record (a lost state) is the user's data:
+    /// creating the disk refuses instead of replacing it.
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_keep_disk_file_is_never_overwritten() {
+        let host = match LocalHost::connect() {
+            Ok(h) => h,
+            Err(e) => {
+                assert!(std::env::var_os("CI").is_none(), "no netlink socket: {e}");
+                eprintln!("SKIP a_keep_disk_file_is_never_overwritten: no netlink socket: {e}");
+                return;
+            }
+        };
+        let t = tempfile::tempdir().unwrap();
+        let path = t.path().join("disks/data.raw");
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(&path, "the user's data").unwrap();
+        let err = host.create_disk(&disk(true), &path).await.unwrap_err();
+        assert!(err.to_string().contains("refusing to overwrite"), "{err}");
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "the user's data");
+        // Not keep: replaced by a fresh image of the size asked for, private.
+        host.create_disk(&disk(false), &path).await.unwrap();
+        let m = std::fs::metadata(&path).unwrap();
+        assert_eq!(m.len(), 1 << 20);
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(m.permissions().mode() & 0o777, 0o600);
+    }
+
+    #[test]
+    fn injected_folders_are_0755_under_a_strict_umask() {
+        crate::safefs::run_with_umask(
+            "host::local::tests::injected_folders_are_0755_with_umask_077",
+            0o077,
+        );
+    }
+
+    /// With a caller's umask 077, the folders staged for `mkfs.ext4 -d`
+    /// (which become the guest's) must still not be 0700.
+    #[tokio::test(flavor = "current_thread")]
+    #[ignore = "run by injected_folders_are_0755_under_a_strict_umask with umask 077"]
+    async fn injected_folders_are_0755_with_umask_077() {
+        let host = LocalHost::connect().unwrap();
+        let t = tempfile::tempdir().unwrap();
+        std::fs::write(t.path().join("hello"), "hi").unwrap();
+        let mut d = disk(false);
+        d.filesystem = Some("ext4".into());
+        d.size_bytes = Some(8 << 20);
+        d.inject = vec![(t.path().join("hello"), "/sub/dir/hello".into())];
+        let path = t.path().join("disks/data.raw");
+        host.create_disk(&d, &path).await.unwrap();
+        for dir in ["/", "/sub", "/sub/dir"] {
+            let out = std::process::Command::new("debugfs")
+                .args(["-R", &format!("stat {dir}")])
+                .arg(&path)
+                .output()
+                .unwrap();
+            let text = String::from_utf8_lossy(&out.stdout);
+            assert!(text.contains("Mode:  0755"), "{dir}: {text}");
+        }
     }
 }

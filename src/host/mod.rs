@@ -89,12 +89,16 @@ pub enum HostError {
     Other(String),
 }
 
+/// The base of all runtime folders: `/run/megaplan`, or `MEGAPLAN_RUNTIME_DIR`.
+pub fn runtime_base() -> PathBuf {
+    std::env::var_os("MEGAPLAN_RUNTIME_DIR")
+        .map_or_else(|| PathBuf::from("/run/megaplan"), PathBuf::from)
+}
+
 /// Where a VM's runtime files live: `/run/megaplan/EXPERIMENT/VM/`
 /// (`MEGAPLAN_RUNTIME_DIR` replaces `/run/megaplan`).
 pub fn runtime_root(experiment: &str) -> PathBuf {
-    let base = std::env::var_os("MEGAPLAN_RUNTIME_DIR")
-        .map_or_else(|| PathBuf::from("/run/megaplan"), PathBuf::from);
-    base.join(experiment)
+    runtime_base().join(experiment)
 }
 
 /// The lock file beside a VM's cc socket that serialises agent sessions.
@@ -102,6 +106,39 @@ pub const CC_LOCK_NAME: &str = "cc.lock";
 
 pub fn runtime_dir(experiment: &str, vm: &str) -> PathBuf {
     runtime_root(experiment).join(vm)
+}
+
+/// Make (or check) `BASE/EXPERIMENT/VM/`, each level 0700 when made,
+/// whatever the umask, never through a link; the base must belong to the
+/// invoking user and be writable by nobody else (QEMU's sockets live there).
+pub fn ensure_runtime_dir(experiment: &str, vm: &str) -> Result<PathBuf, HostError> {
+    ensure_runtime_dir_in(&runtime_base(), experiment, vm)
+}
+
+fn ensure_runtime_dir_in(base: &Path, experiment: &str, vm: &str) -> Result<PathBuf, HostError> {
+    use crate::safefs::Dir;
+    for n in [experiment, vm] {
+        if let Some(p) = crate::validate::name_problem(n) {
+            return Err(HostError::Other(format!(
+                "bad runtime folder name '{n}': {p}"
+            )));
+        }
+    }
+    let dir = Dir::open(base, true)?.expect("created");
+    if let Some(why) = dir.unsafe_because()? {
+        return Err(HostError::Other(format!(
+            "refusing the runtime folder {}: {why} (make it 0700 and yours, or set MEGAPLAN_RUNTIME_DIR)",
+            base.display()
+        )));
+    }
+    let exp = dir.subdir(experiment, true)?.expect("created");
+    let vmdir = exp.subdir(vm, true)?.expect("created");
+    Ok(vmdir.path)
+}
+
+/// Make `path` and its missing parents 0700 (whatever the umask).
+pub fn private_dir(path: &Path) -> std::io::Result<()> {
+    crate::safefs::Dir::open(path, true).map(drop)
 }
 
 /// Read the live state of an experiment from this machine (sync wrapper for the CLI).
@@ -345,9 +382,10 @@ pub fn serial_log(sd: &StateDir, vm: &str) -> PathBuf {
     sd.logs().join(format!("{vm}.serial.log"))
 }
 
-/// Paths of disk files recorded in the state.
-pub fn disk_path(sd: &StateDir, file: &str) -> PathBuf {
-    sd.disks().join(file)
+/// Paths of disk files recorded in the state: `None` for a name that is
+/// not a plain file name (a crafted state is never followed out of `disks/`).
+pub fn disk_path(sd: &StateDir, file: &str) -> Option<PathBuf> {
+    sd.disk_file(file).ok()
 }
 
 #[cfg(test)]
@@ -450,6 +488,39 @@ mod tests {
         assert!(serial_tail(&link, 2).ends_with(": empty (the guest printed nothing)"));
         assert_eq!(duration_text(Duration::from_secs(5)), "5s");
         assert_eq!(duration_text(Duration::from_secs(120)), "2m");
+    }
+
+    #[test]
+    fn runtime_folders_are_private_whatever_the_umask() {
+        crate::safefs::run_with_umask_0("host::tests::runtime_folders_are_private_with_umask_0");
+    }
+
+    #[test]
+    #[ignore = "run by runtime_folders_are_private_whatever_the_umask with umask 0"]
+    fn runtime_folders_are_private_with_umask_0() {
+        use std::os::unix::fs::PermissionsExt;
+        crate::safefs::assert_umask_0();
+        let t = tempfile::tempdir().unwrap();
+        let base = t.path().join("run");
+        let rt = ensure_runtime_dir_in(&base, "x", "A").unwrap();
+        assert_eq!(rt, base.join("x/A"));
+        for p in [&base, &base.join("x"), &rt] {
+            let mode = std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+            assert_eq!(mode, 0o700, "{}", p.display());
+        }
+        // A crafted name never leaves the base; a base others can write is refused.
+        assert!(ensure_runtime_dir_in(&base, "x", "../../etc").is_err());
+        std::fs::set_permissions(&base, std::fs::Permissions::from_mode(0o777)).unwrap();
+        let err = ensure_runtime_dir_in(&base, "x", "B")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("writable by other users"), "{err}");
+        // A link planted as the experiment's folder is not followed.
+        std::fs::set_permissions(&base, std::fs::Permissions::from_mode(0o700)).unwrap();
+        let elsewhere = tempfile::tempdir().unwrap();
+        std::os::unix::fs::symlink(elsewhere.path(), base.join("y")).unwrap();
+        assert!(ensure_runtime_dir_in(&base, "y", "A").is_err());
+        assert_eq!(std::fs::read_dir(elsewhere.path()).unwrap().count(), 0);
     }
 
     #[test]
