@@ -198,9 +198,14 @@ pub fn print_diagnostics(diags: &Diagnostics, src: &SourceFile) {
         return;
     }
     if std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none() {
-        for d in &diags.items {
-            eprintln!("{:?}", miette::Report::new(d.with_source(src)));
-        }
+        let handler = miette::GraphicalReportHandler::new();
+        eprint!(
+            "{}",
+            diags.render_with(src, |out, report| {
+                let _ = handler.render_report(out, report);
+                out.push('\n');
+            })
+        );
     } else {
         eprint!("{}", diags.render_plain(src));
     }
@@ -211,7 +216,10 @@ pub fn load(file: &Path) -> Result<(SourceFile, Lab), ExitCode> {
     let src = match SourceFile::read(file) {
         Ok(s) => s,
         Err(e) => {
-            eprintln!("error: cannot read {}: {e}", file.display());
+            eprintln!("error: {}", crate::diag::escape(&e.to_string()));
+            if let Some(h) = e.hint() {
+                eprintln!("hint: {h}");
+            }
             return Err(ExitCode::from(1));
         }
     };
@@ -250,8 +258,14 @@ fn run(cli: Cli) -> Result<ExitCode, CliError> {
             Err(code) => code,
         }),
         Command::Convert { file, to } => {
-            let src = SourceFile::read(&file)
-                .map_err(|e| CliError::new(format!("cannot read {}: {e}", file.display())))?;
+            let src = SourceFile::read(&file).map_err(|e| {
+                let hint = e.hint();
+                let err = CliError::new(e.to_string());
+                match hint {
+                    Some(h) => err.with_hint(h),
+                    None => err,
+                }
+            })?;
             let (lab, diags) = crate::validate::check(&src);
             print_diagnostics(&diags, &src);
             if lab.is_none() {

@@ -31,7 +31,7 @@ pub const QMP_SOCKET_NAME: &str = "qmp.sock";
 pub const CC_SOCKET_NAME: &str = "cc.sock";
 pub const SERIAL_LOG_NAME: &str = "serial.log";
 /// Longest path a unix socket address holds (sun_path minus the final NUL).
-const MAX_SOCKET_PATH: usize = 107;
+pub const MAX_SOCKET_PATH: usize = 107;
 
 #[derive(Debug, thiserror::Error)]
 pub enum QemuError {
