@@ -18,6 +18,30 @@ use crate::lab::Lab;
 use crate::plan::{self, Mode, Plan, render};
 use crate::state::{State, StateDir};
 
+// `print!`/`println!` for this module: a closed stdout (`megaplan schema |
+// head -1`) ends the process quietly instead of panicking.
+macro_rules! print {
+    ($($t:tt)*) => { write_stdout(format_args!($($t)*)) };
+}
+macro_rules! println {
+    () => { write_stdout(format_args!("\n")) };
+    ($($t:tt)*) => { write_stdout(format_args!("{}\n", format_args!($($t)*))) };
+}
+
+/// Write to stdout; on a broken pipe exit 0 at once (the reader has gone),
+/// on another error exit 1 saying so.
+fn write_stdout(args: std::fmt::Arguments<'_>) {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    if let Err(e) = out.write_fmt(args).and_then(|()| out.flush()) {
+        if e.kind() == std::io::ErrorKind::BrokenPipe {
+            std::process::exit(0);
+        }
+        eprintln!("error: cannot write to stdout: {e}");
+        std::process::exit(1);
+    }
+}
+
 #[derive(Parser, Debug)]
 #[command(name = "megaplan", version, about = "Declarative VM network experiments, minimega-style", long_about = None)]
 pub struct Cli {
