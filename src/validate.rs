@@ -1781,6 +1781,171 @@ mod tests {
         assert!(parse_cidr("fd00::1/64").is_ok());
     }
 
+    fn check_kdl(text: &str) -> (Option<Lab>, Diagnostics) {
+        check(&SourceFile::new("/nonexistent/t.kdl", text))
+    }
+
+    fn codes(d: &Diagnostics) -> Vec<&'static str> {
+        d.errors().map(|d| d.code).collect()
+    }
+
+    #[test]
+    fn host_addresses_must_be_addresses_of_a_host() {
+        for bad in [
+            "224.0.0.1/24",
+            "255.255.255.255/24",
+            "0.0.0.0/0",
+            "10.0.0.1/0",
+            "::/0",
+            "::/64",
+            "0.0.0.0/24",
+            "127.0.0.1/8",
+            "::1/128",
+            "169.254.1.1/16",
+            "fe80::1/64",
+            "ff02::1/64",
+            "10.0.0.0/24",
+            "10.0.0.255/24",
+            "240.0.0.1/8",
+        ] {
+            assert!(parse_cidr(bad).is_err(), "{bad} accepted");
+        }
+        for good in [
+            "10.0.0.254/24",
+            "192.168.1.1/31",
+            "10.1.2.3/32",
+            "fd00::1/64",
+        ] {
+            assert!(parse_cidr(good).is_ok(), "{good} refused");
+        }
+    }
+
+    #[test]
+    fn a_socket_path_over_sun_path_is_refused_with_its_length() {
+        let long = "e".repeat(64);
+        let vm = "v".repeat(60);
+        let text = format!("experiment \"{long}\"\nvm \"{vm}\" {{ kernel \"/k\"; }}\n");
+        let (lab, d) = check_kdl(&text);
+        assert!(lab.is_none());
+        let e = d
+            .errors()
+            .find(|e| e.code == "megaplan::socket_path_too_long")
+            .expect("refused");
+        let root = crate::host::runtime_root(&long).join(&vm).join("qmp.sock");
+        let len = root.as_os_str().len();
+        assert!(len > 107);
+        assert!(e.message.contains(&format!("{len} bytes")), "{}", e.message);
+        assert!(e.help.as_deref().unwrap().contains("MEGAPLAN_RUNTIME_DIR"));
+        // A short pair of names fits.
+        let (lab, d) = check_kdl("experiment \"x\"\nvm \"a\" { kernel \"/k\"; }\n");
+        assert!(lab.is_some(), "{:?}", codes(&d));
+    }
+
+    #[test]
+    fn an_exec_larger_than_a_frame_is_refused() {
+        let big = "x".repeat(crate::agent::protocol::MAX_FRAME);
+        let text =
+            format!("experiment \"x\"\nvm \"a\" {{ kernel \"/k\"; cc {{ exec \"{big}\"; }} }}\n");
+        let (lab, d) = check_kdl(&text);
+        assert!(lab.is_none());
+        assert_eq!(codes(&d), ["megaplan::command_too_large"]);
+        // Escaping counts: a command of quotes doubles when encoded.
+        let quotes = "\\\"".repeat(crate::agent::protocol::MAX_FRAME / 2 - 100);
+        let text = format!(
+            "experiment \"x\"\nvm \"a\" {{ kernel \"/k\"; cc {{ background \"{quotes}\"; }} }}\n"
+        );
+        let (_, d) = check_kdl(&text);
+        assert_eq!(codes(&d), ["megaplan::command_too_large"]);
+        let ok = "x".repeat(1000);
+        let text =
+            format!("experiment \"x\"\nvm \"a\" {{ kernel \"/k\"; cc {{ exec \"{ok}\"; }} }}\n");
+        assert!(check_kdl(&text).0.is_some());
+    }
+
+    #[test]
+    fn vcpus_are_bounded_by_the_machine_type() {
+        let at = |n: u32| format!("experiment \"x\"\nvm \"a\" {{ kernel \"/k\"; vcpus {n}; }}\n");
+        assert!(check_kdl(&at(MAX_VCPUS)).0.is_some());
+        let (lab, d) = check_kdl(&at(MAX_VCPUS + 1));
+        assert!(lab.is_none());
+        assert_eq!(codes(&d), ["megaplan::bad_vcpus"]);
+    }
+
+    #[test]
+    fn a_nul_in_any_value_is_refused() {
+        for (prop, value) in [
+            ("append", "console=ttyS0\\u{0}x"),
+            ("initrd", "/i\\u{0}"),
+            ("kernel", "/k\\u{0}"),
+        ] {
+            let text = if prop == "kernel" {
+                format!("experiment \"x\"\nvm \"a\" {{ {prop} \"{value}\"; }}\n")
+            } else {
+                format!("experiment \"x\"\nvm \"a\" {{ kernel \"/k\"; {prop} \"{value}\"; }}\n")
+            };
+            let (lab, d) = check_kdl(&text);
+            assert!(lab.is_none(), "{prop}");
+            assert!(
+                codes(&d).contains(&"megaplan::nul_byte"),
+                "{prop}: {:?}",
+                codes(&d)
+            );
+        }
+        let text = "experiment \"x\"\nvm \"a\" { kernel \"/k\"; tags { role \"a\\u{0}\"; }; cc { exec \"ls\" \"/\\u{0}\"; send \"f\" to=\"/x\\u{0}\"; recv \"/y\\u{0}\" to=\"out\"; }; disk \"/d\\u{0}.qcow2\" mount=\"/m\"; }\n";
+        let (_, d) = check_kdl(text);
+        assert_eq!(
+            d.errors()
+                .filter(|e| e.code == "megaplan::nul_byte")
+                .count(),
+            5,
+            "{:?}",
+            d.errors().map(|e| &e.message).collect::<Vec<_>>()
+        );
+    }
+
+    #[test]
+    fn after_and_mirrors_take_ranges() {
+        let text = r#"experiment "x"
+network "LAN"
+network "mon"
+vm "web[1-3]" { kernel "/k"; nic "LAN"; }
+vm "db" { kernel "/k"; nic "LAN"; after "web[1-2]" "web3"; }
+vm "ids" { kernel "/k"; nic "mon"; mirrors "web[2-3]"; }
+"#;
+        let (lab, d) = check_kdl(text);
+        let lab = lab.unwrap_or_else(|| panic!("{:?}", codes(&d)));
+        let db = lab.vms.iter().find(|v| v.name == "db").unwrap();
+        assert_eq!(db.after, ["web1", "web2", "web3"]);
+        let mut sources: Vec<&str> = lab.mirrors.iter().map(|m| m.source_vm.as_str()).collect();
+        sources.sort();
+        assert_eq!(sources, ["web2", "web3"]);
+        // A range naming a missing VM is an unknown VM, and a broken range says so.
+        let (_, d) = check_kdl(&text.replace("\"web[1-2]\" \"web3\"", "\"web[2-4]\""));
+        assert!(d.errors().any(|e| e.message == "there is no VM 'web4'"));
+        let (_, d) = check_kdl(&text.replace("mirrors \"web[2-3]\"", "mirrors \"web[3-2]\""));
+        assert_eq!(codes(&d), ["megaplan::bad_range"]);
+    }
+
+    #[test]
+    fn structural_errors_do_not_hide_reference_errors() {
+        let text = r#"experiment "x"
+network "LAN" { host-adress "10.0.0.1/24"; }
+vm "a" { kernel "/k"; nic "LNA"; }
+"#;
+        let (_, d) = check_kdl(text);
+        assert_eq!(
+            codes(&d),
+            ["megaplan::unknown_node", "megaplan::unknown_network"]
+        );
+        // Inside the node that failed, findings would repeat the structural error.
+        let text = r#"experiment "x"
+network "LAN"
+vm "a" { kernel "/k"; nic "LAN" bogus=1; mirrors "nobody"; }
+"#;
+        let (_, d) = check_kdl(text);
+        assert_eq!(codes(&d), ["megaplan::unknown_property"]);
+    }
+
     #[test]
     fn names() {
         assert!(name_problem("LAN").is_none());

@@ -126,7 +126,10 @@ fn a_huge_line_prints_a_bounded_excerpt() {
     assert!(err.len() < 8 << 10, "{} bytes of stderr", err.len());
     assert!(err.contains("long.kdl:2:28"), "{err}");
     assert!(err.contains("megaplan::bad_cidr"), "{err}");
-    assert!(err.contains("(10485760 bytes)") || err.contains("bytes)…"), "{err}");
+    assert!(
+        err.contains("(10485760 bytes)") || err.contains("bytes)…"),
+        "{err}"
+    );
 }
 
 #[test]
