@@ -207,3 +207,40 @@ fn a_closed_stdout_ends_quietly() {
     assert_eq!(out.status.code(), Some(0), "{err}");
     assert!(!err.contains("panicked"), "{err}");
 }
+
+#[test]
+fn apply_refuses_a_bad_megaplan_accel_before_any_change() {
+    let t = Tmp::new("accel");
+    // Were the variable not checked, preflight would stop on the missing kernel.
+    let file = t.file(
+        "x.kdl",
+        b"experiment \"bounds-accel\"\nvm \"a\" { kernel \"/nonexistent/k\"; }\n",
+    );
+    let state = t.0.join("state");
+    let out = Command::new(env!("CARGO_BIN_EXE_megaplan"))
+        .arg("apply")
+        .arg(&file)
+        .arg("--auto-approve")
+        .arg("--state-dir")
+        .arg(&state)
+        .env("MEGAPLAN_ACCEL", "warp9")
+        .env("NO_COLOR", "1")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("MEGAPLAN_ACCEL=\"warp9\" is not an accelerator"),
+        "{err}"
+    );
+    assert!(!state.exists(), "apply touched the state folder");
+    // The flag exists and takes only auto, kvm or tcg.
+    let out = Command::new(env!("CARGO_BIN_EXE_megaplan"))
+        .args(["apply", "--accel", "warp9"])
+        .arg(&file)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("possible values: auto, kvm, tcg"), "{err}");
+}

@@ -56,6 +56,14 @@ pub enum DiffFormat {
     Markdown,
 }
 
+/// `--accel`: the accelerator, over `MEGAPLAN_ACCEL` and the file's `accel`.
+#[derive(Clone, Copy, Debug, ValueEnum, PartialEq, Eq)]
+pub enum AccelArg {
+    Auto,
+    Kvm,
+    Tcg,
+}
+
 #[derive(Clone, Copy, Debug, ValueEnum, PartialEq, Eq)]
 pub enum SyntaxArg {
     Kdl,
@@ -107,6 +115,9 @@ pub enum Command {
         /// How many host operations (links, disks, QEMU launches, mirrors) run at once; cc steps are not counted.
         #[arg(long, default_value_t = 10)]
         parallelism: usize,
+        /// The accelerator: overrides MEGAPLAN_ACCEL and the file's `accel`.
+        #[arg(long, value_enum)]
+        accel: Option<AccelArg>,
         #[arg(long)]
         state_dir: Option<PathBuf>,
     },
@@ -333,8 +344,9 @@ fn run(cli: Cli) -> Result<ExitCode, CliError> {
             file,
             auto_approve,
             parallelism,
+            accel,
             state_dir,
-        } => apply_cmd(file, auto_approve, parallelism, state_dir),
+        } => apply_cmd(file, auto_approve, parallelism, accel, state_dir),
         Command::Destroy {
             file,
             all,
@@ -561,16 +573,71 @@ fn execute(
     }
 }
 
+/// The accelerator of this run, resolved before anything changes: `--accel`
+/// wins over `MEGAPLAN_ACCEL`, which wins over the file's `accel`; `auto`
+/// probes /dev/kvm here, once. A bad `MEGAPLAN_ACCEL`, or kvm asked for on a
+/// host where /dev/kvm does not open, is an error.
+pub fn resolve_accel(
+    file: crate::lab::Accel,
+    env: Option<&str>,
+    flag: Option<AccelArg>,
+) -> Result<crate::lab::Accel, CliError> {
+    use crate::drivers::qemu::{self, AccelChoice};
+    use crate::lab::Accel;
+    let env = qemu::parse_accel_env(env).map_err(|_| {
+        CliError::new(format!(
+            "{}={:?} is not an accelerator",
+            qemu::ACCEL_ENV,
+            crate::diag::escape(env.unwrap_or_default())
+        ))
+        .with_hint(format!(
+            "set {} to auto, kvm or tcg, or unset it",
+            qemu::ACCEL_ENV
+        ))
+    })?;
+    let env_set = env != AccelChoice::Auto;
+    let choice = match (flag, file) {
+        (Some(AccelArg::Kvm), _) => AccelChoice::Kvm,
+        (Some(AccelArg::Tcg), _) => AccelChoice::Tcg,
+        (Some(AccelArg::Auto), _) => AccelChoice::Auto,
+        (None, _) if env_set => env,
+        (None, Accel::Kvm) => AccelChoice::Kvm,
+        (None, Accel::Tcg) => AccelChoice::Tcg,
+        (None, Accel::Auto) => AccelChoice::Auto,
+    };
+    let resolved = qemu::resolve_accel(choice);
+    if resolved == qemu::Accel::Kvm
+        && choice == AccelChoice::Kvm
+        && std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open("/dev/kvm")
+            .is_err()
+    {
+        return Err(
+            CliError::new("the accelerator is kvm, but /dev/kvm does not open")
+                .with_hint("run with --accel tcg (or accel \"auto\"), or load the kvm module"),
+        );
+    }
+    Ok(match resolved {
+        qemu::Accel::Kvm => Accel::Kvm,
+        qemu::Accel::Tcg => Accel::Tcg,
+    })
+}
+
 fn apply_cmd(
     file: PathBuf,
     auto_approve: bool,
     parallelism: usize,
+    accel: Option<AccelArg>,
     state_dir: Option<PathBuf>,
 ) -> Result<ExitCode, CliError> {
+    let env_accel = std::env::var(crate::drivers::qemu::ACCEL_ENV).ok();
     if let Some(saved) = crate::saved::SavedPlan::read(&file) {
-        let Ok((_, lab)) = load(&saved.file) else {
+        let Ok((_, mut lab)) = load(&saved.file) else {
             return Ok(ExitCode::from(1));
         };
+        lab.accel = resolve_accel(lab.accel, env_accel.as_deref(), accel)?;
         preflight(Some(&lab))?;
         let sd = StateDir::for_file(&saved.file, &lab.name, state_dir.as_deref());
         let _lock = sd.lock(&format!("megaplan apply {}", file.display()))?;
@@ -595,9 +662,10 @@ fn apply_cmd(
             parallelism,
         );
     }
-    let Ok((_, lab)) = load(&file) else {
+    let Ok((_, mut lab)) = load(&file) else {
         return Ok(ExitCode::from(1));
     };
+    lab.accel = resolve_accel(lab.accel, env_accel.as_deref(), accel)?;
     preflight(Some(&lab))?;
     let sd = StateDir::for_file(&file, &lab.name, state_dir.as_deref());
     let _lock = sd.lock(&format!("megaplan apply {}", file.display()))?;
@@ -983,4 +1051,34 @@ fn image_cmd(command: ImageCommand) -> Result<ExitCode, CliError> {
     println!("{}", img.kernel.display());
     println!("{}", img.initrd.display());
     Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::lab::Accel;
+
+    #[test]
+    fn the_flag_wins_over_the_env_which_wins_over_the_file() {
+        let r = |file, env, flag| resolve_accel(file, env, flag).map_err(|e| e.message);
+        assert_eq!(r(Accel::Kvm, Some("tcg"), None), Ok(Accel::Tcg));
+        assert_eq!(r(Accel::Tcg, None, None), Ok(Accel::Tcg));
+        assert_eq!(r(Accel::Auto, Some("tcg"), None), Ok(Accel::Tcg));
+        assert_eq!(
+            r(Accel::Kvm, Some("kvm"), Some(AccelArg::Tcg)),
+            Ok(Accel::Tcg)
+        );
+        assert_eq!(r(Accel::Tcg, Some(""), None), Ok(Accel::Tcg));
+        // auto is resolved here, once: never left for launch time.
+        assert_ne!(r(Accel::Auto, None, None), Ok(Accel::Auto));
+    }
+
+    #[test]
+    fn a_bad_env_accelerator_is_refused_up_front() {
+        let e = resolve_accel(Accel::Tcg, Some("warp9"), None).unwrap_err();
+        assert_eq!(e.message, "MEGAPLAN_ACCEL=\"warp9\" is not an accelerator");
+        assert!(e.hint().unwrap().contains("auto, kvm or tcg"));
+        // Even when the flag would override it: a typo in the env is not ignored.
+        assert!(resolve_accel(Accel::Tcg, Some("warp9"), Some(AccelArg::Tcg)).is_err());
+    }
 }
