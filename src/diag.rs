@@ -162,6 +162,15 @@ impl ReadError {
     }
 }
 
+/// "1 network", "2 networks": a count and its noun, in the right number.
+pub fn plural(n: usize, noun: &str) -> String {
+    if n == 1 {
+        format!("{n} {noun}")
+    } else {
+        format!("{n} {noun}s")
+    }
+}
+
 /// Longest message, label or help shown (a value in it may be megabytes).
 const MAX_MESSAGE: usize = 400;
 
@@ -198,7 +207,16 @@ pub fn escape(s: &str) -> std::borrow::Cow<'_, str> {
     let mut out = String::with_capacity(s.len() + 8);
     for c in s.chars() {
         if needs_escape(c) {
-            out.extend(c.escape_debug());
+            match c {
+                '\n' => out.push_str("\\n"),
+                '\r' => out.push_str("\\r"),
+                '\t' => out.push_str("\\t"),
+                '\0' => out.push_str("\\0"),
+                _ => {
+                    let _ =
+                        std::fmt::Write::write_fmt(&mut out, format_args!("\\u{{{:x}}}", c as u32));
+                }
+            }
         } else {
             out.push(c);
         }
@@ -676,6 +694,52 @@ mod tests {
             Some("did you mean 'LAN'?")
         );
         assert_eq!(did_you_mean("internet", ["LAN", "mon"]), None);
+    }
+
+    #[test]
+    fn escape_makes_values_printable() {
+        assert_eq!(escape("plain"), "plain");
+        assert_eq!(escape("a\nb\tc\0"), r"a\nb\tc\0");
+        assert_eq!(
+            escape("\u{1b}[31mred\u{7f}\u{9b}"),
+            r"\u{1b}[31mred\u{7f}\u{9b}"
+        );
+        assert_eq!(escape("x\u{202e}y\u{2066}"), r"x\u{202e}y\u{2066}");
+        assert_eq!(plural(1, "network"), "1 network");
+        assert_eq!(plural(0, "network"), "0 networks");
+    }
+
+    #[test]
+    fn excerpts_show_no_control_characters_and_cut_long_lines() {
+        let long = "y".repeat(5000);
+        let text = format!("a\u{1b}[2Jb\nnetwork \"{long}\" z\n");
+        let src = SourceFile::new("t.kdl", text.clone());
+        let at = text.find(" z").unwrap() + 1;
+        let mut d = Diagnostics::default();
+        d.push(Diag::error("megaplan::t", "m\u{1b}]0;x\u{7}").label((at..at + 1).into(), "here\n"));
+        let out = d.render_plain(&src);
+        assert!(!out.chars().any(|c| c.is_control() && c != '\n'), "{out:?}");
+        assert!(out.len() < 2000, "{out}");
+        // The real line and column, in the message and in miette's header.
+        let col = text[..at].rsplit('\n').next().unwrap().chars().count() + 1;
+        assert!(out.contains(&format!("t.kdl:2:{col}: m")), "{out}");
+        assert!(out.contains(&format!("[t.kdl:2:{col}]")), "{out}");
+    }
+
+    #[test]
+    fn rendering_stops_after_max_shown() {
+        let src = SourceFile::new("t.kdl", "x\n".repeat(300));
+        let mut d = Diagnostics::default();
+        for i in 0..250 {
+            d.push(Diag::error("megaplan::t", "bad").label((2 * i..2 * i + 1).into(), "x"));
+        }
+        d.push(Diag::warning("megaplan::w", "meh"));
+        let out = d.render_plain(&src);
+        assert_eq!(out.matches("megaplan::t").count(), MAX_SHOWN);
+        assert!(
+            out.ends_with("... and 150 more errors (1 more warning)\n"),
+            "{out}"
+        );
     }
 
     #[test]

@@ -564,9 +564,13 @@ impl Validator {
     fn warn_missing(&mut self, path: &Path, sp: &Sp<String>, what: &str) {
         if !path.exists() && self.warned.insert(path.to_path_buf()) {
             self.d.push(
-                Diag::warning("megaplan::missing_file", format!("{what} '{}' does not exist (yet)", path.display()))
+                Diag::warning("megaplan::missing_file", format!("{what} '{}' does not exist (yet)", crate::diag::escape(&path.display().to_string())))
                     .label(sp.span, "not found")
-                    .help("this is an error at apply time; `megaplan image build --out DIR` makes a cc-enabled kernel and initrd"),
+                    .help(if matches!(what, "kernel" | "initrd") {
+                        "this is an error at apply time; `megaplan image build --out DIR` makes a cc-enabled kernel and initrd".to_string()
+                    } else {
+                        format!("this is an error at apply time: create the {what}, or fix the path (a relative path is relative to this file)")
+                    }),
             );
         }
     }
@@ -1454,7 +1458,11 @@ impl Validator {
                             )
                             .label(
                                 i.span,
-                                format!("'{}' has {} nic(s)", dest.name, dest.nics.len()),
+                                format!(
+                                    "'{}' has {}",
+                                    dest.name,
+                                    crate::diag::plural(dest.nics.len(), "nic")
+                                ),
                             )
                             .help("into= counts this VM's nics from 0"),
                             "into",
@@ -1535,7 +1543,11 @@ impl Validator {
                                         )
                                         .label(
                                             n.span,
-                                            format!("'{}' has {} nic(s)", src.name, src.nics.len()),
+                                            format!(
+                                                "'{}' has {}",
+                                                src.name,
+                                                crate::diag::plural(src.nics.len(), "nic")
+                                            ),
                                         )
                                         .help("nic= counts the mirrored VM's nics from 0"),
                                         "nic",

@@ -278,15 +278,16 @@ fn run(cli: Cli) -> Result<ExitCode, CliError> {
     match cli.command {
         Command::Validate { file } => Ok(match load(&file) {
             Ok((_, lab)) => {
+                use crate::diag::plural;
                 println!(
-                    "{}: experiment '{}' is valid ({} networks, {} disks, {} VMs, {} mirrors, {} cc steps)",
+                    "{}: experiment '{}' is valid ({}, {}, {}, {}, {})",
                     file.display(),
                     lab.name,
-                    lab.networks.len(),
-                    lab.disks.len(),
-                    lab.vms.len(),
-                    lab.mirrors.len(),
-                    lab.vms.iter().map(|v| v.cc.len()).sum::<usize>()
+                    plural(lab.networks.len(), "network"),
+                    plural(lab.disks.len(), "disk"),
+                    plural(lab.vms.len(), "VM"),
+                    plural(lab.mirrors.len(), "mirror"),
+                    plural(lab.vms.iter().map(|v| v.cc.len()).sum::<usize>(), "cc step")
                 );
                 ExitCode::SUCCESS
             }
@@ -331,7 +332,7 @@ fn run(cli: Cli) -> Result<ExitCode, CliError> {
             };
             let p = diff(&old_lab, &new_lab);
             match format {
-                DiffFormat::Text => print!("{}", render::text(&p)),
+                DiffFormat::Text => print!("{}", render::diff_text(&p)),
                 DiffFormat::Json => println!(
                     "{}",
                     serde_json::to_string_pretty(&render::json(&p)).expect("json")
@@ -435,7 +436,8 @@ fn own_cpu() -> std::time::Duration {
 pub fn preflight(lab: Option<&Lab>) -> Result<(), CliError> {
     let mut missing: Vec<String> = Vec::new();
     // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
+    let root = unsafe { libc::geteuid() } == 0;
+    if !root {
         missing.push("root (or CAP_NET_ADMIN): run megaplan apply/destroy as root".into());
     }
     if !Path::new("/dev/net/tun").exists() {
@@ -477,7 +479,13 @@ pub fn preflight(lab: Option<&Lab>) -> Result<(), CliError> {
             "cannot change the host; missing:\n  - {}",
             missing.join("\n  - ")
         ))
-        .with_hint("install what is listed, then run the command again"))
+        .with_hint(if !root && missing.len() == 1 {
+            "run it as root: sudo megaplan ..."
+        } else if !root {
+            "run it as root (sudo megaplan ...), and install what else is listed"
+        } else {
+            "install what is listed, then run the command again"
+        }))
     }
 }
 
@@ -848,7 +856,7 @@ fn cc_cmd(command: CcCommand) -> Result<ExitCode, CliError> {
                 );
             } else {
                 for r in &responses {
-                    println!("== {} (exit {})", r.vm, r.exit);
+                    println!("== {} (exit {})", crate::diag::escape(&r.vm), r.exit);
                     print!("{}", r.stdout);
                     if !r.stderr.is_empty() {
                         eprint!("{}", r.stderr);
@@ -880,9 +888,9 @@ fn cc_cmd(command: CcCommand) -> Result<ExitCode, CliError> {
             let sd = StateDir::for_file(&file, &lab.name, state_dir.as_deref());
             for (address, exit, stdout, stderr) in crate::cc::responses(&lab, &sd, vm.as_deref()) {
                 match exit {
-                    None => println!("== {address}: not run"),
+                    None => println!("== {}: not run", crate::diag::escape(&address)),
                     Some(e) => {
-                        println!("== {address} (exit {e})");
+                        println!("== {} (exit {e})", crate::diag::escape(&address));
                         print!("{stdout}");
                         if !stderr.is_empty() {
                             println!("-- stderr");
