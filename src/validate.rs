@@ -119,6 +119,10 @@ struct Validator {
     warned: HashSet<PathBuf>,
 }
 
+/// The nic models `driver=` accepts: those `image build` has guest drivers
+/// for (`image::NIC_MODELS`).
+pub const NIC_MODEL_NAMES: &[&str] = &["virtio-net-pci", "e1000", "e1000e", "rtl8139", "vmxnet3"];
+
 /// The most vcpus QEMU's q35 machine (the one `drivers::qemu` launches) takes:
 /// `max_cpus` of pc-q35 in QEMU 7.2 (pc-i440fx would be 255).
 pub const MAX_VCPUS: u32 = 288;
@@ -1144,20 +1148,20 @@ impl Validator {
                     .as_ref()
                     .map_or_else(|| "virtio-net-pci".to_string(), |d| d.value.clone());
                 if let Some(d) = &nic.driver
-                    && (d.value.is_empty()
-                        || !d
-                            .value
-                            .chars()
-                            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_'))
+                    && !NIC_MODEL_NAMES.contains(&d.value.as_str())
                 {
                     once(
                         self,
                         Diag::error(
                             "megaplan::bad_driver",
-                            format!("'{}' is not a QEMU nic model", d.value),
+                            format!("'{}' is not a nic model megaplan supports", d.value),
                         )
-                        .label(d.span, "letters, digits, '-' and '_' only")
-                        .help("for example driver=\"virtio-net-pci\" or driver=\"e1000\""),
+                        .label(d.span, format!("expected one of: {}", NIC_MODEL_NAMES.join(", ")))
+                        .help(
+                            did_you_mean(&d.value, NIC_MODEL_NAMES.iter().copied()).unwrap_or_else(|| {
+                                "`megaplan image build` includes guest drivers for these models only".to_string()
+                            }),
+                        ),
                         "driver",
                     );
                 }
