@@ -69,3 +69,38 @@ fn a_user_who_is_not_root_is_told_to_use_sudo() {
     assert!(err.contains("hint: run it as root"), "{err}");
     assert!(!err.contains("install what is listed"), "{err}");
 }
+
+#[test]
+fn apply_names_a_missing_send_file_before_any_change() {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        assert!(std::env::var_os("CI").is_none(), "CI: needs root");
+        eprintln!("skipped: preflight stops non-root users first");
+        return;
+    }
+    let dir = tmpdir("send");
+    let file = dir.path().join("x.kdl");
+    // The kernel is missing too, so that no version of apply goes further.
+    std::fs::write(
+        &file,
+        "experiment \"wording-send\"\nvm \"a\" { kernel \"/nonexistent/k\"; cc { send \"no-such-file\" to=\"/root/f\"; } }\n",
+    )
+    .unwrap();
+    let state = dir.path().join("state");
+    let out = Command::new(env!("CARGO_BIN_EXE_megaplan"))
+        .arg("apply")
+        .arg(&file)
+        .arg("--auto-approve")
+        .arg("--state-dir")
+        .arg(&state)
+        .env("MEGAPLAN_ACCEL", "tcg")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("no-such-file (vm.a.cc[0]: the file to send does not exist)"),
+        "{err}"
+    );
+    assert!(!state.exists(), "apply touched the state folder");
+}

@@ -437,6 +437,7 @@ pub fn preflight(lab: Option<&Lab>) -> Result<(), CliError> {
     let mut missing: Vec<String> = Vec::new();
     // SAFETY: geteuid has no preconditions.
     let root = unsafe { libc::geteuid() } == 0;
+    let mut only_files = false;
     if !root {
         missing.push("root (or CAP_NET_ADMIN): run megaplan apply/destroy as root".into());
     }
@@ -470,6 +471,40 @@ pub fn preflight(lab: Option<&Lab>) -> Result<(), CliError> {
                 }
             }
         }
+        // Files the steps and disks read: missing ones would fail mid-apply.
+        let mut files: Vec<String> = Vec::new();
+        for vm in &lab.vms {
+            for step in &vm.cc {
+                if let crate::lab::CcActionSpec::Send { src, .. } = &step.action
+                    && !src.exists()
+                {
+                    files.push(format!(
+                        "{} ({}: the file to send does not exist)",
+                        crate::diag::escape(&src.display().to_string()),
+                        step.address
+                    ));
+                }
+            }
+        }
+        for d in &lab.disks {
+            for (what, p) in d
+                .from
+                .iter()
+                .map(|p| ("base image", p))
+                .chain(d.inject.iter().map(|(p, _)| ("file to inject", p)))
+            {
+                if !p.exists() {
+                    files.push(format!(
+                        "{} ({}: the {what} does not exist)",
+                        crate::diag::escape(&p.display().to_string()),
+                        d.address
+                    ));
+                }
+            }
+        }
+        files.dedup();
+        only_files = !files.is_empty() && missing.is_empty();
+        missing.extend(files);
         missing.dedup();
     }
     if missing.is_empty() {
@@ -483,6 +518,8 @@ pub fn preflight(lab: Option<&Lab>) -> Result<(), CliError> {
             "run it as root: sudo megaplan ..."
         } else if !root {
             "run it as root (sudo megaplan ...), and install what else is listed"
+        } else if only_files {
+            "create the files listed (or fix their paths in the experiment file), then run the command again"
         } else {
             "install what is listed, then run the command again"
         }))
