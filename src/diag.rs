@@ -330,7 +330,17 @@ impl Diag {
             })
             .unwrap_or_else(|| src.name());
         let mut diag = self.clone();
-        let src = match Excerpt::cut(src, &self.labels) {
+        // A label over many lines (a whole block) is shown by its first lines.
+        for l in &mut diag.labels {
+            let (start, len) = (l.span.offset(), l.span.len());
+            let Some(body) = src.text.get(start..start + len) else {
+                continue;
+            };
+            if let Some((cut, _)) = body.match_indices('\n').nth(MAX_LABEL_LINES) {
+                l.span = (start..start + cut).into();
+            }
+        }
+        let src = match Excerpt::cut(src, &diag.labels) {
             Some((excerpt, labels)) => {
                 diag.labels = labels;
                 Source::Excerpt(excerpt)
@@ -347,6 +357,8 @@ impl Diag {
 
 /// A source line longer than this is cut in excerpts.
 pub const LONG_LINE: usize = 200;
+/// A label spanning more lines is cut to its first ones.
+const MAX_LABEL_LINES: usize = 8;
 /// How much of a long line an excerpt shows.
 const WINDOW: usize = 120;
 
@@ -724,6 +736,17 @@ mod tests {
         let col = text[..at].rsplit('\n').next().unwrap().chars().count() + 1;
         assert!(out.contains(&format!("t.kdl:2:{col}: m")), "{out}");
         assert!(out.contains(&format!("[t.kdl:2:{col}]")), "{out}");
+    }
+
+    #[test]
+    fn a_label_over_a_huge_block_shows_its_first_lines() {
+        let text = format!("a {{\n{}}}\n", "  x 1\n".repeat(100_000));
+        let src = SourceFile::new("t.kdl", text.clone());
+        let mut d = Diagnostics::default();
+        d.push(Diag::error("megaplan::t", "block").label((2..text.len() - 1).into(), "here"));
+        let out = d.render_plain(&src);
+        assert!(out.len() < 4000, "{} bytes", out.len());
+        assert!(out.contains("t.kdl:1:3: block"), "{out}");
     }
 
     #[test]
