@@ -54,7 +54,11 @@ impl Report {
     }
     pub fn summary(&self) -> String {
         let mut s = String::new();
-        let _ = write!(s, "{} operations done", self.done.len());
+        let _ = write!(
+            s,
+            "{} done",
+            crate::diag::plural(self.done.len(), "operation")
+        );
         if !self.errors.is_empty() {
             let _ = write!(s, ", {} failed", self.errors.len());
         }

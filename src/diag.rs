@@ -28,8 +28,64 @@ impl SourceFile {
         }
     }
 
-    pub fn read(path: &Path) -> std::io::Result<Self> {
-        Ok(Self::new(path, std::fs::read_to_string(path)?))
+    /// Read an experiment file, bounded: a regular file (a symlink to one is
+    /// fine) of at most [`MAX_FILE_SIZE`] bytes of UTF-8. A FIFO, a device or a
+    /// folder is refused without reading from it.
+    pub fn read(path: &Path) -> Result<Self, ReadError> {
+        use std::io::Read;
+        use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
+        let shown = path.display().to_string();
+        let io = |source| ReadError::Io {
+            path: shown.clone(),
+            source,
+        };
+        // O_NONBLOCK: opening a FIFO must not wait for a writer.
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NONBLOCK)
+            .open(path)
+            .map_err(io)?;
+        let ft = file.metadata().map_err(io)?.file_type();
+        if !ft.is_file() {
+            let kind = if ft.is_dir() {
+                "a folder"
+            } else if ft.is_fifo() {
+                "a FIFO"
+            } else if ft.is_char_device() {
+                "a character device"
+            } else if ft.is_block_device() {
+                "a block device"
+            } else if ft.is_socket() {
+                "a socket"
+            } else {
+                "not a regular file"
+            };
+            return Err(ReadError::NotRegular { path: shown, kind });
+        }
+        let mut bytes = Vec::new();
+        file.take(MAX_FILE_SIZE + 1)
+            .read_to_end(&mut bytes)
+            .map_err(io)?;
+        if bytes.len() as u64 > MAX_FILE_SIZE {
+            return Err(ReadError::TooLarge { path: shown });
+        }
+        match String::from_utf8(bytes) {
+            Ok(text) => Ok(Self::new(path, text)),
+            Err(e) => {
+                let bytes = e.as_bytes();
+                let at = e.utf8_error().valid_up_to();
+                // The prefix is valid UTF-8: count lines and characters in it.
+                let before = std::str::from_utf8(&bytes[..at]).unwrap_or_default();
+                let line = before.matches('\n').count() + 1;
+                let col = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+                Err(ReadError::NotUtf8 {
+                    path: shown,
+                    line,
+                    col,
+                    byte: bytes[at],
+                })
+            }
+        }
     }
 
     pub fn name(&self) -> String {
@@ -53,9 +109,149 @@ impl SourceFile {
         (line, col)
     }
 
+    /// The file for excerpts (see [`shown_text`]), built once per rendering.
+    fn shown(&self) -> SourceFile {
+        SourceFile {
+            path: self.path.clone(),
+            text: Arc::new(shown_text(&self.text)),
+        }
+    }
+
     fn named(&self) -> NamedSource<Arc<String>> {
         NamedSource::new(self.name(), self.text.clone())
     }
+}
+
+/// The largest experiment file read (16 MiB).
+pub const MAX_FILE_SIZE: u64 = 16 << 20;
+
+/// At most this many diagnostics are rendered; the rest are counted.
+pub const MAX_SHOWN: usize = 100;
+
+/// Why an experiment file could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum ReadError {
+    #[error("cannot read {path}: {source}")]
+    Io {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("{path} is {kind}, not an experiment file")]
+    NotRegular { path: String, kind: &'static str },
+    #[error("{path} is larger than {} MiB: not an experiment file", MAX_FILE_SIZE >> 20)]
+    TooLarge { path: String },
+    #[error("{path}:{line}:{col}: the file is not valid UTF-8 (byte 0x{byte:02x})")]
+    NotUtf8 {
+        path: String,
+        line: usize,
+        col: usize,
+        byte: u8,
+    },
+}
+
+impl ReadError {
+    /// What to do about it.
+    pub fn hint(&self) -> Option<&'static str> {
+        match self {
+            ReadError::Io { .. } => None,
+            ReadError::NotRegular { .. } | ReadError::TooLarge { .. } => {
+                Some("give the path of a .kdl or .toml experiment file")
+            }
+            ReadError::NotUtf8 { .. } => Some("save the file as UTF-8"),
+        }
+    }
+}
+
+/// "1 network", "2 networks": a count and its noun, in the right number.
+pub fn plural(n: usize, noun: &str) -> String {
+    if n == 1 {
+        format!("{n} {noun}")
+    } else {
+        format!("{n} {noun}s")
+    }
+}
+
+/// Longest message, label or help shown (a value in it may be megabytes).
+const MAX_MESSAGE: usize = 400;
+
+/// [`escape`], then cut in the middle when longer than [`MAX_MESSAGE`] bytes.
+fn shown_message(s: &str) -> String {
+    let e = escape(s);
+    if e.len() <= MAX_MESSAGE {
+        return e.into_owned();
+    }
+    let mut head = MAX_MESSAGE / 2;
+    while !e.is_char_boundary(head) {
+        head -= 1;
+    }
+    let mut tail = e.len() - MAX_MESSAGE / 4;
+    while !e.is_char_boundary(tail) {
+        tail += 1;
+    }
+    format!(
+        "{}…({} bytes)…{}",
+        &e[..head],
+        e.len() - head - (e.len() - tail),
+        &e[tail..]
+    )
+}
+
+/// A value from the file, the state or a guest, made safe to print: control
+/// characters (newlines, ESC, DEL, C1), bidirectional overrides and other
+/// invisible format characters become `\n`, `\u{1b}`... so a value cannot
+/// forge lines, rows or terminal escapes.
+pub fn escape(s: &str) -> std::borrow::Cow<'_, str> {
+    if !s.chars().any(needs_escape) {
+        return std::borrow::Cow::Borrowed(s);
+    }
+    let mut out = String::with_capacity(s.len() + 8);
+    for c in s.chars() {
+        if needs_escape(c) {
+            match c {
+                '\n' => out.push_str("\\n"),
+                '\r' => out.push_str("\\r"),
+                '\t' => out.push_str("\\t"),
+                '\0' => out.push_str("\\0"),
+                _ => {
+                    let _ =
+                        std::fmt::Write::write_fmt(&mut out, format_args!("\\u{{{:x}}}", c as u32));
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    std::borrow::Cow::Owned(out)
+}
+
+fn needs_escape(c: char) -> bool {
+    c.is_control()
+        || matches!(c, '\u{200b}'..='\u{200f}' | '\u{2028}'..='\u{202e}' | '\u{2060}'..='\u{2069}' | '\u{feff}')
+}
+
+/// The text as shown in excerpts: every control or invisible character
+/// replaced by a visible one of the same UTF-8 length, so offsets still fit.
+fn shown_text(text: &str) -> String {
+    if !text
+        .chars()
+        .any(|c| c != '\n' && c != '\t' && c != '\r' && needs_escape(c))
+    {
+        return text.to_string();
+    }
+    text.chars()
+        .map(|c| {
+            if c == '\n' || c == '\t' || c == '\r' || !needs_escape(c) {
+                c
+            } else {
+                match c.len_utf8() {
+                    1 => '?',
+                    2 => '\u{bf}',
+                    3 => '\u{fffd}',
+                    _ => c,
+                }
+            }
+        })
+        .collect()
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -122,20 +318,201 @@ impl Diag {
     pub fn is_error(&self) -> bool {
         self.severity == Severity::Error
     }
-    /// Attach the file, giving a value miette can render.
+    /// Attach the file, giving a value miette can render. Lines longer than
+    /// [`LONG_LINE`] bytes are cut to a window around the labels.
     pub fn with_source(&self, src: &SourceFile) -> Report {
-        Report {
-            diag: self.clone(),
-            src: src.named(),
-            location: self
-                .labels
-                .first()
-                .map(|l| {
-                    let (line, col) = src.line_col(l.span.offset());
-                    format!("{}:{line}:{col}", src.name())
-                })
-                .unwrap_or_else(|| src.name()),
+        let location = self
+            .labels
+            .first()
+            .map(|l| {
+                let (line, col) = src.line_col(l.span.offset());
+                format!("{}:{line}:{col}", src.name())
+            })
+            .unwrap_or_else(|| src.name());
+        let mut diag = self.clone();
+        // A label over many lines (a whole block) is shown by its first lines.
+        for l in &mut diag.labels {
+            let (start, len) = (l.span.offset(), l.span.len());
+            let Some(body) = src.text.get(start..start + len) else {
+                continue;
+            };
+            if let Some((cut, _)) = body.match_indices('\n').nth(MAX_LABEL_LINES) {
+                l.span = (start..start + cut).into();
+            }
         }
+        let src = match Excerpt::cut(src, &diag.labels) {
+            Some((excerpt, labels)) => {
+                diag.labels = labels;
+                Source::Excerpt(excerpt)
+            }
+            None => Source::Whole(src.named()),
+        };
+        Report {
+            diag,
+            src,
+            location,
+        }
+    }
+}
+
+/// A source line longer than this is cut in excerpts.
+pub const LONG_LINE: usize = 200;
+/// A label spanning more lines is cut to its first ones.
+const MAX_LABEL_LINES: usize = 8;
+/// How much of a long line an excerpt shows.
+const WINDOW: usize = 120;
+
+#[derive(Debug)]
+enum Source {
+    Whole(NamedSource<Arc<String>>),
+    Excerpt(Excerpt),
+}
+
+/// The lines around a diagnostic's labels, long ones cut around the labels
+/// (marked with '…'), keeping the real line and column numbers.
+#[derive(Debug)]
+struct Excerpt {
+    name: String,
+    text: String,
+    /// 0-based line number of the excerpt's first line.
+    first_line: usize,
+    /// Per excerpt line: its start in `text`, the real column (0-based, in
+    /// characters) where it starts, and the bytes of the '…' put before it.
+    lines: Vec<(usize, usize, usize)>,
+}
+
+impl Excerpt {
+    /// None when every line the labels touch is short (render the file itself).
+    fn cut(src: &SourceFile, labels: &[Label]) -> Option<(Excerpt, Vec<Label>)> {
+        let text = src.text.as_str();
+        let first = labels.first()?;
+        let mut labels: Vec<Label> = labels.to_vec();
+        let bounds = |labels: &[Label]| {
+            let lo = labels.iter().map(|l| l.span.offset()).min().unwrap_or(0);
+            let hi = labels
+                .iter()
+                .map(|l| l.span.offset() + l.span.len())
+                .max()
+                .unwrap_or(0);
+            (lo.min(text.len()), hi.min(text.len()))
+        };
+        let line_start = |o: usize| text[..o].rfind('\n').map_or(0, |p| p + 1);
+        let line_end = |o: usize| text[o..].find('\n').map_or(text.len(), |p| o + p);
+        let (mut lo, mut hi) = bounds(&labels);
+        // One line of context either side, as miette shows.
+        let mut start = line_start(lo);
+        if start > 0 {
+            start = line_start(start - 1);
+        }
+        let mut end = line_end(hi);
+        if end < text.len() {
+            end = line_end(end + 1);
+        }
+        let region = &text[start..end];
+        if !region.split('\n').any(|l| l.len() > LONG_LINE) {
+            return None;
+        }
+        if region.matches('\n').count() > 200 {
+            // Far-apart labels on long lines: show the primary one only.
+            labels.truncate(1);
+            (lo, hi) = bounds(&labels);
+            start = line_start(lo);
+            if start > 0 {
+                start = line_start(start - 1);
+            }
+            end = line_end(hi);
+            if end < text.len() {
+                end = line_end(end + 1);
+            }
+        }
+        let _ = first;
+        let floor = |mut o: usize| {
+            while !text.is_char_boundary(o) {
+                o -= 1;
+            }
+            o
+        };
+        let mut out = String::new();
+        let mut lines = Vec::new();
+        // (real start, real end, excerpt start, shown prefix length) per line.
+        let mut map: Vec<(usize, usize, usize, usize)> = Vec::new();
+        let mut ls = start;
+        loop {
+            let le = line_end(ls).min(end.max(ls));
+            let (ws, we) = if le - ls <= LONG_LINE {
+                (ls, le)
+            } else {
+                let anchor = labels
+                    .iter()
+                    .flat_map(|l| [l.span.offset(), l.span.offset() + l.span.len()])
+                    .find(|o| (ls..=le).contains(o))
+                    .unwrap_or(ls);
+                let ws = floor(anchor.saturating_sub(WINDOW / 2).max(ls));
+                let we = floor((ws + WINDOW).min(le));
+                (ws, we)
+            };
+            let col = text[ls..ws].chars().count();
+            let line_begin = out.len();
+            let prefix = if ws > ls { "…" } else { "" };
+            out.push_str(prefix);
+            lines.push((line_begin, col, prefix.len()));
+            map.push((ws, we, line_begin, prefix.len()));
+            out.push_str(&text[ws..we]);
+            if we < le {
+                out.push('…');
+            }
+            if le >= end || le >= text.len() {
+                break;
+            }
+            out.push('\n');
+            ls = le + 1;
+        }
+        let to_excerpt = |o: usize| -> usize {
+            let i = map.partition_point(|m| m.0 <= o).saturating_sub(1);
+            let (ws, we, at, prefix) = map[i];
+            at + prefix + o.clamp(ws, we) - ws
+        };
+        let labels = labels
+            .iter()
+            .map(|l| {
+                let a = to_excerpt(l.span.offset());
+                let b = to_excerpt(l.span.offset() + l.span.len()).max(a);
+                Label {
+                    span: (a..b).into(),
+                    text: l.text.clone(),
+                }
+            })
+            .collect();
+        let first_line = text[..start].matches('\n').count();
+        Some((
+            Excerpt {
+                name: src.name(),
+                text: out,
+                first_line,
+                lines,
+            },
+            labels,
+        ))
+    }
+}
+
+impl miette::SourceCode for Excerpt {
+    fn read_span<'a>(
+        &'a self,
+        span: &SourceSpan,
+        before: usize,
+        after: usize,
+    ) -> Result<Box<dyn miette::SpanContents<'a> + 'a>, miette::MietteError> {
+        let c = self.text.read_span(span, before, after)?;
+        let (col, prefix) = self.lines.get(c.line()).map_or((0, 0), |l| (l.1, l.2));
+        Ok(Box::new(miette::MietteSpanContents::new_named(
+            self.name.clone(),
+            c.data(),
+            *c.span(),
+            c.line() + self.first_line,
+            (c.column() + col).saturating_sub(prefix),
+            c.line_count(),
+        )))
     }
 }
 
@@ -143,13 +520,18 @@ impl Diag {
 #[derive(Debug)]
 pub struct Report {
     diag: Diag,
-    src: NamedSource<Arc<String>>,
+    src: Source,
     location: String,
 }
 
 impl std::fmt::Display for Report {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}: {}", self.location, self.diag.message)
+        write!(
+            f,
+            "{}: {}",
+            shown_message(&self.location),
+            shown_message(&self.diag.message)
+        )
     }
 }
 impl std::error::Error for Report {}
@@ -165,13 +547,16 @@ impl Diagnostic for Report {
         self.diag
             .help
             .as_ref()
-            .map(|h| Box::new(h) as Box<dyn std::fmt::Display>)
+            .map(|h| Box::new(shown_message(h)) as Box<dyn std::fmt::Display>)
     }
     fn source_code(&self) -> Option<&dyn miette::SourceCode> {
         if self.diag.labels.is_empty() {
             None
         } else {
-            Some(&self.src)
+            Some(match &self.src {
+                Source::Whole(s) => s,
+                Source::Excerpt(e) => e,
+            })
         }
     }
     fn labels(&self) -> Option<Box<dyn Iterator<Item = LabeledSpan> + '_>> {
@@ -180,10 +565,11 @@ impl Diagnostic for Report {
         }
         Some(Box::new(self.diag.labels.iter().enumerate().map(
             |(i, l)| {
+                let text = l.text.as_deref().map(shown_message);
                 if i == 0 {
-                    LabeledSpan::new_primary_with_span(l.text.clone(), l.span)
+                    LabeledSpan::new_primary_with_span(text, l.span)
                 } else {
-                    LabeledSpan::new_with_span(l.text.clone(), l.span)
+                    LabeledSpan::new_with_span(text, l.span)
                 }
             },
         )))
@@ -221,19 +607,49 @@ impl Diagnostics {
             .sort_by_key(|d| d.labels.first().map_or(usize::MAX, |l| l.span.offset()));
     }
 
-    /// Render every diagnostic, deterministic and without colour (tests, pipes).
+    /// Render every diagnostic (at most [`MAX_SHOWN`], then a count of the
+    /// rest), deterministic and without colour (tests, pipes).
     pub fn render_plain(&self, src: &SourceFile) -> String {
         let handler =
             miette::GraphicalReportHandler::new_themed(miette::GraphicalTheme::unicode_nocolor())
                 .with_width(100);
-        let mut out = String::new();
-        for d in &self.items {
-            let report = d.with_source(src);
+        self.render_with(src, |out, report| {
             handler
-                .render_report(&mut out, &report)
+                .render_report(out, report)
                 .expect("rendering into a String cannot fail");
+        })
+    }
+
+    /// Render the first [`MAX_SHOWN`] diagnostics with `render`, then a line
+    /// counting the others.
+    pub fn render_with(
+        &self,
+        src: &SourceFile,
+        mut render: impl FnMut(&mut String, &Report),
+    ) -> String {
+        let shown = src.shown();
+        let mut out = String::new();
+        for d in self.items.iter().take(MAX_SHOWN) {
+            render(&mut out, &d.with_source(&shown));
+        }
+        if let Some(more) = self.omitted() {
+            out.push_str(&more);
+            out.push('\n');
         }
         out
+    }
+
+    /// "and N more errors (M warnings)" when more than [`MAX_SHOWN`] exist.
+    pub fn omitted(&self) -> Option<String> {
+        let rest = self.items.get(MAX_SHOWN..).filter(|r| !r.is_empty())?;
+        let errors = rest.iter().filter(|d| d.is_error()).count();
+        let warnings = rest.len() - errors;
+        let plural = |n: usize, w: &str| format!("{n} more {w}{}", if n == 1 { "" } else { "s" });
+        Some(match (errors, warnings) {
+            (e, 0) => format!("... and {}", plural(e, "error")),
+            (0, w) => format!("... and {}", plural(w, "warning")),
+            (e, w) => format!("... and {} ({})", plural(e, "error"), plural(w, "warning")),
+        })
     }
 }
 
@@ -290,6 +706,63 @@ mod tests {
             Some("did you mean 'LAN'?")
         );
         assert_eq!(did_you_mean("internet", ["LAN", "mon"]), None);
+    }
+
+    #[test]
+    fn escape_makes_values_printable() {
+        assert_eq!(escape("plain"), "plain");
+        assert_eq!(escape("a\nb\tc\0"), r"a\nb\tc\0");
+        assert_eq!(
+            escape("\u{1b}[31mred\u{7f}\u{9b}"),
+            r"\u{1b}[31mred\u{7f}\u{9b}"
+        );
+        assert_eq!(escape("x\u{202e}y\u{2066}"), r"x\u{202e}y\u{2066}");
+        assert_eq!(plural(1, "network"), "1 network");
+        assert_eq!(plural(0, "network"), "0 networks");
+    }
+
+    #[test]
+    fn excerpts_show_no_control_characters_and_cut_long_lines() {
+        let long = "y".repeat(5000);
+        let text = format!("a\u{1b}[2Jb\nnetwork \"{long}\" z\n");
+        let src = SourceFile::new("t.kdl", text.clone());
+        let at = text.find(" z").unwrap() + 1;
+        let mut d = Diagnostics::default();
+        d.push(Diag::error("megaplan::t", "m\u{1b}]0;x\u{7}").label((at..at + 1).into(), "here\n"));
+        let out = d.render_plain(&src);
+        assert!(!out.chars().any(|c| c.is_control() && c != '\n'), "{out:?}");
+        assert!(out.len() < 2000, "{out}");
+        // The real line and column, in the message and in miette's header.
+        let col = text[..at].rsplit('\n').next().unwrap().chars().count() + 1;
+        assert!(out.contains(&format!("t.kdl:2:{col}: m")), "{out}");
+        assert!(out.contains(&format!("[t.kdl:2:{col}]")), "{out}");
+    }
+
+    #[test]
+    fn a_label_over_a_huge_block_shows_its_first_lines() {
+        let text = format!("a {{\n{}}}\n", "  x 1\n".repeat(100_000));
+        let src = SourceFile::new("t.kdl", text.clone());
+        let mut d = Diagnostics::default();
+        d.push(Diag::error("megaplan::t", "block").label((2..text.len() - 1).into(), "here"));
+        let out = d.render_plain(&src);
+        assert!(out.len() < 4000, "{} bytes", out.len());
+        assert!(out.contains("t.kdl:1:3: block"), "{out}");
+    }
+
+    #[test]
+    fn rendering_stops_after_max_shown() {
+        let src = SourceFile::new("t.kdl", "x\n".repeat(300));
+        let mut d = Diagnostics::default();
+        for i in 0..250 {
+            d.push(Diag::error("megaplan::t", "bad").label((2 * i..2 * i + 1).into(), "x"));
+        }
+        d.push(Diag::warning("megaplan::w", "meh"));
+        let out = d.render_plain(&src);
+        assert_eq!(out.matches("megaplan::t").count(), MAX_SHOWN);
+        assert!(
+            out.ends_with("... and 150 more errors (1 more warning)\n"),
+            "{out}"
+        );
     }
 
     #[test]

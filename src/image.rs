@@ -51,6 +51,17 @@ pub const EXT4_MODULES: &[&str] = &[
     "jbd2",
     "ext4",
 ];
+/// Every nic model megaplan accepts (`nic ... driver=`), with the guest
+/// modules that drive it. `image build` includes those the kernel has (with
+/// the modules they depend on, from each module's `depends=`), and warns
+/// about a model the kernel cannot drive.
+pub const NIC_MODELS: &[(&str, &[&str])] = &[
+    ("virtio-net-pci", &["virtio_net"]),
+    ("e1000", &["e1000"]),
+    ("e1000e", &["e1000e"]),
+    ("rtl8139", &["8139cp", "8139too"]),
+    ("vmxnet3", &["vmxnet3"]),
+];
 /// The ACPI power button (for `system_powerdown` through busybox acpid).
 pub const ACPI_MODULES: &[&str] = &["evdev", "button"];
 /// Modules without which the agent cannot reach the host.
@@ -705,6 +716,22 @@ fn builtin_modules(modules_dir: &Path) -> BTreeSet<String> {
 }
 
 /// A module's bytes, decompressed.
+/// The modules a module needs, from the `depends=a,b` entry of its
+/// `.modinfo` section (NUL-separated `key=value` strings).
+fn module_depends(ko: &[u8]) -> Vec<String> {
+    const KEY: &[u8] = b"\0depends=";
+    let Some(at) = ko.windows(KEY.len()).position(|w| w == KEY) else {
+        return Vec::new();
+    };
+    let rest = &ko[at + KEY.len()..];
+    let end = rest.iter().position(|&b| b == 0).unwrap_or(rest.len());
+    String::from_utf8_lossy(&rest[..end])
+        .split(',')
+        .map(|d| d.trim().replace('-', "_"))
+        .filter(|d| !d.is_empty() && d.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'))
+        .collect()
+}
+
 fn read_module(path: &Path, ext: &str) -> Result<Vec<u8>, ImageError> {
     match ext {
         ".ko.xz" => run("xz", &["-dc".as_ref(), path.as_os_str()]),
@@ -964,22 +991,48 @@ fn assemble(
         wanted.extend_from_slice(EXT4_MODULES);
     }
     wanted.extend_from_slice(ACPI_MODULES);
+    for (model, mods) in NIC_MODELS {
+        for m in mods.iter() {
+            if !wanted.contains(m) {
+                wanted.push(m);
+            }
+        }
+        if !mods
+            .iter()
+            .any(|m| builtin.contains(*m) || index.contains_key(*m))
+        {
+            warnings.push(format!(
+                "kernel {}: no driver for nic model {model} (no module {}, not built in): a nic with driver=\"{model}\" gets no interface in the guest",
+                kernel.version,
+                mods.join(" or ")
+            ));
+        }
+    }
     let moddir = format!("lib/modules/{}", kernel.version);
     let mut loaded = Vec::new();
     let mut order = String::new();
     let mut dep = String::new();
-    for name in wanted {
-        if builtin.contains(name) {
+    // Depth first: a module's dependencies (its `depends=`) load before it.
+    let mut stack: Vec<(String, bool)> = wanted
+        .iter()
+        .rev()
+        .map(|n| (n.to_string(), false))
+        .collect();
+    let mut seen: BTreeSet<String> = BTreeSet::new();
+    let mut data_of: BTreeMap<String, Vec<u8>> = BTreeMap::new();
+    while let Some((name, expanded)) = stack.pop() {
+        if builtin.contains(&name) || (seen.contains(&name) && !expanded) {
             continue;
         }
-        let Some((rel, ext)) = index.get(name) else {
-            if ESSENTIAL.contains(&name) {
+        let Some((rel, ext)) = index.get(&name) else {
+            if ESSENTIAL.contains(&name.as_str()) {
                 return Err(ImageError::MissingModule {
                     version: kernel.version.clone(),
                     module: name.to_string(),
                 });
             }
-            if name != "libcrc32c" && name != "crc32c_generic" {
+            let nic = NIC_MODELS.iter().any(|(_, m)| m.contains(&name.as_str()));
+            if name != "libcrc32c" && name != "crc32c_generic" && !nic {
                 warnings.push(format!(
                     "kernel {}: no module {name} (and not built in)",
                     kernel.version
@@ -987,7 +1040,19 @@ fn assemble(
             }
             continue;
         };
-        let data = read_module(&kernel.modules.join(rel), ext)?;
+        if !expanded {
+            seen.insert(name.clone());
+            let data = read_module(&kernel.modules.join(rel), ext)?;
+            stack.push((name.clone(), true));
+            for d in module_depends(&data).into_iter().rev() {
+                if !seen.contains(&d) {
+                    stack.push((d, false));
+                }
+            }
+            data_of.insert(name, data);
+            continue;
+        }
+        let data = data_of.remove(&name).unwrap_or_default();
         let rel = rel.to_string_lossy();
         let rel = format!("{}.ko", rel.strip_suffix(ext).unwrap_or(&rel));
         tree.file(&format!("{moddir}/{rel}"), 0o644, data);
@@ -1311,6 +1376,75 @@ mod tests {
             get(&format!("{d}/char/virtio_console.ko")).unwrap(),
             b"CONSOLE"
         );
+    }
+
+    #[test]
+    fn nic_drivers_are_included_with_their_dependencies_in_load_order() {
+        if !Path::new(DEFAULT_BUSYBOX).is_file() {
+            eprintln!("skipping: no {DEFAULT_BUSYBOX} (busybox-static)");
+            return;
+        }
+        let tmp = TempDir::new("image-nic-test").unwrap();
+        let kdir = tmp.0.join("k");
+        fake_kernel(&kdir);
+        let net = kdir.join("lib/modules/9.9.9-test/kernel/drivers/net");
+        std::fs::create_dir_all(net.join("ethernet")).unwrap();
+        for (rel, data) in [
+            ("mii.ko", b"\x7fELF\0license=GPL\0depends=\0".as_slice()),
+            (
+                "ethernet/8139cp.ko",
+                b"\x7fELF\0alias=pci:x\0depends=mii\0name=8139cp\0",
+            ),
+            ("ethernet/8139too.ko", b"\x7fELF\0depends=mii\0"),
+            ("ethernet/e1000.ko", b"\x7fELF\0depends=\0"),
+            ("vmxnet3.ko", b"\x7fELF\0"),
+        ] {
+            std::fs::write(net.join(rel), data).unwrap();
+        }
+        let agent = tmp.0.join("agent");
+        std::fs::write(&agent, b"#!/bin/sh\n").unwrap();
+        let mut opts = ImageOptions::new(tmp.0.join("out"));
+        opts.kernel = KernelSource::Dir(kdir);
+        opts.agent = Some(agent);
+        let img = build(&opts).unwrap();
+        let nic_part: Vec<&str> = img
+            .modules
+            .iter()
+            .map(String::as_str)
+            .skip_while(|m| *m != "e1000")
+            .collect();
+        assert_eq!(nic_part, ["e1000", "mii", "8139cp", "8139too", "vmxnet3"]);
+        // e1000e is not there: said, naming the model.
+        assert!(
+            img.warnings
+                .iter()
+                .any(|w| w.contains("no driver for nic model e1000e")),
+            "{:?}",
+            img.warnings
+        );
+        assert!(!img.warnings.iter().any(|w| w.contains("nic model e1000 ")));
+        // /init loads them in that order.
+        let mut cpio = Vec::new();
+        flate2::read::GzDecoder::new(std::fs::read(&img.initrd).unwrap().as_slice())
+            .read_to_end(&mut cpio)
+            .unwrap();
+        let entries = parse_cpio(&cpio);
+        let order = entries
+            .iter()
+            .find(|e| e.0 == "etc/megaplan/modules")
+            .map(|e| String::from_utf8(e.3.clone()).unwrap())
+            .unwrap();
+        let pos = |m: &str| {
+            order
+                .find(m)
+                .unwrap_or_else(|| panic!("{m} not in {order}"))
+        };
+        assert!(pos("/mii.ko") < pos("/8139cp.ko"));
+        assert!(pos("/8139cp.ko") < pos("/8139too.ko"));
+        // Every model validate accepts is one the image knows.
+        for model in crate::validate::NIC_MODEL_NAMES {
+            assert!(NIC_MODELS.iter().any(|(m, _)| m == model), "{model}");
+        }
     }
 
     #[test]

@@ -115,15 +115,17 @@ pub fn rows(lab: &Lab, state: &State, obs: &Observed) -> Vec<Row> {
         .collect()
 }
 
+/// A value as a table cell. Values come from the file, the state and the
+/// guests: control characters are escaped, so none can forge a row.
 fn cell(v: &Value) -> String {
     match v {
         Value::Null => String::new(),
-        Value::String(s) => s.clone(),
+        Value::String(s) => crate::diag::escape(s).into_owned(),
         Value::Array(a) => format!("[{}]", a.iter().map(cell).collect::<Vec<_>>().join(" ")),
         Value::Object(o) => format!(
             "{{{}}}",
             o.iter()
-                .map(|(k, v)| format!("{k}={}", cell(v)))
+                .map(|(k, v)| format!("{}={}", crate::diag::escape(k), cell(v)))
                 .collect::<Vec<_>>()
                 .join(" ")
         ),
@@ -163,6 +165,10 @@ pub fn table(rows: &[Row], columns: &[String]) -> String {
             .trim_end()
             .to_string()
     };
+    let columns: Vec<String> = columns
+        .iter()
+        .map(|c| crate::diag::escape(c).into_owned())
+        .collect();
     out.push_str(&line(columns.iter().map(String::as_str).collect()));
     out.push('\n');
     for r in &cells {
@@ -208,5 +214,24 @@ mod tests {
         let ask = |s: &str| s.split(',').map(String::from).collect::<Vec<_>>();
         assert_eq!(columns(&ask("cc,name"), true).unwrap(), ask("cc,name"));
         assert_eq!(columns(&ask("name,host"), false), Err("host".to_string()));
+    }
+
+    #[test]
+    fn values_cannot_forge_rows_or_escapes() {
+        let mut r = Row::new();
+        r.insert("name".into(), "a".into());
+        r.insert(
+            "tags".into(),
+            serde_json::json!({"role": "x\nb     | running\u{1b}[2J", "k\r": "\u{202e}v"}),
+        );
+        r.insert("ip".into(), serde_json::json!(["10.0.0.1/24\nforged"]));
+        let cols: Vec<String> = ["name", "tags", "ip"].map(String::from).to_vec();
+        let t = table(&[r], &cols);
+        assert_eq!(t.lines().count(), 2, "{t}");
+        assert!(!t.chars().any(|c| c.is_control() && c != '\n'), "{t:?}");
+        assert!(t.contains(r"x\nb"), "{t}");
+        assert!(t.contains(r"\u{1b}[2J"), "{t}");
+        assert!(t.contains(r"\u{202e}v"), "{t}");
+        assert!(t.contains(r"10.0.0.1/24\nforged"), "{t}");
     }
 }

@@ -20,14 +20,47 @@ use crate::lab::*;
 use crate::model::{self, Document, Sp};
 
 /// Parse and validate a file: the lab (when there is no error) and every diagnostic.
+///
+/// Structural errors do not hide the others: unless the file could not be
+/// read as KDL/TOML at all, validation runs on what was read, and only its
+/// findings inside a top-level node that has a structural error are dropped
+/// (they would mostly repeat it).
 pub fn check(src: &SourceFile) -> (Option<Lab>, Diagnostics) {
     let (doc, mut diags) = crate::syntax::parse(src);
-    if diags.has_errors() {
-        // Semantic checks on a half-read document mostly repeat the syntax errors.
+    let syntax_failed = diags
+        .errors()
+        .any(|d| d.code.ends_with("::syntax") || d.code == "megaplan::too_deep");
+    if syntax_failed {
         diags.sort();
         return (None, diags);
     }
     let (lab, more) = validate(&doc, src);
+    if diags.has_errors() {
+        let failed: Vec<(usize, usize)> = node_spans(&doc)
+            .filter(|(start, end)| {
+                diags.errors().any(|d| {
+                    d.labels
+                        .first()
+                        .is_some_and(|l| (*start..*end).contains(&l.span.offset()))
+                })
+            })
+            .collect();
+        for d in more.items {
+            let at = d.labels.first().map(|l| l.span.offset());
+            let inside_failed =
+                at.is_some_and(|o| failed.iter().any(|(s, e)| (*s..*e).contains(&o)));
+            // A dropped experiment node is already reported structurally.
+            let follows = matches!(
+                d.code,
+                "megaplan::no_experiment" | "megaplan::second_experiment"
+            );
+            if !inside_failed && !follows {
+                diags.push(d);
+            }
+        }
+        diags.sort();
+        return (None, diags);
+    }
     diags.extend(more);
     diags.sort();
     if diags.has_errors() {
@@ -35,6 +68,23 @@ pub fn check(src: &SourceFile) -> (Option<Lab>, Diagnostics) {
     } else {
         (lab, diags)
     }
+}
+
+/// The byte range of every top-level node of a document: from its start to
+/// the start of the next one (a TOML table's span covers only its header).
+fn node_spans(doc: &Document) -> impl Iterator<Item = (usize, usize)> {
+    let mut starts: Vec<usize> = doc
+        .experiments
+        .iter()
+        .map(|e| e.span.offset())
+        .chain(doc.networks.iter().map(|n| n.span.offset()))
+        .chain(doc.disks.iter().map(|d| d.span.offset()))
+        .chain(doc.vms.iter().map(|v| v.span.offset()))
+        .collect();
+    starts.sort_unstable();
+    starts.dedup();
+    let ends: Vec<usize> = starts.iter().skip(1).copied().chain([usize::MAX]).collect();
+    starts.into_iter().zip(ends)
 }
 
 /// Validate a parsed document.
@@ -68,6 +118,18 @@ struct Validator {
     /// Missing files already warned about (one warning per path).
     warned: HashSet<PathBuf>,
 }
+
+/// The nic models `driver=` accepts: those `image build` has guest drivers
+/// for (`image::NIC_MODELS`).
+pub const NIC_MODEL_NAMES: &[&str] = &["virtio-net-pci", "e1000", "e1000e", "rtl8139", "vmxnet3"];
+
+/// The most vcpus QEMU's q35 machine (the one `drivers::qemu` launches) takes:
+/// `max_cpus` of pc-q35 in QEMU 7.2 (pc-i440fx would be 255).
+pub const MAX_VCPUS: u32 = 288;
+
+/// Room kept free in a protocol frame beside the command of an exec (fields a
+/// newer agent protocol may add, such as a step id).
+const FRAME_MARGIN: usize = 4096;
 
 /// Names become interface aliases, file names and QEMU arguments.
 pub fn name_problem(name: &str) -> Option<&'static str> {
@@ -216,20 +278,64 @@ pub fn parse_mac(s: &str) -> Result<String, &'static str> {
     Ok(s.to_ascii_lowercase())
 }
 
-/// `10.0.0.1/24` or `fd00::1/64`.
+/// `10.0.0.1/24` or `fd00::1/64`: an address a host can have on a segment.
 pub fn parse_cidr(s: &str) -> Result<(), &'static str> {
+    use std::net::IpAddr;
     let Some((addr, len)) = s.split_once('/') else {
         return Err("a host address needs a prefix length, like 10.0.0.254/24");
     };
     let Ok(len) = len.parse::<u8>() else {
         return Err("the prefix length must be a number");
     };
-    match addr.parse::<std::net::IpAddr>() {
-        Ok(std::net::IpAddr::V4(_)) if len <= 32 => Ok(()),
-        Ok(std::net::IpAddr::V6(_)) if len <= 128 => Ok(()),
-        Ok(_) => Err("the prefix length is too long for this address"),
-        Err(_) => Err("not an IPv4 or IPv6 address"),
+    let addr = match addr.parse::<IpAddr>() {
+        Ok(a) => a,
+        Err(_) => return Err("not an IPv4 or IPv6 address"),
+    };
+    let max = if addr.is_ipv4() { 32 } else { 128 };
+    if len > max {
+        return Err("the prefix length is too long for this address");
     }
+    if len == 0 {
+        return Err("a /0 prefix is every address, not a segment");
+    }
+    if addr.is_unspecified() {
+        return Err("the unspecified address is not a host address");
+    }
+    if addr.is_loopback() {
+        return Err("a loopback address is not an address on a segment");
+    }
+    if addr.is_multicast() {
+        return Err("a multicast address is not a host address");
+    }
+    match addr {
+        IpAddr::V4(a) => {
+            if a.is_broadcast() {
+                return Err("the broadcast address is not a host address");
+            }
+            if a.is_link_local() {
+                return Err("a link-local address (169.254.0.0/16) is not a host address here");
+            }
+            if a.octets()[0] >= 240 {
+                return Err("an address in 240.0.0.0/4 is reserved, not a host address");
+            }
+            if len <= 30 {
+                let bits = u32::from(a);
+                let host_mask = u32::MAX >> len;
+                if bits & host_mask == 0 {
+                    return Err("this is the network address of its prefix, not a host address");
+                }
+                if bits & host_mask == host_mask {
+                    return Err("this is the broadcast address of its prefix, not a host address");
+                }
+            }
+        }
+        IpAddr::V6(a) => {
+            if a.segments()[0] & 0xffc0 == 0xfe80 {
+                return Err("a link-local address (fe80::/10) is not a host address here");
+            }
+        }
+    }
+    Ok(())
 }
 
 fn hash_hex(v: &impl serde::Serialize) -> String {
@@ -262,6 +368,171 @@ impl Validator {
             );
         }
         ms
+    }
+
+    /// Refuse a NUL in any value of the file (names are checked by
+    /// [`name_problem`]): every string reaches an argv, a path, the kernel
+    /// command line or a protocol frame, where a NUL ends it or is refused.
+    /// A VM's sockets (QMP, cc) live in its runtime folder; a unix socket
+    /// path holds at most [`qemu::MAX_SOCKET_PATH`] bytes.
+    fn check_socket_path(
+        &mut self,
+        experiment: &str,
+        vm_name: &str,
+        vm: &model::Vm,
+        once: &mut impl FnMut(&mut Self, Diag, &'static str),
+    ) {
+        use crate::drivers::qemu;
+        let longest = [qemu::QMP_SOCKET_NAME, qemu::CC_SOCKET_NAME]
+            .into_iter()
+            .max_by_key(|n| n.len())
+            .expect("two names");
+        let root = crate::host::runtime_dir("", "");
+        let sock = crate::host::runtime_dir(experiment, vm_name).join(longest);
+        let len = sock.as_os_str().len();
+        if len > qemu::MAX_SOCKET_PATH {
+            once(
+                self,
+                Diag::error(
+                    "megaplan::socket_path_too_long",
+                    format!(
+                        "VM '{vm_name}' would have a socket path of {len} bytes: a unix socket path holds at most {}",
+                        qemu::MAX_SOCKET_PATH
+                    ),
+                )
+                .label(vm.name.span, format!("{}", sock.display()))
+                .help(format!(
+                    "the path is the runtime folder ({} bytes: MEGAPLAN_RUNTIME_DIR or /run/megaplan), /EXPERIMENT ({} bytes), /VM ({} bytes) and /{longest}: shorten the experiment or VM name by {} bytes, or set MEGAPLAN_RUNTIME_DIR to a shorter folder",
+                    root.as_os_str().len().saturating_sub(1),
+                    experiment.len() + 1,
+                    vm_name.len() + 1,
+                    len - qemu::MAX_SOCKET_PATH
+                )),
+                "sockpath",
+            );
+        }
+    }
+
+    /// A cc command travels in one protocol frame: refuse one that cannot fit.
+    fn check_command_size(
+        &mut self,
+        c: &model::Command,
+        span: SourceSpan,
+        once: &mut impl FnMut(&mut Self, Diag, &'static str),
+    ) {
+        use crate::agent::protocol::{self, Message};
+        let command = match c {
+            model::Command::Shell(s) => protocol::Command::Shell(s.value.clone()),
+            model::Command::Argv(a) => {
+                protocol::Command::Argv(a.iter().map(|s| s.value.clone()).collect())
+            }
+        };
+        let msg = Message::Exec {
+            id: u64::MAX,
+            command,
+            timeout_ms: Some(u64::MAX),
+            background: false,
+            max_output: Some(u64::MAX),
+        };
+        let len = serde_json::to_vec(&msg).map_or(usize::MAX, |v| v.len());
+        let limit = protocol::MAX_FRAME - FRAME_MARGIN;
+        if len > limit {
+            once(
+                self,
+                Diag::error(
+                    "megaplan::command_too_large",
+                    format!("this command is {len} bytes when sent to the guest: at most {limit} fit in one message"),
+                )
+                .label(span, "too large")
+                .help("put a long script in a file and `send` it to the guest, then exec it"),
+                "cmdsize",
+            );
+        }
+    }
+
+    fn check_nul(&mut self, doc: &Document) {
+        let mut vals: Vec<(&'static str, &Sp<String>)> = Vec::new();
+        for e in &doc.experiments {
+            vals.extend(e.images.iter().map(|v| ("images", v)));
+            vals.extend(e.accel.iter().map(|v| ("accel", v)));
+        }
+        for n in &doc.networks {
+            vals.extend(n.host_address.iter().map(|v| ("host-address", v)));
+        }
+        for d in &doc.disks {
+            for (what, v) in [
+                ("size", &d.size),
+                ("format", &d.format),
+                ("filesystem", &d.filesystem),
+                ("from", &d.from),
+            ] {
+                vals.extend(v.iter().map(|v| (what, v)));
+            }
+            for i in &d.inject {
+                vals.push(("inject source", &i.src));
+                vals.push(("inject destination", &i.dst));
+            }
+        }
+        for vm in &doc.vms {
+            for (what, v) in [
+                ("uuid", &vm.uuid),
+                ("kernel", &vm.kernel),
+                ("initrd", &vm.initrd),
+                ("append", &vm.append),
+                ("memory", &vm.memory),
+            ] {
+                vals.extend(v.iter().map(|v| (what, v)));
+            }
+            for d in &vm.disks {
+                vals.push(("disk", &d.name));
+                vals.extend(d.mount.iter().map(|v| ("mount", v)));
+            }
+            for n in &vm.nics {
+                vals.push(("nic network", &n.network));
+                vals.extend(n.mac.iter().map(|v| ("mac", v)));
+                vals.extend(n.driver.iter().map(|v| ("driver", v)));
+            }
+            for m in &vm.mirrors {
+                match &m.source {
+                    model::MirrorSource::Vm(v) => vals.push(("mirrors", v)),
+                    model::MirrorSource::Network(v) => vals.push(("mirrors network", v)),
+                }
+                vals.extend(m.direction.iter().map(|v| ("direction", v)));
+            }
+            for t in &vm.tags {
+                vals.push(("tag name", &t.key));
+                vals.push(("tag value", &t.value));
+            }
+            vals.extend(vm.after.iter().map(|v| ("after", v)));
+            vals.extend(vm.qemu_args.iter().map(|v| ("qemu-args", v)));
+            for step in &vm.cc {
+                vals.extend(step.timeout.iter().map(|v| ("timeout", v)));
+                match &step.action {
+                    model::CcAction::Exec(c) | model::CcAction::Background(c) => match c {
+                        model::Command::Shell(v) => vals.push(("command", v)),
+                        model::Command::Argv(a) => vals.extend(a.iter().map(|v| ("command", v))),
+                    },
+                    model::CcAction::Send { src, to } => {
+                        vals.push(("send source", src));
+                        vals.push(("send destination", to));
+                    }
+                    model::CcAction::Recv { src, to, max_size } => {
+                        vals.push(("recv source", src));
+                        vals.push(("recv destination", to));
+                        vals.extend(max_size.iter().map(|v| ("max-size", v)));
+                    }
+                }
+            }
+        }
+        for (what, v) in vals {
+            if let Some(at) = v.value.find('\0') {
+                self.err(
+                    Diag::error("megaplan::nul_byte", format!("the {what} contains a NUL byte"))
+                        .label(v.span, format!("NUL at byte {at} of this value"))
+                        .help("a NUL would cut this value short in a QEMU argument, a path or a guest command: remove it"),
+                );
+            }
+        }
     }
 
     fn check_name(&mut self, what: &str, name: &Sp<String>) -> bool {
@@ -315,9 +586,13 @@ impl Validator {
     fn warn_missing(&mut self, path: &Path, sp: &Sp<String>, what: &str) {
         if !path.exists() && self.warned.insert(path.to_path_buf()) {
             self.d.push(
-                Diag::warning("megaplan::missing_file", format!("{what} '{}' does not exist (yet)", path.display()))
+                Diag::warning("megaplan::missing_file", format!("{what} '{}' does not exist (yet)", crate::diag::escape(&path.display().to_string())))
                     .label(sp.span, "not found")
-                    .help("this is an error at apply time; `megaplan image build --out DIR` makes a cc-enabled kernel and initrd"),
+                    .help(if matches!(what, "kernel" | "initrd") {
+                        "this is an error at apply time; `megaplan image build --out DIR` makes a cc-enabled kernel and initrd".to_string()
+                    } else {
+                        format!("this is an error at apply time: create the {what}, or fix the path (a relative path is relative to this file)")
+                    }),
             );
         }
     }
@@ -331,6 +606,7 @@ impl Validator {
             );
             return None;
         }
+        self.check_nul(doc);
         let exp = match doc.experiments.as_slice() {
             [] => {
                 let first = doc
@@ -716,18 +992,24 @@ impl Validator {
                     );
                     1
                 }
-                Some(c) if c.value > 1024 => {
+                Some(c) if c.value > i64::from(MAX_VCPUS) => {
                     once(
                         self,
-                        Diag::error("megaplan::bad_vcpus", "too many vcpus")
-                            .label(c.span, "at most 1024")
-                            .help("QEMU's x86 machines take at most 1024 vcpus"),
+                        Diag::error(
+                            "megaplan::bad_vcpus",
+                            format!("{} vcpus are more than the VM's machine takes", c.value),
+                        )
+                        .label(c.span, format!("at most {MAX_VCPUS}"))
+                        .help(format!(
+                            "megaplan runs VMs on QEMU's q35 machine, which takes at most {MAX_VCPUS} vcpus"
+                        )),
                         "vcpus",
                     );
                     1
                 }
                 Some(c) => c.value as u32,
             };
+            self.check_socket_path(&ename, &inst.name, vm, &mut once);
             let snapshot = vm.snapshot.as_ref().is_none_or(|s| s.value);
             let kernel = vm.kernel.as_ref().map(|k| {
                 let p = self.path(k);
@@ -888,20 +1170,20 @@ impl Validator {
                     .as_ref()
                     .map_or_else(|| "virtio-net-pci".to_string(), |d| d.value.clone());
                 if let Some(d) = &nic.driver
-                    && (d.value.is_empty()
-                        || !d
-                            .value
-                            .chars()
-                            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_'))
+                    && !NIC_MODEL_NAMES.contains(&d.value.as_str())
                 {
                     once(
                         self,
                         Diag::error(
                             "megaplan::bad_driver",
-                            format!("'{}' is not a QEMU nic model", d.value),
+                            format!("'{}' is not a nic model megaplan supports", d.value),
                         )
-                        .label(d.span, "letters, digits, '-' and '_' only")
-                        .help("for example driver=\"virtio-net-pci\" or driver=\"e1000\""),
+                        .label(d.span, format!("expected one of: {}", NIC_MODEL_NAMES.join(", ")))
+                        .help(
+                            did_you_mean(&d.value, NIC_MODEL_NAMES.iter().copied()).unwrap_or_else(|| {
+                                "`megaplan image build` includes guest drivers for these models only".to_string()
+                            }),
+                        ),
                         "driver",
                     );
                 }
@@ -938,28 +1220,47 @@ impl Validator {
             // after
             let mut after = Vec::new();
             for a in &vm.after {
-                if !vm_name_set.contains(a.value.as_str()) {
-                    once(
-                        self,
-                        Diag::error(
-                            "megaplan::unknown_vm",
-                            format!("there is no VM '{}'", a.value),
-                        )
-                        .label(a.span, "unknown VM")
-                        .help_opt(did_you_mean(&a.value, vm_names.iter().map(String::as_str))),
-                        "after",
-                    );
-                } else if a.value == inst.name {
-                    self.err(
-                        Diag::error(
-                            "megaplan::after_cycle",
-                            format!("VM '{}' waits for itself", inst.name),
-                        )
-                        .label(a.span, "after itself")
-                        .help("remove it from `after`"),
-                    );
-                } else {
-                    after.push(a.value.clone());
+                let names = match expand_range(&a.value) {
+                    Ok(n) => n,
+                    Err(e) => {
+                        once(
+                            self,
+                            Diag::error(
+                                "megaplan::bad_range",
+                                format!("'{}' is not a VM name or range", a.value),
+                            )
+                            .label(a.span, e)
+                            .help("a range looks like \"web[1-3]\" or \"web[01-10]\""),
+                            "afterrange",
+                        );
+                        continue;
+                    }
+                };
+                for name in names {
+                    let a = &Sp::new(name, a.span);
+                    if !vm_name_set.contains(a.value.as_str()) {
+                        once(
+                            self,
+                            Diag::error(
+                                "megaplan::unknown_vm",
+                                format!("there is no VM '{}'", a.value),
+                            )
+                            .label(a.span, "unknown VM")
+                            .help_opt(did_you_mean(&a.value, vm_names.iter().map(String::as_str))),
+                            "after",
+                        );
+                    } else if a.value == inst.name {
+                        self.err(
+                            Diag::error(
+                                "megaplan::after_cycle",
+                                format!("VM '{}' waits for itself", inst.name),
+                            )
+                            .label(a.span, "after itself")
+                            .help("remove it from `after`"),
+                        );
+                    } else if !after.contains(&a.value) {
+                        after.push(a.value.clone());
+                    }
                 }
             }
 
@@ -1021,6 +1322,11 @@ impl Validator {
                 };
                 let action = match &step.action {
                     model::CcAction::Exec(c) | model::CcAction::Background(c) => {
+                        let span = match c {
+                            model::Command::Shell(s) => s.span,
+                            model::Command::Argv(_) => step.span,
+                        };
+                        self.check_command_size(c, span, &mut once);
                         if let Some(span) = empty_cmd(c) {
                             once(
                                 self,
@@ -1210,7 +1516,11 @@ impl Validator {
                             )
                             .label(
                                 i.span,
-                                format!("'{}' has {} nic(s)", dest.name, dest.nics.len()),
+                                format!(
+                                    "'{}' has {}",
+                                    dest.name,
+                                    crate::diag::plural(dest.nics.len(), "nic")
+                                ),
                             )
                             .help("into= counts this VM's nics from 0"),
                             "into",
@@ -1239,64 +1549,87 @@ impl Validator {
                 }
                 let sources: Vec<(String, usize)> = match &m.source {
                     model::MirrorSource::Vm(src_vm) => {
-                        if src_vm.value == inst.name {
-                            report(self, Diag::error("megaplan::mirror_self", format!("VM '{}' mirrors itself", inst.name))
-                                .label(src_vm.span, "this VM")
-                                .help("a VM cannot receive copies of its own traffic: mirror another VM"), "self");
-                            continue;
-                        }
-                        let Some(&src) = vm_by_name.get(src_vm.value.as_str()) else {
-                            if !vm_name_set.contains(src_vm.value.as_str()) {
+                        let names = match expand_range(&src_vm.value) {
+                            Ok(n) => n,
+                            Err(e) => {
                                 report(
                                     self,
                                     Diag::error(
-                                        "megaplan::unknown_vm",
-                                        format!("there is no VM '{}'", src_vm.value),
+                                        "megaplan::bad_range",
+                                        format!("'{}' is not a VM name or range", src_vm.value),
                                     )
-                                    .label(src_vm.span, "unknown VM")
-                                    .help_opt(did_you_mean(
-                                        &src_vm.value,
-                                        vm_names.iter().map(String::as_str),
-                                    )),
-                                    "src",
+                                    .label(src_vm.span, e)
+                                    .help("a range looks like \"web[1-3]\" or \"web[01-10]\""),
+                                    "range",
                                 );
+                                continue;
                             }
-                            continue;
                         };
-                        let nic = match &m.nic {
-                            None => 0usize,
-                            Some(n) if n.value < 0 || n.value as usize >= src.nics.len() => {
+                        let mut sources = Vec::new();
+                        'names: for name in &names {
+                            if *name == inst.name {
+                                report(self, Diag::error("megaplan::mirror_self", format!("VM '{}' mirrors itself", inst.name))
+                                    .label(src_vm.span, "this VM")
+                                    .help("a VM cannot receive copies of its own traffic: mirror another VM"), "self");
+                                continue 'names;
+                            }
+                            let Some(&src) = vm_by_name.get(name.as_str()) else {
+                                if !vm_name_set.contains(name.as_str()) {
+                                    report(
+                                        self,
+                                        Diag::error(
+                                            "megaplan::unknown_vm",
+                                            format!("there is no VM '{name}'"),
+                                        )
+                                        .label(src_vm.span, "unknown VM")
+                                        .help_opt(
+                                            did_you_mean(name, vm_names.iter().map(String::as_str)),
+                                        ),
+                                        "src",
+                                    );
+                                }
+                                continue 'names;
+                            };
+                            let nic = match &m.nic {
+                                None => 0usize,
+                                Some(n) if n.value < 0 || n.value as usize >= src.nics.len() => {
+                                    report(
+                                        self,
+                                        Diag::error(
+                                            "megaplan::mirror_index",
+                                            format!("VM '{}' has no nic {}", src.name, n.value),
+                                        )
+                                        .label(
+                                            n.span,
+                                            format!(
+                                                "'{}' has {}",
+                                                src.name,
+                                                crate::diag::plural(src.nics.len(), "nic")
+                                            ),
+                                        )
+                                        .help("nic= counts the mirrored VM's nics from 0"),
+                                        "nic",
+                                    );
+                                    continue 'names;
+                                }
+                                Some(n) => n.value as usize,
+                            };
+                            if src.nics.is_empty() {
                                 report(
                                     self,
                                     Diag::error(
                                         "megaplan::mirror_index",
-                                        format!("VM '{}' has no nic {}", src.name, n.value),
+                                        format!("VM '{}' has no nic to mirror", src.name),
                                     )
-                                    .label(
-                                        n.span,
-                                        format!("'{}' has {} nic(s)", src.name, src.nics.len()),
-                                    )
-                                    .help("nic= counts the mirrored VM's nics from 0"),
-                                    "nic",
+                                    .label(src_vm.span, "no nics")
+                                    .help("mirror a VM that has a nic"),
+                                    "nic0",
                                 );
-                                continue;
+                                continue 'names;
                             }
-                            Some(n) => n.value as usize,
-                        };
-                        if src.nics.is_empty() {
-                            report(
-                                self,
-                                Diag::error(
-                                    "megaplan::mirror_index",
-                                    format!("VM '{}' has no nic to mirror", src.name),
-                                )
-                                .label(src_vm.span, "no nics")
-                                .help("mirror a VM that has a nic"),
-                                "nic0",
-                            );
-                            continue;
+                            sources.push((src.name.clone(), nic));
                         }
-                        vec![(src.name.clone(), nic)]
+                        sources
                     }
                     model::MirrorSource::Network(net) => {
                         if let Some(n) = &m.nic {
@@ -1473,7 +1806,10 @@ impl Validator {
             for w in names.windows(2) {
                 let (first, then) = (w[0], w[1]);
                 if let Some(inst) = insts.iter().find(|i| i.name == then)
-                    && let Some(a) = inst.src.after.iter().find(|a| a.value == first)
+                    && let Some(a) = inst.src.after.iter().find(|a| {
+                        a.value == first
+                            || expand_range(&a.value).is_ok_and(|n| n.iter().any(|n| n == first))
+                    })
                 {
                     d = d.label(a.span, format!("'{then}' waits for '{first}'"));
                 }
@@ -1521,6 +1857,171 @@ mod tests {
         assert!(parse_cidr("10.0.0.1").is_err());
         assert!(parse_cidr("10.0.0.1/33").is_err());
         assert!(parse_cidr("fd00::1/64").is_ok());
+    }
+
+    fn check_kdl(text: &str) -> (Option<Lab>, Diagnostics) {
+        check(&SourceFile::new("/nonexistent/t.kdl", text))
+    }
+
+    fn codes(d: &Diagnostics) -> Vec<&'static str> {
+        d.errors().map(|d| d.code).collect()
+    }
+
+    #[test]
+    fn host_addresses_must_be_addresses_of_a_host() {
+        for bad in [
+            "224.0.0.1/24",
+            "255.255.255.255/24",
+            "0.0.0.0/0",
+            "10.0.0.1/0",
+            "::/0",
+            "::/64",
+            "0.0.0.0/24",
+            "127.0.0.1/8",
+            "::1/128",
+            "169.254.1.1/16",
+            "fe80::1/64",
+            "ff02::1/64",
+            "10.0.0.0/24",
+            "10.0.0.255/24",
+            "240.0.0.1/8",
+        ] {
+            assert!(parse_cidr(bad).is_err(), "{bad} accepted");
+        }
+        for good in [
+            "10.0.0.254/24",
+            "192.168.1.1/31",
+            "10.1.2.3/32",
+            "fd00::1/64",
+        ] {
+            assert!(parse_cidr(good).is_ok(), "{good} refused");
+        }
+    }
+
+    #[test]
+    fn a_socket_path_over_sun_path_is_refused_with_its_length() {
+        let long = "e".repeat(64);
+        let vm = "v".repeat(60);
+        let text = format!("experiment \"{long}\"\nvm \"{vm}\" {{ kernel \"/k\"; }}\n");
+        let (lab, d) = check_kdl(&text);
+        assert!(lab.is_none());
+        let e = d
+            .errors()
+            .find(|e| e.code == "megaplan::socket_path_too_long")
+            .expect("refused");
+        let root = crate::host::runtime_root(&long).join(&vm).join("qmp.sock");
+        let len = root.as_os_str().len();
+        assert!(len > 107);
+        assert!(e.message.contains(&format!("{len} bytes")), "{}", e.message);
+        assert!(e.help.as_deref().unwrap().contains("MEGAPLAN_RUNTIME_DIR"));
+        // A short pair of names fits.
+        let (lab, d) = check_kdl("experiment \"x\"\nvm \"a\" { kernel \"/k\"; }\n");
+        assert!(lab.is_some(), "{:?}", codes(&d));
+    }
+
+    #[test]
+    fn an_exec_larger_than_a_frame_is_refused() {
+        let big = "x".repeat(crate::agent::protocol::MAX_FRAME);
+        let text =
+            format!("experiment \"x\"\nvm \"a\" {{ kernel \"/k\"; cc {{ exec \"{big}\"; }} }}\n");
+        let (lab, d) = check_kdl(&text);
+        assert!(lab.is_none());
+        assert_eq!(codes(&d), ["megaplan::command_too_large"]);
+        // Escaping counts: a command of quotes doubles when encoded.
+        let quotes = "\\\"".repeat(crate::agent::protocol::MAX_FRAME / 2 - 100);
+        let text = format!(
+            "experiment \"x\"\nvm \"a\" {{ kernel \"/k\"; cc {{ background \"{quotes}\"; }} }}\n"
+        );
+        let (_, d) = check_kdl(&text);
+        assert_eq!(codes(&d), ["megaplan::command_too_large"]);
+        let ok = "x".repeat(1000);
+        let text =
+            format!("experiment \"x\"\nvm \"a\" {{ kernel \"/k\"; cc {{ exec \"{ok}\"; }} }}\n");
+        assert!(check_kdl(&text).0.is_some());
+    }
+
+    #[test]
+    fn vcpus_are_bounded_by_the_machine_type() {
+        let at = |n: u32| format!("experiment \"x\"\nvm \"a\" {{ kernel \"/k\"; vcpus {n}; }}\n");
+        assert!(check_kdl(&at(MAX_VCPUS)).0.is_some());
+        let (lab, d) = check_kdl(&at(MAX_VCPUS + 1));
+        assert!(lab.is_none());
+        assert_eq!(codes(&d), ["megaplan::bad_vcpus"]);
+    }
+
+    #[test]
+    fn a_nul_in_any_value_is_refused() {
+        for (prop, value) in [
+            ("append", "console=ttyS0\\u{0}x"),
+            ("initrd", "/i\\u{0}"),
+            ("kernel", "/k\\u{0}"),
+        ] {
+            let text = if prop == "kernel" {
+                format!("experiment \"x\"\nvm \"a\" {{ {prop} \"{value}\"; }}\n")
+            } else {
+                format!("experiment \"x\"\nvm \"a\" {{ kernel \"/k\"; {prop} \"{value}\"; }}\n")
+            };
+            let (lab, d) = check_kdl(&text);
+            assert!(lab.is_none(), "{prop}");
+            assert!(
+                codes(&d).contains(&"megaplan::nul_byte"),
+                "{prop}: {:?}",
+                codes(&d)
+            );
+        }
+        let text = "experiment \"x\"\nvm \"a\" { kernel \"/k\"; tags { role \"a\\u{0}\"; }; cc { exec \"ls\" \"/\\u{0}\"; send \"f\" to=\"/x\\u{0}\"; recv \"/y\\u{0}\" to=\"out\"; }; disk \"/d\\u{0}.qcow2\" mount=\"/m\"; }\n";
+        let (_, d) = check_kdl(text);
+        assert_eq!(
+            d.errors()
+                .filter(|e| e.code == "megaplan::nul_byte")
+                .count(),
+            5,
+            "{:?}",
+            d.errors().map(|e| &e.message).collect::<Vec<_>>()
+        );
+    }
+
+    #[test]
+    fn after_and_mirrors_take_ranges() {
+        let text = r#"experiment "x"
+network "LAN"
+network "mon"
+vm "web[1-3]" { kernel "/k"; nic "LAN"; }
+vm "db" { kernel "/k"; nic "LAN"; after "web[1-2]" "web3"; }
+vm "ids" { kernel "/k"; nic "mon"; mirrors "web[2-3]"; }
+"#;
+        let (lab, d) = check_kdl(text);
+        let lab = lab.unwrap_or_else(|| panic!("{:?}", codes(&d)));
+        let db = lab.vms.iter().find(|v| v.name == "db").unwrap();
+        assert_eq!(db.after, ["web1", "web2", "web3"]);
+        let mut sources: Vec<&str> = lab.mirrors.iter().map(|m| m.source_vm.as_str()).collect();
+        sources.sort();
+        assert_eq!(sources, ["web2", "web3"]);
+        // A range naming a missing VM is an unknown VM, and a broken range says so.
+        let (_, d) = check_kdl(&text.replace("\"web[1-2]\" \"web3\"", "\"web[2-4]\""));
+        assert!(d.errors().any(|e| e.message == "there is no VM 'web4'"));
+        let (_, d) = check_kdl(&text.replace("mirrors \"web[2-3]\"", "mirrors \"web[3-2]\""));
+        assert_eq!(codes(&d), ["megaplan::bad_range"]);
+    }
+
+    #[test]
+    fn structural_errors_do_not_hide_reference_errors() {
+        let text = r#"experiment "x"
+network "LAN" { host-adress "10.0.0.1/24"; }
+vm "a" { kernel "/k"; nic "LNA"; }
+"#;
+        let (_, d) = check_kdl(text);
+        assert_eq!(
+            codes(&d),
+            ["megaplan::unknown_node", "megaplan::unknown_network"]
+        );
+        // Inside the node that failed, findings would repeat the structural error.
+        let text = r#"experiment "x"
+network "LAN"
+vm "a" { kernel "/k"; nic "LAN" bogus=1; mirrors "nobody"; }
+"#;
+        let (_, d) = check_kdl(text);
+        assert_eq!(codes(&d), ["megaplan::unknown_property"]);
     }
 
     #[test]

@@ -201,3 +201,86 @@ async fn built_image_boots_and_serves_cc() {
         "written-in-guest\n"
     );
 }
+
+/// Each non-virtio nic model the image has a driver for becomes an interface
+/// in the guest (before, only virtio_net was in the image: an e1000 nic had no
+/// interface, and eth0 silently became the next nic).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn non_virtio_nics_get_their_interfaces() {
+    if !prerequisites() {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "CI: prerequisites missing"
+        );
+        return;
+    }
+    let Some(kdir) = guest_kernel_dir() else {
+        assert!(std::env::var_os("CI").is_none(), "CI: no guest kernel");
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let mut opts = ImageOptions::new(dir.path().join("img"));
+    opts.kernel = KernelSource::Dir(kdir);
+    opts.agent = Some(PathBuf::from(env!("CARGO_BIN_EXE_megaplan-agent")));
+    let img = image::build(&opts).expect("image build");
+    let models: Vec<&str> = image::NIC_MODELS
+        .iter()
+        .filter(|(m, mods)| {
+            *m != "virtio-net-pci" && mods.iter().any(|x| img.modules.iter().any(|l| l == x))
+        })
+        .map(|(m, _)| *m)
+        .collect();
+    eprintln!(
+        "nic models with a driver in the image: {models:?}; warnings {:?}",
+        img.warnings
+    );
+    assert!(
+        !models.is_empty(),
+        "no non-virtio nic driver in {:?}",
+        img.modules
+    );
+
+    let accel = qemu::detect_accel().expect("MEGAPLAN_ACCEL");
+    let mut cfg = VmConfig::new("nic-models", Uuid::new_v4(), accel, dir.path().join("run"));
+    cfg.memory_mib = 256;
+    cfg.kernel = Some(img.kernel.clone());
+    cfg.initrd = Some(img.initrd.clone());
+    cfg.append = Some("console=ttyS0 panic=-1".into());
+    cfg.extra_args = vec!["-no-reboot".into()];
+    for (i, m) in models.iter().enumerate() {
+        cfg.extra_args.push("-device".into());
+        cfg.extra_args
+            .push(format!("{m},mac=02:00:00:00:10:{i:02x}"));
+    }
+    let pid = qemu::launch(&cfg).await.expect("launch");
+    let _guard = KillOnDrop(pid);
+    let serial = cfg.serial_log_path();
+    let t = Duration::from_secs(120);
+    let client = AgentClient::connect_timeout(cfg.cc_socket(), t)
+        .await
+        .expect("connect to cc.sock");
+    let hello = match client.wait_hello(t).await {
+        Ok(h) => h,
+        Err(e) => panic!(
+            "no hello: {e}; serial log:\n{}",
+            std::fs::read_to_string(&serial).unwrap_or_default()
+        ),
+    };
+    for (i, m) in models.iter().enumerate() {
+        let mac = format!("02:00:00:00:10:{i:02x}");
+        let iface = hello
+            .interfaces
+            .iter()
+            .find(|f| f.mac.as_deref() == Some(mac.as_str()));
+        assert!(
+            iface.is_some_and(|f| f.name == format!("eth{i}")),
+            "{m} nic ({mac}) is not eth{i}: {:?}",
+            hello.interfaces
+        );
+    }
+    drop(client);
+    qmp::stop_vm(&cfg.runtime_dir, pid, Duration::from_secs(60))
+        .await
+        .expect("stop_vm");
+    assert!(!qmp::process_alive(pid));
+}

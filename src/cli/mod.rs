@@ -18,6 +18,30 @@ use crate::lab::Lab;
 use crate::plan::{self, Mode, Plan, render};
 use crate::state::{State, StateDir};
 
+// `print!`/`println!` for this module: a closed stdout (`megaplan schema |
+// head -1`) ends the process quietly instead of panicking.
+macro_rules! print {
+    ($($t:tt)*) => { write_stdout(format_args!($($t)*)) };
+}
+macro_rules! println {
+    () => { write_stdout(format_args!("\n")) };
+    ($($t:tt)*) => { write_stdout(format_args!("{}\n", format_args!($($t)*))) };
+}
+
+/// Write to stdout; on a broken pipe exit 0 at once (the reader has gone),
+/// on another error exit 1 saying so.
+fn write_stdout(args: std::fmt::Arguments<'_>) {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    if let Err(e) = out.write_fmt(args).and_then(|()| out.flush()) {
+        if e.kind() == std::io::ErrorKind::BrokenPipe {
+            std::process::exit(0);
+        }
+        eprintln!("error: cannot write to stdout: {e}");
+        std::process::exit(1);
+    }
+}
+
 #[derive(Parser, Debug)]
 #[command(name = "megaplan", version, about = "Declarative VM network experiments, minimega-style", long_about = None)]
 pub struct Cli {
@@ -30,6 +54,14 @@ pub enum DiffFormat {
     Text,
     Json,
     Markdown,
+}
+
+/// `--accel`: the accelerator, over `MEGAPLAN_ACCEL` and the file's `accel`.
+#[derive(Clone, Copy, Debug, ValueEnum, PartialEq, Eq)]
+pub enum AccelArg {
+    Auto,
+    Kvm,
+    Tcg,
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum, PartialEq, Eq)]
@@ -83,6 +115,9 @@ pub enum Command {
         /// How many host operations (links, disks, QEMU launches, mirrors) run at once; cc steps are not counted.
         #[arg(long, default_value_t = 10)]
         parallelism: usize,
+        /// The accelerator: overrides MEGAPLAN_ACCEL and the file's `accel`.
+        #[arg(long, value_enum)]
+        accel: Option<AccelArg>,
         #[arg(long)]
         state_dir: Option<PathBuf>,
     },
@@ -252,9 +287,14 @@ pub fn print_diagnostics(diags: &Diagnostics, src: &SourceFile) {
         return;
     }
     if std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none() {
-        for d in &diags.items {
-            eprintln!("{:?}", miette::Report::new(d.with_source(src)));
-        }
+        let handler = miette::GraphicalReportHandler::new();
+        eprint!(
+            "{}",
+            diags.render_with(src, |out, report| {
+                let _ = handler.render_report(out, report);
+                out.push('\n');
+            })
+        );
     } else {
         eprint!("{}", diags.render_plain(src));
     }
@@ -265,7 +305,10 @@ pub fn load(file: &Path) -> Result<(SourceFile, Lab), ExitCode> {
     let src = match SourceFile::read(file) {
         Ok(s) => s,
         Err(e) => {
-            eprintln!("error: cannot read {}: {e}", file.display());
+            eprintln!("error: {}", crate::diag::escape(&e.to_string()));
+            if let Some(h) = e.hint() {
+                eprintln!("hint: {h}");
+            }
             return Err(ExitCode::from(1));
         }
     };
@@ -289,23 +332,30 @@ fn run(cli: Cli) -> Result<ExitCode, CliError> {
     match cli.command {
         Command::Validate { file } => Ok(match load(&file) {
             Ok((_, lab)) => {
+                use crate::diag::plural;
                 println!(
-                    "{}: experiment '{}' is valid ({} networks, {} disks, {} VMs, {} mirrors, {} cc steps)",
+                    "{}: experiment '{}' is valid ({}, {}, {}, {}, {})",
                     file.display(),
                     lab.name,
-                    lab.networks.len(),
-                    lab.disks.len(),
-                    lab.vms.len(),
-                    lab.mirrors.len(),
-                    lab.vms.iter().map(|v| v.cc.len()).sum::<usize>()
+                    plural(lab.networks.len(), "network"),
+                    plural(lab.disks.len(), "disk"),
+                    plural(lab.vms.len(), "VM"),
+                    plural(lab.mirrors.len(), "mirror"),
+                    plural(lab.vms.iter().map(|v| v.cc.len()).sum::<usize>(), "cc step")
                 );
                 ExitCode::SUCCESS
             }
             Err(code) => code,
         }),
         Command::Convert { file, to } => {
-            let src = SourceFile::read(&file)
-                .map_err(|e| CliError::new(format!("cannot read {}: {e}", file.display())))?;
+            let src = SourceFile::read(&file).map_err(|e| {
+                let hint = e.hint();
+                let err = CliError::new(e.to_string());
+                match hint {
+                    Some(h) => err.with_hint(h),
+                    None => err,
+                }
+            })?;
             let (lab, diags) = crate::validate::check(&src);
             print_diagnostics(&diags, &src);
             if lab.is_none() {
@@ -336,7 +386,7 @@ fn run(cli: Cli) -> Result<ExitCode, CliError> {
             };
             let p = diff(&old_lab, &new_lab);
             match format {
-                DiffFormat::Text => print!("{}", render::text(&p)),
+                DiffFormat::Text => print!("{}", render::diff_text(&p)),
                 DiffFormat::Json => println!(
                     "{}",
                     serde_json::to_string_pretty(&render::json(&p)).expect("json")
@@ -349,8 +399,9 @@ fn run(cli: Cli) -> Result<ExitCode, CliError> {
             file,
             auto_approve,
             parallelism,
+            accel,
             state_dir,
-        } => apply_cmd(file, auto_approve, parallelism, state_dir),
+        } => apply_cmd(file, auto_approve, parallelism, accel, state_dir),
         Command::Destroy {
             file,
             all,
@@ -383,7 +434,7 @@ fn run(cli: Cli) -> Result<ExitCode, CliError> {
             };
             let mut script = Vec::new();
             clap_complete::generate(shell, &mut Cli::command(), "megaplan", &mut script);
-            write_stdout(&script)
+            write_stdout_bytes(&script)
         }
         Command::Man { out_dir: Some(dir) } => {
             use clap::CommandFactory;
@@ -398,7 +449,7 @@ fn run(cli: Cli) -> Result<ExitCode, CliError> {
             clap_mangen::Man::new(Cli::command())
                 .render(&mut page)
                 .map_err(|e| CliError::new(format!("cannot render the man page: {e}")))?;
-            write_stdout(&page)
+            write_stdout_bytes(&page)
         }
         Command::State {
             command: StateCommand::RestoreBackup { file, state_dir },
@@ -489,7 +540,9 @@ fn own_cpu() -> std::time::Duration {
 pub fn preflight(lab: Option<&Lab>) -> Result<(), CliError> {
     let mut missing: Vec<String> = Vec::new();
     // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
+    let root = unsafe { libc::geteuid() } == 0;
+    let mut only_files = false;
+    if !root {
         missing.push("root (or CAP_NET_ADMIN): run megaplan apply/destroy as root".into());
     }
     if !Path::new("/dev/net/tun").exists() {
@@ -522,6 +575,40 @@ pub fn preflight(lab: Option<&Lab>) -> Result<(), CliError> {
                 }
             }
         }
+        // Files the steps and disks read: missing ones would fail mid-apply.
+        let mut files: Vec<String> = Vec::new();
+        for vm in &lab.vms {
+            for step in &vm.cc {
+                if let crate::lab::CcActionSpec::Send { src, .. } = &step.action
+                    && !src.exists()
+                {
+                    files.push(format!(
+                        "{} ({}: the file to send does not exist)",
+                        crate::diag::escape(&src.display().to_string()),
+                        step.address
+                    ));
+                }
+            }
+        }
+        for d in &lab.disks {
+            for (what, p) in d
+                .from
+                .iter()
+                .map(|p| ("base image", p))
+                .chain(d.inject.iter().map(|(p, _)| ("file to inject", p)))
+            {
+                if !p.exists() {
+                    files.push(format!(
+                        "{} ({}: the {what} does not exist)",
+                        crate::diag::escape(&p.display().to_string()),
+                        d.address
+                    ));
+                }
+            }
+        }
+        files.dedup();
+        only_files = !files.is_empty() && missing.is_empty();
+        missing.extend(files);
         missing.dedup();
     }
     if missing.is_empty() {
@@ -531,7 +618,15 @@ pub fn preflight(lab: Option<&Lab>) -> Result<(), CliError> {
             "cannot change the host; missing:\n  - {}",
             missing.join("\n  - ")
         ))
-        .with_hint("install what is listed, then run the command again"))
+        .with_hint(if !root && missing.len() == 1 {
+            "run it as root: sudo megaplan ..."
+        } else if !root {
+            "run it as root (sudo megaplan ...), and install what else is listed"
+        } else if only_files {
+            "create the files listed (or fix their paths in the experiment file), then run the command again"
+        } else {
+            "install what is listed, then run the command again"
+        }))
     }
 }
 
@@ -627,12 +722,66 @@ fn execute(
     }
 }
 
+/// The accelerator of this run, resolved before anything changes: `--accel`
+/// wins over `MEGAPLAN_ACCEL`, which wins over the file's `accel`; `auto`
+/// probes /dev/kvm here, once. A bad `MEGAPLAN_ACCEL`, or kvm asked for on a
+/// host where /dev/kvm does not open, is an error.
+pub fn resolve_accel(
+    file: crate::lab::Accel,
+    env: Option<&str>,
+    flag: Option<AccelArg>,
+) -> Result<crate::lab::Accel, CliError> {
+    use crate::drivers::qemu::{self, AccelChoice};
+    use crate::lab::Accel;
+    let env = qemu::parse_accel_env(env).map_err(|_| {
+        CliError::new(format!(
+            "{}={:?} is not an accelerator",
+            qemu::ACCEL_ENV,
+            crate::diag::escape(env.unwrap_or_default())
+        ))
+        .with_hint(format!(
+            "set {} to auto, kvm or tcg, or unset it",
+            qemu::ACCEL_ENV
+        ))
+    })?;
+    let env_set = env != AccelChoice::Auto;
+    let choice = match (flag, file) {
+        (Some(AccelArg::Kvm), _) => AccelChoice::Kvm,
+        (Some(AccelArg::Tcg), _) => AccelChoice::Tcg,
+        (Some(AccelArg::Auto), _) => AccelChoice::Auto,
+        (None, _) if env_set => env,
+        (None, Accel::Kvm) => AccelChoice::Kvm,
+        (None, Accel::Tcg) => AccelChoice::Tcg,
+        (None, Accel::Auto) => AccelChoice::Auto,
+    };
+    let resolved = qemu::resolve_accel(choice);
+    if resolved == qemu::Accel::Kvm
+        && choice == AccelChoice::Kvm
+        && std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open("/dev/kvm")
+            .is_err()
+    {
+        return Err(
+            CliError::new("the accelerator is kvm, but /dev/kvm does not open")
+                .with_hint("run with --accel tcg (or accel \"auto\"), or load the kvm module"),
+        );
+    }
+    Ok(match resolved {
+        qemu::Accel::Kvm => Accel::Kvm,
+        qemu::Accel::Tcg => Accel::Tcg,
+    })
+}
+
 fn apply_cmd(
     file: PathBuf,
     auto_approve: bool,
     parallelism: usize,
+    accel: Option<AccelArg>,
     state_dir: Option<PathBuf>,
 ) -> Result<ExitCode, CliError> {
+    let env_accel = std::env::var(crate::drivers::qemu::ACCEL_ENV).ok();
     if let Some(saved) = crate::saved::SavedPlan::read(&file) {
         saved.check().map_err(|why| {
             CliError::new(format!(
@@ -644,9 +793,10 @@ fn apply_cmd(
                 file.display()
             ))
         })?;
-        let Ok((_, lab)) = load(&saved.file) else {
+        let Ok((_, mut lab)) = load(&saved.file) else {
             return Ok(ExitCode::from(1));
         };
+        lab.accel = resolve_accel(lab.accel, env_accel.as_deref(), accel)?;
         preflight(Some(&lab))?;
         let sd = StateDir::for_file(&saved.file, &lab.name, state_dir.as_deref());
         let _lock = sd.lock(&format!("megaplan apply {}", file.display()))?;
@@ -683,9 +833,10 @@ fn apply_cmd(
         }
         return execute(Some(&lab), &lab.name, &sd, &fresh, &mut state, parallelism);
     }
-    let Ok((_, lab)) = load(&file) else {
+    let Ok((_, mut lab)) = load(&file) else {
         return Ok(ExitCode::from(1));
     };
+    lab.accel = resolve_accel(lab.accel, env_accel.as_deref(), accel)?;
     preflight(Some(&lab))?;
     let sd = StateDir::for_file(&file, &lab.name, state_dir.as_deref());
     let _lock = sd.lock(&format!("megaplan apply {}", file.display()))?;
@@ -810,7 +961,7 @@ fn show_cmd(
 }
 
 /// Generated text on stdout; a closed pipe (`| head`) is not an error.
-fn write_stdout(bytes: &[u8]) -> Result<ExitCode, CliError> {
+fn write_stdout_bytes(bytes: &[u8]) -> Result<ExitCode, CliError> {
     use std::io::Write;
     let mut out = std::io::stdout().lock();
     match out.write_all(bytes).and_then(|_| out.flush()) {
@@ -954,7 +1105,7 @@ fn cc_cmd(command: CcCommand) -> Result<ExitCode, CliError> {
                 );
             } else {
                 for r in &responses {
-                    println!("== {} ({})", r.vm, r.status(timeout));
+                    println!("== {} ({})", crate::diag::escape(&r.vm), r.status(timeout));
                     print!("{}", r.stdout);
                     if !r.stderr.is_empty() {
                         eprint!("{}", r.stderr);
@@ -989,9 +1140,13 @@ fn cc_cmd(command: CcCommand) -> Result<ExitCode, CliError> {
             let sd = StateDir::for_file(&file, &lab.name, state_dir.as_deref());
             for (address, exit, stdout, stderr) in crate::cc::responses(&lab, &sd, vm.as_deref()) {
                 match exit {
-                    None => println!("== {address}: not run"),
+                    None => println!("== {}: not run", crate::diag::escape(&address)),
                     Some(e) => {
-                        println!("== {address} ({})", crate::cc::recorded_status(&e, &stderr));
+                        println!(
+                            "== {} ({})",
+                            crate::diag::escape(&address),
+                            crate::cc::recorded_status(&e, &stderr)
+                        );
                         print!("{stdout}");
                         if !stderr.is_empty() {
                             println!("-- stderr");
@@ -1164,4 +1319,34 @@ fn image_cmd(command: ImageCommand) -> Result<ExitCode, CliError> {
     println!("{}", img.kernel.display());
     println!("{}", img.initrd.display());
     Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::lab::Accel;
+
+    #[test]
+    fn the_flag_wins_over_the_env_which_wins_over_the_file() {
+        let r = |file, env, flag| resolve_accel(file, env, flag).map_err(|e| e.message);
+        assert_eq!(r(Accel::Kvm, Some("tcg"), None), Ok(Accel::Tcg));
+        assert_eq!(r(Accel::Tcg, None, None), Ok(Accel::Tcg));
+        assert_eq!(r(Accel::Auto, Some("tcg"), None), Ok(Accel::Tcg));
+        assert_eq!(
+            r(Accel::Kvm, Some("kvm"), Some(AccelArg::Tcg)),
+            Ok(Accel::Tcg)
+        );
+        assert_eq!(r(Accel::Tcg, Some(""), None), Ok(Accel::Tcg));
+        // auto is resolved here, once: never left for launch time.
+        assert_ne!(r(Accel::Auto, None, None), Ok(Accel::Auto));
+    }
+
+    #[test]
+    fn a_bad_env_accelerator_is_refused_up_front() {
+        let e = resolve_accel(Accel::Tcg, Some("warp9"), None).unwrap_err();
+        assert_eq!(e.message, "MEGAPLAN_ACCEL=\"warp9\" is not an accelerator");
+        assert!(e.hint().unwrap().contains("auto, kvm or tcg"));
+        // Even when the flag would override it: a typo in the env is not ignored.
+        assert!(resolve_accel(Accel::Tcg, Some("warp9"), Some(AccelArg::Tcg)).is_err());
+    }
 }

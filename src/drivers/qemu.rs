@@ -33,7 +33,7 @@ pub const SERIAL_LOG_NAME: &str = "serial.log";
 /// The serial console's unix socket (`megaplan console` attaches to it).
 pub const CONSOLE_SOCKET_NAME: &str = "console.sock";
 /// Longest path a unix socket address holds (sun_path minus the final NUL).
-const MAX_SOCKET_PATH: usize = 107;
+pub const MAX_SOCKET_PATH: usize = 107;
 
 #[derive(Debug, thiserror::Error)]
 pub enum QemuError {

@@ -332,15 +332,11 @@ impl super::Host for LocalHost {
     }
 
     async fn launch_vm(&self, lab: &Lab, vm: &VmSpec, sd: &StateDir) -> Result<u32, HostError> {
+        // `apply` resolves flag, MEGAPLAN_ACCEL and file up front (cli::resolve_accel).
         let accel = match lab.accel {
             crate::lab::Accel::Kvm => qemu::Accel::Kvm,
             crate::lab::Accel::Tcg => qemu::Accel::Tcg,
             crate::lab::Accel::Auto => qemu::detect_accel()?,
-        };
-        let accel = match std::env::var("MEGAPLAN_ACCEL").ok().as_deref() {
-            Some("tcg") => qemu::Accel::Tcg,
-            Some("kvm") => qemu::Accel::Kvm,
-            _ => accel,
         };
         let rt = super::ensure_runtime_dir(&lab.name, &vm.name)?;
         let mut cfg = VmConfig::new(&vm.name, vm.uuid, accel, &rt);

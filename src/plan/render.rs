@@ -47,37 +47,61 @@ fn headline(c: &Change) -> String {
         (_, Action::Delete) => "will be destroyed",
         (_, Action::NoOp) => "is kept",
     };
+    let address = crate::diag::escape(&c.address);
     if why.is_empty() {
-        format!("# {} {verb}", c.address)
+        format!("# {address} {verb}")
     } else {
-        format!("# {} {verb} ({why})", c.address)
+        format!("# {address} {verb} ({})", crate::diag::escape(&why))
     }
 }
 
 /// Terraform-style text.
 pub fn text(plan: &Plan) -> String {
+    text_with(plan, false)
+}
+
+/// The text of `megaplan diff OLD NEW`: what changes between two files (not
+/// an action anyone is about to perform).
+pub fn diff_text(plan: &Plan) -> String {
+    text_with(plan, true)
+}
+
+fn text_with(plan: &Plan, diff: bool) -> String {
     let mut out = String::new();
     let shown: Vec<&Change> = plan
         .changes
         .iter()
         .filter(|c| c.action != Action::NoOp || (c.kind == Kind::Disk && c.after.is_none()))
         .collect();
+    let experiment = crate::diag::escape(&plan.experiment);
     if !plan.has_changes() {
-        let _ = writeln!(
-            out,
-            "No changes. The experiment '{}' matches the file and the host.",
-            plan.experiment
-        );
+        let _ = if diff {
+            writeln!(
+                out,
+                "No changes. The old and the new file describe the same experiment '{experiment}'."
+            )
+        } else {
+            writeln!(
+                out,
+                "No changes. The experiment '{experiment}' matches the file and the host."
+            )
+        };
         for c in shown {
             let _ = writeln!(out, "\n  {}", headline(c));
         }
         return out;
     }
-    let _ = writeln!(
-        out,
-        "megaplan will perform the following actions on experiment '{}':",
-        plan.experiment
-    );
+    let _ = if diff {
+        writeln!(
+            out,
+            "Going from the old file to the new one (experiment '{experiment}') would:"
+        )
+    } else {
+        writeln!(
+            out,
+            "megaplan will perform the following actions on experiment '{experiment}':"
+        )
+    };
     for c in shown {
         let _ = writeln!(out);
         let _ = writeln!(out, "  {}", headline(c));
@@ -185,7 +209,11 @@ pub fn json(plan: &Plan) -> Value {
 /// A compact summary fit for a PR comment.
 pub fn markdown(plan: &Plan) -> String {
     let mut out = String::new();
-    let _ = writeln!(out, "### megaplan: `{}`\n", plan.experiment);
+    let _ = writeln!(
+        out,
+        "### megaplan: `{}`\n",
+        crate::diag::escape(&plan.experiment)
+    );
     if !plan.has_changes() {
         out.push_str("No changes.\n");
         return out;
@@ -201,8 +229,9 @@ pub fn markdown(plan: &Plan) -> String {
             (_, Action::Delete) => ("➖", "destroy"),
             (_, Action::NoOp) => ("", "keep"),
         };
-        let why = c.reasons.join("; ").replace('|', "\\|");
-        let _ = writeln!(out, "| {sym} | `{}` | {word} | {why} |", c.address);
+        let why = crate::diag::escape(&c.reasons.join("; ")).replace('|', "\\|");
+        let address = crate::diag::escape(&c.address).replace('`', "'");
+        let _ = writeln!(out, "| {sym} | `{address}` | {word} | {why} |");
     }
     out
 }

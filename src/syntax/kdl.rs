@@ -88,14 +88,115 @@ fn parse_with(src: &SourceFile, fast: bool) -> (Document, Diagnostics) {
         diags: Diagnostics::default(),
     };
     let mut doc = Document::default();
-    let nodes = fast
-        .then(|| super::kdl_fast::parse(text))
-        .flatten()
-        .or_else(|| p.read_kdl().map(|d| RawNode::list(&d)));
+    let nodes = fast.then(|| super::kdl_fast::parse(text)).flatten();
+    // The kdl crate recurses per block: refuse deep nesting before it sees it.
+    if nodes.is_none()
+        && let Some(at) = too_deep(text)
+    {
+        p.diags.push(
+            Diag::error(
+                "megaplan::too_deep",
+                format!("child blocks are nested more than {MAX_DEPTH} levels deep"),
+            )
+            .label((at..at + 1).into(), format!("level {}", MAX_DEPTH + 1))
+            .help("an experiment nests at most a few levels (vm { cc { ... } }): close the blocks"),
+        );
+        return (doc, p.diags);
+    }
+    let nodes = nodes.or_else(|| p.read_kdl().map(|d| RawNode::list(&d)));
     if let Some(nodes) = nodes {
         p.document(&nodes, &mut doc);
     }
     (doc, p.diags)
+}
+
+/// The deepest nesting of child blocks read (the kdl crate recurses per level).
+pub(crate) const MAX_DEPTH: usize = 64;
+
+/// The offset of the first `{` nested deeper than [`MAX_DEPTH`], skipping
+/// strings (quoted, multi-line, raw in both KDL versions) and comments.
+fn too_deep(text: &str) -> Option<usize> {
+    let b = text.as_bytes();
+    let (mut i, mut depth) = (0usize, 0usize);
+    // The end of a raw string opened at `i` (`#`s, or `r` then `#`s, then `"`).
+    let raw_end = |i: usize| -> Option<usize> {
+        let mut j = i;
+        if b[j] == b'r' {
+            j += 1;
+        }
+        let h = b[j..].iter().take_while(|&&c| c == b'#').count();
+        j += h;
+        if b.get(j) != Some(&b'"') || (b[i] == b'#' && h == 0) {
+            return None;
+        }
+        let mut close = vec![b'"'];
+        close.extend(std::iter::repeat_n(b'#', h));
+        let body = j + 1;
+        let found = b[body..]
+            .windows(close.len())
+            .position(|w| w == close.as_slice());
+        Some(found.map_or(b.len(), |p| body + p + close.len()))
+    };
+    while i < b.len() {
+        match b[i] {
+            b'/' if b.get(i + 1) == Some(&b'/') => {
+                i = b[i..]
+                    .iter()
+                    .position(|&c| c == b'\n')
+                    .map_or(b.len(), |p| i + p);
+            }
+            b'/' if b.get(i + 1) == Some(&b'*') => {
+                let mut nest = 1;
+                i += 2;
+                while i < b.len() && nest > 0 {
+                    if b[i..].starts_with(b"/*") {
+                        nest += 1;
+                        i += 2;
+                    } else if b[i..].starts_with(b"*/") {
+                        nest -= 1;
+                        i += 2;
+                    } else {
+                        i += 1;
+                    }
+                }
+            }
+            b'"' => {
+                let triple = b[i..].starts_with(b"\"\"\"");
+                i += if triple { 3 } else { 1 };
+                while i < b.len() {
+                    if b[i] == b'\\' {
+                        i += 2;
+                    } else if triple && b[i..].starts_with(b"\"\"\"") {
+                        i += 3;
+                        break;
+                    } else if !triple && b[i] == b'"' {
+                        i += 1;
+                        break;
+                    } else {
+                        i += 1;
+                    }
+                }
+            }
+            b'#' | b'r'
+                if (i == 0 || !b[i - 1].is_ascii_alphanumeric()) && raw_end(i).is_some() =>
+            {
+                i = raw_end(i).unwrap_or(b.len());
+            }
+            b'{' => {
+                depth += 1;
+                if depth > MAX_DEPTH {
+                    return Some(i);
+                }
+                i += 1;
+            }
+            b'}' => {
+                depth = depth.saturating_sub(1);
+                i += 1;
+            }
+            _ => i += 1,
+        }
+    }
+    None
 }
 
 /// Write a document as canonical KDL 2.0: experiment, networks, disks, VMs,
@@ -455,13 +556,22 @@ impl<'t> Parser<'t> {
     }
 
     fn syntax_errors(&mut self, err: &KdlError) {
-        let mut seen: Vec<(usize, usize, Option<String>)> = Vec::new();
+        let mut seen: std::collections::HashSet<(usize, usize, Option<String>)> =
+            std::collections::HashSet::new();
+        let mut unclosed = false;
         for d in &err.diagnostics {
             let key = (d.span.offset(), d.span.len(), d.message.clone());
-            if seen.contains(&key) {
+            if !seen.insert(key) {
                 continue;
             }
-            seen.push(key);
+            // kdl reports one missing '}' twice: at the '{' and over the nodes.
+            let closing = d
+                .message
+                .as_deref()
+                .is_some_and(|m| m.to_ascii_lowercase().contains("closing '}'"));
+            if closing && std::mem::replace(&mut unclosed, true) {
+                continue;
+            }
             let diag = self.syntax_error(d);
             self.diags.push(diag);
         }

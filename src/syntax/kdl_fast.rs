@@ -26,7 +26,7 @@ use miette::SourceSpan;
 use super::kdl::{RawChildren, RawEntry, RawName, RawNode, RawValue};
 
 /// Child blocks nested deeper than this are left to the kdl crate.
-const MAX_DEPTH: usize = 64;
+const MAX_DEPTH: usize = super::kdl::MAX_DEPTH;
 
 /// The top-level nodes of `text`, or `None` when the text is outside the
 /// subset read here (or is not valid KDL).
