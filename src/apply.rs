@@ -22,6 +22,8 @@ use serde_json::Value;
 use crate::host::{Host, HostError};
 use crate::identity;
 use crate::lab::Lab;
+use crate::drivers::netlink::NetlinkError;
+use crate::graph::Target;
 use crate::plan::{Action, Change, Plan};
 use crate::state::{Kind, Record, State, StateDir, Status};
 
@@ -122,6 +124,9 @@ impl<H: Host> Executor<'_, H> {
             .enumerate()
             .map(|(i, c)| (c.address.as_str(), i))
             .collect();
+        let orphans: Vec<usize> = (0..plan.changes.len())
+            .filter(|&i| is_orphan(&plan.changes[i]))
+            .collect();
         let mut deps: Vec<Vec<usize>> = vec![Vec::new(); ops.len()];
         for (o, op) in ops.iter().enumerate() {
             let c = &plan.changes[op.change];
@@ -140,7 +145,7 @@ impl<H: Host> Executor<'_, H> {
                 }
                 Phase::Delete => {
                     // Delete this before what it depended on: so `dep`'s delete waits for ours.
-                    for dep in effective_prior_deps(c, plan) {
+                    for dep in effective_prior_deps(c, plan, &orphans) {
                         if let Some(&ci) = index.get(dep.as_str())
                             && let Some(&d) = op_of.get(&(ci, Phase::Delete))
                         {
@@ -194,17 +199,21 @@ impl<H: Host> Executor<'_, H> {
                     }
                     rec.attrs = c.after.clone().unwrap_or_default();
                     rec.deps = c.deps.clone();
+                    rec.target = c.target.clone();
                     state.resources.insert(c.address.clone(), rec);
                     if let Err(e) = self.sd.save(state) {
                         (self.progress)(&format!("warning: cannot save the state: {e}"));
                     }
                 }
                 let prior = state.resources.get(&c.address).cloned();
-                let vm_gen = c
-                    .deps
-                    .first()
-                    .and_then(|v| state.resources.get(v))
-                    .and_then(|r| r.generation);
+                // The generation of the VM a step runs on, found by its typed name.
+                let vm_gen = match (&c.target, self.lab) {
+                    (Some(Target::Step { vm, .. }), Some(lab)) => lab
+                        .vm(vm)
+                        .and_then(|v| state.resources.get(&v.address))
+                        .and_then(|r| r.generation),
+                    _ => None,
+                };
                 (self.progress)(&format!("{}: {}…", c.address, verb(c, op.phase)));
                 crash_point("BEFORE", &c.address);
                 running.push(async move {
@@ -235,14 +244,25 @@ impl<H: Host> Executor<'_, H> {
             *report.timings.entry(key).or_default() += took;
             match result {
                 Ok(outcome) => {
+                    let failure = outcome.failure(c);
+                    let note = match &outcome {
+                        Outcome::LeftAlone(why) => format!(" (record dropped; left alone: {why})"),
+                        _ => String::new(),
+                    };
                     self.record(state, c, op.phase, outcome);
-                    (self.progress)(&format!(
-                        "{}: {} in {:.2}s",
-                        c.address,
-                        done_verb(c, op.phase),
-                        took.as_secs_f64()
-                    ));
-                    report.done.push(c.address.clone());
+                    if let Some(e) = failure {
+                        failed[o] = true;
+                        (self.progress)(&format!("{}: FAILED: {e}", c.address));
+                        report.errors.push((c.address.clone(), e));
+                    } else {
+                        (self.progress)(&format!(
+                            "{}: {} in {:.2}s{note}",
+                            c.address,
+                            done_verb(c, op.phase),
+                            took.as_secs_f64()
+                        ));
+                        report.done.push(c.address.clone());
+                    }
                 }
                 Err(e) => {
                     failed[o] = true;
@@ -300,9 +320,14 @@ impl<H: Host> Executor<'_, H> {
                 match outcome {
                     Outcome::Vm { pid } => {
                         rec.pid = Some(pid);
-                        rec.generation = Some(prev_gen.unwrap_or(0) + 1);
+                        // An update in place is the same QEMU: the same boot.
+                        rec.generation = if c.action == Action::Update {
+                            prev_gen
+                        } else {
+                            Some(prev_gen.unwrap_or(0) + 1)
+                        };
                     }
-                    Outcome::Step { exit, vm_gen } => {
+                    Outcome::Step { exit, vm_gen, .. } => {
                         rec.exit = Some(exit);
                         rec.generation = vm_gen;
                         if exit != 0
@@ -313,7 +338,7 @@ impl<H: Host> Executor<'_, H> {
                             rec.status = Status::Failed;
                         }
                     }
-                    Outcome::Done => {}
+                    Outcome::Done | Outcome::LeftAlone(_) => {}
                 }
             }
         }
@@ -330,6 +355,14 @@ impl<H: Host> Executor<'_, H> {
         let marker = identity::marker(exp, &c.address);
         let before = &c.before;
         let after = &c.after;
+        // The typed identity, checked: a state file or a saved plan is untrusted.
+        if let Some(t) = &c.target {
+            t.check().map_err(HostError::Other)?;
+        }
+        let lab = || {
+            self.lab
+                .ok_or_else(|| HostError::Other("no experiment to create from".into()))
+        };
         match (c.kind, phase) {
             (Kind::Network, Phase::Create) => {
                 let ha = after
@@ -347,7 +380,18 @@ impl<H: Host> Executor<'_, H> {
                     }
                     _ => s(before, "name"),
                 };
-                self.host.delete_link(&name, &marker).await?;
+                match self.host.delete_link(&name, &marker).await {
+                    Ok(()) => {}
+                    // Someone else's interface holds the name (we were refused
+                    // when creating ours, or ours was replaced): nothing of ours
+                    // is there. Its record goes; the interface stays.
+                    Err(HostError::Netlink(NetlinkError::NotOurs { name, .. })) => {
+                        return Ok(Outcome::LeftAlone(format!(
+                            "interface {name} exists but is not ours"
+                        )));
+                    }
+                    Err(e) => return Err(e),
+                }
             }
             (Kind::Tap, Phase::Create) => {
                 self.host
@@ -360,11 +404,10 @@ impl<H: Host> Executor<'_, H> {
                     .await?;
             }
             (Kind::Disk, Phase::Create) => {
-                let lab = self
-                    .lab
-                    .ok_or_else(|| HostError::Other("no experiment to create from".into()))?;
-                let name = c.address.trim_start_matches("disk.");
-                let spec = lab
+                let Some(Target::Disk { name }) = &c.target else {
+                    return Err(bad_target(c));
+                };
+                let spec = lab()?
                     .disk(name)
                     .ok_or_else(|| HostError::Other(format!("no disk {name}")))?;
                 if c.action != Action::Update {
@@ -384,10 +427,10 @@ impl<H: Host> Executor<'_, H> {
                         pid: prior.and_then(|p| p.pid).unwrap_or_default(),
                     });
                 }
-                let lab = self
-                    .lab
-                    .ok_or_else(|| HostError::Other("no experiment to create from".into()))?;
-                let name = c.address.trim_start_matches("vm.");
+                let Some(Target::Vm { name }) = &c.target else {
+                    return Err(bad_target(c));
+                };
+                let lab = lab()?;
                 let vm = lab
                     .vm(name)
                     .ok_or_else(|| HostError::Other(format!("no VM {name}")))?;
@@ -405,7 +448,13 @@ impl<H: Host> Executor<'_, H> {
                 return Ok(Outcome::Vm { pid });
             }
             (Kind::Vm, Phase::Delete) => {
-                let name = c.address.trim_start_matches("vm.");
+                let Some(Target::Vm { name }) = &c.target else {
+                    // An old state's record with no runtime folder found by
+                    // refresh: no QEMU of it can be running.
+                    return Ok(Outcome::LeftAlone(
+                        "no runtime folder of this VM was found".into(),
+                    ));
+                };
                 // Persistent disks want a clean shutdown; snapshot-only VMs can just stop.
                 let graceful =
                     before.as_ref().and_then(|b| b.get("snapshot")) == Some(&Value::Bool(false));
@@ -433,15 +482,16 @@ impl<H: Host> Executor<'_, H> {
                     .await?;
             }
             (Kind::Step, Phase::Create) => {
-                let lab = self
-                    .lab
-                    .ok_or_else(|| HostError::Other("no experiment".into()))?;
-                let (vm_name, idx) = parse_step_address(&c.address)
-                    .ok_or_else(|| HostError::Other(format!("bad step address {}", c.address)))?;
-                let vm = lab
+                let Some(Target::Step { vm: vm_name, index }) = &c.target else {
+                    return Err(bad_target(c));
+                };
+                let vm = lab()?
                     .vm(vm_name)
                     .ok_or_else(|| HostError::Other(format!("no VM {vm_name}")))?;
-                let step = &vm.cc[idx];
+                let step = vm
+                    .cc
+                    .get(*index)
+                    .ok_or_else(|| HostError::Other(format!("VM {vm_name} has no step {index}")))?;
                 let out = self
                     .host
                     .run_step(
@@ -451,22 +501,15 @@ impl<H: Host> Executor<'_, H> {
                         step.timeout_ms.map(Duration::from_millis),
                     )
                     .await?;
-                let dir: PathBuf = self.sd.cc().join(vm_name).join(idx.to_string());
+                let dir: PathBuf = self.sd.cc().join(vm_name).join(index.to_string());
                 std::fs::create_dir_all(&dir)?;
                 std::fs::write(dir.join("stdout"), &out.stdout)?;
                 std::fs::write(dir.join("stderr"), &out.stderr)?;
                 std::fs::write(dir.join("exit"), format!("{}\n", out.exit))?;
-                if out.exit != 0 && !step.allow_failure {
-                    return Err(HostError::Other(format!(
-                        "{} exited {}: {}",
-                        c.address,
-                        out.exit,
-                        out.stderr.trim()
-                    )));
-                }
                 return Ok(Outcome::Step {
                     exit: out.exit,
                     vm_gen,
+                    stderr: out.stderr,
                 });
             }
             (Kind::Step, Phase::Delete) => {}
@@ -475,10 +518,44 @@ impl<H: Host> Executor<'_, H> {
     }
 }
 
+fn bad_target(c: &Change) -> HostError {
+    HostError::Other(format!(
+        "{} carries no {} identity (a damaged state or saved plan?)",
+        c.address,
+        c.kind.as_str()
+    ))
+}
+
 enum Outcome {
     Done,
-    Vm { pid: u32 },
-    Step { exit: i32, vm_gen: Option<u64> },
+    /// The record goes, the object stays (it was never ours): why.
+    LeftAlone(String),
+    Vm {
+        pid: u32,
+    },
+    Step {
+        exit: i32,
+        vm_gen: Option<u64>,
+        stderr: String,
+    },
+}
+
+impl Outcome {
+    /// A step that exited non-zero without `allow-failure` is a failure
+    /// (recorded with its exit code: it taints its VM).
+    fn failure(&self, c: &Change) -> Option<String> {
+        match self {
+            Outcome::Step { exit, stderr, .. }
+                if *exit != 0
+                    && c.after
+                        .as_ref()
+                        .is_none_or(|a| !a.contains_key("allow_failure")) =>
+            {
+                Some(format!("{} exited {exit}: {}", c.address, stderr.trim()))
+            }
+            _ => None,
+        }
+    }
 }
 
 /// Fault injection for the crash tests: `MEGAPLAN_TEST_CRASH_BEFORE=ADDRESS`
@@ -492,29 +569,23 @@ fn crash_point(when: &str, address: &str) {
     }
 }
 
-/// `vm.A.cc[1]` -> ("A", 1)
-fn parse_step_address(a: &str) -> Option<(&str, usize)> {
-    let rest = a.strip_prefix("vm.")?;
-    let (vm, idx) = rest.rsplit_once(".cc[")?;
-    Some((vm, idx.strip_suffix(']')?.parse().ok()?))
-}
-
-/// What a deleted resource depended on; orphans have no record, so derive it.
-fn effective_prior_deps(c: &Change, plan: &Plan) -> Vec<String> {
-    if !c.prior_deps.is_empty() {
+/// What a deleted resource depended on. Orphans have no record: each waits
+/// for the orphans of the kinds that depend on its kind (an orphan VM goes
+/// before the orphan taps and bridges), never for a name guessed from an address.
+fn effective_prior_deps(c: &Change, plan: &Plan, orphans: &[usize]) -> Vec<String> {
+    if !c.prior_deps.is_empty() || !is_orphan(c) {
         return c.prior_deps.clone();
     }
-    // An orphan VM goes before its orphan taps.
-    if c.kind == Kind::Vm {
-        let prefix = format!("{}.nic[", c.address);
-        return plan
-            .changes
-            .iter()
-            .filter(|x| x.address.starts_with(&prefix))
-            .map(|x| x.address.clone())
-            .collect();
-    }
-    Vec::new()
+    orphans
+        .iter()
+        .map(|&i| &plan.changes[i])
+        .filter(|x| x.kind < c.kind)
+        .map(|x| x.address.clone())
+        .collect()
+}
+
+fn is_orphan(c: &Change) -> bool {
+    c.action == Action::Delete && c.prior_deps.is_empty() && c.after.is_none() && c.deps.is_empty()
 }
 
 fn verb(c: &Change, p: Phase) -> &'static str {
@@ -536,13 +607,4 @@ fn done_verb(c: &Change, p: Phase) -> &'static str {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn step_addresses_parse() {
-        assert_eq!(parse_step_address("vm.web1.cc[2]"), Some(("web1", 2)));
-        assert_eq!(parse_step_address("vm.a.b.cc[0]"), Some(("a.b", 0)));
-        assert_eq!(parse_step_address("vm.A"), None);
-    }
-}
+mod tests;

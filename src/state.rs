@@ -79,6 +79,10 @@ pub struct Record {
     /// Step: the exit code it returned.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub exit: Option<i32>,
+    /// What it is, as typed data (absent in states written before it was
+    /// recorded; never recovered from the address).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target: Option<crate::graph::Target>,
 }
 
 impl Record {
@@ -91,6 +95,7 @@ impl Record {
             pid: None,
             generation: None,
             exit: None,
+            target: None,
         }
     }
     pub fn attr_str(&self, key: &str) -> Option<&str> {

@@ -41,7 +41,15 @@ async fn observe_vm(rt: &Path) -> ObservedVm {
             status = Some(s.status.clone());
         }
     }
-    ObservedVm { pid, alive, status }
+    ObservedVm {
+        name: rt
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default(),
+        pid,
+        alive,
+        status,
+    }
 }
 
 impl LocalHost {
@@ -423,15 +431,7 @@ impl super::Host for LocalHost {
             crate::drivers::qmp::stop_vm(&rt, pid, grace).await?;
         }
         let _ = std::fs::remove_dir_all(&rt);
-        // Snapshot overlays go with the VM.
-        if let Ok(dir) = std::fs::read_dir(sd.root.join("overlays")) {
-            let prefix = format!("{vm}.");
-            for e in dir.flatten() {
-                if e.file_name().to_string_lossy().starts_with(&prefix) {
-                    let _ = std::fs::remove_file(e.path());
-                }
-            }
-        }
+        remove_overlays(sd, vm);
         Ok(())
     }
 
@@ -498,9 +498,42 @@ impl super::Host for LocalHost {
     }
 }
 
-/// The overlay of a snapshot VM's i-th disk.
+/// Separates the VM's name from the disk index in an overlay's file name: a
+/// character no VM name may hold (`validate::name_problem`), so the overlays
+/// of `A` and of `A.b` can never be taken for each other.
+pub const OVERLAY_SEP: char = '+';
+
+/// The overlay of a snapshot VM's i-th disk: `overlays/VM+I.qcow2`.
 pub fn overlay_path(sd: &StateDir, vm: &str, i: usize) -> PathBuf {
-    sd.root.join("overlays").join(format!("{vm}.{i}.qcow2"))
+    sd.root
+        .join("overlays")
+        .join(format!("{vm}{OVERLAY_SEP}{i}.qcow2"))
+}
+
+/// The disk index of an overlay file of `vm` named `file`, if it is exactly
+/// one of that VM's overlays (`VM+DIGITS.qcow2`).
+pub fn overlay_index(vm: &str, file: &std::ffi::OsStr) -> Option<usize> {
+    let f = file.to_str()?;
+    let idx = f
+        .strip_prefix(vm)?
+        .strip_prefix(OVERLAY_SEP)?
+        .strip_suffix(".qcow2")?;
+    if idx.is_empty() || !idx.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    idx.parse().ok()
+}
+
+/// Snapshot overlays go with their VM: exactly its own, by index.
+fn remove_overlays(sd: &StateDir, vm: &str) {
+    if let Ok(dir) = std::fs::read_dir(sd.root.join("overlays")) {
+        for e in dir.flatten() {
+            if overlay_index(vm, &e.file_name()).is_some() {
+                // remove_file unlinks a link itself; it never follows one.
+                let _ = std::fs::remove_file(e.path());
+            }
+        }
+    }
 }
 
 fn copy_tree(src: &Path, dst: &Path) -> std::io::Result<()> {
@@ -513,5 +546,58 @@ fn copy_tree(src: &Path, dst: &Path) -> std::io::Result<()> {
         Ok(())
     } else {
         std::fs::copy(src, dst).map(|_| ())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn overlays_belong_to_exactly_one_vm() {
+        let sd = StateDir {
+            root: "/s".into(),
+            experiment: "x".into(),
+        };
+        let a = overlay_path(&sd, "A", 0);
+        let ab = overlay_path(&sd, "A.b", 0);
+        assert_ne!(a, ab);
+        let name = |p: &Path| p.file_name().unwrap().to_owned();
+        assert_eq!(overlay_index("A", &name(&a)), Some(0));
+        assert_eq!(overlay_index("A", &name(&ab)), None);
+        assert_eq!(overlay_index("A.b", &name(&ab)), Some(0));
+        assert_eq!(overlay_index("A.b", &name(&a)), None);
+        assert_eq!(overlay_index("A", "A+12.qcow2".as_ref()), Some(12));
+        for other in ["A+.qcow2", "A+1x.qcow2", "A+1.qcow2.tmp", "A.0.qcow2", "B+0.qcow2"] {
+            assert_eq!(overlay_index("A", other.as_ref()), None, "{other}");
+        }
+    }
+
+    /// Replacing VM `A` must not remove the overlays of a running `A.b`
+    /// (the old code removed every file starting with "A.").
+    #[test]
+    fn stopping_a_vm_removes_only_its_own_overlays() {
+        let dir = tempfile::tempdir().unwrap();
+        let sd = StateDir {
+            root: dir.path().into(),
+            experiment: "x".into(),
+        };
+        std::fs::create_dir_all(sd.root.join("overlays")).unwrap();
+        let mine = [overlay_path(&sd, "A", 0), overlay_path(&sd, "A", 1)];
+        let theirs = [
+            overlay_path(&sd, "A.b", 0),
+            overlay_path(&sd, "AB", 0),
+            sd.root.join("overlays/A.b.0.qcow2"),
+        ];
+        for p in mine.iter().chain(&theirs) {
+            std::fs::write(p, b"x").unwrap();
+        }
+        remove_overlays(&sd, "A");
+        for p in &mine {
+            assert!(!p.exists(), "{} should be gone", p.display());
+        }
+        for p in &theirs {
+            assert!(p.exists(), "{} should be kept", p.display());
+        }
     }
 }

@@ -130,6 +130,7 @@ pub(crate) fn simulate(plan: &Plan, prior: &State, prior_obs: &Observed) -> (Sta
                         obs.vms.insert(
                             c.address.clone(),
                             ObservedVm {
+                                name: String::new(),
                                 pid: rec.pid,
                                 alive: true,
                                 status: Some("running".into()),
@@ -395,6 +396,7 @@ fn s13_orphan_present() {
     o.vms.insert(
         "vm.Z".into(),
         ObservedVm {
+            name: "Z".into(),
             pid: Some(4242),
             alive: true,
             status: Some("running".into()),
