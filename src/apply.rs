@@ -19,11 +19,11 @@ use std::time::{Duration, Instant};
 use futures::stream::{FuturesUnordered, StreamExt};
 use serde_json::Value;
 
+use crate::drivers::netlink::NetlinkError;
+use crate::graph::Target;
 use crate::host::{Host, HostError};
 use crate::identity;
 use crate::lab::Lab;
-use crate::drivers::netlink::NetlinkError;
-use crate::graph::Target;
 use crate::plan::{Action, Change, Plan};
 use crate::state::{Kind, Record, State, StateDir, Status};
 

@@ -81,9 +81,7 @@ impl Target {
     /// How a plan line names it beside its owner: `nic[0]`, a disk's name.
     pub fn short(&self) -> String {
         match self {
-            Target::Network { name } | Target::Disk { name } | Target::Vm { name } => {
-                name.clone()
-            }
+            Target::Network { name } | Target::Disk { name } | Target::Vm { name } => name.clone(),
             Target::Tap { nic, .. } => format!("nic[{nic}]"),
             Target::Step { index, .. } => format!("cc[{index}]"),
             Target::Mirror {

@@ -85,6 +85,9 @@ pub enum Command {
         parallelism: usize,
         #[arg(long)]
         state_dir: Option<PathBuf>,
+        /// Replace ADDRESS (`vm.A`, `vm.A.cc[0]`...) even if nothing changed; repeatable; `-replace` as in Terraform works too.
+        #[arg(long = "replace", value_name = "ADDRESS")]
+        replace: Vec<String>,
     },
     /// Remove everything the experiment created, in reverse order.
     Destroy {
@@ -130,9 +133,20 @@ pub enum Command {
     },
 }
 
+/// Terraform spells `-replace=ADDRESS` with one dash: accept it as `--replace`.
+fn terraform_flags(args: impl IntoIterator<Item = std::ffi::OsString>) -> Vec<std::ffi::OsString> {
+    args.into_iter()
+        .map(|a| match a.to_str() {
+            Some("-replace") => "--replace".into(),
+            Some(s) if s.starts_with("-replace=") => format!("-{s}").into(),
+            _ => a,
+        })
+        .collect()
+}
+
 /// Exit with the code for an outcome.
 pub fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = Cli::parse_from(terraform_flags(std::env::args_os()));
     match run(cli) {
         Ok(code) => code,
         Err(e) => {
@@ -296,7 +310,8 @@ fn run(cli: Cli) -> Result<ExitCode, CliError> {
             auto_approve,
             parallelism,
             state_dir,
-        } => apply_cmd(file, auto_approve, parallelism, state_dir),
+            replace,
+        } => apply_cmd(file, auto_approve, parallelism, state_dir, replace),
         Command::Destroy {
             file,
             all,
@@ -528,8 +543,16 @@ fn apply_cmd(
     auto_approve: bool,
     parallelism: usize,
     state_dir: Option<PathBuf>,
+    replace: Vec<String>,
 ) -> Result<ExitCode, CliError> {
     if let Some(saved) = crate::saved::SavedPlan::read(&file) {
+        if !replace.is_empty() {
+            return Err(
+                CliError::new("-replace cannot change a saved plan").with_hint(
+                    "make a new plan with the replacement: megaplan apply FILE -replace ADDRESS",
+                ),
+            );
+        }
         let Ok((_, lab)) = load(&saved.file) else {
             return Ok(ExitCode::from(1));
         };
@@ -564,9 +587,24 @@ fn apply_cmd(
     let sd = StateDir::for_file(&file, &lab.name, state_dir.as_deref());
     let _lock = sd.lock(&format!("megaplan apply {}", file.display()))?;
     let mut state = sd.load()?;
+    let opts = plan::Options {
+        replace: replace.into_iter().collect(),
+    };
+    let unknown = plan::unknown_replacements(Some(&lab), &state, &opts);
+    if !unknown.is_empty() {
+        return Err(CliError::new(format!(
+            "cannot replace {}: no such resource in {} or its state",
+            unknown.join(", "),
+            file.display()
+        ))
+        .with_hint(format!(
+            "the addresses are listed by `megaplan graph {}`",
+            file.display()
+        )));
+    }
     let observed = crate::host::refresh(&lab.name, &state, &sd)
         .map_err(|e| CliError::new(format!("refresh failed: {e}")))?;
-    let p = plan::plan(Some(&lab), &state, Some(&observed), Mode::Apply);
+    let p = plan::plan_with(Some(&lab), &state, Some(&observed), Mode::Apply, &opts);
     print!("{}", render::text(&p));
     if !p.has_changes() {
         return Ok(ExitCode::SUCCESS);
@@ -945,4 +983,36 @@ fn image_cmd(command: ImageCommand) -> Result<ExitCode, CliError> {
     println!("{}", img.kernel.display());
     println!("{}", img.initrd.display());
     Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod replace_flag_tests {
+    use super::*;
+
+    fn apply_replace(args: &[&str]) -> Vec<String> {
+        let argv = args.iter().map(std::ffi::OsString::from);
+        match Cli::try_parse_from(terraform_flags(argv)).unwrap().command {
+            Command::Apply { replace, .. } => replace,
+            _ => unreachable!("an apply command"),
+        }
+    }
+
+    #[test]
+    fn replace_is_repeatable_and_takes_terraform_spelling() {
+        assert_eq!(
+            apply_replace(&[
+                "megaplan",
+                "apply",
+                "x.kdl",
+                "-replace",
+                "vm.A",
+                "--replace",
+                "vm.B.cc[0]",
+                "-replace=vm.C",
+                "--replace=vm.D",
+            ]),
+            ["vm.A", "vm.B.cc[0]", "vm.C", "vm.D"]
+        );
+        assert!(apply_replace(&["megaplan", "apply", "x.kdl"]).is_empty());
+    }
 }

@@ -568,7 +568,13 @@ mod tests {
         assert_eq!(overlay_index("A.b", &name(&ab)), Some(0));
         assert_eq!(overlay_index("A.b", &name(&a)), None);
         assert_eq!(overlay_index("A", "A+12.qcow2".as_ref()), Some(12));
-        for other in ["A+.qcow2", "A+1x.qcow2", "A+1.qcow2.tmp", "A.0.qcow2", "B+0.qcow2"] {
+        for other in [
+            "A+.qcow2",
+            "A+1x.qcow2",
+            "A+1.qcow2.tmp",
+            "A.0.qcow2",
+            "B+0.qcow2",
+        ] {
             assert_eq!(overlay_index("A", other.as_ref()), None, "{other}");
         }
     }

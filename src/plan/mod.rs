@@ -630,4 +630,4 @@ fn live_check(r: &Resource, obs: &Observed, prior: &State) -> (bool, bool, Vec<S
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;
