@@ -16,6 +16,7 @@ use petgraph::graph::{DiGraph, NodeIndex};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
+use crate::digest::Digests;
 use crate::lab::{CcActionSpec, DiskSource, Lab};
 use crate::state::{Attrs, Kind};
 
@@ -150,6 +151,14 @@ fn fmt_bytes(b: u64) -> String {
 
 /// Every resource of the lab, in dependency order.
 pub fn resources(lab: &Lab) -> Vec<Resource> {
+    resources_with(lab, &Digests::default())
+}
+
+/// [`resources`], with the content digests of the lab's files as attributes
+/// (`kernel_sha256`, `initrd_sha256`, `disks_sha256`, disk `from_sha256`):
+/// a file rebuilt at the same path changes them.
+pub fn resources_with(lab: &Lab, digests: &Digests) -> Vec<Resource> {
+    let digest = |p: &Option<std::path::PathBuf>| p.as_ref().and_then(|p| digests.get(p)).cloned();
     let mut out = Vec::new();
     for n in &lab.networks {
         out.push(Resource {
@@ -177,6 +186,7 @@ pub fn resources(lab: &Lab) -> Vec<Resource> {
                 "filesystem": d.filesystem,
                 "inject": (!d.inject.is_empty()).then(|| d.inject.iter().map(|(s, t)| format!("{} -> {t}", s.display())).collect::<Vec<_>>()),
                 "keep": d.keep,
+                "from_sha256": digest(&d.from),
             })),
             deps: vec![],
         });
@@ -215,6 +225,17 @@ pub fn resources(lab: &Lab) -> Vec<Resource> {
                 }
             })
             .collect();
+        // One digest per disk given by path, in order (None if unreadable).
+        let disk_digests: Vec<Option<&String>> = vm
+            .disks
+            .iter()
+            .filter_map(|d| match &d.source {
+                DiskSource::Path(p) => Some(digests.get(p)),
+                DiskSource::Named(_) => None,
+            })
+            .collect();
+        let disks_sha256 = (!disk_digests.is_empty() && disk_digests.iter().all(Option::is_some))
+            .then_some(disk_digests);
         let nics: Vec<Value> = vm
             .nics
             .iter()
@@ -241,6 +262,9 @@ pub fn resources(lab: &Lab) -> Vec<Resource> {
                 "qemu_args": (!vm.qemu_args.is_empty()).then_some(&vm.qemu_args),
                 "tags": (!vm.tags.is_empty()).then_some(&vm.tags),
                 "after": (!vm.after.is_empty()).then_some(&vm.after),
+                "kernel_sha256": digest(&vm.kernel),
+                "initrd_sha256": digest(&vm.initrd),
+                "disks_sha256": disks_sha256,
             })),
             deps,
         });

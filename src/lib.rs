@@ -11,6 +11,7 @@ pub mod apply;
 pub mod cc;
 pub mod cli;
 pub mod diag;
+pub mod digest;
 pub mod drivers;
 pub mod graph;
 pub mod host;

@@ -354,7 +354,10 @@ impl Rig {
         let state = self.state();
         let obs = self.host.observe("fx", &state, &self.sd).await.unwrap();
         let lab = text.map(|t| self.lab(t));
-        plan::plan_with(lab.as_ref(), &state, Some(&obs), mode, opts)
+        // As the CLI does: the files' digests are read before planning.
+        let mut opts = opts.clone();
+        opts.digests = lab.as_ref().map(crate::digest::of_lab).unwrap_or_default();
+        plan::plan_with(lab.as_ref(), &state, Some(&obs), mode, &opts)
     }
 
     async fn run(&self, text: Option<&str>, plan: &Plan, parallelism: usize) -> Report {
@@ -565,6 +568,7 @@ disk "x" size="1M"
             Mode::Apply,
             &Options {
                 replace: BTreeSet::from(["vm.web".to_string()]),
+                ..Default::default()
             },
         )
         .await;
@@ -648,6 +652,7 @@ async fn replacement_on_request() {
     assert!(rig.apply(LAB).await.1.ok());
     let opts = Options {
         replace: BTreeSet::from(["vm.B".to_string()]),
+        ..Default::default()
     };
     let p = rig.plan(Some(LAB), Mode::Apply, &opts).await;
     let b = p.change("vm.B").unwrap();
@@ -660,6 +665,7 @@ async fn replacement_on_request() {
     let lab = rig.lab(LAB);
     let bad = Options {
         replace: BTreeSet::from(["vm.B".to_string(), "vm.Q".to_string()]),
+        ..Default::default()
     };
     assert_eq!(
         plan::unknown_replacements(Some(&lab), &rig.state(), &bad),
@@ -718,4 +724,62 @@ async fn a_recorded_target_with_a_bad_name_is_refused() {
         "{r:?}"
     );
     assert!(!rig.host.calls().iter().any(|c| c.contains("etc")));
+}
+
+/// A kernel rebuilt at the same path is a different kernel: the VMs booting
+/// it are replaced (the plan said "No changes").
+#[tokio::test]
+async fn a_rebuilt_kernel_replaces_its_vms() {
+    let rig = Rig::new();
+    assert!(rig.apply(LAB).await.1.ok());
+    assert_eq!(rig.changes(LAB).await, vec![]);
+    std::fs::write(rig.dir.path().join("kernel"), b"another kernel").unwrap();
+    let ch = rig.changes(LAB).await;
+    for vm in ["vm.A", "vm.B"] {
+        let c = ch.iter().find(|c| c.0 == vm).expect(vm);
+        assert_eq!(c.1, Action::Replace);
+        assert_eq!(c.2, ["kernel changed (content)"]);
+    }
+    assert!(rig.apply(LAB).await.1.ok());
+    assert_eq!(rig.changes(LAB).await, vec![]);
+}
+
+/// A backing image rebuilt in place replaces the disk made from it.
+#[tokio::test]
+async fn a_rebuilt_backing_image_replaces_its_disk() {
+    let rig = Rig::new();
+    let base = rig.dir.path().join("base.img");
+    std::fs::write(&base, b"image one").unwrap();
+    let text = LAB.replace(
+        "network \"LAN\"",
+        &format!(
+            "network \"LAN\"\ndisk \"d\" {{ from \"{}\"; }}",
+            base.display()
+        ),
+    );
+    assert!(rig.apply(&text).await.1.ok());
+    assert_eq!(rig.changes(&text).await, vec![]);
+    std::fs::write(&base, b"image two").unwrap();
+    let ch = rig.changes(&text).await;
+    assert_eq!(
+        ch,
+        [(
+            "disk.d".to_string(),
+            Action::Replace,
+            vec!["from changed (content)".to_string()]
+        )]
+    );
+}
+
+/// A state written before digests were recorded plans no change.
+#[tokio::test]
+async fn a_state_without_digests_is_not_replanned() {
+    let rig = Rig::new();
+    assert!(rig.apply(LAB).await.1.ok());
+    let mut s = rig.state();
+    for r in s.resources.values_mut() {
+        r.attrs.retain(|k, _| !k.ends_with("_sha256"));
+    }
+    rig.sd.save(&mut s).unwrap();
+    assert_eq!(rig.changes(LAB).await, vec![]);
 }

@@ -344,7 +344,11 @@ fn run(cli: Cli) -> Result<ExitCode, CliError> {
             let state = sd.load()?;
             let observed = crate::host::refresh(&lab.name, &state, &sd)
                 .map_err(|e| CliError::new(format!("refresh failed: {e}")))?;
-            let p = plan::plan(Some(&lab), &state, Some(&observed), Mode::Apply);
+            let opts = plan::Options {
+                digests: crate::digest::of_lab(&lab),
+                ..Default::default()
+            };
+            let p = plan::plan_with(Some(&lab), &state, Some(&observed), Mode::Apply, &opts);
             if json {
                 println!(
                     "{}",
@@ -589,6 +593,7 @@ fn apply_cmd(
     let mut state = sd.load()?;
     let opts = plan::Options {
         replace: replace.into_iter().collect(),
+        digests: crate::digest::of_lab(&lab),
     };
     let unknown = plan::unknown_replacements(Some(&lab), &state, &opts);
     if !unknown.is_empty() {

@@ -150,6 +150,9 @@ pub fn plan(desired: Option<&Lab>, prior: &State, observed: Option<&Observed>, m
 pub struct Options {
     /// `apply -replace ADDRESS`: replaced even if nothing changed.
     pub replace: BTreeSet<String>,
+    /// Content digests of the lab's files, read before planning
+    /// ([`crate::digest::of_lab`]).
+    pub digests: crate::digest::Digests,
 }
 
 /// The addresses of `opts.replace` that name nothing of the experiment
@@ -198,7 +201,7 @@ pub fn plan_with(
     let tainted = tainted_vms(prior);
     let experiment = desired.map_or_else(|| prior.experiment.clone(), |l| l.name.clone());
     let mut wanted: Vec<Resource> = match (mode, desired) {
-        (Mode::Apply, Some(lab)) => graph::resources(lab),
+        (Mode::Apply, Some(lab)) => graph::resources_with(lab, &opts.digests),
         _ => Vec::new(),
     };
     let mut changes: Vec<Change> = Vec::with_capacity(wanted.len());
@@ -260,8 +263,15 @@ pub fn plan_with(
                     if b == a || (k == "hash" && r.kind == Kind::Step) {
                         continue;
                     }
-                    let text = if r.kind == Kind::Step && k != "timeout_ms" && k != "allow_failure"
-                    {
+                    // A digest counts only where both sides know it (a state
+                    // written before digests were recorded, an unreadable file).
+                    let digest_of = k.strip_suffix("_sha256");
+                    if digest_of.is_some() && (a.is_none() || b.is_none()) {
+                        continue;
+                    }
+                    let text = if let Some(what) = digest_of {
+                        format!("{what} changed (content)")
+                    } else if r.kind == Kind::Step && k != "timeout_ms" && k != "allow_failure" {
                         "step changed".to_string()
                     } else {
                         match (b, a) {
