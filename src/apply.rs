@@ -100,6 +100,13 @@ impl<H: Host> Executor<'_, H> {
     pub async fn run(&self, plan: &Plan, state: &mut State) -> Report {
         let started = Instant::now();
         let mut report = Report::default();
+        // We hold the lock: any temporary of a disk creation is a leftover.
+        for p in self.host.sweep_temporaries(self.sd) {
+            (self.progress)(&format!(
+                "removed {} (left by an interrupted disk creation)",
+                p.display()
+            ));
+        }
         // Operations and their ordering edges.
         let mut ops: Vec<Op> = Vec::new();
         let mut op_of: HashMap<(usize, Phase), usize> = HashMap::new();

@@ -783,3 +783,18 @@ async fn a_state_without_digests_is_not_replanned() {
     rig.sd.save(&mut s).unwrap();
     assert_eq!(rig.changes(LAB).await, vec![]);
 }
+
+/// The next apply (or destroy) removes what a killed disk creation left.
+#[tokio::test]
+async fn a_run_sweeps_leftover_disk_temporaries() {
+    let rig = Rig::new();
+    let d = rig.sd.disks();
+    std::fs::create_dir_all(d.join("x.stage")).unwrap();
+    std::fs::write(d.join(".x.qcow2.ext4-99.tmp"), b"big").unwrap();
+    std::fs::write(d.join("x.qcow2"), b"a disk").unwrap();
+    let p = rig.plan(None, Mode::Destroy, &Options::default()).await;
+    assert!(rig.run(None, &p, 4).await.ok());
+    assert!(!d.join(".x.qcow2.ext4-99.tmp").exists());
+    assert!(!d.join("x.stage").exists());
+    assert!(d.join("x.qcow2").exists());
+}

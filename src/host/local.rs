@@ -549,6 +549,69 @@ fn copy_tree(src: &Path, dst: &Path) -> std::io::Result<()> {
     }
 }
 
+/// Leftovers of a disk creation that was killed (SIGKILL runs no
+/// destructor): `.NAME.FMT.ext4-PID.tmp` files (as big as the disk) and
+/// `NAME.stage` folders of injected files, in the state's `disks/`. Only
+/// names megaplan's own patterns match (NAME a valid name, FMT qcow2 or raw,
+/// PID digits), never following a link: a link is removed itself, a folder
+/// only if it is a real one. Called with the experiment's lock held, so no
+/// other megaplan is creating a disk there. Returns what was removed.
+pub fn sweep_disk_temporaries(sd: &StateDir) -> Vec<PathBuf> {
+    let disks = sd.disks();
+    let mut removed = Vec::new();
+    // The folder itself must be a real folder, not a link to elsewhere.
+    if !std::fs::symlink_metadata(&disks).is_ok_and(|m| m.is_dir()) {
+        return removed;
+    }
+    let Ok(dir) = std::fs::read_dir(&disks) else {
+        return removed;
+    };
+    for e in dir.flatten() {
+        let Some(name) = e.file_name().to_str().map(str::to_owned) else {
+            continue;
+        };
+        let Ok(meta) = std::fs::symlink_metadata(e.path()) else {
+            continue;
+        };
+        let ours = if is_disk_temporary(&name) {
+            !meta.is_dir()
+        } else if let Some(disk) = name.strip_suffix(".stage") {
+            crate::validate::name_problem(disk).is_none() && !meta.file_type().is_file()
+        } else {
+            false
+        };
+        if !ours {
+            continue;
+        }
+        let r = if meta.is_dir() {
+            std::fs::remove_dir_all(e.path())
+        } else {
+            std::fs::remove_file(e.path())
+        };
+        if r.is_ok() {
+            removed.push(e.path());
+        }
+    }
+    removed
+}
+
+/// `.NAME.FMT.ext4-PID.tmp`, as `qemu_img::make_ext4` names its temporary.
+fn is_disk_temporary(file: &str) -> bool {
+    let Some(rest) = file.strip_prefix('.').and_then(|r| r.strip_suffix(".tmp")) else {
+        return false;
+    };
+    let Some((image, pid)) = rest.rsplit_once(".ext4-") else {
+        return false;
+    };
+    if pid.is_empty() || !pid.bytes().all(|b| b.is_ascii_digit()) {
+        return false;
+    }
+    let disk = image
+        .strip_suffix(".qcow2")
+        .or_else(|| image.strip_suffix(".raw"));
+    disk.is_some_and(|d| crate::validate::name_problem(d).is_none())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -605,5 +668,81 @@ mod tests {
         for p in &theirs {
             assert!(p.exists(), "{} should be kept", p.display());
         }
+    }
+
+    #[test]
+    fn killed_disk_creations_are_swept_and_nothing_else() {
+        let dir = tempfile::tempdir().unwrap();
+        let outside = tempfile::tempdir().unwrap();
+        let sd = StateDir {
+            root: dir.path().into(),
+            experiment: "x".into(),
+        };
+        let d = sd.disks();
+        std::fs::create_dir_all(d.join("web.stage/etc")).unwrap();
+        std::fs::write(d.join("web.stage/etc/hosts"), b"x").unwrap();
+        let leftovers = [".web.qcow2.ext4-4242.tmp", ".a.b.raw.ext4-1.tmp"];
+        for f in leftovers {
+            std::fs::write(d.join(f), b"big").unwrap();
+        }
+        let kept = [
+            "web.qcow2",
+            ".web.qcow2.ext4-.tmp",
+            ".web.qcow2.ext4-12x.tmp",
+            ".web.vmdk.ext4-1.tmp",
+            "..qcow2.ext4-1.tmp",
+            ".web.qcow2.extract-1.tmp",
+            "notes.txt",
+        ];
+        for f in kept {
+            std::fs::write(d.join(f), b"keep").unwrap();
+        }
+        // A link with our pattern pointing outside: the link goes, its target stays.
+        std::fs::write(outside.path().join("precious"), b"p").unwrap();
+        std::os::unix::fs::symlink(
+            outside.path().join("precious"),
+            d.join(".evil.qcow2.ext4-7.tmp"),
+        )
+        .unwrap();
+        std::fs::create_dir(outside.path().join("tree")).unwrap();
+        std::fs::write(outside.path().join("tree/f"), b"p").unwrap();
+        std::os::unix::fs::symlink(outside.path().join("tree"), d.join("evil.stage")).unwrap();
+        // A regular file named like a stage folder is not one of ours.
+        std::fs::write(d.join("file.stage"), b"keep").unwrap();
+
+        let mut removed: Vec<String> = sweep_disk_temporaries(&sd)
+            .iter()
+            .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
+            .collect();
+        removed.sort();
+        assert_eq!(
+            removed,
+            [
+                ".a.b.raw.ext4-1.tmp",
+                ".evil.qcow2.ext4-7.tmp",
+                ".web.qcow2.ext4-4242.tmp",
+                "evil.stage",
+                "web.stage"
+            ]
+        );
+        for f in kept.iter().chain(&["file.stage"]) {
+            assert!(d.join(f).exists(), "{f} kept");
+        }
+        assert!(outside.path().join("precious").exists());
+        assert!(outside.path().join("tree/f").exists());
+    }
+
+    #[test]
+    fn a_disks_folder_that_is_a_link_is_not_swept() {
+        let dir = tempfile::tempdir().unwrap();
+        let outside = tempfile::tempdir().unwrap();
+        std::fs::write(outside.path().join(".web.qcow2.ext4-1.tmp"), b"p").unwrap();
+        std::os::unix::fs::symlink(outside.path(), dir.path().join("disks")).unwrap();
+        let sd = StateDir {
+            root: dir.path().into(),
+            experiment: "x".into(),
+        };
+        assert!(sweep_disk_temporaries(&sd).is_empty());
+        assert!(outside.path().join(".web.qcow2.ext4-1.tmp").exists());
     }
 }

@@ -61,6 +61,11 @@ pub trait Host {
         graceful: bool,
         sd: &StateDir,
     ) -> Result<(), HostError>;
+    /// Remove what killed disk creations left in the state's `disks/`
+    /// (see [`local::sweep_disk_temporaries`]); what was removed.
+    fn sweep_temporaries(&self, sd: &StateDir) -> Vec<PathBuf> {
+        local::sweep_disk_temporaries(sd)
+    }
     /// Run one cc step through the VM's agent.
     async fn run_step(
         &self,
