@@ -115,6 +115,9 @@ impl<H: Host> Executor<'_, H> {
                 Action::NoOp => &[],
                 Action::Create | Action::Update => &[Phase::Create],
                 Action::Delete => &[Phase::Delete],
+                // A step has nothing to delete; its record (and the id of a
+                // run whose outcome is unknown) must survive until it reruns.
+                Action::Replace if c.kind == Kind::Step => &[Phase::Create],
                 Action::Replace => &[Phase::Delete, Phase::Create],
             };
             for &p in phases {
@@ -194,25 +197,6 @@ impl<H: Host> Executor<'_, H> {
                     effects_running += 1;
                 }
                 let c = &plan.changes[op.change];
-                // Record intent before the effect.
-                if op.phase == Phase::Create {
-                    let mut rec = state
-                        .resources
-                        .get(&c.address)
-                        .cloned()
-                        .unwrap_or_else(|| Record::new(c.kind, Default::default()));
-                    if c.action != Action::Update {
-                        rec.status = Status::Creating;
-                    }
-                    rec.attrs = c.after.clone().unwrap_or_default();
-                    rec.deps = c.deps.clone();
-                    rec.target = c.target.clone();
-                    state.resources.insert(c.address.clone(), rec);
-                    if let Err(e) = self.sd.save(state) {
-                        (self.progress)(&format!("warning: cannot save the state: {e}"));
-                    }
-                }
-                let prior = state.resources.get(&c.address).cloned();
                 // The generation of the VM a step runs on, found by its typed name.
                 let vm_gen = match (&c.target, self.lab) {
                     (Some(Target::Step { vm, .. }), Some(lab)) => lab
@@ -221,6 +205,28 @@ impl<H: Host> Executor<'_, H> {
                         .and_then(|r| r.generation),
                     _ => None,
                 };
+                // Record intent before the effect.
+                if op.phase == Phase::Create {
+                    let was = state.resources.get(&c.address).cloned();
+                    let mut rec = was
+                        .clone()
+                        .unwrap_or_else(|| Record::new(c.kind, Default::default()));
+                    if c.action != Action::Update {
+                        rec.status = Status::Creating;
+                    }
+                    rec.attrs = c.after.clone().unwrap_or_default();
+                    rec.deps = c.deps.clone();
+                    rec.target = c.target.clone();
+                    if c.kind == Kind::Step {
+                        rec.run_id = Some(step_run_id(c, was.as_ref(), vm_gen, state.serial));
+                        rec.generation = vm_gen;
+                    }
+                    state.resources.insert(c.address.clone(), rec);
+                    if let Err(e) = self.sd.save(state) {
+                        (self.progress)(&format!("warning: cannot save the state: {e}"));
+                    }
+                }
+                let prior = state.resources.get(&c.address).cloned();
                 (self.progress)(&format!("{}: {}…", c.address, verb(c, op.phase)));
                 crash_point("BEFORE", &c.address);
                 running.push(async move {
@@ -254,6 +260,9 @@ impl<H: Host> Executor<'_, H> {
                     let failure = outcome.failure(c);
                     let note = match &outcome {
                         Outcome::LeftAlone(why) => format!(" (record dropped; left alone: {why})"),
+                        Outcome::Step { replayed: true, .. } => {
+                            " (not run again: the agent had already run it in this boot; its outcome is recorded)".to_string()
+                        }
                         _ => String::new(),
                     };
                     self.record(state, c, op.phase, outcome);
@@ -499,6 +508,9 @@ impl<H: Host> Executor<'_, H> {
                     .cc
                     .get(*index)
                     .ok_or_else(|| HostError::Other(format!("VM {vm_name} has no step {index}")))?;
+                let run_id = prior
+                    .and_then(|p| p.run_id.clone())
+                    .ok_or_else(|| HostError::Other(format!("{} has no run id", c.address)))?;
                 let out = self
                     .host
                     .run_step(
@@ -506,6 +518,7 @@ impl<H: Host> Executor<'_, H> {
                         vm_name,
                         &step.action,
                         step.timeout_ms.map(Duration::from_millis),
+                        &run_id,
                     )
                     .await?;
                 let dir: PathBuf = self.sd.cc().join(vm_name).join(index.to_string());
@@ -517,12 +530,34 @@ impl<H: Host> Executor<'_, H> {
                     exit: out.exit,
                     vm_gen,
                     stderr: out.stderr,
+                    replayed: out.replayed,
                 });
             }
             (Kind::Step, Phase::Delete) => {}
         }
         Ok(Outcome::Done)
     }
+}
+
+/// The id of a step's run: a new one (address, content hash, VM generation
+/// and the state's serial, so every deliberate rerun differs), or, when the
+/// last run's outcome is unknown (interrupted: `Creating`, or failed before
+/// an exit code came back) on the same boot, that run's id again, so the
+/// agent answers with its outcome instead of running it twice.
+fn step_run_id(c: &Change, was: Option<&Record>, vm_gen: Option<u64>, serial: u64) -> String {
+    if let Some(p) = was
+        && let Some(id) = &p.run_id
+        && p.generation == vm_gen
+        && (p.status == Status::Creating || (p.status == Status::Failed && p.exit.is_none()))
+    {
+        return id.clone();
+    }
+    let hash = s(&c.after, "hash");
+    format!(
+        "{} {hash} g{} s{serial}",
+        c.address,
+        vm_gen.unwrap_or_default()
+    )
 }
 
 fn bad_target(c: &Change) -> HostError {
@@ -544,6 +579,8 @@ enum Outcome {
         exit: i32,
         vm_gen: Option<u64>,
         stderr: String,
+        /// Recovered from the agent, which had run it before an interruption.
+        replayed: bool,
     },
 }
 

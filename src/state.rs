@@ -83,6 +83,10 @@ pub struct Record {
     /// recorded; never recovered from the address).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub target: Option<crate::graph::Target>,
+    /// Step: the id of its latest run, saved before the run starts; the
+    /// agent runs an id at most once per boot (see docs/protocol.md).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub run_id: Option<String>,
 }
 
 impl Record {
@@ -96,6 +100,7 @@ impl Record {
             generation: None,
             exit: None,
             target: None,
+            run_id: None,
         }
     }
     pub fn attr_str(&self, key: &str) -> Option<&str> {

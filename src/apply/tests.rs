@@ -35,6 +35,8 @@ struct World {
     vms: BTreeMap<String, u32>,
     next_pid: u32,
     calls: Vec<Call>,
+    /// VM -> the run ids its agent ran in this boot, with their exit codes.
+    ran: BTreeMap<String, HashMap<String, i32>>,
     in_flight: usize,
     max_in_flight: usize,
 }
@@ -49,6 +51,8 @@ struct FakeHost {
     fail: BTreeSet<String>,
     /// Exit codes of steps by address (default 0).
     exits: HashMap<String, i32>,
+    /// Steps (by command) that run but whose answer never reaches the host.
+    lose_replies: BTreeSet<String>,
     /// Polls each effect stays pending for, so others overlap it.
     delay_polls: usize,
 }
@@ -62,6 +66,7 @@ impl FakeHost {
             fail: BTreeSet::new(),
             exits: HashMap::new(),
             delay_polls: 0,
+            lose_replies: BTreeSet::new(),
         }
     }
 
@@ -264,6 +269,7 @@ impl Host for FakeHost {
         w.next_pid += 1;
         let pid = 1000 + w.next_pid;
         w.vms.insert(vm.name.clone(), pid);
+        w.ran.remove(&vm.name);
         Ok(pid)
     }
 
@@ -276,7 +282,9 @@ impl Host for FakeHost {
         _: &StateDir,
     ) -> Result<(), HostError> {
         self.enter(format!("stop {vm}"), "").await?;
-        self.world.borrow_mut().vms.remove(vm);
+        let mut w = self.world.borrow_mut();
+        w.vms.remove(vm);
+        w.ran.remove(vm);
         Ok(())
     }
 
@@ -286,6 +294,7 @@ impl Host for FakeHost {
         vm: &str,
         action: &CcActionSpec,
         _: Option<Duration>,
+        run_id: &str,
     ) -> Result<StepOutcome, HostError> {
         let CcActionSpec::Exec(cmd) = action else {
             unreachable!("these tests use exec steps")
@@ -294,11 +303,39 @@ impl Host for FakeHost {
         if !self.world.borrow().vms.contains_key(vm) {
             return Err(HostError::Other(format!("{vm} is not running")));
         }
+        // The agent of this boot runs a run id once; asked again, it replays.
+        let known = self
+            .world
+            .borrow()
+            .ran
+            .get(vm)
+            .and_then(|r| r.get(run_id))
+            .copied();
+        if let Some(exit) = known {
+            self.enter(format!("replay {vm}:{cmd}"), "").await?;
+            return Ok(StepOutcome {
+                exit,
+                stdout: String::new(),
+                stderr: "boom".into(),
+                replayed: true,
+            });
+        }
         self.enter(format!("step {vm}:{cmd}"), "").await?;
+        let exit = self.exits.get(&cmd.to_string()).copied().unwrap_or(0);
+        self.world
+            .borrow_mut()
+            .ran
+            .entry(vm.to_string())
+            .or_default()
+            .insert(run_id.to_string(), exit);
+        if self.lose_replies.contains(&cmd.to_string()) {
+            return Err(HostError::Other("the agent connection dropped".into()));
+        }
         Ok(StepOutcome {
-            exit: self.exits.get(&cmd.to_string()).copied().unwrap_or(0),
+            exit,
             stdout: String::new(),
             stderr: "boom".into(),
+            replayed: false,
         })
     }
 }
@@ -797,4 +834,88 @@ async fn a_run_sweeps_leftover_disk_temporaries() {
     assert!(!d.join(".x.qcow2.ext4-99.tmp").exists());
     assert!(!d.join("x.stage").exists());
     assert!(d.join("x.qcow2").exists());
+}
+
+/// Killed after a step ran but before its outcome was recorded (the record
+/// stays `Creating`): the next apply asks the agent, which answers with the
+/// outcome of that run; the step does not run twice.
+#[tokio::test]
+async fn an_interrupted_step_is_not_run_twice() {
+    let rig = Rig::new();
+    assert!(rig.apply(LAB).await.1.ok());
+    // What a SIGKILL right after the step's effect leaves.
+    let mut s = rig.state();
+    s.resources.get_mut("vm.A.cc[0]").unwrap().status = Status::Creating;
+    rig.sd.save(&mut s).unwrap();
+    let ch = rig.changes(LAB).await;
+    assert_eq!(
+        ch,
+        [(
+            "vm.A.cc[0]".to_string(),
+            Action::Replace,
+            vec!["its creation was interrupted".to_string()]
+        )]
+    );
+    let (_, r) = rig.apply(LAB).await;
+    assert!(r.ok(), "{r:?}");
+    let calls = rig.host.calls();
+    assert_eq!(
+        calls.iter().filter(|c| *c == "step A:A0").count(),
+        1,
+        "{calls:#?}"
+    );
+    assert_eq!(
+        calls.iter().filter(|c| *c == "replay A:A0").count(),
+        1,
+        "{calls:#?}"
+    );
+    assert_eq!(rig.state().resources["vm.A.cc[0]"].status, Status::Ready);
+    assert_eq!(rig.changes(LAB).await, vec![]);
+}
+
+/// The step ran but its answer was lost (the connection dropped): the next
+/// apply recovers the outcome instead of running it again.
+#[tokio::test]
+async fn a_step_whose_answer_was_lost_is_not_run_twice() {
+    let mut rig = Rig::new();
+    rig.host.lose_replies.insert("A1".into());
+    let (_, r) = rig.apply(LAB).await;
+    assert_eq!(r.errors.len(), 1, "{r:?}");
+    let rec = &rig.state().resources["vm.A.cc[1]"];
+    assert_eq!((rec.status, rec.exit), (Status::Failed, None));
+    rig.host.lose_replies.clear();
+    let (_, r) = rig.apply(LAB).await;
+    assert!(r.ok(), "{r:?}");
+    let calls = rig.host.calls();
+    assert_eq!(
+        calls.iter().filter(|c| *c == "step A:A1").count(),
+        1,
+        "{calls:#?}"
+    );
+    assert_eq!(
+        calls.iter().filter(|c| *c == "replay A:A1").count(),
+        1,
+        "{calls:#?}"
+    );
+    assert_eq!(rig.changes(LAB).await, vec![]);
+}
+
+/// A deliberate rerun (`-replace` of a step, a changed step) is a new run.
+#[tokio::test]
+async fn a_requested_rerun_runs_again() {
+    let rig = Rig::new();
+    assert!(rig.apply(LAB).await.1.ok());
+    let opts = Options {
+        replace: BTreeSet::from(["vm.A.cc[0]".to_string()]),
+        ..Default::default()
+    };
+    let p = rig.plan(Some(LAB), Mode::Apply, &opts).await;
+    assert!(rig.run(Some(LAB), &p, 4).await.ok());
+    let calls = rig.host.calls();
+    assert_eq!(
+        calls.iter().filter(|c| *c == "step A:A0").count(),
+        2,
+        "{calls:#?}"
+    );
+    assert!(!calls.iter().any(|c| c.starts_with("replay")), "{calls:#?}");
 }

@@ -173,6 +173,9 @@ pub struct StepOutcome {
     pub exit: i32,
     pub stdout: String,
     pub stderr: String,
+    /// The agent had already run this step in this boot: this is that
+    /// run's outcome, recovered (nothing ran again).
+    pub replayed: bool,
 }
 
 /// The driver's name for a lab disk format.
@@ -441,6 +444,7 @@ impl super::Host for LocalHost {
         vm: &str,
         action: &CcActionSpec,
         timeout: Option<Duration>,
+        run_id: &str,
     ) -> Result<StepOutcome, HostError> {
         let client = super::connect_agent_watched(
             experiment,
@@ -455,24 +459,39 @@ impl super::Host for LocalHost {
             CommandSpec::Argv(a) => AgentCommand::Argv(a.clone()),
         };
         Ok(match action {
-            CcActionSpec::Exec(c) => {
-                let r = client.exec(cmd(c), timeout).await.map_err(agent_err)?;
-                let exit = match r.exit {
-                    Exit::Code(c) => c,
-                    Exit::Signal(s) => 128 + s,
-                };
-                StepOutcome {
-                    exit: if r.timed_out { 124 } else { exit },
-                    stdout: r.stdout,
-                    stderr: r.stderr,
+            CcActionSpec::Exec(c) | CcActionSpec::Background(c) => {
+                let background = matches!(action, CcActionSpec::Background(_));
+                let r = client
+                    .step_exec(run_id, cmd(c), timeout, background)
+                    .await
+                    .map_err(agent_err)?;
+                if let Some(e) = r.error {
+                    return Err(HostError::Other(format!("{vm}: {e}")));
                 }
-            }
-            CcActionSpec::Background(c) => {
-                let pid = client.background(cmd(c)).await.map_err(agent_err)?;
-                StepOutcome {
-                    exit: 0,
-                    stdout: format!("started pid {pid}\n"),
-                    stderr: String::new(),
+                match (r.result, r.pid) {
+                    (Some(r2), _) => {
+                        let exit = match r2.exit {
+                            Exit::Code(c) => c,
+                            Exit::Signal(s) => 128 + s,
+                        };
+                        StepOutcome {
+                            exit: if r2.timed_out { 124 } else { exit },
+                            stdout: r2.stdout,
+                            stderr: r2.stderr,
+                            replayed: r.replayed,
+                        }
+                    }
+                    (None, Some(pid)) => StepOutcome {
+                        exit: 0,
+                        stdout: format!("started pid {pid}\n"),
+                        stderr: String::new(),
+                        replayed: r.replayed,
+                    },
+                    (None, None) => {
+                        return Err(HostError::Other(format!(
+                            "{vm}: the agent answered the step with no outcome"
+                        )));
+                    }
                 }
             }
             CcActionSpec::Send { src, to } => {
@@ -481,6 +500,7 @@ impl super::Host for LocalHost {
                     exit: 0,
                     stdout: format!("{t:?}\n"),
                     stderr: String::new(),
+                    replayed: false,
                 }
             }
             CcActionSpec::Recv { src, to } => {
@@ -492,6 +512,7 @@ impl super::Host for LocalHost {
                     exit: 0,
                     stdout: format!("{t:?}\n"),
                     stderr: String::new(),
+                    replayed: false,
                 }
             }
         })

@@ -66,13 +66,16 @@ pub trait Host {
     fn sweep_temporaries(&self, sd: &StateDir) -> Vec<PathBuf> {
         local::sweep_disk_temporaries(sd)
     }
-    /// Run one cc step through the VM's agent.
+    /// Run one cc step through the VM's agent, exactly once per boot:
+    /// `run_id` names this run; asked again with the same id, the agent
+    /// answers with the outcome it had instead of running it again.
     async fn run_step(
         &self,
         experiment: &str,
         vm: &str,
         action: &CcActionSpec,
         timeout: Option<Duration>,
+        run_id: &str,
     ) -> Result<StepOutcome, HostError>;
 }
 
