@@ -919,3 +919,44 @@ async fn a_requested_rerun_runs_again() {
     );
     assert!(!calls.iter().any(|c| c.starts_with("replay")), "{calls:#?}");
 }
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig::with_cases(24))]
+    /// The convergence property with the real executor on the fake host:
+    /// apply one random lab, kill a VM maybe, apply another; the plan after
+    /// that is empty, and destroy leaves nothing.
+    #[test]
+    fn the_executor_converges(
+        n1 in 0usize..5, n2 in 0usize..5, nets1 in 1usize..3, nets2 in 1usize..3,
+        mem1 in proptest::collection::vec(64u16..512, 1..4), mem2 in proptest::collection::vec(64u16..512, 1..4),
+        m1 in 0usize..3, m2 in 0usize..3,
+        st1 in proptest::collection::vec(0u8..3, 1..4), st2 in proptest::collection::vec(0u8..3, 1..4),
+        kill in proptest::option::of(0usize..5),
+        cap in 1usize..4,
+    ) {
+        let lab_text = crate::plan::tests::gen_lab;
+        let first = lab_text(n1, nets1, &mem1, m1, &st1).replace("/img/k", "KERNEL");
+        let second = lab_text(n2, nets2, &mem2, m2, &st2).replace("/img/k", "KERNEL");
+        let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+        rt.block_on(async {
+            let mut rig = Rig::new();
+            rig.host.delay_polls = 2;
+            let p = rig.plan(Some(&first), Mode::Apply, &Options::default()).await;
+            let r = rig.run(Some(&first), &p, cap).await;
+            assert!(r.ok(), "{r:?}");
+            if let Some(k) = kill {
+                rig.host.world.borrow_mut().vms.remove(&format!("v{k}"));
+            }
+            let p = rig.plan(Some(&second), Mode::Apply, &Options::default()).await;
+            let r = rig.run(Some(&second), &p, cap).await;
+            assert!(r.ok(), "{r:?}");
+            let left = rig.changes(&second).await;
+            assert!(left.is_empty(), "not converged: {left:?}");
+            let p = rig.plan(None, Mode::Destroy, &Options::default()).await;
+            assert!(rig.run(None, &p, cap).await.ok());
+            assert!(rig.state().resources.is_empty());
+            let w = rig.host.world.borrow();
+            assert!(w.links.is_empty() && w.vms.is_empty() && w.mirrors.is_empty());
+        });
+    }
+}

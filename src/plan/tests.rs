@@ -518,7 +518,13 @@ fn plan_is_deterministic() {
 }
 
 /// A random lab: `n` VMs over `nets` networks, mirrors and steps.
-fn gen_lab(n: usize, nets: usize, mem: &[u16], mirror_every: usize, steps: &[u8]) -> String {
+pub(crate) fn gen_lab(
+    n: usize,
+    nets: usize,
+    mem: &[u16],
+    mirror_every: usize,
+    steps: &[u8],
+) -> String {
     let mut t = String::from("experiment \"p\" { images \"/img\" }\n");
     for i in 0..nets {
         t += &format!("network \"n{i}\"\n");
