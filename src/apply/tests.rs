@@ -960,3 +960,28 @@ proptest::proptest! {
         });
     }
 }
+
+/// A state written before targets were recorded still plans no change and
+/// destroys everything: a VM's name comes from the runtime folder refresh
+/// found, never from its address.
+#[tokio::test]
+async fn a_state_without_targets_still_destroys() {
+    let rig = Rig::new();
+    assert!(rig.apply(LAB).await.1.ok());
+    let mut s = rig.state();
+    for r in s.resources.values_mut() {
+        r.target = None;
+        r.run_id = None;
+    }
+    rig.sd.save(&mut s).unwrap();
+    assert_eq!(rig.changes(LAB).await, vec![]);
+    let before = rig.host.calls().len();
+    let p = rig.plan(None, Mode::Destroy, &Options::default()).await;
+    let r = rig.run(None, &p, 4).await;
+    assert!(r.ok(), "{r:?}");
+    let calls = rig.host.calls()[before..].to_vec();
+    assert!(calls.contains(&"stop A".to_string()), "{calls:#?}");
+    assert!(calls.contains(&"stop B".to_string()), "{calls:#?}");
+    let w = rig.host.world.borrow();
+    assert!(w.links.is_empty() && w.vms.is_empty() && w.mirrors.is_empty());
+}

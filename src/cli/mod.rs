@@ -56,6 +56,9 @@ pub enum Command {
         detailed_exitcode: bool,
         #[arg(long)]
         state_dir: Option<PathBuf>,
+        /// Plan to replace ADDRESS even if nothing changed; repeatable (`-replace` works too).
+        #[arg(long = "replace", value_name = "ADDRESS")]
+        replace: Vec<String>,
     },
     /// The resource-level difference between two experiment files.
     Diff {
@@ -335,6 +338,7 @@ fn run(cli: Cli) -> Result<ExitCode, CliError> {
             out,
             detailed_exitcode,
             state_dir,
+            replace,
         } => {
             let Ok((_, lab)) = load(&file) else {
                 return Ok(ExitCode::from(1));
@@ -342,12 +346,9 @@ fn run(cli: Cli) -> Result<ExitCode, CliError> {
             let sd = StateDir::for_file(&file, &lab.name, state_dir.as_deref());
             let _lock = sd.lock(&format!("megaplan plan {}", file.display()))?;
             let state = sd.load()?;
+            let opts = plan_options(&file, &lab, &state, replace)?;
             let observed = crate::host::refresh(&lab.name, &state, &sd)
                 .map_err(|e| CliError::new(format!("refresh failed: {e}")))?;
-            let opts = plan::Options {
-                digests: crate::digest::of_lab(&lab),
-                ..Default::default()
-            };
             let p = plan::plan_with(Some(&lab), &state, Some(&observed), Mode::Apply, &opts);
             if json {
                 println!(
@@ -591,22 +592,7 @@ fn apply_cmd(
     let sd = StateDir::for_file(&file, &lab.name, state_dir.as_deref());
     let _lock = sd.lock(&format!("megaplan apply {}", file.display()))?;
     let mut state = sd.load()?;
-    let opts = plan::Options {
-        replace: replace.into_iter().collect(),
-        digests: crate::digest::of_lab(&lab),
-    };
-    let unknown = plan::unknown_replacements(Some(&lab), &state, &opts);
-    if !unknown.is_empty() {
-        return Err(CliError::new(format!(
-            "cannot replace {}: no such resource in {} or its state",
-            unknown.join(", "),
-            file.display()
-        ))
-        .with_hint(format!(
-            "the addresses are listed by `megaplan graph {}`",
-            file.display()
-        )));
-    }
+    let opts = plan_options(&file, &lab, &state, replace)?;
     let observed = crate::host::refresh(&lab.name, &state, &sd)
         .map_err(|e| CliError::new(format!("refresh failed: {e}")))?;
     let p = plan::plan_with(Some(&lab), &state, Some(&observed), Mode::Apply, &opts);
@@ -619,6 +605,35 @@ fn apply_cmd(
         return Ok(ExitCode::from(1));
     }
     execute(Some(&lab), &lab.name, &sd, &p, &mut state, parallelism)
+}
+
+/// The planner's options for `file`: `-replace` addresses (each must name
+/// something of the file or the state: refused before anything changes)
+/// and the content digests of the lab's files, read now, before planning.
+fn plan_options(
+    file: &Path,
+    lab: &Lab,
+    state: &crate::state::State,
+    replace: Vec<String>,
+) -> Result<plan::Options, CliError> {
+    let mut opts = plan::Options {
+        replace: replace.into_iter().collect(),
+        ..Default::default()
+    };
+    let unknown = plan::unknown_replacements(Some(lab), state, &opts);
+    if !unknown.is_empty() {
+        return Err(CliError::new(format!(
+            "cannot replace {}: no such resource in {} or its state",
+            unknown.join(", "),
+            file.display()
+        ))
+        .with_hint(format!(
+            "the addresses are listed by `megaplan graph {}`",
+            file.display()
+        )));
+    }
+    opts.digests = crate::digest::of_lab(lab);
+    Ok(opts)
 }
 
 fn destroy_cmd(
