@@ -346,7 +346,7 @@ fn run(cli: Cli) -> Result<ExitCode, CliError> {
             let sd = StateDir::for_file(&file, &lab.name, state_dir.as_deref());
             let _lock = sd.lock(&format!("megaplan plan {}", file.display()))?;
             let state = sd.load()?;
-            let opts = plan_options(&file, &lab, &state, replace)?;
+            let opts = plan_options(&file, &lab, &sd, &state, replace)?;
             let observed = crate::host::refresh(&lab.name, &state, &sd)
                 .map_err(|e| CliError::new(format!("refresh failed: {e}")))?;
             let p = plan::plan_with(Some(&lab), &state, Some(&observed), Mode::Apply, &opts);
@@ -592,7 +592,7 @@ fn apply_cmd(
     let sd = StateDir::for_file(&file, &lab.name, state_dir.as_deref());
     let _lock = sd.lock(&format!("megaplan apply {}", file.display()))?;
     let mut state = sd.load()?;
-    let opts = plan_options(&file, &lab, &state, replace)?;
+    let opts = plan_options(&file, &lab, &sd, &state, replace)?;
     let observed = crate::host::refresh(&lab.name, &state, &sd)
         .map_err(|e| CliError::new(format!("refresh failed: {e}")))?;
     let p = plan::plan_with(Some(&lab), &state, Some(&observed), Mode::Apply, &opts);
@@ -613,6 +613,7 @@ fn apply_cmd(
 fn plan_options(
     file: &Path,
     lab: &Lab,
+    sd: &StateDir,
     state: &crate::state::State,
     replace: Vec<String>,
 ) -> Result<plan::Options, CliError> {
@@ -632,7 +633,8 @@ fn plan_options(
             file.display()
         )));
     }
-    opts.digests = crate::digest::of_lab(lab);
+    // Cached beside the state (we hold the lock): a big image is read once.
+    opts.digests = crate::digest::of_lab_cached(lab, &sd.root.join("digests.json"));
     Ok(opts)
 }
 
