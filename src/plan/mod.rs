@@ -393,14 +393,25 @@ pub fn plan_with(
 
     // Steps on a VM whose generation moved on since they ran (restarted outside megaplan).
     // (The VM record's generation is bumped by each launch.)
+    let vm_address: HashMap<&str, &str> = wanted
+        .iter()
+        .filter_map(|r| match &r.target {
+            Target::Vm { name } => Some((name.as_str(), r.address.as_str())),
+            _ => None,
+        })
+        .collect();
     for c in changes
         .iter_mut()
         .filter(|c| c.kind == Kind::Step && c.action == Action::NoOp)
     {
-        let vm_addr = c.deps.first().cloned().unwrap_or_default();
+        let Some(Target::Step { vm, .. }) = &c.target else {
+            continue;
+        };
         let (Some(step), Some(vm)) = (
             prior.resources.get(&c.address),
-            prior.resources.get(&vm_addr),
+            vm_address
+                .get(vm.as_str())
+                .and_then(|a| prior.resources.get(*a)),
         ) else {
             continue;
         };

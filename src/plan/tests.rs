@@ -580,3 +580,21 @@ proptest! {
         prop_assert!(left.is_empty(), "not converged: {left:?}");
     }
 }
+
+/// Names with dots are names, not addresses: a disk `data.v1` is named
+/// whole in the cascade reason (it was cut to `v1`).
+#[test]
+fn cascade_reasons_name_dotted_disks_whole() {
+    let text = r#"
+experiment "d" { images "/img" }
+network "LAN"
+disk "data.v1" size="1G"
+vm "a.b" { kernel "/img/k"; nic "LAN"; disk "data.v1" }
+"#;
+    let (s, o) = seeded(text);
+    let p = replan(&text.replace("1G", "2G"), &s, &o);
+    let vm = p.change("vm.a.b").unwrap();
+    assert_eq!(vm.action, Action::Replace);
+    assert_eq!(vm.reasons, ["its disk data.v1 is recreated"]);
+    assert_eq!(vm.target, Some(Target::Vm { name: "a.b".into() }));
+}
