@@ -461,10 +461,18 @@ impl super::Host for LocalHost {
         Ok(match action {
             CcActionSpec::Exec(c) | CcActionSpec::Background(c) => {
                 let background = matches!(action, CcActionSpec::Background(_));
-                let r = client
-                    .step_exec(run_id, cmd(c), timeout, background)
-                    .await
-                    .map_err(agent_err)?;
+                let r = match client.step_exec(run_id, cmd(c), timeout, background).await {
+                    Ok(r) => r,
+                    // An agent of an older image does not know `step_exec`
+                    // (it refuses the unknown message type): plain exec,
+                    // without the exactly-once guarantee.
+                    Err(e) if agent_lacks_step_exec(&e) => {
+                        old_agent_step(&client, cmd(c), timeout, background)
+                            .await
+                            .map_err(agent_err)?
+                    }
+                    Err(e) => return Err(agent_err(e)),
+                };
                 if let Some(e) = r.error {
                     return Err(HostError::Other(format!("{vm}: {e}")));
                 }
@@ -517,6 +525,35 @@ impl super::Host for LocalHost {
             }
         })
     }
+}
+
+/// How an agent of an older image answers a `step_exec`: an `error` saying
+/// it could not decode the message (serde's "unknown variant `step_exec`").
+fn agent_lacks_step_exec(e: &crate::agent::AgentError) -> bool {
+    matches!(e, crate::agent::AgentError::Remote(m) if m.contains("unknown variant `step_exec`"))
+}
+
+/// A step on an agent without `step_exec`: `exec` or `background`, its
+/// answer in the shape of a `step_result` (never `replayed`).
+async fn old_agent_step(
+    client: &crate::agent::AgentClient,
+    command: AgentCommand,
+    timeout: Option<Duration>,
+    background: bool,
+) -> Result<crate::agent::protocol::StepResult, crate::agent::AgentError> {
+    let (result, pid) = if background {
+        (None, Some(client.background(command).await?))
+    } else {
+        (Some(client.exec(command, timeout).await?), None)
+    };
+    Ok(crate::agent::protocol::StepResult {
+        id: 0,
+        step: String::new(),
+        replayed: false,
+        result,
+        pid,
+        error: None,
+    })
 }
 
 /// Separates the VM's name from the disk index in an overlay's file name: a
@@ -765,5 +802,21 @@ mod tests {
         };
         assert!(sweep_disk_temporaries(&sd).is_empty());
         assert!(outside.path().join(".web.qcow2.ext4-1.tmp").exists());
+    }
+
+    /// What an agent without `step_exec` answers (its decoder does not know
+    /// the type): the message the current decoder gives for another unknown
+    /// type, with `step_exec` in its place.
+    #[test]
+    fn an_old_agent_is_recognised_by_its_refusal() {
+        let body = br#"{"type":"step_exec_v0","id":3}"#;
+        let err = serde_json::from_slice::<crate::agent::Message>(body)
+            .unwrap_err()
+            .to_string()
+            .replace("step_exec_v0", "step_exec");
+        let refusal = crate::agent::AgentError::Remote(format!("malformed message: {err}"));
+        assert!(agent_lacks_step_exec(&refusal), "{refusal:?}");
+        let other = crate::agent::AgentError::Remote("cannot run step_exec.sh: ENOENT".into());
+        assert!(!agent_lacks_step_exec(&other));
     }
 }
