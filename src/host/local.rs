@@ -582,11 +582,25 @@ pub fn overlay_index(vm: &str, file: &std::ffi::OsStr) -> Option<usize> {
     idx.parse().ok()
 }
 
+/// An overlay of `vm` as megaplan named them before [`OVERLAY_SEP`]:
+/// exactly `VM.DIGITS.qcow2` (unambiguous too: another VM's overlays have
+/// more than digits after `VM.`), so a running lab's overlays go after an
+/// upgrade.
+fn legacy_overlay(vm: &str, file: &std::ffi::OsStr) -> bool {
+    file.to_str()
+        .and_then(|f| {
+            f.strip_prefix(vm)?
+                .strip_prefix('.')?
+                .strip_suffix(".qcow2")
+        })
+        .is_some_and(|i| !i.is_empty() && i.bytes().all(|b| b.is_ascii_digit()))
+}
+
 /// Snapshot overlays go with their VM: exactly its own, by index.
 fn remove_overlays(sd: &StateDir, vm: &str) {
     if let Ok(dir) = std::fs::read_dir(sd.root.join("overlays")) {
         for e in dir.flatten() {
-            if overlay_index(vm, &e.file_name()).is_some() {
+            if overlay_index(vm, &e.file_name()).is_some() || legacy_overlay(vm, &e.file_name()) {
                 // remove_file unlinks a link itself; it never follows one.
                 let _ = std::fs::remove_file(e.path());
             }
@@ -710,11 +724,17 @@ mod tests {
             experiment: "x".into(),
         };
         std::fs::create_dir_all(sd.root.join("overlays")).unwrap();
-        let mine = [overlay_path(&sd, "A", 0), overlay_path(&sd, "A", 1)];
+        let mine = [
+            overlay_path(&sd, "A", 0),
+            overlay_path(&sd, "A", 1),
+            sd.root.join("overlays/A.2.qcow2"),
+        ];
         let theirs = [
             overlay_path(&sd, "A.b", 0),
             overlay_path(&sd, "AB", 0),
             sd.root.join("overlays/A.b.0.qcow2"),
+            sd.root.join("overlays/A.1.0.qcow2"),
+            sd.root.join("overlays/A..qcow2"),
         ];
         for p in mine.iter().chain(&theirs) {
             std::fs::write(p, b"x").unwrap();
