@@ -188,6 +188,7 @@ vm "B" {
             o.vms.insert(
                 vm.address.clone(),
                 ObservedVm {
+                    name: vm.name.clone(),
                     pid: Some(4242),
                     alive: true,
                     status: Some("running".into()),

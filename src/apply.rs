@@ -19,6 +19,8 @@ use std::time::{Duration, Instant};
 use futures::stream::{FuturesUnordered, StreamExt};
 use serde_json::Value;
 
+use crate::drivers::netlink::NetlinkError;
+use crate::graph::Target;
 use crate::host::{Host, HostError};
 use crate::identity;
 use crate::lab::Lab;
@@ -109,6 +111,13 @@ impl<H: Host> Executor<'_, H> {
     pub async fn run(&self, plan: &Plan, state: &mut State) -> Report {
         let started = Instant::now();
         let mut report = Report::default();
+        // We hold the lock: any temporary of a disk creation is a leftover.
+        for p in self.host.sweep_temporaries(self.sd) {
+            (self.progress)(&format!(
+                "removed {} (left by an interrupted disk creation)",
+                p.display()
+            ));
+        }
         // Operations and their ordering edges.
         let mut ops: Vec<Op> = Vec::new();
         let mut op_of: HashMap<(usize, Phase), usize> = HashMap::new();
@@ -117,6 +126,9 @@ impl<H: Host> Executor<'_, H> {
                 Action::NoOp => &[],
                 Action::Create | Action::Update => &[Phase::Create],
                 Action::Delete => &[Phase::Delete],
+                // A step has nothing to delete; its record (and the id of a
+                // run whose outcome is unknown) must survive until it reruns.
+                Action::Replace if c.kind == Kind::Step => &[Phase::Create],
                 Action::Replace => &[Phase::Delete, Phase::Create],
             };
             for &p in phases {
@@ -132,6 +144,9 @@ impl<H: Host> Executor<'_, H> {
             .iter()
             .enumerate()
             .map(|(i, c)| (c.address.as_str(), i))
+            .collect();
+        let orphans: Vec<usize> = (0..plan.changes.len())
+            .filter(|&i| is_orphan(&plan.changes[i]))
             .collect();
         let mut deps: Vec<Vec<usize>> = vec![Vec::new(); ops.len()];
         for (o, op) in ops.iter().enumerate() {
@@ -151,7 +166,7 @@ impl<H: Host> Executor<'_, H> {
                 }
                 Phase::Delete => {
                     // Delete this before what it depended on: so `dep`'s delete waits for ours.
-                    for dep in effective_prior_deps(c, plan) {
+                    for dep in effective_prior_deps(c, plan, &orphans) {
                         if let Some(&ci) = index.get(dep.as_str())
                             && let Some(&d) = op_of.get(&(ci, Phase::Delete))
                         {
@@ -193,29 +208,36 @@ impl<H: Host> Executor<'_, H> {
                     effects_running += 1;
                 }
                 let c = &plan.changes[op.change];
+                // The generation of the VM a step runs on, found by its typed name.
+                let vm_gen = match (&c.target, self.lab) {
+                    (Some(Target::Step { vm, .. }), Some(lab)) => lab
+                        .vm(vm)
+                        .and_then(|v| state.resources.get(&v.address))
+                        .and_then(|r| r.generation),
+                    _ => None,
+                };
                 // Record intent before the effect.
                 if op.phase == Phase::Create {
-                    let mut rec = state
-                        .resources
-                        .get(&c.address)
-                        .cloned()
+                    let was = state.resources.get(&c.address).cloned();
+                    let mut rec = was
+                        .clone()
                         .unwrap_or_else(|| Record::new(c.kind, Default::default()));
                     if c.action != Action::Update {
                         rec.status = Status::Creating;
                     }
                     rec.attrs = c.after.clone().unwrap_or_default();
                     rec.deps = c.deps.clone();
+                    rec.target = c.target.clone();
+                    if c.kind == Kind::Step {
+                        rec.run_id = Some(step_run_id(c, was.as_ref(), vm_gen, state.serial));
+                        rec.generation = vm_gen;
+                    }
                     state.resources.insert(c.address.clone(), rec);
                     if let Err(e) = self.sd.save(state) {
                         (self.progress)(&format!("warning: cannot save the state: {e}"));
                     }
                 }
                 let prior = state.resources.get(&c.address).cloned();
-                let vm_gen = c
-                    .deps
-                    .first()
-                    .and_then(|v| state.resources.get(v))
-                    .and_then(|r| r.generation);
                 (self.progress)(&format!("{}: {}…", c.address, verb(c, op.phase)));
                 crash_point("BEFORE", &c.address);
                 running.push(async move {
@@ -246,14 +268,28 @@ impl<H: Host> Executor<'_, H> {
             *report.timings.entry(key).or_default() += took;
             match result {
                 Ok(outcome) => {
+                    let failure = outcome.failure(c);
+                    let note = match &outcome {
+                        Outcome::LeftAlone(why) => format!(" (record dropped; left alone: {why})"),
+                        Outcome::Step { replayed: true, .. } => {
+                            " (not run again: the agent had already run it in this boot; its outcome is recorded)".to_string()
+                        }
+                        _ => String::new(),
+                    };
                     self.record(state, c, op.phase, outcome);
-                    (self.progress)(&format!(
-                        "{}: {} in {:.2}s",
-                        c.address,
-                        done_verb(c, op.phase),
-                        took.as_secs_f64()
-                    ));
-                    report.done.push(c.address.clone());
+                    if let Some(e) = failure {
+                        failed[o] = true;
+                        (self.progress)(&format!("{}: FAILED: {e}", c.address));
+                        report.errors.push((c.address.clone(), e));
+                    } else {
+                        (self.progress)(&format!(
+                            "{}: {} in {:.2}s{note}",
+                            c.address,
+                            done_verb(c, op.phase),
+                            took.as_secs_f64()
+                        ));
+                        report.done.push(c.address.clone());
+                    }
                 }
                 Err(e) => {
                     failed[o] = true;
@@ -311,9 +347,14 @@ impl<H: Host> Executor<'_, H> {
                 match outcome {
                     Outcome::Vm { pid } => {
                         rec.pid = Some(pid);
-                        rec.generation = Some(prev_gen.unwrap_or(0) + 1);
+                        // An update in place is the same QEMU: the same boot.
+                        rec.generation = if c.action == Action::Update {
+                            prev_gen
+                        } else {
+                            Some(prev_gen.unwrap_or(0) + 1)
+                        };
                     }
-                    Outcome::Step { exit, vm_gen } => {
+                    Outcome::Step { exit, vm_gen, .. } => {
                         rec.exit = Some(exit);
                         rec.generation = vm_gen;
                         if exit != 0
@@ -324,7 +365,7 @@ impl<H: Host> Executor<'_, H> {
                             rec.status = Status::Failed;
                         }
                     }
-                    Outcome::Done => {}
+                    Outcome::Done | Outcome::LeftAlone(_) => {}
                 }
             }
         }
@@ -341,6 +382,14 @@ impl<H: Host> Executor<'_, H> {
         let marker = identity::marker(exp, &c.address);
         let before = &c.before;
         let after = &c.after;
+        // The typed identity, checked: a state file or a saved plan is untrusted.
+        if let Some(t) = &c.target {
+            t.check().map_err(HostError::Other)?;
+        }
+        let lab = || {
+            self.lab
+                .ok_or_else(|| HostError::Other("no experiment to create from".into()))
+        };
         match (c.kind, phase) {
             (Kind::Network, Phase::Create) => {
                 let ha = after
@@ -358,7 +407,18 @@ impl<H: Host> Executor<'_, H> {
                     }
                     _ => s(before, "name"),
                 };
-                self.host.delete_link(&name, &marker).await?;
+                match self.host.delete_link(&name, &marker).await {
+                    Ok(()) => {}
+                    // Someone else's interface holds the name (we were refused
+                    // when creating ours, or ours was replaced): nothing of ours
+                    // is there. Its record goes; the interface stays.
+                    Err(HostError::Netlink(NetlinkError::NotOurs { name, .. })) => {
+                        return Ok(Outcome::LeftAlone(format!(
+                            "interface {name} exists but is not ours"
+                        )));
+                    }
+                    Err(e) => return Err(e),
+                }
             }
             (Kind::Tap, Phase::Create) => {
                 self.host
@@ -371,11 +431,10 @@ impl<H: Host> Executor<'_, H> {
                     .await?;
             }
             (Kind::Disk, Phase::Create) => {
-                let lab = self
-                    .lab
-                    .ok_or_else(|| HostError::Other("no experiment to create from".into()))?;
-                let name = c.address.trim_start_matches("disk.");
-                let spec = lab
+                let Some(Target::Disk { name }) = &c.target else {
+                    return Err(bad_target(c));
+                };
+                let spec = lab()?
                     .disk(name)
                     .ok_or_else(|| HostError::Other(format!("no disk {name}")))?;
                 if c.action != Action::Update {
@@ -395,10 +454,10 @@ impl<H: Host> Executor<'_, H> {
                         pid: prior.and_then(|p| p.pid).unwrap_or_default(),
                     });
                 }
-                let lab = self
-                    .lab
-                    .ok_or_else(|| HostError::Other("no experiment to create from".into()))?;
-                let name = c.address.trim_start_matches("vm.");
+                let Some(Target::Vm { name }) = &c.target else {
+                    return Err(bad_target(c));
+                };
+                let lab = lab()?;
                 let vm = lab
                     .vm(name)
                     .ok_or_else(|| HostError::Other(format!("no VM {name}")))?;
@@ -416,7 +475,13 @@ impl<H: Host> Executor<'_, H> {
                 return Ok(Outcome::Vm { pid });
             }
             (Kind::Vm, Phase::Delete) => {
-                let name = c.address.trim_start_matches("vm.");
+                let Some(Target::Vm { name }) = &c.target else {
+                    // An old state's record with no runtime folder found by
+                    // refresh: no QEMU of it can be running.
+                    return Ok(Outcome::LeftAlone(
+                        "no runtime folder of this VM was found".into(),
+                    ));
+                };
                 // Persistent disks want a clean shutdown; snapshot-only VMs can just stop.
                 let graceful =
                     before.as_ref().and_then(|b| b.get("snapshot")) == Some(&Value::Bool(false));
@@ -444,15 +509,19 @@ impl<H: Host> Executor<'_, H> {
                     .await?;
             }
             (Kind::Step, Phase::Create) => {
-                let lab = self
-                    .lab
-                    .ok_or_else(|| HostError::Other("no experiment".into()))?;
-                let (vm_name, idx) = parse_step_address(&c.address)
-                    .ok_or_else(|| HostError::Other(format!("bad step address {}", c.address)))?;
-                let vm = lab
+                let Some(Target::Step { vm: vm_name, index }) = &c.target else {
+                    return Err(bad_target(c));
+                };
+                let vm = lab()?
                     .vm(vm_name)
                     .ok_or_else(|| HostError::Other(format!("no VM {vm_name}")))?;
-                let step = &vm.cc[idx];
+                let step = vm
+                    .cc
+                    .get(*index)
+                    .ok_or_else(|| HostError::Other(format!("VM {vm_name} has no step {index}")))?;
+                let run_id = prior
+                    .and_then(|p| p.run_id.clone())
+                    .ok_or_else(|| HostError::Other(format!("{} has no run id", c.address)))?;
                 let out = self
                     .host
                     .run_step(
@@ -460,22 +529,18 @@ impl<H: Host> Executor<'_, H> {
                         vm_name,
                         &step.action,
                         step.timeout_ms.map(Duration::from_millis),
+                        &run_id,
                     )
                     .await?;
                 self.sd
-                    .write_step_result(vm_name, idx, out.exit, &out.stdout, &out.stderr)
+                    .write_step_result(vm_name, *index, out.exit, &out.stdout, &out.stderr)
                     .map_err(|e| HostError::Other(e.to_string()))?;
-                if out.exit != 0 && !step.allow_failure {
-                    return Err(HostError::Other(format!(
-                        "{} exited {}: {}",
-                        c.address,
-                        out.exit,
-                        out.stderr.trim()
-                    )));
-                }
                 return Ok(Outcome::Step {
                     exit: out.exit,
                     vm_gen,
+                    stderr: out.stderr,
+                    replayed: out.replayed,
+                    timed_out: out.timed_out,
                 });
             }
             (Kind::Step, Phase::Delete) => {}
@@ -484,10 +549,76 @@ impl<H: Host> Executor<'_, H> {
     }
 }
 
+/// The id of a step's run: a new one (address, content hash, VM generation
+/// and the state's serial, so every deliberate rerun differs), or, when the
+/// last run's outcome is unknown (interrupted: `Creating`, or failed before
+/// an exit code came back) on the same boot, that run's id again, so the
+/// agent answers with its outcome instead of running it twice.
+fn step_run_id(c: &Change, was: Option<&Record>, vm_gen: Option<u64>, serial: u64) -> String {
+    if let Some(p) = was
+        && let Some(id) = &p.run_id
+        && p.generation == vm_gen
+        && (p.status == Status::Creating || (p.status == Status::Failed && p.exit.is_none()))
+    {
+        return id.clone();
+    }
+    let hash = s(&c.after, "hash");
+    format!(
+        "{} {hash} g{} s{serial}",
+        c.address,
+        vm_gen.unwrap_or_default()
+    )
+}
+
+fn bad_target(c: &Change) -> HostError {
+    HostError::Other(format!(
+        "{} carries no {} identity (a damaged state or saved plan?)",
+        c.address,
+        c.kind.as_str()
+    ))
+}
+
 enum Outcome {
     Done,
-    Vm { pid: u32 },
-    Step { exit: i32, vm_gen: Option<u64> },
+    /// The record goes, the object stays (it was never ours): why.
+    LeftAlone(String),
+    Vm {
+        pid: u32,
+    },
+    Step {
+        exit: i32,
+        vm_gen: Option<u64>,
+        stderr: String,
+        /// Recovered from the agent, which had run it before an interruption.
+        replayed: bool,
+        /// The step's timeout, when the guest killed it for running longer.
+        timed_out: Option<Duration>,
+    },
+}
+
+impl Outcome {
+    /// A step that exited non-zero without `allow-failure` is a failure
+    /// (recorded with its exit code: it taints its VM).
+    fn failure(&self, c: &Change) -> Option<String> {
+        match self {
+            Outcome::Step {
+                exit,
+                stderr,
+                timed_out,
+                ..
+            } if *exit != 0
+                && c.after
+                    .as_ref()
+                    .is_none_or(|a| !a.contains_key("allow_failure")) =>
+            {
+                Some(match timed_out {
+                    Some(t) => format!("{} {}", c.address, crate::cc::timed_out_after(*t)),
+                    None => format!("{} exited {exit}: {}", c.address, stderr.trim()),
+                })
+            }
+            _ => None,
+        }
+    }
 }
 
 /// Fault injection for the crash tests: `MEGAPLAN_TEST_CRASH_BEFORE=ADDRESS`
@@ -501,29 +632,23 @@ fn crash_point(when: &str, address: &str) {
     }
 }
 
-/// `vm.A.cc[1]` -> ("A", 1)
-fn parse_step_address(a: &str) -> Option<(&str, usize)> {
-    let rest = a.strip_prefix("vm.")?;
-    let (vm, idx) = rest.rsplit_once(".cc[")?;
-    Some((vm, idx.strip_suffix(']')?.parse().ok()?))
-}
-
-/// What a deleted resource depended on; orphans have no record, so derive it.
-fn effective_prior_deps(c: &Change, plan: &Plan) -> Vec<String> {
-    if !c.prior_deps.is_empty() {
+/// What a deleted resource depended on. Orphans have no record: each waits
+/// for the orphans of the kinds that depend on its kind (an orphan VM goes
+/// before the orphan taps and bridges), never for a name guessed from an address.
+fn effective_prior_deps(c: &Change, plan: &Plan, orphans: &[usize]) -> Vec<String> {
+    if !c.prior_deps.is_empty() || !is_orphan(c) {
         return c.prior_deps.clone();
     }
-    // An orphan VM goes before its orphan taps.
-    if c.kind == Kind::Vm {
-        let prefix = format!("{}.nic[", c.address);
-        return plan
-            .changes
-            .iter()
-            .filter(|x| x.address.starts_with(&prefix))
-            .map(|x| x.address.clone())
-            .collect();
-    }
-    Vec::new()
+    orphans
+        .iter()
+        .map(|&i| &plan.changes[i])
+        .filter(|x| x.kind < c.kind)
+        .map(|x| x.address.clone())
+        .collect()
+}
+
+fn is_orphan(c: &Change) -> bool {
+    c.action == Action::Delete && c.prior_deps.is_empty() && c.after.is_none() && c.deps.is_empty()
 }
 
 fn verb(c: &Change, p: Phase) -> &'static str {
@@ -545,13 +670,4 @@ fn done_verb(c: &Change, p: Phase) -> &'static str {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn step_addresses_parse() {
-        assert_eq!(parse_step_address("vm.web1.cc[2]"), Some(("web1", 2)));
-        assert_eq!(parse_step_address("vm.a.b.cc[0]"), Some(("a.b", 0)));
-        assert_eq!(parse_step_address("vm.A"), None);
-    }
-}
+mod tests;

@@ -360,6 +360,7 @@ mod tests {
             stdout: String::new(),
             stderr: "x\n".into(),
             timed_out: Some(Duration::from_secs(30)),
+            replayed: false,
         };
         assert_eq!(o.failure("vm.a.cc[1]"), "vm.a.cc[1] timed out after 30s");
         o.timed_out = None;

@@ -13,16 +13,94 @@ use std::collections::HashMap;
 use std::fmt::Write;
 
 use petgraph::graph::{DiGraph, NodeIndex};
+use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
+use crate::digest::Digests;
 use crate::lab::{CcActionSpec, DiskSource, Lab};
 use crate::state::{Attrs, Kind};
+
+/// What a resource is, as typed data: built here from the lab (never
+/// recovered from an address string), carried by the plan's changes and
+/// stored in the state's records, and what the executor acts on.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "lowercase")]
+pub enum Target {
+    Network {
+        name: String,
+    },
+    Disk {
+        name: String,
+    },
+    Tap {
+        vm: String,
+        nic: usize,
+    },
+    Vm {
+        name: String,
+    },
+    Mirror {
+        src_vm: String,
+        src_nic: usize,
+        dst_vm: String,
+        dst_nic: usize,
+    },
+    Step {
+        vm: String,
+        index: usize,
+    },
+}
+
+impl Target {
+    /// The VM this resource belongs to (a VM, its taps and its steps).
+    pub fn vm(&self) -> Option<&str> {
+        match self {
+            Target::Vm { name } => Some(name),
+            Target::Tap { vm, .. } | Target::Step { vm, .. } => Some(vm),
+            _ => None,
+        }
+    }
+
+    /// Every name in it is one `validate` would accept: a target read back
+    /// from a state file or a saved plan names a folder only if it passes.
+    pub fn check(&self) -> Result<(), String> {
+        let names: Vec<&str> = match self {
+            Target::Network { name } | Target::Disk { name } | Target::Vm { name } => {
+                vec![name]
+            }
+            Target::Tap { vm, .. } | Target::Step { vm, .. } => vec![vm],
+            Target::Mirror { src_vm, dst_vm, .. } => vec![src_vm, dst_vm],
+        };
+        for n in names {
+            if let Some(why) = crate::validate::name_problem(n) {
+                return Err(format!("bad name {:?} in a recorded target: {why}", n));
+            }
+        }
+        Ok(())
+    }
+
+    /// How a plan line names it beside its owner: `nic[0]`, a disk's name.
+    pub fn short(&self) -> String {
+        match self {
+            Target::Network { name } | Target::Disk { name } | Target::Vm { name } => name.clone(),
+            Target::Tap { nic, .. } => format!("nic[{nic}]"),
+            Target::Step { index, .. } => format!("cc[{index}]"),
+            Target::Mirror {
+                src_vm,
+                src_nic,
+                dst_vm,
+                dst_nic,
+            } => format!("{src_vm}[{src_nic}]->{dst_vm}[{dst_nic}]"),
+        }
+    }
+}
 
 /// One object the experiment wants.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Resource {
     pub address: String,
     pub kind: Kind,
+    pub target: Target,
     pub attrs: Attrs,
     /// Addresses that must exist before this one.
     pub deps: Vec<String>,
@@ -73,11 +151,22 @@ fn fmt_bytes(b: u64) -> String {
 
 /// Every resource of the lab, in dependency order.
 pub fn resources(lab: &Lab) -> Vec<Resource> {
+    resources_with(lab, &Digests::default())
+}
+
+/// [`resources`], with the content digests of the lab's files as attributes
+/// (`kernel_sha256`, `initrd_sha256`, `disks_sha256`, disk `from_sha256`):
+/// a file rebuilt at the same path changes them.
+pub fn resources_with(lab: &Lab, digests: &Digests) -> Vec<Resource> {
+    let digest = |p: &Option<std::path::PathBuf>| p.as_ref().and_then(|p| digests.get(p)).cloned();
     let mut out = Vec::new();
     for n in &lab.networks {
         out.push(Resource {
             address: n.address.clone(),
             kind: Kind::Network,
+            target: Target::Network {
+                name: n.name.clone(),
+            },
             attrs: attrs(json!({ "bridge": n.bridge, "host_address": n.host_address })),
             deps: vec![],
         });
@@ -86,6 +175,9 @@ pub fn resources(lab: &Lab) -> Vec<Resource> {
         out.push(Resource {
             address: d.address.clone(),
             kind: Kind::Disk,
+            target: Target::Disk {
+                name: d.name.clone(),
+            },
             attrs: attrs(json!({
                 "file": d.file_name(),
                 "format": d.format.as_str(),
@@ -94,6 +186,7 @@ pub fn resources(lab: &Lab) -> Vec<Resource> {
                 "filesystem": d.filesystem,
                 "inject": (!d.inject.is_empty()).then(|| d.inject.iter().map(|(s, t)| format!("{} -> {t}", s.display())).collect::<Vec<_>>()),
                 "keep": d.keep,
+                "from_sha256": digest(&d.from),
             })),
             deps: vec![],
         });
@@ -104,6 +197,10 @@ pub fn resources(lab: &Lab) -> Vec<Resource> {
             out.push(Resource {
                 address: nic.address.clone(),
                 kind: Kind::Tap,
+                target: Target::Tap {
+                    vm: vm.name.clone(),
+                    nic: nic.index,
+                },
                 attrs: attrs(json!({ "name": nic.tap, "mac": nic.mac, "network": nic.network, "bridge": bridge })),
                 deps: vec![format!("network.{}", nic.network)],
             });
@@ -128,6 +225,17 @@ pub fn resources(lab: &Lab) -> Vec<Resource> {
                 }
             })
             .collect();
+        // One digest per disk given by path, in order (None if unreadable).
+        let disk_digests: Vec<Option<&String>> = vm
+            .disks
+            .iter()
+            .filter_map(|d| match &d.source {
+                DiskSource::Path(p) => Some(digests.get(p)),
+                DiskSource::Named(_) => None,
+            })
+            .collect();
+        let disks_sha256 = (!disk_digests.is_empty() && disk_digests.iter().all(Option::is_some))
+            .then_some(disk_digests);
         let nics: Vec<Value> = vm
             .nics
             .iter()
@@ -138,6 +246,9 @@ pub fn resources(lab: &Lab) -> Vec<Resource> {
         out.push(Resource {
             address: vm.address.clone(),
             kind: Kind::Vm,
+            target: Target::Vm {
+                name: vm.name.clone(),
+            },
             attrs: attrs(json!({
                 "uuid": vm.uuid.to_string(),
                 "kernel": vm.kernel.as_ref().map(|p| p.display().to_string()),
@@ -151,6 +262,9 @@ pub fn resources(lab: &Lab) -> Vec<Resource> {
                 "qemu_args": (!vm.qemu_args.is_empty()).then_some(&vm.qemu_args),
                 "tags": (!vm.tags.is_empty()).then_some(&vm.tags),
                 "after": (!vm.after.is_empty()).then_some(&vm.after),
+                "kernel_sha256": digest(&vm.kernel),
+                "initrd_sha256": digest(&vm.initrd),
+                "disks_sha256": disks_sha256,
             })),
             deps,
         });
@@ -171,6 +285,12 @@ pub fn resources(lab: &Lab) -> Vec<Resource> {
         out.push(Resource {
             address: m.address.clone(),
             kind: Kind::Mirror,
+            target: Target::Mirror {
+                src_vm: m.source_vm.clone(),
+                src_nic: m.source_nic,
+                dst_vm: m.dest_vm.clone(),
+                dst_nic: m.dest_nic,
+            },
             attrs: attrs(json!({
                 "source_tap": s.tap,
                 "dest_tap": d.tap,
@@ -216,6 +336,10 @@ pub fn resources(lab: &Lab) -> Vec<Resource> {
             out.push(Resource {
                 address: step.address.clone(),
                 kind: Kind::Step,
+                target: Target::Step {
+                    vm: vm.name.clone(),
+                    index: step.index,
+                },
                 attrs: attrs(json!({
                     kind: cmd,
                     "timeout_ms": step.timeout_ms,

@@ -13,6 +13,7 @@ pub mod cc;
 pub mod cli;
 pub mod console;
 pub mod diag;
+pub mod digest;
 pub mod drivers;
 pub mod graph;
 pub mod host;

@@ -43,6 +43,9 @@ pub struct ObservedMirror {
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ObservedVm {
+    /// The VM's name: its runtime folder's name.
+    #[serde(default)]
+    pub name: String,
     pub pid: Option<u32>,
     /// The process is alive and is QEMU.
     pub alive: bool,

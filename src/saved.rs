@@ -29,6 +29,10 @@ pub struct SavedPlan {
     /// SHA-256 of the file's content when planned.
     pub file_sha256: String,
     pub plan: Plan,
+    /// The `-replace` addresses the plan was made with: the re-plan at apply
+    /// asks for the same replacements (checked like the command line's).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub replace: Vec<String>,
 }
 
 pub fn file_hash(path: &Path) -> std::io::Result<String> {
@@ -47,6 +51,7 @@ impl SavedPlan {
             file_sha256: file_hash(file).unwrap_or_default(),
             file: abs,
             plan,
+            replace: Vec::new(),
         }
     }
 

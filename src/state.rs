@@ -86,6 +86,14 @@ pub struct Record {
     /// Step: the exit code it returned.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub exit: Option<i32>,
+    /// What it is, as typed data (absent in states written before it was
+    /// recorded; never recovered from the address).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target: Option<crate::graph::Target>,
+    /// Step: the id of its latest run, saved before the run starts; the
+    /// agent runs an id at most once per boot (see docs/protocol.md).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub run_id: Option<String>,
 }
 
 impl Record {
@@ -98,6 +106,8 @@ impl Record {
             pid: None,
             generation: None,
             exit: None,
+            target: None,
+            run_id: None,
         }
     }
     pub fn attr_str(&self, key: &str) -> Option<&str> {

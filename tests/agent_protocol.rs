@@ -60,6 +60,21 @@ fn sample_messages() -> Vec<Message> {
             duration_ms: 12,
         }),
         Message::Started { id: 4, pid: 77 },
+        Message::StepExec {
+            id: 8,
+            step: "vm.A.cc[0] 0123 g1 s7".into(),
+            command: Command::Shell("true".into()),
+            timeout_ms: None,
+            background: true,
+        },
+        Message::StepResult(protocol::StepResult {
+            id: 8,
+            step: "vm.A.cc[0] 0123 g1 s7".into(),
+            replayed: true,
+            result: None,
+            pid: Some(78),
+            error: None,
+        }),
         Message::PutFile {
             id: 5,
             path: "/x".into(),
@@ -803,4 +818,101 @@ async fn concurrent_sessions_on_one_guest_take_turns() {
     );
     assert!(!h.path("target").exists());
     qemu.abort();
+}
+
+/// `step_exec` runs a run id once per agent: asked again (even by a new
+/// host connection while the first run is still going, as after a host
+/// killed mid-step) it answers with that run's outcome.
+#[tokio::test]
+async fn steps_run_once_per_id_across_reconnects() {
+    let h = Harness::start();
+    let count = h.path("count");
+    let fifo = h.path("go");
+    assert!(
+        std::process::Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .unwrap()
+            .success()
+    );
+    let cmd = sh(&format!(
+        "echo run >> {}; cat {}",
+        count.display(),
+        fifo.display()
+    ));
+
+    // Host 1 starts the step, then goes away while it runs.
+    let c1 = h.client().await;
+    c1.wait_hello(T).await.unwrap();
+    let first = {
+        let cmd = cmd.clone();
+        tokio::spawn(async move {
+            c1.step_exec("vm.A.cc[0] h g1 s1", cmd, Some(T), false)
+                .await
+        })
+    };
+    // Opening the fifo for writing returns once the step's `cat` opened it.
+    let fifo2 = fifo.clone();
+    let writer = tokio::task::spawn_blocking(move || std::fs::File::create(fifo2).unwrap())
+        .await
+        .unwrap();
+    first.abort();
+    let _ = first.await;
+
+    // Host 2 asks for the same run: it waits for the run, which it then ends.
+    let c2 = h.client().await;
+    c2.wait_hello(T).await.unwrap();
+    let again = {
+        let cmd = cmd.clone();
+        let c2 = std::sync::Arc::new(c2);
+        let c = c2.clone();
+        (
+            tokio::spawn(
+                async move { c.step_exec("vm.A.cc[0] h g1 s1", cmd, Some(T), false).await },
+            ),
+            c2,
+        )
+    };
+    let (task, c2) = again;
+    {
+        use std::io::Write;
+        let mut w = writer;
+        w.write_all(b"finished\n").unwrap();
+    }
+    let r = task.await.unwrap().unwrap();
+    assert!(r.replayed, "{r:?}");
+    let res = r.result.expect("a foreground result");
+    assert_eq!(
+        (res.exit, res.stdout.as_str()),
+        (Exit::Code(0), "finished\n")
+    );
+    assert_eq!(std::fs::read_to_string(&count).unwrap(), "run\n");
+
+    // Done: asked again, it answers at once, still without running.
+    let r = c2
+        .step_exec("vm.A.cc[0] h g1 s1", cmd.clone(), Some(T), false)
+        .await
+        .unwrap();
+    assert!(r.replayed);
+    assert_eq!(std::fs::read_to_string(&count).unwrap(), "run\n");
+
+    // Another id is another run.
+    let r = c2
+        .step_exec(
+            "vm.A.cc[0] h g1 s9",
+            sh(&format!("echo run >> {}", count.display())),
+            Some(T),
+            false,
+        )
+        .await
+        .unwrap();
+    assert!(!r.replayed);
+    assert_eq!(std::fs::read_to_string(&count).unwrap(), "run\nrun\n");
+
+    // A background step starts once: the same pid comes back.
+    let bg = sh("true");
+    let a = c2.step_exec("bg", bg.clone(), None, true).await.unwrap();
+    let b = c2.step_exec("bg", bg, None, true).await.unwrap();
+    assert!(a.pid.is_some() && !a.replayed);
+    assert_eq!((b.pid, b.replayed), (a.pid, true));
 }

@@ -222,7 +222,8 @@ fn steps_of_every_kind_run_in_order_and_are_recorded() {
     );
     lab.assert_converged("plan after apply");
 
-    // A step that fails without allow-failure fails the apply, and runs again next time.
+    // A step that fails without allow-failure fails the apply and taints its
+    // VM: the next plan replaces the VM and reruns its steps in a fresh boot.
     std::fs::write(
         &lab.file,
         std::fs::read_to_string(&lab.file).unwrap().replace(
@@ -236,9 +237,18 @@ fn steps_of_every_kind_run_in_order_and_are_recorded() {
     assert!(String::from_utf8_lossy(&out.stdout).contains("vm.cli1.cc[3]: vm.cli1.cc[3] exited 7"));
     let plan = String::from_utf8_lossy(&lab.run("plan", &[]).stdout).to_string();
     assert!(
-        plan.contains("# vm.cli1.cc[3] will run again (it failed last time)"),
+        plan.contains("# vm.cli1 must be replaced (tainted: vm.cli1.cc[3] failed)"),
         "{plan}"
     );
+    assert!(
+        plan.contains("# vm.cli1.cc[0] will run again (its VM is replaced)"),
+        "{plan}"
+    );
+    assert!(
+        plan.contains("# vm.cli1.cc[3] will run again (it failed last time; its VM is replaced)"),
+        "{plan}"
+    );
+    assert!(!plan.contains("# vm.srv must"), "{plan}");
 
     lab.ok("destroy", &["--auto-approve"]);
     lab.assert_clean();

@@ -281,3 +281,32 @@ fn man_pages_from_the_cli() {
         assert!(text.contains("Ctrl-]"), "{text}");
     }
 }
+
+#[test]
+fn replacing_an_unknown_address_is_refused_before_anything() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("r.kdl");
+    std::fs::write(
+        &file,
+        "experiment \"r\"\nnetwork \"LAN\"\nvm \"A\" { kernel \"k\"; nic \"LAN\"; }\n",
+    )
+    .unwrap();
+    let f = file.to_str().unwrap();
+    for args in [
+        vec!["plan", f, "-replace", "vm.B"],
+        vec!["apply", f, "--replace=vm.A.nic[7]", "--auto-approve"],
+    ] {
+        let out = megaplan(&args);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {err}");
+        if args[0] == "plan" {
+            assert!(
+                err.contains("cannot replace vm.B: no such resource"),
+                "{err}"
+            );
+            assert!(err.contains("megaplan graph"), "{err}");
+        }
+        // Nothing was written but the lock: no state.
+        assert!(!dir.path().join(".megaplan/r/state.json").exists());
+    }
+}

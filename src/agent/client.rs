@@ -378,6 +378,39 @@ impl AgentClient {
         }
     }
 
+    /// Run a cc step exactly once per boot (`step_exec`): `step` is the
+    /// run's id. If the agent already ran or is running that id, nothing runs
+    /// again and the answer is that run's outcome (`replayed`). A foreground
+    /// step is waited for like [`Self::exec`]; a background one answers at once.
+    pub async fn step_exec(
+        &self,
+        step: &str,
+        command: impl Into<Command>,
+        timeout: Option<Duration>,
+        background: bool,
+    ) -> Result<protocol::StepResult, AgentError> {
+        let command = command.into();
+        let timeout_ms = timeout.map(|t| t.as_millis().max(1) as u64);
+        let (_g, mut rx) = self
+            .request(|id| Message::StepExec {
+                id,
+                step: step.to_string(),
+                command: command.clone(),
+                timeout_ms,
+                background,
+            })
+            .await?;
+        let wait = if background {
+            Some(REPLY_GRACE)
+        } else {
+            timeout.map(|t| t + REPLY_GRACE)
+        };
+        match recv(&mut rx, wait, "waiting for the step's outcome").await? {
+            Message::StepResult(r) => Ok(r),
+            other => Err(unexpected(&other)),
+        }
+    }
+
     /// Copy a host file to `guest_path` (absolute; parent directories are
     /// created; the file keeps the host file's permission bits). The guest
     /// writes a temporary file and renames it once the SHA-256 matches.

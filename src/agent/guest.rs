@@ -292,7 +292,7 @@ impl AsyncWrite for DevPort {
     }
 }
 
-enum Out {
+pub(super) enum Out {
     Msg(Message),
     /// Flush and stop writing (the session is ending).
     Close,
@@ -433,6 +433,16 @@ async fn dispatch(
                     reply(&tx, m).await;
                 });
             }
+        }
+        Message::StepExec {
+            id,
+            step,
+            command,
+            timeout_ms,
+            background,
+        } => {
+            let timeout = timeout_ms.map(Duration::from_millis);
+            super::steps::dispatch(id, step, command, timeout, background, tx).await;
         }
         Message::PutFile {
             id,
@@ -618,7 +628,7 @@ fn build_command(command: &Command) -> io::Result<tokio::process::Command> {
     Ok(cmd)
 }
 
-fn spawn_background(command: &Command) -> io::Result<u32> {
+pub(super) fn spawn_background(command: &Command) -> io::Result<u32> {
     let mut cmd = build_command(command)?;
     cmd.stdout(Stdio::null()).stderr(Stdio::null());
     let mut child = cmd.spawn()?;
@@ -658,6 +668,20 @@ fn capture<R: AsyncRead + Unpin + Send + 'static>(
             }
         }
     })
+}
+
+/// [`run_exec`] as a result: the outcome, or why the command could not run.
+pub(super) async fn run_exec_result(
+    id: u64,
+    command: &Command,
+    timeout: Option<Duration>,
+    cap: usize,
+) -> Result<ExecResult, String> {
+    match run_exec(id, command.clone(), timeout, cap).await {
+        Message::ExecResult(r) => Ok(r),
+        Message::Error { message, .. } => Err(message),
+        other => Err(format!("unexpected outcome {:?}", other.kind())),
+    }
 }
 
 async fn run_exec(id: u64, command: Command, timeout: Option<Duration>, cap: usize) -> Message {

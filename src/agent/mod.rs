@@ -8,6 +8,7 @@
 pub mod client;
 pub mod guest;
 pub mod protocol;
+mod steps;
 
 pub use client::{AgentClient, AgentError, Transfer};
 pub use protocol::{Command, ExecResult, Exit, Hello, Interface, Message, PROTOCOL_VERSION};

@@ -138,6 +138,23 @@ impl ExecResult {
     }
 }
 
+/// The answer to a `StepExec`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StepResult {
+    pub id: u64,
+    pub step: String,
+    /// The step had already run (or was running) in this boot: this is that
+    /// run's outcome; nothing ran again.
+    #[serde(default)]
+    pub replayed: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub result: Option<ExecResult>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pid: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
 /// Every message of the protocol. Requests carry a host-chosen `id`; every
 /// reply repeats it. Only `Hello` has no id.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -214,6 +231,23 @@ pub enum Message {
     Done {
         id: u64,
     },
+    /// host -> guest: run a cc step exactly once per boot. Like `Exec`, with
+    /// `step`, the run's id: if the agent already ran (or is running) a step
+    /// with this id it does not run it again but answers with that run's
+    /// outcome (`replayed: true`).
+    StepExec {
+        id: u64,
+        step: String,
+        command: Command,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        timeout_ms: Option<u64>,
+        #[serde(default)]
+        background: bool,
+    },
+    /// guest -> host: the outcome of a `StepExec`: `result` for a
+    /// foreground step, `pid` for a background one, `error` when it could
+    /// not start.
+    StepResult(StepResult),
     /// Either direction; `id` is absent when the offending frame had none.
     Error {
         #[serde(default)]
@@ -228,6 +262,8 @@ impl Message {
         match self {
             Message::Hello(_) => None,
             Message::ExecResult(r) => Some(r.id),
+            Message::StepResult(r) => Some(r.id),
+            Message::StepExec { id, .. } => Some(*id),
             Message::Error { id, .. } => *id,
             Message::Ping { id }
             | Message::Refresh { id }
@@ -262,6 +298,8 @@ impl Message {
             Message::Started { .. } => "started",
             Message::Done { .. } => "done",
             Message::Error { .. } => "error",
+            Message::StepExec { .. } => "step_exec",
+            Message::StepResult(_) => "step_result",
         }
     }
 }

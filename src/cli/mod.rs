@@ -88,6 +88,9 @@ pub enum Command {
         detailed_exitcode: bool,
         #[arg(long)]
         state_dir: Option<PathBuf>,
+        /// Plan to replace ADDRESS even if nothing changed; repeatable (`-replace` works too).
+        #[arg(long = "replace", value_name = "ADDRESS")]
+        replace: Vec<String>,
     },
     /// The resource-level difference between two experiment files.
     Diff {
@@ -120,6 +123,9 @@ pub enum Command {
         accel: Option<AccelArg>,
         #[arg(long)]
         state_dir: Option<PathBuf>,
+        /// Replace ADDRESS (`vm.A`, `vm.A.cc[0]`...) even if nothing changed; repeatable; `-replace` as in Terraform works too.
+        #[arg(long = "replace", value_name = "ADDRESS")]
+        replace: Vec<String>,
     },
     /// Remove everything the experiment created, in reverse order.
     Destroy {
@@ -211,9 +217,20 @@ pub enum StateCommand {
     },
 }
 
+/// Terraform spells `-replace=ADDRESS` with one dash: accept it as `--replace`.
+fn terraform_flags(args: impl IntoIterator<Item = std::ffi::OsString>) -> Vec<std::ffi::OsString> {
+    args.into_iter()
+        .map(|a| match a.to_str() {
+            Some("-replace") => "--replace".into(),
+            Some(s) if s.starts_with("-replace=") => format!("-{s}").into(),
+            _ => a,
+        })
+        .collect()
+}
+
 /// Exit with the code for an outcome.
 pub fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = Cli::parse_from(terraform_flags(std::env::args_os()));
     match run(cli) {
         Ok(code) => code,
         Err(e) => {
@@ -401,7 +418,8 @@ fn run(cli: Cli) -> Result<ExitCode, CliError> {
             parallelism,
             accel,
             state_dir,
-        } => apply_cmd(file, auto_approve, parallelism, accel, state_dir),
+            replace,
+        } => apply_cmd(file, auto_approve, parallelism, accel, state_dir, replace),
         Command::Destroy {
             file,
             all,
@@ -476,6 +494,7 @@ fn run(cli: Cli) -> Result<ExitCode, CliError> {
             out,
             detailed_exitcode,
             state_dir,
+            replace,
         } => {
             let Ok((_, lab)) = load(&file) else {
                 return Ok(ExitCode::from(1));
@@ -484,7 +503,8 @@ fn run(cli: Cli) -> Result<ExitCode, CliError> {
             let _lock = sd.lock(&format!("megaplan plan {}", file.display()))?;
             crate::owners::check(&lab.name, &sd.root)?;
             let mut state = sd.load()?;
-            let (_, p) = refresh_and_plan(&lab, &sd, &mut state)?;
+            let opts = plan_options(&file, &lab, &sd, &state, replace.clone())?;
+            let (_, p) = refresh_and_plan(&lab, &sd, &mut state, &opts)?;
             if json {
                 println!(
                     "{}",
@@ -494,7 +514,8 @@ fn run(cli: Cli) -> Result<ExitCode, CliError> {
                 print!("{}", render::text(&p));
             }
             if let Some(out) = out {
-                let saved = crate::saved::SavedPlan::new(&file, p.clone());
+                let mut saved = crate::saved::SavedPlan::new(&file, p.clone());
+                saved.replace = replace;
                 saved
                     .write(&out)
                     .map_err(|e| CliError::new(format!("cannot write {}: {e}", out.display())))?;
@@ -780,9 +801,17 @@ fn apply_cmd(
     parallelism: usize,
     accel: Option<AccelArg>,
     state_dir: Option<PathBuf>,
+    replace: Vec<String>,
 ) -> Result<ExitCode, CliError> {
     let env_accel = std::env::var(crate::drivers::qemu::ACCEL_ENV).ok();
     if let Some(saved) = crate::saved::SavedPlan::read(&file) {
+        if !replace.is_empty() {
+            return Err(
+                CliError::new("-replace cannot change a saved plan").with_hint(
+                    "make a new plan with the replacement: megaplan apply FILE -replace ADDRESS",
+                ),
+            );
+        }
         saved.check().map_err(|why| {
             CliError::new(format!(
                 "{} is not a plan megaplan made: {why}",
@@ -818,7 +847,8 @@ fn apply_cmd(
         }
         // The plan's assumptions about the host, checked again: what runs is
         // this fresh plan, which must do what the saved one said.
-        let (adopted, fresh) = refresh_and_plan(&lab, &sd, &mut state)?;
+        let opts = plan_options(&saved.file, &lab, &sd, &state, saved.replace.clone())?;
+        let (adopted, fresh) = refresh_and_plan(&lab, &sd, &mut state, &opts)?;
         let drift = crate::saved::drift(&saved.plan, &fresh);
         if !drift.is_empty() {
             return Err(CliError::new(format!(
@@ -842,7 +872,8 @@ fn apply_cmd(
     let _lock = sd.lock(&format!("megaplan apply {}", file.display()))?;
     claim(&lab.name, &sd)?;
     let mut state = sd.load()?;
-    let (adopted, p) = refresh_and_plan(&lab, &sd, &mut state)?;
+    let opts = plan_options(&file, &lab, &sd, &state, replace)?;
+    let (adopted, p) = refresh_and_plan(&lab, &sd, &mut state, &opts)?;
     if adopted {
         sd.save(&mut state)?;
     }
@@ -859,15 +890,51 @@ fn apply_cmd(
 
 /// Refresh, rebuild a lost state from the host (crate::adopt), and plan an
 /// apply: (whether anything was adopted, the plan).
-fn refresh_and_plan(lab: &Lab, sd: &StateDir, state: &mut State) -> Result<(bool, Plan), CliError> {
+fn refresh_and_plan(
+    lab: &Lab,
+    sd: &StateDir,
+    state: &mut State,
+    opts: &plan::Options,
+) -> Result<(bool, Plan), CliError> {
     let mut observed = crate::host::refresh(&lab.name, state, sd)
         .map_err(|e| CliError::new(format!("refresh failed: {e}")))?;
     let adopted = crate::adopt::adopt(lab, state, &mut observed, sd);
     if !adopted.is_empty() {
         eprintln!("notice: {}", crate::adopt::notice(sd, &adopted));
     }
-    let p = plan::plan(Some(lab), state, Some(&observed), Mode::Apply);
+    let p = plan::plan_with(Some(lab), state, Some(&observed), Mode::Apply, opts);
     Ok((!adopted.is_empty(), p))
+}
+
+/// The planner's options for `file`: `-replace` addresses (each must name
+/// something of the file or the state: refused before anything changes)
+/// and the content digests of the lab's files, read now, before planning.
+fn plan_options(
+    file: &Path,
+    lab: &Lab,
+    sd: &StateDir,
+    state: &crate::state::State,
+    replace: Vec<String>,
+) -> Result<plan::Options, CliError> {
+    let mut opts = plan::Options {
+        replace: replace.into_iter().collect(),
+        ..Default::default()
+    };
+    let unknown = plan::unknown_replacements(Some(lab), state, &opts);
+    if !unknown.is_empty() {
+        return Err(CliError::new(format!(
+            "cannot replace {}: no such resource in {} or its state",
+            unknown.join(", "),
+            file.display()
+        ))
+        .with_hint(format!(
+            "the addresses are listed by `megaplan graph {}`",
+            file.display()
+        )));
+    }
+    // Cached beside the state (we hold the lock): a big image is read once.
+    opts.digests = crate::digest::of_lab_cached(lab, &sd.root.join("digests.json"));
+    Ok(opts)
 }
 
 fn destroy_cmd(
@@ -1348,5 +1415,37 @@ mod tests {
         assert!(e.hint().unwrap().contains("auto, kvm or tcg"));
         // Even when the flag would override it: a typo in the env is not ignored.
         assert!(resolve_accel(Accel::Tcg, Some("warp9"), Some(AccelArg::Tcg)).is_err());
+    }
+}
+
+#[cfg(test)]
+mod replace_flag_tests {
+    use super::*;
+
+    fn apply_replace(args: &[&str]) -> Vec<String> {
+        let argv = args.iter().map(std::ffi::OsString::from);
+        match Cli::try_parse_from(terraform_flags(argv)).unwrap().command {
+            Command::Apply { replace, .. } => replace,
+            _ => unreachable!("an apply command"),
+        }
+    }
+
+    #[test]
+    fn replace_is_repeatable_and_takes_terraform_spelling() {
+        assert_eq!(
+            apply_replace(&[
+                "megaplan",
+                "apply",
+                "x.kdl",
+                "-replace",
+                "vm.A",
+                "--replace",
+                "vm.B.cc[0]",
+                "-replace=vm.C",
+                "--replace=vm.D",
+            ]),
+            ["vm.A", "vm.B.cc[0]", "vm.C", "vm.D"]
+        );
+        assert!(apply_replace(&["megaplan", "apply", "x.kdl"]).is_empty());
     }
 }

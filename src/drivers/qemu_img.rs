@@ -363,6 +363,12 @@ pub async fn make_ext4(
         }
         return Err(e);
     }
+    // Fault injection for the crash tests: killed mid-creation, with the
+    // temporary image written (a SIGKILL runs no destructor).
+    if std::env::var_os("MEGAPLAN_TEST_CRASH_DURING").is_some_and(|v| v == "ext4") {
+        // SAFETY: raising a signal on ourselves.
+        unsafe { libc::raise(libc::SIGKILL) };
+    }
     if format == ImageFormat::Qcow2 {
         convert(&tmp.0, ImageFormat::Raw, &path, ImageFormat::Qcow2).await?;
     }

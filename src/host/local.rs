@@ -45,7 +45,15 @@ async fn observe_vm(rt: &Path) -> ObservedVm {
             status = Some(s.status.clone());
         }
     }
-    ObservedVm { pid, alive, status }
+    ObservedVm {
+        name: rt
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default(),
+        pid,
+        alive,
+        status,
+    }
 }
 
 impl LocalHost {
@@ -179,6 +187,9 @@ pub struct StepOutcome {
     pub stderr: String,
     /// The step's timeout, when the guest killed it for running longer.
     pub timed_out: Option<Duration>,
+    /// The agent had already run this step in this boot: this is that
+    /// run's outcome, recovered (nothing ran again).
+    pub replayed: bool,
 }
 
 impl StepOutcome {
@@ -490,15 +501,7 @@ impl super::Host for LocalHost {
         if root_is_real && crate::validate::name_problem(vm).is_none() {
             let _ = std::fs::remove_dir_all(&rt);
         }
-        // Snapshot overlays go with the VM.
-        if let Ok(dir) = std::fs::read_dir(sd.root.join("overlays")) {
-            let prefix = format!("{vm}.");
-            for e in dir.flatten() {
-                if e.file_name().to_string_lossy().starts_with(&prefix) {
-                    let _ = std::fs::remove_file(e.path());
-                }
-            }
-        }
+        remove_overlays(sd, vm);
         Ok(())
     }
 
@@ -508,6 +511,7 @@ impl super::Host for LocalHost {
         vm: &str,
         action: &CcActionSpec,
         timeout: Option<Duration>,
+        run_id: &str,
     ) -> Result<StepOutcome, HostError> {
         let boot_wait = self
             .boot_waits
@@ -529,24 +533,47 @@ impl super::Host for LocalHost {
             CommandSpec::Argv(a) => AgentCommand::Argv(a.clone()),
         };
         Ok(match action {
-            CcActionSpec::Exec(c) => {
-                let r = client.exec(cmd(c), timeout).await.map_err(agent_err)?;
-                let timed_out = r.timed_out;
-                let (exit, stdout, stderr) = crate::cc::step_outcome(r, timeout);
-                StepOutcome {
-                    exit,
-                    stdout,
-                    stderr,
-                    timed_out: timed_out.then_some(timeout).flatten(),
+            CcActionSpec::Exec(c) | CcActionSpec::Background(c) => {
+                let background = matches!(action, CcActionSpec::Background(_));
+                let r = match client.step_exec(run_id, cmd(c), timeout, background).await {
+                    Ok(r) => r,
+                    // An agent of an older image does not know `step_exec`
+                    // (it refuses the unknown message type): plain exec,
+                    // without the exactly-once guarantee.
+                    Err(e) if agent_lacks_step_exec(&e) => {
+                        old_agent_step(&client, cmd(c), timeout, background)
+                            .await
+                            .map_err(agent_err)?
+                    }
+                    Err(e) => return Err(agent_err(e)),
+                };
+                if let Some(e) = r.error {
+                    return Err(HostError::Other(format!("{vm}: {e}")));
                 }
-            }
-            CcActionSpec::Background(c) => {
-                let pid = client.background(cmd(c)).await.map_err(agent_err)?;
-                StepOutcome {
-                    exit: 0,
-                    stdout: format!("started pid {pid}\n"),
-                    stderr: String::new(),
-                    timed_out: None,
+                match (r.result, r.pid) {
+                    (Some(r2), _) => {
+                        let timed_out = r2.timed_out;
+                        let (exit, stdout, stderr) = crate::cc::step_outcome(r2, timeout);
+                        StepOutcome {
+                            exit,
+                            stdout,
+                            stderr,
+                            timed_out: timed_out.then_some(timeout).flatten(),
+                            replayed: r.replayed,
+                        }
+                    }
+                    (None, Some(pid)) => StepOutcome {
+                        exit: 0,
+                        stdout: format!("started pid {pid}\n"),
+                        stderr: String::new(),
+                        timed_out: None,
+                        replayed: r.replayed,
+                    },
+                    (None, None) => {
+                        return Err(HostError::Other(format!(
+                            "{vm}: the agent answered the step with no outcome"
+                        )));
+                    }
                 }
             }
             CcActionSpec::Send { src, to } => {
@@ -556,6 +583,7 @@ impl super::Host for LocalHost {
                     stdout: crate::cc::sent(&t),
                     stderr: String::new(),
                     timed_out: None,
+                    replayed: false,
                 }
             }
             CcActionSpec::Recv { src, to, max_size } => {
@@ -573,6 +601,7 @@ impl super::Host for LocalHost {
                     stdout: crate::cc::received(src, &t),
                     stderr: String::new(),
                     timed_out: None,
+                    replayed: false,
                 }
             }
         })
@@ -590,9 +619,85 @@ fn runs_with(pid: u32, rt: &Path) -> bool {
         .is_ok_and(|c| !needle.is_empty() && c.windows(needle.len()).any(|w| w == needle))
 }
 
-/// The overlay of a snapshot VM's i-th disk.
+/// How an agent of an older image answers a `step_exec`: an `error` saying
+/// it could not decode the message (serde's "unknown variant `step_exec`").
+fn agent_lacks_step_exec(e: &crate::agent::AgentError) -> bool {
+    matches!(e, crate::agent::AgentError::Remote(m) if m.contains("unknown variant `step_exec`"))
+}
+
+/// A step on an agent without `step_exec`: `exec` or `background`, its
+/// answer in the shape of a `step_result` (never `replayed`).
+async fn old_agent_step(
+    client: &crate::agent::AgentClient,
+    command: AgentCommand,
+    timeout: Option<Duration>,
+    background: bool,
+) -> Result<crate::agent::protocol::StepResult, crate::agent::AgentError> {
+    let (result, pid) = if background {
+        (None, Some(client.background(command).await?))
+    } else {
+        (Some(client.exec(command, timeout).await?), None)
+    };
+    Ok(crate::agent::protocol::StepResult {
+        id: 0,
+        step: String::new(),
+        replayed: false,
+        result,
+        pid,
+        error: None,
+    })
+}
+
+/// Separates the VM's name from the disk index in an overlay's file name: a
+/// character no VM name may hold (`validate::name_problem`), so the overlays
+/// of `A` and of `A.b` can never be taken for each other.
+pub const OVERLAY_SEP: char = '+';
+
+/// The overlay of a snapshot VM's i-th disk: `overlays/VM+I.qcow2`.
 pub fn overlay_path(sd: &StateDir, vm: &str, i: usize) -> PathBuf {
-    sd.root.join("overlays").join(format!("{vm}.{i}.qcow2"))
+    sd.root
+        .join("overlays")
+        .join(format!("{vm}{OVERLAY_SEP}{i}.qcow2"))
+}
+
+/// The disk index of an overlay file of `vm` named `file`, if it is exactly
+/// one of that VM's overlays (`VM+DIGITS.qcow2`).
+pub fn overlay_index(vm: &str, file: &std::ffi::OsStr) -> Option<usize> {
+    let f = file.to_str()?;
+    let idx = f
+        .strip_prefix(vm)?
+        .strip_prefix(OVERLAY_SEP)?
+        .strip_suffix(".qcow2")?;
+    if idx.is_empty() || !idx.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    idx.parse().ok()
+}
+
+/// An overlay of `vm` as megaplan named them before [`OVERLAY_SEP`]:
+/// exactly `VM.DIGITS.qcow2` (unambiguous too: another VM's overlays have
+/// more than digits after `VM.`), so a running lab's overlays go after an
+/// upgrade.
+fn legacy_overlay(vm: &str, file: &std::ffi::OsStr) -> bool {
+    file.to_str()
+        .and_then(|f| {
+            f.strip_prefix(vm)?
+                .strip_prefix('.')?
+                .strip_suffix(".qcow2")
+        })
+        .is_some_and(|i| !i.is_empty() && i.bytes().all(|b| b.is_ascii_digit()))
+}
+
+/// Snapshot overlays go with their VM: exactly its own, by index.
+fn remove_overlays(sd: &StateDir, vm: &str) {
+    if let Ok(dir) = std::fs::read_dir(sd.root.join("overlays")) {
+        for e in dir.flatten() {
+            if overlay_index(vm, &e.file_name()).is_some() || legacy_overlay(vm, &e.file_name()) {
+                // remove_file unlinks a link itself; it never follows one.
+                let _ = std::fs::remove_file(e.path());
+            }
+        }
+    }
 }
 
 /// Make a file megaplan created 0600 (not through a link).
@@ -631,6 +736,69 @@ fn copy_tree(src: &Path, dst: &Path) -> std::io::Result<()> {
     } else {
         std::fs::copy(src, dst).map(|_| ())
     }
+}
+
+/// Leftovers of a disk creation that was killed (SIGKILL runs no
+/// destructor): `.NAME.FMT.ext4-PID.tmp` files (as big as the disk) and
+/// `NAME.stage` folders of injected files, in the state's `disks/`. Only
+/// names megaplan's own patterns match (NAME a valid name, FMT qcow2 or raw,
+/// PID digits), never following a link: a link is removed itself, a folder
+/// only if it is a real one. Called with the experiment's lock held, so no
+/// other megaplan is creating a disk there. Returns what was removed.
+pub fn sweep_disk_temporaries(sd: &StateDir) -> Vec<PathBuf> {
+    let disks = sd.disks();
+    let mut removed = Vec::new();
+    // The folder itself must be a real folder, not a link to elsewhere.
+    if !std::fs::symlink_metadata(&disks).is_ok_and(|m| m.is_dir()) {
+        return removed;
+    }
+    let Ok(dir) = std::fs::read_dir(&disks) else {
+        return removed;
+    };
+    for e in dir.flatten() {
+        let Some(name) = e.file_name().to_str().map(str::to_owned) else {
+            continue;
+        };
+        let Ok(meta) = std::fs::symlink_metadata(e.path()) else {
+            continue;
+        };
+        let ours = if is_disk_temporary(&name) {
+            !meta.is_dir()
+        } else if let Some(disk) = name.strip_suffix(".stage") {
+            crate::validate::name_problem(disk).is_none() && !meta.file_type().is_file()
+        } else {
+            false
+        };
+        if !ours {
+            continue;
+        }
+        let r = if meta.is_dir() {
+            std::fs::remove_dir_all(e.path())
+        } else {
+            std::fs::remove_file(e.path())
+        };
+        if r.is_ok() {
+            removed.push(e.path());
+        }
+    }
+    removed
+}
+
+/// `.NAME.FMT.ext4-PID.tmp`, as `qemu_img::make_ext4` names its temporary.
+fn is_disk_temporary(file: &str) -> bool {
+    let Some(rest) = file.strip_prefix('.').and_then(|r| r.strip_suffix(".tmp")) else {
+        return false;
+    };
+    let Some((image, pid)) = rest.rsplit_once(".ext4-") else {
+        return false;
+    };
+    if pid.is_empty() || !pid.bytes().all(|b| b.is_ascii_digit()) {
+        return false;
+    }
+    let disk = image
+        .strip_suffix(".qcow2")
+        .or_else(|| image.strip_suffix(".raw"));
+    disk.is_some_and(|d| crate::validate::name_problem(d).is_none())
 }
 
 #[cfg(test)]
@@ -709,5 +877,157 @@ mod tests {
             let text = String::from_utf8_lossy(&out.stdout);
             assert!(text.contains("Mode:  0755"), "{dir}: {text}");
         }
+    }
+
+    #[test]
+    fn overlays_belong_to_exactly_one_vm() {
+        let sd = StateDir {
+            root: "/s".into(),
+            experiment: "x".into(),
+        };
+        let a = overlay_path(&sd, "A", 0);
+        let ab = overlay_path(&sd, "A.b", 0);
+        assert_ne!(a, ab);
+        let name = |p: &Path| p.file_name().unwrap().to_owned();
+        assert_eq!(overlay_index("A", &name(&a)), Some(0));
+        assert_eq!(overlay_index("A", &name(&ab)), None);
+        assert_eq!(overlay_index("A.b", &name(&ab)), Some(0));
+        assert_eq!(overlay_index("A.b", &name(&a)), None);
+        assert_eq!(overlay_index("A", "A+12.qcow2".as_ref()), Some(12));
+        for other in [
+            "A+.qcow2",
+            "A+1x.qcow2",
+            "A+1.qcow2.tmp",
+            "A.0.qcow2",
+            "B+0.qcow2",
+        ] {
+            assert_eq!(overlay_index("A", other.as_ref()), None, "{other}");
+        }
+    }
+
+    /// Replacing VM `A` must not remove the overlays of a running `A.b`
+    /// (the old code removed every file starting with "A.").
+    #[test]
+    fn stopping_a_vm_removes_only_its_own_overlays() {
+        let dir = tempfile::tempdir().unwrap();
+        let sd = StateDir {
+            root: dir.path().into(),
+            experiment: "x".into(),
+        };
+        std::fs::create_dir_all(sd.root.join("overlays")).unwrap();
+        let mine = [
+            overlay_path(&sd, "A", 0),
+            overlay_path(&sd, "A", 1),
+            sd.root.join("overlays/A.2.qcow2"),
+        ];
+        let theirs = [
+            overlay_path(&sd, "A.b", 0),
+            overlay_path(&sd, "AB", 0),
+            sd.root.join("overlays/A.b.0.qcow2"),
+            sd.root.join("overlays/A.1.0.qcow2"),
+            sd.root.join("overlays/A..qcow2"),
+        ];
+        for p in mine.iter().chain(&theirs) {
+            std::fs::write(p, b"x").unwrap();
+        }
+        remove_overlays(&sd, "A");
+        for p in &mine {
+            assert!(!p.exists(), "{} should be gone", p.display());
+        }
+        for p in &theirs {
+            assert!(p.exists(), "{} should be kept", p.display());
+        }
+    }
+
+    #[test]
+    fn killed_disk_creations_are_swept_and_nothing_else() {
+        let dir = tempfile::tempdir().unwrap();
+        let outside = tempfile::tempdir().unwrap();
+        let sd = StateDir {
+            root: dir.path().into(),
+            experiment: "x".into(),
+        };
+        let d = sd.disks();
+        std::fs::create_dir_all(d.join("web.stage/etc")).unwrap();
+        std::fs::write(d.join("web.stage/etc/hosts"), b"x").unwrap();
+        let leftovers = [".web.qcow2.ext4-4242.tmp", ".a.b.raw.ext4-1.tmp"];
+        for f in leftovers {
+            std::fs::write(d.join(f), b"big").unwrap();
+        }
+        let kept = [
+            "web.qcow2",
+            ".web.qcow2.ext4-.tmp",
+            ".web.qcow2.ext4-12x.tmp",
+            ".web.vmdk.ext4-1.tmp",
+            "..qcow2.ext4-1.tmp",
+            ".web.qcow2.extract-1.tmp",
+            "notes.txt",
+        ];
+        for f in kept {
+            std::fs::write(d.join(f), b"keep").unwrap();
+        }
+        // A link with our pattern pointing outside: the link goes, its target stays.
+        std::fs::write(outside.path().join("precious"), b"p").unwrap();
+        std::os::unix::fs::symlink(
+            outside.path().join("precious"),
+            d.join(".evil.qcow2.ext4-7.tmp"),
+        )
+        .unwrap();
+        std::fs::create_dir(outside.path().join("tree")).unwrap();
+        std::fs::write(outside.path().join("tree/f"), b"p").unwrap();
+        std::os::unix::fs::symlink(outside.path().join("tree"), d.join("evil.stage")).unwrap();
+        // A regular file named like a stage folder is not one of ours.
+        std::fs::write(d.join("file.stage"), b"keep").unwrap();
+
+        let mut removed: Vec<String> = sweep_disk_temporaries(&sd)
+            .iter()
+            .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
+            .collect();
+        removed.sort();
+        assert_eq!(
+            removed,
+            [
+                ".a.b.raw.ext4-1.tmp",
+                ".evil.qcow2.ext4-7.tmp",
+                ".web.qcow2.ext4-4242.tmp",
+                "evil.stage",
+                "web.stage"
+            ]
+        );
+        for f in kept.iter().chain(&["file.stage"]) {
+            assert!(d.join(f).exists(), "{f} kept");
+        }
+        assert!(outside.path().join("precious").exists());
+        assert!(outside.path().join("tree/f").exists());
+    }
+
+    #[test]
+    fn a_disks_folder_that_is_a_link_is_not_swept() {
+        let dir = tempfile::tempdir().unwrap();
+        let outside = tempfile::tempdir().unwrap();
+        std::fs::write(outside.path().join(".web.qcow2.ext4-1.tmp"), b"p").unwrap();
+        std::os::unix::fs::symlink(outside.path(), dir.path().join("disks")).unwrap();
+        let sd = StateDir {
+            root: dir.path().into(),
+            experiment: "x".into(),
+        };
+        assert!(sweep_disk_temporaries(&sd).is_empty());
+        assert!(outside.path().join(".web.qcow2.ext4-1.tmp").exists());
+    }
+
+    /// What an agent without `step_exec` answers (its decoder does not know
+    /// the type): the message the current decoder gives for another unknown
+    /// type, with `step_exec` in its place.
+    #[test]
+    fn an_old_agent_is_recognised_by_its_refusal() {
+        let body = br#"{"type":"step_exec_v0","id":3}"#;
+        let err = serde_json::from_slice::<crate::agent::Message>(body)
+            .unwrap_err()
+            .to_string()
+            .replace("step_exec_v0", "step_exec");
+        let refusal = crate::agent::AgentError::Remote(format!("malformed message: {err}"));
+        assert!(agent_lacks_step_exec(&refusal), "{refusal:?}");
+        let other = crate::agent::AgentError::Remote("cannot run step_exec.sh: ENOENT".into());
+        assert!(!agent_lacks_step_exec(&other));
     }
 }

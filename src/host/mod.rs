@@ -61,13 +61,21 @@ pub trait Host {
         graceful: bool,
         sd: &StateDir,
     ) -> Result<(), HostError>;
-    /// Run one cc step through the VM's agent.
+    /// Remove what killed disk creations left in the state's `disks/`
+    /// (see [`local::sweep_disk_temporaries`]); what was removed.
+    fn sweep_temporaries(&self, sd: &StateDir) -> Vec<PathBuf> {
+        local::sweep_disk_temporaries(sd)
+    }
+    /// Run one cc step through the VM's agent, exactly once per boot:
+    /// `run_id` names this run; asked again with the same id, the agent
+    /// answers with the outcome it had instead of running it again.
     async fn run_step(
         &self,
         experiment: &str,
         vm: &str,
         action: &CcActionSpec,
         timeout: Option<Duration>,
+        run_id: &str,
     ) -> Result<StepOutcome, HostError>;
 }
 

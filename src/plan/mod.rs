@@ -21,7 +21,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use uuid::Uuid;
 
-use crate::graph::{self, Resource, forces_replacement};
+use crate::graph::{self, Resource, Target, forces_replacement};
 use crate::lab::Lab;
 use crate::observed::Observed;
 use crate::state::{Attrs, Kind, State, Status};
@@ -54,6 +54,11 @@ impl Action {
 pub struct Change {
     pub address: String,
     pub kind: Kind,
+    /// What it is, typed: the executor acts on this, never on `address`.
+    /// None for an orphan link (deleted by its recorded name) or a record of
+    /// an old state that did not store it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target: Option<Target>,
     pub action: Action,
     pub before: Option<Attrs>,
     pub after: Option<Attrs>,
@@ -137,9 +142,66 @@ fn show_opt(v: Option<&Value>) -> String {
 /// Plan an apply of `desired` (or, with `desired == None` and a destroy mode,
 /// a destroy). `observed == None` plans from the state alone (`megaplan diff`).
 pub fn plan(desired: Option<&Lab>, prior: &State, observed: Option<&Observed>, mode: Mode) -> Plan {
+    plan_with(desired, prior, observed, mode, &Options::default())
+}
+
+/// What the user asked for beyond the file.
+#[derive(Clone, Debug, Default)]
+pub struct Options {
+    /// `apply -replace ADDRESS`: replaced even if nothing changed.
+    pub replace: BTreeSet<String>,
+    /// Content digests of the lab's files, read before planning
+    /// ([`crate::digest::of_lab`]).
+    pub digests: crate::digest::Digests,
+}
+
+/// The addresses of `opts.replace` that name nothing of the experiment
+/// (neither in the file nor in the state): refused before anything changes.
+pub fn unknown_replacements(desired: Option<&Lab>, prior: &State, opts: &Options) -> Vec<String> {
+    let wanted: HashSet<String> = desired
+        .map(graph::resources)
+        .unwrap_or_default()
+        .into_iter()
+        .map(|r| r.address)
+        .collect();
+    opts.replace
+        .iter()
+        .filter(|a| !wanted.contains(*a) && !prior.resources.contains_key(*a))
+        .cloned()
+        .collect()
+}
+
+/// VMs tainted by a step that failed on them (non-zero exit, no
+/// `allow-failure`): VM name -> the first such step's address.
+fn tainted_vms(prior: &State) -> HashMap<String, String> {
+    let mut out = HashMap::new();
+    for (address, rec) in &prior.resources {
+        if rec.kind != Kind::Step
+            || rec.status != Status::Failed
+            || rec.exit.is_none_or(|e| e == 0)
+            || rec.attrs.contains_key("allow_failure")
+        {
+            continue;
+        }
+        if let Some(Target::Step { vm, .. }) = &rec.target {
+            out.entry(vm.clone()).or_insert_with(|| address.clone());
+        }
+    }
+    out
+}
+
+/// [`plan`], with the user's options.
+pub fn plan_with(
+    desired: Option<&Lab>,
+    prior: &State,
+    observed: Option<&Observed>,
+    mode: Mode,
+    opts: &Options,
+) -> Plan {
+    let tainted = tainted_vms(prior);
     let experiment = desired.map_or_else(|| prior.experiment.clone(), |l| l.name.clone());
     let mut wanted: Vec<Resource> = match (mode, desired) {
-        (Mode::Apply, Some(lab)) => graph::resources(lab),
+        (Mode::Apply, Some(lab)) => graph::resources_with(lab, &opts.digests),
         _ => Vec::new(),
     };
     let mut changes: Vec<Change> = Vec::with_capacity(wanted.len());
@@ -150,6 +212,7 @@ pub fn plan(desired: Option<&Lab>, prior: &State, observed: Option<&Observed>, m
         let mut c = Change {
             address: r.address.clone(),
             kind: r.kind,
+            target: Some(r.target.clone()),
             action: Action::NoOp,
             before: prior_rec.map(|p| p.attrs.clone()),
             after: None,
@@ -200,8 +263,15 @@ pub fn plan(desired: Option<&Lab>, prior: &State, observed: Option<&Observed>, m
                     if b == a || (k == "hash" && r.kind == Kind::Step) {
                         continue;
                     }
-                    let text = if r.kind == Kind::Step && k != "timeout_ms" && k != "allow_failure"
-                    {
+                    // A digest counts only where both sides know it (a state
+                    // written before digests were recorded, an unreadable file).
+                    let digest_of = k.strip_suffix("_sha256");
+                    if digest_of.is_some() && (a.is_none() || b.is_none()) {
+                        continue;
+                    }
+                    let text = if let Some(what) = digest_of {
+                        format!("{what} changed (content)")
+                    } else if r.kind == Kind::Step && k != "timeout_ms" && k != "allow_failure" {
                         "step changed".to_string()
                     } else {
                         match (b, a) {
@@ -233,6 +303,16 @@ pub fn plan(desired: Option<&Lab>, prior: &State, observed: Option<&Observed>, m
                         rec.exit.unwrap_or_default()
                     ));
                 }
+                if let Target::Vm { name } = &r.target
+                    && let Some(step) = tainted.get(name)
+                {
+                    replace = true;
+                    c.reasons.push(format!("tainted: {step} failed"));
+                }
+                if opts.replace.contains(&r.address) {
+                    replace = true;
+                    c.reasons.push("replacement requested".into());
+                }
                 if let Some(obs) = observed
                     && rec.status == Status::Ready
                 {
@@ -258,10 +338,10 @@ pub fn plan(desired: Option<&Lab>, prior: &State, observed: Option<&Observed>, m
     }
     let wanted_set: HashSet<&str> = wanted.iter().map(|r| r.address.as_str()).collect();
 
-    // Kind of each wanted address, first wins (as a linear `find` over `changes` would).
-    let mut kind_of: HashMap<&str, Kind> = HashMap::with_capacity(wanted.len());
+    // Target of each wanted address, first wins (as a linear `find` over `changes` would).
+    let mut target_of: HashMap<&str, &Target> = HashMap::with_capacity(wanted.len());
     for r in &wanted {
-        kind_of.entry(r.address.as_str()).or_insert(r.kind);
+        target_of.entry(r.address.as_str()).or_insert(&r.target);
     }
     // Cascades, in dependency order (`wanted` is topologically sorted).
     for c in &mut changes {
@@ -277,17 +357,21 @@ pub fn plan(desired: Option<&Lab>, prior: &State, observed: Option<&Observed>, m
             if !recreated {
                 continue;
             }
-            let dk = kind_of.get(d.as_str()).copied();
-            let text = match (c.kind, dk) {
-                (Kind::Vm, Some(Kind::Tap)) => Some(format!("its tap {} is recreated", short(d))),
-                (Kind::Vm, Some(Kind::Disk)) => Some(format!("its disk {} is recreated", short(d))),
-                (Kind::Mirror, Some(Kind::Vm)) => {
+            let dt = target_of.get(d.as_str()).copied();
+            let text = match (c.kind, dt) {
+                (Kind::Vm, Some(t @ Target::Tap { .. })) => {
+                    Some(format!("its tap {} is recreated", t.short()))
+                }
+                (Kind::Vm, Some(t @ Target::Disk { .. })) => {
+                    Some(format!("its disk {} is recreated", t.short()))
+                }
+                (Kind::Mirror, Some(Target::Vm { .. })) => {
                     Some(format!("{d} is recreated: the mirror is rewired"))
                 }
-                (Kind::Mirror, Some(Kind::Tap)) => {
+                (Kind::Mirror, Some(Target::Tap { .. })) => {
                     Some(format!("tap {d} is recreated: the mirror is rewired"))
                 }
-                (Kind::Step, Some(Kind::Vm)) if da == Action::Replace => {
+                (Kind::Step, Some(Target::Vm { .. })) if da == Action::Replace => {
                     Some("its VM is replaced".to_string())
                 }
                 _ => None,
@@ -309,14 +393,25 @@ pub fn plan(desired: Option<&Lab>, prior: &State, observed: Option<&Observed>, m
 
     // Steps on a VM whose generation moved on since they ran (restarted outside megaplan).
     // (The VM record's generation is bumped by each launch.)
+    let vm_address: HashMap<&str, &str> = wanted
+        .iter()
+        .filter_map(|r| match &r.target {
+            Target::Vm { name } => Some((name.as_str(), r.address.as_str())),
+            _ => None,
+        })
+        .collect();
     for c in changes
         .iter_mut()
         .filter(|c| c.kind == Kind::Step && c.action == Action::NoOp)
     {
-        let vm_addr = c.deps.first().cloned().unwrap_or_default();
+        let Some(Target::Step { vm, .. }) = &c.target else {
+            continue;
+        };
         let (Some(step), Some(vm)) = (
             prior.resources.get(&c.address),
-            prior.resources.get(&vm_addr),
+            vm_address
+                .get(vm.as_str())
+                .and_then(|a| prior.resources.get(*a)),
         ) else {
             continue;
         };
@@ -353,9 +448,21 @@ pub fn plan(desired: Option<&Lab>, prior: &State, observed: Option<&Observed>, m
             ),
             Mode::Destroy | Mode::DestroyAll => (Action::Delete, "destroy"),
         };
+        // A record of an old state has no target: a VM's comes from the
+        // runtime folder refresh found for it, if any (nothing else of it
+        // can be running).
+        let target = rec.target.clone().or_else(|| {
+            observed
+                .filter(|_| rec.kind == Kind::Vm)
+                .and_then(|o| o.vms.get(address))
+                .map(|v| Target::Vm {
+                    name: v.name.clone(),
+                })
+        });
         deletes.push(Change {
             address: address.clone(),
             kind: rec.kind,
+            target,
             action,
             before: Some(rec.attrs.clone()),
             after: None,
@@ -379,6 +486,7 @@ pub fn plan(desired: Option<&Lab>, prior: &State, observed: Option<&Observed>, m
             deletes.push(orphan(
                 address,
                 kind,
+                None,
                 [("name", Value::String(link.name.clone()))],
             ));
         }
@@ -387,7 +495,10 @@ pub fn plan(desired: Option<&Lab>, prior: &State, observed: Option<&Observed>, m
                 continue;
             }
             let pid = vm.pid.map_or(Value::Null, Value::from);
-            deletes.push(orphan(address, Kind::Vm, [("pid", pid)]));
+            let target = Target::Vm {
+                name: vm.name.clone(),
+            };
+            deletes.push(orphan(address, Kind::Vm, Some(target), [("pid", pid)]));
         }
     }
     // Reverse dependency order: steps, mirrors, VMs, taps, disks, networks.
@@ -403,10 +514,16 @@ pub fn plan(desired: Option<&Lab>, prior: &State, observed: Option<&Observed>, m
     }
 }
 
-fn orphan<const N: usize>(address: &str, kind: Kind, attrs: [(&str, Value); N]) -> Change {
+fn orphan<const N: usize>(
+    address: &str,
+    kind: Kind,
+    target: Option<Target>,
+    attrs: [(&str, Value); N],
+) -> Change {
     Change {
         address: address.to_string(),
         kind,
+        target,
         action: Action::Delete,
         before: Some(
             attrs
@@ -421,11 +538,6 @@ fn orphan<const N: usize>(address: &str, kind: Kind, attrs: [(&str, Value); N]) 
         deps: Vec::new(),
         prior_deps: Vec::new(),
     }
-}
-
-/// `vm.A.nic[0]` -> `nic[0]`.
-fn short(address: &str) -> &str {
-    address.rsplit('.').next().unwrap_or(address)
 }
 
 /// Compare one resource with what refresh saw: (replace, update, reasons).
@@ -539,4 +651,4 @@ fn live_check(r: &Resource, obs: &Observed, prior: &State) -> (bool, bool, Vec<S
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

@@ -130,6 +130,7 @@ pub(crate) fn simulate(plan: &Plan, prior: &State, prior_obs: &Observed) -> (Sta
                         obs.vms.insert(
                             c.address.clone(),
                             ObservedVm {
+                                name: String::new(),
                                 pid: rec.pid,
                                 alive: true,
                                 status: Some("running".into()),
@@ -395,6 +396,7 @@ fn s13_orphan_present() {
     o.vms.insert(
         "vm.Z".into(),
         ObservedVm {
+            name: "Z".into(),
             pid: Some(4242),
             alive: true,
             status: Some("running".into()),
@@ -516,7 +518,13 @@ fn plan_is_deterministic() {
 }
 
 /// A random lab: `n` VMs over `nets` networks, mirrors and steps.
-fn gen_lab(n: usize, nets: usize, mem: &[u16], mirror_every: usize, steps: &[u8]) -> String {
+pub(crate) fn gen_lab(
+    n: usize,
+    nets: usize,
+    mem: &[u16],
+    mirror_every: usize,
+    steps: &[u8],
+) -> String {
     let mut t = String::from("experiment \"p\" { images \"/img\" }\n");
     for i in 0..nets {
         t += &format!("network \"n{i}\"\n");
@@ -571,4 +579,22 @@ proptest! {
         let left: Vec<_> = again.changes.iter().filter(|c| c.action != Action::NoOp).map(|c| (&c.address, &c.reasons)).collect();
         prop_assert!(left.is_empty(), "not converged: {left:?}");
     }
+}
+
+/// Names with dots are names, not addresses: a disk `data.v1` is named
+/// whole in the cascade reason (it was cut to `v1`).
+#[test]
+fn cascade_reasons_name_dotted_disks_whole() {
+    let text = r#"
+experiment "d" { images "/img" }
+network "LAN"
+disk "data.v1" size="1G"
+vm "a.b" { kernel "/img/k"; nic "LAN"; disk "data.v1" }
+"#;
+    let (s, o) = seeded(text);
+    let p = replan(&text.replace("1G", "2G"), &s, &o);
+    let vm = p.change("vm.a.b").unwrap();
+    assert_eq!(vm.action, Action::Replace);
+    assert_eq!(vm.reasons, ["its disk data.v1 is recreated"]);
+    assert_eq!(vm.target, Some(Target::Vm { name: "a.b".into() }));
 }
