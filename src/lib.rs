@@ -17,6 +17,7 @@ pub mod host;
 pub mod identity;
 pub mod image;
 pub mod lab;
+pub mod minimega;
 pub mod model;
 pub mod observed;
 pub mod plan;
