@@ -128,6 +128,16 @@ pub enum Command {
         #[command(subcommand)]
         command: ImageCommand,
     },
+    /// Another tool's experiment as an experiment file: `import minimega SCRIPT`.
+    Import {
+        #[command(subcommand)]
+        command: crate::minimega::cli::ImportCommand,
+    },
+    /// The experiment for another tool: `export minimega FILE`.
+    Export {
+        #[command(subcommand)]
+        command: crate::minimega::cli::ExportCommand,
+    },
 }
 
 /// Exit with the code for an outcome.
@@ -314,6 +324,8 @@ fn run(cli: Cli) -> Result<ExitCode, CliError> {
         Command::Cc { command } => cc_cmd(command),
         Command::Disk { command } => disk_cmd(command),
         Command::Image { command } => image_cmd(command),
+        Command::Import { command } => crate::minimega::cli::import_cmd(command),
+        Command::Export { command } => crate::minimega::cli::export_cmd(command),
         Command::Plan {
             file,
             json,

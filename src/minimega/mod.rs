@@ -10,6 +10,7 @@
 //!   `import(export(lab))` validates to the same lab.
 //! - Import never panics; every problem is a diagnostic located in the script.
 
+pub mod cli;
 pub mod export;
 pub mod import;
 pub mod lex;
