@@ -458,7 +458,10 @@ impl Importer<'_> {
     }
 
     fn line(&mut self, line: &Line) {
-        let mut words: &[Word] = &line.words;
+        self.words(&line.words);
+    }
+
+    fn words(&mut self, mut words: &[Word]) {
         // `.columns X`, `.filter X`, `.annotate false`...: output modifiers
         // in front of a command.
         while let Some(w) = words.first() {
@@ -498,10 +501,10 @@ impl Importer<'_> {
                 }
             }
         }
-        self.command(words, line);
+        self.command(words);
     }
 
-    fn command(&mut self, words: &[Word], line: &Line) {
+    fn command(&mut self, words: &[Word]) {
         let Some(first) = words.first() else { return };
         let top = match pick(&first.text, TOP) {
             Pick::One(t) => t,
@@ -539,7 +542,7 @@ impl Importer<'_> {
                     Some(_) => self.unmapped(words, 2, Some("one experiment has one namespace")),
                 }
                 if rest.len() > 1 {
-                    self.command(&rest[1..], line);
+                    self.words(&rest[1..]);
                 }
             }
             "help" | "version" | "history" | "status" | "host" | "echo" | "check" => {}

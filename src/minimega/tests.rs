@@ -237,7 +237,7 @@ fn queries_and_vm_start_are_dropped_silently() {
     let doc = clean(
         "vm info\n.columns name,tap vm info\n.column name vm info\nvm config\nvm config net\n\
          vm launch kvm a\nvm start all\ncc responses all\nhelp vm\nvlans\ndisk info x.qcow2\n\
-         cc filter\nvm top\nnamespace\n",
+         cc filter\nvm top\nnamespace\nnamespace t .columns name,state vm info\n",
     );
     assert_eq!(doc.vms.len(), 1);
 }
