@@ -426,7 +426,7 @@ fn disks_created_snapshotted_and_injected() {
         ]
     );
     assert_eq!(doc.vms[0].disks[0].name.value, "bro");
-    assert_eq!(doc.vms[0].snapshot.as_ref().unwrap().value, false);
+    assert!(!doc.vms[0].snapshot.as_ref().unwrap().value);
     let vd: Vec<_> = doc.vms[1]
         .disks
         .iter()
