@@ -116,6 +116,14 @@ pub fn export(lab: &Lab) -> String {
         out.push('\n');
         let file = quote(&d.file_name());
         match (&d.from, d.size_bytes) {
+            (Some(_), _) if d.format != crate::lab::DiskFormat::Qcow2 => comment(
+                &mut out,
+                &format!(
+                    "disk {}: a {} disk with `from` is not exported (minimega's snapshots are qcow2)",
+                    d.name,
+                    d.format.as_str()
+                ),
+            ),
             (Some(from), _) => {
                 out.push_str(&format!("disk snapshot {} {file}\n", path(from)));
                 if d.size_bytes.is_some() {

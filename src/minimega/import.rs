@@ -329,6 +329,8 @@ enum Filter {
     All,
     Uuid(String),
     Name(String),
+    /// `vlan=ALIAS`: the VMs with a nic on that VLAN.
+    Vlan(String),
     Tags(Vec<(String, String)>),
     /// A filter megaplan cannot evaluate (already warned about).
     Unmapped,
@@ -1087,6 +1089,7 @@ impl Importer<'_> {
     fn parse_filter(&mut self, words: &[Word], args: &[Word]) -> Filter {
         let mut uuid = None;
         let mut name = None;
+        let mut vlan = None;
         let mut tags = Vec::new();
         for a in args {
             let Some((k, v)) = a.text.split_once('=') else {
@@ -1101,7 +1104,8 @@ impl Importer<'_> {
             match k.to_ascii_lowercase().as_str() {
                 "uuid" => uuid = Some(v.to_ascii_lowercase()),
                 "name" => name = Some(v.to_string()),
-                "hostname" | "arch" | "os" | "ip" | "mac" | "vlan" | "state" | "host" | "id" => {
+                "vlan" => vlan = Some(v.to_string()),
+                "hostname" | "arch" | "os" | "ip" | "mac" | "state" | "host" | "id" => {
                     self.unmapped(words, words.len(), Some(&format!("megaplan cannot select VMs by {k}; the cc commands under this filter are left out")));
                     return Filter::Unmapped;
                 }
@@ -1112,11 +1116,12 @@ impl Importer<'_> {
                 _ => tags.push((k.to_string(), v.to_string())),
             }
         }
-        match (uuid, name, tags.is_empty()) {
-            (Some(u), None, true) => Filter::Uuid(u),
-            (None, Some(n), true) => Filter::Name(n),
-            (None, None, false) => Filter::Tags(tags),
-            (None, None, true) => Filter::All,
+        match (uuid, name, vlan, tags.is_empty()) {
+            (Some(u), None, None, true) => Filter::Uuid(u),
+            (None, Some(n), None, true) => Filter::Name(n),
+            (None, None, Some(v), true) => Filter::Vlan(v),
+            (None, None, None, false) => Filter::Tags(tags),
+            (None, None, None, true) => Filter::All,
             _ => {
                 self.unmapped(
                     words,
@@ -1451,6 +1456,7 @@ impl Importer<'_> {
                 vm.config.uuid.as_deref().map(str::to_ascii_lowercase) == Some(u.clone())
             }
             Filter::Name(n) => vm.mm_name == *n,
+            Filter::Vlan(a) => vm.config.nets.iter().any(|n| n.vlan == *a),
             Filter::Tags(t) => t.iter().all(|(k, v)| {
                 vm.config
                     .tags

@@ -282,7 +282,8 @@ fn cc_filters_select_vms_in_script_order_even_launched_later() {
          cc filter role=web\ncc background sleep 100\n\
          cc filter tag=role:web\ncc send web.conf\n\
          cc filter name=late\ncc recv /var/log/late.log\nclear cc filter\ncc exec echo all2\n\
-         vm launch kvm late\n",
+         cc filter vlan=DMZ\ncc exec echo dmz\n\
+         vm config net DMZ\nvm launch kvm late\n",
     );
     let steps: Vec<(String, Vec<String>)> = doc
         .vms
@@ -322,7 +323,8 @@ fn cc_filters_select_vms_in_script_order_even_launched_later() {
                 s(&[
                     "exec echo everyone",
                     "recv /var/log/late.log miniccc_responses",
-                    "exec echo all2"
+                    "exec echo all2",
+                    "exec echo dmz"
                 ])
             ),
         ]
@@ -899,4 +901,37 @@ proptest! {
         let i = import(&SourceFile::new("n.mm", text), &Options::default());
         let _ = crate::validate::check(&SourceFile::new("n.kdl", i.render(Syntax::Kdl)));
     }
+}
+
+#[test]
+fn what_minimega_cannot_say_is_a_comment_where_it_would_go() {
+    let lab = lab_from_kdl(
+        r#"experiment "e"
+network "LAN" { host-address "10.0.0.254/24"; }
+disk "r" format="raw" { from "/base.raw"; }
+disk "k" size="1G" filesystem="ext4" keep=#true
+vm "A" {
+    kernel "/k"
+    snapshot #false
+    disk "k" mount="/data"
+    nic "LAN"
+    cc { send "/srv/f" to="/etc/f"; recv "/var/log/x" to="out"; }
+}
+vm "M" { kernel "/k"; nic "LAN"; mirrors "A" direction="egress"; }
+"#,
+    );
+    let s = export(&lab);
+    for want in [
+        "# network LAN: host-address 10.0.0.254/24 is not exported",
+        "# disk r: a raw disk with `from` is not exported (minimega's snapshots are qcow2)",
+        "disk create qcow2 k.qcow2 1073741824\n# disk k: filesystem is not exported",
+        "# disk k: keep is not exported",
+        "# vm A: mount /data is not exported",
+        "# mirror.A[0]->M[0]: direction egress is not exported",
+        "# vm.A.cc[0]: miniccc writes it to /tmp/miniccc/files/srv/f, not /etc/f\ncc send /srv/f\n",
+        "# vm.A.cc[1]: minimega keeps it in its miniccc_responses, not /lab/out\ncc recv /var/log/x\n",
+    ] {
+        assert!(s.contains(want), "missing:\n{want}\nin:\n{s}");
+    }
+    assert!(!s.contains("disk snapshot"), "{s}");
 }
