@@ -66,6 +66,13 @@ impl Imported {
 }
 
 const UNMAPPED: &str = "minimega::unmapped";
+const TOO_BIG: &str = "minimega::too_big";
+
+/// The most VMs one script may launch (minimega's published scale is a
+/// thousand VMs per node).
+pub const MAX_VMS: usize = 100_000;
+/// The most cc steps an import writes, all VMs together.
+pub const MAX_STEPS: usize = 1_000_000;
 const SYNTAX: &str = "minimega::syntax";
 const BAD_VALUE: &str = "minimega::bad_value";
 
@@ -357,6 +364,8 @@ struct Importer<'a> {
     config: Config,
     saved: HashMap<String, Config>,
     vms: Vec<Launched>,
+    /// minimega name -> index in `vms`.
+    vm_by_name: HashMap<String, usize>,
     launches: usize,
     /// minimega's VM id counter (names `vm-ID` for `vm launch kvm N`).
     vm_ids: usize,
@@ -388,6 +397,7 @@ pub fn import(src: &SourceFile, opts: &Options) -> Imported {
         config: Config::default(),
         saved: HashMap::new(),
         vms: Vec::new(),
+        vm_by_name: HashMap::new(),
         launches: 0,
         vm_ids: 0,
         taps: Vec::new(),
@@ -888,7 +898,7 @@ impl Importer<'_> {
                 );
                 return;
             }
-            if self.vms.iter().any(|v| v.mm_name == *n) {
+            if self.vm_by_name.contains_key(n) {
                 self.error(
                     BAD_VALUE,
                     format!("a VM named '{n}' was launched already"),
@@ -897,6 +907,16 @@ impl Importer<'_> {
                 );
                 return;
             }
+        }
+        if self.vms.len() + names.len() > MAX_VMS {
+            self.error(
+                TOO_BIG,
+                format!("the script launches more than {MAX_VMS} VMs"),
+                sp(target),
+                "split the experiment",
+            );
+            self.done = true;
+            return;
         }
         if config.nets.iter().any(|n| n.driver.is_none()) {
             self.nic_without_driver = true;
@@ -910,6 +930,7 @@ impl Importer<'_> {
                 self.taps.push((idx, nic));
             }
             self.vm_ids += 1;
+            self.vm_by_name.insert(mm_name.clone(), idx);
             self.vms.push(Launched {
                 mm_name,
                 name,
@@ -1134,7 +1155,7 @@ impl Importer<'_> {
     }
 
     fn vm_index(&self, name: &str) -> Option<usize> {
-        self.vms.iter().position(|v| v.mm_name == name)
+        self.vm_by_name.get(name).copied()
     }
 
     fn tap(&mut self, words: &[Word]) {
@@ -1531,11 +1552,26 @@ impl Importer<'_> {
             });
         }
         let cc = std::mem::take(&mut self.cc);
+        let mut steps = 0usize;
+        // Each command is matched against every VM: bound that work too.
+        let work = cc.len().saturating_mul(self.vms.len());
         for c in &cc {
+            if steps > MAX_STEPS || work > 50 * MAX_STEPS {
+                self.d.push(
+                    Diag::error(
+                        TOO_BIG,
+                        format!("the script makes more than {MAX_STEPS} cc steps"),
+                    )
+                    .label(c.span, "from here on")
+                    .help("split the experiment"),
+                );
+                break;
+            }
             let mut hit = false;
             for (i, v) in self.vms.iter().enumerate() {
                 if self.matches(&c.filter, v) {
                     hit = true;
+                    steps += 1;
                     vms[i].cc.push(CcStep {
                         action: c.action.clone(),
                         timeout: None,

@@ -935,3 +935,40 @@ vm "M" { kernel "/k"; nic "LAN"; mirrors "A" direction="egress"; }
     }
     assert!(!s.contains("disk snapshot"), "{s}");
 }
+
+#[test]
+fn a_script_cannot_make_an_unbounded_experiment() {
+    let mut script = String::new();
+    for _ in 0..30 {
+        script.push_str("vm launch kvm 4096\n");
+    }
+    script.push_str("vm launch kvm last\n");
+    let i = imp(&script);
+    assert!(
+        messages(&i)
+            .iter()
+            .any(|m| m.contains("more than 100000 VMs")),
+        "{:?}",
+        messages(&i)
+    );
+    assert!(i.doc.vms.len() <= import::MAX_VMS);
+    assert!(
+        !i.doc.vms.iter().any(|v| v.name.value == "last"),
+        "reading stops there"
+    );
+
+    let mut script = "vm launch kvm 2000\n".to_string();
+    for _ in 0..600 {
+        script.push_str("cc exec true\n");
+    }
+    let i = imp(&script);
+    assert!(
+        messages(&i)
+            .iter()
+            .any(|m| m.contains("more than 1000000 cc steps")),
+        "{:?}",
+        messages(&i)
+    );
+    let steps: usize = i.doc.vms.iter().map(|v| v.cc.len()).sum();
+    assert!(steps <= import::MAX_STEPS + 2000);
+}
