@@ -157,12 +157,14 @@ pub fn import_cmd(cmd: ImportCommand) -> Result<ExitCode, CliError> {
         // Missing-file warnings about a file that is not written are noise.
         diags.items.retain(|d| d.is_error());
     }
-    print_diagnostics(&diags, &generated);
     if lab.is_none() {
         eprintln!(
-            "the experiment imported from {} does not validate:",
+            "the experiment imported from {} does not validate (nothing written):",
             script.display()
         );
+    }
+    print_diagnostics(&diags, &generated);
+    if lab.is_none() {
         errors_found(&shown, diags.errors().count());
         return Ok(ExitCode::from(1));
     }
