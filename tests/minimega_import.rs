@@ -280,3 +280,42 @@ fn the_minimega_corpus_imports_or_fails_with_located_messages() {
         files.len()
     );
 }
+
+#[test]
+fn export_refuses_an_invalid_experiment_and_writes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("bad.kdl");
+    std::fs::write(
+        &file,
+        "experiment \"e\"\nvm \"a\" { kernel \"/k\"; nic \"nowhere\"; }\n",
+    )
+    .unwrap();
+    let out = dir.path().join("bad.mm");
+    let o = megaplan(&[
+        "export",
+        "minimega",
+        file.to_str().unwrap(),
+        "-o",
+        out.to_str().unwrap(),
+    ]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        text(&o.stderr).contains("1 error found"),
+        "{}",
+        text(&o.stderr)
+    );
+    assert!(!out.exists());
+    // To stdout when there is no -o.
+    let good = root().join("examples/tap-mirror.kdl");
+    let o = megaplan(&["export", "minimega", good.to_str().unwrap()]);
+    assert!(o.status.success());
+    let s = text(&o.stdout);
+    assert!(
+        s.contains("namespace tap-mirror\n")
+            && s.contains(&format!(
+                "vm config kernel {}/examples/images/miniccc.kernel\n",
+                root().display()
+            )),
+        "{s}"
+    );
+}
