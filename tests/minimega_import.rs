@@ -144,6 +144,24 @@ fn bad_names_and_the_script_as_output_are_refused() {
     let o = megaplan(&["import", "minimega", s, "--name", "../x"]);
     assert_eq!(o.status.code(), Some(1));
     assert!(text(&o.stderr).contains("--name"), "{}", text(&o.stderr));
+    let dir = tempfile::tempdir().unwrap();
+    let kdl = dir.path().join("x.kdl");
+    let o = megaplan(&[
+        "import",
+        "minimega",
+        s,
+        "--to",
+        "toml",
+        "-o",
+        kdl.to_str().unwrap(),
+    ]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        text(&o.stderr).contains("reads a file by its extension"),
+        "{}",
+        text(&o.stderr)
+    );
+    assert!(!kdl.exists());
     let o = megaplan(&["import", "minimega", s, "-o", s]);
     assert_eq!(o.status.code(), Some(1));
     assert!(

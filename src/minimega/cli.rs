@@ -141,6 +141,20 @@ pub fn import_cmd(cmd: ImportCommand) -> Result<ExitCode, CliError> {
         (None, Some(o)) => SourceFile::new(o, "").syntax(),
         (None, None) => Syntax::Kdl,
     };
+    if let Some(o) = &out
+        && SourceFile::new(o, "").syntax() != syntax
+    {
+        return Err(CliError::new(format!(
+            "-o {} and --to {}: megaplan reads a file by its extension",
+            o.display(),
+            if syntax == Syntax::Toml {
+                "toml"
+            } else {
+                "kdl"
+            }
+        ))
+        .with_hint("name the output .toml for TOML, anything else for KDL"));
+    }
     let text = imported.render(syntax);
     // Validate what we write, where it will be read from.
     let shown = out.clone().unwrap_or_else(|| {
