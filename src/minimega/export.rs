@@ -15,7 +15,7 @@ use std::collections::{BTreeMap, HashSet};
 use std::path::Path;
 
 use super::import::shell_safe;
-use super::lex::quote;
+use super::lex::{self, quote};
 use super::{MARKER_TAG, MINICCC_FILES, RECV_DIR};
 use crate::lab::{Accel, CcActionSpec, CommandSpec, Direction, DiskSource, Lab, VmSpec};
 
@@ -81,8 +81,33 @@ fn step_order(lab: &Lab) -> Vec<&VmSpec> {
     out
 }
 
+/// minimega's preprocessor expands `$VAR` and fetches `file:`/`http:` URLs
+/// in arguments: a command holding such a value gets `.preprocess false`,
+/// so minimega sees the value the lab holds.
+fn guard_preprocessor(script: String) -> String {
+    let mut out = String::with_capacity(script.len());
+    for line in script.split_inclusive('\n') {
+        let touched = !line.starts_with('#')
+            && lex::lex_line(line.trim_end_matches('\n'), 0).is_ok_and(|words| {
+                words.iter().skip(1).any(|w| {
+                    let (names, url) = lex::preprocessed(&w.text);
+                    url || !names.is_empty()
+                })
+            });
+        if touched {
+            out.push_str(".preprocess false ");
+        }
+        out.push_str(line);
+    }
+    out
+}
+
 /// The experiment as a minimega script.
 pub fn export(lab: &Lab) -> String {
+    guard_preprocessor(script(lab))
+}
+
+fn script(lab: &Lab) -> String {
     let mut out = String::new();
     comment(
         &mut out,

@@ -384,6 +384,8 @@ struct Importer<'a> {
     nic_without_driver: bool,
     renamed: Vec<String>,
     done: bool,
+    /// minicli's preprocessor (`.preprocess false` turns it off).
+    preprocess: bool,
 }
 
 /// Import a minimega script.
@@ -412,6 +414,7 @@ pub fn import(src: &SourceFile, opts: &Options) -> Imported {
         nic_without_driver: false,
         renamed: Vec::new(),
         done: false,
+        preprocess: true,
     };
     let (lines, errors) = lex::lex_script(text);
     for e in errors {
@@ -474,6 +477,7 @@ impl Importer<'_> {
     }
 
     fn words(&mut self, mut words: &[Word]) {
+        let mut pre = self.preprocess;
         // `.columns X`, `.filter X`, `.annotate false`...: output modifiers
         // in front of a command.
         while let Some(w) = words.first() {
@@ -501,10 +505,21 @@ impl Importer<'_> {
                     ".annotate" | ".compress" | ".headers" | ".sort" | ".preprocess" | ".record"
                     | ".csv" | ".json",
                 ) => {
-                    let skip = match words.get(1).map(|w| w.text.as_str()) {
-                        Some("true" | "false") => 2,
-                        _ => 1,
-                    };
+                    let flag = words
+                        .get(1)
+                        .and_then(|v| match pick(&v.text, &["true", "false"]) {
+                            Pick::One(b) => Some(b == "true"),
+                            _ => None,
+                        });
+                    let skip = if flag.is_some() { 2 } else { 1 };
+                    if w.text.starts_with(".p")
+                        && let Some(f) = flag
+                    {
+                        if words.len() == skip {
+                            self.preprocess = f;
+                        }
+                        pre = f;
+                    }
                     words = words.get(skip..).unwrap_or(&[]);
                 }
                 _ => {
@@ -513,7 +528,43 @@ impl Importer<'_> {
                 }
             }
         }
+        if pre {
+            self.warn_preprocessed(words);
+        }
         self.command(words);
+    }
+
+    /// minimega expands `$VAR` from its own environment and fetches
+    /// `file:`/`http:` URLs before a command runs; the import keeps the text
+    /// (and `$images` as the experiment's images folder).
+    fn warn_preprocessed(&mut self, words: &[Word]) {
+        let Some(first) = words.first() else { return };
+        if !matches!(
+            pick(&first.text, TOP),
+            Pick::One("vm" | "cc" | "disk" | "tap" | "namespace")
+        ) {
+            return;
+        }
+        for w in &words[1..] {
+            let (names, url) = lex::preprocessed(&w.text);
+            let other: Vec<&String> = names.iter().filter(|n| *n != "images").collect();
+            if url || !other.is_empty() {
+                let what = if url {
+                    "fetches this URL".to_string()
+                } else {
+                    format!("expands ${} from its environment", other[0])
+                };
+                self.d.push(
+                    Diag::warning(
+                        "minimega::preprocessed",
+                        format!("minimega {what}; megaplan keeps '{}' as written", w.text),
+                    )
+                    .label(sp(w), "as written")
+                    .help("write the value out, or put `.preprocess false` in front of the command if minimega should not expand it either"),
+                );
+                return;
+            }
+        }
     }
 
     fn command(&mut self, words: &[Word]) {

@@ -183,6 +183,50 @@ pub fn lex_line(line: &str, base: usize) -> Result<Vec<Word>, LexError> {
     Ok(words)
 }
 
+/// What minimega's preprocessor would change in an argument: the names Go's
+/// `os.ExpandEnv` expands (`$NAME`, `${NAME}`, `$1`, `$$`…; an empty name for
+/// the bad syntax it swallows, `${}`), and whether the word is a URL it
+/// fetches (`file:`, `http:`, `https:`, `tar:`).
+pub fn preprocessed(word: &str) -> (Vec<String>, bool) {
+    let b = word.as_bytes();
+    let special = |c: u8| b"*#$@!?-".contains(&c) || c.is_ascii_digit();
+    let alnum = |c: u8| c == b'_' || c.is_ascii_alphanumeric();
+    let mut names = Vec::new();
+    let mut j = 0;
+    while j < b.len() {
+        if b[j] == b'$' && j + 1 < b.len() {
+            let r = &b[j + 1..];
+            let (name, w): (&[u8], usize) = if r[0] == b'{' {
+                if r.len() > 2 && special(r[1]) && r[2] == b'}' {
+                    (&r[1..2], 3)
+                } else {
+                    match r.iter().skip(1).position(|&c| c == b'}') {
+                        Some(0) => (&[][..], 2),
+                        Some(k) => (&r[1..k + 1], k + 2),
+                        None => (&[][..], 1),
+                    }
+                }
+            } else if special(r[0]) {
+                (&r[0..1], 1)
+            } else {
+                let k = r.iter().take_while(|&&c| alnum(c)).count();
+                (&r[..k], k)
+            };
+            if w > 0 {
+                names.push(String::from_utf8_lossy(name).into_owned());
+            }
+            j += w + 1;
+        } else {
+            j += 1;
+        }
+    }
+    let lower = word.to_ascii_lowercase();
+    let url = ["file:", "http:", "https:", "tar:"]
+        .iter()
+        .any(|p| lower.starts_with(p));
+    (names, url)
+}
+
 /// A word as minicli reads it back: bare when it can be, else double-quoted.
 pub fn quote(word: &str) -> String {
     let bare = !word.is_empty()
@@ -278,6 +322,19 @@ mod tests {
         assert_eq!(&"# c\n\nvm  launch kvm a\r\n"[9..15], "launch");
         assert_eq!(errs.len(), 1);
         assert!(matches!(errs[0], LexError::Unterminated { .. }));
+    }
+
+    #[test]
+    fn preprocessed_follows_go_expand_env() {
+        let names = |w: &str| preprocessed(w).0;
+        assert_eq!(names("$images/k"), ["images"]);
+        assert_eq!(names("${images}/k and $HOME"), ["images", "HOME"]);
+        assert_eq!(names("a$"), Vec::<String>::new());
+        assert_eq!(names("$ x $/"), Vec::<String>::new());
+        assert_eq!(names("$$ $1 ${}"), ["$", "1", ""]);
+        assert_eq!(names("${a"), [""]);
+        assert!(preprocessed("FILE:foo").1);
+        assert!(!preprocessed("10.0.0.1/24").1);
     }
 
     proptest! {

@@ -972,3 +972,37 @@ fn a_script_cannot_make_an_unbounded_experiment() {
     let steps: usize = i.doc.vms.iter().map(|v| v.cc.len()).sum();
     assert!(steps <= import::MAX_STEPS + 2000);
 }
+
+#[test]
+fn minimegas_preprocessor_is_warned_about_and_kept_off_exported_values() {
+    let i = imp(
+        "vm config kernel $images/k\nvm config append root=$ROOT\nvm launch kvm a\n\
+                 .preprocess false cc exec echo $HOME\n.preprocess f\ncc exec echo $USER\n\
+                 .preprocess true\ncc send file:foo\n",
+    );
+    let m = messages(&i);
+    assert_eq!(m.len(), 2, "{m:?}");
+    assert!(m[0].contains("expands $ROOT from its environment"), "{m:?}");
+    assert!(m[1].contains("fetches this URL"), "{m:?}");
+    assert_eq!(i.doc.vms[0].append.as_ref().unwrap().value, "root=$ROOT");
+
+    let lab = lab_from_kdl(
+        "experiment \"e\"\nvm \"A\" {\n kernel \"/k\"\n append \"x=$HOME\"\n cc { exec \"echo $1 $\"; exec \"echo $\"; }\n}\n",
+    );
+    let s = export(&lab);
+    assert!(
+        s.contains("\n.preprocess false vm config append x=$HOME\n"),
+        "{s}"
+    );
+    assert!(
+        s.contains("\n.preprocess false cc exec sh -c \"echo $1 $\"\n"),
+        "{s}"
+    );
+    assert!(
+        s.contains("\ncc exec sh -c \"echo $\"\n"),
+        "a lone $ is left alone: {s}"
+    );
+    let back = imp(&s);
+    assert!(back.diags.is_empty(), "{:?}", messages(&back));
+    assert_eq!(back.doc.vms[0].append.as_ref().unwrap().value, "x=$HOME");
+}
