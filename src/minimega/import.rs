@@ -1025,7 +1025,27 @@ impl Importer<'_> {
 
     fn clear(&mut self, words: &[Word]) {
         let w = |i: usize| words.get(i).map(|w| w.text.as_str());
-        let sub = w(1).map(|s| pick(s, &["vm", "cc", "tap", "namespace", "disk"]));
+        // minimega's `clear` subcommands (3.0.1), for prefix matching.
+        const CLEAR: &[&str] = &[
+            "all",
+            "background-status",
+            "capture",
+            "cc",
+            "deploy",
+            "history",
+            "log",
+            "namespace",
+            "optimize",
+            "pipe",
+            "plumb",
+            "qos",
+            "router",
+            "tap",
+            "vlans",
+            "vm",
+            "vnc",
+        ];
+        let sub = w(1).map(|s| pick(s, CLEAR));
         match sub {
             Some(Pick::One("vm"))
                 if w(2)
@@ -1059,6 +1079,12 @@ impl Importer<'_> {
                     pick(s, &["commands", "filter", "prefix", "responses"])
                         == Pick::One("responses")
                 }) => {}
+            Some(Pick::Ambiguous | Pick::None) => self.error(
+                SYNTAX,
+                format!("`clear {}` is not a minimega command", words[1].text),
+                sp(&words[1]),
+                "write the command in full; see `help clear` in minimega",
+            ),
             _ => self.unmapped(words, 3.min(words.len()), None),
         }
     }

@@ -265,6 +265,15 @@ fn prefixes_match_as_in_minicli() {
     // `vm config qemu` is exact although `qemu-append` shares its prefix.
     let i = imp("vm config qemu /opt/q\n");
     assert!(messages(&i)[0].contains("vm config qemu /opt/q"));
+    // `clear v` could be vm, vlans or vnc.
+    let i = imp("vm config memory 512\nclear v config\nvm config kernel /k\nvm launch kvm a\n");
+    assert_eq!(i.doc.vms[0].memory.as_ref().unwrap().value, "512M");
+    assert!(i.diags.has_errors());
+    assert!(
+        messages(&i)[0].contains("`clear v` is not a minimega command"),
+        "{:?}",
+        messages(&i)
+    );
     let i = imp("cc ba ls\n");
     assert!(
         i.diags.has_errors(),
