@@ -133,8 +133,28 @@ fn an_import_that_does_not_validate_fails_with_the_generated_files_errors() {
         !before.contains("neither a kernel"),
         "the reason comes after the heading: {err}"
     );
-    assert!(after.contains("neither a kernel nor a disk"), "{err}");
+    // Located in the script, at the launch.
+    let at = format!(
+        "{}:1:15: VM 'a' has neither a kernel nor a disk",
+        script.display()
+    );
+    assert!(after.contains(&at), "{err}");
     assert!(o.stdout.is_empty());
+
+    // A value megaplan refuses points at the script's word.
+    std::fs::write(
+        &script,
+        "vm config kernel /k\nvm config net LAN,13:37:13:37:00:00\nvm launch kvm a\n",
+    )
+    .unwrap();
+    let o = megaplan(&["import", "minimega", script.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(1));
+    let err = text(&o.stderr);
+    let at = format!(
+        "{}:2:15: '13:37:13:37:00:00' is not a valid MAC address",
+        script.display()
+    );
+    assert!(err.contains(&at), "{err}");
 }
 
 #[test]

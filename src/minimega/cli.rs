@@ -176,12 +176,26 @@ pub fn import_cmd(cmd: ImportCommand) -> Result<ExitCode, CliError> {
             "the experiment imported from {} does not validate (nothing written):",
             script.display()
         );
-    }
-    print_diagnostics(&diags, &generated);
-    if lab.is_none() {
-        errors_found(&shown, diags.errors().count());
+        // The document carries the script's spans: the same checks, located
+        // in the script, when every error has a place there.
+        let (_, mut in_script) = crate::validate::validate(&imported.doc, &src);
+        in_script.items.retain(|d| d.is_error());
+        in_script.sort();
+        let located = !in_script.is_empty()
+            && in_script
+                .items
+                .iter()
+                .all(|d| d.labels.first().is_some_and(|l| !l.span.is_empty()));
+        if located {
+            print_diagnostics(&in_script, &src);
+            errors_found(&script, in_script.items.len());
+        } else {
+            print_diagnostics(&diags, &generated);
+            errors_found(&shown, diags.errors().count());
+        }
         return Ok(ExitCode::from(1));
     }
+    print_diagnostics(&diags, &generated);
     match &out {
         Some(o) => {
             write_out(o, &text)?;

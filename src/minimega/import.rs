@@ -280,22 +280,26 @@ struct NetSpec {
     vlan: String,
     mac: Option<String>,
     driver: Option<String>,
+    /// The netspec in the script.
+    span: SourceSpan,
 }
 
 /// minimega's `vm config`, as far as megaplan has a use for it.
 #[derive(Clone, Debug, Default, PartialEq)]
 struct Config {
-    kernel: Option<String>,
-    initrd: Option<String>,
-    append: Option<String>,
-    memory: Option<String>,
-    vcpus: Option<i64>,
-    uuid: Option<String>,
-    snapshot: Option<bool>,
-    disks: Vec<String>,
+    // Each value keeps the span of the script's words it came from, so that
+    // the validation of the import points into the script.
+    kernel: Option<Sp<String>>,
+    initrd: Option<Sp<String>>,
+    append: Option<Sp<String>>,
+    memory: Option<Sp<String>>,
+    vcpus: Option<Sp<i64>>,
+    uuid: Option<Sp<String>>,
+    snapshot: Option<Sp<bool>>,
+    disks: Vec<Sp<String>>,
     nets: Vec<NetSpec>,
-    tags: BTreeMap<String, String>,
-    qemu_append: Vec<String>,
+    tags: BTreeMap<String, Sp<String>>,
+    qemu_append: Vec<Sp<String>>,
     /// `vm config cpu qemu64`: a TCG guest.
     tcg: bool,
 }
@@ -329,6 +333,8 @@ struct Launched {
     launch: usize,
     range: Option<String>,
     config: Config,
+    /// The name (or count) in `vm launch`.
+    span: SourceSpan,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -350,6 +356,7 @@ struct CcCmd {
 }
 
 struct PendingMirror {
+    span: SourceSpan,
     src: usize,
     src_nic: usize,
     dst: usize,
@@ -378,8 +385,8 @@ struct Importer<'a> {
     filter: Filter,
     cc: Vec<CcCmd>,
     mirrors: Vec<PendingMirror>,
-    /// VLAN alias -> network name, in order of first use.
-    networks: Vec<(String, String)>,
+    /// VLAN alias -> network name (and its first netspec), in order of first use.
+    networks: Vec<(String, String, SourceSpan)>,
     uses_images: bool,
     nic_without_driver: bool,
     renamed: Vec<String>,
@@ -679,11 +686,14 @@ impl Importer<'_> {
                     "initrd" => &mut self.config.initrd,
                     _ => &mut self.config.uuid,
                 };
-                *slot = Some(v.text);
+                *slot = Some(Sp::new(v.text.clone(), sp(&v)));
             }
             "append" => {
                 let s: Vec<&str> = values.iter().map(|w| w.text.as_str()).collect();
-                self.config.append = Some(s.join(" "));
+                self.config.append = Some(Sp::new(
+                    s.join(" "),
+                    join_span(&values[0], values.last().unwrap_or(&values[0])),
+                ));
             }
             "memory" => {
                 let Some(v) = one(self) else { return };
@@ -696,12 +706,12 @@ impl Importer<'_> {
                     );
                     return;
                 }
-                self.config.memory = Some(format!("{}M", v.text));
+                self.config.memory = Some(Sp::new(format!("{}M", v.text), sp(&v)));
             }
             "vcpus" => {
                 let Some(v) = one(self) else { return };
                 match v.text.parse::<i64>() {
-                    Ok(n) => self.config.vcpus = Some(n),
+                    Ok(n) => self.config.vcpus = Some(Sp::new(n, sp(&v))),
                     Err(_) => self.error(
                         BAD_VALUE,
                         format!("vcpus '{}' is not a number", v.text),
@@ -713,7 +723,7 @@ impl Importer<'_> {
             "snapshot" => {
                 let Some(v) = one(self) else { return };
                 match pick(&v.text, &["true", "false"]) {
-                    Pick::One(b) => self.config.snapshot = Some(b == "true"),
+                    Pick::One(b) => self.config.snapshot = Some(Sp::new(b == "true", sp(&v))),
                     _ => self.error(
                         BAD_VALUE,
                         format!("snapshot '{}' is not true or false", v.text),
@@ -735,14 +745,14 @@ impl Importer<'_> {
                         );
                     }
                     self.note_images(&path);
-                    disks.push(path);
+                    disks.push(Sp::new(path, sp(w)));
                 }
                 self.config.disks = disks;
             }
             "networks" => {
                 let mut nets = Vec::new();
                 for w in values {
-                    match parse_netspec(&w.text) {
+                    match parse_netspec(&w.text, sp(w)) {
                         Ok((spec, bridge)) => {
                             if let Some(b) = bridge
                                 && b != "mega_bridge"
@@ -776,10 +786,15 @@ impl Importer<'_> {
                     );
                     return;
                 }
-                self.config.tags.insert(key, value.text.clone());
+                self.config
+                    .tags
+                    .insert(key, Sp::new(value.text.clone(), sp(value)));
             }
             "qemu-append" => {
-                self.config.qemu_append = values.iter().map(|w| w.text.clone()).collect();
+                self.config.qemu_append = values
+                    .iter()
+                    .map(|w| Sp::new(w.text.clone(), sp(w)))
+                    .collect();
             }
             "cpu" => {
                 let Some(v) = one(self) else { return };
@@ -988,6 +1003,7 @@ impl Importer<'_> {
                 launch,
                 range,
                 config: config.clone(),
+                span: sp(target),
             });
         }
     }
@@ -1130,7 +1146,7 @@ impl Importer<'_> {
                     return;
                 }
                 let argv: Vec<String> = args.iter().map(|w| w.text.clone()).collect();
-                let cmd = command_of(argv);
+                let cmd = command_of(argv, join_span(&args[0], args.last().unwrap_or(&args[0])));
                 let action = if sub_name.starts_with("exec") {
                     CcAction::Exec(cmd)
                 } else {
@@ -1156,13 +1172,13 @@ impl Importer<'_> {
                     let action = if sub_name == "send" {
                         let rel = a.text.trim_start_matches('/');
                         CcAction::Send {
-                            src: bare(a.text.clone()),
-                            to: bare(format!("{MINICCC_FILES}/{rel}")),
+                            src: Sp::new(a.text.clone(), sp(a)),
+                            to: Sp::new(format!("{MINICCC_FILES}/{rel}"), sp(a)),
                         }
                     } else {
                         CcAction::Recv {
-                            src: bare(a.text.clone()),
-                            to: bare(RECV_DIR.to_string()),
+                            src: Sp::new(a.text.clone(), sp(a)),
+                            to: Sp::new(RECV_DIR.to_string(), sp(a)),
                         }
                     };
                     self.push_cc(action, join_span(&words[0], a));
@@ -1324,6 +1340,7 @@ impl Importer<'_> {
                 return;
             }
             self.mirrors.push(PendingMirror {
+                span: join_span(&words[0], words.last().unwrap_or(&words[0])),
                 src: s,
                 src_nic: sn,
                 dst: d,
@@ -1405,15 +1422,16 @@ impl Importer<'_> {
                 }
                 let name = self.disk_name(&file.text);
                 self.disk_files.insert(file.text.clone(), self.disks.len());
+                let line = join_span(&words[0], words.last().unwrap_or(&words[0]));
                 self.disks.push(Disk {
-                    name: bare(name),
-                    size: Some(bare(size.text.clone())),
-                    format: Some(bare(format)),
+                    name: Sp::new(name, sp(file)),
+                    size: Some(Sp::new(size.text.clone(), sp(size))),
+                    format: Some(Sp::new(format, line)),
                     filesystem: None,
                     keep: None,
                     from: None,
                     inject: Vec::new(),
-                    span: SourceSpan::from(0..0),
+                    span: line,
                 });
             }
             "snapshot" => {
@@ -1437,15 +1455,16 @@ impl Importer<'_> {
                 self.note_images(&base.text);
                 let name = self.disk_name(&dst.text);
                 self.disk_files.insert(dst.text.clone(), self.disks.len());
+                let line = join_span(&words[0], words.last().unwrap_or(&words[0]));
                 self.disks.push(Disk {
-                    name: bare(name),
+                    name: Sp::new(name, sp(dst)),
                     size: None,
-                    format: Some(bare("qcow2".into())),
+                    format: Some(Sp::new("qcow2".into(), line)),
                     filesystem: None,
                     keep: None,
-                    from: Some(bare(base.text.clone())),
+                    from: Some(Sp::new(base.text.clone(), sp(base))),
                     inject: Vec::new(),
-                    span: SourceSpan::from(0..0),
+                    span: line,
                 });
             }
             "inject" => {
@@ -1503,13 +1522,15 @@ impl Importer<'_> {
                     };
                     self.note_images(s);
                     inject.push(Inject {
-                        src: bare(s.to_string()),
-                        dst: bare(d.to_string()),
-                        span: SourceSpan::from(0..0),
+                        src: Sp::new(s.to_string(), sp(w)),
+                        dst: Sp::new(d.to_string(), sp(w)),
+                        span: sp(w),
                     });
                 }
+                let line = join_span(&words[0], words.last().unwrap_or(&words[0]));
                 let disk = &mut self.disks[di];
-                disk.filesystem.get_or_insert_with(|| bare("ext4".into()));
+                disk.filesystem
+                    .get_or_insert_with(|| Sp::new("ext4".into(), line));
                 disk.inject.extend(inject);
             }
             _ => self.unmapped(words, 2, None),
@@ -1531,8 +1552,8 @@ impl Importer<'_> {
         name
     }
 
-    fn network_for(&mut self, vlan: &str) -> String {
-        if let Some((_, n)) = self.networks.iter().find(|(v, _)| v == vlan) {
+    fn network_for(&mut self, vlan: &str, span: SourceSpan) -> String {
+        if let Some((_, n, _)) = self.networks.iter().find(|(v, _, _)| v == vlan) {
             return n.clone();
         }
         let mut name = if !vlan.is_empty() && vlan.chars().all(|c| c.is_ascii_digit()) {
@@ -1540,10 +1561,10 @@ impl Importer<'_> {
         } else {
             self.safe_name(vlan, "VLAN")
         };
-        while self.networks.iter().any(|(_, n)| *n == name) {
+        while self.networks.iter().any(|(_, n, _)| *n == name) {
             name.push('_');
         }
-        self.networks.push((vlan.to_string(), name.clone()));
+        self.networks.push((vlan.to_string(), name.clone(), span));
         name
     }
 
@@ -1551,7 +1572,11 @@ impl Importer<'_> {
         match f {
             Filter::All => true,
             Filter::Uuid(u) => {
-                vm.config.uuid.as_deref().map(str::to_ascii_lowercase) == Some(u.clone())
+                vm.config
+                    .uuid
+                    .as_ref()
+                    .map(|x| x.value.to_ascii_lowercase())
+                    == Some(u.clone())
             }
             Filter::Name(n) => vm.mm_name == *n,
             Filter::Vlan(a) => vm.config.nets.iter().any(|n| n.vlan == *a),
@@ -1559,7 +1584,7 @@ impl Importer<'_> {
                 vm.config
                     .tags
                     .get(k)
-                    .is_some_and(|have| v.is_empty() || have == v)
+                    .is_some_and(|have| v.is_empty() || have.value == *v)
             }),
             Filter::Unmapped => false,
         }
@@ -1572,35 +1597,39 @@ impl Importer<'_> {
             let c = self.vms[i].config.clone();
             let mut nics = Vec::new();
             for n in &c.nets {
-                let network = self.network_for(&n.vlan);
+                let network = self.network_for(&n.vlan, n.span);
                 nics.push(Nic {
-                    network: bare(network),
-                    mac: n.mac.clone().map(bare),
-                    driver: n.driver.clone().map(bare),
-                    span: SourceSpan::from(0..0),
+                    network: Sp::new(network, n.span),
+                    mac: n.mac.clone().map(|m| Sp::new(m, n.span)),
+                    driver: n.driver.clone().map(|d| Sp::new(d, n.span)),
+                    span: n.span,
                 });
             }
             let disks = c
                 .disks
                 .iter()
                 .map(|p| VmDisk {
-                    name: bare(match self.disk_files.get(p) {
-                        Some(&di) => self.disks[di].name.value.clone(),
-                        None => p.clone(),
-                    }),
+                    name: Sp::new(
+                        match self.disk_files.get(&p.value) {
+                            Some(&di) => self.disks[di].name.value.clone(),
+                            None => p.value.clone(),
+                        },
+                        p.span,
+                    ),
                     mount: None,
-                    span: SourceSpan::from(0..0),
+                    span: p.span,
                 })
                 .collect();
+            let at = self.vms[i].span;
             vms.push(Vm {
-                name: bare(self.vms[i].name.clone()),
-                uuid: c.uuid.clone().map(bare),
-                kernel: c.kernel.clone().map(bare),
-                initrd: c.initrd.clone().map(bare),
-                append: c.append.clone().map(bare),
-                memory: c.memory.clone().map(bare),
-                vcpus: c.vcpus.map(bare),
-                snapshot: c.snapshot.map(bare),
+                name: Sp::new(self.vms[i].name.clone(), at),
+                uuid: c.uuid.clone(),
+                kernel: c.kernel.clone(),
+                initrd: c.initrd.clone(),
+                append: c.append.clone(),
+                memory: c.memory.clone(),
+                vcpus: c.vcpus.clone(),
+                snapshot: c.snapshot.clone(),
                 disks,
                 nics,
                 mirrors: Vec::new(),
@@ -1609,23 +1638,23 @@ impl Importer<'_> {
                     .iter()
                     .filter(|(k, _)| k.as_str() != MARKER_TAG)
                     .map(|(k, v)| Tag {
-                        key: bare(k.clone()),
-                        value: bare(v.clone()),
+                        key: Sp::new(k.clone(), v.span),
+                        value: v.clone(),
                     })
                     .collect(),
                 after: Vec::new(),
-                qemu_args: c.qemu_append.iter().cloned().map(bare).collect(),
+                qemu_args: c.qemu_append.clone(),
                 cc: Vec::new(),
-                span: SourceSpan::from(0..0),
+                span: at,
             });
         }
         for m in &self.mirrors {
             vms[m.dst].mirrors.push(Mirror {
-                source: MirrorSource::Vm(bare(self.vms[m.src].name.clone())),
-                nic: (m.src_nic != 0).then(|| bare(m.src_nic as i64)),
-                into: (m.dst_nic != 0).then(|| bare(m.dst_nic as i64)),
+                source: MirrorSource::Vm(Sp::new(self.vms[m.src].name.clone(), m.span)),
+                nic: (m.src_nic != 0).then(|| Sp::new(m.src_nic as i64, m.span)),
+                into: (m.dst_nic != 0).then(|| Sp::new(m.dst_nic as i64, m.span)),
                 direction: None,
-                span: SourceSpan::from(0..0),
+                span: m.span,
             });
         }
         let cc = std::mem::take(&mut self.cc);
@@ -1653,7 +1682,7 @@ impl Importer<'_> {
                         action: c.action.clone(),
                         timeout: None,
                         allow_failure: None,
-                        span: SourceSpan::from(0..0),
+                        span: c.span,
                     });
                 }
             }
@@ -1704,7 +1733,7 @@ impl Importer<'_> {
                     && vms[i..j].iter().all(|v| named(v) == named(&vms[i]))
                 {
                     let mut v = vms[i].clone();
-                    v.name = bare(r.clone());
+                    v.name = Sp::new(r.clone(), v.name.span);
                     out.push(v);
                     i = j;
                     continue;
@@ -1716,10 +1745,10 @@ impl Importer<'_> {
         let networks: Vec<Network> = self
             .networks
             .iter()
-            .map(|(_, n)| Network {
-                name: bare(n.clone()),
+            .map(|(_, n, at)| Network {
+                name: Sp::new(n.clone(), *at),
                 host_address: None,
-                span: SourceSpan::from(0..0),
+                span: *at,
             })
             .collect();
         let name = match (&self.opts.name, &self.namespace) {
@@ -1763,8 +1792,8 @@ impl Importer<'_> {
         let numeric: Vec<String> = self
             .networks
             .iter()
-            .filter(|(v, n)| v != n)
-            .map(|(v, n)| format!("VLAN {v} is network {n}"))
+            .filter(|(v, n, _)| v != n)
+            .map(|(v, n, _)| format!("VLAN {v} is network {n}"))
             .collect();
         if !numeric.is_empty() {
             notes.push(format!("minimega {}.", numeric.join(", ")));
@@ -1793,12 +1822,16 @@ impl Importer<'_> {
             );
         }
         self.notes = notes;
+        let at = self
+            .namespace
+            .as_ref()
+            .map_or(SourceSpan::from(0..0), |(_, s)| *s);
         Document {
             experiments: vec![ExperimentNode {
-                name: bare(name),
+                name: Sp::new(name, at),
                 images: self.uses_images.then(|| bare("images".to_string())),
                 accel: all_tcg.then(|| bare("tcg".to_string())),
-                span: SourceSpan::from(0..0),
+                span: at,
             }],
             networks,
             disks: std::mem::take(&mut self.disks),
@@ -1814,14 +1847,14 @@ fn cc_has(vms: &[Vm], f: impl Fn(&CcAction) -> bool) -> bool {
 /// A cc command's words as a megaplan command: `sh -c X` is the shell
 /// command X; words a shell would read back unchanged are one shell
 /// string (as megaplan's examples write them); anything else stays argv.
-pub(crate) fn command_of(argv: Vec<String>) -> Command {
+pub(crate) fn command_of(argv: Vec<String>, span: SourceSpan) -> Command {
     if argv.len() == 3 && argv[0] == "sh" && argv[1] == "-c" {
-        return Command::Shell(bare(argv[2].clone()));
+        return Command::Shell(Sp::new(argv[2].clone(), span));
     }
     if shell_safe(&argv) {
-        return Command::Shell(bare(argv.join(" ")));
+        return Command::Shell(Sp::new(argv.join(" "), span));
     }
-    Command::Argv(argv.into_iter().map(bare).collect())
+    Command::Argv(argv.into_iter().map(|w| Sp::new(w, span)).collect())
 }
 
 /// Words that `sh -c "w1 w2 …"` splits back into exactly these words and runs
@@ -1847,7 +1880,7 @@ pub(crate) fn shell_safe(argv: &[String]) -> bool {
 }
 
 /// minimega's netspec: (the spec, the bridge if one was named).
-fn parse_netspec(spec: &str) -> Result<(NetSpec, Option<String>), &'static str> {
+fn parse_netspec(spec: &str, span: SourceSpan) -> Result<(NetSpec, Option<String>), &'static str> {
     let f: Vec<&str> = spec.split(',').collect();
     let is_driver = |d: &str| NIC_DRIVERS.contains(&d);
     let is_qinq = |q: &str| q.eq_ignore_ascii_case("qinq");
@@ -1884,6 +1917,7 @@ fn parse_netspec(spec: &str) -> Result<(NetSpec, Option<String>), &'static str> 
             vlan: v.to_string(),
             mac: m.map(|m| m.to_ascii_lowercase().replace('-', ":")),
             driver: d.map(str::to_string),
+            span,
         },
         b.map(str::to_string),
     ))
