@@ -132,7 +132,8 @@ pub(super) async fn dispatch(
                         },
                     }
                 } else {
-                    match run_exec_result(id, &command, timeout, super::protocol::OUTPUT_CAP).await {
+                    match run_exec_result(id, &command, timeout, super::protocol::OUTPUT_CAP).await
+                    {
                         Ok(r) => Outcome {
                             result: Some(r),
                             pid: None,

@@ -198,6 +198,16 @@ pub enum Command {
         #[command(subcommand)]
         command: StateCommand,
     },
+    /// Another tool's experiment as an experiment file: `import minimega SCRIPT`.
+    Import {
+        #[command(subcommand)]
+        command: crate::minimega::cli::ImportCommand,
+    },
+    /// The experiment for another tool: `export minimega FILE`.
+    Export {
+        #[command(subcommand)]
+        command: crate::minimega::cli::ExportCommand,
+    },
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum, PartialEq, Eq)]
@@ -488,6 +498,8 @@ fn run(cli: Cli) -> Result<ExitCode, CliError> {
             );
             Ok(ExitCode::SUCCESS)
         }
+        Command::Import { command } => crate::minimega::cli::import_cmd(command),
+        Command::Export { command } => crate::minimega::cli::export_cmd(command),
         Command::Plan {
             file,
             json,
