@@ -48,7 +48,7 @@ fn the_articles_script_imports_to_a_file_that_validates() {
         let v = megaplan(&["validate", out.to_str().unwrap()]);
         assert!(v.status.success(), "{}", text(&v.stderr));
         assert!(
-            text(&v.stdout).contains("experiment 'tap-mirror' is valid (2 networks, 0 disks, 3 VMs, 1 mirrors, 4 cc steps)"),
+            text(&v.stdout).contains("experiment 'tap-mirror' is valid (2 networks, 0 disks, 3 VMs, 1 mirror, 4 cc steps)"),
             "{}",
             text(&v.stdout)
         );

@@ -440,6 +440,7 @@ impl super::Host for LocalHost {
             cfg.pidfile(),
             cfg.qmp_socket(),
             cfg.cc_socket(),
+            cfg.console_socket(),
             cfg.serial_log_path(),
         ] {
             use std::os::unix::fs::PermissionsExt;
