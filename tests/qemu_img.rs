@@ -482,3 +482,38 @@ async fn extract_refuses_more_data_than_the_disk_holds() {
         2 * MIB as usize
     );
 }
+
+/// A link planted where make_ext4 puts its temporary (or its raw image) is
+/// never written through: its target keeps its content.
+#[tokio::test]
+async fn make_ext4_never_writes_through_a_planted_link() {
+    if !tools_present() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let canary = dir.path().join("canary");
+    std::fs::write(&canary, "precious").unwrap();
+    // The qcow2 path's temporary: `.NAME.ext4-PID.tmp` beside it.
+    let img = dir.path().join("d.qcow2");
+    let tmp = dir
+        .path()
+        .join(format!(".d.qcow2.ext4-{}.tmp", std::process::id()));
+    std::os::unix::fs::symlink(&canary, &tmp).unwrap();
+    qemu_img::make_ext4(&img, ImageFormat::Qcow2, 8 * MIB, None)
+        .await
+        .unwrap();
+    // A raw image asked for at a link.
+    let raw = dir.path().join("r.raw");
+    std::os::unix::fs::symlink(&canary, &raw).unwrap();
+    qemu_img::make_ext4(&raw, ImageFormat::Raw, 8 * MIB, None)
+        .await
+        .unwrap();
+    assert_eq!(std::fs::read_to_string(&canary).unwrap(), "precious");
+    assert!(
+        !std::fs::symlink_metadata(&raw)
+            .unwrap()
+            .file_type()
+            .is_symlink()
+    );
+    assert_eq!(qemu_img::info(&img).await.unwrap().format, "qcow2");
+}

@@ -349,7 +349,20 @@ pub async fn make_ext4(
         ImageFormat::Qcow2 => &tmp.0,
     };
     {
-        let f = std::fs::File::create(raw_path).map_err(io_err(raw_path))?;
+        // Never through a link: one left there is removed (unlinked itself),
+        // and O_NOFOLLOW refuses one planted in between.
+        use std::os::unix::fs::OpenOptionsExt;
+        if std::fs::symlink_metadata(raw_path).is_ok_and(|m| m.file_type().is_symlink()) {
+            std::fs::remove_file(raw_path).map_err(io_err(raw_path))?;
+        }
+        let f = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(raw_path)
+            .map_err(io_err(raw_path))?;
         f.set_len(size_bytes).map_err(io_err(raw_path))?;
     }
     let mut args = vec![os("-q"), os("-F"), os("-t"), os("ext4")];
