@@ -24,6 +24,7 @@ pub mod observed;
 pub mod plan;
 pub mod saved;
 pub mod schema;
+pub mod serve;
 pub mod show;
 pub mod state;
 pub mod syntax;
