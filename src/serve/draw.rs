@@ -272,7 +272,8 @@ mod tests {
 
     #[test]
     fn states_colour_the_boxes() {
-        let l = lab("experiment \"x\"\nnetwork \"LAN\"\nvm \"A\" { kernel \"/k\"; nic \"LAN\"; }\n");
+        let l =
+            lab("experiment \"x\"\nnetwork \"LAN\"\nvm \"A\" { kernel \"/k\"; nic \"LAN\"; }\n");
         let states = BTreeMap::from([("A".to_string(), "dead".to_string())]);
         let s = svg(&l, &states);
         assert!(s.contains("data-vm=\"A\" data-state=\"dead\""), "{s}");
@@ -281,7 +282,9 @@ mod tests {
 
     #[test]
     fn a_hundred_vms_wrap_into_rows_and_no_boxes_overlap() {
-        let l = lab("experiment \"x\"\nnetwork \"LAN\"\nvm \"n[1-100]\" { kernel \"/k\"; nic \"LAN\"; }\n");
+        let l = lab(
+            "experiment \"x\"\nnetwork \"LAN\"\nvm \"n[1-100]\" { kernel \"/k\"; nic \"LAN\"; }\n",
+        );
         let s = svg(&l, &BTreeMap::new());
         assert_eq!(count(&s, "<g class=\"vm\""), 100);
         let width: i64 = s
