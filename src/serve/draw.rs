@@ -112,26 +112,10 @@ pub fn svg(lab: &Lab, states: &BTreeMap<String, String>) -> String {
         }
         y += BAR_H + GAP_Y + rows * (VM_H + GAP_Y) + BAND_GAP;
     }
-    let height = y - BAND_GAP + MARGIN;
+    let mut height = y - BAND_GAP + MARGIN;
     let bar_of = |net: &str| bands.iter().find(|b| b.network == Some(net)).map(|b| b.top);
 
     let mut o = String::new();
-    let _ = writeln!(
-        o,
-        "<svg xmlns=\"http://www.w3.org/2000/svg\" class=\"topology\" viewBox=\"0 0 {width} {height}\" width=\"{width}\" height=\"{height}\" font-family=\"monospace\" font-size=\"12\">"
-    );
-    let _ = writeln!(o, "<title>{}</title>", esc(&lab.name));
-    o.push_str(concat!(
-        "<defs><marker id=\"arrow\" viewBox=\"0 0 10 10\" refX=\"9\" refY=\"5\" markerWidth=\"7\" markerHeight=\"7\" orient=\"auto-start-reverse\">",
-        "<path d=\"M0,0 L10,5 L0,10 z\" fill=\"#b5179e\"/></marker></defs>\n",
-        "<style>.vm rect{fill:#eef4ff;stroke:#3a5a99;stroke-width:1.5}",
-        ".vm[data-state=running] rect{fill:#e3f6e3;stroke:#2e7d32}",
-        ".vm[data-state=dead] rect{fill:#fde2e2;stroke:#c62828;stroke-dasharray:4 2}",
-        ".vm[data-state=absent] rect{fill:#f2f2f2;stroke:#999;stroke-dasharray:2 2}",
-        ".bar rect{fill:#37474f}.bar text{fill:#fff}.nic{stroke:#546e7a;stroke-width:1.5}",
-        ".nic.extra{stroke-dasharray:5 3}.mirror{fill:none;stroke:#b5179e;stroke-width:2}",
-        ".mirror-label{fill:#b5179e}.state{fill:#555}</style>\n"
-    ));
     for b in &bands {
         let label = match b.network {
             Some(n) => format!("network {n}  ({})", b.bridge),
@@ -139,7 +123,7 @@ pub fn svg(lab: &Lab, states: &BTreeMap<String, String>) -> String {
         };
         let _ = writeln!(
             o,
-            "<g class=\"bar\" data-network=\"{}\"><rect x=\"{MARGIN}\" y=\"{}\" width=\"{}\" height=\"{BAR_H}\" rx=\"4\"/><text x=\"{}\" y=\"{}\">{}</text></g>",
+            "<g class=\"bar\" data-network=\"{}\"><rect x=\"{MARGIN}\" y=\"{}\" width=\"{}\" height=\"{BAR_H}\" rx=\"4\" fill=\"#37474f\"/><text x=\"{}\" y=\"{}\" fill=\"#ffffff\">{}</text></g>",
             esc(b.network.unwrap_or("")),
             b.top,
             width - 2 * MARGIN,
@@ -157,10 +141,14 @@ pub fn svg(lab: &Lab, states: &BTreeMap<String, String>) -> String {
                 continue;
             };
             let nx = x + VM_W * (k as i64 + 1) / (n + 1);
-            let class = if k == 0 { "nic" } else { "nic extra" };
+            let (class, dash) = if k == 0 {
+                ("nic", "")
+            } else {
+                ("nic extra", " stroke-dasharray=\"5 3\"")
+            };
             let _ = writeln!(
                 o,
-                "<line class=\"{class}\" data-tap=\"{}\" x1=\"{nx}\" y1=\"{vy}\" x2=\"{nx}\" y2=\"{}\"><title>{} nic[{}] {} on {}</title></line>",
+                "<line class=\"{class}\" stroke=\"#546e7a\" stroke-width=\"1.5\"{dash} data-tap=\"{}\" x1=\"{nx}\" y1=\"{vy}\" x2=\"{nx}\" y2=\"{}\"><title>{} nic[{}] {} on {}</title></line>",
                 esc(&nic.tap),
                 top + BAR_H,
                 esc(&vm.name),
@@ -174,9 +162,16 @@ pub fn svg(lab: &Lab, states: &BTreeMap<String, String>) -> String {
         let (x, vy) = pos[&i];
         let state = states.get(&vm.name);
         let state_attr = state.map_or_else(String::new, |s| format!(" data-state=\"{}\"", esc(s)));
+        // Presentation attributes, not a <style>: the page's CSP allows no inline style.
+        let (fill, stroke, dash) = match state.map(String::as_str) {
+            None => ("#eef4ff", "#3a5a99", ""),
+            Some("running") => ("#e3f6e3", "#2e7d32", ""),
+            Some("dead") => ("#fde2e2", "#c62828", " stroke-dasharray=\"4 2\""),
+            Some(_) => ("#f2f2f2", "#999999", " stroke-dasharray=\"2 2\""),
+        };
         let _ = write!(
             o,
-            "<g class=\"vm\" data-vm=\"{}\"{state_attr}><rect x=\"{x}\" y=\"{vy}\" width=\"{VM_W}\" height=\"{VM_H}\" rx=\"6\"/>",
+            "<g class=\"vm\" data-vm=\"{}\"{state_attr}><rect x=\"{x}\" y=\"{vy}\" width=\"{VM_W}\" height=\"{VM_H}\" rx=\"6\" fill=\"{fill}\" stroke=\"{stroke}\" stroke-width=\"1.5\"{dash}/>",
             esc(&vm.name)
         );
         let _ = write!(
@@ -197,7 +192,7 @@ pub fn svg(lab: &Lab, states: &BTreeMap<String, String>) -> String {
         if let Some(s) = state {
             let _ = write!(
                 o,
-                "<text class=\"state\" x=\"{}\" y=\"{}\">{}</text>",
+                "<text class=\"state\" fill=\"#555555\" x=\"{}\" y=\"{}\">{}</text>",
                 x + 8,
                 vy + 50,
                 esc(&fit(s, 18))
@@ -219,6 +214,7 @@ pub fn svg(lab: &Lab, states: &BTreeMap<String, String>) -> String {
         // A curve below both boxes, so it does not cross the bus lines.
         let sag = 40 + (x1 - x2).abs() / 8 + (y1 - y2).abs() / 4;
         let cy = y1.max(y2) + sag;
+        height = height.max(y1.max(y2) + sag * 3 / 4 + MARGIN);
         let dir = match m.direction {
             Direction::Ingress => "in",
             Direction::Egress => "out",
@@ -226,19 +222,31 @@ pub fn svg(lab: &Lab, states: &BTreeMap<String, String>) -> String {
         };
         let _ = writeln!(
             o,
-            "<path class=\"mirror\" data-mirror=\"{}\" data-direction=\"{dir}\" d=\"M{x1},{y1} C{x1},{cy} {x2},{cy} {x2},{y2}\" marker-end=\"url(#arrow)\"><title>{}</title></path>",
+            "<path class=\"mirror\" fill=\"none\" stroke=\"#b5179e\" stroke-width=\"2\" data-mirror=\"{}\" data-direction=\"{dir}\" d=\"M{x1},{y1} C{x1},{cy} {x2},{cy} {x2},{y2}\" marker-end=\"url(#arrow)\"><title>{}</title></path>",
             esc(&m.address),
             esc(&m.address)
         );
         let _ = writeln!(
             o,
-            "<text class=\"mirror-label\" x=\"{}\" y=\"{}\" text-anchor=\"middle\">mirror {dir}</text>",
+            "<text class=\"mirror-label\" fill=\"#b5179e\" x=\"{}\" y=\"{}\" text-anchor=\"middle\">mirror {dir}</text>",
             (x1 + x2) / 2,
             cy - sag / 4 - 4
         );
     }
-    o.push_str("</svg>\n");
-    o
+    let mut h = String::new();
+    let _ = writeln!(
+        h,
+        "<svg xmlns=\"http://www.w3.org/2000/svg\" class=\"topology\" viewBox=\"0 0 {width} {height}\" width=\"{width}\" height=\"{height}\" font-family=\"monospace\" font-size=\"12\">"
+    );
+    let _ = writeln!(h, "<title>{}</title>", esc(&lab.name));
+    h.push_str(concat!(
+        "<defs><marker id=\"arrow\" viewBox=\"0 0 10 10\" refX=\"9\" refY=\"5\" markerWidth=\"7\" markerHeight=\"7\" orient=\"auto-start-reverse\">",
+        "<path d=\"M0,0 L10,5 L0,10 z\" fill=\"#b5179e\"/></marker></defs>\n",
+
+    ));
+    h.push_str(&o);
+    h.push_str("</svg>\n");
+    h
 }
 
 #[cfg(test)]

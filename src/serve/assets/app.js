@@ -27,22 +27,27 @@ function row(...cells) {
   return el("tr", {}, ...cells.map((c) => el("td", {}, c)));
 }
 
+// A labelled row of a VM's table: the value cell carries the label as data-key.
+function field(key, value) {
+  return el("tr", {}, el("td", {}, key), el("td", { "data-key": key }, value));
+}
+
 function renderVm(vm) {
   const d = el("div", { class: "vm", id: "vm-" + vm.name, "data-vm": vm.name, "data-state": vm.state });
   d.append(el("h3", {}, vm.name, " ", el("span", { class: "state" }, vm.state)));
   const t = el("table", {});
   const tags = Object.entries(vm.tags || {}).map(([k, v]) => k + "=" + v).join(", ");
   t.append(
-    row("uuid", vm.uuid),
-    row("pid", vm.pid ?? ""),
-    row("networks", list(vm.networks)),
-    row("taps", list(vm.tap)),
-    row("bridges", list(vm.bridge)),
-    row("macs", list(vm.mac)),
-    row("addresses", list(vm.ip)),
-    row("memory / vcpus", vm.memory + " MiB / " + vm.vcpus),
-    row("tags", tags),
-    row("cc steps done", vm.cc),
+    field("uuid", vm.uuid),
+    field("pid", vm.pid ?? ""),
+    field("networks", list(vm.networks)),
+    field("taps", list(vm.tap)),
+    field("bridges", list(vm.bridge)),
+    field("macs", list(vm.mac)),
+    field("addresses", list(vm.ip)),
+    field("memory / vcpus", vm.memory + " MiB / " + vm.vcpus),
+    field("tags", tags),
+    field("cc steps done", vm.cc),
   );
   d.append(t);
   for (const s of vm.steps || []) {
