@@ -96,7 +96,7 @@ pub fn svg(lab: &Lab, states: &BTreeMap<String, String>) -> String {
         });
     }
     let cols = lab.vms.len().clamp(1, PER_ROW) as i64;
-    let width = (MARGIN * 2 + cols * VM_W + (cols - 1) * GAP_X).max(480);
+    let mut width = (MARGIN * 2 + cols * VM_W + (cols - 1) * GAP_X).max(480);
     // Positions: band tops, then each VM's box corner.
     let mut pos: BTreeMap<usize, (i64, i64)> = BTreeMap::new();
     let mut y = MARGIN;
@@ -141,21 +141,35 @@ pub fn svg(lab: &Lab, states: &BTreeMap<String, String>) -> String {
                 continue;
             };
             let nx = x + VM_W * (k as i64 + 1) / (n + 1);
-            let (class, dash) = if k == 0 {
-                ("nic", "")
-            } else {
-                ("nic extra", " stroke-dasharray=\"5 3\"")
-            };
-            let _ = writeln!(
-                o,
-                "<line class=\"{class}\" stroke=\"#546e7a\" stroke-width=\"1.5\"{dash} data-tap=\"{}\" x1=\"{nx}\" y1=\"{vy}\" x2=\"{nx}\" y2=\"{}\"><title>{} nic[{}] {} on {}</title></line>",
-                esc(&nic.tap),
-                top + BAR_H,
+            let title = format!(
+                "<title>{} nic[{}] {} on {}</title>",
                 esc(&vm.name),
                 nic.index,
                 esc(&nic.tap),
                 esc(&nic.network)
             );
+            if k == 0 {
+                // Up to its own band's bar (the bus line).
+                let _ = writeln!(
+                    o,
+                    "<line class=\"nic\" stroke=\"#546e7a\" stroke-width=\"1.5\" data-tap=\"{}\" x1=\"{nx}\" y1=\"{vy}\" x2=\"{nx}\" y2=\"{}\">{title}</line>",
+                    esc(&nic.tap),
+                    top + BAR_H
+                );
+            } else {
+                // Another band's bar: a labelled stub, not a line across other
+                // VMs (which at 100 VMs would cross everything).
+                let _ = writeln!(
+                    o,
+                    "<line class=\"nic extra\" stroke=\"#546e7a\" stroke-width=\"1.5\" stroke-dasharray=\"3 2\" data-tap=\"{}\" data-network=\"{}\" x1=\"{nx}\" y1=\"{vy}\" x2=\"{nx}\" y2=\"{}\">{title}</line><text class=\"nic-label\" fill=\"#546e7a\" font-size=\"10\" x=\"{}\" y=\"{}\">{}</text>",
+                    esc(&nic.tap),
+                    esc(&nic.network),
+                    vy - 14,
+                    nx + 3,
+                    vy - 5,
+                    esc(&fit(&nic.network, 12))
+                );
+            }
         }
     }
     for (i, vm) in lab.vms.iter().enumerate() {
@@ -209,12 +223,33 @@ pub fn svg(lab: &Lab, states: &BTreeMap<String, String>) -> String {
         };
         let (sx, sy) = pos[&si];
         let (dx, dy) = pos[&di];
-        let (x1, y1) = (sx + VM_W / 2, sy + VM_H);
-        let (x2, y2) = (dx + VM_W / 2, dy + VM_H);
-        // A curve below both boxes, so it does not cross the bus lines.
-        let sag = 40 + (x1 - x2).abs() / 8 + (y1 - y2).abs() / 4;
-        let cy = y1.max(y2) + sag;
-        height = height.max(y1.max(y2) + sag * 3 / 4 + MARGIN);
+        // Same row: a curve below both boxes. Otherwise: out of the right
+        // side of one box and into the right side of the other, so it
+        // passes beside the boxes between them, not through them.
+        let (d, lx, ly, anchor) = if sy == dy {
+            let (x1, y1, x2) = (sx + VM_W / 2, sy + VM_H, dx + VM_W / 2);
+            let sag = 30 + (x1 - x2).abs() / 8;
+            let cy = y1 + sag;
+            height = height.max(cy + MARGIN);
+            (
+                format!("M{x1},{y1} C{x1},{cy} {x2},{cy} {x2},{y1}"),
+                (x1 + x2) / 2,
+                y1 + sag * 3 / 4 + 12,
+                "middle",
+            )
+        } else {
+            let (x1, y1) = (sx + VM_W, sy + VM_H / 2);
+            let (x2, y2) = (dx + VM_W, dy + VM_H / 2);
+            let bulge = 24 + (y1 - y2).abs() / 10;
+            let cx = x1.max(x2) + bulge;
+            width = width.max(cx + 90);
+            (
+                format!("M{x1},{y1} C{cx},{y1} {cx},{y2} {x2},{y2}"),
+                cx - bulge / 4 + 4,
+                (y1 + y2) / 2,
+                "start",
+            )
+        };
         let dir = match m.direction {
             Direction::Ingress => "in",
             Direction::Egress => "out",
@@ -222,15 +257,13 @@ pub fn svg(lab: &Lab, states: &BTreeMap<String, String>) -> String {
         };
         let _ = writeln!(
             o,
-            "<path class=\"mirror\" fill=\"none\" stroke=\"#b5179e\" stroke-width=\"2\" data-mirror=\"{}\" data-direction=\"{dir}\" d=\"M{x1},{y1} C{x1},{cy} {x2},{cy} {x2},{y2}\" marker-end=\"url(#arrow)\"><title>{}</title></path>",
+            "<path class=\"mirror\" fill=\"none\" stroke=\"#b5179e\" stroke-width=\"2\" data-mirror=\"{}\" data-direction=\"{dir}\" d=\"{d}\" marker-end=\"url(#arrow)\"><title>{}</title></path>",
             esc(&m.address),
             esc(&m.address)
         );
         let _ = writeln!(
             o,
-            "<text class=\"mirror-label\" fill=\"#b5179e\" x=\"{}\" y=\"{}\" text-anchor=\"middle\">mirror {dir}</text>",
-            (x1 + x2) / 2,
-            cy - sag / 4 - 4
+            "<text class=\"mirror-label\" fill=\"#b5179e\" x=\"{lx}\" y=\"{ly}\" text-anchor=\"{anchor}\">mirror {dir}</text>"
         );
     }
     let mut h = String::new();
