@@ -69,14 +69,24 @@ fn serve(dir: &std::path::Path, netns: Option<&str>, args: &[&str]) -> Result<Se
 
 /// (status code, headers, body) of one request.
 fn get(addr: &str, path: &str, headers: &str) -> (u16, String, String) {
-    let mut s = TcpStream::connect(addr).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
-    write!(s, "GET {path} HTTP/1.1\r\nHost: {addr}\r\n{headers}\r\n").unwrap();
+    try_get(addr, path, headers).unwrap()
+}
+
+fn try_get(addr: &str, path: &str, headers: &str) -> std::io::Result<(u16, String, String)> {
+    let mut s = TcpStream::connect(addr)?;
+    s.set_read_timeout(Some(Duration::from_secs(30)))?;
+    write!(s, "GET {path} HTTP/1.1\r\nHost: {addr}\r\n{headers}\r\n")?;
     let mut out = String::new();
-    s.read_to_string(&mut out).unwrap();
-    let (head, body) = out.split_once("\r\n\r\n").unwrap();
-    let code = head.split(' ').nth(1).unwrap().parse().unwrap();
-    (code, head.to_string(), body.to_string())
+    s.read_to_string(&mut out)?;
+    let (head, body) = out
+        .split_once("\r\n\r\n")
+        .ok_or_else(|| std::io::Error::other(format!("no head in {out:?}")))?;
+    let code = head
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    Ok((code, head.to_string(), body.to_string()))
 }
 
 #[test]
@@ -156,6 +166,38 @@ fn the_page_its_assets_and_nothing_else() {
     let mut out = String::new();
     s.read_to_string(&mut out).unwrap();
     assert!(out.starts_with("HTTP/1.1 405"), "{out}");
+}
+
+#[test]
+fn connections_beyond_the_limit_are_turned_away() {
+    let dir = tempfile::tempdir().unwrap();
+    let srv = serve(dir.path(), None, &["--listen", "127.0.0.1:0"]).unwrap();
+    // 64 event streams hold every slot (each has had its first event).
+    let mut held = Vec::new();
+    for _ in 0..64 {
+        let mut s = TcpStream::connect(&srv.addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        write!(s, "GET /events HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+        let mut r = BufReader::new(s);
+        let mut line = String::new();
+        while !line.starts_with("data: ") {
+            line.clear();
+            assert!(r.read_line(&mut line).unwrap() > 0, "stream closed");
+        }
+        held.push(r);
+    }
+    assert_eq!(get(&srv.addr, "/", "").0, 503);
+    held.pop();
+    // A freed slot serves again (bounded wait for the server to see the close).
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let code = try_get(&srv.addr, "/", "").map_or(0, |r| r.0);
+        if code == 200 || std::time::Instant::now() > deadline {
+            assert_eq!(code, 200);
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }
 
 #[test]

@@ -45,6 +45,10 @@ pub const ADDRESS_REFRESH: Duration = Duration::from_secs(5);
 pub const SERIAL_TAIL: u64 = 4096;
 /// A request head larger than this is refused.
 const MAX_HEAD: usize = 16 * 1024;
+/// Connections served at once (event streams included); more get 503.
+pub const MAX_CONNECTIONS: usize = 64;
+/// The whole request head must arrive within this.
+const HEAD_DEADLINE: Duration = Duration::from_secs(10);
 /// The longest a token file may be.
 const MAX_TOKEN_FILE: u64 = 4096;
 
@@ -270,6 +274,7 @@ pub async fn run(
         snap: rx,
         lab,
     });
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     let local = listener.local_addr()?;
     println!("listening on http://{local}/");
     use std::io::Write;
@@ -284,8 +289,23 @@ pub async fn run(
             }
         };
         let shared = shared.clone();
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            tokio::spawn(async move {
+                let mut sock = sock;
+                // Read what was sent first: closing with unread data resets
+                // the connection before the client sees the answer.
+                let mut chunk = [0u8; 2048];
+                let _ = tokio::time::timeout(Duration::from_secs(2), sock.read(&mut chunk)).await;
+                let _ = sock
+                    .write_all(b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+                    .await;
+                let _ = sock.shutdown().await;
+            });
+            continue;
+        };
         tokio::spawn(async move {
             let _ = handle(sock, shared).await;
+            drop(slot);
         });
     }
 }
@@ -444,8 +464,9 @@ const HEADERS: &str = "Cache-Control: no-store\r\nX-Content-Type-Options: nosnif
 async fn handle(mut sock: TcpStream, shared: Arc<Shared>) -> std::io::Result<()> {
     let mut buf = Vec::new();
     let mut chunk = [0u8; 2048];
+    let deadline = tokio::time::Instant::now() + HEAD_DEADLINE;
     let head = loop {
-        let n = tokio::time::timeout(Duration::from_secs(10), sock.read(&mut chunk))
+        let n = tokio::time::timeout_at(deadline, sock.read(&mut chunk))
             .await
             .map_err(|_| std::io::Error::other("request timed out"))??;
         if n == 0 {
@@ -492,16 +513,26 @@ async fn handle(mut sock: TcpStream, shared: Arc<Shared>) -> std::io::Result<()>
             }
             let mut rx = shared.snap.clone();
             eprintln!("event stream opened");
+            let (mut rd, mut wr) = sock.into_split();
+            let mut sink = [0u8; 512];
             loop {
                 let snap = rx.borrow_and_update().clone();
-                sock.write_all(format!("data: {snap}\n\n").as_bytes())
-                    .await?;
-                // A comment now and then finds a closed connection.
+                wr.write_all(format!("data: {snap}\n\n").as_bytes()).await?;
+                // Until the next snapshot: a comment now and then; a client
+                // that hangs up frees its slot at once.
                 loop {
-                    match tokio::time::timeout(Duration::from_secs(15), rx.changed()).await {
-                        Ok(Ok(())) => break,
-                        Ok(Err(_)) => return Ok(()),
-                        Err(_) => sock.write_all(b": keep-alive\n\n").await?,
+                    tokio::select! {
+                        changed = rx.changed() => match changed {
+                            Ok(()) => break,
+                            Err(_) => return Ok(()),
+                        },
+                        n = rd.read(&mut sink) => match n {
+                            Ok(0) | Err(_) => return Ok(()),
+                            Ok(_) => {}
+                        },
+                        _ = tokio::time::sleep(Duration::from_secs(15)) => {
+                            wr.write_all(b": keep-alive\n\n").await?;
+                        }
                     }
                 }
             }
