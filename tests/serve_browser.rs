@@ -41,7 +41,7 @@ fn text() -> String {
         vm(
             "monitor",
             "mon",
-            "    mirrors \"A\"\n    cc {\n        exec \"ip link set eth0 up\"\n    }\n"
+            "    mirrors \"A\"\n    cc {\n        exec \"ip link set eth0 up\"\n        exec \"echo out-text; echo why-it-failed >&2; exit 3\" allow-failure=#true\n    }\n"
         )
     )
 }
@@ -205,6 +205,10 @@ const PAGE: &str = r#"JSON.stringify({
   fills: [...document.querySelectorAll('#topology svg g.vm rect')].map(r => getComputedStyle(r).fill),
   mirrors: document.querySelectorAll('#topology svg path.mirror').length,
   steps: document.querySelectorAll('#vms details.step').length,
+  failed: [...document.querySelectorAll('#vms details.step.failed')].map(d => [d.dataset.step,
+    d.querySelector('summary').textContent, d.querySelector('pre.stdout')?.textContent,
+    d.querySelector('pre.stderr')?.textContent]),
+  serial: [...document.querySelectorAll('#vms details.serial pre')].map(p => p.textContent.length),
   text: document.body.innerText,
 })"#;
 
@@ -290,7 +294,21 @@ fn the_page_shows_the_experiment_and_a_killed_vm_within_3s() {
         "{first}"
     );
     assert_eq!(first["mirrors"], 1, "{first}");
-    assert_eq!(first["steps"], 5, "{first}");
+    assert_eq!(first["steps"], 6, "{first}");
+    // The failed step: its exit code, its stdout and its stderr.
+    let failed = &first["failed"];
+    assert_eq!(failed.as_array().unwrap().len(), 1, "{first}");
+    assert_eq!(failed[0][0], "vm.monitor.cc[1]", "{first}");
+    assert!(
+        failed[0][1].as_str().unwrap().ends_with("exit 3"),
+        "{first}"
+    );
+    assert_eq!(failed[0][2], "out-text\n", "{first}");
+    assert_eq!(failed[0][3], "why-it-failed\n", "{first}");
+    // Each VM's serial console tail is on the page.
+    let serial = first["serial"].as_array().unwrap();
+    assert_eq!(serial.len(), 3, "{first}");
+    assert!(serial.iter().all(|n| n.as_u64().unwrap() > 0), "{first}");
     // The addresses the guests' agents report.
     assert_eq!(first["vms"][0][3], "10.0.0.1/24", "{first}");
     assert_eq!(first["vms"][1][3], "10.0.0.2/24", "{first}");
