@@ -4,6 +4,8 @@
 //! private network namespace. The page lists every VM and network, draws
 //! one shape per VM and one line per mirror, loads nothing from another
 //! origin, and shows a killed VM dead within 3 s, pushed, without a reload.
+//! Served on a veth address with a token, the page works the same (its
+//! assets and event stream carry the token).
 //!
 //! With `MEGAPLAN_UPDATE_SCREENSHOT=1` it also rewrites docs/web-view.png.
 
@@ -380,6 +382,52 @@ fn the_page_shows_the_experiment_and_a_killed_vm_within_3s() {
             "{u} is not from {origin}"
         );
     }
+    let _ = serve.kill();
+    let _ = serve.wait();
+
+    // Off loopback, with a token: the page, its assets and its event stream
+    // all carry it, so the page works as on loopback.
+    for cmd in [
+        &[
+            "ip", "link", "add", "w0", "type", "veth", "peer", "name", "w1",
+        ][..],
+        &["ip", "addr", "add", "10.204.0.1/24", "dev", "w0"],
+        &["ip", "link", "set", "w0", "up"],
+        &["ip", "link", "set", "w1", "up"],
+    ] {
+        lab.ns_cmd(cmd);
+    }
+    let token_file = lab.dir.path().join("token");
+    std::fs::write(&token_file, "t0k/en+=\n").unwrap();
+    let mut serve = lab.spawn(
+        "serve",
+        &[
+            "--listen",
+            "10.204.0.1:0",
+            "--token-file",
+            token_file.to_str().unwrap(),
+        ],
+    );
+    let mut line = String::new();
+    BufReader::new(serve.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let base = line
+        .trim()
+        .strip_prefix("listening on ")
+        .unwrap_or_else(|| panic!("serve did not start: {line}"))
+        .to_string();
+    assert!(base.starts_with("http://10.204.0.1:"), "{base}");
+    b.call(
+        "Page.navigate",
+        json!({ "url": format!("{base}?token=t0k%2Fen%2B%3D") }),
+    );
+    let v = b.wait_for(
+        "JSON.stringify([document.querySelectorAll('#vms .vm').length, document.getElementById('live').textContent, getComputedStyle(document.querySelector('header')).display])",
+        Duration::from_secs(20),
+        |v| v.as_str() == Some("[3,\"live\",\"flex\"]"),
+    );
+    assert_eq!(v.as_str(), Some("[3,\"live\",\"flex\"]"), "with a token");
     let _ = b.call("Browser.close", json!({}));
     drop(b);
     let _ = serve.kill();

@@ -244,12 +244,12 @@ fn off_loopback_every_request_needs_the_token() {
     assert!(srv.addr.starts_with("10.203.0.1:"), "{}", srv.addr);
     let addr = srv.addr.clone();
     let path = ns.path();
-    let codes = std::thread::spawn(move || {
+    let (codes, html) = std::thread::spawn(move || {
         let f = std::fs::File::open(&path).unwrap();
         use std::os::fd::AsRawFd;
         // SAFETY: setns on a valid namespace fd; affects this thread only.
         assert_eq!(unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) }, 0);
-        [
+        let codes = [
             get(&addr, "/", "").0,
             get(&addr, "/events", "").0,
             get(&addr, "/nope", "").0,
@@ -258,10 +258,20 @@ fn off_loopback_every_request_needs_the_token() {
             get(&addr, "/", "Authorization: Bearer s3cret-token\r\n").0,
             get(&addr, "/snapshot.json?token=s3cret-token", "").0,
             get(&addr, "/nope?token=s3cret-token", "").0,
+            // The page loads its stylesheet and script with the token on.
+            get(&addr, "/app.js?token=s3cret-token", "").0,
+            get(&addr, "/style.css?token=s3cret-token", "").0,
         ]
+        .to_vec();
+        (codes, get(&addr, "/?token=s3cret-token", "").2)
     })
     .join()
     .unwrap();
-    assert_eq!(codes, [401, 401, 401, 401, 401, 200, 200, 404]);
+    assert_eq!(codes, [401, 401, 401, 401, 401, 200, 200, 404, 200, 200]);
+    assert!(html.contains("src=\"app.js?token=s3cret-token\""), "{html}");
+    assert!(
+        html.contains("href=\"style.css?token=s3cret-token\""),
+        "{html}"
+    );
     drop(srv);
 }

@@ -81,7 +81,8 @@ pub enum Command {
         file: PathBuf,
         #[arg(long, default_value = "127.0.0.1:8080")]
         listen: std::net::SocketAddr,
-        /// Every request must carry it (Authorization: Bearer, or ?token=); needed off loopback.
+        /// Every request must carry it (Authorization: Bearer, or ?token=); needed off
+        /// loopback. Other local users can read a command line: prefer --token-file.
         #[arg(
             long,
             env = "MEGAPLAN_SERVE_TOKEN",

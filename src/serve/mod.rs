@@ -411,6 +411,33 @@ fn percent_decode(s: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
+/// Percent-encode everything but unreserved characters (for a query value).
+fn percent_encode(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+/// The page; with a token, its stylesheet and script URLs carry it (the
+/// browser sends no header for them, and app.js adds it to the rest).
+fn index_html(token: Option<&str>) -> String {
+    match token {
+        None => INDEX_HTML.to_string(),
+        Some(t) => {
+            let q = format!("?token={}", percent_encode(t));
+            INDEX_HTML
+                .replace("href=\"style.css\"", &format!("href=\"style.css{q}\""))
+                .replace("src=\"app.js\"", &format!("src=\"app.js{q}\""))
+        }
+    }
+}
+
 /// What a request gets: (status line, content type, body), or the event stream.
 pub enum Reply {
     Fixed(&'static str, &'static str, String),
@@ -438,7 +465,7 @@ fn route(req: &Request, token: Option<&str>, snap: &str, lab: &Lab) -> Reply {
     }
     match req.path.as_str() {
         "/" | "/index.html" => {
-            Reply::Fixed("200 OK", "text/html; charset=utf-8", INDEX_HTML.into())
+            Reply::Fixed("200 OK", "text/html; charset=utf-8", index_html(token))
         }
         "/app.js" => Reply::Fixed("200 OK", "text/javascript; charset=utf-8", APP_JS.into()),
         "/style.css" => Reply::Fixed("200 OK", "text/css; charset=utf-8", STYLE_CSS.into()),
@@ -609,6 +636,21 @@ mod tests {
             "401 Unauthorized"
         );
         assert_eq!(get("GET /?token=s3cre%74 HTTP/1.1"), "200 OK");
+    }
+
+    #[test]
+    fn with_a_token_the_page_asks_for_its_assets_with_it() {
+        let html = index_html(Some("a b&\"<"));
+        assert!(
+            html.contains("href=\"style.css?token=a%20b%26%22%3C\""),
+            "{html}"
+        );
+        assert!(
+            html.contains("src=\"app.js?token=a%20b%26%22%3C\""),
+            "{html}"
+        );
+        assert_eq!(percent_decode("a%20b%26%22%3C"), "a b&\"<");
+        assert_eq!(index_html(None), INDEX_HTML);
     }
 
     #[test]
