@@ -75,7 +75,11 @@ fn get(addr: &str, path: &str, headers: &str) -> (u16, String, String) {
 fn try_get(addr: &str, path: &str, headers: &str) -> std::io::Result<(u16, String, String)> {
     let mut s = TcpStream::connect(addr)?;
     s.set_read_timeout(Some(Duration::from_secs(30)))?;
-    write!(s, "GET {path} HTTP/1.1\r\nHost: {addr}\r\n{headers}\r\n")?;
+    if headers.contains("Host:") {
+        write!(s, "GET {path} HTTP/1.1\r\n{headers}\r\n")?;
+    } else {
+        write!(s, "GET {path} HTTP/1.1\r\nHost: {addr}\r\n{headers}\r\n")?;
+    }
     let mut out = String::new();
     s.read_to_string(&mut out)?;
     let (head, body) = out
@@ -118,6 +122,21 @@ fn the_page_its_assets_and_nothing_else() {
     ] {
         assert_eq!(get(&srv.addr, path, "").0, 404, "{path}");
     }
+    // Without a token, a page elsewhere that rebinds its name to 127.0.0.1
+    // gets nothing: only loopback names are served.
+    let port = srv.addr.rsplit(':').next().unwrap();
+    assert_eq!(
+        get(&srv.addr, "/snapshot.json", "Host: evil.example\r\n").0,
+        403
+    );
+    assert_eq!(
+        get(&srv.addr, "/", &format!("Host: evil.example:{port}\r\n")).0,
+        403
+    );
+    assert_eq!(
+        get(&srv.addr, "/", &format!("Host: localhost:{port}\r\n")).0,
+        200
+    );
     // The served drawing is the CLI's, with the live state on each VM.
     let (_, _, svg) = get(&srv.addr, "/graph.svg", "");
     let cli = Command::new(env!("CARGO_BIN_EXE_megaplan"))
@@ -151,7 +170,7 @@ fn the_page_its_assets_and_nothing_else() {
     // The event stream starts with the current snapshot.
     let mut s = TcpStream::connect(&srv.addr).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
-    write!(s, "GET /events HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    write!(s, "GET /events HTTP/1.1\r\nHost: {}\r\n\r\n", srv.addr).unwrap();
     let mut r = BufReader::new(s);
     let mut line = String::new();
     while !line.starts_with("data: ") {
@@ -162,7 +181,12 @@ fn the_page_its_assets_and_nothing_else() {
     assert_eq!(ev["experiment"], "web");
     // Writes are refused: the view is read-only.
     let mut s = TcpStream::connect(&srv.addr).unwrap();
-    write!(s, "POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n").unwrap();
+    write!(
+        s,
+        "POST / HTTP/1.1\r\nHost: {}\r\nContent-Length: 0\r\n\r\n",
+        srv.addr
+    )
+    .unwrap();
     let mut out = String::new();
     s.read_to_string(&mut out).unwrap();
     assert!(out.starts_with("HTTP/1.1 405"), "{out}");
@@ -177,7 +201,7 @@ fn connections_beyond_the_limit_are_turned_away() {
     for _ in 0..64 {
         let mut s = TcpStream::connect(&srv.addr).unwrap();
         s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
-        write!(s, "GET /events HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+        write!(s, "GET /events HTTP/1.1\r\nHost: {}\r\n\r\n", srv.addr).unwrap();
         let mut r = BufReader::new(s);
         let mut line = String::new();
         while !line.starts_with("data: ") {

@@ -241,6 +241,8 @@ fn tail(path: &Path, max: u64) -> String {
 
 struct Shared {
     token: Option<String>,
+    /// The port listened on (for the `Host` check).
+    port: u16,
     /// The latest snapshot, serialised.
     snap: watch::Receiver<Arc<String>>,
     lab: Lab,
@@ -269,13 +271,14 @@ pub async fn run(
     };
     let (tx, rx) = watch::channel(Arc::new(first.to_string()));
     tokio::spawn(watch_host(lab.clone(), sd, tx));
+    let local = listener.local_addr()?;
     let shared = Arc::new(Shared {
+        port: local.port(),
         token,
         snap: rx,
         lab,
     });
     let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
-    let local = listener.local_addr()?;
     println!("listening on http://{local}/");
     use std::io::Write;
     let _ = std::io::stdout().flush();
@@ -346,6 +349,8 @@ pub struct Request {
     pub path: String,
     pub query: Option<String>,
     pub bearer: Option<String>,
+    /// The `Host` header.
+    pub host: Option<String>,
 }
 
 /// Parse a request head (up to the blank line).
@@ -362,12 +367,17 @@ pub fn parse_head(head: &str) -> Option<Request> {
         None => (target.to_string(), None),
     };
     let mut bearer = None;
+    let mut host = None;
     for l in lines {
-        if let Some((k, v)) = l.split_once(':')
-            && k.trim().eq_ignore_ascii_case("authorization")
+        let Some((k, v)) = l.split_once(':') else {
+            continue;
+        };
+        if k.trim().eq_ignore_ascii_case("authorization")
             && let Some(t) = v.trim().strip_prefix("Bearer ")
         {
             bearer = Some(t.trim().to_string());
+        } else if k.trim().eq_ignore_ascii_case("host") {
+            host = Some(v.trim().to_ascii_lowercase());
         }
     }
     Some(Request {
@@ -375,7 +385,21 @@ pub fn parse_head(head: &str) -> Option<Request> {
         path,
         query,
         bearer,
+        host,
     })
+}
+
+/// Without a token, only a loopback name for this port may be asked for: a
+/// web page elsewhere that rebinds its own name to 127.0.0.1 (DNS rebinding)
+/// sends its own name as `Host`, and gets nothing.
+pub fn host_allowed(host: Option<&str>, port: u16) -> bool {
+    let Some(h) = host else {
+        return false;
+    };
+    if let Ok(a) = h.parse::<SocketAddr>() {
+        return a.ip().is_loopback() && a.port() == port;
+    }
+    h == format!("localhost:{port}")
 }
 
 /// The token of a request: the header, else `?token=`.
@@ -515,6 +539,18 @@ async fn handle(mut sock: TcpStream, shared: Arc<Shared>) -> std::io::Result<()>
         .await?;
         return Ok(());
     };
+    if shared.token.is_none() && !host_allowed(req.host.as_deref(), shared.port) {
+        let body = format!(
+            "this server answers to http://127.0.0.1:{}/ or http://localhost:{}/ only\n",
+            shared.port, shared.port
+        );
+        let out = format!(
+            "HTTP/1.1 403 Forbidden\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        );
+        sock.write_all(out.as_bytes()).await?;
+        return sock.shutdown().await;
+    }
     let snap = shared.snap.borrow().clone();
     match route(&req, shared.token.as_deref(), &snap, &shared.lab) {
         Reply::Fixed(status, ctype, body) => {
@@ -651,6 +687,21 @@ mod tests {
         );
         assert_eq!(percent_decode("a%20b%26%22%3C"), "a b&\"<");
         assert_eq!(index_html(None), INDEX_HTML);
+    }
+
+    #[test]
+    fn without_a_token_only_loopback_names_are_served() {
+        assert!(host_allowed(Some("127.0.0.1:8080"), 8080));
+        assert!(host_allowed(Some("127.0.0.2:8080"), 8080));
+        assert!(host_allowed(Some("[::1]:8080"), 8080));
+        assert!(host_allowed(Some("localhost:8080"), 8080));
+        assert!(!host_allowed(Some("localhost:8081"), 8080));
+        assert!(!host_allowed(Some("evil.example:8080"), 8080));
+        assert!(!host_allowed(Some("10.0.0.1:8080"), 8080));
+        assert!(!host_allowed(None, 8080));
+        let r = req("GET / HTTP/1.1\r\nHOST: LocalHost:80\r\nAuthorization: Bearer x");
+        assert_eq!(r.host.as_deref(), Some("localhost:80"));
+        assert_eq!(r.bearer.as_deref(), Some("x"));
     }
 
     #[test]
