@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Install what megaplan needs on the host: QEMU (system + qemu-img), e2fsprogs
 # (mkfs.ext4 -d, debugfs), busybox-static (guest initrd), tcpdump, iproute2,
-# cpio, gzip.
+# cpio, gzip; chromium (headless, for tests/serve_browser.rs).
 #
 # Idempotent: when every package is installed and every tool is on PATH it
 # returns at once without touching apt. Run as root on Debian 12 (or Ubuntu).
@@ -30,8 +30,9 @@ declare -A TOOL=(
     [iproute2]=ip
     [cpio]=cpio
     [gzip]=gzip
+    [chromium]=chromium
 )
-PACKAGES=(qemu-system-x86 qemu-utils qemu-block-extra busybox-static e2fsprogs tcpdump iproute2 cpio gzip)
+PACKAGES=(qemu-system-x86 qemu-utils qemu-block-extra busybox-static e2fsprogs tcpdump iproute2 cpio gzip chromium)
 
 # /usr/sbin and /sbin are not always on a non-login root PATH.
 export PATH="$PATH:/usr/local/sbin:/usr/sbin:/sbin"
@@ -74,7 +75,7 @@ fi
 export DEBIAN_FRONTEND=noninteractive
 apt-get update
 
-base=(busybox-static e2fsprogs tcpdump iproute2 cpio gzip)
+base=(busybox-static e2fsprogs tcpdump iproute2 cpio gzip chromium)
 if [[ $codename == bookworm ]]; then
     qemu=(qemu-system-x86 qemu-utils/bookworm qemu-block-extra/bookworm)
 else

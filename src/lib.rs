@@ -28,6 +28,7 @@ pub mod plan;
 pub mod safefs;
 pub mod saved;
 pub mod schema;
+pub mod serve;
 pub mod show;
 pub mod state;
 pub mod syntax;

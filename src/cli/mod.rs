@@ -65,6 +65,12 @@ pub enum AccelArg {
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum, PartialEq, Eq)]
+pub enum GraphFormat {
+    Dot,
+    Svg,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum, PartialEq, Eq)]
 pub enum SyntaxArg {
     Kdl,
     Toml,
@@ -99,8 +105,32 @@ pub enum Command {
         #[arg(long, value_enum, default_value = "text")]
         format: DiffFormat,
     },
-    /// The dependency graph as DOT.
-    Graph { file: PathBuf },
+    /// The dependency graph as DOT, or the topology drawn as SVG.
+    Graph {
+        file: PathBuf,
+        #[arg(long, value_enum, default_value = "dot")]
+        format: GraphFormat,
+    },
+    /// A live, read-only web view of the experiment (loopback unless --token).
+    Serve {
+        file: PathBuf,
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        listen: std::net::SocketAddr,
+        /// Every request must carry it (Authorization: Bearer, or ?token=); needed off
+        /// loopback. Other local users can read a command line: prefer --token-file.
+        #[arg(
+            long,
+            env = "MEGAPLAN_SERVE_TOKEN",
+            hide_env_values = true,
+            conflicts_with = "token_file"
+        )]
+        token: Option<String>,
+        /// Read the token from this file (one line).
+        #[arg(long)]
+        token_file: Option<PathBuf>,
+        #[arg(long)]
+        state_dir: Option<PathBuf>,
+    },
     /// The same experiment in the other syntax.
     Convert {
         file: PathBuf,
@@ -400,13 +430,44 @@ fn run(cli: Cli) -> Result<ExitCode, CliError> {
             print!("{}", crate::schema::schema_json());
             Ok(ExitCode::SUCCESS)
         }
-        Command::Graph { file } => Ok(match load(&file) {
+        Command::Graph { file, format } => Ok(match load(&file) {
             Ok((_, lab)) => {
-                print!("{}", crate::graph::to_dot(&lab));
+                match format {
+                    GraphFormat::Dot => print!("{}", crate::graph::to_dot(&lab)),
+                    GraphFormat::Svg => {
+                        print!("{}", crate::serve::draw::svg(&lab, &Default::default()))
+                    }
+                }
                 ExitCode::SUCCESS
             }
             Err(code) => code,
         }),
+        Command::Serve {
+            file,
+            listen,
+            token,
+            token_file,
+            state_dir,
+        } => {
+            let Ok((_, lab)) = load(&file) else {
+                return Ok(ExitCode::from(1));
+            };
+            let token = match token_file {
+                Some(f) => Some(
+                    crate::serve::read_token_file(&f).map_err(|e| CliError::new(e.to_string()))?,
+                ),
+                None => token,
+            };
+            crate::serve::check_listen(listen, token.as_deref()).map_err(|e| {
+                CliError::new(e.to_string())
+                    .with_hint("bind to 127.0.0.1, or pass --token / --token-file")
+            })?;
+            let sd = StateDir::for_file(&file, &lab.name, state_dir.as_deref());
+            runtime()?
+                .block_on(crate::serve::run(lab, sd, listen, token))
+                .map_err(|e| CliError::new(e.to_string()))?;
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Diff { old, new, format } => {
             let (Ok((_, old_lab)), Ok((_, new_lab))) = (load(&old), load(&new)) else {
                 return Ok(ExitCode::from(1));

@@ -1,0 +1,763 @@
+//! `megaplan serve`: a read-only live web view of one experiment.
+//!
+//! A small HTTP/1.1 server on tokio (GET and HEAD only) serves one page whose
+//! assets are compiled into the binary, the drawing (`/graph.svg`, from
+//! [`draw::svg`], the same function as `megaplan graph --format svg`), the
+//! current snapshot (`/snapshot.json`) and a server-sent event stream
+//! (`/events`) that pushes each new snapshot.
+//!
+//! Invariants:
+//! - Read-only: nothing reachable from the page changes the host. The
+//!   snapshot is built with the functions the CLI uses (`host::refresh`,
+//!   `show::rows`, `cc::responses`, `cc::addresses`, `plan::plan` +
+//!   `render::text`), each about a second, and is pushed only when it changed.
+//! - A non-loopback listen address needs a token; with a token, every
+//!   request carries it (`Authorization: Bearer` or `?token=`), compared in
+//!   constant time. Everything else is 404 (or 401 / 405 / 400).
+//! - No asset refers to another origin: the page works offline.
+
+pub mod draw;
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+
+use crate::lab::Lab;
+use crate::state::StateDir;
+
+const INDEX_HTML: &str = include_str!("assets/index.html");
+const APP_JS: &str = include_str!("assets/app.js");
+const STYLE_CSS: &str = include_str!("assets/style.css");
+
+/// How often the server looks at the host.
+pub const REFRESH: Duration = Duration::from_secs(1);
+/// How often it asks running guests for their addresses (an agent session
+/// each, serialised with steps: not every second).
+pub const ADDRESS_REFRESH: Duration = Duration::from_secs(5);
+/// The serial console tail shown per VM.
+pub const SERIAL_TAIL: u64 = 4096;
+/// A request head larger than this is refused.
+const MAX_HEAD: usize = 16 * 1024;
+/// Connections served at once (event streams included); more get 503.
+pub const MAX_CONNECTIONS: usize = 64;
+/// The whole request head must arrive within this.
+const HEAD_DEADLINE: Duration = Duration::from_secs(10);
+/// The longest a token file may be.
+const MAX_TOKEN_FILE: u64 = 4096;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("listening on {0} (not loopback) needs --token or --token-file")]
+    TokenNeeded(SocketAddr),
+    #[error("the token is empty")]
+    EmptyToken,
+    #[error("cannot read the token file {path}: {source}")]
+    TokenFile {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("the token file {0} is larger than 4 KiB")]
+    TokenFileTooLarge(PathBuf),
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+}
+
+/// Read a token file (one line; not a symlink; at most 4 KiB).
+pub fn read_token_file(path: &Path) -> Result<String, ServeError> {
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    let err = |source| ServeError::TokenFile {
+        path: path.to_path_buf(),
+        source,
+    };
+    let mut f = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(path)
+        .map_err(err)?;
+    let meta = f.metadata().map_err(err)?;
+    if !meta.is_file() {
+        return Err(err(std::io::Error::other("not a regular file")));
+    }
+    if meta.len() > MAX_TOKEN_FILE {
+        return Err(ServeError::TokenFileTooLarge(path.to_path_buf()));
+    }
+    let mut s = String::new();
+    (&mut f)
+        .take(MAX_TOKEN_FILE + 1)
+        .read_to_string(&mut s)
+        .map_err(err)?;
+    let t = s.trim().to_string();
+    if t.is_empty() {
+        return Err(ServeError::EmptyToken);
+    }
+    Ok(t)
+}
+
+/// Equal in time independent of where the first difference is.
+pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    let mut diff = (a.len() ^ b.len()) as u64;
+    for i in 0..a.len().max(b.len()) {
+        let x = a.get(i).copied().unwrap_or(0);
+        let y = b.get(i).copied().unwrap_or(0xff);
+        diff |= u64::from(x ^ y);
+    }
+    diff == 0
+}
+
+/// The listen address is allowed with this token (None: no token).
+pub fn check_listen(addr: SocketAddr, token: Option<&str>) -> Result<(), ServeError> {
+    match token {
+        Some("") => Err(ServeError::EmptyToken),
+        None if !addr.ip().is_loopback() => Err(ServeError::TokenNeeded(addr)),
+        _ => Ok(()),
+    }
+}
+
+/// Everything the page shows, as JSON.
+pub fn snapshot(lab: &Lab, sd: &StateDir, addrs: &BTreeMap<String, Vec<String>>) -> Value {
+    let state = match sd.load() {
+        Ok(s) => s,
+        Err(e) => {
+            return json!({ "experiment": lab.name, "error": format!("cannot read the state: {e}") });
+        }
+    };
+    let observed = match crate::host::refresh(&lab.name, &state, sd) {
+        Ok(o) => o,
+        Err(e) => return json!({ "experiment": lab.name, "error": format!("refresh failed: {e}") }),
+    };
+    let rows = crate::show::rows(lab, &state, &observed);
+    let results = crate::cc::responses(lab, sd, None);
+    let mut states = BTreeMap::new();
+    let vms: Vec<Value> = lab
+        .vms
+        .iter()
+        .zip(rows)
+        .map(|(vm, mut row)| {
+            let st = row
+                .get("state")
+                .and_then(Value::as_str)
+                .unwrap_or("unknown")
+                .to_string();
+            states.insert(vm.name.clone(), st);
+            row.insert(
+                "ip".into(),
+                addrs.get(&vm.name).cloned().unwrap_or_default().into(),
+            );
+            row.insert(
+                "networks".into(),
+                vm.nics
+                    .iter()
+                    .map(|n| n.network.clone())
+                    .collect::<Vec<_>>()
+                    .into(),
+            );
+            let steps: Vec<Value> = vm
+                .cc
+                .iter()
+                .map(|step| {
+                    let r = results.iter().find(|r| r.0 == step.address);
+                    let (exit, stdout, stderr) = match r {
+                        Some((_, e, o, er)) => (e.clone(), o.clone(), er.clone()),
+                        None => (None, String::new(), String::new()),
+                    };
+                    let status = match &exit {
+                        Some(e) => crate::cc::recorded_status(e, &stderr),
+                        None => "not run".to_string(),
+                    };
+                    json!({
+                        "address": step.address,
+                        "action": step.action.to_string(),
+                        "exit": exit,
+                        "status": status,
+                        "stdout": stdout,
+                        "stderr": stderr,
+                    })
+                })
+                .collect();
+            row.insert("steps".into(), steps.into());
+            row.insert(
+                "serial".into(),
+                tail(&crate::host::serial_log(sd, &vm.name), SERIAL_TAIL).into(),
+            );
+            Value::Object(row)
+        })
+        .collect();
+    let p = crate::plan::plan(Some(lab), &state, Some(&observed), crate::plan::Mode::Apply);
+    json!({
+        "experiment": lab.name,
+        "file": lab.file.display().to_string(),
+        "networks": lab.networks.iter().map(|n| json!({
+            "name": n.name, "bridge": n.bridge, "host_address": n.host_address,
+        })).collect::<Vec<_>>(),
+        "mirrors": lab.mirrors.iter().map(|m| json!({
+            "address": m.address, "source": m.source_vm, "dest": m.dest_vm,
+            "direction": m.direction.as_str(), "network": m.network,
+        })).collect::<Vec<_>>(),
+        "vms": vms,
+        "plan": crate::plan::render::text(&p),
+        "has_changes": p.has_changes(),
+        "svg": draw::svg(lab, &states),
+    })
+}
+
+/// The last `max` bytes of a file (never following a link), lossy UTF-8.
+fn tail(path: &Path, max: u64) -> String {
+    use std::io::{Read, Seek, SeekFrom};
+    use std::os::unix::fs::OpenOptionsExt;
+    let Ok(mut f) = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(path)
+    else {
+        return String::new();
+    };
+    let Ok(meta) = f.metadata() else {
+        return String::new();
+    };
+    if !meta.is_file() {
+        return String::new();
+    }
+    let start = meta.len().saturating_sub(max);
+    if f.seek(SeekFrom::Start(start)).is_err() {
+        return String::new();
+    }
+    let mut buf = Vec::new();
+    let _ = f.take(max).read_to_end(&mut buf);
+    String::from_utf8_lossy(&buf).into_owned()
+}
+
+struct Shared {
+    token: Option<String>,
+    /// The port listened on (for the `Host` check).
+    port: u16,
+    /// The latest snapshot, serialised.
+    snap: watch::Receiver<Arc<String>>,
+    lab: Lab,
+}
+
+/// Serve until the process is stopped. Prints `listening on http://ADDR/`
+/// once the socket is bound (with port 0, ADDR has the chosen port).
+pub async fn run(
+    lab: Lab,
+    sd: StateDir,
+    listen: SocketAddr,
+    token: Option<String>,
+) -> Result<(), ServeError> {
+    check_listen(listen, token.as_deref())?;
+    let listener = TcpListener::bind(listen)
+        .await
+        .map_err(|source| ServeError::Bind {
+            addr: listen,
+            source,
+        })?;
+    let first = {
+        let (lab, sd) = (lab.clone(), sd.clone());
+        tokio::task::spawn_blocking(move || snapshot(&lab, &sd, &BTreeMap::new()))
+            .await
+            .map_err(std::io::Error::other)?
+    };
+    let (tx, rx) = watch::channel(Arc::new(first.to_string()));
+    tokio::spawn(watch_host(lab.clone(), sd, tx));
+    let local = listener.local_addr()?;
+    let shared = Arc::new(Shared {
+        port: local.port(),
+        token,
+        snap: rx,
+        lab,
+    });
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+    println!("listening on http://{local}/");
+    use std::io::Write;
+    let _ = std::io::stdout().flush();
+    loop {
+        let (sock, _) = match listener.accept().await {
+            Ok(c) => c,
+            Err(e) => {
+                eprintln!("accept failed: {e}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let shared = shared.clone();
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            tokio::spawn(async move {
+                let mut sock = sock;
+                // Read what was sent first: closing with unread data resets
+                // the connection before the client sees the answer.
+                let mut chunk = [0u8; 2048];
+                let _ = tokio::time::timeout(Duration::from_secs(2), sock.read(&mut chunk)).await;
+                let _ = sock
+                    .write_all(b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+                    .await;
+                let _ = sock.shutdown().await;
+            });
+            continue;
+        };
+        tokio::spawn(async move {
+            let _ = handle(sock, shared).await;
+            drop(slot);
+        });
+    }
+}
+
+/// Look at the host every [`REFRESH`]; publish the snapshot when it changed.
+async fn watch_host(lab: Lab, sd: StateDir, tx: watch::Sender<Arc<String>>) {
+    let mut addrs = BTreeMap::new();
+    let mut last_addrs: Option<tokio::time::Instant> = None;
+    loop {
+        tokio::time::sleep(REFRESH).await;
+        if last_addrs.is_none_or(|t| t.elapsed() >= ADDRESS_REFRESH) {
+            addrs = crate::cc::addresses(&lab).await;
+            last_addrs = Some(tokio::time::Instant::now());
+        }
+        let (l, s, a) = (lab.clone(), sd.clone(), addrs.clone());
+        let Ok(snap) = tokio::task::spawn_blocking(move || snapshot(&l, &s, &a)).await else {
+            continue;
+        };
+        let text = snap.to_string();
+        tx.send_if_modified(|cur| {
+            if **cur == text {
+                false
+            } else {
+                *cur = Arc::new(text);
+                true
+            }
+        });
+        if tx.is_closed() {
+            return;
+        }
+    }
+}
+
+/// A parsed request head.
+#[derive(Debug, PartialEq)]
+pub struct Request {
+    pub method: String,
+    pub path: String,
+    pub query: Option<String>,
+    pub bearer: Option<String>,
+    /// The `Host` header.
+    pub host: Option<String>,
+}
+
+/// Parse a request head (up to the blank line).
+pub fn parse_head(head: &str) -> Option<Request> {
+    let mut lines = head.split("\r\n");
+    let mut first = lines.next()?.split(' ');
+    let method = first.next()?.to_string();
+    let target = first.next()?;
+    if !first.next()?.starts_with("HTTP/1.") {
+        return None;
+    }
+    let (path, query) = match target.split_once('?') {
+        Some((p, q)) => (p.to_string(), Some(q.to_string())),
+        None => (target.to_string(), None),
+    };
+    let mut bearer = None;
+    let mut host = None;
+    for l in lines {
+        let Some((k, v)) = l.split_once(':') else {
+            continue;
+        };
+        if k.trim().eq_ignore_ascii_case("authorization")
+            && let Some(t) = v.trim().strip_prefix("Bearer ")
+        {
+            bearer = Some(t.trim().to_string());
+        } else if k.trim().eq_ignore_ascii_case("host") {
+            host = Some(v.trim().to_ascii_lowercase());
+        }
+    }
+    Some(Request {
+        method,
+        path,
+        query,
+        bearer,
+        host,
+    })
+}
+
+/// Without a token, only a loopback name for this port may be asked for: a
+/// web page elsewhere that rebinds its own name to 127.0.0.1 (DNS rebinding)
+/// sends its own name as `Host`, and gets nothing.
+pub fn host_allowed(host: Option<&str>, port: u16) -> bool {
+    let Some(h) = host else {
+        return false;
+    };
+    if let Ok(a) = h.parse::<SocketAddr>() {
+        return a.ip().is_loopback() && a.port() == port;
+    }
+    h == format!("localhost:{port}")
+}
+
+/// The token of a request: the header, else `?token=`.
+fn presented(req: &Request) -> Option<String> {
+    req.bearer.clone().or_else(|| {
+        req.query.as_deref().and_then(|q| {
+            q.split('&')
+                .find_map(|kv| kv.strip_prefix("token="))
+                .map(percent_decode)
+        })
+    })
+}
+
+fn percent_decode(s: &str) -> String {
+    let hex = |c: u8| (c as char).to_digit(16).map(|d| d as u8);
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%'
+            && let (Some(h), Some(l)) = (
+                b.get(i + 1).copied().and_then(hex),
+                b.get(i + 2).copied().and_then(hex),
+            )
+        {
+            out.push(h << 4 | l);
+            i += 3;
+            continue;
+        }
+        out.push(if b[i] == b'+' { b' ' } else { b[i] });
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Percent-encode everything but unreserved characters (for a query value).
+fn percent_encode(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+/// The page; with a token, its stylesheet and script URLs carry it (the
+/// browser sends no header for them, and app.js adds it to the rest).
+fn index_html(token: Option<&str>) -> String {
+    match token {
+        None => INDEX_HTML.to_string(),
+        Some(t) => {
+            let q = format!("?token={}", percent_encode(t));
+            INDEX_HTML
+                .replace("href=\"style.css\"", &format!("href=\"style.css{q}\""))
+                .replace("src=\"app.js\"", &format!("src=\"app.js{q}\""))
+        }
+    }
+}
+
+/// What a request gets: (status line, content type, body), or the event stream.
+pub enum Reply {
+    Fixed(&'static str, &'static str, String),
+    Events,
+}
+
+/// Route a request (pure but for reading the latest snapshot).
+fn route(req: &Request, token: Option<&str>, snap: &str, lab: &Lab) -> Reply {
+    if let Some(t) = token {
+        let ok = presented(req).is_some_and(|p| constant_time_eq(p.as_bytes(), t.as_bytes()));
+        if !ok {
+            return Reply::Fixed(
+                "401 Unauthorized",
+                "text/plain; charset=utf-8",
+                "a token is needed: Authorization: Bearer TOKEN, or ?token=TOKEN\n".into(),
+            );
+        }
+    }
+    if req.method != "GET" && req.method != "HEAD" {
+        return Reply::Fixed(
+            "405 Method Not Allowed",
+            "text/plain; charset=utf-8",
+            "this view is read-only\n".into(),
+        );
+    }
+    match req.path.as_str() {
+        "/" | "/index.html" => {
+            Reply::Fixed("200 OK", "text/html; charset=utf-8", index_html(token))
+        }
+        "/app.js" => Reply::Fixed("200 OK", "text/javascript; charset=utf-8", APP_JS.into()),
+        "/style.css" => Reply::Fixed("200 OK", "text/css; charset=utf-8", STYLE_CSS.into()),
+        "/snapshot.json" => Reply::Fixed("200 OK", "application/json", snap.to_string()),
+        "/graph.svg" => {
+            let svg = serde_json::from_str::<Value>(snap)
+                .ok()
+                .and_then(|v| v.get("svg").and_then(Value::as_str).map(str::to_string))
+                .unwrap_or_else(|| draw::svg(lab, &BTreeMap::new()));
+            Reply::Fixed("200 OK", "image/svg+xml", svg)
+        }
+        "/events" => Reply::Events,
+        _ => Reply::Fixed(
+            "404 Not Found",
+            "text/plain; charset=utf-8",
+            "not found\n".into(),
+        ),
+    }
+}
+
+const HEADERS: &str = "Cache-Control: no-store\r\nX-Content-Type-Options: nosniff\r\nContent-Security-Policy: default-src 'self'; img-src 'self' data:; style-src 'self'; script-src 'self'; connect-src 'self'\r\nReferrer-Policy: no-referrer\r\n";
+
+async fn handle(mut sock: TcpStream, shared: Arc<Shared>) -> std::io::Result<()> {
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 2048];
+    let deadline = tokio::time::Instant::now() + HEAD_DEADLINE;
+    let head = loop {
+        let n = tokio::time::timeout_at(deadline, sock.read(&mut chunk))
+            .await
+            .map_err(|_| std::io::Error::other("request timed out"))??;
+        if n == 0 {
+            return Ok(());
+        }
+        buf.extend_from_slice(&chunk[..n]);
+        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            break String::from_utf8_lossy(&buf[..end]).into_owned();
+        }
+        if buf.len() > MAX_HEAD {
+            sock.write_all(b"HTTP/1.1 431 Request Header Fields Too Large\r\nContent-Length: 0\r\nConnection: close\r\n\r\n").await?;
+            return Ok(());
+        }
+    };
+    let Some(req) = parse_head(&head) else {
+        sock.write_all(
+            b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+        )
+        .await?;
+        return Ok(());
+    };
+    if shared.token.is_none() && !host_allowed(req.host.as_deref(), shared.port) {
+        let body = format!(
+            "this server answers to http://127.0.0.1:{}/ or http://localhost:{}/ only\n",
+            shared.port, shared.port
+        );
+        let out = format!(
+            "HTTP/1.1 403 Forbidden\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        );
+        sock.write_all(out.as_bytes()).await?;
+        return sock.shutdown().await;
+    }
+    let snap = shared.snap.borrow().clone();
+    match route(&req, shared.token.as_deref(), &snap, &shared.lab) {
+        Reply::Fixed(status, ctype, body) => {
+            let mut out = format!(
+                "HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\n{HEADERS}Connection: close\r\n\r\n",
+                body.len()
+            )
+            .into_bytes();
+            if req.method != "HEAD" {
+                out.extend_from_slice(body.as_bytes());
+            }
+            sock.write_all(&out).await?;
+            sock.shutdown().await
+        }
+        Reply::Events => {
+            sock.write_all(
+                format!("HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n{HEADERS}Connection: close\r\n\r\n")
+                    .as_bytes(),
+            )
+            .await?;
+            if req.method == "HEAD" {
+                return sock.shutdown().await;
+            }
+            let mut rx = shared.snap.clone();
+            eprintln!("event stream opened");
+            let (mut rd, mut wr) = sock.into_split();
+            let mut sink = [0u8; 512];
+            loop {
+                let snap = rx.borrow_and_update().clone();
+                wr.write_all(format!("data: {snap}\n\n").as_bytes()).await?;
+                // Until the next snapshot: a comment now and then; a client
+                // that hangs up frees its slot at once.
+                loop {
+                    tokio::select! {
+                        changed = rx.changed() => match changed {
+                            Ok(()) => break,
+                            Err(_) => return Ok(()),
+                        },
+                        n = rd.read(&mut sink) => match n {
+                            Ok(0) | Err(_) => return Ok(()),
+                            Ok(_) => {}
+                        },
+                        _ = tokio::time::sleep(Duration::from_secs(15)) => {
+                            wr.write_all(b": keep-alive\n\n").await?;
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lab() -> Lab {
+        let src = crate::diag::SourceFile::new(
+            "t.kdl",
+            "experiment \"x\"\nnetwork \"LAN\"\nvm \"A\" { kernel \"/k\"; nic \"LAN\"; }\n",
+        );
+        crate::validate::check(&src).0.unwrap()
+    }
+
+    fn req(head: &str) -> Request {
+        parse_head(head).unwrap()
+    }
+
+    fn status(r: Reply) -> &'static str {
+        match r {
+            Reply::Fixed(s, _, _) => s,
+            Reply::Events => "events",
+        }
+    }
+
+    #[test]
+    fn constant_time_eq_compares() {
+        assert!(constant_time_eq(b"abc", b"abc"));
+        assert!(!constant_time_eq(b"abc", b"abd"));
+        assert!(!constant_time_eq(b"abc", b"abcd"));
+        assert!(!constant_time_eq(b"", b"a"));
+        assert!(constant_time_eq(b"", b""));
+    }
+
+    #[test]
+    fn a_non_loopback_address_needs_a_token() {
+        let lo: SocketAddr = "127.0.0.2:80".parse().unwrap();
+        let v6: SocketAddr = "[::1]:80".parse().unwrap();
+        let out: SocketAddr = "10.1.2.3:80".parse().unwrap();
+        assert!(check_listen(lo, None).is_ok());
+        assert!(check_listen(v6, None).is_ok());
+        assert!(matches!(
+            check_listen(out, None),
+            Err(ServeError::TokenNeeded(_))
+        ));
+        assert!(check_listen(out, Some("s3cret")).is_ok());
+        assert!(matches!(
+            check_listen(lo, Some("")),
+            Err(ServeError::EmptyToken)
+        ));
+    }
+
+    #[test]
+    fn requests_without_the_token_are_refused() {
+        let l = lab();
+        let t = Some("s3cret");
+        let get = |h: &str| status(route(&req(h), t, "{}", &l));
+        assert_eq!(get("GET / HTTP/1.1\r\nHost: x"), "401 Unauthorized");
+        assert_eq!(get("GET /?token=wrong HTTP/1.1"), "401 Unauthorized");
+        assert_eq!(get("GET /nope HTTP/1.1"), "401 Unauthorized");
+        assert_eq!(get("GET /?token=s3cret HTTP/1.1"), "200 OK");
+        assert_eq!(get("GET /events?token=s3cret HTTP/1.1"), "events");
+        assert_eq!(
+            get("GET /graph.svg HTTP/1.1\r\nauthorization: Bearer s3cret"),
+            "200 OK"
+        );
+        assert_eq!(
+            get("GET / HTTP/1.1\r\nAuthorization: Bearer nope"),
+            "401 Unauthorized"
+        );
+        assert_eq!(get("GET /?token=s3cre%74 HTTP/1.1"), "200 OK");
+    }
+
+    #[test]
+    fn with_a_token_the_page_asks_for_its_assets_with_it() {
+        let html = index_html(Some("a b&\"<"));
+        assert!(
+            html.contains("href=\"style.css?token=a%20b%26%22%3C\""),
+            "{html}"
+        );
+        assert!(
+            html.contains("src=\"app.js?token=a%20b%26%22%3C\""),
+            "{html}"
+        );
+        assert_eq!(percent_decode("a%20b%26%22%3C"), "a b&\"<");
+        assert_eq!(index_html(None), INDEX_HTML);
+    }
+
+    #[test]
+    fn without_a_token_only_loopback_names_are_served() {
+        assert!(host_allowed(Some("127.0.0.1:8080"), 8080));
+        assert!(host_allowed(Some("127.0.0.2:8080"), 8080));
+        assert!(host_allowed(Some("[::1]:8080"), 8080));
+        assert!(host_allowed(Some("localhost:8080"), 8080));
+        assert!(!host_allowed(Some("localhost:8081"), 8080));
+        assert!(!host_allowed(Some("evil.example:8080"), 8080));
+        assert!(!host_allowed(Some("10.0.0.1:8080"), 8080));
+        assert!(!host_allowed(None, 8080));
+        let r = req("GET / HTTP/1.1\r\nHOST: LocalHost:80\r\nAuthorization: Bearer x");
+        assert_eq!(r.host.as_deref(), Some("localhost:80"));
+        assert_eq!(r.bearer.as_deref(), Some("x"));
+    }
+
+    #[test]
+    fn unknown_paths_are_404_and_writes_405() {
+        let l = lab();
+        let get = |h: &str| status(route(&req(h), None, "{}", &l));
+        assert_eq!(get("GET /../../etc/passwd HTTP/1.1"), "404 Not Found");
+        assert_eq!(get("GET /assets/app.js HTTP/1.1"), "404 Not Found");
+        assert_eq!(get("GET /app.js HTTP/1.1"), "200 OK");
+        assert_eq!(get("POST / HTTP/1.1"), "405 Method Not Allowed");
+        assert!(parse_head("GET /").is_none());
+        assert!(parse_head("").is_none());
+    }
+
+    #[test]
+    fn no_asset_refers_to_another_origin() {
+        for (name, a) in [
+            ("index.html", INDEX_HTML),
+            ("app.js", APP_JS),
+            ("style.css", STYLE_CSS),
+        ] {
+            assert!(
+                !a.contains("http://") && !a.contains("https://") && !a.contains("//cdn"),
+                "{name}"
+            );
+        }
+        // The drawing's only URL is the SVG namespace, which is never fetched.
+        let s = draw::svg(&lab(), &BTreeMap::new());
+        assert_eq!(s.matches("http").count(), 1, "{s}");
+    }
+
+    #[test]
+    fn a_token_file_is_read_and_a_link_is_not_followed() {
+        let d = tempfile::tempdir().unwrap();
+        let f = d.path().join("t");
+        std::fs::write(&f, "abc\n").unwrap();
+        assert_eq!(read_token_file(&f).unwrap(), "abc");
+        let l = d.path().join("link");
+        std::os::unix::fs::symlink(&f, &l).unwrap();
+        assert!(read_token_file(&l).is_err());
+        std::fs::write(&f, "\n").unwrap();
+        assert!(matches!(read_token_file(&f), Err(ServeError::EmptyToken)));
+        std::fs::write(&f, "x".repeat(5000)).unwrap();
+        assert!(matches!(
+            read_token_file(&f),
+            Err(ServeError::TokenFileTooLarge(_))
+        ));
+    }
+
+    #[test]
+    fn the_tail_of_a_serial_log() {
+        let d = tempfile::tempdir().unwrap();
+        let f = d.path().join("s.log");
+        std::fs::write(&f, "0123456789").unwrap();
+        assert_eq!(tail(&f, 4), "6789");
+        assert_eq!(tail(&f, 100), "0123456789");
+        assert_eq!(tail(&d.path().join("none"), 4), "");
+    }
+}

@@ -1,0 +1,301 @@
+//! `megaplan serve` over real sockets: the page and its assets, 404 outside
+//! them, no other origin, the event stream, and the token off loopback
+//! (inside a network namespace with a veth address).
+
+#[path = "common/netns.rs"]
+mod netns;
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+const TEXT: &str = "experiment \"web\"\nnetwork \"LAN\"\nnetwork \"mon\"\nvm \"A\" { kernel \"/nonexistent/k\"; nic \"LAN\"; }\nvm \"B\" { kernel \"/nonexistent/k\"; nic \"LAN\"; nic \"mon\"; }\nvm \"monitor\" { kernel \"/nonexistent/k\"; nic \"mon\"; mirrors \"A\" direction=\"both\"; }\n";
+
+/// A `megaplan serve` child (killed on drop) and the address it printed.
+struct Server {
+    child: Child,
+    addr: String,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn serve(dir: &std::path::Path, netns: Option<&str>, args: &[&str]) -> Result<Server, String> {
+    let file = dir.join("web.kdl");
+    std::fs::write(&file, TEXT).unwrap();
+    let mut cmd = match netns {
+        Some(ns) => {
+            let mut c = Command::new("ip");
+            c.args(["netns", "exec", ns, env!("CARGO_BIN_EXE_megaplan")]);
+            c
+        }
+        None => Command::new(env!("CARGO_BIN_EXE_megaplan")),
+    };
+    let mut child = cmd
+        .arg("serve")
+        .arg(&file)
+        .args(args)
+        .env("MEGAPLAN_RUNTIME_DIR", dir.join("run"))
+        .env("NO_COLOR", "1")
+        .env_remove("MEGAPLAN_SERVE_TOKEN")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    match line.trim().strip_prefix("listening on http://") {
+        Some(a) => Ok(Server {
+            child,
+            addr: a.trim_end_matches('/').to_string(),
+        }),
+        None => {
+            let out = child.wait_with_output().unwrap();
+            Err(format!(
+                "{:?}: {}",
+                out.status.code(),
+                String::from_utf8_lossy(&out.stderr)
+            ))
+        }
+    }
+}
+
+/// (status code, headers, body) of one request.
+fn get(addr: &str, path: &str, headers: &str) -> (u16, String, String) {
+    try_get(addr, path, headers).unwrap()
+}
+
+fn try_get(addr: &str, path: &str, headers: &str) -> std::io::Result<(u16, String, String)> {
+    let mut s = TcpStream::connect(addr)?;
+    s.set_read_timeout(Some(Duration::from_secs(30)))?;
+    if headers.contains("Host:") {
+        write!(s, "GET {path} HTTP/1.1\r\n{headers}\r\n")?;
+    } else {
+        write!(s, "GET {path} HTTP/1.1\r\nHost: {addr}\r\n{headers}\r\n")?;
+    }
+    let mut out = String::new();
+    s.read_to_string(&mut out)?;
+    let (head, body) = out
+        .split_once("\r\n\r\n")
+        .ok_or_else(|| std::io::Error::other(format!("no head in {out:?}")))?;
+    let code = head
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    Ok((code, head.to_string(), body.to_string()))
+}
+
+#[test]
+fn the_page_its_assets_and_nothing_else() {
+    let dir = tempfile::tempdir().unwrap();
+    let srv = serve(dir.path(), None, &["--listen", "127.0.0.1:0"]).unwrap();
+    let (code, head, html) = get(&srv.addr, "/", "");
+    assert_eq!(code, 200, "{head}");
+    assert!(head.contains("text/html"), "{head}");
+    assert!(html.contains("<script src=\"app.js\">"), "{html}");
+    for path in ["/app.js", "/style.css", "/snapshot.json", "/graph.svg"] {
+        let (code, _, body) = get(&srv.addr, path, "");
+        assert_eq!(code, 200, "{path}");
+        // Nothing on the page comes from elsewhere; the SVG namespace is a name, not a fetch.
+        let body = body
+            .replace("xmlns=\"http://www.w3.org/2000/svg\"", "")
+            .replace("xmlns=\\\"http://www.w3.org/2000/svg\\\"", "");
+        assert!(
+            !body.contains("http://") && !body.contains("https://"),
+            "{path} names another origin"
+        );
+    }
+    for path in [
+        "/nope",
+        "/assets/app.js",
+        "/../../etc/passwd",
+        "/%2e%2e/Cargo.toml",
+        "/src/serve/mod.rs",
+    ] {
+        assert_eq!(get(&srv.addr, path, "").0, 404, "{path}");
+    }
+    // Without a token, a page elsewhere that rebinds its name to 127.0.0.1
+    // gets nothing: only loopback names are served.
+    let port = srv.addr.rsplit(':').next().unwrap();
+    assert_eq!(
+        get(&srv.addr, "/snapshot.json", "Host: evil.example\r\n").0,
+        403
+    );
+    assert_eq!(
+        get(&srv.addr, "/", &format!("Host: evil.example:{port}\r\n")).0,
+        403
+    );
+    assert_eq!(
+        get(&srv.addr, "/", &format!("Host: localhost:{port}\r\n")).0,
+        200
+    );
+    // The served drawing is the CLI's, with the live state on each VM.
+    let (_, _, svg) = get(&srv.addr, "/graph.svg", "");
+    let cli = Command::new(env!("CARGO_BIN_EXE_megaplan"))
+        .args(["graph", "web.kdl", "--format", "svg"])
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    assert!(cli.status.success());
+    let cli = String::from_utf8(cli.stdout).unwrap();
+    assert_eq!(cli.matches("<g class=\"vm\"").count(), 3, "{cli}");
+    assert_eq!(cli.matches("<path class=\"mirror\"").count(), 1, "{cli}");
+    assert_eq!(
+        svg.replace(" data-state=\"absent\"", "")
+            .replace("<text class=\"state\"", "\n<text class=\"state\"")
+            .lines()
+            .filter(|l| !l.starts_with("<text class=\"state\""))
+            .count(),
+        cli.lines().count()
+    );
+    assert_eq!(svg.matches("data-state=\"absent\"").count(), 3, "{svg}");
+    let (_, _, snap) = get(&srv.addr, "/snapshot.json", "");
+    let snap: serde_json::Value = serde_json::from_str(&snap).unwrap();
+    assert_eq!(snap["vms"].as_array().unwrap().len(), 3);
+    assert!(
+        snap["plan"]
+            .as_str()
+            .unwrap()
+            .contains("vm.A will be created"),
+        "{snap}"
+    );
+    // The event stream starts with the current snapshot.
+    let mut s = TcpStream::connect(&srv.addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    write!(s, "GET /events HTTP/1.1\r\nHost: {}\r\n\r\n", srv.addr).unwrap();
+    let mut r = BufReader::new(s);
+    let mut line = String::new();
+    while !line.starts_with("data: ") {
+        line.clear();
+        assert!(r.read_line(&mut line).unwrap() > 0, "stream closed");
+    }
+    let ev: serde_json::Value = serde_json::from_str(line.trim_start_matches("data: ")).unwrap();
+    assert_eq!(ev["experiment"], "web");
+    // Writes are refused: the view is read-only.
+    let mut s = TcpStream::connect(&srv.addr).unwrap();
+    write!(
+        s,
+        "POST / HTTP/1.1\r\nHost: {}\r\nContent-Length: 0\r\n\r\n",
+        srv.addr
+    )
+    .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    assert!(out.starts_with("HTTP/1.1 405"), "{out}");
+}
+
+#[test]
+fn connections_beyond_the_limit_are_turned_away() {
+    let dir = tempfile::tempdir().unwrap();
+    let srv = serve(dir.path(), None, &["--listen", "127.0.0.1:0"]).unwrap();
+    // 64 event streams hold every slot (each has had its first event).
+    let mut held = Vec::new();
+    for _ in 0..64 {
+        let mut s = TcpStream::connect(&srv.addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        write!(s, "GET /events HTTP/1.1\r\nHost: {}\r\n\r\n", srv.addr).unwrap();
+        let mut r = BufReader::new(s);
+        let mut line = String::new();
+        while !line.starts_with("data: ") {
+            line.clear();
+            assert!(r.read_line(&mut line).unwrap() > 0, "stream closed");
+        }
+        held.push(r);
+    }
+    assert_eq!(get(&srv.addr, "/", "").0, 503);
+    held.pop();
+    // A freed slot serves again (bounded wait for the server to see the close).
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let code = try_get(&srv.addr, "/", "").map_or(0, |r| r.0);
+        if code == 200 || std::time::Instant::now() > deadline {
+            assert_eq!(code, 200);
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn off_loopback_every_request_needs_the_token() {
+    if !netns::can_run("serve_http") {
+        return;
+    }
+    let ns = netns::NetnsGuard::new();
+    netns::ns_cmd(
+        &ns.name,
+        &[
+            "ip", "link", "add", "v0", "type", "veth", "peer", "name", "v1",
+        ],
+    );
+    netns::ns_cmd(
+        &ns.name,
+        &["ip", "addr", "add", "10.203.0.1/24", "dev", "v0"],
+    );
+    for l in ["lo", "v0", "v1"] {
+        netns::ns_cmd(&ns.name, &["ip", "link", "set", l, "up"]);
+    }
+    let dir = tempfile::tempdir().unwrap();
+    // Without a token, binding off loopback is refused.
+    let err = serve(dir.path(), Some(&ns.name), &["--listen", "10.203.0.1:0"])
+        .err()
+        .expect("serve without a token off loopback must fail");
+    assert!(
+        err.starts_with("Some(1)") && err.contains("needs --token"),
+        "{err}"
+    );
+    let token_file = dir.path().join("token");
+    std::fs::write(&token_file, "s3cret-token\n").unwrap();
+    let srv = serve(
+        dir.path(),
+        Some(&ns.name),
+        &[
+            "--listen",
+            "10.203.0.1:0",
+            "--token-file",
+            token_file.to_str().unwrap(),
+        ],
+    )
+    .unwrap();
+    assert!(srv.addr.starts_with("10.203.0.1:"), "{}", srv.addr);
+    let addr = srv.addr.clone();
+    let path = ns.path();
+    let (codes, html) = std::thread::spawn(move || {
+        let f = std::fs::File::open(&path).unwrap();
+        use std::os::fd::AsRawFd;
+        // SAFETY: setns on a valid namespace fd; affects this thread only.
+        assert_eq!(unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) }, 0);
+        let codes = [
+            get(&addr, "/", "").0,
+            get(&addr, "/events", "").0,
+            get(&addr, "/nope", "").0,
+            get(&addr, "/?token=wrong", "").0,
+            get(&addr, "/", "Authorization: Bearer wrong\r\n").0,
+            get(&addr, "/", "Authorization: Bearer s3cret-token\r\n").0,
+            get(&addr, "/snapshot.json?token=s3cret-token", "").0,
+            get(&addr, "/nope?token=s3cret-token", "").0,
+            // The page loads its stylesheet and script with the token on.
+            get(&addr, "/app.js?token=s3cret-token", "").0,
+            get(&addr, "/style.css?token=s3cret-token", "").0,
+        ]
+        .to_vec();
+        (codes, get(&addr, "/?token=s3cret-token", "").2)
+    })
+    .join()
+    .unwrap();
+    assert_eq!(codes, [401, 401, 401, 401, 401, 200, 200, 404, 200, 200]);
+    assert!(html.contains("src=\"app.js?token=s3cret-token\""), "{html}");
+    assert!(
+        html.contains("href=\"style.css?token=s3cret-token\""),
+        "{html}"
+    );
+    drop(srv);
+}
