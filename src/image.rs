@@ -202,6 +202,37 @@ pub struct ImageOutput {
     pub modules: Vec<String>,
     /// Things that work but are worth saying (absent optional modules, ...).
     pub warnings: Vec<String>,
+    /// The nic models (`image::NIC_MODELS`) the guest can drive, as written
+    /// to [`nic_manifest`] beside the initrd.
+    pub nic_models: Vec<String>,
+}
+
+/// The file beside an initrd that lists the nic models its guest has a
+/// driver for, one per line (`validate` warns about a nic whose model is
+/// not in it; an initrd without one, not built by megaplan, is not checked).
+pub fn nic_manifest(initrd: &Path) -> PathBuf {
+    let mut name = initrd.as_os_str().to_owned();
+    name.push(".nics");
+    PathBuf::from(name)
+}
+
+/// The models listed in `initrd`'s [`nic_manifest`], if it has one (read
+/// bounded: it is a few lines).
+pub fn read_nic_manifest(initrd: &Path) -> Option<Vec<String>> {
+    use std::io::Read;
+    let f = std::fs::File::open(nic_manifest(initrd)).ok()?;
+    if !f.metadata().ok()?.is_file() {
+        return None;
+    }
+    let mut text = String::new();
+    f.take(4096).read_to_string(&mut text).ok()?;
+    Some(
+        text.lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty() && !l.starts_with('#'))
+            .map(String::from)
+            .collect(),
+    )
 }
 
 // ---------------------------------------------------------------- cpio
@@ -1123,6 +1154,22 @@ pub fn build(opts: &ImageOptions) -> Result<ImageOutput, ImageError> {
     let image = std::fs::read(&kernel.image).map_err(io_err(&kernel.image))?;
     write_atomic(&kernel_out, &image)?;
     write_atomic(&initrd_out, &initrd)?;
+    let builtin = builtin_modules(&kernel.modules);
+    let nic_models: Vec<String> = NIC_MODELS
+        .iter()
+        .filter(|(_, mods)| {
+            mods.iter()
+                .any(|m| builtin.contains(*m) || modules.iter().any(|l| l == m))
+        })
+        .map(|(model, _)| model.to_string())
+        .collect();
+    let mut manifest =
+        String::from("# nic models this initrd's guest has a driver for (megaplan image build)\n");
+    for m in &nic_models {
+        manifest.push_str(m);
+        manifest.push('\n');
+    }
+    write_atomic(&nic_manifest(&initrd_out), manifest.as_bytes())?;
     let abs = |p: PathBuf| std::path::absolute(&p).unwrap_or(p);
     Ok(ImageOutput {
         kernel: abs(kernel_out),
@@ -1130,6 +1177,7 @@ pub fn build(opts: &ImageOptions) -> Result<ImageOutput, ImageError> {
         kernel_version: kernel.version.clone(),
         modules,
         warnings,
+        nic_models,
     })
 }
 

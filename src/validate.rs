@@ -1187,6 +1187,37 @@ impl Validator {
                         "driver",
                     );
                 }
+                // An image megaplan built says which nic models its guest can
+                // drive: a nic it cannot gets no interface, and every later
+                // nic's ethN would silently be another one.
+                if let (Some(d), Some(models)) = (
+                    &nic.driver,
+                    initrd.as_deref().and_then(crate::image::read_nic_manifest),
+                ) && NIC_MODEL_NAMES.contains(&d.value.as_str())
+                    && !models.contains(&d.value)
+                {
+                    once(
+                        self,
+                        Diag::warning(
+                            "megaplan::driver_not_in_image",
+                            format!(
+                                "the guest image has no driver for nic model '{}': this nic gets no interface in the guest, and the nics after it move down one ethN",
+                                d.value
+                            ),
+                        )
+                        .label(d.span, "no guest driver in the image")
+                        .help(format!(
+                            "the image's kernel drives: {} (see {}); use one of those, or build the image from a kernel with this driver",
+                            if models.is_empty() { "none".to_string() } else { models.join(", ") },
+                            crate::diag::escape(
+                                &crate::image::nic_manifest(initrd.as_deref().unwrap_or(Path::new("")))
+                                    .display()
+                                    .to_string()
+                            )
+                        )),
+                        "nicdriver",
+                    );
+                }
                 nics.push(NicSpec {
                     index: i,
                     tap: identity::tap_name(&ename, &naddr),
@@ -1865,6 +1896,41 @@ mod tests {
 
     fn codes(d: &Diagnostics) -> Vec<&'static str> {
         d.errors().map(|d| d.code).collect()
+    }
+
+    /// An image megaplan built lists the nic models its guest can drive: a
+    /// nic model it lacks is a warning at validate (it used to make the
+    /// guest's ethN silently another nic).
+    #[test]
+    fn a_nic_model_the_image_cannot_drive_is_a_warning() {
+        let dir = tempfile::tempdir().unwrap();
+        let initrd = dir.path().join("g.initrd");
+        std::fs::write(&initrd, b"x").unwrap();
+        std::fs::write(dir.path().join("g.kernel"), b"x").unwrap();
+        std::fs::write(
+            crate::image::nic_manifest(&initrd),
+            "# comment\nvirtio-net-pci\nvmxnet3\n",
+        )
+        .unwrap();
+        let file = |driver: &str| {
+            format!(
+                "experiment \"x\"\nnetwork \"LAN\"\nvm \"A\" {{ kernel \"g.kernel\"; initrd \"g.initrd\"; nic \"LAN\" driver=\"{driver}\"; }}\n"
+            )
+        };
+        let warned = |driver: &str| {
+            let (lab, d) = check(&SourceFile::new(dir.path().join("t.kdl"), file(driver)));
+            assert!(lab.is_some(), "{d:?}");
+            d.warnings()
+                .filter(|w| w.code == "megaplan::driver_not_in_image")
+                .count()
+        };
+        assert_eq!(warned("e1000"), 1);
+        assert_eq!(warned("rtl8139"), 1);
+        assert_eq!(warned("vmxnet3"), 0);
+        assert_eq!(warned("virtio-net-pci"), 0);
+        // An image without a manifest (not built by megaplan) is not checked.
+        std::fs::remove_file(crate::image::nic_manifest(&initrd)).unwrap();
+        assert_eq!(warned("e1000"), 0);
     }
 
     #[test]

@@ -239,6 +239,14 @@ async fn non_virtio_nics_get_their_interfaces() {
         "no non-virtio nic driver in {:?}",
         img.modules
     );
+    // The image says which models it drives, for validate's warning.
+    assert_eq!(
+        image::read_nic_manifest(&img.initrd).as_deref(),
+        Some(img.nic_models.as_slice())
+    );
+    for m in &models {
+        assert!(img.nic_models.iter().any(|n| n == m), "{m} not listed");
+    }
 
     let accel = qemu::detect_accel().expect("MEGAPLAN_ACCEL");
     let mut cfg = VmConfig::new("nic-models", Uuid::new_v4(), accel, dir.path().join("run"));
