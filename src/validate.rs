@@ -374,7 +374,7 @@ impl Validator {
     /// [`name_problem`]): every string reaches an argv, a path, the kernel
     /// command line or a protocol frame, where a NUL ends it or is refused.
     /// A VM's sockets (QMP, cc) live in its runtime folder; a unix socket
-    /// path holds at most [`qemu::MAX_SOCKET_PATH`] bytes.
+    /// path holds at most [`runtime::MAX_SOCKET_PATH`] bytes.
     fn check_socket_path(
         &mut self,
         experiment: &str,
@@ -382,22 +382,22 @@ impl Validator {
         vm: &model::Vm,
         once: &mut impl FnMut(&mut Self, Diag, &'static str),
     ) {
-        use crate::drivers::qemu;
-        let longest = [qemu::QMP_SOCKET_NAME, qemu::CC_SOCKET_NAME]
+        use crate::drivers::runtime;
+        let longest = [runtime::QMP_SOCKET_NAME, runtime::CC_SOCKET_NAME]
             .into_iter()
             .max_by_key(|n| n.len())
             .expect("two names");
         let root = crate::host::runtime_dir("", "");
         let sock = crate::host::runtime_dir(experiment, vm_name).join(longest);
         let len = sock.as_os_str().len();
-        if len > qemu::MAX_SOCKET_PATH {
+        if len > runtime::MAX_SOCKET_PATH {
             once(
                 self,
                 Diag::error(
                     "megaplan::socket_path_too_long",
                     format!(
                         "VM '{vm_name}' would have a socket path of {len} bytes: a unix socket path holds at most {}",
-                        qemu::MAX_SOCKET_PATH
+                        runtime::MAX_SOCKET_PATH
                     ),
                 )
                 .label(vm.name.span, format!("{}", sock.display()))
@@ -406,7 +406,7 @@ impl Validator {
                     root.as_os_str().len().saturating_sub(1),
                     experiment.len() + 1,
                     vm_name.len() + 1,
-                    len - qemu::MAX_SOCKET_PATH
+                    len - runtime::MAX_SOCKET_PATH
                 )),
                 "sockpath",
             );

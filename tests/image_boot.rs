@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use megaplan::agent::{AgentClient, Exit};
+use megaplan::drivers::process;
 use megaplan::drivers::qemu::{self, DiskConfig, VmConfig};
 use megaplan::drivers::qemu_img::{self, ImageFormat};
 use megaplan::drivers::qmp::{self, StopOutcome};
@@ -21,7 +22,7 @@ struct KillOnDrop(u32);
 
 impl Drop for KillOnDrop {
     fn drop(&mut self) {
-        if qmp::process_alive(self.0) {
+        if process::process_alive(self.0) {
             // SAFETY: kill(2) has no memory-safety preconditions.
             unsafe { libc::kill(self.0 as libc::pid_t, libc::SIGKILL) };
         }
@@ -189,7 +190,7 @@ async fn built_image_boots_and_serves_cc() {
         .expect("stop_vm");
     eprintln!("stopped ({outcome:?}) in {:?}", t.elapsed());
     assert_eq!(outcome, StopOutcome::PoweredOff, "serial log:\n{}", log());
-    assert!(!qmp::process_alive(pid));
+    assert!(!process::process_alive(pid));
 
     // The file written in the guest is on the disk.
     let out = dir.path().join("extracted");
@@ -290,5 +291,5 @@ async fn non_virtio_nics_get_their_interfaces() {
     qmp::stop_vm(&cfg.runtime_dir, pid, Duration::from_secs(60))
         .await
         .expect("stop_vm");
-    assert!(!qmp::process_alive(pid));
+    assert!(!process::process_alive(pid));
 }

@@ -4,6 +4,7 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use megaplan::drivers::process;
 use megaplan::drivers::qemu::{self, QemuError, VmConfig};
 use megaplan::drivers::qmp::{self, Qmp, StopOutcome};
 use uuid::Uuid;
@@ -18,7 +19,7 @@ struct KillOnDrop(u32);
 
 impl Drop for KillOnDrop {
     fn drop(&mut self) {
-        if qmp::process_alive(self.0) {
+        if process::process_alive(self.0) {
             // SAFETY: kill(2) has no memory-safety preconditions.
             unsafe { libc::kill(self.0 as libc::pid_t, libc::SIGKILL) };
         }
@@ -195,7 +196,7 @@ async fn boot_and_stop(acpi: bool, grace: Duration) -> StopOutcome {
     let pid = qemu::launch(&cfg).await.expect("launch");
     let _guard = KillOnDrop(pid);
     eprintln!("QEMU pid {pid} started in {:?}", started.elapsed());
-    assert!(qmp::process_alive(pid));
+    assert!(process::process_alive(pid));
     assert!(cfg.qmp_socket().exists());
     assert!(cfg.cc_socket().exists());
     assert_eq!(
@@ -217,7 +218,10 @@ async fn boot_and_stop(acpi: bool, grace: Duration) -> StopOutcome {
         if log.contains(MARKER) {
             break;
         }
-        assert!(qmp::process_alive(pid), "QEMU exited; serial log:\n{log}");
+        assert!(
+            process::process_alive(pid),
+            "QEMU exited; serial log:\n{log}"
+        );
         assert!(
             Instant::now() < deadline,
             "no marker after 180 s; serial log:\n{log}"
@@ -240,7 +244,7 @@ async fn boot_and_stop(acpi: bool, grace: Duration) -> StopOutcome {
         .await
         .expect("stop_vm");
     eprintln!("stopped ({outcome:?}) in {:?}", t.elapsed());
-    assert!(!qmp::process_alive(pid));
+    assert!(!process::process_alive(pid));
     assert!(!cfg.qmp_socket().exists());
     assert!(!cfg.cc_socket().exists());
     assert!(!cfg.pidfile().exists());

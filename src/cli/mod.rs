@@ -1131,7 +1131,7 @@ fn console_cmd(
     let sd = StateDir::for_file(&file, &lab.name, state_dir.as_deref());
     let log = crate::host::serial_log(&sd, &spec.name);
     let sock = crate::host::runtime_dir(&lab.name, &spec.name)
-        .join(crate::drivers::qemu::CONSOLE_SOCKET_NAME);
+        .join(crate::drivers::runtime::CONSOLE_SOCKET_NAME);
     let result = if follow {
         crate::console::show_log(&log, true)
     } else if sock.exists() {

@@ -19,21 +19,14 @@ use tokio::io::AsyncReadExt;
 use tokio::process::Command;
 use uuid::Uuid;
 
+use super::process::{self, PidfileError, process_alive, read_pidfile};
 pub use super::qemu_img::ImageFormat;
+use super::runtime::{self, MAX_SOCKET_PATH};
 
 /// The QEMU binary `launch` runs (overridable per config).
 pub const QEMU_BINARY: &str = "qemu-system-x86_64";
 /// The name of the virtio-serial port the guest agent looks for.
 pub const CC_PORT_NAME: &str = "megaplan.cc";
-/// File names inside a VM's runtime dir.
-pub const PIDFILE_NAME: &str = "qemu.pid";
-pub const QMP_SOCKET_NAME: &str = "qmp.sock";
-pub const CC_SOCKET_NAME: &str = "cc.sock";
-pub const SERIAL_LOG_NAME: &str = "serial.log";
-/// The serial console's unix socket (`megaplan console` attaches to it).
-pub const CONSOLE_SOCKET_NAME: &str = "console.sock";
-/// Longest path a unix socket address holds (sun_path minus the final NUL).
-pub const MAX_SOCKET_PATH: usize = 107;
 
 #[derive(Debug, thiserror::Error)]
 pub enum QemuError {
@@ -69,6 +62,15 @@ pub enum QemuError {
     },
     #[error("bad pidfile {path}: {content:?}")]
     BadPidfile { path: PathBuf, content: String },
+}
+
+impl From<PidfileError> for QemuError {
+    fn from(e: PidfileError) -> Self {
+        match e {
+            PidfileError::Bad { path, content } => QemuError::BadPidfile { path, content },
+            PidfileError::Io { path, source } => QemuError::Io { path, source },
+        }
+    }
 }
 
 // ---------------------------------------------------------------- accelerator
@@ -261,21 +263,21 @@ impl VmConfig {
     }
 
     pub fn pidfile(&self) -> PathBuf {
-        self.runtime_dir.join(PIDFILE_NAME)
+        runtime::pidfile(&self.runtime_dir)
     }
     pub fn qmp_socket(&self) -> PathBuf {
-        self.runtime_dir.join(QMP_SOCKET_NAME)
+        runtime::qmp_socket(&self.runtime_dir)
     }
     pub fn cc_socket(&self) -> PathBuf {
-        self.runtime_dir.join(CC_SOCKET_NAME)
+        runtime::cc_socket(&self.runtime_dir)
     }
     pub fn console_socket(&self) -> PathBuf {
-        self.runtime_dir.join(CONSOLE_SOCKET_NAME)
+        runtime::console_socket(&self.runtime_dir)
     }
     pub fn serial_log_path(&self) -> PathBuf {
         self.serial_log
             .clone()
-            .unwrap_or_else(|| self.runtime_dir.join(SERIAL_LOG_NAME))
+            .unwrap_or_else(|| runtime::serial_log(&self.runtime_dir))
     }
     pub fn binary(&self) -> &OsStr {
         self.qemu_binary
@@ -529,30 +531,6 @@ pub fn argv(cfg: &VmConfig) -> Result<Vec<OsString>, QemuError> {
 /// How long `launch` waits for QEMU's foreground process to exit.
 pub const LAUNCH_TIMEOUT: Duration = Duration::from_secs(60);
 
-/// The pid in a VM's runtime folder, if its pidfile is there and readable
-/// (for refresh and stop, where a missing or garbled file means "no pid").
-pub fn pid_in(runtime_dir: &Path) -> Option<u32> {
-    read_pidfile(&runtime_dir.join(PIDFILE_NAME)).ok().flatten()
-}
-
-fn read_pidfile(path: &Path) -> Result<Option<u32>, QemuError> {
-    match std::fs::read_to_string(path) {
-        Ok(s) => s
-            .trim()
-            .parse()
-            .map(Some)
-            .map_err(|_| QemuError::BadPidfile {
-                path: path.to_path_buf(),
-                content: s,
-            }),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(source) => Err(QemuError::Io {
-            path: path.to_path_buf(),
-            source,
-        }),
-    }
-}
-
 /// Starts QEMU daemonized and returns the pid of the VM process (from the pidfile).
 ///
 /// Creates the runtime dir (mode 0700) and the serial log's directory. Refuses when
@@ -577,7 +555,7 @@ pub async fn launch(cfg: &VmConfig) -> Result<u32, QemuError> {
     }
     let pidfile = cfg.pidfile();
     if let Ok(Some(pid)) = read_pidfile(&pidfile)
-        && super::qmp::process_alive(pid)
+        && process_alive(pid)
     {
         return Err(QemuError::AlreadyRunning {
             name: cfg.name.clone(),
@@ -647,10 +625,9 @@ pub async fn launch(cfg: &VmConfig) -> Result<u32, QemuError> {
         Err(_) => {
             let _ = child.start_kill();
             if let Ok(Some(pid)) = read_pidfile(&pidfile)
-                && super::qmp::process_alive(pid)
+                && process_alive(pid)
             {
-                // SAFETY: kill(2) has no memory-safety preconditions.
-                unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) };
+                process::kill_pid(pid);
             }
             stderr_task.abort();
             return Err(QemuError::Timeout {

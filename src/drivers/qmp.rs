@@ -5,7 +5,6 @@
 //! until the first one disconnects, which is why connecting has a timeout.
 
 use std::collections::HashMap;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -18,7 +17,8 @@ use tokio::net::unix::OwnedWriteHalf;
 use tokio::sync::{broadcast, oneshot, watch};
 use tokio::task::JoinHandle;
 
-use super::qemu::{CC_SOCKET_NAME, PIDFILE_NAME, QMP_SOCKET_NAME};
+use super::process::{PidFd, kill_pid, process_alive, wait_exit};
+use super::runtime::{CC_SOCKET_NAME, PIDFILE_NAME, QMP_SOCKET_NAME};
 
 #[derive(Debug, thiserror::Error)]
 pub enum QmpError {
@@ -271,98 +271,6 @@ async fn read_loop(
     let _ = closed.send(true);
 }
 
-// ---------------------------------------------------------------- processes
-
-/// True when `pid` is a live process whose command is QEMU (`/proc/PID/cmdline`),
-/// so that a reused pid or a zombie does not count.
-pub fn process_alive(pid: u32) -> bool {
-    if pid == 0 || pid > i32::MAX as u32 {
-        return false;
-    }
-    let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
-        return false;
-    };
-    let argv0 = cmdline.split(|&b| b == 0).next().unwrap_or_default();
-    let base = argv0.rsplit(|&b| b == b'/').next().unwrap_or_default();
-    base.starts_with(b"qemu")
-}
-
-/// A pidfd: becomes readable when the process exits, and signals go to exactly
-/// that process even if its pid is reused.
-struct PidFd(tokio::io::unix::AsyncFd<OwnedFd>);
-
-impl PidFd {
-    fn open(pid: u32) -> Option<PidFd> {
-        // SAFETY: pidfd_open takes a pid and flags and returns a new fd or -1.
-        let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::pid_t, 0) };
-        if fd < 0 {
-            return None;
-        }
-        // SAFETY: fd is a freshly opened descriptor that nothing else owns.
-        let owned = unsafe { OwnedFd::from_raw_fd(fd as i32) };
-        // SAFETY: the AsyncFd owns the OwnedFd, whose raw fd stays open and the same
-        // until the AsyncFd is dropped.
-        unsafe {
-            tokio::io::unix::AsyncFd::register_with_interest(owned, tokio::io::Interest::READABLE)
-        }
-        .ok()
-        .map(PidFd)
-    }
-
-    fn kill(&self) -> std::io::Result<()> {
-        let fd = self.0.get_ref().as_raw_fd();
-        // SAFETY: pidfd_send_signal(fd, sig, info = NULL, flags = 0).
-        let r = unsafe {
-            libc::syscall(
-                libc::SYS_pidfd_send_signal,
-                fd,
-                libc::SIGKILL,
-                std::ptr::null::<libc::siginfo_t>(),
-                0,
-            )
-        };
-        if r < 0 {
-            let e = std::io::Error::last_os_error();
-            if e.raw_os_error() == Some(libc::ESRCH) {
-                return Ok(());
-            }
-            return Err(e);
-        }
-        Ok(())
-    }
-}
-
-/// Waits up to `timeout` for the process to exit; true when it did.
-async fn wait_exit(pid: u32, pidfd: Option<&PidFd>, timeout: Duration) -> bool {
-    let wait = async {
-        match pidfd {
-            Some(fd) => {
-                let _ = fd.0.readable().await;
-            }
-            None => {
-                while process_alive(pid) {
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                }
-            }
-        }
-    };
-    tokio::time::timeout(timeout, wait).await.is_ok() || !process_alive(pid)
-}
-
-/// Resolves when QEMU process `pid` has exited (at once if it is not a
-/// running QEMU): a pidfd, so no polling, where the kernel has them.
-pub async fn exited(pid: u32) {
-    if !process_alive(pid) {
-        return;
-    }
-    let fd = PidFd::open(pid);
-    // Opened after the check: the pid could have gone (and come back) between.
-    if !process_alive(pid) {
-        return;
-    }
-    wait_exit(pid, fd.as_ref(), Duration::MAX).await;
-}
-
 /// How a VM was stopped.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum StopOutcome {
@@ -422,11 +330,7 @@ async fn stop_process(
     }
     match pidfd {
         Some(fd) => fd.kill()?,
-        None if process_alive(pid) => {
-            // SAFETY: kill(2) has no memory-safety preconditions.
-            unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) };
-        }
-        None => {}
+        None => kill_pid(pid),
     }
     if wait_exit(pid, pidfd, QUIT_WAIT).await {
         Ok(StopOutcome::Killed)
@@ -438,13 +342,6 @@ async fn stop_process(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn not_qemu_is_not_alive() {
-        assert!(!process_alive(std::process::id()));
-        assert!(!process_alive(0));
-        assert!(!process_alive(u32::MAX));
-    }
 
     /// A fake QMP server: greeting, replies by id, an event, then close on quit.
     #[tokio::test]

@@ -7,7 +7,8 @@ use std::time::Duration;
 use futures::StreamExt;
 
 use crate::drivers::netlink::{LinkKind, Netlink};
-use crate::drivers::qmp::{Qmp, process_alive};
+use crate::drivers::process::process_alive;
+use crate::drivers::qmp::Qmp;
 use crate::drivers::tc::{Direction as TcDirection, Tc};
 use crate::identity;
 use crate::observed::{Observed, ObservedLink, ObservedMirror, ObservedVm};
@@ -30,11 +31,11 @@ const QMP_CONCURRENCY: usize = 32;
 /// One VM's runtime folder: its QEMU's pid, whether it lives, and its run
 /// state from QMP `query-status` (None when QMP does not answer in 2 s).
 async fn observe_vm(rt: &Path) -> ObservedVm {
-    let pid = crate::drivers::qemu::pid_in(rt);
+    let pid = crate::drivers::process::pid_in(rt);
     let alive = pid.is_some_and(process_alive);
     let mut status = None;
     if alive {
-        let sock = rt.join(crate::drivers::qemu::QMP_SOCKET_NAME);
+        let sock = rt.join(crate::drivers::runtime::QMP_SOCKET_NAME);
         if let Ok(Ok(q)) = tokio::time::timeout(
             Duration::from_secs(2),
             Qmp::connect_timeout(&sock, Duration::from_secs(2)),
@@ -177,6 +178,7 @@ use crate::agent::Command as AgentCommand;
 use crate::drivers::netlink::MacAddr;
 use crate::drivers::qemu::{self, DiskConfig, NicConfig, VmConfig};
 use crate::drivers::qemu_img::{self, ImageFormat};
+use crate::drivers::{process, runtime};
 use crate::lab::{CcActionSpec, CommandSpec, DiskFormat, DiskSource, DiskSpec, Lab, VmSpec};
 
 /// The outcome of one cc step.
@@ -453,7 +455,7 @@ impl super::Host for LocalHost {
         // The serial log lives with the state; a link from the runtime folder
         // lets a step waiting for the agent watch it for a kernel panic.
         if let Some(log) = &cfg.serial_log {
-            let link = cfg.runtime_dir.join(qemu::SERIAL_LOG_NAME);
+            let link = cfg.runtime_dir.join(runtime::SERIAL_LOG_NAME);
             let _ = std::fs::remove_file(&link);
             std::os::unix::fs::symlink(log, &link)?;
         }
@@ -472,7 +474,7 @@ impl super::Host for LocalHost {
         // The pidfile in our runtime folder names the QEMU to stop; a pid
         // from the state only when that process runs with this runtime
         // folder (a state is untrusted: never signal someone else's process).
-        let pid = qemu::pid_in(&rt).or(pid.filter(|&p| runs_with(p, &rt)));
+        let pid = process::pid_in(&rt).or(pid.filter(|&p| runs_with(p, &rt)));
         if let Some(pid) = pid
             && process_alive(pid)
         {

@@ -170,7 +170,7 @@ pub async fn connect_agent(
     hello_wait: Duration,
 ) -> Result<crate::agent::AgentClient, crate::agent::AgentError> {
     let rt = runtime_dir(experiment, vm);
-    let sock = rt.join(crate::drivers::qemu::CC_SOCKET_NAME);
+    let sock = rt.join(crate::drivers::runtime::CC_SOCKET_NAME);
     if !rt.is_dir() {
         // Not running: fail as a connection to a missing socket does.
         let client = crate::agent::AgentClient::connect_timeout(&sock, connect_wait).await?;
@@ -214,7 +214,7 @@ pub async fn connect_agent_watched(
     Err(HostError::Other(format!(
         "{failed}{}",
         serial_tail(
-            &rt.join(crate::drivers::qemu::SERIAL_LOG_NAME),
+            &rt.join(crate::drivers::runtime::SERIAL_LOG_NAME),
             SERIAL_TAIL_LINES
         )
     )))
@@ -302,7 +302,7 @@ fn last_lines(bytes: &[u8], n: usize) -> Vec<String> {
 /// (`benches/apply-scale.sh`: 250 ms polling of the pidfile, /proc and the
 /// log cost ~12 ms per VM at N=16).
 async fn watch_boot(rt: &Path) -> String {
-    let log = rt.join(crate::drivers::qemu::SERIAL_LOG_NAME);
+    let log = rt.join(crate::drivers::runtime::SERIAL_LOG_NAME);
     let console = async {
         let mut read = 0u64;
         let mut scan = PanicScan::default();
@@ -325,8 +325,8 @@ async fn watch_boot(rt: &Path) -> String {
     };
     let qemu = async {
         loop {
-            if let Some(pid) = crate::drivers::qemu::pid_in(rt) {
-                crate::drivers::qmp::exited(pid).await;
+            if let Some(pid) = crate::drivers::process::pid_in(rt) {
+                crate::drivers::process::exited(pid).await;
                 return format!("its QEMU (pid {pid}) exited");
             }
             tokio::time::sleep(BOOT_WATCH_PERIOD).await;
@@ -423,7 +423,7 @@ mod tests {
         // Until the child has exec'd, /proc shows the forked test binary,
         // which `process_alive` rightly calls no QEMU: wait for the exec.
         let deadline = std::time::Instant::now() + Duration::from_secs(10);
-        while !crate::drivers::qmp::process_alive(child.id()) {
+        while !crate::drivers::process::process_alive(child.id()) {
             assert!(
                 std::time::Instant::now() < deadline,
                 "the stand-in QEMU (pid {}) never showed as exec'd",
@@ -433,7 +433,7 @@ mod tests {
         }
         let rt = rt_with_pid(child.id());
         std::fs::write(
-            rt.path().join(crate::drivers::qemu::SERIAL_LOG_NAME),
+            rt.path().join(crate::drivers::runtime::SERIAL_LOG_NAME),
             serial_log,
         )
         .unwrap();
@@ -449,7 +449,7 @@ mod tests {
     fn rt_with_pid(pid: u32) -> tempfile::TempDir {
         let rt = tempfile::tempdir().unwrap();
         std::fs::write(
-            rt.path().join(crate::drivers::qemu::PIDFILE_NAME),
+            rt.path().join(crate::drivers::runtime::PIDFILE_NAME),
             format!("{pid}\n"),
         )
         .unwrap();
