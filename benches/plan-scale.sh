@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # "Plan at scale": wall time and peak RSS of `megaplan validate` and
-# `megaplan plan` on generated experiments of 1k, 10k and 100k VMs, with an
+# `megaplan plan` (text and `--json`) on generated experiments of 1k, 10k and 100k VMs, with an
 # empty state and nothing running on the host. Run as root (plan refreshes
 # from the live host over netlink). Figures go to docs/PERFORMANCE.md.
 #
@@ -41,4 +41,7 @@ for n in "${sizes[@]}"; do
     rm -rf "$work/state"
     read -r s m < <(measure "$bin" plan "$file" --state-dir "$work/state")
     printf '%-8s %-9s %10s %12s\n' "$n" plan "$s" "$m"
+    rm -rf "$work/state"
+    read -r s m < <(measure "$bin" plan "$file" --state-dir "$work/state" --json)
+    printf '%-8s %-9s %10s %12s\n' "$n" plan-json "$s" "$m"
 done

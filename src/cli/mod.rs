@@ -42,6 +42,22 @@ fn write_stdout(args: std::fmt::Arguments<'_>) {
     }
 }
 
+/// Stream generated output (a plan) to stdout through a buffer, with
+/// `write_stdout`'s handling of a closed pipe or another error.
+fn stream_stdout(
+    f: impl FnOnce(&mut std::io::BufWriter<std::io::StdoutLock<'static>>) -> std::io::Result<()>,
+) {
+    use std::io::Write;
+    let mut out = std::io::BufWriter::with_capacity(1 << 16, std::io::stdout().lock());
+    if let Err(e) = f(&mut out).and_then(|()| out.flush()) {
+        if e.kind() == std::io::ErrorKind::BrokenPipe {
+            std::process::exit(0);
+        }
+        eprintln!("error: cannot write to stdout: {e}");
+        std::process::exit(1);
+    }
+}
+
 #[derive(Parser, Debug)]
 #[command(name = "megaplan", version, about = "Declarative VM network experiments, minimega-style", long_about = None)]
 pub struct Cli {
@@ -475,10 +491,7 @@ fn run(cli: Cli) -> Result<ExitCode, CliError> {
             let p = diff(&old_lab, &new_lab);
             match format {
                 DiffFormat::Text => print!("{}", render::diff_text(&p)),
-                DiffFormat::Json => println!(
-                    "{}",
-                    serde_json::to_string_pretty(&render::json(&p)).expect("json")
-                ),
+                DiffFormat::Json => stream_stdout(|w| render::write_json(&p, w)),
                 DiffFormat::Markdown => print!("{}", render::markdown(&p)),
             }
             Ok(ExitCode::SUCCESS)
@@ -579,12 +592,9 @@ fn run(cli: Cli) -> Result<ExitCode, CliError> {
             let opts = plan_options(&file, &lab, &sd, &state, replace.clone())?;
             let (_, p) = refresh_and_plan(&lab, &sd, &mut state, &opts)?;
             if json {
-                println!(
-                    "{}",
-                    serde_json::to_string_pretty(&render::json(&p)).expect("json")
-                );
+                stream_stdout(|w| render::write_json(&p, w));
             } else {
-                print!("{}", render::text(&p));
+                stream_stdout(|w| render::write_text(&p, w));
             }
             if let Some(out) = out {
                 let mut saved = crate::saved::SavedPlan::new(&file, p.clone());

@@ -68,11 +68,44 @@ pub fn diff_text(plan: &Plan) -> String {
 
 fn text_with(plan: &Plan, diff: bool) -> String {
     let mut out = String::new();
-    let shown: Vec<&Change> = plan
+    text_into(plan, diff, &mut out);
+    out
+}
+
+/// Writes the text of `plan` to `w` as it goes (through a `BufWriter` on
+/// stdout, the plan of a 100k-VM lab never exists as one string).
+pub fn write_text(plan: &Plan, w: &mut impl std::io::Write) -> std::io::Result<()> {
+    let mut out = IoFmt { w, err: None };
+    text_into(plan, false, &mut out);
+    match out.err {
+        Some(e) => Err(e),
+        None => Ok(()),
+    }
+}
+
+/// `fmt::Write` over an `io::Write`, keeping the first I/O error.
+struct IoFmt<'a, W: std::io::Write> {
+    w: &'a mut W,
+    err: Option<std::io::Error>,
+}
+
+impl<W: std::io::Write> Write for IoFmt<'_, W> {
+    fn write_str(&mut self, s: &str) -> std::fmt::Result {
+        if self.err.is_some() {
+            return Err(std::fmt::Error);
+        }
+        self.w.write_all(s.as_bytes()).map_err(|e| {
+            self.err = Some(e);
+            std::fmt::Error
+        })
+    }
+}
+
+fn text_into(plan: &Plan, diff: bool, out: &mut impl Write) {
+    let shown = plan
         .changes
         .iter()
-        .filter(|c| c.action != Action::NoOp || (c.kind == Kind::Disk && c.after.is_none()))
-        .collect();
+        .filter(|c| c.action != Action::NoOp || (c.kind == Kind::Disk && c.after.is_none()));
     let experiment = crate::diag::escape(&plan.experiment);
     if !plan.has_changes() {
         let _ = if diff {
@@ -89,7 +122,7 @@ fn text_with(plan: &Plan, diff: bool) -> String {
         for c in shown {
             let _ = writeln!(out, "\n  {}", headline(c));
         }
-        return out;
+        return;
     }
     let _ = if diff {
         writeln!(
@@ -141,7 +174,6 @@ fn text_with(plan: &Plan, diff: bool) -> String {
     }
     let _ = writeln!(out);
     let _ = writeln!(out, "{}", summary_line(plan));
-    out
 }
 
 /// `Plan: 1 to add, 0 to change, 1 to replace, 0 to destroy, 2 steps to run.`
@@ -204,6 +236,88 @@ pub fn json(plan: &Plan) -> Value {
         "resource_changes": changes,
         "summary": { "add": s.add, "change": s.change, "replace": s.replace, "destroy": s.destroy, "steps": s.steps },
     })
+}
+
+/// The JSON plan, pretty-printed and newline-terminated, written to `w` change
+/// by change: the same bytes as `to_string_pretty(&json(plan))` + "\n" without
+/// building the `Value` tree (4.6 GB at 100k VMs).
+pub fn write_json(plan: &Plan, w: &mut impl std::io::Write) -> std::io::Result<()> {
+    serde_json::to_writer_pretty(&mut *w, &JsonPlan(plan))?;
+    w.write_all(b"\n")
+}
+
+/// Serializes as `json(plan)` does, field for field, in the same order.
+struct JsonPlan<'a>(&'a Plan);
+struct JsonChanges<'a>(&'a [Change]);
+struct JsonChange<'a>(&'a Change);
+struct JsonInner<'a>(&'a Change);
+
+impl serde::Serialize for JsonPlan<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let plan = self.0;
+        let sum = plan.summary();
+        let mut m = s.serialize_map(Some(7))?;
+        m.serialize_entry("format_version", JSON_FORMAT_VERSION)?;
+        m.serialize_entry("experiment", &plan.experiment)?;
+        m.serialize_entry("mode", &plan.mode)?;
+        m.serialize_entry("lineage", &plan.lineage)?;
+        m.serialize_entry("serial", &plan.serial)?;
+        m.serialize_entry("resource_changes", &JsonChanges(&plan.changes))?;
+        m.serialize_entry("summary", &JsonSummary(sum))?;
+        m.end()
+    }
+}
+
+struct JsonSummary(super::Summary);
+
+impl serde::Serialize for JsonSummary {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let x = &self.0;
+        let mut m = s.serialize_map(Some(5))?;
+        m.serialize_entry("add", &x.add)?;
+        m.serialize_entry("change", &x.change)?;
+        m.serialize_entry("replace", &x.replace)?;
+        m.serialize_entry("destroy", &x.destroy)?;
+        m.serialize_entry("steps", &x.steps)?;
+        m.end()
+    }
+}
+
+impl serde::Serialize for JsonChanges<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_seq(self.0.iter().map(JsonChange))
+    }
+}
+
+impl serde::Serialize for JsonChange<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let c = self.0;
+        let (_, name) = split(&c.address);
+        let mut m = s.serialize_map(Some(6))?;
+        m.serialize_entry("address", &c.address)?;
+        m.serialize_entry("type", c.kind.as_str())?;
+        m.serialize_entry("name", name)?;
+        m.serialize_entry("change", &JsonInner(c))?;
+        m.serialize_entry("action_reason", &c.reasons.join("; "))?;
+        m.serialize_entry("reasons", &c.reasons)?;
+        m.end()
+    }
+}
+
+impl serde::Serialize for JsonInner<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let c = self.0;
+        let mut m = s.serialize_map(Some(4))?;
+        m.serialize_entry("actions", &c.action.actions())?;
+        m.serialize_entry("before", &c.before)?;
+        m.serialize_entry("after", &c.after)?;
+        m.serialize_entry("replace_paths", &c.replace_paths)?;
+        m.end()
+    }
 }
 
 /// A compact summary fit for a PR comment.

@@ -174,6 +174,27 @@ fn snap(name: &str, p: &Plan) {
     let md = render::markdown(p);
     insta::assert_snapshot!(name, format!("{text}\n---- markdown ----\n{md}"));
     insta::assert_json_snapshot!(format!("{name}.json"), render::json(p));
+    assert_streams_match(name, p);
+}
+
+/// The streamed renderings (what `plan` and `plan --json` write) are the
+/// very bytes of the in-memory ones the snapshots pin.
+fn assert_streams_match(name: &str, p: &Plan) {
+    let mut json = Vec::new();
+    render::write_json(p, &mut json).expect("write to a Vec");
+    let tree = serde_json::to_string_pretty(&render::json(p)).expect("json") + "\n";
+    assert_eq!(
+        String::from_utf8(json).expect("utf-8"),
+        tree,
+        "{name}: streamed JSON"
+    );
+    let mut text = Vec::new();
+    render::write_text(p, &mut text).expect("write to a Vec");
+    assert_eq!(
+        String::from_utf8(text).expect("utf-8"),
+        render::text(p),
+        "{name}: streamed text"
+    );
 }
 
 fn replan(text: &str, state: &State, obs: &Observed) -> Plan {
