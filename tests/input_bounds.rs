@@ -165,11 +165,12 @@ fn fifos_devices_folders_and_huge_files_are_refused_without_reading() {
     let big = t.0.join("big.kdl");
     let mut f = std::fs::File::create(&big).unwrap();
     f.write_all(b"experiment \"x\"\n").unwrap();
-    f.write_all(&vec![b' '; 16 << 20]).unwrap();
+    f.write_all(&vec![b' '; megaplan::diag::MAX_FILE_SIZE as usize])
+        .unwrap();
     drop(f);
     let (code, err) = validate(&big);
     assert_eq!(code, Some(1));
-    assert!(err.contains("is larger than 16 MiB"), "{err}");
+    assert!(err.contains("is larger than 64 MiB"), "{err}");
 }
 
 #[test]
