@@ -34,28 +34,30 @@ fn write_stdout(args: std::fmt::Arguments<'_>) {
     use std::io::Write;
     let mut out = std::io::stdout().lock();
     if let Err(e) = out.write_fmt(args).and_then(|()| out.flush()) {
-        if e.kind() == std::io::ErrorKind::BrokenPipe {
-            std::process::exit(0);
-        }
-        eprintln!("error: cannot write to stdout: {e}");
-        std::process::exit(1);
+        stdout_failed(e);
     }
 }
 
-/// Stream generated output (a plan) to stdout through a buffer, with
-/// `write_stdout`'s handling of a closed pipe or another error.
+/// Stream generated output (a plan, a man page) to stdout through a buffer,
+/// with `write_stdout`'s handling of a closed pipe or another error.
 fn stream_stdout(
     f: impl FnOnce(&mut std::io::BufWriter<std::io::StdoutLock<'static>>) -> std::io::Result<()>,
 ) {
     use std::io::Write;
     let mut out = std::io::BufWriter::with_capacity(1 << 16, std::io::stdout().lock());
     if let Err(e) = f(&mut out).and_then(|()| out.flush()) {
-        if e.kind() == std::io::ErrorKind::BrokenPipe {
-            std::process::exit(0);
-        }
-        eprintln!("error: cannot write to stdout: {e}");
-        std::process::exit(1);
+        stdout_failed(e);
     }
+}
+
+/// stdout could not be written: the reader has gone (a broken pipe, exit 0
+/// at once), or another error (say so, exit 1).
+fn stdout_failed(e: std::io::Error) -> ! {
+    if e.kind() == std::io::ErrorKind::BrokenPipe {
+        std::process::exit(0);
+    }
+    eprintln!("error: cannot write to stdout: {e}");
+    std::process::exit(1);
 }
 
 #[derive(Parser, Debug)]
@@ -536,7 +538,10 @@ fn run(cli: Cli) -> Result<ExitCode, CliError> {
             };
             let mut script = Vec::new();
             clap_complete::generate(shell, &mut Cli::command(), "megaplan", &mut script);
-            write_stdout_bytes(&script)
+            {
+                stream_stdout(|w| std::io::Write::write_all(w, &script));
+                Ok(ExitCode::SUCCESS)
+            }
         }
         Command::Man { out_dir: Some(dir) } => {
             use clap::CommandFactory;
@@ -551,7 +556,10 @@ fn run(cli: Cli) -> Result<ExitCode, CliError> {
             clap_mangen::Man::new(Cli::command())
                 .render(&mut page)
                 .map_err(|e| CliError::new(format!("cannot render the man page: {e}")))?;
-            write_stdout_bytes(&page)
+            {
+                stream_stdout(|w| std::io::Write::write_all(w, &page));
+                Ok(ExitCode::SUCCESS)
+            }
         }
         Command::State {
             command: StateCommand::RestoreBackup { file, state_dir },
@@ -1108,17 +1116,6 @@ fn show_cmd(
         print!("{}", crate::show::table(&rows, &columns));
     }
     Ok(ExitCode::SUCCESS)
-}
-
-/// Generated text on stdout; a closed pipe (`| head`) is not an error.
-fn write_stdout_bytes(bytes: &[u8]) -> Result<ExitCode, CliError> {
-    use std::io::Write;
-    let mut out = std::io::stdout().lock();
-    match out.write_all(bytes).and_then(|_| out.flush()) {
-        Ok(()) => Ok(ExitCode::SUCCESS),
-        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(ExitCode::SUCCESS),
-        Err(e) => Err(CliError::new(format!("cannot write to stdout: {e}"))),
-    }
 }
 
 fn console_cmd(
