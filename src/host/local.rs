@@ -163,7 +163,9 @@ impl LocalHost {
         for (address, rec) in &state.resources {
             if rec.kind == Kind::Disk
                 && let Some(file) = rec.attr_str("file")
-                && super::disk_path(sd, file).is_some_and(|p| p.symlink_metadata().is_ok())
+                && sd
+                    .disk_file(file)
+                    .is_ok_and(|p| p.symlink_metadata().is_ok())
             {
                 obs.disks.insert(address.clone());
             }

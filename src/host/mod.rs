@@ -390,12 +390,6 @@ pub fn serial_log(sd: &StateDir, vm: &str) -> PathBuf {
     sd.logs().join(format!("{vm}.serial.log"))
 }
 
-/// Paths of disk files recorded in the state: `None` for a name that is
-/// not a plain file name (a crafted state is never followed out of `disks/`).
-pub fn disk_path(sd: &StateDir, file: &str) -> Option<PathBuf> {
-    sd.disk_file(file).ok()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
