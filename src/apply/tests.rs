@@ -14,8 +14,10 @@ use crate::host::{Host, HostError, StepOutcome};
 use crate::identity;
 use crate::lab::{CcActionSpec, DiskSpec, VmSpec};
 use crate::observed::{Observed, ObservedLink, ObservedMirror, ObservedVm};
+use crate::plan::Plan;
 use crate::plan::{self, Mode, Options};
 use crate::provider::{Op, OpOutcome, Outcome as OpResult};
+use crate::state::{State, Status};
 
 /// One call the executor made, with what the state file said at that moment.
 #[derive(Clone, Debug)]
