@@ -876,26 +876,42 @@ mod tests {
             }
         }
         let mut files = Vec::new();
-        walk(&Path::new(env!("CARGO_MANIFEST_DIR")).join("src"), &mut files);
+        walk(
+            &Path::new(env!("CARGO_MANIFEST_DIR")).join("src"),
+            &mut files,
+        );
         let mut checked = 0;
         for f in files {
             let text = std::fs::read_to_string(&f).unwrap();
-            for (i, _) in text.match_indices("\"megaplan::").chain(text.match_indices("\"minimega::")) {
+            for (i, _) in text
+                .match_indices("\"megaplan::")
+                .chain(text.match_indices("\"minimega::"))
+            {
                 let rest = &text[i + 1..];
                 let end = rest.find('"').unwrap_or(0);
                 let lit = &rest[..end];
                 // Module paths in test names and docs are not codes.
-                if !lit.chars().all(|c| c.is_ascii_lowercase() || c == '_' || c == ':')
+                if !lit
+                    .chars()
+                    .all(|c| c.is_ascii_lowercase() || c == '_' || c == ':')
                     || lit.ends_with("::")
                 {
                     continue;
                 }
                 let before = &text[..i];
                 let line = before.rsplit('\n').next().unwrap_or("");
-                if !(line.contains("Diag::") || line.contains("const ") || line.trim().is_empty() || line.contains("self.error(")) {
+                if !(line.contains("Diag::")
+                    || line.contains("const ")
+                    || line.trim().is_empty()
+                    || line.contains("self.error("))
+                {
                     continue;
                 }
-                assert!(Code::from_text(lit).is_some(), "{}: unknown code {lit}", f.display());
+                assert!(
+                    Code::from_text(lit).is_some(),
+                    "{}: unknown code {lit}",
+                    f.display()
+                );
                 checked += 1;
             }
         }
@@ -931,7 +947,9 @@ mod tests {
         let src = SourceFile::new("t.kdl", text.clone());
         let at = text.find(" z").unwrap() + 1;
         let mut d = Diagnostics::default();
-        d.push(Diag::error(Code::WrongType, "m\u{1b}]0;x\u{7}").label((at..at + 1).into(), "here\n"));
+        d.push(
+            Diag::error(Code::WrongType, "m\u{1b}]0;x\u{7}").label((at..at + 1).into(), "here\n"),
+        );
         let out = d.render_plain(&src);
         assert!(!out.chars().any(|c| c.is_control() && c != '\n'), "{out:?}");
         assert!(out.len() < 2000, "{out}");

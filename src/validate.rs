@@ -27,9 +27,7 @@ use crate::model::{self, Document, Sp};
 /// (they would mostly repeat it).
 pub fn check(src: &SourceFile) -> (Option<Lab>, Diagnostics) {
     let (doc, mut diags) = crate::syntax::parse(src);
-    let syntax_failed = diags
-        .errors()
-        .any(|d| d.code.is_syntax());
+    let syntax_failed = diags.errors().any(|d| d.code.is_syntax());
     if syntax_failed {
         diags.sort();
         return (None, diags);

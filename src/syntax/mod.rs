@@ -8,7 +8,6 @@
 //! - Emitting then parsing gives back an equal document (spans aside).
 
 pub mod kdl;
-mod kdl_fast;
 pub mod toml;
 
 /// The properties of a `vm`, in the order the emitters write them (both syntaxes).
@@ -62,16 +61,32 @@ mod tests {
     #[test]
     fn same_mistake_same_code_in_both_syntaxes() {
         let cases: &[(&str, &str, Code)] = &[
-            ("vm \"a\" { kernal \"k\" }", "[vm.a]\nkernal = \"k\"", Code::UnknownKey),
+            (
+                "vm \"a\" { kernal \"k\" }",
+                "[vm.a]\nkernal = \"k\"",
+                Code::UnknownKey,
+            ),
             ("netwrk \"x\"", "[netwrk.x]", Code::UnknownKey),
-            ("disk \"d\" sise=\"1G\"", "[disk.d]\nsise = \"1G\"", Code::UnknownKey),
+            (
+                "disk \"d\" sise=\"1G\"",
+                "[disk.d]\nsise = \"1G\"",
+                Code::UnknownKey,
+            ),
             (
                 "network \"n\" { host-adress \"10.0.0.1/24\" }",
                 "[network.n]\nhost-adress = \"10.0.0.1/24\"",
                 Code::UnknownKey,
             ),
-            ("vm \"a\" { vcpus \"2\" }", "[vm.a]\nvcpus = \"2\"", Code::WrongType),
-            ("disk \"d\" keep=\"yes\"", "[disk.d]\nkeep = \"yes\"", Code::WrongType),
+            (
+                "vm \"a\" { vcpus \"2\" }",
+                "[vm.a]\nvcpus = \"2\"",
+                Code::WrongType,
+            ),
+            (
+                "disk \"d\" keep=\"yes\"",
+                "[disk.d]\nkeep = \"yes\"",
+                Code::WrongType,
+            ),
             (
                 "vm \"a\" { nic mac=\"02:00:00:00:00:01\" }",
                 "[vm.a]\nnic = [{ mac = \"02:00:00:00:00:01\" }]",

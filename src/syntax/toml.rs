@@ -28,7 +28,6 @@ use crate::model::{
     Network, Nic, Sp, Tag, Vm, VmDisk,
 };
 
-
 const ROOT_KEYS: &[&str] = &["experiment", "network", "disk", "vm"];
 const EXPERIMENT_KEYS: &[&str] = &["name", "images", "accel", "boot-timeout"];
 const NETWORK_KEYS: &[&str] = &["host-address"];
@@ -1607,7 +1606,11 @@ cc = [{ exec = "a", background = "b" }, { timeout = "3s" }, { send = "x" }, { ex
         // is not reported again.
         let text = "[experiment\nname = \"x\"\n\n[vm.A]\nvcpu = 1\n";
         let (_, diags) = parse_str(text);
-        assert_eq!(codes(&diags), [Code::TomlSyntax, Code::UnknownKey], "{diags:#?}");
+        assert_eq!(
+            codes(&diags),
+            [Code::TomlSyntax, Code::UnknownKey],
+            "{diags:#?}"
+        );
         assert!(diags.items[0].message.contains("unclosed table"));
         assert_eq!(at(text, &diags.items[1]), "vcpu");
 
