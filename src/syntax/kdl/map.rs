@@ -10,54 +10,7 @@ use crate::model::{
     CcAction, CcStep, Command, Disk, Document, ExperimentNode, Inject, Mirror, MirrorSource,
     Network, Nic, Sp, Tag, Vm, VmDisk,
 };
-
-const TOP: &[&str] = &["experiment", "network", "disk", "vm"];
-const EXPERIMENT_CHILDREN: &[&str] = &["images", "accel", "boot-timeout"];
-const NETWORK_CHILDREN: &[&str] = &["host-address"];
-const DISK_PROPS: &[&str] = &["size", "format", "filesystem", "keep"];
-const DISK_CHILDREN: &[&str] = &["from", "inject"];
-const VM_CHILDREN: &[&str] = crate::syntax::VM_KEYS;
-const VM_DISK_PROPS: &[&str] = &["mount"];
-const NIC_PROPS: &[&str] = &["mac", "driver"];
-const MIRROR_PROPS: &[&str] = &["network", "nic", "into", "direction"];
-const CC_CHILDREN: &[&str] = &["exec", "background", "send", "recv"];
-const CMD_PROPS: &[&str] = &["timeout", "allow-failure"];
-const COPY_PROPS: &[&str] = &["to", "timeout", "allow-failure"];
-const RECV_PROPS: &[&str] = &["to", "max-size", "timeout", "allow-failure"];
-
-mod usage {
-    pub const EXPERIMENT: &str = "experiment \"NAME\" { images \"DIR\"; accel \"auto\" }";
-    pub const IMAGES: &str = "images \"DIR\"";
-    pub const ACCEL: &str = "accel \"auto\" (or \"kvm\", \"tcg\")";
-    pub const NETWORK: &str = "network \"NAME\" { host-address \"10.0.0.254/24\" }";
-    pub const HOST_ADDRESS: &str = "host-address \"10.0.0.254/24\"";
-    pub const DISK: &str = "disk \"NAME\" size=\"10G\" format=\"qcow2\" filesystem=\"ext4\" keep=#true { from \"BASE\"; inject \"SRC\" \"DST\" }";
-    pub const FROM: &str = "from \"BASE-IMAGE\"";
-    pub const INJECT: &str = "inject \"HOST-SRC\" \"DISK-DST\"";
-    pub const VM: &str = "vm \"NAME\" { kernel \"PATH\"; nic \"NETWORK\"; ... }";
-    pub const UUID: &str = "uuid \"11111111-1111-1111-1111-111111111111\"";
-    pub const KERNEL: &str = "kernel \"$images/miniccc.kernel\"";
-    pub const INITRD: &str = "initrd \"$images/miniccc.initrd\"";
-    pub const APPEND: &str = "append \"console=ttyS0\"";
-    pub const MEMORY: &str = "memory \"2048M\"";
-    pub const VCPUS: &str = "vcpus 2";
-    pub const SNAPSHOT: &str = "snapshot #false";
-    pub const BOOT_TIMEOUT: &str = "boot-timeout \"60s\"";
-    pub const VM_DISK: &str = "disk \"NAME\" mount=\"/PATH\"";
-    pub const NIC: &str = "nic \"NETWORK\" mac=\"MAC\" driver=\"virtio-net-pci\"";
-    pub const MIRRORS: &str =
-        "mirrors \"VM\" nic=0 into=0 direction=\"both\"  or  mirrors network=\"NETWORK\"";
-    pub const TAGS: &str = "tags { KEY \"VALUE\" }";
-    pub const TAG: &str = "KEY \"VALUE\" (inside tags { ... })";
-    pub const AFTER: &str = "after \"VM\" \"VM2\" ...";
-    pub const QEMU_ARGS: &str = "qemu-args \"-ARG\" \"VALUE\" ...";
-    pub const CC: &str =
-        "cc { exec \"CMD\"; background \"CMD\"; send \"SRC\" to=\"DST\"; recv \"SRC\" to=\"DIR\" }";
-    pub const EXEC: &str = "exec \"CMD\" timeout=\"30s\" allow-failure=#true";
-    pub const BACKGROUND: &str = "background \"CMD\"";
-    pub const SEND: &str = "send \"HOST-PATH\" to=\"GUEST-PATH\"";
-    pub const RECV: &str = "recv \"GUEST-PATH\" to=\"HOST-DIR\" max-size=\"1G\"";
-}
+use crate::syntax::lang;
 
 /// Parse a KDL experiment file. Structural problems go into the diagnostics;
 
@@ -355,7 +308,7 @@ impl<'t> Parser<'t> {
             Some(format!(
                 "`{name}` is a property: write {name}=VALUE on the `{p}` line"
             ))
-        } else if parent.is_none() && VM_CHILDREN.contains(&name) {
+        } else if parent.is_none() && lang::VM.children().contains(&name) {
             Some(format!("`{name}` belongs inside a `vm` block"))
         } else {
             did_you_mean(name, known.iter().copied())
@@ -548,7 +501,7 @@ impl<'t> Parser<'t> {
                         doc.vms.push(v);
                     }
                 }
-                _ => self.unknown_node(node, None, TOP, &[]),
+                _ => self.unknown_node(node, None, lang::top_names(), &[]),
             }
         }
     }
@@ -556,7 +509,12 @@ impl<'t> Parser<'t> {
     /// Always returns a node (with an empty name if none was given), so a
     /// nameless experiment is not also reported as a missing one.
     fn experiment(&mut self, node: &RawNode) -> ExperimentNode {
-        let v = self.view(node, &[], EXPERIMENT_CHILDREN, usage::EXPERIMENT);
+        let v = self.view(
+            node,
+            &[],
+            lang::EXPERIMENT.children(),
+            lang::EXPERIMENT.usage,
+        );
         let name = self
             .name_arg(&v, "a name")
             .unwrap_or_else(|| Sp::new(String::new(), self.name_span(node)));
@@ -571,33 +529,39 @@ impl<'t> Parser<'t> {
         for child in Self::children(node) {
             match child.name().value() {
                 "images" => {
-                    e.images = self.scalar_string(&mut seen, child, "a directory", usage::IMAGES)
+                    e.images =
+                        self.scalar_string(&mut seen, child, "a directory", lang::IMAGES.usage)
                 }
                 "accel" => {
-                    e.accel = self.scalar_string(&mut seen, child, "an accelerator", usage::ACCEL)
+                    e.accel =
+                        self.scalar_string(&mut seen, child, "an accelerator", lang::ACCEL.usage)
                 }
                 "boot-timeout" => {
                     e.boot_timeout =
-                        self.scalar_string(&mut seen, child, "a duration", usage::BOOT_TIMEOUT)
+                        self.scalar_string(&mut seen, child, "a duration", lang::BOOT_TIMEOUT.usage)
                 }
-                _ => self.unknown_node(child, Some("experiment"), EXPERIMENT_CHILDREN, &[]),
+                _ => self.unknown_node(child, Some("experiment"), lang::EXPERIMENT.children(), &[]),
             }
         }
         e
     }
 
     fn network(&mut self, node: &RawNode) -> Option<Network> {
-        let v = self.view(node, &[], NETWORK_CHILDREN, usage::NETWORK);
+        let v = self.view(node, &[], lang::NETWORK.children(), lang::NETWORK.usage);
         let name = self.name_arg(&v, "a name");
         let mut host_address = None;
         let mut seen = Seen::new();
         for child in Self::children(node) {
             match child.name().value() {
                 "host-address" => {
-                    host_address =
-                        self.scalar_string(&mut seen, child, "a CIDR address", usage::HOST_ADDRESS)
+                    host_address = self.scalar_string(
+                        &mut seen,
+                        child,
+                        "a CIDR address",
+                        lang::HOST_ADDRESS.usage,
+                    )
                 }
-                _ => self.unknown_node(child, Some("network"), NETWORK_CHILDREN, &[]),
+                _ => self.unknown_node(child, Some("network"), lang::NETWORK.children(), &[]),
             }
         }
         Some(Network {
@@ -608,7 +572,12 @@ impl<'t> Parser<'t> {
     }
 
     fn disk(&mut self, node: &RawNode) -> Option<Disk> {
-        let v = self.view(node, DISK_PROPS, DISK_CHILDREN, usage::DISK);
+        let v = self.view(
+            node,
+            lang::DISK.props(),
+            lang::DISK.children(),
+            lang::DISK.usage,
+        );
         let name = self.name_arg(&v, "a name");
         let size = v.prop("size").and_then(|e| self.string_or_int(node, e));
         let format = self.prop_string(&v, "format");
@@ -620,10 +589,11 @@ impl<'t> Parser<'t> {
         for child in Self::children(node) {
             match child.name().value() {
                 "from" => {
-                    from = self.scalar_string(&mut seen, child, "a base image path", usage::FROM)
+                    from =
+                        self.scalar_string(&mut seen, child, "a base image path", lang::FROM.usage)
                 }
                 "inject" => {
-                    let cv = self.view(child, &[], &[], usage::INJECT);
+                    let cv = self.view(child, &[], &[], lang::INJECT.usage);
                     self.no_children(&cv);
                     if self.want_args(&cv, 2, Some(2), "a source and a destination path") {
                         let src = self.string(child, cv.args[0]);
@@ -637,7 +607,12 @@ impl<'t> Parser<'t> {
                         }
                     }
                 }
-                _ => self.unknown_node(child, Some("disk"), DISK_CHILDREN, DISK_PROPS),
+                _ => self.unknown_node(
+                    child,
+                    Some("disk"),
+                    lang::DISK.children(),
+                    lang::DISK.props(),
+                ),
             }
         }
         Some(Disk {
@@ -653,7 +628,7 @@ impl<'t> Parser<'t> {
     }
 
     fn vm(&mut self, node: &RawNode) -> Option<Vm> {
-        let v = self.view(node, &[], VM_CHILDREN, usage::VM);
+        let v = self.view(node, &[], lang::VM.children(), lang::VM.usage);
         let name = self.name_arg(&v, "a name");
         let mut vm = Vm {
             name: Sp::bare(String::new()),
@@ -678,30 +653,30 @@ impl<'t> Parser<'t> {
         for child in Self::children(node) {
             let s = &mut seen;
             match child.name().value() {
-                "uuid" => vm.uuid = self.scalar_string(s, child, "a UUID", usage::UUID),
-                "kernel" => vm.kernel = self.scalar_string(s, child, "a path", usage::KERNEL),
-                "initrd" => vm.initrd = self.scalar_string(s, child, "a path", usage::INITRD),
+                "uuid" => vm.uuid = self.scalar_string(s, child, "a UUID", lang::UUID.usage),
+                "kernel" => vm.kernel = self.scalar_string(s, child, "a path", lang::KERNEL.usage),
+                "initrd" => vm.initrd = self.scalar_string(s, child, "a path", lang::INITRD.usage),
                 "append" => {
-                    vm.append = self.scalar_string(s, child, "a command line", usage::APPEND)
+                    vm.append = self.scalar_string(s, child, "a command line", lang::APPEND.usage)
                 }
                 "memory" => {
                     vm.memory = self
-                        .scalar(s, child, "a size", usage::MEMORY)
+                        .scalar(s, child, "a size", lang::MEMORY.usage)
                         .and_then(|e| self.string_or_int(child, e))
                 }
                 "vcpus" => {
                     vm.vcpus = self
-                        .scalar(s, child, "a count", usage::VCPUS)
+                        .scalar(s, child, "a count", lang::VCPUS.usage)
                         .and_then(|e| self.int(child, e))
                 }
                 "snapshot" => {
                     vm.snapshot = self
-                        .scalar(s, child, "#true or #false", usage::SNAPSHOT)
+                        .scalar(s, child, "#true or #false", lang::SNAPSHOT.usage)
                         .and_then(|e| self.boolean(child, e))
                 }
                 "boot-timeout" => {
                     vm.boot_timeout =
-                        self.scalar_string(s, child, "a duration", usage::BOOT_TIMEOUT)
+                        self.scalar_string(s, child, "a duration", lang::BOOT_TIMEOUT.usage)
                 }
                 "disk" => {
                     if let Some(d) = self.vm_disk(child) {
@@ -715,12 +690,15 @@ impl<'t> Parser<'t> {
                 }
                 "mirrors" => self.mirrors(child, &mut vm.mirrors),
                 "tags" => self.tags(child, &mut vm.tags),
-                "after" => self.words(child, "a VM name", usage::AFTER, &mut vm.after),
-                "qemu-args" => {
-                    self.words(child, "an argument", usage::QEMU_ARGS, &mut vm.qemu_args)
-                }
+                "after" => self.words(child, "a VM name", lang::AFTER.usage, &mut vm.after),
+                "qemu-args" => self.words(
+                    child,
+                    "an argument",
+                    lang::QEMU_ARGS.usage,
+                    &mut vm.qemu_args,
+                ),
                 "cc" => self.cc(child, &mut vm.cc),
-                _ => self.unknown_node(child, Some("vm"), VM_CHILDREN, &[]),
+                _ => self.unknown_node(child, Some("vm"), lang::VM.children(), &[]),
             }
         }
         vm.name = name?;
@@ -728,7 +706,7 @@ impl<'t> Parser<'t> {
     }
 
     fn vm_disk(&mut self, node: &RawNode) -> Option<VmDisk> {
-        let v = self.view(node, VM_DISK_PROPS, &[], usage::VM_DISK);
+        let v = self.view(node, lang::VM_DISK.props(), &[], lang::VM_DISK.usage);
         self.no_children(&v);
         let name = self.name_arg(&v, "a disk name or path");
         let mount = self.prop_string(&v, "mount");
@@ -740,7 +718,7 @@ impl<'t> Parser<'t> {
     }
 
     fn nic(&mut self, node: &RawNode) -> Option<Nic> {
-        let v = self.view(node, NIC_PROPS, &[], usage::NIC);
+        let v = self.view(node, lang::NIC.props(), &[], lang::NIC.usage);
         self.no_children(&v);
         let network = self.name_arg(&v, "a network name");
         let mac = self.prop_string(&v, "mac");
@@ -756,7 +734,7 @@ impl<'t> Parser<'t> {
     /// `mirrors "A" "B" nic=0 into=0 direction="both"` (one mirror per VM) or
     /// `mirrors network="LAN"`.
     fn mirrors(&mut self, node: &RawNode, out: &mut Vec<Mirror>) {
-        let v = self.view(node, MIRROR_PROPS, &[], usage::MIRRORS);
+        let v = self.view(node, lang::MIRRORS.props(), &[], lang::MIRRORS.usage);
         self.no_children(&v);
         let network = v.prop("network");
         let nic = self.prop_int(&v, "nic");
@@ -800,10 +778,10 @@ impl<'t> Parser<'t> {
     }
 
     fn tags(&mut self, node: &RawNode, out: &mut Vec<Tag>) {
-        let v = self.view(node, &[], &[], usage::TAGS);
+        let v = self.view(node, &[], &[], lang::TAGS.usage);
         self.want_args(&v, 0, Some(0), "");
         for child in Self::children(node) {
-            let cv = self.view(child, &[], &[], usage::TAG);
+            let cv = self.view(child, &[], &[], lang::TAG_USAGE);
             self.no_children(&cv);
             let key_span = self.name_span(child);
             let key = child.name().value();
@@ -850,7 +828,7 @@ impl<'t> Parser<'t> {
     }
 
     fn cc(&mut self, node: &RawNode, out: &mut Vec<CcStep>) {
-        let v = self.view(node, &[], CC_CHILDREN, usage::CC);
+        let v = self.view(node, &[], lang::CC.children(), lang::CC.usage);
         self.want_args(&v, 0, Some(0), "");
         for child in Self::children(node) {
             let kind = child.name().value();
@@ -858,7 +836,7 @@ impl<'t> Parser<'t> {
                 "exec" | "background" => self.command_step(child),
                 "send" | "recv" => self.copy_step(child),
                 _ => {
-                    self.unknown_node(child, Some("cc"), CC_CHILDREN, &[]);
+                    self.unknown_node(child, Some("cc"), lang::CC.children(), &[]);
                     None
                 }
             };
@@ -868,8 +846,12 @@ impl<'t> Parser<'t> {
 
     fn command_step(&mut self, node: &RawNode) -> Option<CcStep> {
         let exec = node.name().value() == "exec";
-        let usage = if exec { usage::EXEC } else { usage::BACKGROUND };
-        let v = self.view(node, CMD_PROPS, &[], usage);
+        let usage = if exec {
+            lang::EXEC.usage
+        } else {
+            lang::BACKGROUND.usage
+        };
+        let v = self.view(node, lang::EXEC.props(), &[], usage);
         self.no_children(&v);
         let timeout = self.prop_string(&v, "timeout");
         let allow_failure = self.prop_bool(&v, "allow-failure");
@@ -906,8 +888,16 @@ impl<'t> Parser<'t> {
 
     fn copy_step(&mut self, node: &RawNode) -> Option<CcStep> {
         let send = node.name().value() == "send";
-        let usage = if send { usage::SEND } else { usage::RECV };
-        let props = if send { COPY_PROPS } else { RECV_PROPS };
+        let usage = if send {
+            lang::SEND.usage
+        } else {
+            lang::RECV.usage
+        };
+        let props = if send {
+            lang::SEND.props()
+        } else {
+            lang::RECV.props()
+        };
         let v = self.view(node, props, &[], usage);
         self.no_children(&v);
         let src = self.name_arg(&v, "a source path");
