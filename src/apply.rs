@@ -225,7 +225,7 @@ impl<H: Host> Executor<'_, H> {
                     if c.action != Action::Update {
                         rec.status = Status::Creating;
                     }
-                    rec.attrs = c.after.clone().unwrap_or_default();
+                    rec.attrs = c.after().unwrap_or_default();
                     rec.deps = c.deps.clone();
                     rec.target = c.target.clone();
                     if c.kind == Kind::Step {
@@ -357,11 +357,7 @@ impl<H: Host> Executor<'_, H> {
                     Outcome::Step { exit, vm_gen, .. } => {
                         rec.exit = Some(exit);
                         rec.generation = vm_gen;
-                        if exit != 0
-                            && c.after
-                                .as_ref()
-                                .is_none_or(|a| !a.contains_key("allow_failure"))
-                        {
+                        if exit != 0 && !c.allows_failure() {
                             rec.status = Status::Failed;
                         }
                     }
@@ -381,7 +377,7 @@ impl<H: Host> Executor<'_, H> {
         let exp = &self.experiment;
         let marker = identity::marker(exp, &c.address);
         let before = &c.before;
-        let after = &c.after;
+        let after = &c.after();
         // The typed identity, checked: a state file or a saved plan is untrusted.
         if let Some(t) = &c.target {
             t.check().map_err(HostError::Other)?;
@@ -562,7 +558,10 @@ fn step_run_id(c: &Change, was: Option<&Record>, vm_gen: Option<u64>, serial: u6
     {
         return id.clone();
     }
-    let hash = s(&c.after, "hash");
+    let hash = match &c.spec {
+        Some(crate::graph::Spec::Step(s)) => s.hash.as_str(),
+        _ => "",
+    };
     format!(
         "{} {hash} g{} s{serial}",
         c.address,
@@ -606,16 +605,10 @@ impl Outcome {
                 stderr,
                 timed_out,
                 ..
-            } if *exit != 0
-                && c.after
-                    .as_ref()
-                    .is_none_or(|a| !a.contains_key("allow_failure")) =>
-            {
-                Some(match timed_out {
-                    Some(t) => format!("{} {}", c.address, crate::cc::timed_out_after(*t)),
-                    None => format!("{} exited {exit}: {}", c.address, stderr.trim()),
-                })
-            }
+            } if *exit != 0 && !c.allows_failure() => Some(match timed_out {
+                Some(t) => format!("{} {}", c.address, crate::cc::timed_out_after(*t)),
+                None => format!("{} exited {exit}: {}", c.address, stderr.trim()),
+            }),
             _ => None,
         }
     }
@@ -648,7 +641,7 @@ fn effective_prior_deps(c: &Change, plan: &Plan, orphans: &[usize]) -> Vec<Strin
 }
 
 fn is_orphan(c: &Change) -> bool {
-    c.action == Action::Delete && c.prior_deps.is_empty() && c.after.is_none() && c.deps.is_empty()
+    c.action == Action::Delete && c.prior_deps.is_empty() && c.spec.is_none() && c.deps.is_empty()
 }
 
 fn verb(c: &Change, p: Phase) -> &'static str {
