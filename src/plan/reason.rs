@@ -279,6 +279,19 @@ mod tests {
     }
 
     #[test]
+    fn every_code_is_documented_in_order() {
+        let doc = include_str!("../../docs/plan-json.md");
+        let listed: Vec<&str> = doc
+            .split("## Reason codes")
+            .nth(1)
+            .expect("docs/plan-json.md has a reason code table")
+            .lines()
+            .filter_map(|l| l.strip_prefix("| `")?.split_once('`').map(|(c, _)| c))
+            .collect();
+        assert_eq!(listed, Reason::CODES);
+    }
+
+    #[test]
     fn prose_is_the_text_plans_words() {
         let r = Reason::AttributeChanged {
             key: "memory".into(),
