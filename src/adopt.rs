@@ -39,8 +39,8 @@ pub fn adopt(lab: &Lab, state: &mut State, observed: &mut Observed, sd: &StateDi
         if state.resources.contains_key(&r.address) {
             continue;
         }
-        let mut rec = Record::new(r.kind, r.attrs());
-        rec.deps = r.deps.clone();
+        // Filled in only for what is found: most of a big lab is not.
+        let mut rec = Record::new(r.kind, Default::default());
         let found = match &r.spec {
             Spec::Network(n) => observed
                 .links
@@ -88,6 +88,12 @@ pub fn adopt(lab: &Lab, state: &mut State, observed: &mut Observed, sd: &StateDi
             }),
         };
         if found {
+            let wired = rec.attrs.remove("direction");
+            rec.attrs = r.attrs();
+            if let Some(w) = wired {
+                rec.attrs.insert("direction".into(), w);
+            }
+            rec.deps = r.deps.clone();
             if r.kind == Kind::Disk {
                 observed.disks.insert(r.address.clone());
             }

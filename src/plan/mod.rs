@@ -186,6 +186,10 @@ pub struct Options {
 /// The addresses of `opts.replace` that name nothing of the experiment
 /// (neither in the file nor in the state): refused before anything changes.
 pub fn unknown_replacements(desired: Option<&Lab>, prior: &State, opts: &Options) -> Vec<String> {
+    if opts.replace.is_empty() {
+        // The common case: no `-replace`, no resource list to build.
+        return Vec::new();
+    }
     let wanted: HashSet<String> = desired
         .map(graph::resources)
         .unwrap_or_default()
