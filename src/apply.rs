@@ -24,8 +24,6 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::time::Duration;
 
-use serde_json::Value;
-
 use crate::graph::Target;
 use crate::lab::Lab;
 use crate::plan::{Action, Change};
@@ -93,15 +91,6 @@ pub struct Executor<'a, P: Provider> {
     pub parallelism: usize,
     /// Called with one line per event ("vm.A: created in 1.20s").
     pub progress: &'a (dyn Fn(&str) + Sync),
-}
-
-pub(crate) fn s(attrs: &Option<crate::state::Attrs>, key: &str) -> String {
-    attrs
-        .as_ref()
-        .and_then(|a| a.get(key))
-        .and_then(Value::as_str)
-        .unwrap_or_default()
-        .to_string()
 }
 
 impl<P: Provider> Executor<'_, P> {
@@ -204,7 +193,7 @@ impl Outcome {
                 stderr,
                 timed_out,
                 ..
-            } if *exit != 0 && !record::allows_failure(c) => Some(match timed_out {
+            } if *exit != 0 && !c.allows_failure() => Some(match timed_out {
                 Some(t) => format!("{} {}", c.address, crate::cc::timed_out_after(*t)),
                 None => format!("{} exited {exit}: {}", c.address, stderr.trim()),
             }),

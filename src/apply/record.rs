@@ -10,7 +10,7 @@ use crate::provider::Rules;
 use crate::provider::ops::Phase;
 use crate::state::{Kind, Record, State, StateDir, StateError, Status};
 
-use super::{Done, Outcome, s};
+use super::{Done, Outcome};
 
 pub(super) struct Recorder<'a> {
     pub sd: &'a StateDir,
@@ -34,7 +34,7 @@ impl Recorder<'_> {
         if c.action != Action::Update {
             rec.status = Status::Creating;
         }
-        rec.attrs = c.after.clone().unwrap_or_default();
+        rec.attrs = c.after().unwrap_or_default();
         // An update in place keeps what the engine computed at create.
         if c.action == Action::Update
             && let Some(w) = &was
@@ -82,7 +82,7 @@ impl Recorder<'_> {
                     Outcome::Step { exit, vm_gen, .. } => {
                         rec.exit = Some(exit);
                         rec.generation = vm_gen;
-                        if exit != 0 && !allows_failure(c) {
+                        if exit != 0 && !c.allows_failure() {
                             rec.status = Status::Failed;
                         }
                     }
@@ -103,13 +103,6 @@ impl Recorder<'_> {
     pub fn save(&self, state: &mut State) -> Result<(), StateError> {
         self.sd.save(state)
     }
-}
-
-/// The step may exit non-zero without failing (`allow-failure`).
-pub(super) fn allows_failure(c: &Change) -> bool {
-    c.after
-        .as_ref()
-        .is_some_and(|a| a.contains_key("allow_failure"))
 }
 
 /// The generation of the VM a step runs on, found by its typed name.
@@ -136,7 +129,10 @@ fn step_run_id(c: &Change, was: Option<&Record>, vm_gen: Option<u64>, serial: u6
     {
         return id.clone();
     }
-    let hash = s(&c.after, "hash");
+    let hash = match &c.spec {
+        Some(crate::graph::Spec::Step(s)) => s.hash.as_str(),
+        _ => "",
+    };
     format!(
         "{} {hash} g{} s{serial}",
         c.address,

@@ -145,7 +145,7 @@ fn effective_prior_deps(c: &Change, plan: &Plan, orphans: &[usize]) -> Vec<Strin
 }
 
 fn is_orphan(c: &Change) -> bool {
-    c.action == Action::Delete && c.prior_deps.is_empty() && c.after.is_none() && c.deps.is_empty()
+    c.action == Action::Delete && c.prior_deps.is_empty() && c.spec.is_none() && c.deps.is_empty()
 }
 
 #[cfg(test)]
@@ -160,7 +160,8 @@ mod tests {
             target: None,
             action,
             before: None,
-            after: (action != Action::Delete).then(Default::default),
+            spec: (action != Action::Delete)
+                .then(|| crate::graph::Spec::Network(crate::graph::NetworkSpec::default())),
             reasons: vec![],
             replace_paths: vec![],
             deps: deps.iter().map(|d| d.to_string()).collect(),

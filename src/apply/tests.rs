@@ -126,7 +126,7 @@ impl Rig {
         (p, r)
     }
 
-    async fn changes(&self, text: &str) -> Vec<(String, Action, Vec<String>)> {
+    async fn changes(&self, text: &str) -> Vec<(String, Action, Vec<plan::Reason>)> {
         let p = self
             .plan(Some(text), Mode::Apply, &Options::default())
             .await;
@@ -360,7 +360,12 @@ async fn a_failed_step_taints_its_vm() {
     let ch = rig.changes(LAB).await;
     let vm = ch.iter().find(|c| c.0 == "vm.A").expect("vm.A changes");
     assert_eq!(vm.1, Action::Replace);
-    assert_eq!(vm.2, ["tainted: vm.A.cc[1] failed"]);
+    assert_eq!(
+        vm.2,
+        [plan::Reason::Tainted {
+            step: "vm.A.cc[1]".into()
+        }]
+    );
     for s in ["vm.A.cc[0]", "vm.A.cc[1]"] {
         assert!(
             ch.iter().any(|c| c.0 == s && c.1 == Action::Replace),
@@ -401,7 +406,7 @@ async fn replacement_on_request() {
     let b = p.change("vm.B").unwrap();
     assert_eq!(
         (b.action, b.reasons.clone()),
-        (Action::Replace, vec!["replacement requested".to_string()])
+        (Action::Replace, vec![plan::Reason::ReplaceRequested])
     );
     assert_eq!(p.change("vm.B.cc[0]").unwrap().action, Action::Replace);
     assert_eq!(p.change("vm.A").unwrap().action, Action::NoOp);
@@ -485,7 +490,12 @@ async fn a_rebuilt_kernel_replaces_its_vms() {
     for vm in ["vm.A", "vm.B"] {
         let c = ch.iter().find(|c| c.0 == vm).expect(vm);
         assert_eq!(c.1, Action::Replace);
-        assert_eq!(c.2, ["kernel changed (content)"]);
+        assert_eq!(
+            c.2,
+            [plan::Reason::ContentChanged {
+                what: "kernel".into()
+            }]
+        );
     }
     assert!(rig.apply(LAB).await.1.ok());
     assert_eq!(rig.changes(LAB).await, vec![]);
@@ -514,7 +524,9 @@ async fn a_rebuilt_backing_image_replaces_its_disk() {
         [(
             "disk.d".to_string(),
             Action::Replace,
-            vec!["from changed (content)".to_string()]
+            vec![plan::Reason::ContentChanged {
+                what: "from".into()
+            }]
         )]
     );
 }
@@ -569,7 +581,7 @@ async fn an_interrupted_step_is_not_run_twice() {
         [(
             "vm.A.cc[0]".to_string(),
             Action::Replace,
-            vec!["its creation was interrupted".to_string()]
+            vec![plan::Reason::CreationInterrupted]
         )]
     );
     let (_, r) = rig.apply(LAB).await;
@@ -717,7 +729,7 @@ async fn a_crash_between_record_and_launch_is_replanned() {
     let a = ch.iter().find(|c| c.0 == "vm.A").expect("vm.A replanned");
     assert_eq!(
         (a.1, a.2.clone()),
-        (Action::Replace, vec!["its creation was interrupted".into()])
+        (Action::Replace, vec![plan::Reason::CreationInterrupted])
     );
     let (_, r) = rig.apply(LAB).await;
     assert!(r.ok(), "{r:?}");

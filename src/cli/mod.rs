@@ -1310,7 +1310,7 @@ pub fn diff(old: &Lab, new: &Lab) -> Plan {
     let mut state = State::new(&new.name);
     let from_old = plan::plan(Some(old), &state, None, Mode::Apply);
     for c in &from_old.changes {
-        let mut rec = crate::state::Record::new(c.kind, c.after.clone().unwrap_or_default());
+        let mut rec = crate::state::Record::new(c.kind, c.after().unwrap_or_default());
         rec.deps = c.deps.clone();
         state.resources.insert(c.address.clone(), rec);
     }
