@@ -63,8 +63,10 @@ impl Rig {
         let state = self.state();
         let obs = self.host.refresh("fx", &state, &self.sd).await.unwrap();
         let lab = text.map(|t| self.lab(t));
-        // As the CLI does: the files' digests are read before planning.
+        // As the CLI does: the files' digests are read before planning, and
+        // the provider's rules are the planner's.
         let mut opts = opts.clone();
+        opts.rules = self.host.rules();
         opts.digests = lab.as_ref().map(crate::digest::of_lab).unwrap_or_default();
         plan::plan_with(lab.as_ref(), &state, Some(&obs), mode, &opts)
     }
@@ -816,4 +818,43 @@ async fn step_outputs_are_stored_by_the_provider() {
     let w = rig.host.world();
     assert_eq!(w.outputs[&("B".to_string(), 0)].0, 4);
     assert_eq!(w.outputs[&("A".to_string(), 1)].0, 0);
+}
+
+/// What the engine chose at create ("known after apply") is recorded, not
+/// diffed against the file, and kept by an update in place.
+#[tokio::test]
+async fn computed_attributes_are_recorded_and_kept() {
+    let mut rig = Rig::new();
+    rig.host.rules = crate::provider::Rules {
+        computed: |k, a| k == Kind::Vm && a == "engine_id",
+        ..crate::provider::Rules::LOCAL
+    };
+    assert!(rig.apply(LAB).await.1.ok());
+    let id = |rig: &Rig| {
+        rig.state().resources["vm.A"]
+            .attrs
+            .get("engine_id")
+            .cloned()
+    };
+    let first = id(&rig).expect("the launch's engine_id is recorded");
+    assert_eq!(rig.changes(LAB).await, vec![]);
+    let text = LAB.replacen(
+        "memory \"64M\"",
+        "memory \"64M\"\n    tags { role \"x\" }",
+        1,
+    );
+    let (p, r) = rig.apply(&text).await;
+    assert!(r.ok(), "{r:?}");
+    assert_eq!(p.change("vm.A").unwrap().action, Action::Update);
+    assert_eq!(id(&rig), Some(first.clone()));
+    assert_eq!(rig.changes(&text).await, vec![]);
+    // A replacement is a new launch: a new id.
+    let opts = Options {
+        replace: BTreeSet::from(["vm.A".to_string()]),
+        ..Default::default()
+    };
+    let p = rig.plan(Some(&text), Mode::Apply, &opts).await;
+    assert!(rig.run(Some(&text), &p, 4).await.ok());
+    assert_ne!(id(&rig), Some(first));
+    assert_eq!(rig.changes(&text).await, vec![]);
 }

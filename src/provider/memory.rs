@@ -117,6 +117,9 @@ pub struct MemoryProvider {
     pub delays: HashMap<String, usize>,
     /// Ops (by label) that never complete.
     pub hang: HashMap<String, Hang>,
+    /// The rules it reports. With `computed(Kind::Vm, "engine_id")`, a
+    /// launch returns the id it chose for the VM as a computed attribute.
+    pub rules: super::Rules,
 }
 
 fn missing(what: impl Into<String>) -> ProviderError {
@@ -417,7 +420,12 @@ impl MemoryProvider {
                         ran: HashMap::new(),
                     },
                 );
-                return Ok(Outcome::Launched { pid }.into());
+                let mut out = OpOutcome::from(Outcome::Launched { pid });
+                if self.rules.is_computed(Kind::Vm, "engine_id") {
+                    out.computed
+                        .insert("engine_id".into(), format!("mem-{pid}").into());
+                }
+                return Ok(out);
             }
             Op::AddMirror {
                 source_tap,
@@ -497,6 +505,10 @@ impl Provider for MemoryProvider {
 
     fn name(&self) -> &'static str {
         "memory"
+    }
+
+    fn rules(&self) -> super::Rules {
+        self.rules
     }
 
     /// Every boot file, base image and file to send must be declared.
