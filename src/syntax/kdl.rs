@@ -19,7 +19,7 @@
 use kdl::{KdlDiagnostic, KdlDocument, KdlError};
 use miette::SourceSpan;
 
-use crate::diag::{Diag, Diagnostics, SourceFile, did_you_mean};
+use crate::diag::{Code, Diag, Diagnostics, SourceFile, did_you_mean};
 use crate::model::{
     CcAction, CcStep, Command, Disk, Document, ExperimentNode, Inject, Mirror, MirrorSource,
     Network, Nic, Sp, Tag, Vm, VmDisk,
@@ -95,7 +95,7 @@ fn parse_with(src: &SourceFile, fast: bool) -> (Document, Diagnostics) {
     {
         p.diags.push(
             Diag::error(
-                "megaplan::too_deep",
+                Code::TooDeep,
                 format!("child blocks are nested more than {MAX_DEPTH} levels deep"),
             )
             .label((at..at + 1).into(), format!("level {}", MAX_DEPTH + 1))
@@ -544,11 +544,8 @@ impl<'t> Parser<'t> {
                     return Some(doc);
                 }
                 self.diags.push(
-                    Diag::error(
-                        "megaplan::kdl::syntax",
-                        "the KDL parser failed on this file",
-                    )
-                    .at((0..0).into()),
+                    Diag::error(Code::KdlSyntax, "the KDL parser failed on this file")
+                        .at((0..0).into()),
                 );
             }
         }
@@ -576,9 +573,8 @@ impl<'t> Parser<'t> {
             self.diags.push(diag);
         }
         if err.diagnostics.is_empty() {
-            self.diags.push(
-                Diag::error("megaplan::kdl::syntax", "invalid KDL document").at((0..0).into()),
-            );
+            self.diags
+                .push(Diag::error(Code::KdlSyntax, "invalid KDL document").at((0..0).into()));
         }
     }
 
@@ -599,10 +595,7 @@ impl<'t> Parser<'t> {
             .text
             .get(span.offset()..span.offset() + span.len())
             .unwrap_or("");
-        let base = Diag::error(
-            "megaplan::kdl::syntax",
-            format!("KDL syntax error: {message}"),
-        );
+        let base = Diag::error(Code::KdlSyntax, format!("KDL syntax error: {message}"));
 
         if matches!(snippet.trim(), "true" | "false" | "null") {
             let word = snippet.trim();
@@ -708,7 +701,7 @@ impl<'t> Parser<'t> {
                 };
                 self.diags.push(
                     Diag::error(
-                        "megaplan::unknown_property",
+                        Code::UnknownKey,
                         format!("unknown property `{key}` on `{name}`"),
                     )
                     .label(self.entry_span(e), "unknown property")
@@ -719,7 +712,7 @@ impl<'t> Parser<'t> {
             if let Some(first) = view.prop(key) {
                 self.diags.push(
                     Diag::error(
-                        "megaplan::duplicate",
+                        Code::Duplicate,
                         format!("duplicate property `{key}` on `{name}`"),
                     )
                     .label(self.entry_span(e), "set again here")
@@ -737,7 +730,7 @@ impl<'t> Parser<'t> {
         let span = if ty.is_empty() { whole } else { ty };
         self.diags.push(
             Diag::error(
-                "megaplan::kdl::type_annotation",
+                Code::KdlTypeAnnotation,
                 "type annotations are not used in experiment files",
             )
             .label(self.fix(span), "type annotation")
@@ -751,7 +744,7 @@ impl<'t> Parser<'t> {
         if v.args.len() < min {
             self.diags.push(
                 Diag::error(
-                    "megaplan::missing_argument",
+                    Code::MissingKey,
                     format!("missing argument: `{name}` needs {what}"),
                 )
                 .label(self.name_span(v.node), format!("{what} expected"))
@@ -764,7 +757,7 @@ impl<'t> Parser<'t> {
         {
             let extra = &v.args[max..];
             let mut d = Diag::error(
-                "megaplan::too_many_arguments",
+                Code::TooManyArguments,
                 format!(
                     "too many arguments: `{name}` takes {}",
                     match max {
@@ -787,7 +780,7 @@ impl<'t> Parser<'t> {
             let name = v.name();
             self.diags.push(
                 Diag::error(
-                    "megaplan::unexpected_children",
+                    Code::UnexpectedChildren,
                     format!("`{name}` takes no child block"),
                 )
                 .label(self.children_span(v.node), "child block not allowed here")
@@ -802,7 +795,7 @@ impl<'t> Parser<'t> {
         let span = self.name_span(node);
         if let Some((_, first)) = seen.iter().find(|(n, _)| *n == name) {
             self.diags.push(
-                Diag::error("megaplan::duplicate", format!("duplicate `{name}`"))
+                Diag::error(Code::Duplicate, format!("duplicate `{name}`"))
                     .label(span, "set again here")
                     .label(*first, "first set here")
                     .help(format!("`{name}` may appear once; keep one")),
@@ -843,7 +836,7 @@ impl<'t> Parser<'t> {
                 .or_else(|| Some(format!("expected one of: {}", known.join(", "))))
         };
         self.diags.push(
-            Diag::error("megaplan::unknown_node", message)
+            Diag::error(Code::UnknownKey, message)
                 .label(self.name_span(node), label)
                 .help_opt(help),
         );
@@ -864,7 +857,7 @@ impl<'t> Parser<'t> {
         let got = value_kind(e.value());
         self.diags.push(
             Diag::error(
-                "megaplan::wrong_type",
+                Code::WrongType,
                 format!("wrong type for `{what}`: expected {expected}, got {got}"),
             )
             .label(self.value_span(e), format!("expected {expected}"))
@@ -911,7 +904,7 @@ impl<'t> Parser<'t> {
                 Err(_) => {
                     let what = Self::entry_name(node, e);
                     self.diags.push(
-                        Diag::error("megaplan::wrong_type", format!("`{what}` is out of range"))
+                        Diag::error(Code::WrongType, format!("`{what}` is out of range"))
                             .label(self.value_span(e), "too large"),
                     );
                     None
@@ -1255,7 +1248,7 @@ impl<'t> Parser<'t> {
             Some(net) if !v.args.is_empty() => {
                 self.diags.push(
                     Diag::error(
-                        "megaplan::conflicting_arguments",
+                        Code::ConflictingKeys,
                         "`mirrors` takes VM names or network=, not both",
                     )
                     .label(self.entry_span(net), "network= here")
@@ -1291,7 +1284,7 @@ impl<'t> Parser<'t> {
             let dup = out.iter().find(|t| t.key.value == key).map(|t| t.key.span);
             if let Some(first) = dup {
                 self.diags.push(
-                    Diag::error("megaplan::duplicate", format!("duplicate tag `{key}`"))
+                    Diag::error(Code::Duplicate, format!("duplicate tag `{key}`"))
                         .label(key_span, "set again here")
                         .label(first, "first set here")
                         .help("each tag key may appear once"),
@@ -1397,7 +1390,7 @@ impl<'t> Parser<'t> {
             let name = v.name();
             self.diags.push(
                 Diag::error(
-                    "megaplan::missing_argument",
+                    Code::MissingKey,
                     format!("missing argument: `{name}` needs to=DESTINATION"),
                 )
                 .label(self.name_span(node), "to= expected")
@@ -1659,7 +1652,7 @@ mod tests {
     }
 
     /// Parse text that must fail; return the diagnostic codes.
-    fn codes(text: &str) -> Vec<&'static str> {
+    fn codes(text: &str) -> Vec<Code> {
         let (_, diags) = parse_str(text);
         assert!(diags.has_errors(), "expected errors in {text:?}");
         diags.items.iter().map(|d| d.code).collect()
@@ -1888,7 +1881,7 @@ vm "monitor" {
         // The unknown node is deliberate: v1 parsing must still map and check.
         let (doc, diags) = parse_str(v1);
         assert_eq!(diags.items.len(), 1, "{diags:?}");
-        assert_eq!(diags.items[0].code, "megaplan::unknown_node");
+        assert_eq!(diags.items[0].code, "megaplan::unknown_key");
         assert_eq!(slice(v1, diags.items[0].labels[0].span), "exec_raw");
         assert!(doc.disks[0].keep.as_ref().unwrap().value);
         assert!(!doc.vms[0].snapshot.as_ref().unwrap().value);
@@ -1981,7 +1974,7 @@ vm "v" {
         let (doc, diags) = parse_str(text);
         assert_eq!(diags.items.len(), 1);
         let d = &diags.items[0];
-        assert_eq!(d.code, "megaplan::unknown_property");
+        assert_eq!(d.code, "megaplan::unknown_key");
         assert_eq!(d.help.as_deref(), Some("did you mean 'direction'?"));
         assert_eq!(slice(text, d.labels[0].span), "dirction=\"ingress\"");
         // The rest of the node is still read.
@@ -2028,17 +2021,17 @@ vm "A" {
         assert_eq!(
             got,
             [
-                "megaplan::unknown_node",
-                "megaplan::unknown_property",
+                "megaplan::unknown_key",
+                "megaplan::unknown_key",
                 "megaplan::wrong_type",
                 "megaplan::wrong_type",
                 "megaplan::wrong_type",
-                "megaplan::missing_argument",
-                "megaplan::unknown_node",
+                "megaplan::missing_key",
+                "megaplan::unknown_key",
                 "megaplan::duplicate",
                 "megaplan::too_many_arguments",
-                "megaplan::missing_argument",
-                "megaplan::missing_argument",
+                "megaplan::missing_key",
+                "megaplan::missing_key",
             ],
             "{}",
             diags.render_plain(&SourceFile::new("t.kdl", text))
@@ -2066,10 +2059,7 @@ vm "A" {
             codes("vm \"a\" { kernel #null; }"),
             ["megaplan::wrong_type"]
         );
-        assert_eq!(
-            codes("vm { kernel \"k\"; }"),
-            ["megaplan::missing_argument"]
-        );
+        assert_eq!(codes("vm { kernel \"k\"; }"), ["megaplan::missing_key"]);
         assert_eq!(
             codes("network \"a\" \"b\""),
             ["megaplan::too_many_arguments"]
@@ -2092,15 +2082,12 @@ vm "A" {
         );
         assert_eq!(
             codes("vm \"a\" { mirrors \"b\" network=\"LAN\"; }"),
-            ["megaplan::conflicting_arguments"]
+            ["megaplan::conflicting_keys"]
         );
-        assert_eq!(
-            codes("vm \"a\" { mirrors; }"),
-            ["megaplan::missing_argument"]
-        );
+        assert_eq!(codes("vm \"a\" { mirrors; }"), ["megaplan::missing_key"]);
         assert_eq!(
             codes("vm \"a\" { cc { recv \"x\"; }; }"),
-            ["megaplan::missing_argument"]
+            ["megaplan::missing_key"]
         );
         assert_eq!(
             codes("vm \"a\" { vcpus (u8)2; }"),

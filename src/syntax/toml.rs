@@ -22,18 +22,11 @@ use miette::SourceSpan;
 use toml::Spanned;
 use toml::de::{DeString, DeTable, DeValue};
 
-use crate::diag::{Diag, Diagnostics, SourceFile, did_you_mean};
+use crate::diag::{Code, Diag, Diagnostics, SourceFile, did_you_mean};
 use crate::model::{
     CcAction, CcStep, Command, Disk, Document, ExperimentNode, Inject, Mirror, MirrorSource,
     Network, Nic, Sp, Tag, Vm, VmDisk,
 };
-
-pub const CODE_SYNTAX: &str = "megaplan::toml::syntax";
-pub const CODE_UNKNOWN_KEY: &str = "megaplan::unknown_key";
-pub const CODE_WRONG_TYPE: &str = "megaplan::wrong_type";
-pub const CODE_MISSING_KEY: &str = "megaplan::missing_key";
-pub const CODE_CONFLICTING_KEYS: &str = "megaplan::conflicting_keys";
-pub const CODE_CC_ACTION: &str = "megaplan::cc_action";
 
 const ROOT_KEYS: &[&str] = &["experiment", "network", "disk", "vm"];
 const EXPERIMENT_KEYS: &[&str] = &["name", "images", "accel", "boot-timeout"];
@@ -100,7 +93,7 @@ pub fn parse(src: &SourceFile) -> (Document, Diagnostics) {
         } else {
             message
         };
-        let mut d = Diag::error(CODE_SYNTAX, format!("TOML syntax error: {message}"))
+        let mut d = Diag::error(Code::TomlSyntax, format!("TOML syntax error: {message}"))
             .label(span_of(span), "here");
         if message.starts_with("duplicate key") {
             d = d.help("a key or table can be defined only once");
@@ -209,7 +202,7 @@ impl Reader<'_> {
         let found = kind(v.get_ref());
         self.push(
             Diag::error(
-                CODE_WRONG_TYPE,
+                Code::WrongType,
                 format!("expected {expected}, found {found}"),
             )
             .label(span_of(v.span()), format!("`{key}` must be {expected}")),
@@ -259,7 +252,7 @@ impl Reader<'_> {
                     .unwrap_or_else(|| format!("expected one of: {}", allowed.join(", ")));
                 self.push(
                     Diag::error(
-                        CODE_UNKNOWN_KEY,
+                        Code::UnknownKey,
                         format!("unknown key `{name}` in {}", table.what),
                     )
                     .label(span_of(k.span()), "unknown key")
@@ -296,7 +289,7 @@ impl Reader<'_> {
                 Ok(n) => Some(Sp::new(n, span_of(v.span()))),
                 Err(_) => {
                     self.push(
-                        Diag::error(CODE_WRONG_TYPE, format!("`{key}` is out of range"))
+                        Diag::error(Code::WrongType, format!("`{key}` is out of range"))
                             .label(span_of(v.span()), "does not fit in a 64-bit integer"),
                     );
                     None
@@ -342,7 +335,7 @@ impl Reader<'_> {
         }
         self.push(
             Diag::error(
-                CODE_MISSING_KEY,
+                Code::MissingKey,
                 format!("missing key `{key}` in {}", t.what),
             )
             .label(t.span, format!("this table has no `{key}`"))
@@ -409,7 +402,7 @@ impl Reader<'_> {
                             .to_string()
                     });
                     self.push(
-                        Diag::error(CODE_UNKNOWN_KEY, format!("unknown key `{key}`"))
+                        Diag::error(Code::UnknownKey, format!("unknown key `{key}`"))
                             .label(span_of(k.span()), "unknown key")
                             .help(help),
                     );
@@ -647,7 +640,7 @@ impl Reader<'_> {
                 if let (Some(kv), Some(kn)) = (t.key("vm"), t.key("network")) {
                     self.push(
                         Diag::error(
-                            CODE_CONFLICTING_KEYS,
+                            Code::ConflictingKeys,
                             "a mirror has either `vm` or `network`, not both",
                         )
                         .label(span_of(kn.span()), "second source")
@@ -665,7 +658,7 @@ impl Reader<'_> {
                         {
                             self.push(
                                 Diag::error(
-                                    CODE_MISSING_KEY,
+                                    Code::MissingKey,
                                     "a mirror needs a source: `vm` or `network`",
                                 )
                                 .label(t.span, "no `vm` or `network` here")
@@ -719,7 +712,7 @@ impl Reader<'_> {
             [] => {
                 self.push(
                     Diag::error(
-                        CODE_CC_ACTION,
+                        Code::CcAction,
                         "a cc step needs one of `exec`, `background`, `send`, `recv`",
                     )
                     .label(t.span, "this step does nothing")
@@ -730,7 +723,7 @@ impl Reader<'_> {
             [one] => *one,
             [first, rest @ ..] => {
                 let mut d = Diag::error(
-                    CODE_CC_ACTION,
+                    Code::CcAction,
                     format!(
                         "a cc step has exactly one action, this one has {}",
                         actions.len()
@@ -754,7 +747,7 @@ impl Reader<'_> {
             "exec" | "background" => {
                 if let Some(k) = to_key {
                     self.push(
-                        Diag::error(CODE_UNKNOWN_KEY, format!("`to` does not apply to `{akey}`"))
+                        Diag::error(Code::UnknownKey, format!("`to` does not apply to `{akey}`"))
                             .label(span_of(k.span()), "only `send` and `recv` take `to`")
                             .help(format!("remove `to` from this `{akey}` step")),
                     );
@@ -762,7 +755,7 @@ impl Reader<'_> {
                 if let Some(k) = max_size_key {
                     self.push(
                         Diag::error(
-                            CODE_UNKNOWN_KEY,
+                            Code::UnknownKey,
                             format!("`max-size` does not apply to `{akey}`"),
                         )
                         .label(span_of(k.span()), "only `recv` takes `max-size`")
@@ -790,7 +783,7 @@ impl Reader<'_> {
                     && let Some(k) = max_size_key
                 {
                     self.push(
-                        Diag::error(CODE_UNKNOWN_KEY, "`max-size` does not apply to `send`")
+                        Diag::error(Code::UnknownKey, "`max-size` does not apply to `send`")
                             .label(span_of(k.span()), "only `recv` takes `max-size`")
                             .help("remove `max-size` from this `send` step"),
                     );
@@ -1073,7 +1066,7 @@ mod tests {
         doc
     }
 
-    fn codes(d: &Diagnostics) -> Vec<&'static str> {
+    fn codes(d: &Diagnostics) -> Vec<Code> {
         d.items.iter().map(|d| d.code).collect()
     }
 
@@ -1496,7 +1489,7 @@ cc = [
         let text = "[experiment]\nimages = \"i\"\n";
         let (doc, diags) = parse_str(text);
         assert!(doc.experiments.is_empty());
-        assert_eq!(codes(&diags), [CODE_MISSING_KEY]);
+        assert_eq!(codes(&diags), [Code::MissingKey]);
         assert_eq!(at(text, &diags.items[0]), "[experiment]");
         assert!(diags.items[0].message.contains("`name`"));
     }
@@ -1506,7 +1499,7 @@ cc = [
         let text = "[experiment]\nname = \"x\"\n\n[vm.A]\nuuidd = \"1\"\nnic = [{ netwrk = \"LAN\" }]\n\n[vms.B]\n";
         let (_, diags) = parse_str(text);
         // No "missing `network`" for the nic: the typo explains it.
-        assert_eq!(codes(&diags), [CODE_UNKNOWN_KEY; 3]);
+        assert_eq!(codes(&diags), [Code::UnknownKey; 3]);
         let d = &diags.items[0];
         assert_eq!(at(text, d), "uuidd");
         assert_eq!(d.help.as_deref(), Some("did you mean 'uuid'?"));
@@ -1524,7 +1517,7 @@ cc = [
     fn wrong_types_point_at_the_value() {
         let text = "[vm.A]\nvcpus = \"two\"\nsnapshot = 1\nnic = \"LAN\"\nkernel = 3\n";
         let (doc, diags) = parse_str(text);
-        assert_eq!(codes(&diags), [CODE_WRONG_TYPE; 4]);
+        assert_eq!(codes(&diags), [Code::WrongType; 4]);
         // In file order.
         let msgs: Vec<(&str, &str)> = diags
             .items
@@ -1564,23 +1557,23 @@ mirrors = [{ nic = 1 }, { vm = "B", network = "LAN" }]
 cc = [{ exec = "a", background = "b" }, { timeout = "3s" }, { send = "x" }, { exec = "y", to = "z" }, 7]
 "#;
         let (doc, diags) = parse_str(text);
-        let got: Vec<(&str, &str)> = diags.items.iter().map(|d| (d.code, at(text, d))).collect();
+        let got: Vec<(Code, &str)> = diags.items.iter().map(|d| (d.code, at(text, d))).collect();
         assert_eq!(
             got,
             [
                 // (no "missing `name`": the typo explains it)
-                (CODE_UNKNOWN_KEY, "nam"),
-                (CODE_UNKNOWN_KEY, "host-adress"),
-                (CODE_WRONG_TYPE, "10"),
-                (CODE_MISSING_KEY, "{ src = \"a\" }"),
-                (CODE_MISSING_KEY, "{ mac = \"02:00:00:00:00:01\" }"),
-                (CODE_MISSING_KEY, "{ nic = 1 }"),
-                (CODE_CONFLICTING_KEYS, "network"),
-                (CODE_CC_ACTION, "background"),
-                (CODE_CC_ACTION, "{ timeout = \"3s\" }"),
-                (CODE_MISSING_KEY, "{ send = \"x\" }"),
-                (CODE_UNKNOWN_KEY, "to"),
-                (CODE_WRONG_TYPE, "7"),
+                (Code::UnknownKey, "nam"),
+                (Code::UnknownKey, "host-adress"),
+                (Code::WrongType, "10"),
+                (Code::MissingKey, "{ src = \"a\" }"),
+                (Code::MissingKey, "{ mac = \"02:00:00:00:00:01\" }"),
+                (Code::MissingKey, "{ nic = 1 }"),
+                (Code::ConflictingKeys, "network"),
+                (Code::CcAction, "background"),
+                (Code::CcAction, "{ timeout = \"3s\" }"),
+                (Code::MissingKey, "{ send = \"x\" }"),
+                (Code::UnknownKey, "to"),
+                (Code::WrongType, "7"),
             ],
             "{diags:#?}"
         );
@@ -1600,7 +1593,7 @@ cc = [{ exec = "a", background = "b" }, { timeout = "3s" }, { send = "x" }, { ex
     fn syntax_errors_have_spans() {
         let text = "[experiment]\nname = \"x\"\n\n[vm.A]\nvcpus = 1\nvcpus = 2\n";
         let (doc, diags) = parse_str(text);
-        assert_eq!(codes(&diags), [CODE_SYNTAX]);
+        assert_eq!(codes(&diags), [Code::TomlSyntax]);
         assert_eq!(at(text, &diags.items[0]), "vcpus");
         assert_eq!(
             diags.items[0].labels[0].span.offset(),
@@ -1613,14 +1606,18 @@ cc = [{ exec = "a", background = "b" }, { timeout = "3s" }, { send = "x" }, { ex
         // is not reported again.
         let text = "[experiment\nname = \"x\"\n\n[vm.A]\nvcpu = 1\n";
         let (_, diags) = parse_str(text);
-        assert_eq!(codes(&diags), [CODE_SYNTAX, CODE_UNKNOWN_KEY], "{diags:#?}");
+        assert_eq!(
+            codes(&diags),
+            [Code::TomlSyntax, Code::UnknownKey],
+            "{diags:#?}"
+        );
         assert!(diags.items[0].message.contains("unclosed table"));
         assert_eq!(at(text, &diags.items[1]), "vcpu");
 
         // A missing value is one error, not also a wrong type.
         let text = "[vm.A]\nvcpus =\nnic = [\"LAN\"]\n";
         let (doc, diags) = parse_str(text);
-        assert_eq!(codes(&diags), [CODE_SYNTAX], "{diags:#?}");
+        assert_eq!(codes(&diags), [Code::TomlSyntax], "{diags:#?}");
         assert_eq!(doc.vms[0].nics.len(), 1);
     }
 

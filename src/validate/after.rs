@@ -10,7 +10,7 @@ use super::Validator;
 use super::names::{Known, VmInst};
 use super::values::expand_range;
 use super::vms::VmCheck;
-use crate::diag::{Diag, did_you_mean};
+use crate::diag::{Code, Diag, did_you_mean};
 use crate::lab::VmSpec;
 use crate::model::Sp;
 
@@ -26,7 +26,7 @@ impl Validator {
                     self.once(
                         vc,
                         Diag::error(
-                            "megaplan::bad_range",
+                            Code::BadRange,
                             format!("'{}' is not a VM name or range", a.value),
                         )
                         .label(a.span, e)
@@ -41,18 +41,15 @@ impl Validator {
                 if !known.vm_set.contains(a.value.as_str()) {
                     self.once(
                         vc,
-                        Diag::error(
-                            "megaplan::unknown_vm",
-                            format!("there is no VM '{}'", a.value),
-                        )
-                        .label(a.span, "unknown VM")
-                        .help_opt(did_you_mean(&a.value, known.vms.iter().copied())),
+                        Diag::error(Code::UnknownVm, format!("there is no VM '{}'", a.value))
+                            .label(a.span, "unknown VM")
+                            .help_opt(did_you_mean(&a.value, known.vms.iter().copied())),
                         "after",
                     );
                 } else if a.value == vc.name {
                     self.err(
                         Diag::error(
-                            "megaplan::after_cycle",
+                            Code::AfterCycle,
                             format!("VM '{}' waits for itself", vc.name),
                         )
                         .label(a.span, "after itself")
@@ -108,7 +105,7 @@ impl Validator {
                 continue;
             }
             let mut d = Diag::error(
-                "megaplan::after_cycle",
+                Code::AfterCycle,
                 format!("the `after` ordering has a cycle: {cycle}"),
             )
             .help("cc steps would wait for each other forever: remove one `after` of the cycle");

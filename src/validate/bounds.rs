@@ -9,7 +9,7 @@ use miette::SourceSpan;
 
 use super::Validator;
 use super::vms::VmCheck;
-use crate::diag::Diag;
+use crate::diag::{Code, Diag};
 use crate::model;
 
 /// Room kept free in a protocol frame beside the command of an exec (fields a
@@ -47,7 +47,7 @@ impl Validator {
             self.once(
                 vc,
                 Diag::error(
-                    "megaplan::socket_path_too_long",
+                    Code::SocketPathTooLong,
                     format!(
                         "VM '{vm_name}' would have a socket path of {len} bytes: a unix socket path holds at most {}",
                         runtime::MAX_SOCKET_PATH
@@ -84,7 +84,7 @@ impl Validator {
             self.once(
                 vc,
                 Diag::error(
-                    "megaplan::command_too_large",
+                    Code::CommandTooLarge,
                     format!("this command is {len} bytes when sent to the guest: at most {limit} fit in one message"),
                 )
                 .label(span, "too large")

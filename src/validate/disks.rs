@@ -7,7 +7,7 @@ use miette::SourceSpan;
 
 use super::Validator;
 use super::values::parse_size;
-use crate::diag::{Diag, did_you_mean};
+use crate::diag::{Code, Diag, did_you_mean};
 use crate::lab::{DiskFormat, DiskSpec};
 use crate::model::Document;
 
@@ -20,7 +20,7 @@ impl Validator {
             if let Some(prev) = seen.insert(disk.name.value.clone(), disk.name.span) {
                 self.err(
                     Diag::error(
-                        "megaplan::duplicate_disk",
+                        Code::DuplicateDisk,
                         format!("disk '{}' is defined twice", disk.name.value),
                     )
                     .label(disk.name.span, "defined again here")
@@ -32,7 +32,7 @@ impl Validator {
             let size_bytes = disk.size.as_ref().and_then(|s| match parse_size(&s.value, 1) {
                 Some(0) => {
                     self.err(
-                        Diag::error("megaplan::bad_size", "a disk cannot be empty")
+                        Diag::error(Code::BadSize, "a disk cannot be empty")
                             .label(s.span, "size 0")
                             .help("give a size such as \"10G\""),
                     );
@@ -41,7 +41,7 @@ impl Validator {
                 Some(n) => Some(n),
                 None => {
                     self.err(
-                        Diag::error("megaplan::bad_size", format!("'{}' is not a size", s.value))
+                        Diag::error(Code::BadSize, format!("'{}' is not a size", s.value))
                             .label(s.span, "not a size")
                             .help("write a number with a unit: \"512M\", \"10G\", \"1T\" (a bare number is bytes)"),
                     );
@@ -50,7 +50,7 @@ impl Validator {
             });
             if disk.size.is_none() && disk.from.is_none() {
                 self.err(
-                    Diag::error("megaplan::disk_without_size", format!("disk '{}' has neither a size nor a base image", disk.name.value))
+                    Diag::error(Code::DiskWithoutSize, format!("disk '{}' has neither a size nor a base image", disk.name.value))
                         .label(disk.name.span, "no size= and no from")
                         .help("add size=\"10G\", or `from \"base.qcow2\"` to make a copy-on-write child of a base image"),
                 );
@@ -62,12 +62,9 @@ impl Validator {
                     "raw" => DiskFormat::Raw,
                     other => {
                         self.err(
-                            Diag::error(
-                                "megaplan::bad_format",
-                                format!("unknown disk format '{other}'"),
-                            )
-                            .label(f.span, "expected \"qcow2\" or \"raw\"")
-                            .help_opt(did_you_mean(other, ["qcow2", "raw"])),
+                            Diag::error(Code::BadFormat, format!("unknown disk format '{other}'"))
+                                .label(f.span, "expected \"qcow2\" or \"raw\"")
+                                .help_opt(did_you_mean(other, ["qcow2", "raw"])),
                         );
                         DiskFormat::Qcow2
                     }
@@ -78,7 +75,7 @@ impl Validator {
             {
                 self.err(
                     Diag::error(
-                        "megaplan::bad_filesystem",
+                        Code::BadFilesystem,
                         format!("filesystem '{}' is not supported", fs.value),
                     )
                     .label(fs.span, "only \"ext4\" is supported")
@@ -90,7 +87,7 @@ impl Validator {
             {
                 self.err(
                     Diag::error(
-                        "megaplan::inject_without_filesystem",
+                        Code::InjectWithoutFilesystem,
                         format!(
                             "disk '{}' injects files but has no filesystem",
                             disk.name.value
@@ -103,7 +100,7 @@ impl Validator {
             if disk.from.is_some() && disk.filesystem.is_some() {
                 self.err(
                     Diag::error(
-                        "megaplan::from_with_filesystem",
+                        Code::FromWithFilesystem,
                         "a disk made from a base image cannot also be formatted",
                     )
                     .label(
@@ -125,7 +122,7 @@ impl Validator {
                 if !inj.dst.value.starts_with('/') {
                     self.err(
                         Diag::error(
-                            "megaplan::relative_guest_path",
+                            Code::RelativeGuestPath,
                             format!("'{}' is not an absolute path", inj.dst.value),
                         )
                         .label(inj.dst.span, "must start with '/'")

@@ -5,7 +5,7 @@ use std::path::Path;
 
 use super::Validator;
 use super::values::parse_duration_ms;
-use crate::diag::{Diag, did_you_mean};
+use crate::diag::{Code, Diag, did_you_mean};
 use crate::lab::Accel;
 use crate::model::{Document, Sp};
 
@@ -30,7 +30,7 @@ impl Validator {
                     .min_by_key(|s| s.offset())
                     .unwrap_or(self.whole_file);
                 self.err(
-                Diag::error("megaplan::no_experiment", "there is no experiment node")
+                Diag::error(Code::NoExperiment, "there is no experiment node")
                     .label(first, "the experiment node belongs before this")
                     .help("add `experiment \"NAME\"` (TOML: `[experiment]` with `name = \"NAME\"`): the name scopes everything megaplan creates"),
             );
@@ -40,7 +40,7 @@ impl Validator {
                 for other in rest {
                     self.err(
                         Diag::error(
-                            "megaplan::second_experiment",
+                            Code::SecondExperiment,
                             "a file describes exactly one experiment",
                         )
                         .label(other.span, "second experiment node")
@@ -71,12 +71,9 @@ impl Validator {
                 "tcg" => Accel::Tcg,
                 other => {
                     self.err(
-                        Diag::error(
-                            "megaplan::bad_accel",
-                            format!("unknown accelerator '{other}'"),
-                        )
-                        .label(a.span, "expected \"auto\", \"kvm\" or \"tcg\"")
-                        .help_opt(did_you_mean(other, ["auto", "kvm", "tcg"])),
+                        Diag::error(Code::BadAccel, format!("unknown accelerator '{other}'"))
+                            .label(a.span, "expected \"auto\", \"kvm\" or \"tcg\"")
+                            .help_opt(did_you_mean(other, ["auto", "kvm", "tcg"])),
                     );
                     Accel::Auto
                 }
@@ -99,7 +96,7 @@ impl Validator {
         if ms.is_none() {
             self.err(
                 Diag::error(
-                    "megaplan::bad_duration",
+                    Code::BadDuration,
                     format!("'{}' is not a duration", t.value),
                 )
                 .label(t.span, "not a duration")

@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 
 use super::Validator;
-use crate::diag::Diag;
+use crate::diag::{Code, Diag};
 use crate::lab::{NetworkSpec, VmSpec};
 
 impl Validator {
@@ -15,7 +15,7 @@ impl Validator {
             if let Some(prev) = ifnames.insert(&n.bridge, &n.address) {
                 self.err(
                     Diag::error(
-                        "megaplan::ifname_collision",
+                        Code::IfnameCollision,
                         format!(
                             "{} and {prev} would share interface name {}",
                             n.address, n.bridge
@@ -31,7 +31,7 @@ impl Validator {
                 if let Some(prev) = ifnames.insert(&n.tap, &n.address) {
                     self.err(
                         Diag::error(
-                            "megaplan::ifname_collision",
+                            Code::IfnameCollision,
                             format!(
                                 "{} and {prev} would share interface name {}",
                                 n.address, n.tap

@@ -8,7 +8,7 @@ use std::collections::{HashMap, HashSet};
 use super::Validator;
 use super::names::{Known, VmInst};
 use super::values::expand_range;
-use crate::diag::{Diag, did_you_mean};
+use crate::diag::{Code, Diag, did_you_mean};
 use crate::lab::{Direction, MirrorSpec, VmSpec};
 use crate::model;
 
@@ -48,7 +48,7 @@ impl Validator {
                             report(
                                 self,
                                 Diag::error(
-                                    "megaplan::bad_direction",
+                                    Code::BadDirection,
                                     format!("unknown mirror direction '{other}'"),
                                 )
                                 .label(d.span, "expected \"both\", \"ingress\" or \"egress\"")
@@ -65,7 +65,7 @@ impl Validator {
                         report(
                             self,
                             Diag::error(
-                                "megaplan::mirror_index",
+                                Code::MirrorIndex,
                                 format!("VM '{}' has no nic {}", dest.name, i.value),
                             )
                             .label(
@@ -87,7 +87,7 @@ impl Validator {
                     report(
                         self,
                         Diag::error(
-                            "megaplan::mirror_without_nic",
+                            Code::MirrorWithoutNic,
                             format!(
                                 "VM '{}' mirrors traffic but has no nic to receive it",
                                 dest.name
@@ -109,7 +109,7 @@ impl Validator {
                                 report(
                                     self,
                                     Diag::error(
-                                        "megaplan::bad_range",
+                                        Code::BadRange,
                                         format!("'{}' is not a VM name or range", src_vm.value),
                                     )
                                     .label(src_vm.span, e)
@@ -122,7 +122,7 @@ impl Validator {
                         let mut sources = Vec::new();
                         'names: for name in &names {
                             if *name == inst.name {
-                                report(self, Diag::error("megaplan::mirror_self", format!("VM '{}' mirrors itself", inst.name))
+                                report(self, Diag::error(Code::MirrorSelf, format!("VM '{}' mirrors itself", inst.name))
                                     .label(src_vm.span, "this VM")
                                     .help("a VM cannot receive copies of its own traffic: mirror another VM"), "self");
                                 continue 'names;
@@ -132,7 +132,7 @@ impl Validator {
                                     report(
                                         self,
                                         Diag::error(
-                                            "megaplan::unknown_vm",
+                                            Code::UnknownVm,
                                             format!("there is no VM '{name}'"),
                                         )
                                         .label(src_vm.span, "unknown VM")
@@ -148,7 +148,7 @@ impl Validator {
                                     report(
                                         self,
                                         Diag::error(
-                                            "megaplan::mirror_index",
+                                            Code::MirrorIndex,
                                             format!("VM '{}' has no nic {}", src.name, n.value),
                                         )
                                         .label(
@@ -170,7 +170,7 @@ impl Validator {
                                 report(
                                     self,
                                     Diag::error(
-                                        "megaplan::mirror_index",
+                                        Code::MirrorIndex,
                                         format!("VM '{}' has no nic to mirror", src.name),
                                     )
                                     .label(src_vm.span, "no nics")
@@ -188,7 +188,7 @@ impl Validator {
                             report(
                                 self,
                                 Diag::error(
-                                    "megaplan::mirror_nic_with_network",
+                                    Code::MirrorNicWithNetwork,
                                     "nic= applies to a VM mirror, not a network mirror",
                                 )
                                 .label(n.span, "not with network=")
@@ -200,7 +200,7 @@ impl Validator {
                             report(
                                 self,
                                 Diag::error(
-                                    "megaplan::unknown_network",
+                                    Code::UnknownNetwork,
                                     format!("there is no network '{}'", net.value),
                                 )
                                 .label(net.span, "unknown network")
@@ -210,7 +210,7 @@ impl Validator {
                             continue;
                         }
                         if dest.nics[into].network == net.value {
-                            report(self, Diag::error("megaplan::mirror_loop", format!("VM '{}' mirrors network '{}' into a nic on that same network", dest.name, net.value))
+                            report(self, Diag::error(Code::MirrorLoop, format!("VM '{}' mirrors network '{}' into a nic on that same network", dest.name, net.value))
                                 .label(net.span, "mirrored network")
                                 .help("receive the copies on a nic of another network (into=N), or copies would be copied again"), "loop");
                             continue;

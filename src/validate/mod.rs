@@ -34,7 +34,7 @@ use std::path::PathBuf;
 
 use miette::SourceSpan;
 
-use crate::diag::{Diag, Diagnostics, SourceFile};
+use crate::diag::{Code, Diag, Diagnostics, SourceFile};
 use crate::lab::*;
 use crate::model::Document;
 
@@ -70,9 +70,7 @@ pub use values::{
 /// (they would mostly repeat it).
 pub fn check(src: &SourceFile) -> (Option<Lab>, Diagnostics) {
     let (doc, mut diags) = crate::syntax::parse(src);
-    let syntax_failed = diags
-        .errors()
-        .any(|d| d.code.ends_with("::syntax") || d.code == "megaplan::too_deep");
+    let syntax_failed = diags.errors().any(|d| d.code.is_syntax());
     if syntax_failed {
         diags.sort();
         return (None, diags);
@@ -93,10 +91,7 @@ pub fn check(src: &SourceFile) -> (Option<Lab>, Diagnostics) {
             let inside_failed =
                 at.is_some_and(|o| failed.iter().any(|(s, e)| (*s..*e).contains(&o)));
             // A dropped experiment node is already reported structurally.
-            let follows = matches!(
-                d.code,
-                "megaplan::no_experiment" | "megaplan::second_experiment"
-            );
+            let follows = matches!(d.code, Code::NoExperiment | Code::SecondExperiment);
             if !inside_failed && !follows {
                 diags.push(d);
             }
@@ -192,7 +187,7 @@ impl Validator {
     fn run(&mut self, doc: &Document, src: &SourceFile) -> Option<Lab> {
         if src.text.trim().is_empty() {
             self.err(
-                Diag::error("megaplan::empty", "the experiment file is empty")
+                Diag::error(Code::Empty, "the experiment file is empty")
                     .help("start with `experiment \"NAME\" { images \"images\" }` and add networks and VMs"),
             );
             return None;

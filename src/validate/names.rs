@@ -8,7 +8,7 @@ use miette::SourceSpan;
 
 use super::Validator;
 use super::values::{expand_range, name_problem};
-use crate::diag::Diag;
+use crate::diag::{Code, Diag};
 use crate::model::{self, Document, Sp};
 
 /// One VM of the file: a name a `vm` node (or its range) makes.
@@ -52,7 +52,7 @@ impl Validator {
     pub(super) fn check_name_at(&mut self, what: &str, name: &str, span: SourceSpan) -> bool {
         if let Some(problem) = name_problem(name) {
             self.err(
-                Diag::error("megaplan::bad_name", format!("{what} name '{}' is not allowed", name.escape_debug()))
+                Diag::error(Code::BadName, format!("{what} name '{}' is not allowed", name.escape_debug()))
                     .label(span, problem)
                     .help("names become interface aliases, file names and QEMU arguments: use letters, digits, '-', '_' and '.'"),
             );
@@ -71,7 +71,7 @@ impl Validator {
                 Err(e) => {
                     self.err(
                         Diag::error(
-                            "megaplan::bad_range",
+                            Code::BadRange,
                             format!("VM name '{}' is not a valid range", vm.name.value),
                         )
                         .label(vm.name.span, e)
@@ -86,7 +86,7 @@ impl Validator {
                 }
                 if let Some(prev) = seen.insert(name.clone(), vm.name.span) {
                     self.err(
-                        Diag::error("megaplan::duplicate_vm", format!("VM '{name}' is defined twice"))
+                        Diag::error(Code::DuplicateVm, format!("VM '{name}' is defined twice"))
                             .label(vm.name.span, if vm.name.value == name { "defined again here".to_string() } else { format!("this range makes '{name}' again") })
                             .label(prev, "first defined here")
                             .help("give each VM its own name; ranges like web[1-3] expand to web1, web2, web3"),

@@ -6,7 +6,7 @@ use miette::SourceSpan;
 
 use super::Validator;
 use super::values::parse_cidr;
-use crate::diag::Diag;
+use crate::diag::{Code, Diag};
 use crate::identity;
 use crate::lab::NetworkSpec;
 use crate::model::Document;
@@ -20,7 +20,7 @@ impl Validator {
             if let Some(prev) = seen.insert(n.name.value.clone(), n.name.span) {
                 self.err(
                     Diag::error(
-                        "megaplan::duplicate_network",
+                        Code::DuplicateNetwork,
                         format!("network '{}' is defined twice", n.name.value),
                     )
                     .label(n.name.span, "defined again here")
@@ -34,7 +34,7 @@ impl Validator {
             {
                 self.err(
                     Diag::error(
-                        "megaplan::bad_cidr",
+                        Code::BadCidr,
                         format!("'{}' is not a valid host address", h.value),
                     )
                     .label(h.span, e)

@@ -11,7 +11,7 @@ use super::names::Known;
 use super::values::parse_mac;
 use super::vms::VmCheck;
 use super::{NIC_MODEL_NAMES, Validator};
-use crate::diag::{Diag, did_you_mean};
+use crate::diag::{Code, Diag, did_you_mean};
 use crate::identity;
 use crate::lab::NicSpec;
 
@@ -31,7 +31,7 @@ impl Validator {
                 self.once(
                     vc,
                     Diag::error(
-                        "megaplan::unknown_network",
+                        Code::UnknownNetwork,
                         format!("there is no network '{}'", nic.network.value),
                     )
                     .label(nic.network.span, "unknown network")
@@ -50,7 +50,7 @@ impl Validator {
                 Some(m) => match parse_mac(&m.value) {
                     Ok(mac) => mac,
                     Err(e) => {
-                        self.once(vc, Diag::error("megaplan::bad_mac", format!("'{}' is not a valid MAC address", m.value))
+                        self.once(vc, Diag::error(Code::BadMac, format!("'{}' is not a valid MAC address", m.value))
                                 .label(m.span, e)
                                 .help("leave mac out and megaplan derives a stable, locally administered one"), "mac");
                         identity::mac(ename, &naddr)
@@ -60,13 +60,10 @@ impl Validator {
             let mac_span = nic.mac.as_ref().map_or(nic.span, |m| m.span);
             if let Some(prev) = macs.insert(mac.clone(), mac_span) {
                 self.err(
-                    Diag::error(
-                        "megaplan::duplicate_mac",
-                        format!("MAC {mac} is used by two nics"),
-                    )
-                    .label(mac_span, format!("{naddr} uses it again"))
-                    .label(prev, "first used here")
-                    .help("each nic needs its own MAC; leave mac out to get a derived one"),
+                    Diag::error(Code::DuplicateMac, format!("MAC {mac} is used by two nics"))
+                        .label(mac_span, format!("{naddr} uses it again"))
+                        .label(prev, "first used here")
+                        .help("each nic needs its own MAC; leave mac out to get a derived one"),
                 );
             }
             let driver = nic
@@ -78,7 +75,7 @@ impl Validator {
             {
                 self.once(vc,
                         Diag::error(
-                            "megaplan::bad_driver",
+                            Code::BadDriver,
                             format!("'{}' is not a nic model megaplan supports", d.value),
                         )
                         .label(d.span, format!("expected one of: {}", NIC_MODEL_NAMES.join(", ")))
@@ -109,7 +106,7 @@ impl Validator {
             {
                 self.once(vc,
                         Diag::warning(
-                            "megaplan::driver_not_in_image",
+                            Code::DriverNotInImage,
                             format!(
                                 "the guest image has no driver for nic model '{}': this nic gets no interface in the guest, and the nics after it move down one ethN",
                                 d.value

@@ -3,7 +3,7 @@
 //! command line or a protocol frame, where a NUL ends it or is refused.
 
 use super::Validator;
-use crate::diag::Diag;
+use crate::diag::{Code, Diag};
 use crate::model::{self, Document, Sp};
 
 impl Validator {
@@ -84,7 +84,7 @@ impl Validator {
         for (what, v) in vals {
             if let Some(at) = v.value.find('\0') {
                 self.err(
-                    Diag::error("megaplan::nul_byte", format!("the {what} contains a NUL byte"))
+                    Diag::error(Code::NulByte, format!("the {what} contains a NUL byte"))
                         .label(v.span, format!("NUL at byte {at} of this value"))
                         .help("a NUL would cut this value short in a QEMU argument, a path or a guest command: remove it"),
                 );

@@ -5,7 +5,7 @@
 use std::path::{Path, PathBuf};
 
 use super::Validator;
-use crate::diag::Diag;
+use crate::diag::{Code, Diag};
 use crate::model::Sp;
 
 impl Validator {
@@ -19,7 +19,7 @@ impl Validator {
                 None => {
                     self.err(
                         Diag::error(
-                            "megaplan::no_images",
+                            Code::NoImages,
                             "'$images' is used but the experiment sets no images folder",
                         )
                         .label(p.span, "uses $images")
@@ -47,7 +47,7 @@ impl Validator {
     pub(super) fn warn_missing(&mut self, path: &Path, sp: &Sp<String>, what: &str) {
         if !self.exists(path) && self.warned.insert(path.to_path_buf()) {
             self.d.push(
-                Diag::warning("megaplan::missing_file", format!("{what} '{}' does not exist (yet)", crate::diag::escape(&path.display().to_string())))
+                Diag::warning(Code::MissingFile, format!("{what} '{}' does not exist (yet)", crate::diag::escape(&path.display().to_string())))
                     .label(sp.span, "not found")
                     .help(if matches!(what, "kernel" | "initrd") {
                         "this is an error at apply time; `megaplan image build --out DIR` makes a cc-enabled kernel and initrd".to_string()

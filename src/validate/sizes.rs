@@ -4,7 +4,7 @@
 use super::values::parse_size;
 use super::vms::VmCheck;
 use super::{MAX_VCPUS, Validator};
-use crate::diag::Diag;
+use crate::diag::{Code, Diag};
 
 impl Validator {
     /// Memory in MiB (2048 unless set); 0 after an error.
@@ -16,7 +16,7 @@ impl Validator {
                 Some(0) => {
                     self.once(
                         vc,
-                        Diag::error("megaplan::zero_memory", "a VM needs some memory")
+                        Diag::error(Code::ZeroMemory, "a VM needs some memory")
                             .label(m.span, "0")
                             .help("memory defaults to \"2048M\"; tiny guests run in \"256M\""),
                         "memory",
@@ -26,7 +26,7 @@ impl Validator {
                 Some(b) if b < (1 << 20) => {
                     self.once(
                         vc,
-                        Diag::error("megaplan::bad_memory", "memory is counted in whole MiB")
+                        Diag::error(Code::BadMemory, "memory is counted in whole MiB")
                             .label(m.span, "less than 1 MiB")
                             .help("write \"256M\" or \"2G\""),
                         "memory",
@@ -38,7 +38,7 @@ impl Validator {
                     self.once(
                         vc,
                         Diag::error(
-                            "megaplan::bad_memory",
+                            Code::BadMemory,
                             format!("'{}' is not an amount of memory", m.value),
                         )
                         .label(m.span, "not a size")
@@ -59,7 +59,7 @@ impl Validator {
             Some(c) if c.value <= 0 => {
                 self.once(
                     vc,
-                    Diag::error("megaplan::zero_vcpus", "a VM needs at least one vcpu")
+                    Diag::error(Code::ZeroVcpus, "a VM needs at least one vcpu")
                         .label(c.span, format!("{}", c.value))
                         .help("vcpus defaults to 1"),
                     "vcpus",
@@ -69,7 +69,7 @@ impl Validator {
             Some(c) if c.value > i64::from(MAX_VCPUS) => {
                 self.once(vc,
                         Diag::error(
-                            "megaplan::bad_vcpus",
+                            Code::BadVcpus,
                             format!("{} vcpus are more than the VM's machine takes", c.value),
                         )
                         .label(c.span, format!("at most {MAX_VCPUS}"))

@@ -7,7 +7,7 @@ use sha2::{Digest, Sha256};
 use super::Validator;
 use super::values::{parse_duration_ms, parse_size};
 use super::vms::VmCheck;
-use crate::diag::Diag;
+use crate::diag::{Code, Diag};
 use crate::lab::{CcActionSpec, CcSpec, CommandSpec};
 use crate::model;
 
@@ -24,7 +24,7 @@ impl Validator {
                             self.once(
                                 vc,
                                 Diag::error(
-                                    "megaplan::bad_duration",
+                                    Code::BadDuration,
                                     format!("'{}' is not a duration", t.value),
                                 )
                                 .label(t.span, "not a duration")
@@ -55,7 +55,7 @@ impl Validator {
                     if let Some(span) = empty_cmd(c) {
                         self.once(
                             vc,
-                            Diag::error("megaplan::empty_command", "a cc step needs a command")
+                            Diag::error(Code::EmptyCommand, "a cc step needs a command")
                                 .label(span, "empty")
                                 .help("for example: exec \"ip link set eth0 up\""),
                             "cmd",
@@ -68,7 +68,7 @@ impl Validator {
                             self.once(
                                 vc,
                                 Diag::warning(
-                                    "megaplan::timeout_ignored",
+                                    Code::TimeoutIgnored,
                                     "a background step runs on: its timeout is ignored",
                                 )
                                 .label(t.span, "ignored")
@@ -88,7 +88,7 @@ impl Validator {
                         self.once(
                             vc,
                             Diag::error(
-                                "megaplan::relative_guest_path",
+                                Code::RelativeGuestPath,
                                 format!("'{}' is not an absolute guest path", to.value),
                             )
                             .label(to.span, "must start with '/'")
@@ -110,7 +110,7 @@ impl Validator {
                         self.once(
                             vc,
                             Diag::error(
-                                "megaplan::relative_guest_path",
+                                Code::RelativeGuestPath,
                                 format!("'{}' is not an absolute guest path", s.value),
                             )
                             .label(s.span, "must start with '/'")
@@ -127,7 +127,7 @@ impl Validator {
                                 self.once(
                                     vc,
                                     Diag::error(
-                                        "megaplan::bad_size",
+                                        Code::BadSize,
                                         format!("'{}' is not a size", m.value),
                                     )
                                     .label(m.span, "max-size expected")

@@ -8,7 +8,7 @@ fn check_kdl(text: &str) -> (Option<Lab>, Diagnostics) {
 }
 
 fn codes(d: &Diagnostics) -> Vec<&'static str> {
-    d.errors().map(|d| d.code).collect()
+    d.errors().map(|d| d.code.as_str()).collect()
 }
 
 /// An image megaplan built lists the nic models its guest can drive: a
@@ -160,7 +160,7 @@ vm "a" { kernel "/k"; nic "LNA"; }
     let (_, d) = check_kdl(text);
     assert_eq!(
         codes(&d),
-        ["megaplan::unknown_node", "megaplan::unknown_network"]
+        ["megaplan::unknown_key", "megaplan::unknown_network"]
     );
     // Inside the node that failed, findings would repeat the structural error.
     let text = r#"experiment "x"
@@ -168,7 +168,7 @@ network "LAN"
 vm "a" { kernel "/k"; nic "LAN" bogus=1; mirrors "nobody"; }
 "#;
     let (_, d) = check_kdl(text);
-    assert_eq!(codes(&d), ["megaplan::unknown_property"]);
+    assert_eq!(codes(&d), ["megaplan::unknown_key"]);
 }
 
 /// A finding on a ranged VM's own values is reported once for the node,

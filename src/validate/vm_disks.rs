@@ -9,7 +9,7 @@ use miette::SourceSpan;
 use super::Validator;
 use super::names::Known;
 use super::vms::VmCheck;
-use crate::diag::{Diag, did_you_mean};
+use crate::diag::{Code, Diag, did_you_mean};
 use crate::lab::{DiskSource, VmDiskSpec};
 
 /// Who uses each disk of the file: (VM, where, with snapshot).
@@ -37,7 +37,7 @@ impl Validator {
                     self.once(
                         vc,
                         Diag::error(
-                            "megaplan::bad_mount",
+                            Code::BadMount,
                             format!("'{}' is not a usable mount point", m.value),
                         )
                         .label(
@@ -52,7 +52,7 @@ impl Validator {
                     self.once(
                         vc,
                         Diag::error(
-                            "megaplan::duplicate_mount",
+                            Code::DuplicateMount,
                             format!("two disks are mounted at '{}'", m.value),
                         )
                         .label(m.span, "again here")
@@ -79,7 +79,7 @@ impl Validator {
                 }
                 DiskSource::Path(p)
             } else {
-                self.once(vc, Diag::error("megaplan::unknown_disk", format!("there is no disk '{}'", vd.name.value))
+                self.once(vc, Diag::error(Code::UnknownDisk, format!("there is no disk '{}'", vd.name.value))
                         .label(vd.name.span, "unknown disk")
                         .help(did_you_mean(&vd.name.value, known.disks.iter().copied()).unwrap_or_else(|| {
                             "define it with `disk \"NAME\" size=\"10G\"`, or give a path to an image file".to_string()
@@ -107,13 +107,13 @@ impl Validator {
                         .map(|u| u.1)
                         .find(|s| s != span)
                         .unwrap_or(*span);
-                    self.err(Diag::error("megaplan::shared_writable_disk", format!("disk '{disk}' is attached twice to VM '{vm}', which writes it directly"))
+                    self.err(Diag::error(Code::SharedWritableDisk, format!("disk '{disk}' is attached twice to VM '{vm}', which writes it directly"))
                         .label(*span, format!("'{vm}' has snapshot #false"))
                         .label(again, "attached again here")
                         .help("attach a disk once per VM, or give the VM a second disk"));
                     continue;
                 };
-                self.err(Diag::error("megaplan::shared_writable_disk", format!("disk '{disk}' is written directly by VM '{vm}' but also used by VM '{}'", other.0))
+                self.err(Diag::error(Code::SharedWritableDisk, format!("disk '{disk}' is written directly by VM '{vm}' but also used by VM '{}'", other.0))
                     .label(*span, format!("'{vm}' has snapshot #false"))
                     .label(other.1, format!("'{}' uses it too", other.0))
                     .help("a disk without snapshot may be used by one VM only; keep snapshot #true on the others' VMs or give them their own disk"));

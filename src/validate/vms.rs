@@ -14,7 +14,7 @@ use super::Validator;
 use super::names::{Known, VmInst};
 use super::values::parse_duration_ms;
 use super::vm_disks::DiskUsers;
-use crate::diag::Diag;
+use crate::diag::{Code, Diag};
 use crate::identity;
 use crate::lab::VmSpec;
 use crate::model;
@@ -126,7 +126,7 @@ impl Validator {
                 Err(e) => {
                     self.once(
                         vc,
-                        Diag::error("megaplan::bad_uuid", format!("'{}' is not a UUID", u.value))
+                        Diag::error(Code::BadUuid, format!("'{}' is not a UUID", u.value))
                             .label(u.span, e.to_string())
                             .help("write 8-4-4-4-12 hex digits, or leave uuid out: megaplan derives a stable one"),
                         "uuid",
@@ -139,7 +139,7 @@ impl Validator {
         if let Some(prev) = uuids.insert(uuid, uuid_span) {
             self.err(
                 Diag::error(
-                    "megaplan::duplicate_uuid",
+                    Code::DuplicateUuid,
                     format!("VM '{}' has the UUID {uuid} of another VM", vc.name),
                 )
                 .label(uuid_span, "used again here")
@@ -176,7 +176,7 @@ impl Validator {
             p
         });
         if kernel.is_none() && vm.disks.is_empty() {
-            self.once(vc, Diag::error("megaplan::nothing_to_boot", format!("VM '{}' has neither a kernel nor a disk to boot", vc.name))
+            self.once(vc, Diag::error(Code::NothingToBoot, format!("VM '{}' has neither a kernel nor a disk to boot", vc.name))
                 .label(vm.name.span, "nothing to boot")
                 .help("add `kernel \"$images/miniccc.kernel\"` and `initrd \"$images/miniccc.initrd\"`"), "boot");
         }
@@ -186,12 +186,9 @@ impl Validator {
         {
             self.once(
                 vc,
-                Diag::error(
-                    "megaplan::initrd_without_kernel",
-                    "an initrd needs a kernel",
-                )
-                .label(i.span, "initrd without kernel")
-                .help("add `kernel \"…\"` beside it"),
+                Diag::error(Code::InitrdWithoutKernel, "an initrd needs a kernel")
+                    .label(i.span, "initrd without kernel")
+                    .help("add `kernel \"…\"` beside it"),
                 "initrd",
             );
         }
@@ -209,7 +206,7 @@ impl Validator {
                 self.once(
                     vc,
                     Diag::error(
-                        "megaplan::duplicate_tag",
+                        Code::DuplicateTag,
                         format!("tag '{}' is set twice", t.key.value),
                     )
                     .label(t.key.span, "set again here")
@@ -230,7 +227,7 @@ impl Validator {
                 self.once(
                     vc,
                     Diag::error(
-                        "megaplan::bad_qemu_arg",
+                        Code::BadQemuArg,
                         "a QEMU argument cannot contain control characters",
                     )
                     .label(a.span, "here")
