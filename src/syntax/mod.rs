@@ -8,27 +8,8 @@
 //! - Emitting then parsing gives back an equal document (spans aside).
 
 pub mod kdl;
-mod kdl_fast;
+pub mod lang;
 pub mod toml;
-
-/// The properties of a `vm`, in the order the emitters write them (both syntaxes).
-pub(crate) const VM_KEYS: &[&str] = &[
-    "uuid",
-    "kernel",
-    "initrd",
-    "append",
-    "memory",
-    "vcpus",
-    "snapshot",
-    "boot-timeout",
-    "disk",
-    "nic",
-    "mirrors",
-    "tags",
-    "after",
-    "qemu-args",
-    "cc",
-];
 
 use crate::diag::{Diagnostics, SourceFile, Syntax};
 use crate::model::Document;

@@ -23,10 +23,7 @@
 
 use miette::SourceSpan;
 
-use super::kdl::{RawChildren, RawEntry, RawName, RawNode, RawValue};
-
-/// Child blocks nested deeper than this are left to the kdl crate.
-const MAX_DEPTH: usize = super::kdl::MAX_DEPTH;
+use super::raw::{MAX_DEPTH, RawChildren, RawEntry, RawName, RawNode, RawValue};
 
 /// The top-level nodes of `text`, or `None` when the text is outside the
 /// subset read here (or is not valid KDL).
