@@ -1,6 +1,6 @@
 //! Where `megaplan plan FILE` spends time and memory, phase by phase:
 //! read -> parse -> validate -> graph::resources -> plan -> render (text and
-//! JSON, into a sink). Heap figures come from a counting allocator around
+//! JSON, into a sink), in the order and with the ownership the CLI has. Heap figures come from a counting allocator around
 //! mimalloc (the CLI's allocator): the peak of live heap bytes during each
 //! phase, and what is still live after it.
 //!
@@ -90,8 +90,11 @@ fn main() {
     phase("drop resources", || drop(resources));
     let state = State::new(&lab.name);
     let observed = Observed::default();
-    let plan = phase("plan::plan", || {
-        megaplan::plan::plan(Some(&lab), &state, Some(&observed), Mode::Apply)
+    // As `megaplan plan` does: the lab goes into the planner, which drops it
+    // once its resources are listed.
+    let opts = megaplan::plan::Options::default();
+    let plan = phase("plan::plan_owned", || {
+        megaplan::plan::plan_owned(lab, &state, Some(&observed), Mode::Apply, &opts)
     });
     phase("render::write_text", || {
         render::write_text(&plan, &mut std::io::sink()).expect("sink")
