@@ -97,4 +97,60 @@ mod tests {
             assert_eq!(t, [*want], "TOML {toml:?}");
         }
     }
+
+    /// Both emitters write every key of the table, in the table's order: a
+    /// key added to the table but not to an emitter fails here.
+    #[test]
+    fn emitters_follow_the_table() {
+        let kdl = r#"
+experiment "x" { images "i"; accel "tcg"; boot-timeout "9s" }
+network "n" { host-address "10.0.0.254/24" }
+disk "d" size="1G" format="qcow2" filesystem="ext4" keep=#true { from "b"; inject "s" "/d" }
+vm "v" {
+    uuid "11111111-1111-1111-1111-111111111111"
+    kernel "k"
+    initrd "i"
+    append "a"
+    memory "1G"
+    vcpus 2
+    snapshot #true
+    boot-timeout "5s"
+    disk "d" mount="/m"
+    nic "n" mac="02:00:00:00:00:01" driver="e1000"
+    mirrors "w" nic=0 into=0 direction="both"
+    tags { role "x" }
+    after "w"
+    qemu-args "-no-reboot"
+    cc { exec "true" timeout="1s" allow-failure=#true; background "b"; send "a" to="/b"; recv "/c" to="d" max-size="1M" }
+}
+"#;
+        let (doc, diags) = super::parse(&SourceFile::new("t.kdl", kdl.to_string()));
+        assert!(diags.is_empty(), "{diags:?}");
+        // KDL: the vm block's child nodes, in order.
+        let out = super::emit(&doc, crate::diag::Syntax::Kdl);
+        let vm_block = &out[out.find("vm \"v\"").unwrap()..];
+        let kids: Vec<&str> = vm_block
+            .lines()
+            .filter(|l| l.starts_with("    ") && !l.starts_with("     "))
+            .filter_map(|l| l.split_whitespace().next())
+            .filter(|w| *w != "}")
+            .collect();
+        assert_eq!(kids, super::lang::VM.children());
+        let disk_line = out.lines().find(|l| l.starts_with("disk ")).unwrap();
+        let props: Vec<&str> = disk_line
+            .split_whitespace()
+            .filter_map(|w| w.split_once('=').map(|(k, _)| k))
+            .collect();
+        assert_eq!(props, super::lang::DISK.props());
+        // TOML: the keys of the [vm.v] table, in order.
+        let out = super::emit(&doc, crate::diag::Syntax::Toml);
+        let vm_table = &out[out.find("[vm.v]").unwrap()..];
+        let keys: Vec<&str> = vm_table
+            .lines()
+            .skip(1)
+            .filter_map(|l| l.split_once(" = ").map(|(k, _)| k))
+            .filter(|k| !k.starts_with(' '))
+            .collect();
+        assert_eq!(keys, super::lang::VM.toml_keys());
+    }
 }

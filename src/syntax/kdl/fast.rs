@@ -6,7 +6,7 @@
 //! Invariants:
 //! - It accepts only text the kdl crate reads as KDL 2.0, and then builds the
 //!   same [`RawNode`] tree, raw spans included (checked by the differential
-//!   tests in `kdl.rs`). Everything else gives `None`, and the caller falls
+//!   tests in `kdl/tests.rs`). Everything else gives `None`, and the caller falls
 //!   back to the kdl crate, which also produces every syntax error; this
 //!   reader reports nothing.
 //! - Read: nodes named by an identifier (ASCII, starting with a letter or

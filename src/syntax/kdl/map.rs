@@ -12,10 +12,6 @@ use crate::model::{
 };
 use crate::syntax::lang;
 
-/// Parse a KDL experiment file. Structural problems go into the diagnostics;
-
-// Parsing
-
 pub(super) struct Parser<'t> {
     pub(super) text: &'t str,
     pub(super) diags: Diagnostics,

@@ -96,7 +96,7 @@ mod layering {
                 for (i, _) in line.match_indices(prefix) {
                     let rest = &line[i + prefix.len()..];
                     let rest = rest.strip_prefix('{').unwrap_or(rest);
-                    for part in rest.split(|c: char| c == ',' || c == '}') {
+                    for part in rest.split([',', '}']) {
                         let name: String = part
                             .trim()
                             .chars()
