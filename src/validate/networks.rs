@@ -44,7 +44,7 @@ impl Validator {
             let address = format!("network.{}", n.name.value);
             networks.push(NetworkSpec {
                 name: n.name.value.clone(),
-                bridge: identity::bridge_name(&ename, &address),
+                bridge: identity::bridge_name(ename, &address),
                 address,
                 host_address: n.host_address.as_ref().map(|h| h.value.clone()),
             });

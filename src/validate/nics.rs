@@ -95,7 +95,7 @@ impl Validator {
                 && let Some(initrd) = initrd
                 && let Some(models) = self
                     .nic_manifest(initrd)
-                    .filter(|m| !m.iter().any(|m| *m == d.value))
+                    .filter(|m| !m.contains(&d.value))
                     .map(|m| {
                         if m.is_empty() {
                             "none".to_string()
