@@ -434,7 +434,7 @@ impl MemoryProvider {
                 ..
             } => {
                 for t in [source_tap, dest_tap] {
-                    if !w.links.get(t).is_some_and(|l| !l.bridge) {
+                    if w.links.get(t).is_none_or(|l| l.bridge) {
                         return Err(missing(format!("tap {t}")));
                     }
                 }
