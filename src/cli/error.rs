@@ -369,6 +369,12 @@ impl From<crate::serve::ServeError> for CommandError {
                 ErrorKind::User,
                 Some("bind to 127.0.0.1, or pass --token / --token-file"),
             ),
+            E::ActionsNeedToken => (
+                ErrorKind::User,
+                Some(
+                    "pass --token-file FILE: the page then needs ?token=... and every action carries it",
+                ),
+            ),
             E::TokenFile { .. } | E::TokenFileTooLarge(_) => (
                 ErrorKind::User,
                 Some("the token file holds one line: the token"),

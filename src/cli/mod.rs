@@ -136,7 +136,8 @@ pub enum Command {
         #[arg(long, value_enum, default_value = "dot")]
         format: GraphFormat,
     },
-    /// A live, read-only web view of the experiment (loopback unless --token).
+    /// A live web view of the experiment (loopback unless --token); read-only
+    /// unless --allow-actions.
     Serve {
         file: PathBuf,
         #[arg(long, default_value = "127.0.0.1:8080")]
@@ -153,6 +154,10 @@ pub enum Command {
         /// Read the token from this file (one line).
         #[arg(long)]
         token_file: Option<PathBuf>,
+        /// Offer apply, destroy (of this experiment) and cc exec on the page,
+        /// each a POST carrying the token (needed even on loopback).
+        #[arg(long)]
+        allow_actions: bool,
         #[arg(long)]
         state_dir: Option<PathBuf>,
     },
@@ -423,6 +428,7 @@ fn run(cli: Cli) -> Result<ExitCode, CliError> {
             listen,
             token,
             token_file,
+            allow_actions,
             state_dir,
         } => {
             let Ok((_, lab)) = load(&file) else {
@@ -433,8 +439,20 @@ fn run(cli: Cli) -> Result<ExitCode, CliError> {
                 None => token,
             };
             crate::serve::check_listen(listen, token.as_deref())?;
+            crate::serve::check_actions(allow_actions, token.as_deref())?;
             let sd = StateDir::for_file(&file, &lab.name, state_dir.as_deref());
-            runtime()?.block_on(crate::serve::run(lab, sd, listen, token))?;
+            let actions = match allow_actions {
+                false => None,
+                true => Some(crate::serve::actions::Actions {
+                    exe: std::env::current_exe().map_err(|source| Problem::Action {
+                        what: "find this megaplan executable",
+                        source,
+                    })?,
+                    file: file.clone(),
+                    state_dir: sd.root.clone(),
+                }),
+            };
+            runtime()?.block_on(crate::serve::run(lab, sd, listen, token, actions))?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Diff { old, new, format } => {

@@ -1,13 +1,15 @@
-//! `megaplan serve`: a read-only live web view of one experiment.
+//! `megaplan serve`: a live web view of one experiment, read-only unless
+//! `--allow-actions` (then apply, destroy and `cc exec`: [`actions`]).
 //!
-//! A small HTTP/1.1 server on tokio (GET and HEAD only) serves one page whose
+//! A small HTTP/1.1 server on tokio (GET and HEAD; POST only for actions) serves one page whose
 //! assets are compiled into the binary, the drawing (`/graph.svg`, from
 //! [`draw::svg`], the same function as `megaplan graph --format svg`), the
 //! current snapshot (`/snapshot.json`) and a server-sent event stream
 //! (`/events`) that pushes each new snapshot.
 //!
 //! Invariants:
-//! - Read-only: nothing reachable from the page changes the host. The
+//! - Read-only without `--allow-actions`: nothing reachable from the page
+//!   changes the host (`/actions/*` is 404). With it, see [`actions`]. The
 //!   snapshot is built with the functions the CLI uses (`host::refresh`,
 //!   `show::rows`, `cc::responses`, `cc::addresses`, `plan::plan` +
 //!   `render::text`), each about a second, and is pushed only when it changed.
@@ -16,6 +18,7 @@
 //!   constant time. Everything else is 404 (or 401 / 405 / 400).
 //! - No asset refers to another origin: the page works offline.
 
+pub mod actions;
 pub mod draw;
 
 use std::collections::BTreeMap;
@@ -58,6 +61,8 @@ pub enum ServeError {
     TokenNeeded(SocketAddr),
     #[error("the token is empty")]
     EmptyToken,
+    #[error("--allow-actions needs --token or --token-file, even on loopback")]
+    ActionsNeedToken,
     #[error("cannot read the token file {path}: {source}")]
     TokenFile {
         path: PathBuf,
@@ -115,6 +120,14 @@ pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
         diff |= u64::from(x ^ y);
     }
     diff == 0
+}
+
+/// Actions are allowed only with a token.
+pub fn check_actions(allow: bool, token: Option<&str>) -> Result<(), ServeError> {
+    if allow && token.is_none_or(str::is_empty) {
+        return Err(ServeError::ActionsNeedToken);
+    }
+    Ok(())
 }
 
 /// The listen address is allowed with this token (None: no token).
@@ -246,17 +259,24 @@ struct Shared {
     /// The latest snapshot, serialised.
     snap: watch::Receiver<Arc<String>>,
     lab: Lab,
+    /// `--allow-actions`: what they run against.
+    actions: Option<actions::Actions>,
+    /// An action is running.
+    busy: std::sync::atomic::AtomicBool,
 }
 
 /// Serve until the process is stopped. Prints `listening on http://ADDR/`
 /// once the socket is bound (with port 0, ADDR has the chosen port).
+/// `actions`: `--allow-actions` (needs the token).
 pub async fn run(
     lab: Lab,
     sd: StateDir,
     listen: SocketAddr,
     token: Option<String>,
+    actions: Option<actions::Actions>,
 ) -> Result<(), ServeError> {
     check_listen(listen, token.as_deref())?;
+    check_actions(actions.is_some(), token.as_deref())?;
     let listener = TcpListener::bind(listen)
         .await
         .map_err(|source| ServeError::Bind {
@@ -277,6 +297,8 @@ pub async fn run(
         token,
         snap: rx,
         lab,
+        actions,
+        busy: std::sync::atomic::AtomicBool::new(false),
     });
     let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     println!("listening on http://{local}/");
@@ -351,6 +373,11 @@ pub struct Request {
     pub bearer: Option<String>,
     /// The `Host` header.
     pub host: Option<String>,
+    /// `Origin`, `Content-Type`, `Content-Length`, `Sec-Fetch-Site` (actions).
+    pub origin: Option<String>,
+    pub content_type: Option<String>,
+    pub content_length: Option<usize>,
+    pub sec_fetch_site: Option<String>,
 }
 
 /// Parse a request head (up to the blank line).
@@ -368,16 +395,31 @@ pub fn parse_head(head: &str) -> Option<Request> {
     };
     let mut bearer = None;
     let mut host = None;
+    let (mut origin, mut content_type, mut content_length, mut sec_fetch_site) =
+        (None, None, None, None);
     for l in lines {
         let Some((k, v)) = l.split_once(':') else {
             continue;
         };
-        if k.trim().eq_ignore_ascii_case("authorization")
-            && let Some(t) = v.trim().strip_prefix("Bearer ")
+        let (k, v) = (k.trim(), v.trim());
+        if k.eq_ignore_ascii_case("authorization")
+            && let Some(t) = v.strip_prefix("Bearer ")
         {
             bearer = Some(t.trim().to_string());
-        } else if k.trim().eq_ignore_ascii_case("host") {
-            host = Some(v.trim().to_ascii_lowercase());
+        } else if k.eq_ignore_ascii_case("host") {
+            host = Some(v.to_ascii_lowercase());
+        } else if k.eq_ignore_ascii_case("origin") {
+            origin = Some(v.to_string());
+        } else if k.eq_ignore_ascii_case("content-type") {
+            content_type = Some(v.to_string());
+        } else if k.eq_ignore_ascii_case("content-length") {
+            // Two lengths, or one that is not a number: not a request we read.
+            if content_length.is_some() {
+                return None;
+            }
+            content_length = Some(v.parse().ok()?);
+        } else if k.eq_ignore_ascii_case("sec-fetch-site") {
+            sec_fetch_site = Some(v.to_ascii_lowercase());
         }
     }
     Some(Request {
@@ -386,6 +428,10 @@ pub fn parse_head(head: &str) -> Option<Request> {
         query,
         bearer,
         host,
+        origin,
+        content_type,
+        content_length,
+        sec_fetch_site,
     })
 }
 
@@ -449,14 +495,19 @@ fn percent_encode(s: &str) -> String {
 }
 
 /// The page; with a token, its stylesheet and script URLs carry it (the
-/// browser sends no header for them, and app.js adds it to the rest).
-fn index_html(token: Option<&str>) -> String {
+/// browser sends no header for them, and app.js adds it to the rest). The
+/// actions panel is in it only with `--allow-actions`.
+fn index_html(token: Option<&str>, actions: bool) -> String {
+    let page = if actions {
+        INDEX_HTML.replacen("<main>\n", &format!("<main>\n  {}", actions::PANEL), 1)
+    } else {
+        INDEX_HTML.to_string()
+    };
     match token {
-        None => INDEX_HTML.to_string(),
+        None => page,
         Some(t) => {
             let q = format!("?token={}", percent_encode(t));
-            INDEX_HTML
-                .replace("href=\"style.css\"", &format!("href=\"style.css{q}\""))
+            page.replace("href=\"style.css\"", &format!("href=\"style.css{q}\""))
                 .replace("src=\"app.js\"", &format!("src=\"app.js{q}\""))
         }
     }
@@ -468,8 +519,9 @@ pub enum Reply {
     Events,
 }
 
-/// Route a request (pure but for reading the latest snapshot).
-fn route(req: &Request, token: Option<&str>, snap: &str, lab: &Lab) -> Reply {
+/// Route a request (pure but for reading the latest snapshot); actions
+/// are not routed here.
+fn route(req: &Request, token: Option<&str>, snap: &str, lab: &Lab, actions: bool) -> Reply {
     if let Some(t) = token {
         let ok = presented(req).is_some_and(|p| constant_time_eq(p.as_bytes(), t.as_bytes()));
         if !ok {
@@ -480,6 +532,14 @@ fn route(req: &Request, token: Option<&str>, snap: &str, lab: &Lab) -> Reply {
             );
         }
     }
+    // With --allow-actions they were answered before routing.
+    if req.path.starts_with("/actions/") {
+        return Reply::Fixed(
+            "404 Not Found",
+            "text/plain; charset=utf-8",
+            "not found\n".into(),
+        );
+    }
     if req.method != "GET" && req.method != "HEAD" {
         return Reply::Fixed(
             "405 Method Not Allowed",
@@ -488,9 +548,11 @@ fn route(req: &Request, token: Option<&str>, snap: &str, lab: &Lab) -> Reply {
         );
     }
     match req.path.as_str() {
-        "/" | "/index.html" => {
-            Reply::Fixed("200 OK", "text/html; charset=utf-8", index_html(token))
-        }
+        "/" | "/index.html" => Reply::Fixed(
+            "200 OK",
+            "text/html; charset=utf-8",
+            index_html(token, actions),
+        ),
         "/app.js" => Reply::Fixed("200 OK", "text/javascript; charset=utf-8", APP_JS.into()),
         "/style.css" => Reply::Fixed("200 OK", "text/css; charset=utf-8", STYLE_CSS.into()),
         "/snapshot.json" => Reply::Fixed("200 OK", "application/json", snap.to_string()),
@@ -551,8 +613,40 @@ async fn handle(mut sock: TcpStream, shared: Arc<Shared>) -> std::io::Result<()>
         sock.write_all(out.as_bytes()).await?;
         return sock.shutdown().await;
     }
+    if let (Some(acts), Some(token)) = (&shared.actions, shared.token.as_deref())
+        && req.path.starts_with("/actions/")
+    {
+        let rest = buf[buf.windows(4).position(|w| w == b"\r\n\r\n").unwrap_or(0) + 4..].to_vec();
+        let (status, body) = match read_body(&mut sock, rest, req.content_length, deadline).await? {
+            None => (
+                "413 Payload Too Large",
+                "the body is too large\n".to_string(),
+            ),
+            Some(b) => match actions::gate(&req, &b, token) {
+                Err((status, why)) => (status, format!("{why}\n")),
+                Ok(action) => run_action(&shared, acts, action).await,
+            },
+        };
+        let out = format!(
+            "HTTP/1.1 {status}\r\nContent-Type: {}\r\nContent-Length: {}\r\n{HEADERS}Connection: close\r\n\r\n{body}",
+            if status.starts_with("200") {
+                "application/json"
+            } else {
+                "text/plain; charset=utf-8"
+            },
+            body.len()
+        );
+        sock.write_all(out.as_bytes()).await?;
+        return sock.shutdown().await;
+    }
     let snap = shared.snap.borrow().clone();
-    match route(&req, shared.token.as_deref(), &snap, &shared.lab) {
+    match route(
+        &req,
+        shared.token.as_deref(),
+        &snap,
+        &shared.lab,
+        shared.actions.is_some(),
+    ) {
         Reply::Fixed(status, ctype, body) => {
             let mut out = format!(
                 "HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\n{HEADERS}Connection: close\r\n\r\n",
@@ -603,6 +697,82 @@ async fn handle(mut sock: TcpStream, shared: Arc<Shared>) -> std::io::Result<()>
     }
 }
 
+/// The request body: what followed the head plus the rest of
+/// `Content-Length`, within the head's deadline; None when it is larger
+/// than an action takes.
+async fn read_body(
+    sock: &mut TcpStream,
+    mut body: Vec<u8>,
+    len: Option<usize>,
+    deadline: tokio::time::Instant,
+) -> std::io::Result<Option<Vec<u8>>> {
+    let len = len.unwrap_or(0);
+    if len > actions::MAX_BODY {
+        return Ok(None);
+    }
+    let mut chunk = [0u8; 4096];
+    while body.len() < len {
+        let n = tokio::time::timeout_at(deadline, sock.read(&mut chunk))
+            .await
+            .map_err(|_| std::io::Error::other("request timed out"))??;
+        if n == 0 {
+            break;
+        }
+        body.extend_from_slice(&chunk[..n]);
+    }
+    body.truncate(len);
+    Ok(Some(body))
+}
+
+/// Run one action (one at a time): this megaplan binary with the action's
+/// argv, stdin closed; the reply is its exit code and output as JSON.
+async fn run_action(
+    shared: &Shared,
+    acts: &actions::Actions,
+    action: actions::Action,
+) -> (&'static str, String) {
+    use std::sync::atomic::Ordering;
+    if shared.busy.swap(true, Ordering::AcqRel) {
+        return ("409 Conflict", "another action is running\n".into());
+    }
+    struct Idle<'a>(&'a std::sync::atomic::AtomicBool);
+    impl Drop for Idle<'_> {
+        fn drop(&mut self) {
+            self.0.store(false, Ordering::Release);
+        }
+    }
+    let _idle = Idle(&shared.busy);
+    eprintln!("action: {}", action.name());
+    let out = tokio::process::Command::new(&acts.exe)
+        .args(acts.argv(&action))
+        .env("NO_COLOR", "1")
+        .stdin(std::process::Stdio::null())
+        .kill_on_drop(false)
+        .output()
+        .await;
+    match out {
+        Err(e) => (
+            "500 Internal Server Error",
+            format!("cannot run {}: {e}\n", acts.exe.display()),
+        ),
+        Ok(o) => {
+            let text = |b: &[u8]| {
+                String::from_utf8_lossy(&b[..b.len().min(actions::MAX_OUTPUT)]).into_owned()
+            };
+            (
+                "200 OK",
+                json!({
+                    "action": action.name(),
+                    "exit": o.status.code(),
+                    "stdout": text(&o.stdout),
+                    "stderr": text(&o.stderr),
+                })
+                .to_string(),
+            )
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -636,6 +806,17 @@ mod tests {
     }
 
     #[test]
+    fn actions_need_a_token_even_on_loopback() {
+        assert!(matches!(
+            check_actions(true, None),
+            Err(ServeError::ActionsNeedToken)
+        ));
+        assert!(check_actions(true, Some("")).is_err());
+        assert!(check_actions(true, Some("t")).is_ok());
+        assert!(check_actions(false, None).is_ok());
+    }
+
+    #[test]
     fn a_non_loopback_address_needs_a_token() {
         let lo: SocketAddr = "127.0.0.2:80".parse().unwrap();
         let v6: SocketAddr = "[::1]:80".parse().unwrap();
@@ -657,7 +838,7 @@ mod tests {
     fn requests_without_the_token_are_refused() {
         let l = lab();
         let t = Some("s3cret");
-        let get = |h: &str| status(route(&req(h), t, "{}", &l));
+        let get = |h: &str| status(route(&req(h), t, "{}", &l, false));
         assert_eq!(get("GET / HTTP/1.1\r\nHost: x"), "401 Unauthorized");
         assert_eq!(get("GET /?token=wrong HTTP/1.1"), "401 Unauthorized");
         assert_eq!(get("GET /nope HTTP/1.1"), "401 Unauthorized");
@@ -676,7 +857,7 @@ mod tests {
 
     #[test]
     fn with_a_token_the_page_asks_for_its_assets_with_it() {
-        let html = index_html(Some("a b&\"<"));
+        let html = index_html(Some("a b&\"<"), false);
         assert!(
             html.contains("href=\"style.css?token=a%20b%26%22%3C\""),
             "{html}"
@@ -686,7 +867,10 @@ mod tests {
             "{html}"
         );
         assert_eq!(percent_decode("a%20b%26%22%3C"), "a b&\"<");
-        assert_eq!(index_html(None), INDEX_HTML);
+        assert_eq!(index_html(None, false), INDEX_HTML);
+        // The actions panel only with --allow-actions.
+        assert!(!INDEX_HTML.contains("action-apply"));
+        assert!(index_html(None, true).contains("<button id=\"action-apply\""));
     }
 
     #[test]
@@ -707,11 +891,14 @@ mod tests {
     #[test]
     fn unknown_paths_are_404_and_writes_405() {
         let l = lab();
-        let get = |h: &str| status(route(&req(h), None, "{}", &l));
+        let get = |h: &str| status(route(&req(h), None, "{}", &l, false));
         assert_eq!(get("GET /../../etc/passwd HTTP/1.1"), "404 Not Found");
         assert_eq!(get("GET /assets/app.js HTTP/1.1"), "404 Not Found");
         assert_eq!(get("GET /app.js HTTP/1.1"), "200 OK");
         assert_eq!(get("POST / HTTP/1.1"), "405 Method Not Allowed");
+        // Without --allow-actions the action endpoints do not exist.
+        assert_eq!(get("POST /actions/apply HTTP/1.1"), "404 Not Found");
+        assert_eq!(get("GET /actions/destroy HTTP/1.1"), "404 Not Found");
         assert!(parse_head("GET /").is_none());
         assert!(parse_head("").is_none());
     }
