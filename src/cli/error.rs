@@ -139,14 +139,6 @@ impl std::fmt::Display for CommandError {
 /// plans, preflight), each with the kind and hint its variant calls for.
 #[derive(Debug, thiserror::Error)]
 pub enum Problem {
-    #[error("cannot change the host; missing:\n  - {}", missing.join("\n  - "))]
-    Missing {
-        missing: Vec<String>,
-        /// Whether we run as root.
-        root: bool,
-        /// Whether only files the lab reads are missing.
-        only_files: bool,
-    },
     #[error("{var}={value:?} is not an accelerator")]
     BadAccelEnv { var: &'static str, value: String },
     #[error("the accelerator is kvm, but /dev/kvm does not open")]
@@ -230,25 +222,6 @@ impl From<Problem> for CommandError {
     fn from(p: Problem) -> Self {
         use ErrorKind::*;
         let (kind, hint): (ErrorKind, Option<String>) = match &p {
-            Problem::Missing {
-                missing,
-                root,
-                only_files,
-            } => (
-                Config,
-                Some(
-                    if !root && missing.len() == 1 {
-                        "run it as root: sudo megaplan ..."
-                    } else if !root {
-                        "run it as root (sudo megaplan ...), and install what else is listed"
-                    } else if *only_files {
-                        "create the files listed (or fix their paths in the experiment file), then run the command again"
-                    } else {
-                        "install what is listed, then run the command again"
-                    }
-                    .into(),
-                ),
-            ),
             Problem::BadAccelEnv { var, .. } => (
                 Config,
                 Some(format!("set {var} to auto, kvm or tcg, or unset it")),
@@ -316,6 +289,54 @@ impl From<Problem> for CommandError {
             Problem::Action { .. } => (Host, None),
         };
         CommandError::with_kind(kind, p).hinted(hint)
+    }
+}
+
+impl From<crate::provider::ProviderError> for CommandError {
+    fn from(e: crate::provider::ProviderError) -> Self {
+        use crate::provider::ProviderError as E;
+        let (kind, hint): (ErrorKind, Option<String>) = match &e {
+            E::Preflight {
+                missing,
+                not_root,
+                only_files,
+            } => (
+                ErrorKind::Config,
+                Some(
+                    if *not_root && missing.len() == 1 {
+                        "run it as root: sudo megaplan ..."
+                    } else if *not_root {
+                        "run it as root (sudo megaplan ...), and install what else is listed"
+                    } else if *only_files {
+                        "create the files listed (or fix their paths in the experiment file), then run the command again"
+                    } else {
+                        "install what is listed, then run the command again"
+                    }
+                    .into(),
+                ),
+            ),
+            E::State(_) => {
+                let E::State(inner) = e else { unreachable!() };
+                return inner.into();
+            }
+            E::MissingBootFile { path } => (
+                ErrorKind::Config,
+                Some(format!(
+                    "build it with `megaplan image build --out {}`",
+                    path.parent()
+                        .map_or(".".into(), |d| d.display().to_string())
+                )),
+            ),
+            E::KeepDiskExists { .. } => (ErrorKind::User, None),
+            E::Unsupported { .. } => (ErrorKind::User, None),
+            E::Host(_)
+            | E::Agent { .. }
+            | E::Boot(_)
+            | E::NotOurs { .. }
+            | E::Missing { .. }
+            | E::Injected(_) => (ErrorKind::Host, None),
+        };
+        CommandError::with_kind(kind, e).hinted(hint)
     }
 }
 
@@ -503,9 +524,9 @@ mod tests {
             crate::image::ImageError::BusyboxNotFound("/bin/busybox".into()).into();
         assert_eq!(b.hint(), Some("apt-get install busybox-static"));
         assert_eq!(b.kind, ErrorKind::Config);
-        let missing: CommandError = Problem::Missing {
+        let missing: CommandError = crate::provider::ProviderError::Preflight {
             missing: vec!["root".into()],
-            root: false,
+            not_root: true,
             only_files: false,
         }
         .into();
