@@ -179,7 +179,7 @@ pub enum Problem {
         file: PathBuf,
     },
     #[error("refresh failed: {0}")]
-    Refresh(#[source] crate::host::HostError),
+    Refresh(#[source] crate::provider::ProviderError),
     #[error("{0}")]
     Host(#[from] crate::host::HostError),
     #[error("unknown column '{0}'")]
@@ -198,10 +198,10 @@ pub enum Problem {
     },
     #[error("VM '{vm}' uses disk '{disk}' and is running")]
     DiskInUse { vm: String, disk: String },
-    #[error("disk '{disk}' has no image at {}", path.display())]
-    NoDiskImage { disk: String, path: PathBuf },
+    #[error("{what} does not exist")]
+    NoDiskImage { what: String },
     #[error("extract failed: {0}")]
-    Extract(#[source] crate::drivers::qemu_img::QemuImgError),
+    Extract(#[source] crate::provider::ProviderError),
     #[error("{0}")]
     BadFilter(String),
     #[error("'{0}' is not a duration")]
@@ -536,9 +536,9 @@ mod tests {
 
     #[test]
     fn the_source_is_kept() {
-        let e: CommandError = Problem::Refresh(crate::host::HostError::Io(std::io::Error::other(
-            "netlink went away",
-        )))
+        let e: CommandError = Problem::Refresh(crate::provider::ProviderError::Host(
+            crate::host::HostError::Io(std::io::Error::other("netlink went away")),
+        ))
         .into();
         assert_eq!(e.kind, ErrorKind::Host);
         assert!(e.error.source().is_some());

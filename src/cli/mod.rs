@@ -11,7 +11,9 @@
 //!   other failures as one `error:` line plus a `hint:` line per hint, the
 //!   hints chosen from the error's type (`error.rs`), never from its text.
 
+mod door;
 pub mod error;
+use door::Door;
 pub use error::{CliError, CommandError, ErrorKind, Problem};
 
 use std::io::IsTerminal;
@@ -452,7 +454,15 @@ fn run(cli: Cli) -> Result<ExitCode, CliError> {
                     state_dir: sd.root.clone(),
                 }),
             };
-            runtime()?.block_on(crate::serve::run(lab, sd, listen, token, actions))?;
+            let door = Door::open(&lab)?;
+            door.block_on(crate::serve::run(
+                &door.provider,
+                lab,
+                sd,
+                listen,
+                token,
+                actions,
+            ))?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Diff { old, new, format } => {
@@ -568,7 +578,8 @@ fn run(cli: Cli) -> Result<ExitCode, CliError> {
             crate::owners::check(&lab.name, &sd.root)?;
             let mut state = sd.load()?;
             let opts = plan_options(&file, &lab, &sd, &state, replace.clone())?;
-            let (_, p) = refresh_and_plan(&lab, &sd, &mut state, &opts)?;
+            let door = Door::open(&lab)?;
+            let (_, p) = refresh_and_plan(&door, &lab, &sd, &mut state, &opts)?;
             if json {
                 stream_stdout(|w| render::write_json(&p, w));
             } else {
@@ -620,9 +631,10 @@ fn own_cpu() -> std::time::Duration {
 }
 
 /// Check what changing the host needs, naming each missing piece (the
-/// local provider's preflight; its error chooses kind and hint).
-pub fn preflight(lab: Option<&Lab>) -> Result<(), CliError> {
-    Ok(crate::host::local::preflight(lab)?)
+/// provider's preflight; its error chooses kind and hint).
+fn preflight(door: &Door, lab: Option<&Lab>) -> Result<(), CliError> {
+    use crate::provider::Provider as _;
+    Ok(door.block_on(door.provider.preflight(lab))?)
 }
 
 fn confirm(what: &str) -> Result<bool, CliError> {
@@ -638,6 +650,7 @@ fn confirm(what: &str) -> Result<bool, CliError> {
 }
 
 fn execute(
+    door: &Door,
     lab: Option<&Lab>,
     experiment: &str,
     sd: &StateDir,
@@ -645,9 +658,8 @@ fn execute(
     state: &mut State,
     parallelism: usize,
 ) -> Result<ExitCode, CliError> {
-    let rt = runtime()?;
-    let report = rt.block_on(async {
-        let host = crate::host::LocalHost::connect()?;
+    let report = door.block_on(async {
+        let host = &door.provider;
         // A terminal gets a progress bar; a pipe gets plain lines.
         let ops: u64 = plan
             .changes
@@ -678,7 +690,7 @@ fn execute(
             }
         };
         let ex = crate::apply::Executor {
-            provider: &host,
+            provider: host,
             lab,
             sd,
             experiment: experiment.to_string(),
@@ -777,7 +789,8 @@ fn apply_cmd(
             return Ok(failed());
         };
         lab.accel = resolve_accel(lab.accel, env_accel.as_deref(), accel)?;
-        preflight(Some(&lab))?;
+        let door = Door::open(&lab)?;
+        preflight(&door, Some(&lab))?;
         let sd = StateDir::for_file(&saved.file, &lab.name, state_dir.as_deref());
         let _lock = sd.lock(&format!("megaplan apply {}", file.display()))?;
         claim(&lab.name, &sd)?;
@@ -793,7 +806,7 @@ fn apply_cmd(
         // The plan's assumptions about the host, checked again: what runs is
         // this fresh plan, which must do what the saved one said.
         let opts = plan_options(&saved.file, &lab, &sd, &state, saved.replace.clone())?;
-        let (adopted, fresh) = refresh_and_plan(&lab, &sd, &mut state, &opts)?;
+        let (adopted, fresh) = refresh_and_plan(&door, &lab, &sd, &mut state, &opts)?;
         let drift = crate::saved::drift(&saved.plan, &fresh);
         if !drift.is_empty() {
             return Err(Problem::HostChanged {
@@ -806,19 +819,28 @@ fn apply_cmd(
         if adopted {
             sd.save(&mut state)?;
         }
-        return execute(Some(&lab), &lab.name, &sd, &fresh, &mut state, parallelism);
+        return execute(
+            &door,
+            Some(&lab),
+            &lab.name,
+            &sd,
+            &fresh,
+            &mut state,
+            parallelism,
+        );
     }
     let Ok((_, mut lab)) = load(&file) else {
         return Ok(failed());
     };
     lab.accel = resolve_accel(lab.accel, env_accel.as_deref(), accel)?;
-    preflight(Some(&lab))?;
+    let door = Door::open(&lab)?;
+    preflight(&door, Some(&lab))?;
     let sd = StateDir::for_file(&file, &lab.name, state_dir.as_deref());
     let _lock = sd.lock(&format!("megaplan apply {}", file.display()))?;
     claim(&lab.name, &sd)?;
     let mut state = sd.load()?;
     let opts = plan_options(&file, &lab, &sd, &state, replace)?;
-    let (adopted, p) = refresh_and_plan(&lab, &sd, &mut state, &opts)?;
+    let (adopted, p) = refresh_and_plan(&door, &lab, &sd, &mut state, &opts)?;
     if adopted {
         sd.save(&mut state)?;
     }
@@ -830,18 +852,27 @@ fn apply_cmd(
         println!("Apply cancelled.");
         return Ok(failed());
     }
-    execute(Some(&lab), &lab.name, &sd, &p, &mut state, parallelism)
+    execute(
+        &door,
+        Some(&lab),
+        &lab.name,
+        &sd,
+        &p,
+        &mut state,
+        parallelism,
+    )
 }
 
 /// Refresh, rebuild a lost state from the host (crate::adopt), and plan an
 /// apply: (whether anything was adopted, the plan).
 fn refresh_and_plan(
+    door: &Door,
     lab: &Lab,
     sd: &StateDir,
     state: &mut State,
     opts: &plan::Options,
 ) -> Result<(bool, Plan), CliError> {
-    let mut observed = crate::host::refresh(&lab.name, state, sd).map_err(Problem::Refresh)?;
+    let mut observed = door.refresh(&lab.name, state, sd)?;
     let adopted = crate::adopt::adopt(lab, state, &mut observed, sd);
     if !adopted.is_empty() {
         eprintln!("notice: {}", crate::adopt::notice(sd, &adopted));
@@ -888,8 +919,9 @@ fn destroy_cmd(
     let Ok((_, lab)) = load(&file) else {
         return Ok(failed());
     };
+    let door = Door::open(&lab)?;
     if !dry_run {
-        preflight(None)?;
+        preflight(&door, None)?;
     }
     let sd = StateDir::for_file(&file, &lab.name, state_dir.as_deref());
     let _lock = sd.lock(&format!("megaplan destroy {}", file.display()))?;
@@ -899,7 +931,7 @@ fn destroy_cmd(
         claim(&lab.name, &sd)?;
     }
     let mut state = sd.load()?;
-    let observed = crate::host::refresh(&lab.name, &state, &sd).map_err(Problem::Refresh)?;
+    let observed = door.refresh(&lab.name, &state, &sd)?;
     let mode = if all { Mode::DestroyAll } else { Mode::Destroy };
     let p = plan::plan(None, &state, Some(&observed), mode);
     print!("{}", render::text(&p));
@@ -911,11 +943,22 @@ fn destroy_cmd(
             println!("Destroy cancelled.");
             return Ok(failed());
         }
-        execute(Some(&lab), &lab.name, &sd, &p, &mut state, parallelism)?
+        execute(
+            &door,
+            Some(&lab),
+            &lab.name,
+            &sd,
+            &p,
+            &mut state,
+            parallelism,
+        )?
     } else {
         ExitCode::SUCCESS
     };
-    let _ = std::fs::remove_dir(crate::host::runtime_root(&lab.name));
+    {
+        use crate::provider::Provider as _;
+        door.provider.forget_runtime(&lab.name);
+    }
     // Nothing recorded any more (keep disks stay recorded): the name is free.
     if state.resources.is_empty() {
         crate::owners::release(&lab.name, &sd.root)?;
@@ -935,11 +978,12 @@ fn show_cmd(
     let sd = StateDir::for_file(&file, &lab.name, state_dir.as_deref());
     crate::owners::check(&lab.name, &sd.root)?;
     let state = sd.load()?;
-    let observed = crate::host::refresh(&lab.name, &state, &sd).map_err(Problem::Refresh)?;
     let columns = crate::show::columns(&columns, json).map_err(Problem::UnknownColumn)?;
+    let door = Door::open(&lab)?;
+    let observed = door.refresh(&lab.name, &state, &sd)?;
     let mut rows = crate::show::rows(&lab, &state, &observed);
     if columns.iter().any(|c| c == "ip") {
-        let addrs = runtime()?.block_on(crate::cc::addresses(&lab));
+        let addrs = door.block_on(crate::cc::addresses(&door.provider, &lab));
         for r in &mut rows {
             let name = r
                 .get("name")
@@ -981,21 +1025,12 @@ fn console_cmd(
         .into());
     };
     let sd = StateDir::for_file(&file, &lab.name, state_dir.as_deref());
-    let log = crate::host::serial_log(&sd, &spec.name);
-    let sock = crate::host::runtime_dir(&lab.name, &spec.name)
-        .join(crate::drivers::runtime::CONSOLE_SOCKET_NAME);
-    let result = if follow {
-        crate::console::show_log(&log, true)
-    } else if sock.exists() {
-        crate::console::attach(&sock, &spec.name)
-    } else {
-        eprintln!(
-            "{} is not running (no console socket): its serial log follows",
-            spec.name
-        );
-        crate::console::show_log(&log, false)
-    };
-    result?;
+    // Where the console and its log are is the provider's to say.
+    use crate::provider::Provider as _;
+    let door = Door::open(&lab)?;
+    let log = door.provider.serial_log(&sd, &spec.name);
+    let sock = door.provider.console_socket(&lab.name, &spec.name);
+    crate::console::run(sock.as_deref(), log.as_deref(), &spec.name, follow)?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -1076,8 +1111,14 @@ fn cc_cmd(command: CcCommand) -> Result<ExitCode, CliError> {
                     _ => return Err(Problem::BadMaxOutput(m).into()),
                 },
             };
-            let responses = runtime()?.block_on(crate::cc::exec(
-                &lab, &filters, &command, timeout, max_output,
+            let door = Door::open(&lab)?;
+            let responses = door.block_on(crate::cc::exec(
+                &door.provider,
+                &lab,
+                &filters,
+                &command,
+                timeout,
+                max_output,
             ));
             if responses.is_empty() {
                 return Err(Problem::NoMatch.into());
@@ -1127,7 +1168,10 @@ fn cc_cmd(command: CcCommand) -> Result<ExitCode, CliError> {
                 .into());
             }
             let sd = StateDir::for_file(&file, &lab.name, state_dir.as_deref());
-            for (address, exit, stdout, stderr) in crate::cc::responses(&lab, &sd, vm.as_deref()) {
+            let door = Door::open(&lab)?;
+            for (address, exit, stdout, stderr) in
+                crate::cc::responses(&door.provider, &lab, &sd, vm.as_deref())
+            {
                 match exit {
                     None => println!("== {}: not run", crate::diag::escape(&address)),
                     Some(e) => {
@@ -1168,7 +1212,8 @@ fn disk_cmd(command: DiskCommand) -> Result<ExitCode, CliError> {
     let sd = StateDir::for_file(&file, &lab.name, state_dir.as_deref());
     crate::owners::check(&lab.name, &sd.root)?;
     let state = sd.load()?;
-    let observed = crate::host::refresh(&lab.name, &state, &sd).map_err(Problem::Refresh)?;
+    let door = Door::open(&lab)?;
+    let observed = door.refresh(&lab.name, &state, &sd)?;
     for vm in &lab.vms {
         let uses = vm
             .disks
@@ -1182,19 +1227,14 @@ fn disk_cmd(command: DiskCommand) -> Result<ExitCode, CliError> {
             .into());
         }
     }
-    let path = sd.disks().join(spec.file_name());
-    if !path.exists() {
-        return Err(Problem::NoDiskImage { disk, path }.into());
-    }
-    let format = crate::host::local::fmt_of(spec.format);
-    std::fs::create_dir_all(&to).map_err(|source| Problem::Write {
-        path: to.clone(),
-        source,
-    })?;
     let gp = guest_path.unwrap_or_else(|| "/".to_string());
-    let report = runtime()?
-        .block_on(crate::drivers::qemu_img::extract(&path, format, &gp, &to))
-        .map_err(Problem::Extract)?;
+    use crate::provider::{Provider as _, ProviderError};
+    let report = door
+        .block_on(door.provider.extract_disk(&sd, spec, &gp, &to))
+        .map_err(|e| match e {
+            ProviderError::Missing { what } => Problem::NoDiskImage { what },
+            e => Problem::Extract(e),
+        })?;
     for w in &report.warnings {
         eprintln!("warning: {w}");
     }

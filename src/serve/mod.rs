@@ -10,9 +10,11 @@
 //! Invariants:
 //! - Read-only without `--allow-actions`: nothing reachable from the page
 //!   changes the host (`/actions/*` is 404). With it, see [`actions`]. The
-//!   snapshot is built with the functions the CLI uses (`host::refresh`,
-//!   `show::rows`, `cc::responses`, `cc::addresses`, `plan::plan` +
-//!   `render::text`), each about a second, and is pushed only when it changed.
+//!   snapshot is built with the functions the CLI uses, through the
+//!   provider the CLI built (`Provider::refresh`, `cc::responses`,
+//!   `cc::addresses`, `Provider::serial_tail`; then `show::rows`,
+//!   `plan::plan` + `render::text`), each about a second, and is pushed
+//!   only when it changed.
 //! - A non-loopback listen address needs a token; with a token, every
 //!   request carries it (`Authorization: Bearer` or `?token=`), compared in
 //!   constant time. Everything else is 404 (or 401 / 405 / 400).
@@ -33,6 +35,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
 use crate::lab::Lab;
+use crate::provider::Provider;
 use crate::state::StateDir;
 
 const INDEX_HTML: &str = include_str!("assets/index.html");
@@ -139,20 +142,60 @@ pub fn check_listen(addr: SocketAddr, token: Option<&str>) -> Result<(), ServeEr
     }
 }
 
-/// Everything the page shows, as JSON.
-pub fn snapshot(lab: &Lab, sd: &StateDir, addrs: &BTreeMap<String, Vec<String>>) -> Value {
-    let state = match sd.load() {
+/// What one snapshot is made of: the state, and what the provider saw
+/// (refresh, recorded step outputs, each VM's serial console tail).
+pub struct Seen {
+    pub state: crate::state::State,
+    pub observed: crate::observed::Observed,
+    pub results: Vec<(String, Option<String>, String, String)>,
+    pub serial: BTreeMap<String, String>,
+}
+
+/// Gather a snapshot's inputs: the state from its folder, everything else
+/// through the provider (the only door to the machine).
+pub async fn look<P: Provider>(provider: &P, lab: &Lab, sd: &StateDir) -> Result<Seen, String> {
+    let state = sd
+        .load()
+        .map_err(|e| format!("cannot read the state: {e}"))?;
+    let observed = provider
+        .refresh(&lab.name, &state, sd)
+        .await
+        .map_err(|e| format!("refresh failed: {e}"))?;
+    let results = crate::cc::responses(provider, lab, sd, None);
+    let serial = lab
+        .vms
+        .iter()
+        .map(|vm| {
+            (
+                vm.name.clone(),
+                provider.serial_tail(sd, &vm.name, SERIAL_TAIL),
+            )
+        })
+        .collect();
+    Ok(Seen {
+        state,
+        observed,
+        results,
+        serial,
+    })
+}
+
+/// Everything the page shows, as JSON (pure: from what [`look`] gathered).
+pub fn snapshot(
+    lab: &Lab,
+    seen: Result<Seen, String>,
+    addrs: &BTreeMap<String, Vec<String>>,
+) -> Value {
+    let Seen {
+        state,
+        observed,
+        results,
+        serial,
+    } = match seen {
         Ok(s) => s,
-        Err(e) => {
-            return json!({ "experiment": lab.name, "error": format!("cannot read the state: {e}") });
-        }
-    };
-    let observed = match crate::host::refresh(&lab.name, &state, sd) {
-        Ok(o) => o,
-        Err(e) => return json!({ "experiment": lab.name, "error": format!("refresh failed: {e}") }),
+        Err(e) => return json!({ "experiment": lab.name, "error": e }),
     };
     let rows = crate::show::rows(lab, &state, &observed);
-    let results = crate::cc::responses(lab, sd, None);
     let mut states = BTreeMap::new();
     let vms: Vec<Value> = lab
         .vms
@@ -203,7 +246,7 @@ pub fn snapshot(lab: &Lab, sd: &StateDir, addrs: &BTreeMap<String, Vec<String>>)
             row.insert("steps".into(), steps.into());
             row.insert(
                 "serial".into(),
-                tail(&crate::host::serial_log(sd, &vm.name), SERIAL_TAIL).into(),
+                serial.get(&vm.name).cloned().unwrap_or_default().into(),
             );
             Value::Object(row)
         })
@@ -226,32 +269,6 @@ pub fn snapshot(lab: &Lab, sd: &StateDir, addrs: &BTreeMap<String, Vec<String>>)
     })
 }
 
-/// The last `max` bytes of a file (never following a link), lossy UTF-8.
-fn tail(path: &Path, max: u64) -> String {
-    use std::io::{Read, Seek, SeekFrom};
-    use std::os::unix::fs::OpenOptionsExt;
-    let Ok(mut f) = std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
-        .open(path)
-    else {
-        return String::new();
-    };
-    let Ok(meta) = f.metadata() else {
-        return String::new();
-    };
-    if !meta.is_file() {
-        return String::new();
-    }
-    let start = meta.len().saturating_sub(max);
-    if f.seek(SeekFrom::Start(start)).is_err() {
-        return String::new();
-    }
-    let mut buf = Vec::new();
-    let _ = f.take(max).read_to_end(&mut buf);
-    String::from_utf8_lossy(&buf).into_owned()
-}
-
 struct Shared {
     token: Option<String>,
     /// The port listened on (for the `Host` check).
@@ -268,7 +285,8 @@ struct Shared {
 /// Serve until the process is stopped. Prints `listening on http://ADDR/`
 /// once the socket is bound (with port 0, ADDR has the chosen port).
 /// `actions`: `--allow-actions` (needs the token).
-pub async fn run(
+pub async fn run<P: Provider>(
+    provider: &P,
     lab: Lab,
     sd: StateDir,
     listen: SocketAddr,
@@ -283,14 +301,17 @@ pub async fn run(
             addr: listen,
             source,
         })?;
+    let seen = look(provider, &lab, &sd).await;
     let first = {
-        let (lab, sd) = (lab.clone(), sd.clone());
-        tokio::task::spawn_blocking(move || snapshot(&lab, &sd, &BTreeMap::new()))
+        let lab = lab.clone();
+        tokio::task::spawn_blocking(move || snapshot(&lab, seen, &BTreeMap::new()))
             .await
             .map_err(std::io::Error::other)?
     };
     let (tx, rx) = watch::channel(Arc::new(first.to_string()));
-    tokio::spawn(watch_host(lab.clone(), sd, tx));
+    // Not spawned: the provider's futures need not be Send; the watch runs
+    // beside the accept loop in this task.
+    let watch = watch_host(provider, lab.clone(), sd, tx);
     let local = listener.local_addr()?;
     let shared = Arc::new(Shared {
         port: local.port(),
@@ -304,6 +325,19 @@ pub async fn run(
     println!("listening on http://{local}/");
     use std::io::Write;
     let _ = std::io::stdout().flush();
+    let accept = accept_loop(listener, shared, slots);
+    tokio::select! {
+        () = watch => Ok(()),
+        () = accept => Ok(()),
+    }
+}
+
+/// Accept connections until the process is stopped.
+async fn accept_loop(
+    listener: TcpListener,
+    shared: Arc<Shared>,
+    slots: Arc<tokio::sync::Semaphore>,
+) {
     loop {
         let (sock, _) = match listener.accept().await {
             Ok(c) => c,
@@ -336,17 +370,23 @@ pub async fn run(
 }
 
 /// Look at the host every [`REFRESH`]; publish the snapshot when it changed.
-async fn watch_host(lab: Lab, sd: StateDir, tx: watch::Sender<Arc<String>>) {
+async fn watch_host<P: Provider>(
+    provider: &P,
+    lab: Lab,
+    sd: StateDir,
+    tx: watch::Sender<Arc<String>>,
+) {
     let mut addrs = BTreeMap::new();
     let mut last_addrs: Option<tokio::time::Instant> = None;
     loop {
         tokio::time::sleep(REFRESH).await;
         if last_addrs.is_none_or(|t| t.elapsed() >= ADDRESS_REFRESH) {
-            addrs = crate::cc::addresses(&lab).await;
+            addrs = crate::cc::addresses(provider, &lab).await;
             last_addrs = Some(tokio::time::Instant::now());
         }
-        let (l, s, a) = (lab.clone(), sd.clone(), addrs.clone());
-        let Ok(snap) = tokio::task::spawn_blocking(move || snapshot(&l, &s, &a)).await else {
+        let seen = look(provider, &lab, &sd).await;
+        let (l, a) = (lab.clone(), addrs.clone());
+        let Ok(snap) = tokio::task::spawn_blocking(move || snapshot(&l, seen, &a)).await else {
             continue;
         };
         let text = snap.to_string();
@@ -940,6 +980,7 @@ mod tests {
 
     #[test]
     fn the_tail_of_a_serial_log() {
+        use crate::host::local::tail;
         let d = tempfile::tempdir().unwrap();
         let f = d.path().join("s.log");
         std::fs::write(&f, "0123456789").unwrap();
