@@ -845,6 +845,143 @@ mod tests {
         assert!(constant_time_eq(b"", b""));
     }
 
+    /// A provider that answers from memory and counts what it was asked.
+    #[derive(Default)]
+    struct Fake {
+        asked: std::sync::Mutex<Vec<String>>,
+    }
+
+    impl Fake {
+        fn ask(&self, what: &str) {
+            self.asked.lock().unwrap().push(what.to_string());
+        }
+    }
+
+    impl Provider for Fake {
+        type Guest = crate::host::local::LocalGuest;
+        fn name(&self) -> &'static str {
+            "fake"
+        }
+        async fn preflight(&self, _: Option<&Lab>) -> Result<(), crate::provider::ProviderError> {
+            Ok(())
+        }
+        async fn refresh(
+            &self,
+            _: &str,
+            _: &crate::state::State,
+            _: &StateDir,
+        ) -> Result<crate::observed::Observed, crate::provider::ProviderError> {
+            self.ask("refresh");
+            let mut o = crate::observed::Observed::default();
+            o.vms.insert(
+                "vm.A".into(),
+                crate::observed::ObservedVm {
+                    name: "A".into(),
+                    pid: Some(4242),
+                    alive: true,
+                    status: Some("running".into()),
+                },
+            );
+            Ok(o)
+        }
+        async fn execute(
+            &self,
+            _: &StateDir,
+            _: &crate::provider::Op,
+        ) -> Result<crate::provider::OpOutcome, crate::provider::ProviderError> {
+            unreachable!("the view changes nothing")
+        }
+        fn sweep(&self, _: &StateDir) -> Vec<PathBuf> {
+            unreachable!("the view changes nothing")
+        }
+        async fn guest(
+            &self,
+            _: &str,
+            vm: &str,
+            _: crate::provider::GuestWait,
+        ) -> Result<Self::Guest, crate::provider::ProviderError> {
+            self.ask(&format!("guest {vm}"));
+            Err(crate::provider::ProviderError::Missing { what: vm.into() })
+        }
+        fn store_step_output(
+            &self,
+            _: &StateDir,
+            _: &str,
+            _: usize,
+            _: &crate::provider::StepOutcome,
+        ) -> Result<(), crate::provider::ProviderError> {
+            unreachable!("the view changes nothing")
+        }
+        fn serial_log(&self, _: &StateDir, _: &str) -> Option<PathBuf> {
+            None
+        }
+        fn console_socket(&self, _: &str, _: &str) -> Option<PathBuf> {
+            None
+        }
+        fn disk_file(
+            &self,
+            _: &StateDir,
+            f: &str,
+        ) -> Result<PathBuf, crate::provider::ProviderError> {
+            Err(crate::provider::ProviderError::Missing { what: f.into() })
+        }
+        fn step_output(
+            &self,
+            _: &StateDir,
+            vm: &str,
+            index: usize,
+        ) -> Option<crate::provider::StoredStep> {
+            self.ask(&format!("step {vm}.{index}"));
+            Some(crate::provider::StoredStep {
+                exit: Some("0".into()),
+                stdout: "from the provider\n".into(),
+                stderr: String::new(),
+            })
+        }
+        fn serial_tail(&self, _: &StateDir, vm: &str, _: u64) -> String {
+            self.ask(&format!("serial {vm}"));
+            "booted through the provider".into()
+        }
+    }
+
+    #[test]
+    fn the_snapshot_is_what_the_provider_saw() {
+        let src = crate::diag::SourceFile::new(
+            "t.kdl",
+            "experiment \"x\"\nnetwork \"LAN\"\nvm \"A\" { kernel \"/k\"; nic \"LAN\"; cc { exec \"true\"; } }\n",
+        );
+        let lab = crate::validate::check(&src).0.unwrap();
+        let d = tempfile::tempdir().unwrap();
+        let sd = StateDir {
+            root: d.path().join("state"),
+            experiment: "x".into(),
+        };
+        let fake = Fake::default();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let (seen, addrs) = rt.block_on(async {
+            (
+                look(&fake, &lab, &sd).await,
+                crate::cc::addresses(&fake, &lab).await,
+            )
+        });
+        let snap = snapshot(&lab, seen, &addrs);
+        let vm = &snap["vms"][0];
+        assert_eq!(vm["pid"], 4242, "{snap}");
+        assert_eq!(vm["serial"], "booted through the provider");
+        assert_eq!(vm["steps"][0]["stdout"], "from the provider\n");
+        assert_eq!(vm["steps"][0]["status"], "exit 0");
+        assert_eq!(vm["ip"], serde_json::json!([]), "no guest answered");
+        assert_eq!(
+            *fake.asked.lock().unwrap(),
+            ["refresh", "step A.0", "serial A", "guest A"]
+        );
+        // Nothing of the machine was read: the state folder was not even made.
+        assert!(!sd.root.exists());
+    }
+
     #[test]
     fn actions_need_a_token_even_on_loopback() {
         assert!(matches!(
