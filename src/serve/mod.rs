@@ -351,10 +351,18 @@ async fn accept_loop(
         let Ok(slot) = slots.clone().try_acquire_owned() else {
             tokio::spawn(async move {
                 let mut sock = sock;
-                // Read what was sent first: closing with unread data resets
-                // the connection before the client sees the answer.
+                // Read the whole head first (it may come in several
+                // segments): closing with unread data resets the connection
+                // before the client sees the answer.
                 let mut chunk = [0u8; 2048];
-                let _ = tokio::time::timeout(Duration::from_secs(2), sock.read(&mut chunk)).await;
+                let mut head = Vec::new();
+                let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") && head.len() <= MAX_HEAD {
+                    match tokio::time::timeout_at(deadline, sock.read(&mut chunk)).await {
+                        Ok(Ok(n)) if n > 0 => head.extend_from_slice(&chunk[..n]),
+                        _ => break,
+                    }
+                }
                 let _ = sock
                     .write_all(b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
                     .await;
