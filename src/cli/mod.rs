@@ -579,7 +579,9 @@ fn run(cli: Cli) -> Result<ExitCode, CliError> {
             let mut state = sd.load()?;
             let opts = plan_options(&file, &lab, &sd, &state, replace.clone())?;
             let door = Door::open(&lab)?;
-            let (_, p) = refresh_and_plan(&door, &lab, &sd, &mut state, &opts)?;
+            let (_, observed) = refresh_and_adopt(&door, &lab, &sd, &mut state)?;
+            // The lab is dropped once listed: it and the plan never share the peak.
+            let p = plan::plan_owned(lab, &state, Some(&observed), Mode::Apply, &opts);
             if json {
                 stream_stdout(|w| render::write_json(&p, w));
             } else {
@@ -872,13 +874,25 @@ fn refresh_and_plan(
     state: &mut State,
     opts: &plan::Options,
 ) -> Result<(bool, Plan), CliError> {
+    let (adopted, observed) = refresh_and_adopt(door, lab, sd, state)?;
+    let p = plan::plan_with(Some(lab), state, Some(&observed), Mode::Apply, opts);
+    Ok((adopted, p))
+}
+
+/// Refresh through the provider, and rebuild a lost state from the host
+/// (crate::adopt): (whether anything was adopted, what refresh saw).
+fn refresh_and_adopt(
+    door: &Door,
+    lab: &Lab,
+    sd: &StateDir,
+    state: &mut State,
+) -> Result<(bool, crate::observed::Observed), CliError> {
     let mut observed = door.refresh(&lab.name, state, sd)?;
     let adopted = crate::adopt::adopt(lab, state, &mut observed, sd);
     if !adopted.is_empty() {
         eprintln!("notice: {}", crate::adopt::notice(sd, &adopted));
     }
-    let p = plan::plan_with(Some(lab), state, Some(&observed), Mode::Apply, opts);
-    Ok((!adopted.is_empty(), p))
+    Ok((!adopted.is_empty(), observed))
 }
 
 /// The planner's options for `file`: `-replace` addresses (each must name
