@@ -262,6 +262,7 @@ pub fn resources_with(lab: &Lab, digests: &Digests) -> Vec<Resource> {
                 "qemu_args": (!vm.qemu_args.is_empty()).then_some(&vm.qemu_args),
                 "tags": (!vm.tags.is_empty()).then_some(&vm.tags),
                 "after": (!vm.after.is_empty()).then_some(&vm.after),
+                "host": vm.host,
                 "kernel_sha256": digest(&vm.kernel),
                 "initrd_sha256": digest(&vm.initrd),
                 "disks_sha256": disks_sha256,

@@ -74,7 +74,22 @@ pub struct ExperimentNode {
     pub accel: Option<Sp<String>>,
     /// Every VM's default `boot-timeout` (a duration as written).
     pub boot_timeout: Option<Sp<String>>,
+    /// `provider "minimega" { ... }`: where the experiment is built.
+    pub provider: Option<ProviderNode>,
     /// The whole node (for "second experiment node" errors).
+    pub span: SourceSpan,
+}
+
+/// `provider "KIND" { base "DIR"; namespace "NAME" }` in `experiment`:
+/// "local" (megaplan's own engine, the default) or "minimega" (a minimega
+/// cluster reached through its command socket `BASE/minimega`).
+#[derive(Clone, Debug, PartialEq)]
+pub struct ProviderNode {
+    pub kind: Sp<String>,
+    /// minimega's `-base` folder.
+    pub base: Option<Sp<String>>,
+    /// The minimega namespace (default: the experiment's name).
+    pub namespace: Option<Sp<String>>,
     pub span: SourceSpan,
 }
 
@@ -124,6 +139,8 @@ pub struct Vm {
     pub snapshot: Option<Sp<bool>>,
     /// How long the first step waits for the guest's agent ("60s").
     pub boot_timeout: Option<Sp<String>>,
+    /// The minimega node the VM runs on (`vm config schedule`).
+    pub host: Option<Sp<String>>,
     pub disks: Vec<VmDisk>,
     pub nics: Vec<Nic>,
     pub mirrors: Vec<Mirror>,

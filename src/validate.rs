@@ -1480,6 +1480,8 @@ impl Validator {
                 after,
                 qemu_args,
                 cc,
+                host: vm.host.as_ref().map(|h| h.value.clone()),
+                colocate: None,
             });
         }
 
@@ -1772,10 +1774,19 @@ impl Validator {
             }
         }
 
+        let provider = crate::minimega::placement::check(
+            exp.and_then(|e| e.provider.as_ref()),
+            &ename,
+            &doc.vms,
+            &mut vms,
+            &mirrors,
+            &mut self.d,
+        );
         if self.d.has_errors() {
             return None;
         }
         Some(Lab {
+            provider,
             name: exp_name?,
             file: src.path.clone(),
             images: self.images.clone(),

@@ -1624,6 +1624,7 @@ impl Importer<'_> {
             let at = self.vms[i].span;
             vms.push(Vm {
                 boot_timeout: None,
+                host: None,
                 name: Sp::new(self.vms[i].name.clone(), at),
                 uuid: c.uuid.clone(),
                 kernel: c.kernel.clone(),
@@ -1834,6 +1835,7 @@ impl Importer<'_> {
                 images: self.uses_images.then(|| bare("images".to_string())),
                 accel: all_tcg.then(|| bare("tcg".to_string())),
                 boot_timeout: None,
+                provider: None,
                 span: at,
             }],
             networks,

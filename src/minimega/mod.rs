@@ -16,6 +16,7 @@ pub mod client;
 pub mod export;
 pub mod import;
 pub mod lex;
+pub mod placement;
 
 pub use export::export;
 pub use import::{Imported, Options, import};

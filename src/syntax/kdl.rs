@@ -22,11 +22,12 @@ use miette::SourceSpan;
 use crate::diag::{Diag, Diagnostics, SourceFile, did_you_mean};
 use crate::model::{
     CcAction, CcStep, Command, Disk, Document, ExperimentNode, Inject, Mirror, MirrorSource,
-    Network, Nic, Sp, Tag, Vm, VmDisk,
+    Network, Nic, ProviderNode, Sp, Tag, Vm, VmDisk,
 };
 
 const TOP: &[&str] = &["experiment", "network", "disk", "vm"];
-const EXPERIMENT_CHILDREN: &[&str] = &["images", "accel", "boot-timeout"];
+const EXPERIMENT_CHILDREN: &[&str] = &["images", "accel", "boot-timeout", "provider"];
+const PROVIDER_CHILDREN: &[&str] = &["base", "namespace"];
 const NETWORK_CHILDREN: &[&str] = &["host-address"];
 const DISK_PROPS: &[&str] = &["size", "format", "filesystem", "keep"];
 const DISK_CHILDREN: &[&str] = &["from", "inject"];
@@ -57,6 +58,11 @@ mod usage {
     pub const VCPUS: &str = "vcpus 2";
     pub const SNAPSHOT: &str = "snapshot #false";
     pub const BOOT_TIMEOUT: &str = "boot-timeout \"60s\"";
+    pub const PROVIDER: &str =
+        "provider \"minimega\" { base \"/tmp/minimega\"; namespace \"NAME\" }";
+    pub const BASE: &str = "base \"/tmp/minimega\"";
+    pub const NAMESPACE: &str = "namespace \"NAME\"";
+    pub const HOST: &str = "host \"mm1\"";
     pub const VM_DISK: &str = "disk \"NAME\" mount=\"/PATH\"";
     pub const NIC: &str = "nic \"NETWORK\" mac=\"MAC\" driver=\"virtio-net-pci\"";
     pub const MIRRORS: &str =
@@ -1046,11 +1052,17 @@ impl<'t> Parser<'t> {
             images: None,
             accel: None,
             boot_timeout: None,
+            provider: None,
             span: self.node_span(node),
         };
         let mut seen = Seen::new();
         for child in Self::children(node) {
             match child.name().value() {
+                "provider" => {
+                    if self.once(&mut seen, child) {
+                        e.provider = self.provider(child);
+                    }
+                }
                 "images" => {
                     e.images = self.scalar_string(&mut seen, child, "a directory", usage::IMAGES)
                 }
@@ -1065,6 +1077,29 @@ impl<'t> Parser<'t> {
             }
         }
         e
+    }
+
+    fn provider(&mut self, node: &RawNode) -> Option<ProviderNode> {
+        let v = self.view(node, &[], PROVIDER_CHILDREN, usage::PROVIDER);
+        let kind = self.name_arg(&v, "a provider (\"local\" or \"minimega\")");
+        let (mut base, mut namespace) = (None, None);
+        let mut seen = Seen::new();
+        for child in Self::children(node) {
+            match child.name().value() {
+                "base" => base = self.scalar_string(&mut seen, child, "a folder", usage::BASE),
+                "namespace" => {
+                    namespace =
+                        self.scalar_string(&mut seen, child, "a namespace", usage::NAMESPACE)
+                }
+                _ => self.unknown_node(child, Some("provider"), PROVIDER_CHILDREN, &[]),
+            }
+        }
+        Some(ProviderNode {
+            kind: kind?,
+            base,
+            namespace,
+            span: self.node_span(node),
+        })
     }
 
     fn network(&mut self, node: &RawNode) -> Option<Network> {
@@ -1146,6 +1181,7 @@ impl<'t> Parser<'t> {
             vcpus: None,
             snapshot: None,
             boot_timeout: None,
+            host: None,
             disks: Vec::new(),
             nics: Vec::new(),
             mirrors: Vec::new(),
@@ -1184,6 +1220,7 @@ impl<'t> Parser<'t> {
                     vm.boot_timeout =
                         self.scalar_string(s, child, "a duration", usage::BOOT_TIMEOUT)
                 }
+                "host" => vm.host = self.scalar_string(s, child, "a node name", usage::HOST),
                 "disk" => {
                     if let Some(d) = self.vm_disk(child) {
                         vm.disks.push(d);
@@ -1528,6 +1565,12 @@ fn emit_experiment(e: &ExperimentNode) -> Node {
     kid_str(&mut n.kids, "images", &e.images);
     kid_str(&mut n.kids, "accel", &e.accel);
     kid_str(&mut n.kids, "boot-timeout", &e.boot_timeout);
+    if let Some(p) = &e.provider {
+        let mut pn = Node::new(format!("provider {}", quote(&p.kind)));
+        kid_str(&mut pn.kids, "base", &p.base);
+        kid_str(&mut pn.kids, "namespace", &p.namespace);
+        n.kids.push(pn);
+    }
     n
 }
 
@@ -1574,6 +1617,7 @@ fn emit_vm(vm: &Vm) -> Node {
         k.push(Node::new(format!("snapshot #{}", v.value)));
     }
     kid_str(k, "boot-timeout", &vm.boot_timeout);
+    kid_str(k, "host", &vm.host);
     for d in &vm.disks {
         let mut head = format!("disk {}", quote(&d.name));
         prop_str(&mut head, "mount", &d.mount);

@@ -21,6 +21,7 @@ pub(crate) const VM_KEYS: &[&str] = &[
     "vcpus",
     "snapshot",
     "boot-timeout",
+    "host",
     "disk",
     "nic",
     "mirrors",

@@ -25,7 +25,7 @@ use toml::de::{DeString, DeTable, DeValue};
 use crate::diag::{Diag, Diagnostics, SourceFile, did_you_mean};
 use crate::model::{
     CcAction, CcStep, Command, Disk, Document, ExperimentNode, Inject, Mirror, MirrorSource,
-    Network, Nic, Sp, Tag, Vm, VmDisk,
+    Network, Nic, ProviderNode, Sp, Tag, Vm, VmDisk,
 };
 
 pub const CODE_SYNTAX: &str = "megaplan::toml::syntax";
@@ -36,7 +36,8 @@ pub const CODE_CONFLICTING_KEYS: &str = "megaplan::conflicting_keys";
 pub const CODE_CC_ACTION: &str = "megaplan::cc_action";
 
 const ROOT_KEYS: &[&str] = &["experiment", "network", "disk", "vm"];
-const EXPERIMENT_KEYS: &[&str] = &["name", "images", "accel", "boot-timeout"];
+const EXPERIMENT_KEYS: &[&str] = &["name", "images", "accel", "boot-timeout", "provider"];
+const PROVIDER_KEYS: &[&str] = &["name", "base", "namespace"];
 const NETWORK_KEYS: &[&str] = &["host-address"];
 const DISK_KEYS: &[&str] = &["size", "format", "filesystem", "keep", "from", "inject"];
 const INJECT_KEYS: &[&str] = &["src", "dst"];
@@ -425,11 +426,26 @@ impl Reader<'_> {
         let images = self.opt_string(&t, "images");
         let accel = self.opt_string(&t, "accel");
         let boot_timeout = self.opt_string(&t, "boot-timeout");
+        let provider = t.get("provider").and_then(|v| {
+            let p = self.table(
+                v,
+                "experiment.provider",
+                "[experiment.provider]",
+                PROVIDER_KEYS,
+            )?;
+            Some(ProviderNode {
+                kind: self.req_string(&p, "name", "\"minimega\"")?,
+                base: self.opt_string(&p, "base"),
+                namespace: self.opt_string(&p, "namespace"),
+                span: p.span,
+            })
+        });
         Some(ExperimentNode {
             name: name?,
             images,
             accel,
             boot_timeout,
+            provider,
             span: t.span,
         })
     }
@@ -491,6 +507,7 @@ impl Reader<'_> {
             vcpus: self.opt_int(&t, "vcpus"),
             snapshot: self.opt_bool(&t, "snapshot"),
             boot_timeout: self.opt_string(&t, "boot-timeout"),
+            host: self.opt_string(&t, "host"),
             disks: Vec::new(),
             nics: Vec::new(),
             mirrors: Vec::new(),
@@ -825,6 +842,12 @@ pub fn emit(doc: &Document) -> String {
         opt_kv(&mut out, "images", e.images.as_ref());
         opt_kv(&mut out, "accel", e.accel.as_ref());
         opt_kv(&mut out, "boot-timeout", e.boot_timeout.as_ref());
+        if let Some(p) = &e.provider {
+            section(&mut out, "[experiment.provider]".to_string());
+            kv(&mut out, "name", &string(&p.kind));
+            opt_kv(&mut out, "base", p.base.as_ref());
+            opt_kv(&mut out, "namespace", p.namespace.as_ref());
+        }
     }
     for n in &doc.networks {
         section(&mut out, format!("[network.{}]", key(&n.name)));
@@ -876,6 +899,7 @@ fn emit_vm(out: &mut String, vm: &Vm) {
         kv(out, "snapshot", &b.value.to_string());
     }
     opt_kv(out, "boot-timeout", vm.boot_timeout.as_ref());
+    opt_kv(out, "host", vm.host.as_ref());
     if !vm.disks.is_empty() {
         let items: Vec<String> = vm
             .disks
@@ -1115,6 +1139,12 @@ mod tests {
                     images: osp(&e.images),
                     accel: osp(&e.accel),
                     boot_timeout: osp(&e.boot_timeout),
+                    provider: e.provider.as_ref().map(|p| ProviderNode {
+                        kind: sp(&p.kind),
+                        base: osp(&p.base),
+                        namespace: osp(&p.namespace),
+                        span: z(),
+                    }),
                     span: z(),
                 })
                 .collect(),
@@ -1162,6 +1192,7 @@ mod tests {
                     vcpus: osp(&v.vcpus),
                     snapshot: osp(&v.snapshot),
                     boot_timeout: osp(&v.boot_timeout),
+                    host: osp(&v.host),
                     disks: v
                         .disks
                         .iter()
@@ -1739,7 +1770,7 @@ cc = [{ exec = "a", background = "b" }, { timeout = "3s" }, { send = "x" }, { ex
             })
         }
         fn vm(name: String) -> impl Strategy<Value = Vm> {
-            let a = (os(), os(), os(), os(), os(), oi(), ob(), os());
+            let a = (os(), os(), os(), os(), os(), oi(), ob(), os(), os());
             let b = (
                 vec((s(), os()), 0..3),
                 vec((s(), os(), os()), 0..3),
@@ -1759,6 +1790,7 @@ cc = [{ exec = "a", background = "b" }, { timeout = "3s" }, { send = "x" }, { ex
                 vcpus: a.5,
                 snapshot: a.6,
                 boot_timeout: a.7,
+                host: a.8,
                 disks: b
                     .0
                     .into_iter()
@@ -1794,12 +1826,21 @@ cc = [{ exec = "a", background = "b" }, { timeout = "3s" }, { send = "x" }, { ex
             })
         }
         fn document() -> impl Strategy<Value = Document> {
-            let exp = of((s(), os(), os(), os()).prop_map(
-                |(name, images, accel, boot_timeout)| ExperimentNode {
+            let provider = of(
+                (s(), os(), os()).prop_map(|(kind, base, namespace)| ProviderNode {
+                    kind,
+                    base,
+                    namespace,
+                    span: z(),
+                }),
+            );
+            let exp = of((s(), os(), os(), os(), provider).prop_map(
+                |(name, images, accel, boot_timeout, provider)| ExperimentNode {
                     name,
                     images,
                     accel,
                     boot_timeout,
+                    provider,
                     span: z(),
                 },
             ));
