@@ -115,6 +115,8 @@ pub enum Command {
         /// Plan to replace ADDRESS even if nothing changed; repeatable (`-replace` works too).
         #[arg(long = "replace", value_name = "ADDRESS")]
         replace: Vec<String>,
+        #[command(flatten)]
+        provider: crate::minimega::provider::ProviderArgs,
     },
     /// The resource-level difference between two experiment files.
     Diff {
@@ -174,6 +176,8 @@ pub enum Command {
         /// Replace ADDRESS (`vm.A`, `vm.A.cc[0]`...) even if nothing changed; repeatable; `-replace` as in Terraform works too.
         #[arg(long = "replace", value_name = "ADDRESS")]
         replace: Vec<String>,
+        #[command(flatten)]
+        provider: crate::minimega::provider::ProviderArgs,
     },
     /// Remove everything the experiment created, in reverse order.
     Destroy {
@@ -190,6 +194,8 @@ pub enum Command {
         parallelism: usize,
         #[arg(long)]
         state_dir: Option<PathBuf>,
+        #[command(flatten)]
+        provider: crate::minimega::provider::ProviderArgs,
     },
     /// Command and control: run commands in guests, read step results.
     Cc {
@@ -212,6 +218,8 @@ pub enum Command {
         json: bool,
         #[arg(long)]
         state_dir: Option<PathBuf>,
+        #[command(flatten)]
+        provider: crate::minimega::provider::ProviderArgs,
     },
     /// Guest images: `image build` makes a cc-enabled kernel + initrd.
     Image {
@@ -390,7 +398,18 @@ pub fn load(file: &Path) -> Result<(SourceFile, Lab), ExitCode> {
     let (lab, diags) = crate::validate::check(&src);
     print_diagnostics(&diags, &src);
     match lab {
-        Some(l) => Ok((src, l)),
+        Some(mut l) => match crate::minimega::provider::apply_override(&mut l) {
+            Ok(()) => Ok((src, l)),
+            Err(problems) => {
+                for p in problems {
+                    eprintln!("error: {}", crate::diag::escape(&p));
+                }
+                eprintln!(
+                    "hint: the minimega provider builds the rest (docs/minimega.md); run it with --provider local"
+                );
+                Err(ExitCode::from(1))
+            }
+        },
         None => {
             let n = diags.errors().count();
             eprintln!(
@@ -505,7 +524,11 @@ fn run(cli: Cli) -> Result<ExitCode, CliError> {
             accel,
             state_dir,
             replace,
-        } => apply_cmd(file, auto_approve, parallelism, accel, state_dir, replace),
+            provider,
+        } => {
+            crate::minimega::provider::set_override(provider);
+            apply_cmd(file, auto_approve, parallelism, accel, state_dir, replace)
+        }
         Command::Destroy {
             file,
             all,
@@ -513,13 +536,21 @@ fn run(cli: Cli) -> Result<ExitCode, CliError> {
             auto_approve,
             parallelism,
             state_dir,
-        } => destroy_cmd(file, all, dry_run, auto_approve, parallelism, state_dir),
+            provider,
+        } => {
+            crate::minimega::provider::set_override(provider);
+            destroy_cmd(file, all, dry_run, auto_approve, parallelism, state_dir)
+        }
         Command::Show {
             file,
             columns,
             json,
             state_dir,
-        } => show_cmd(file, columns, json, state_dir),
+            provider,
+        } => {
+            crate::minimega::provider::set_override(provider);
+            show_cmd(file, columns, json, state_dir)
+        }
         Command::Cc { command } => cc_cmd(command),
         Command::Disk { command } => disk_cmd(command),
         Command::Image { command } => image_cmd(command),
@@ -589,7 +620,9 @@ fn run(cli: Cli) -> Result<ExitCode, CliError> {
             detailed_exitcode,
             state_dir,
             replace,
+            provider,
         } => {
+            crate::minimega::provider::set_override(provider);
             let Ok((_, lab)) = load(&file) else {
                 return Ok(ExitCode::from(1));
             };
@@ -767,7 +800,8 @@ fn execute(
 ) -> Result<ExitCode, CliError> {
     let rt = runtime()?;
     let report = rt.block_on(async {
-        let host = crate::host::LocalHost::connect().map_err(|e| CliError::new(e.to_string()))?;
+        let host = crate::minimega::provider::Engine::connect(lab, experiment)
+            .map_err(|e| CliError::new(e.to_string()))?;
         // A terminal gets a progress bar; a pipe gets plain lines.
         let ops: u64 = plan
             .changes
@@ -987,7 +1021,7 @@ fn refresh_and_plan(
     state: &mut State,
     opts: &plan::Options,
 ) -> Result<(bool, Plan), CliError> {
-    let mut observed = crate::host::refresh(&lab.name, state, sd)
+    let mut observed = crate::minimega::provider::refresh(lab, state, sd)
         .map_err(|e| CliError::new(format!("refresh failed: {e}")))?;
     let adopted = crate::adopt::adopt(lab, state, &mut observed, sd);
     if !adopted.is_empty() {
@@ -1050,7 +1084,7 @@ fn destroy_cmd(
         claim(&lab.name, &sd)?;
     }
     let mut state = sd.load()?;
-    let observed = crate::host::refresh(&lab.name, &state, &sd)
+    let observed = crate::minimega::provider::refresh(&lab, &state, &sd)
         .map_err(|e| CliError::new(format!("refresh failed: {e}")))?;
     let mode = if all { Mode::DestroyAll } else { Mode::Destroy };
     let p = plan::plan(None, &state, Some(&observed), mode);
@@ -1068,6 +1102,10 @@ fn destroy_cmd(
         ExitCode::SUCCESS
     };
     let _ = std::fs::remove_dir(crate::host::runtime_root(&lab.name));
+    if state.resources.is_empty() {
+        crate::minimega::provider::after_destroy(&lab)
+            .map_err(|e| CliError::new(format!("clearing the minimega namespace: {e}")))?;
+    }
     // Nothing recorded any more (keep disks stay recorded): the name is free.
     if state.resources.is_empty() {
         crate::owners::release(&lab.name, &sd.root)?;
@@ -1087,7 +1125,7 @@ fn show_cmd(
     let sd = StateDir::for_file(&file, &lab.name, state_dir.as_deref());
     crate::owners::check(&lab.name, &sd.root)?;
     let state = sd.load()?;
-    let observed = crate::host::refresh(&lab.name, &state, &sd)
+    let observed = crate::minimega::provider::refresh(&lab, &state, &sd)
         .map_err(|e| CliError::new(format!("refresh failed: {e}")))?;
     let columns = crate::show::columns(&columns, json).map_err(|c| {
         CliError::new(format!("unknown column '{c}'"))

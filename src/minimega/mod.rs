@@ -17,6 +17,7 @@ pub mod export;
 pub mod import;
 pub mod lex;
 pub mod placement;
+pub mod provider;
 
 pub use export::export;
 pub use import::{Imported, Options, import};
