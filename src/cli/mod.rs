@@ -684,7 +684,7 @@ fn own_cpu() -> std::time::Duration {
 /// Check what changing the host needs, naming each missing piece.
 pub fn preflight(lab: Option<&Lab>) -> Result<(), CliError> {
     use crate::provider::ProviderError;
-    match crate::host::local::preflight(lab) {
+    match crate::minimega::provider::preflight(lab) {
         Ok(()) => Ok(()),
         Err(ProviderError::Preflight {
             missing,
@@ -978,6 +978,7 @@ fn plan_options(
     replace: Vec<String>,
 ) -> Result<plan::Options, CliError> {
     let mut opts = plan::Options {
+        rules: crate::minimega::provider::rules(lab),
         replace: replace.into_iter().collect(),
         ..Default::default()
     };

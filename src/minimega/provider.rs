@@ -37,9 +37,12 @@ use std::time::{Duration, Instant};
 
 use super::MARKER_TAG;
 use super::client::{Client, ClientError, Command, HostResponse, Name, VmInfo, VmState, vm_infos};
-use crate::host::{Host, HostError, StepOutcome};
+use crate::host::StepOutcome;
 use crate::lab::{Accel, CcActionSpec, CommandSpec, DiskSource, DiskSpec, Lab, VmSpec};
 use crate::observed::{Observed, ObservedLink, ObservedMirror, ObservedVm};
+use crate::provider::{
+    GuestWait, Op, OpOutcome, Outcome, Provider, ProviderError as PError, Rules,
+};
 use crate::state::{Kind, State, StateDir};
 
 /// How often a wait on minimega (a cc response, a VM leaving) looks again.
@@ -48,7 +51,7 @@ const POLL: Duration = Duration::from_millis(200);
 const GONE_WAIT: Duration = Duration::from_secs(60);
 
 #[derive(Debug, thiserror::Error)]
-pub enum ProviderError {
+pub enum MinimegaError {
     #[error(transparent)]
     Client(#[from] ClientError),
     #[error("{what} is not possible with the minimega provider: {why}")]
@@ -73,14 +76,6 @@ pub enum ProviderError {
         got: String,
         want: &'static str,
     },
-}
-
-impl From<ProviderError> for HostError {
-    fn from(e: ProviderError) -> HostError {
-        // The Host seam has no variant for a remote engine yet (issue 13
-        // replaces it with the provider trait).
-        HostError::Io(std::io::Error::other(e))
-    }
 }
 
 /// One experiment on one minimega cluster.
@@ -108,7 +103,7 @@ impl MinimegaHost {
         settings: &Settings,
         experiment: &str,
         lab: Option<&Lab>,
-    ) -> Result<MinimegaHost, ProviderError> {
+    ) -> Result<MinimegaHost, MinimegaError> {
         let ns = Name::new(&settings.namespace)?;
         let mut client = Client::connect(&settings.base)?;
         client.set_timeout(Duration::from_secs(300));
@@ -137,18 +132,18 @@ impl MinimegaHost {
         })
     }
 
-    fn run(&self, cmd: Command) -> Result<Vec<HostResponse>, ProviderError> {
+    fn run(&self, cmd: Command) -> Result<Vec<HostResponse>, MinimegaError> {
         let mut c = self.client.lock().expect("the client lock");
         Ok(c.run(&cmd.in_namespace(&self.ns))?)
     }
 
-    fn run_ok(&self, cmd: Command) -> Result<Vec<HostResponse>, ProviderError> {
+    fn run_ok(&self, cmd: Command) -> Result<Vec<HostResponse>, MinimegaError> {
         let mut c = self.client.lock().expect("the client lock");
         Ok(c.run_ok(&cmd.in_namespace(&self.ns))?)
     }
 
     /// Whether the namespace exists (asked without naming it).
-    fn namespace_exists(&self) -> Result<bool, ProviderError> {
+    fn namespace_exists(&self) -> Result<bool, MinimegaError> {
         let mut c = self.client.lock().expect("the client lock");
         let r = c.run_ok(&Command::new("namespace"))?;
         Ok(r.iter().any(|r| {
@@ -159,7 +154,7 @@ impl MinimegaHost {
     }
 
     /// Every VM of the namespace (all nodes), ours or not.
-    pub fn vm_info(&self) -> Result<Vec<VmInfo>, ProviderError> {
+    pub fn vm_info(&self) -> Result<Vec<VmInfo>, MinimegaError> {
         let cmd = Command::new("vm").word("info").in_namespace(&self.ns);
         let mut c = self.client.lock().expect("the client lock");
         let resps = c.run_ok(&cmd)?;
@@ -174,7 +169,7 @@ impl MinimegaHost {
     }
 
     /// Refresh: what of this experiment minimega has.
-    pub fn observe_sync(&self, state: &State) -> Result<Observed, ProviderError> {
+    pub fn observe_sync(&self, state: &State) -> Result<Observed, MinimegaError> {
         let mut obs = Observed::default();
         if !self.namespace_exists()? {
             return Ok(obs);
@@ -307,7 +302,7 @@ impl MinimegaHost {
 
     /// The names of the OVS mirrors on `host` (`ovs-vsctl` through
     /// minimega's `shell`, an argv it runs without a shell).
-    fn ovs_mirrors(&self, host: &str) -> Result<BTreeSet<String>, ProviderError> {
+    fn ovs_mirrors(&self, host: &str) -> Result<BTreeSet<String>, MinimegaError> {
         let shell = Command::new("shell")
             .arg("ovs-vsctl")?
             .arg("--format=csv")?
@@ -336,7 +331,7 @@ impl MinimegaHost {
 
     /// Make the namespace (and put the head node in it when a VM is
     /// placed there).
-    fn ensure_namespace(&self) -> Result<(), ProviderError> {
+    fn ensure_namespace(&self) -> Result<(), MinimegaError> {
         let head_used = self
             .lab
             .as_ref()
@@ -354,7 +349,7 @@ impl MinimegaHost {
         Ok(())
     }
 
-    fn ensure_alias(&self, alias: &str) -> Result<(), ProviderError> {
+    fn ensure_alias(&self, alias: &str) -> Result<(), MinimegaError> {
         self.ensure_namespace()?;
         // `vm config net ALIAS` allocates the alias (and tells every node).
         let mut c = self.client.lock().expect("the client lock");
@@ -375,7 +370,13 @@ impl MinimegaHost {
     }
 
     /// `vm config …` + `vm launch kvm` + `vm start` for one VM.
-    fn launch_sync(&self, lab: &Lab, vm: &VmSpec) -> Result<u32, ProviderError> {
+    fn launch_sync(
+        &self,
+        experiment: &str,
+        accel: Accel,
+        vm: &VmSpec,
+        disks: &[DiskSpec],
+    ) -> Result<(u32, crate::state::Attrs), MinimegaError> {
         self.ensure_namespace()?;
         let mut cfg: Vec<Command> = vec![Command::new("clear").word("vm").word("config")];
         let c = || Command::new("vm").word("config");
@@ -400,7 +401,10 @@ impl MinimegaHost {
             for disk in &vm.disks {
                 d = match &disk.source {
                     DiskSource::Named(n) => {
-                        let spec = lab.disk(n).ok_or_else(|| ProviderError::NoVm(n.clone()))?;
+                        let spec = disks
+                            .iter()
+                            .find(|d| &d.name == n)
+                            .ok_or_else(|| MinimegaError::NoVm(n.clone()))?;
                         d.arg(&spec.file_name())?
                     }
                     DiskSource::Path(p) => d.arg(&path_text(p))?,
@@ -416,7 +420,7 @@ impl MinimegaHost {
             cfg.push(n);
         }
         let mut tags: BTreeMap<&str, String> = BTreeMap::new();
-        tags.insert(MARKER_TAG, format!("{}:{}", lab.name, vm.address));
+        tags.insert(MARKER_TAG, format!("{experiment}:{}", vm.address));
         for (k, v) in &vm.tags {
             if k != MARKER_TAG {
                 tags.insert(k, v.clone());
@@ -432,9 +436,9 @@ impl MinimegaHost {
             }
             cfg.push(q);
         }
-        if lab.accel == Accel::Tcg {
+        if accel == Accel::Tcg {
             // minimega takes a relative qemu as a file in its -filepath.
-            let qemu = self.qemu.as_ref().ok_or(ProviderError::Unsupported {
+            let qemu = self.qemu.as_ref().ok_or(MinimegaError::Unsupported {
                 what: "accel \"tcg\"".into(),
                 why: "qemu-system-x86_64 is not on this machine's PATH (minimega needs its absolute path)",
             })?;
@@ -468,16 +472,25 @@ impl MinimegaHost {
             )?;
         }
         self.run_ok(Command::new("vm").word("start").name(&name))?;
-        let pid = self
+        let info = self
             .vm_info()?
             .into_iter()
-            .find(|v| v.name == vm.name && self.ours(v).is_some())
+            .find(|v| v.name == vm.name && self.ours(v).is_some());
+        let mut computed = crate::state::Attrs::new();
+        let pid = info
+            .as_ref()
             .map_or(0, |v| u32::try_from(v.pid).unwrap_or(0));
-        Ok(pid)
+        if let Some(v) = info {
+            computed.insert("node".into(), v.host.clone().into());
+            let taps: Vec<serde_json::Value> =
+                v.networks.iter().map(|n| n.tap.clone().into()).collect();
+            computed.insert("minimega_taps".into(), taps.into());
+        }
+        Ok((pid, computed))
     }
 
     /// Kill and forget a VM of ours (nothing if minimega has no such VM).
-    fn stop_sync(&self, vm: &str) -> Result<(), ProviderError> {
+    fn stop_sync(&self, vm: &str) -> Result<(), MinimegaError> {
         if !self.namespace_exists()? {
             return Ok(());
         }
@@ -485,7 +498,7 @@ impl MinimegaHost {
             return Ok(());
         };
         if self.ours(&info).is_none() {
-            return Err(ProviderError::NotOurs {
+            return Err(MinimegaError::NotOurs {
                 name: vm.to_string(),
                 ns: self.ns.to_string(),
                 address: format!("vm.{vm}"),
@@ -516,7 +529,7 @@ impl MinimegaHost {
                 Some(_) => {}
             }
             if Instant::now() >= end {
-                return Err(ProviderError::Wait(format!(
+                return Err(MinimegaError::Wait(format!(
                     "VM {vm} is still in minimega's namespace {} after {GONE_WAIT:?}",
                     self.ns
                 )));
@@ -525,24 +538,24 @@ impl MinimegaHost {
         }
     }
 
-    fn vm_spec(&self, vm: &str) -> Result<&VmSpec, ProviderError> {
+    fn vm_spec(&self, vm: &str) -> Result<&VmSpec, MinimegaError> {
         self.lab
             .as_ref()
             .and_then(|l| l.vm(vm))
-            .ok_or_else(|| ProviderError::NoVm(vm.to_string()))
+            .ok_or_else(|| MinimegaError::NoVm(vm.to_string()))
     }
 
-    fn nic_of_tap(&self, tap: &str) -> Result<(Name, usize), ProviderError> {
+    fn nic_of_tap(&self, tap: &str) -> Result<(Name, usize), MinimegaError> {
         let (vm, nic) = self
             .taps
             .get(tap)
-            .ok_or_else(|| ProviderError::NoTap(tap.to_string()))?;
+            .ok_or_else(|| MinimegaError::NoTap(tap.to_string()))?;
         Ok((Name::new(vm)?, *nic))
     }
 
     /// Remove everything of the namespace that is ours, then the namespace
     /// itself when nothing else is left in it.
-    pub fn clear_namespace_if_empty(&self) -> Result<bool, ProviderError> {
+    pub fn clear_namespace_if_empty(&self) -> Result<bool, MinimegaError> {
         if !self.namespace_exists()? {
             return Ok(true);
         }
@@ -560,14 +573,14 @@ impl MinimegaHost {
         action: &CcActionSpec,
         timeout: Option<Duration>,
         run_id: &str,
-    ) -> Result<StepOutcome, ProviderError> {
+    ) -> Result<StepOutcome, MinimegaError> {
         let spec = self.vm_spec(vm)?;
         let uuid = spec.uuid.to_string();
         let (kw, words): (&'static str, Vec<String>) = match action {
             CcActionSpec::Exec(c) => ("exec", argv(c)),
             CcActionSpec::Background(c) => ("background", argv(c)),
             CcActionSpec::Send { .. } | CcActionSpec::Recv { .. } => {
-                return Err(ProviderError::Unsupported {
+                return Err(MinimegaError::Unsupported {
                     what: format!(
                         "cc {}",
                         if matches!(action, CcActionSpec::Send { .. }) {
@@ -585,7 +598,7 @@ impl MinimegaHost {
                 .iter()
                 .any(|p| w.starts_with(p))
         }) {
-            return Err(ProviderError::Unsupported {
+            return Err(MinimegaError::Unsupported {
                 what: "a command whose first word is stdin=/stdout=/stderr=".into(),
                 why: "minimega reads it as plumbing",
             });
@@ -603,7 +616,7 @@ impl MinimegaHost {
                 break;
             }
             if Instant::now() >= end {
-                return Err(ProviderError::Wait(format!(
+                return Err(MinimegaError::Wait(format!(
                     "miniccc of {vm} did not check in with minimega within {boot:?} (boot-timeout); does its image start miniccc (`image build --miniccc`)?"
                 )));
             }
@@ -683,7 +696,7 @@ impl MinimegaHost {
                 for r in self.run(cmd)? {
                     if r.host == *host && r.error.is_empty() {
                         let code = r.response.trim().parse::<i32>().map_err(|_| {
-                            ProviderError::Answer {
+                            MinimegaError::Answer {
                                 command: "cc exitcode".into(),
                                 got: r.response.clone(),
                                 want: "an exit code",
@@ -790,145 +803,223 @@ fn which(tool: &str) -> Option<PathBuf> {
         .find(|p| p.is_file())
 }
 
-impl Host for MinimegaHost {
-    async fn observe(
-        &self,
-        _experiment: &str,
-        state: &State,
-        _sd: &StateDir,
-    ) -> Result<Observed, HostError> {
+impl Provider for MinimegaHost {
+    type Guest = crate::host::local::LocalGuest;
+
+    fn name(&self) -> &'static str {
+        "minimega"
+    }
+
+    fn rules(&self) -> Rules {
+        RULES
+    }
+
+    async fn preflight(&self, lab: Option<&Lab>) -> Result<(), PError> {
+        preflight_files(lab)
+    }
+
+    async fn refresh(&self, _e: &str, state: &State, _sd: &StateDir) -> Result<Observed, PError> {
         Ok(self.observe_sync(state)?)
     }
 
-    async fn ensure_bridge(
-        &self,
-        name: &str,
-        _marker: &str,
-        host_address: Option<&str>,
-    ) -> Result<(), HostError> {
-        if host_address.is_some() {
-            return Err(ProviderError::Unsupported {
-                what: "host-address".into(),
-                why: "a host tap on a minimega VLAN is not mapped yet",
-            }
-            .into());
-        }
-        // The bridge name is megaplan's; the alias is the network's name.
-        let alias = self
-            .lab
-            .as_ref()
-            .and_then(|l| l.networks.iter().find(|n| n.bridge == name))
-            .map(|n| n.name.clone())
-            .ok_or_else(|| ProviderError::NoVm(name.to_string()))?;
-        Ok(self.ensure_alias(&alias)?)
-    }
-
-    async fn ensure_tap(
-        &self,
-        _name: &str,
-        _guest_mac: &str,
-        _marker: &str,
-        _bridge: &str,
-    ) -> Result<(), HostError> {
-        // minimega makes each VM's taps when it launches the VM.
-        Ok(())
-    }
-
-    async fn delete_link(&self, _name: &str, _marker: &str) -> Result<(), HostError> {
-        // A tap goes with its VM; an alias with the namespace.
-        Ok(())
-    }
-
-    async fn add_mirror(&self, src: &str, dst: &str, direction: &str) -> Result<(), HostError> {
-        if direction != "both" {
-            return Err(ProviderError::Unsupported {
-                what: format!("a mirror of direction {direction}"),
-                why: "minimega's `tap mirror` copies both directions",
-            }
-            .into());
-        }
-        let (svm, snic) = self.nic_of_tap(src)?;
-        let (dvm, dnic) = self.nic_of_tap(dst)?;
-        self.run_ok(
-            Command::new("tap")
-                .word("mirror")
-                .name(&svm)
-                .num(snic as u64)
-                .name(&dvm)
-                .num(dnic as u64),
-        )?;
-        Ok(())
-    }
-
-    async fn remove_mirror(&self, _src: &str, dst: &str) -> Result<(), HostError> {
-        let Ok((dvm, dnic)) = self.nic_of_tap(dst) else {
-            return Ok(());
-        };
-        // Gone with its VM already, or never made: nothing to clear.
-        let _ = self.run(
-            Command::new("clear")
-                .word("tap")
-                .word("mirror")
-                .name(&dvm)
-                .num(dnic as u64),
-        )?;
-        Ok(())
-    }
-
-    async fn create_disk(&self, disk: &DiskSpec, _path: &Path) -> Result<(), HostError> {
-        Err(ProviderError::Unsupported {
-            what: format!("{} (an experiment disk)", disk.address),
-            why: "minimega's `disk create` is not mapped yet; give the VM a disk by path",
-        }
-        .into())
-    }
-
-    async fn remove_file(&self, _path: &Path) -> Result<(), HostError> {
-        Ok(())
-    }
-
-    async fn launch_vm(&self, lab: &Lab, vm: &VmSpec, _sd: &StateDir) -> Result<u32, HostError> {
-        if let Some(other) = &vm.colocate {
-            // minimega colocates only with a VM it already has.
-            let end = Instant::now() + GONE_WAIT;
-            while !self.vm_info()?.iter().any(|v| &v.name == other) {
-                if Instant::now() >= end {
-                    return Err(ProviderError::Wait(format!(
-                        "{} waits for {other} (its mirror partner) to launch first",
-                        vm.name
-                    ))
-                    .into());
+    async fn execute(&self, _sd: &StateDir, op: &Op) -> Result<OpOutcome, PError> {
+        match op {
+            Op::CreateNetwork {
+                name, host_address, ..
+            } => {
+                if host_address.is_some() {
+                    return Err(unsupported(
+                        "give a network a host-address (a host tap on a minimega VLAN is not mapped yet)",
+                    ));
                 }
-                tokio::time::sleep(POLL).await;
+                self.ensure_alias(name)?;
+            }
+            // A tap is made and removed with its VM, an alias with the namespace.
+            Op::DeleteNetwork { .. } | Op::CreateTap { .. } | Op::DeleteTap { .. } => {}
+            Op::CreateDisk { spec, .. } => {
+                return Err(unsupported(&format!(
+                    "create {} (minimega's `disk create` is not mapped yet; give the VM an image by path)",
+                    spec.address
+                )));
+            }
+            // Nothing was made for it (see CreateDisk).
+            Op::RemoveDisk { .. } => {}
+            Op::StopVm { name, .. } => match self.stop_sync(name) {
+                Err(MinimegaError::NotOurs { name, ns, .. }) => {
+                    return Err(PError::NotOurs {
+                        what: format!("VM {name} in minimega's namespace {ns}"),
+                    });
+                }
+                r => r?,
+            },
+            Op::LaunchVm {
+                experiment,
+                accel,
+                vm,
+                disks,
+                ..
+            } => {
+                for p in vm.kernel.iter().chain(vm.initrd.iter()) {
+                    if !p.exists() {
+                        return Err(PError::MissingBootFile { path: p.clone() });
+                    }
+                }
+                if let Some(other) = &vm.colocate {
+                    // minimega colocates only with a VM it already has.
+                    let end = Instant::now() + GONE_WAIT;
+                    while !self.vm_info()?.iter().any(|v| &v.name == other) {
+                        if Instant::now() >= end {
+                            return Err(MinimegaError::Wait(format!(
+                                "{} waits for {other} (its mirror partner) to launch first",
+                                vm.name
+                            ))
+                            .into());
+                        }
+                        tokio::time::sleep(POLL).await;
+                    }
+                }
+                let (pid, computed) = self.launch_sync(experiment, *accel, vm, disks)?;
+                return Ok(OpOutcome {
+                    outcome: Outcome::Launched { pid },
+                    computed,
+                });
+            }
+            Op::AddMirror {
+                source_tap,
+                dest_tap,
+                direction,
+                ..
+            } => {
+                if *direction != crate::lab::Direction::Both {
+                    return Err(unsupported(&format!(
+                        "mirror one direction ({}): `tap mirror` copies both",
+                        direction.as_str()
+                    )));
+                }
+                let (svm, snic) = self.nic_of_tap(source_tap)?;
+                let (dvm, dnic) = self.nic_of_tap(dest_tap)?;
+                self.run_ok(
+                    Command::new("tap")
+                        .word("mirror")
+                        .name(&svm)
+                        .num(snic as u64)
+                        .name(&dvm)
+                        .num(dnic as u64),
+                )?;
+            }
+            Op::RemoveMirror { dest_tap, .. } => {
+                // Gone with its VM already, or never made: nothing to clear.
+                if let Ok((dvm, dnic)) = self.nic_of_tap(dest_tap) {
+                    self.run(
+                        Command::new("clear")
+                            .word("tap")
+                            .word("mirror")
+                            .name(&dvm)
+                            .num(dnic as u64),
+                    )?;
+                }
+            }
+            Op::RunStep {
+                vm,
+                action,
+                timeout,
+                run_id,
+                ..
+            } => {
+                let out = self.step(vm, action, *timeout, run_id).await?;
+                return Ok(Outcome::Step(out).into());
             }
         }
-        Ok(self.launch_sync(lab, vm)?)
+        Ok(OpOutcome::done())
     }
 
-    async fn stop_vm(
-        &self,
-        _experiment: &str,
-        vm: &str,
-        _pid: Option<u32>,
-        _graceful: bool,
-        _sd: &StateDir,
-    ) -> Result<(), HostError> {
-        Ok(self.stop_sync(vm)?)
-    }
-
-    fn sweep_temporaries(&self, _sd: &StateDir) -> Vec<PathBuf> {
+    fn sweep(&self, _sd: &StateDir) -> Vec<PathBuf> {
         Vec::new()
     }
 
-    async fn run_step(
+    async fn guest(&self, _e: &str, vm: &str, _w: GuestWait) -> Result<Self::Guest, PError> {
+        Err(unsupported(&format!(
+            "reach {vm}'s megaplan agent (its guest talks to minimega's cc; use minimega's `cc` commands)"
+        )))
+    }
+
+    fn store_step_output(
         &self,
-        _experiment: &str,
+        sd: &StateDir,
         vm: &str,
-        action: &CcActionSpec,
-        timeout: Option<Duration>,
-        run_id: &str,
-    ) -> Result<StepOutcome, HostError> {
-        Ok(self.step(vm, action, timeout, run_id).await?)
+        index: usize,
+        out: &StepOutcome,
+    ) -> Result<(), PError> {
+        Ok(sd.write_step_result(vm, index, out.exit, &out.stdout, &out.stderr)?)
+    }
+
+    fn serial_log(&self, _sd: &StateDir, _vm: &str) -> Option<PathBuf> {
+        None
+    }
+
+    fn console_socket(&self, _e: &str, _vm: &str) -> Option<PathBuf> {
+        None
+    }
+
+    fn disk_file(&self, _sd: &StateDir, file: &str) -> Result<PathBuf, PError> {
+        Err(unsupported(&format!("keep disk {file} on this machine")))
+    }
+}
+
+fn unsupported(what: &str) -> PError {
+    PError::Unsupported {
+        provider: "minimega",
+        what: what.to_string(),
+    }
+}
+
+/// The minimega engine's rules: the local engine's replacements, and the
+/// node a VM landed on and its minimega tap names as computed attributes.
+pub const RULES: Rules = Rules {
+    replaces: crate::graph::forces_replacement,
+    computed: |kind, key| kind == Kind::Vm && matches!(key, "node" | "minimega_taps"),
+};
+
+/// What a minimega apply needs here: the boot files it names (minimega
+/// reads them by path on every node; docs/minimega.md).
+fn preflight_files(lab: Option<&Lab>) -> Result<(), PError> {
+    let mut missing = Vec::new();
+    for v in lab.iter().flat_map(|l| l.vms.iter()) {
+        for p in v.kernel.iter().chain(v.initrd.iter()) {
+            if !p.exists() {
+                missing.push(format!(
+                    "{} ({}: boot file)",
+                    crate::diag::escape(&p.display().to_string()),
+                    v.address
+                ));
+            }
+        }
+    }
+    missing.dedup();
+    if missing.is_empty() {
+        Ok(())
+    } else {
+        Err(PError::Preflight {
+            missing,
+            not_root: false,
+            only_files: true,
+        })
+    }
+}
+
+/// The preflight of the lab's engine.
+pub fn preflight(lab: Option<&Lab>) -> Result<(), PError> {
+    match lab.and_then(settings) {
+        Some(_) => preflight_files(lab),
+        None => crate::host::local::preflight(lab),
+    }
+}
+
+/// The planner's rules for the lab's engine.
+pub fn rules(lab: &Lab) -> Rules {
+    match settings(lab) {
+        Some(_) => RULES,
+        None => Rules::LOCAL,
     }
 }
 
@@ -1094,15 +1185,15 @@ pub fn settings(lab: &Lab) -> Option<Settings> {
 }
 
 /// Refresh through the lab's provider (the CLI's one call).
-pub fn refresh(lab: &Lab, state: &State, sd: &StateDir) -> Result<Observed, HostError> {
+pub fn refresh(lab: &Lab, state: &State, sd: &StateDir) -> Result<Observed, PError> {
     match settings(lab) {
-        None => crate::host::refresh(&lab.name, state, sd),
+        None => Ok(crate::host::refresh(&lab.name, state, sd)?),
         Some(s) => Ok(MinimegaHost::connect(&s, &lab.name, Some(lab))?.observe_sync(state)?),
     }
 }
 
 /// After a destroy: clear the namespace once nothing is left in it.
-pub fn after_destroy(lab: &Lab) -> Result<(), HostError> {
+pub fn after_destroy(lab: &Lab) -> Result<(), PError> {
     if let Some(s) = settings(lab) {
         MinimegaHost::connect(&s, &lab.name, Some(lab))?.clear_namespace_if_empty()?;
     }
@@ -1116,12 +1207,12 @@ pub enum Engine {
 }
 
 impl Engine {
-    pub fn connect(lab: Option<&Lab>, experiment: &str) -> Result<Engine, HostError> {
+    pub fn connect(lab: Option<&Lab>, experiment: &str) -> Result<Engine, PError> {
         match lab.and_then(settings) {
             None => Ok(Engine::Local(crate::host::LocalHost::connect()?)),
-            Some(s) => Ok(Engine::Minimega(Box::new(MinimegaHost::connect(
-                &s, experiment, lab,
-            )?))),
+            Some(s) => Ok(Engine::Minimega(Box::new(
+                MinimegaHost::connect(&s, experiment, lab).map_err(PError::from)?,
+            ))),
         }
     }
 }
@@ -1135,55 +1226,45 @@ macro_rules! delegate {
     };
 }
 
-impl Host for Engine {
-    async fn observe(&self, e: &str, state: &State, sd: &StateDir) -> Result<Observed, HostError> {
-        delegate!(self, h => h.observe(e, state, sd).await)
+impl Provider for Engine {
+    type Guest = crate::host::local::LocalGuest;
+    fn name(&self) -> &'static str {
+        delegate!(self, h => h.name())
     }
-    async fn ensure_bridge(&self, n: &str, m: &str, a: Option<&str>) -> Result<(), HostError> {
-        delegate!(self, h => h.ensure_bridge(n, m, a).await)
+    fn rules(&self) -> Rules {
+        delegate!(self, h => h.rules())
     }
-    async fn ensure_tap(&self, n: &str, mac: &str, m: &str, b: &str) -> Result<(), HostError> {
-        delegate!(self, h => h.ensure_tap(n, mac, m, b).await)
+    async fn preflight(&self, lab: Option<&Lab>) -> Result<(), PError> {
+        delegate!(self, h => h.preflight(lab).await)
     }
-    async fn delete_link(&self, n: &str, m: &str) -> Result<(), HostError> {
-        delegate!(self, h => h.delete_link(n, m).await)
+    async fn refresh(&self, e: &str, state: &State, sd: &StateDir) -> Result<Observed, PError> {
+        delegate!(self, h => h.refresh(e, state, sd).await)
     }
-    async fn add_mirror(&self, s: &str, d: &str, dir: &str) -> Result<(), HostError> {
-        delegate!(self, h => h.add_mirror(s, d, dir).await)
+    async fn execute(&self, sd: &StateDir, op: &Op) -> Result<OpOutcome, PError> {
+        delegate!(self, h => h.execute(sd, op).await)
     }
-    async fn remove_mirror(&self, s: &str, d: &str) -> Result<(), HostError> {
-        delegate!(self, h => h.remove_mirror(s, d).await)
+    fn sweep(&self, sd: &StateDir) -> Vec<PathBuf> {
+        delegate!(self, h => h.sweep(sd))
     }
-    async fn create_disk(&self, d: &DiskSpec, p: &Path) -> Result<(), HostError> {
-        delegate!(self, h => h.create_disk(d, p).await)
+    async fn guest(&self, e: &str, vm: &str, w: GuestWait) -> Result<Self::Guest, PError> {
+        delegate!(self, h => h.guest(e, vm, w).await)
     }
-    async fn remove_file(&self, p: &Path) -> Result<(), HostError> {
-        delegate!(self, h => h.remove_file(p).await)
-    }
-    async fn launch_vm(&self, lab: &Lab, vm: &VmSpec, sd: &StateDir) -> Result<u32, HostError> {
-        delegate!(self, h => h.launch_vm(lab, vm, sd).await)
-    }
-    async fn stop_vm(
+    fn store_step_output(
         &self,
-        e: &str,
-        vm: &str,
-        pid: Option<u32>,
-        graceful: bool,
         sd: &StateDir,
-    ) -> Result<(), HostError> {
-        delegate!(self, h => h.stop_vm(e, vm, pid, graceful, sd).await)
-    }
-    fn sweep_temporaries(&self, sd: &StateDir) -> Vec<PathBuf> {
-        delegate!(self, h => h.sweep_temporaries(sd))
-    }
-    async fn run_step(
-        &self,
-        e: &str,
         vm: &str,
-        a: &CcActionSpec,
-        t: Option<Duration>,
-        id: &str,
-    ) -> Result<StepOutcome, HostError> {
-        delegate!(self, h => h.run_step(e, vm, a, t, id).await)
+        index: usize,
+        out: &StepOutcome,
+    ) -> Result<(), PError> {
+        delegate!(self, h => h.store_step_output(sd, vm, index, out))
+    }
+    fn serial_log(&self, sd: &StateDir, vm: &str) -> Option<PathBuf> {
+        delegate!(self, h => h.serial_log(sd, vm))
+    }
+    fn console_socket(&self, e: &str, vm: &str) -> Option<PathBuf> {
+        delegate!(self, h => h.console_socket(e, vm))
+    }
+    fn disk_file(&self, sd: &StateDir, file: &str) -> Result<PathBuf, PError> {
+        delegate!(self, h => h.disk_file(sd, file))
     }
 }
