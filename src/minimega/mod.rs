@@ -17,7 +17,7 @@ pub mod export;
 pub mod import;
 pub mod lex;
 
-pub use export::export;
+pub use export::{export, export_with};
 pub use import::{Imported, Options, import};
 
 /// The VM tag export writes as megaplan's ownership marker
