@@ -1392,6 +1392,10 @@ pub enum ImageCommand {
         /// Keep debug information in the agent and the included binaries.
         #[arg(long)]
         no_strip: bool,
+        /// minimega's static miniccc: init also starts it on the virtio-serial
+        /// port minimega names `cc` (for the minimega provider's cc steps).
+        #[arg(long)]
+        miniccc: Option<PathBuf>,
     },
 }
 
@@ -1407,6 +1411,7 @@ fn image_cmd(command: ImageCommand) -> Result<ExitCode, CliError> {
         agent,
         include,
         no_strip,
+        miniccc,
     } = command;
     let mut opts = ImageOptions::new(out);
     opts.name = name;
@@ -1419,6 +1424,7 @@ fn image_cmd(command: ImageCommand) -> Result<ExitCode, CliError> {
     opts.agent = agent;
     opts.include = include;
     opts.strip = !no_strip;
+    opts.miniccc = miniccc;
     let img = crate::image::build(&opts).map_err(|e| {
         let hint = match &e {
             crate::image::ImageError::Kernel(_) => Some(

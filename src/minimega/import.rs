@@ -808,10 +808,15 @@ impl Importer<'_> {
             }
             "qemu" => {
                 let Some(v) = one(self) else { return };
-                if !matches!(
-                    v.text.as_str(),
-                    "kvm" | "qemu-system-x86_64" | "qemu-kvm" | "/usr/bin/qemu-system-x86_64"
-                ) {
+                // The default binary, or QEMU by an absolute path (as export
+                // writes it for TCG: minimega wants one).
+                let named = |b: &str| {
+                    b == v.text || (v.text.starts_with('/') && v.text.ends_with(&format!("/{b}")))
+                };
+                if !["kvm", "qemu-system-x86_64", "qemu-kvm"]
+                    .into_iter()
+                    .any(named)
+                {
                     self.unmapped(words, 4, Some("megaplan runs qemu-system-x86_64"));
                 }
             }

@@ -19,7 +19,7 @@ pub mod lex;
 pub mod placement;
 pub mod provider;
 
-pub use export::export;
+pub use export::{export, export_with};
 pub use import::{Imported, Options, import};
 
 /// The VM tag export writes as megaplan's ownership marker
