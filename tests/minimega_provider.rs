@@ -398,3 +398,142 @@ fn the_seed_experiment_runs_on_a_two_node_minimega_mesh() {
     mesh.stop();
     eprintln!("whole test {:?}", t0.elapsed());
 }
+
+/// N VMs without steps, alternating over the nodes, one network.
+fn many(n: usize, base: &Path, images: &Path) -> String {
+    let mut s = format!(
+        "experiment \"mm-scale\" {{\n    images \"{}\"\n    provider \"minimega\" {{\n        base \"{}\"\n    }}\n}}\nnetwork \"LAN\"\n",
+        images.display(),
+        base.display()
+    );
+    for i in 0..n {
+        s.push_str(&format!(
+            "vm \"v{i}\" {{\n    host \"mm{}\"\n    kernel \"$images/miniccc.kernel\"\n    initrd \"$images/miniccc.initrd\"\n    memory \"128M\"\n    nic \"LAN\"\n}}\n",
+            1 + i % 2
+        ));
+    }
+    s
+}
+
+/// Measures (docs/PERFORMANCE.md, "minimega provider"), not a timed
+/// assertion: apply of 8 VMs over two nodes against the exported script
+/// read by minimega itself, on the same mesh, and a no-op plan of 16 VMs.
+/// `cargo test --test minimega_provider -- --ignored --nocapture`.
+#[test]
+#[ignore = "a measurement: run by hand, figures go to docs/PERFORMANCE.md"]
+fn measure_apply_against_the_exported_script() {
+    let Some(mesh) = Mesh::start("minimega_provider_measure") else {
+        return;
+    };
+    let mm1 = &mesh.nodes[0];
+    let work = tempfile::tempdir().unwrap();
+    let images = work.path().join("images");
+    let mut opts = megaplan::image::ImageOptions::new(&images);
+    opts.kernel = megaplan::image::KernelSource::Dir(lab::guest_kernel_dir());
+    opts.agent = Some(PathBuf::from(env!("CARGO_BIN_EXE_megaplan-agent")));
+    opts.miniccc = Some(mesh.bin.join("miniccc"));
+    megaplan::image::build(&opts).expect("image build --miniccc");
+    let file = work.path().join("mm-scale.kdl");
+    let run = Run {
+        file: file.clone(),
+        work: work.path().to_owned(),
+    };
+    let ns = Name::new("mm-scale").unwrap();
+    let mut head = mm1.client();
+    let running = |c: &mut Client, n: usize| {
+        wait_for(Duration::from_secs(120), || {
+            let v = vm_info(c, &ns);
+            v.len() == n && v.iter().all(|v| v.state == VmState::Running)
+        })
+    };
+    let gone = |c: &mut Client| {
+        wait_for(Duration::from_secs(120), || {
+            !c.run_ok(&Mm::new("namespace")).unwrap().iter().any(|r| {
+                r.rows()
+                    .iter()
+                    .any(|row| row.contains(&("namespace", "mm-scale")))
+            })
+        })
+    };
+
+    // Apply of 8 VMs, then the exported script, alternately, 3 times each.
+    std::fs::write(&file, many(8, &mm1.base, &images)).unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_megaplan"))
+        .args(["export", "minimega"])
+        .arg(&file)
+        .args(["--accel", "tcg"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let script = work.path().join("mm-scale.mm");
+    std::fs::write(&script, &out.stdout).unwrap();
+    let (mut ours, mut theirs) = (Vec::new(), Vec::new());
+    for _ in 0..3 {
+        let t = Instant::now();
+        run.ok(&["apply", "--auto-approve"]);
+        ours.push(t.elapsed());
+        assert!(running(&mut head, 8));
+        run.ok(&["destroy", "--auto-approve"]);
+        assert!(gone(&mut head));
+
+        // The head joins the namespace as the provider makes it do.
+        head.run_ok(
+            &Mm::new("ns")
+                .word("add-hosts")
+                .arg("mm1")
+                .unwrap()
+                .in_namespace(&ns),
+        )
+        .unwrap();
+        let t = Instant::now();
+        head.run_ok(&Mm::new("read").arg(script.to_str().unwrap()).unwrap())
+            .unwrap();
+        theirs.push(t.elapsed());
+        assert!(running(&mut head, 8));
+        head.run_ok(
+            &Mm::new("vm")
+                .word("kill")
+                .arg("all")
+                .unwrap()
+                .in_namespace(&ns),
+        )
+        .unwrap();
+        head.run_ok(&Mm::new("vm").word("flush").in_namespace(&ns))
+            .unwrap();
+        head.run_ok(&Mm::new("clear").word("namespace").name(&ns))
+            .unwrap();
+        assert!(gone(&mut head));
+    }
+    let min = |v: &[Duration]| v.iter().min().copied().unwrap();
+    eprintln!(
+        "MEASURE apply 8 VMs over 2 nodes: megaplan {:?} (runs {ours:?}), minimega reading the exported script {:?} (runs {theirs:?}), ratio {:.2}",
+        min(&ours),
+        min(&theirs),
+        min(&ours).as_secs_f64() / min(&theirs).as_secs_f64()
+    );
+
+    // A no-op plan of 16 VMs.
+    std::fs::write(&file, many(16, &mm1.base, &images)).unwrap();
+    run.ok(&["apply", "--auto-approve"]);
+    assert!(running(&mut head, 16));
+    let mut plans = Vec::new();
+    for _ in 0..5 {
+        let t = Instant::now();
+        let (code, text) = run.plan();
+        plans.push(t.elapsed());
+        assert_eq!(code, Some(0), "{text}");
+    }
+    plans.sort();
+    eprintln!(
+        "MEASURE no-op plan of 16 VMs (whole process): median {:?}, all {plans:?}",
+        plans[2]
+    );
+    run.ok(&["destroy", "--auto-approve"]);
+    assert!(gone(&mut head));
+    drop(head);
+    mesh.stop();
+}
