@@ -450,7 +450,7 @@ mod tests {
         );
         assert_eq!(
             EXPERIMENT.toml_keys(),
-            ["name", "images", "accel", "boot-timeout"]
+            ["name", "images", "accel", "boot-timeout", "provider"]
         );
         assert_eq!(
             MIRRORS.toml_keys(),
