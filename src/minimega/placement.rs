@@ -203,18 +203,18 @@ fn place(
     // Each group's host: the first placed VM's, checked against the others.
     let mut group_host: BTreeMap<usize, (String, String)> = BTreeMap::new();
     let mut reported = false;
-    for i in 0..vms.len() {
+    for (i, v) in vms.iter().enumerate() {
         let r = root(&mut parent, i);
-        let Some(h) = vms[i].host.clone() else {
+        let Some(h) = v.host.clone() else {
             continue;
         };
         match group_host.get(&r) {
             None => {
-                group_host.insert(r, (h, vms[i].name.clone()));
+                group_host.insert(r, (h, v.name.clone()));
             }
             Some((gh, first)) if *gh != h && !reported => {
                 // Name the mirror that joins them when there is one.
-                let (vm, other) = (vms[i].name.clone(), first.clone());
+                let (vm, other) = (v.name.clone(), first.clone());
                 let direct = mirrors.iter().find(|m| {
                     (m.source_vm == vm && m.dest_vm == other)
                         || (m.source_vm == other && m.dest_vm == vm)
@@ -248,13 +248,9 @@ fn place(
             continue;
         }
         match group_host.get(&r) {
-            Some((h, _)) => {
-                if vms[i].host.is_none() {
-                    vms[i].host = Some(h.clone());
-                }
-            }
+            Some((h, _)) if vms[i].host.is_none() => vms[i].host = Some(h.clone()),
             None if r != i => vms[i].colocate = Some(vms[r].name.clone()),
-            None => {}
+            _ => {}
         }
     }
 }
