@@ -125,7 +125,17 @@ fn diff_for_review_in_three_formats() {
     let md = stdout(&megaplan(&["diff", o, n, "--format", "markdown"]));
     let json: serde_json::Value =
         serde_json::from_str(&stdout(&megaplan(&["diff", o, n, "--format", "json"]))).unwrap();
-    assert_eq!(json["format_version"], "1.0");
+    assert_eq!(json["format_version"], "2.0");
+    // Reasons are stable codes with their prose beside them.
+    let monitor = json["resource_changes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["address"] == "vm.monitor")
+        .expect("vm.monitor in the plan");
+    assert_eq!(monitor["action_reason"], "attribute_changed");
+    assert_eq!(monitor["reasons"][0]["code"], "attribute_changed");
+    assert_eq!(monitor["reasons"][0]["message"], "memory changed: 2G -> 4G");
     assert_eq!(json["summary"]["add"], 1);
     assert_eq!(json["summary"]["replace"], 2);
     insta::assert_snapshot!("diff_text", txt);

@@ -631,7 +631,9 @@ fn run(cli: Cli) -> Result<ExitCode, CliError> {
             crate::owners::check(&lab.name, &sd.root)?;
             let mut state = sd.load()?;
             let opts = plan_options(&file, &lab, &sd, &state, replace.clone())?;
-            let (_, p) = refresh_and_plan(&lab, &sd, &mut state, &opts)?;
+            let (_, observed) = refresh_and_adopt(&lab, &sd, &mut state)?;
+            // The lab is dropped once listed: it and the plan never share the peak.
+            let p = plan::plan_owned(lab, &state, Some(&observed), Mode::Apply, &opts);
             if json {
                 stream_stdout(|w| render::write_json(&p, w));
             } else {
@@ -957,14 +959,25 @@ fn refresh_and_plan(
     state: &mut State,
     opts: &plan::Options,
 ) -> Result<(bool, Plan), CliError> {
+    let (adopted, observed) = refresh_and_adopt(lab, sd, state)?;
+    let p = plan::plan_with(Some(lab), state, Some(&observed), Mode::Apply, opts);
+    Ok((adopted, p))
+}
+
+/// Refresh, and rebuild a lost state from the host (crate::adopt): (whether
+/// anything was adopted, what refresh saw).
+fn refresh_and_adopt(
+    lab: &Lab,
+    sd: &StateDir,
+    state: &mut State,
+) -> Result<(bool, crate::observed::Observed), CliError> {
     let mut observed = crate::minimega::provider::refresh(lab, state, sd)
         .map_err(|e| CliError::new(format!("refresh failed: {e}")))?;
     let adopted = crate::adopt::adopt(lab, state, &mut observed, sd);
     if !adopted.is_empty() {
         eprintln!("notice: {}", crate::adopt::notice(sd, &adopted));
     }
-    let p = plan::plan_with(Some(lab), state, Some(&observed), Mode::Apply, opts);
-    Ok((!adopted.is_empty(), p))
+    Ok((!adopted.is_empty(), observed))
 }
 
 /// The planner's options for `file`: `-replace` addresses (each must name
@@ -1349,7 +1362,7 @@ pub fn diff(old: &Lab, new: &Lab) -> Plan {
     let mut state = State::new(&new.name);
     let from_old = plan::plan(Some(old), &state, None, Mode::Apply);
     for c in &from_old.changes {
-        let mut rec = crate::state::Record::new(c.kind, c.after.clone().unwrap_or_default());
+        let mut rec = crate::state::Record::new(c.kind, c.after().unwrap_or_default());
         rec.deps = c.deps.clone();
         state.resources.insert(c.address.clone(), rec);
     }

@@ -15,6 +15,7 @@
 //! - A provider refuses to change or remove an object that does not carry
 //!   the ownership marker the op names.
 
+pub mod memory;
 pub mod ops;
 
 use std::path::{Path, PathBuf};
