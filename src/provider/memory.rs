@@ -434,7 +434,7 @@ impl MemoryProvider {
                 ..
             } => {
                 for t in [source_tap, dest_tap] {
-                    if !w.links.get(t).is_some_and(|l| !l.bridge) {
+                    if w.links.get(t).is_none_or(|l| l.bridge) {
                         return Err(missing(format!("tap {t}")));
                     }
                 }
@@ -786,6 +786,8 @@ mod tests {
                 after: vec![],
                 qemu_args: vec![],
                 cc: vec![],
+                host: None,
+                colocate: None,
             }),
             disks: vec![],
         }
