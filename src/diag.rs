@@ -78,6 +78,13 @@ codes! {
     BadFilesystem => "megaplan::bad_filesystem",
     BadFormat => "megaplan::bad_format",
     BadMac => "megaplan::bad_mac",
+    // The minimega provider and placement (`minimega::placement`).
+    BadHost => "megaplan::bad_host",
+    BadProvider => "megaplan::bad_provider",
+    MirrorPlacement => "megaplan::mirror_placement",
+    ProviderBase => "megaplan::provider_base",
+    ProviderNamespace => "megaplan::provider_namespace",
+    ProviderSetting => "megaplan::provider_setting",
     BadMemory => "megaplan::bad_memory",
     BadMount => "megaplan::bad_mount",
     BadName => "megaplan::bad_name",

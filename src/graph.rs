@@ -210,6 +210,9 @@ pub struct VmSpec {
     pub qemu_args: Vec<String>,
     pub tags: BTreeMap<String, String>,
     pub after: Vec<String>,
+    /// The minimega node it runs on (`host`, or its mirror partner's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
     pub kernel_sha256: Option<String>,
     pub initrd_sha256: Option<String>,
     /// One digest per disk given by path, in order; `None` unless every one was read.
@@ -389,6 +392,7 @@ fn vm_attrs(v: &VmSpec) -> Attrs {
         )
         .opt("tags", tags)
         .opt("after", (!v.after.is_empty()).then(|| strings(&v.after)))
+        .opt("host", v.host.as_deref())
         .opt("kernel_sha256", v.kernel_sha256.as_deref())
         .opt("initrd_sha256", v.initrd_sha256.as_deref())
         .opt("disks_sha256", v.disks_sha256.as_ref().map(strings))
@@ -588,6 +592,7 @@ pub fn resources_with(lab: &Lab, digests: &Digests) -> Vec<Resource> {
                 qemu_args: vm.qemu_args.clone(),
                 tags: vm.tags.clone(),
                 after: vm.after.clone(),
+                host: vm.host.clone(),
                 kernel_sha256: digest(&vm.kernel),
                 initrd_sha256: digest(&vm.initrd),
                 disks_sha256,

@@ -26,6 +26,12 @@ pub const DEFAULT_NAME: &str = "miniccc";
 pub const DEFAULT_BUSYBOX: &str = "/bin/busybox";
 /// Where the agent lives in the guest.
 pub const GUEST_AGENT_PATH: &str = "sbin/megaplan-agent";
+/// Where `--miniccc` puts minimega's miniccc in the guest: on the initrd's
+/// root, outside the folders `/init` mounts a tmpfs over (`/tmp`, `/run`,
+/// `/dev`), which would hide it.
+pub const GUEST_MINICCC_PATH: &str = "usr/sbin/miniccc";
+/// The virtio-serial port minimega gives miniccc (`virtserialport,…,name=cc`).
+pub const MINICCC_PORT: &str = "cc";
 /// The gzip level of the initrd (fixed, for byte-identical output).
 const GZIP_LEVEL: u32 = 6;
 
@@ -178,6 +184,10 @@ pub struct ImageOptions {
     pub busybox: PathBuf,
     /// Strip debug information from the agent and the included binaries (`strip`).
     pub strip: bool,
+    /// minimega's `miniccc` (static): when set, init also starts it on the
+    /// virtio-serial port named [`MINICCC_PORT`], so the image answers
+    /// minimega's cc as well as megaplan's (the agent stays, on its own port).
+    pub miniccc: Option<PathBuf>,
 }
 
 impl ImageOptions {
@@ -190,6 +200,7 @@ impl ImageOptions {
             include: Vec::new(),
             busybox: PathBuf::from(DEFAULT_BUSYBOX),
             strip: true,
+            miniccc: None,
         }
     }
 }
@@ -868,6 +879,62 @@ const INITTAB: &str = "\
 ::ctrlaltdel:/sbin/reboot
 ";
 
+/// With `--miniccc`: the agent and miniccc each wait for their own
+/// virtio-serial port, so the image serves whichever engine booted it (megaplan
+/// gives the agent `megaplan.cc`, minimega gives miniccc `cc`) without a
+/// respawn loop of the other one failing every second.
+fn inittab_miniccc() -> String {
+    format!(
+        "::respawn:/etc/megaplan/on-port {agent} /{GUEST_AGENT_PATH}\n\
+         ::respawn:/etc/megaplan/on-port {MINICCC_PORT} /etc/megaplan/miniccc\n\
+         ::respawn:/sbin/acpid -f -c /etc/acpi -l /dev/null\n\
+         ::shutdown:/etc/megaplan/shutdown\n\
+         ::shutdown:/bin/umount -a -r\n\
+         ::ctrlaltdel:/sbin/reboot\n",
+        agent = crate::agent::protocol::PORT_NAME
+    )
+}
+
+/// `on-port NAME CMD…`: once a virtio-serial port named NAME exists, run CMD
+/// with the port's device node in `$PORT` (making the node from its `dev`
+/// number when devtmpfs has none). Ports come with the virtio_console module,
+/// before init runs this; a guest without the port (the other engine) keeps
+/// one sleeping shell, checking every 5 s.
+const ON_PORT: &str = r#"#!/bin/sh
+name=$1
+shift
+said=
+while :; do
+    for d in /sys/class/virtio-ports/*; do
+        [ -r "$d/name" ] || continue
+        [ "$(cat "$d/name")" = "$name" ] || continue
+        dev=/dev/${d##*/}
+        if [ ! -c "$dev" ]; then
+            mm=$(cat "$d/dev")
+            mknod "$dev" c "${mm%%:*}" "${mm#*:}" || continue
+        fi
+        PORT=$dev
+        export PORT
+        "$@"
+        rc=$?
+        # init respawns this at once: do not spin on a crashing program.
+        sleep 1
+        exit $rc
+    done
+    if [ -z "$said" ]; then
+        echo "megaplan-init: no virtio-serial port named $name; $1 waits for it" >/dev/console
+        said=1
+    fi
+    sleep 5
+done
+"#;
+
+/// minimega's cc agent on the port `on-port` found (its files under
+/// /tmp/miniccc, miniccc's default).
+fn miniccc_run() -> String {
+    format!("#!/bin/sh\nexec /{GUEST_MINICCC_PATH} -serial \"$PORT\"\n")
+}
+
 /// Syncs and unmounts the `megaplan.mounts` disks (read-only remount if busy).
 const SHUTDOWN: &str = "#!/bin/sh
 sync
@@ -985,6 +1052,17 @@ fn assemble(
     }
     add_binary(&mut tree, &agent, GUEST_AGENT_PATH, opts.strip, warnings)?;
 
+    // minimega's miniccc, never stripped (a Go binary: keep it as built).
+    if let Some(m) = &opts.miniccc {
+        if !m.is_file() {
+            return Err(ImageError::Invalid(format!(
+                "--miniccc {}: not a file (scripts/minimega.sh builds bin/miniccc)",
+                m.display()
+            )));
+        }
+        add_binary(&mut tree, m, GUEST_MINICCC_PATH, false, warnings)?;
+    }
+
     // Extra binaries, at their host paths.
     for inc in &opts.include {
         let abs = if inc.is_absolute() {
@@ -1100,7 +1178,13 @@ fn assemble(
     tree.file("init", 0o755, INIT);
     tree.file("etc/megaplan/modules", 0o644, order);
     tree.file("etc/megaplan/shutdown", 0o755, SHUTDOWN);
-    tree.file("etc/inittab", 0o644, INITTAB);
+    if opts.miniccc.is_some() {
+        tree.file("etc/inittab", 0o644, inittab_miniccc());
+        tree.file("etc/megaplan/on-port", 0o755, ON_PORT);
+        tree.file("etc/megaplan/miniccc", 0o755, miniccc_run());
+    } else {
+        tree.file("etc/inittab", 0o644, INITTAB);
+    }
     // Users that tools drop privileges to (tcpdump runs as `tcpdump` on Debian).
     tree.file("etc/passwd", 0o644, PASSWD);
     tree.file("etc/group", 0o644, GROUP);
@@ -1492,6 +1576,82 @@ mod tests {
         for model in crate::validate::NIC_MODEL_NAMES {
             assert!(NIC_MODELS.iter().any(|(m, _)| m == model), "{model}");
         }
+    }
+
+    #[test]
+    fn miniccc_goes_outside_tmpfs_and_init_starts_it_on_the_cc_port() {
+        if !Path::new(DEFAULT_BUSYBOX).is_file() {
+            eprintln!("skipping: no {DEFAULT_BUSYBOX} (busybox-static)");
+            return;
+        }
+        let tmp = TempDir::new("image-miniccc-test").unwrap();
+        let kdir = tmp.0.join("k");
+        fake_kernel(&kdir);
+        let agent = tmp.0.join("agent");
+        std::fs::write(&agent, b"#!/bin/sh\necho agent\n").unwrap();
+        let mut opts = ImageOptions::new(tmp.0.join("out"));
+        opts.kernel = KernelSource::Dir(kdir);
+        opts.agent = Some(agent);
+        let plain = build(&opts).unwrap();
+        let members = |p: &Path| {
+            let mut cpio = Vec::new();
+            flate2::read::GzDecoder::new(std::fs::read(p).unwrap().as_slice())
+                .read_to_end(&mut cpio)
+                .unwrap();
+            parse_cpio(&cpio)
+        };
+        let get = |m: &[Member], n: &str| m.iter().find(|e| e.0 == n).map(|e| e.3.clone());
+        let text = |m: &[Member], n: &str| String::from_utf8(get(m, n).unwrap()).unwrap();
+        // The default image: megaplan's agent only, as before.
+        let p = members(&plain.initrd);
+        assert!(get(&p, GUEST_MINICCC_PATH).is_none());
+        assert_eq!(text(&p, "etc/inittab"), INITTAB);
+
+        opts.miniccc = Some(tmp.0.join("no-such-miniccc"));
+        let err = build(&opts).unwrap_err().to_string();
+        assert!(
+            err.contains("--miniccc") && err.contains("no-such-miniccc"),
+            "{err}"
+        );
+
+        let miniccc = tmp.0.join("miniccc");
+        std::fs::write(&miniccc, b"MINICCC").unwrap();
+        opts.miniccc = Some(miniccc);
+        let img = build(&opts).unwrap();
+        let m = members(&img.initrd);
+        // Kept as built, executable, and not under a folder init mounts a tmpfs on.
+        let (_, mode, _, data) = m.iter().find(|e| e.0 == GUEST_MINICCC_PATH).unwrap();
+        assert_eq!(data, b"MINICCC");
+        assert_eq!(mode & 0o777, 0o755);
+        for tmpfs in ["tmp/", "run/", "dev/"] {
+            assert!(!GUEST_MINICCC_PATH.starts_with(tmpfs));
+            assert!(INIT.contains(&format!(" /{}", tmpfs.trim_end_matches('/'))));
+        }
+        let inittab = text(&m, "etc/inittab");
+        assert!(
+            inittab.contains("::respawn:/etc/megaplan/on-port cc /etc/megaplan/miniccc\n"),
+            "{inittab}"
+        );
+        assert!(
+            inittab.contains(&format!(
+                "::respawn:/etc/megaplan/on-port {} /sbin/megaplan-agent\n",
+                crate::agent::protocol::PORT_NAME
+            )),
+            "{inittab}"
+        );
+        assert_eq!(
+            text(&m, "etc/megaplan/miniccc"),
+            "#!/bin/sh\nexec /usr/sbin/miniccc -serial \"$PORT\"\n"
+        );
+        let on_port = text(&m, "etc/megaplan/on-port");
+        assert!(on_port.contains("/sys/class/virtio-ports/*"), "{on_port}");
+        // The same inputs, the same bytes, with miniccc too.
+        opts.out_dir = tmp.0.join("out2");
+        let again = build(&opts).unwrap();
+        assert_eq!(
+            std::fs::read(&img.initrd).unwrap(),
+            std::fs::read(&again.initrd).unwrap()
+        );
     }
 
     #[test]

@@ -71,6 +71,27 @@ pub struct Lab {
     pub disks: Vec<DiskSpec>,
     pub vms: Vec<VmSpec>,
     pub mirrors: Vec<MirrorSpec>,
+    /// Where the experiment is built (`provider` in `experiment`).
+    #[serde(default, skip_serializing_if = "ProviderSpec::is_local")]
+    pub provider: ProviderSpec,
+}
+
+/// The engine that builds the experiment.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum ProviderSpec {
+    /// megaplan's own engine on this machine.
+    #[default]
+    Local,
+    /// A minimega cluster: its command socket is `BASE/minimega`; the
+    /// experiment is one minimega namespace.
+    Minimega { base: PathBuf, namespace: String },
+}
+
+impl ProviderSpec {
+    pub fn is_local(&self) -> bool {
+        *self == ProviderSpec::Local
+    }
 }
 
 impl Lab {
@@ -243,6 +264,13 @@ pub struct VmSpec {
     pub after: Vec<String>,
     pub qemu_args: Vec<String>,
     pub cc: Vec<CcSpec>,
+    /// The minimega node it runs on (`host`, or its mirror partner's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
+    /// Placed by minimega's scheduler next to this VM (`vm config
+    /// colocate`): set when a mirror ties it to a VM and neither has a host.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub colocate: Option<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

@@ -76,7 +76,22 @@ pub struct ExperimentNode {
     pub accel: Option<Sp<String>>,
     /// Every VM's default `boot-timeout` (a duration as written).
     pub boot_timeout: Option<Sp<String>>,
+    /// `provider "minimega" { ... }`: where the experiment is built.
+    pub provider: Option<ProviderNode>,
     /// The whole node (for "second experiment node" errors).
+    pub span: SourceSpan,
+}
+
+/// `provider "KIND" { base "DIR"; namespace "NAME" }` in `experiment`:
+/// "local" (megaplan's own engine, the default) or "minimega" (a minimega
+/// cluster reached through its command socket `BASE/minimega`).
+#[derive(Clone, Debug)]
+pub struct ProviderNode {
+    pub kind: Sp<String>,
+    /// minimega's `-base` folder.
+    pub base: Option<Sp<String>>,
+    /// The minimega namespace (default: the experiment's name).
+    pub namespace: Option<Sp<String>>,
     pub span: SourceSpan,
 }
 
@@ -126,6 +141,8 @@ pub struct Vm {
     pub snapshot: Option<Sp<bool>>,
     /// How long the first step waits for the guest's agent ("60s").
     pub boot_timeout: Option<Sp<String>>,
+    /// The minimega node the VM runs on (`vm config schedule`).
+    pub host: Option<Sp<String>>,
     pub disks: Vec<VmDisk>,
     pub nics: Vec<Nic>,
     pub mirrors: Vec<Mirror>,
@@ -241,11 +258,12 @@ macro_rules! eq_without_span {
 }
 
 eq_without_span! {
-    ExperimentNode { name, images, accel, boot_timeout }
+    ExperimentNode { name, images, accel, boot_timeout, provider }
+    ProviderNode { kind, base, namespace }
     Network { name, host_address }
     Disk { name, size, format, filesystem, keep, from, inject }
     Inject { src, dst }
-    Vm { name, uuid, kernel, initrd, append, memory, vcpus, snapshot, boot_timeout, disks, nics, mirrors, tags, after, qemu_args, cc }
+    Vm { name, uuid, kernel, initrd, append, memory, vcpus, snapshot, boot_timeout, host, disks, nics, mirrors, tags, after, qemu_args, cc }
     VmDisk { name, mount }
     Nic { network, mac, driver }
     Mirror { source, nic, into, direction }

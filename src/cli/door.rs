@@ -5,8 +5,8 @@
 //! `Door::provider`; the CLI itself opens no socket, process or host file
 //! (tests/tidy.rs keeps it so).
 
-use crate::host::LocalHost;
 use crate::lab::Lab;
+use crate::minimega::provider::Engine;
 use crate::observed::Observed;
 use crate::provider::Provider;
 use crate::state::{State, StateDir};
@@ -15,15 +15,15 @@ use super::{CommandError, Problem};
 
 pub struct Door {
     pub rt: tokio::runtime::Runtime,
-    pub provider: LocalHost,
+    pub provider: Engine,
 }
 
 impl Door {
-    /// The provider for `lab`: the local engine (a second engine, chosen
-    /// from the file or a `--provider` flag, plugs in here).
-    pub fn open(_lab: &Lab) -> Result<Door, CommandError> {
+    /// The provider for `lab`: the local engine, or minimega when the file
+    /// (or `--provider minimega`) says so.
+    pub fn open(lab: &Lab) -> Result<Door, CommandError> {
         let rt = super::runtime()?;
-        let provider = rt.block_on(async { LocalHost::connect() })?;
+        let provider = rt.block_on(async { Engine::connect(Some(lab), &lab.name) })?;
         Ok(Door { rt, provider })
     }
 

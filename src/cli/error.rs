@@ -329,6 +329,20 @@ impl From<crate::provider::ProviderError> for CommandError {
             ),
             E::KeepDiskExists { .. } => (ErrorKind::User, None),
             E::Unsupported { .. } => (ErrorKind::User, None),
+            E::Minimega(m) => {
+                use crate::minimega::provider::MinimegaError as M;
+                match m {
+                    M::Client(
+                        crate::minimega::client::ClientError::Connect { .. }
+                        | crate::minimega::client::ClientError::NotSocket { .. },
+                    ) => (
+                        ErrorKind::Config,
+                        Some("start minimega (or pass --minimega-base DIR naming its -base)".into()),
+                    ),
+                    M::Unsupported { .. } => (ErrorKind::User, None),
+                    _ => (ErrorKind::Host, None),
+                }
+            }
             E::Host(_)
             | E::Agent { .. }
             | E::Boot(_)

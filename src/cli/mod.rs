@@ -124,6 +124,8 @@ pub enum Command {
         /// Plan to replace ADDRESS even if nothing changed; repeatable (`-replace` works too).
         #[arg(long = "replace", value_name = "ADDRESS")]
         replace: Vec<String>,
+        #[command(flatten)]
+        provider: crate::minimega::provider::ProviderArgs,
     },
     /// The resource-level difference between two experiment files.
     Diff {
@@ -188,6 +190,8 @@ pub enum Command {
         /// Replace ADDRESS (`vm.A`, `vm.A.cc[0]`...) even if nothing changed; repeatable; `-replace` as in Terraform works too.
         #[arg(long = "replace", value_name = "ADDRESS")]
         replace: Vec<String>,
+        #[command(flatten)]
+        provider: crate::minimega::provider::ProviderArgs,
     },
     /// Remove everything the experiment created, in reverse order.
     Destroy {
@@ -204,6 +208,8 @@ pub enum Command {
         parallelism: usize,
         #[arg(long)]
         state_dir: Option<PathBuf>,
+        #[command(flatten)]
+        provider: crate::minimega::provider::ProviderArgs,
     },
     /// Command and control: run commands in guests, read step results.
     Cc {
@@ -226,6 +232,8 @@ pub enum Command {
         json: bool,
         #[arg(long)]
         state_dir: Option<PathBuf>,
+        #[command(flatten)]
+        provider: crate::minimega::provider::ProviderArgs,
     },
     /// Guest images: `image build` makes a cc-enabled kernel + initrd.
     Image {
@@ -362,7 +370,18 @@ pub fn load(file: &Path) -> Result<(SourceFile, Lab), ExitCode> {
     let (lab, diags) = crate::validate::check(&src);
     print_diagnostics(&diags, &src);
     match lab {
-        Some(l) => Ok((src, l)),
+        Some(mut l) => match crate::minimega::provider::apply_override(&mut l) {
+            Ok(()) => Ok((src, l)),
+            Err(problems) => {
+                for p in problems {
+                    eprintln!("error: {}", crate::diag::escape(&p));
+                }
+                eprintln!(
+                    "hint: the minimega provider builds the rest (docs/minimega.md); run it with --provider local"
+                );
+                Err(ExitCode::from(1))
+            }
+        },
         None => {
             let n = diags.errors().count();
             eprintln!(
@@ -484,7 +503,11 @@ fn run(cli: Cli) -> Result<ExitCode, CliError> {
             accel,
             state_dir,
             replace,
-        } => apply_cmd(file, auto_approve, parallelism, accel, state_dir, replace),
+            provider,
+        } => {
+            crate::minimega::provider::set_override(provider);
+            apply_cmd(file, auto_approve, parallelism, accel, state_dir, replace)
+        }
         Command::Destroy {
             file,
             all,
@@ -492,13 +515,21 @@ fn run(cli: Cli) -> Result<ExitCode, CliError> {
             auto_approve,
             parallelism,
             state_dir,
-        } => destroy_cmd(file, all, dry_run, auto_approve, parallelism, state_dir),
+            provider,
+        } => {
+            crate::minimega::provider::set_override(provider);
+            destroy_cmd(file, all, dry_run, auto_approve, parallelism, state_dir)
+        }
         Command::Show {
             file,
             columns,
             json,
             state_dir,
-        } => show_cmd(file, columns, json, state_dir),
+            provider,
+        } => {
+            crate::minimega::provider::set_override(provider);
+            show_cmd(file, columns, json, state_dir)
+        }
         Command::Cc { command } => cc_cmd(command),
         Command::Disk { command } => disk_cmd(command),
         Command::Image { command } => image_cmd(command),
@@ -569,7 +600,9 @@ fn run(cli: Cli) -> Result<ExitCode, CliError> {
             detailed_exitcode,
             state_dir,
             replace,
+            provider,
         } => {
+            crate::minimega::provider::set_override(provider);
             let Ok((_, lab)) = load(&file) else {
                 return Ok(failed());
             };
@@ -906,6 +939,7 @@ fn plan_options(
     replace: Vec<String>,
 ) -> Result<plan::Options, CliError> {
     let mut opts = plan::Options {
+        rules: crate::minimega::provider::rules(lab),
         replace: replace.into_iter().collect(),
         ..Default::default()
     };
@@ -972,6 +1006,9 @@ fn destroy_cmd(
     {
         use crate::provider::Provider as _;
         door.provider.forget_runtime(&lab.name);
+    }
+    if state.resources.is_empty() {
+        crate::minimega::provider::after_destroy(&lab).map_err(Problem::Refresh)?;
     }
     // Nothing recorded any more (keep disks stay recorded): the name is free.
     if state.resources.is_empty() {
@@ -1304,6 +1341,10 @@ pub enum ImageCommand {
         /// Keep debug information in the agent and the included binaries.
         #[arg(long)]
         no_strip: bool,
+        /// minimega's static miniccc: init also starts it on the virtio-serial
+        /// port minimega names `cc` (for the minimega provider's cc steps).
+        #[arg(long)]
+        miniccc: Option<PathBuf>,
     },
 }
 
@@ -1319,6 +1360,7 @@ fn image_cmd(command: ImageCommand) -> Result<ExitCode, CliError> {
         agent,
         include,
         no_strip,
+        miniccc,
     } = command;
     let mut opts = ImageOptions::new(out);
     opts.name = name;
@@ -1331,6 +1373,7 @@ fn image_cmd(command: ImageCommand) -> Result<ExitCode, CliError> {
     opts.agent = agent;
     opts.include = include;
     opts.strip = !no_strip;
+    opts.miniccc = miniccc;
     let img = crate::image::build(&opts)?;
     for w in &img.warnings {
         eprintln!("warning: {w}");

@@ -41,6 +41,14 @@ pub enum ExportCommand {
         /// Write here instead of to stdout.
         #[arg(short = 'o', long = "out")]
         out: Option<PathBuf>,
+        /// The accelerator, over MEGAPLAN_ACCEL and the file's `accel`: with
+        /// tcg every VM gets `vm config qemu QEMU` and `vm config cpu qemu64`.
+        #[arg(long, value_enum)]
+        accel: Option<crate::cli::AccelArg>,
+        /// The absolute path of QEMU on the minimega nodes, for TCG
+        /// (default: qemu-system-x86_64 on this PATH, else /usr/bin's).
+        #[arg(long)]
+        qemu: Option<PathBuf>,
     },
 }
 
@@ -220,13 +228,47 @@ pub fn import_cmd(cmd: ImportCommand) -> Result<ExitCode, CliError> {
 }
 
 pub fn export_cmd(cmd: ExportCommand) -> Result<ExitCode, CliError> {
-    let ExportCommand::Minimega { file, out } = cmd;
+    let ExportCommand::Minimega {
+        file,
+        out,
+        accel,
+        qemu,
+    } = cmd;
     // minimega resolves paths against its own folders: give it absolute ones.
     let file = std::path::absolute(&file).unwrap_or(file);
+    if let Some(q) = &qemu
+        && !q.is_absolute()
+    {
+        return Err(
+            CliError::new(format!("--qemu {}: not an absolute path", q.display()))
+                .with_hint("minimega reads a relative qemu path as a file in its files folder"),
+        );
+    }
+    let env = std::env::var(crate::drivers::qemu::ACCEL_ENV).ok();
+    let env = crate::drivers::qemu::parse_accel_env(env.as_deref()).map_err(|_| {
+        CliError::new(format!(
+            "{}={:?} is not an accelerator",
+            crate::drivers::qemu::ACCEL_ENV,
+            crate::diag::escape(env.as_deref().unwrap_or_default())
+        ))
+        .with_hint("set it to auto, kvm or tcg, or unset it")
+    })?;
     let Ok((_, lab)) = load(&file) else {
         return Ok(ExitCode::from(1));
     };
-    let script = super::export(&lab);
+    use crate::cli::AccelArg;
+    use crate::drivers::qemu::AccelChoice;
+    // The script runs on minimega's nodes: nothing here is probed.
+    let tcg = match accel {
+        Some(a) => a == AccelArg::Tcg,
+        None if env != AccelChoice::Auto => env == AccelChoice::Tcg,
+        None => lab.accel == crate::lab::Accel::Tcg,
+    };
+    let qemu = qemu.unwrap_or_else(|| {
+        crate::minimega::export::on_path(crate::drivers::qemu::QEMU_BINARY)
+            .unwrap_or_else(|| PathBuf::from(super::export::DEFAULT_QEMU))
+    });
+    let script = super::export_with(&lab, &super::export::Options { tcg, qemu });
     match &out {
         Some(o) => write_out(o, &script)?,
         None => print!("{script}"),

@@ -219,6 +219,9 @@ pub struct VmInfo {
     pub pid: i64,
     #[serde(default, deserialize_with = "nullable")]
     pub networks: Vec<VmNetwork>,
+    /// `vm config tags` (megaplan's ownership marker is the tag `megaplan`).
+    #[serde(default, deserialize_with = "nullable")]
+    pub tags: std::collections::BTreeMap<String, String>,
 }
 
 /// The VMs in the Data of every host's answer to `vm info`.
@@ -368,6 +371,13 @@ impl Command {
     /// Append a number.
     pub fn num(mut self, n: u64) -> Command {
         self.push(&n.to_string());
+        self
+    }
+
+    /// Append a whole command as this one's last words (`mesh send HOST
+    /// <cmd>`); it was built by this type, so it is quoted already.
+    pub fn then(mut self, rest: &Command) -> Command {
+        self.push(&rest.text);
         self
     }
 

@@ -102,12 +102,41 @@ fn guard_preprocessor(script: String) -> String {
     out
 }
 
-/// The experiment as a minimega script.
-pub fn export(lab: &Lab) -> String {
-    guard_preprocessor(script(lab))
+/// How to export.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Options {
+    /// Write minimega's TCG settings on every VM (`vm config qemu QEMU`,
+    /// `vm config cpu qemu64`): minimega's defaults (`kvm`, `cpu host`) need KVM.
+    pub tcg: bool,
+    /// The QEMU binary for `vm config qemu` under TCG. minimega takes a
+    /// relative path as a file in its files folder, so this is absolute.
+    pub qemu: std::path::PathBuf,
 }
 
-fn script(lab: &Lab) -> String {
+impl Options {
+    /// The lab's own choice (`accel "tcg"`), with QEMU at its Debian path.
+    pub fn of(lab: &Lab) -> Options {
+        Options {
+            tcg: lab.accel == Accel::Tcg,
+            qemu: std::path::PathBuf::from(DEFAULT_QEMU),
+        }
+    }
+}
+
+/// Where Debian's qemu-system-x86 puts QEMU (export's default `vm config qemu`).
+pub const DEFAULT_QEMU: &str = "/usr/bin/qemu-system-x86_64";
+
+/// The experiment as a minimega script, with the lab's own accelerator.
+pub fn export(lab: &Lab) -> String {
+    export_with(lab, &Options::of(lab))
+}
+
+/// The experiment as a minimega script.
+pub fn export_with(lab: &Lab, opts: &Options) -> String {
+    guard_preprocessor(script(lab, opts))
+}
+
+fn script(lab: &Lab, opts: &Options) -> String {
     let mut out = String::new();
     comment(
         &mut out,
@@ -253,8 +282,17 @@ fn script(lab: &Lab) -> String {
             let a: Vec<String> = v.qemu_args.iter().map(|a| quote(a)).collect();
             out.push_str(&format!("vm config qemu-append {}\n", a.join(" ")));
         }
-        if lab.accel == Accel::Tcg {
-            out.push_str("vm config qemu qemu-system-x86_64\nvm config cpu qemu64\n");
+        if opts.tcg {
+            out.push_str(&format!(
+                "vm config qemu {}\nvm config cpu qemu64\n",
+                path(&opts.qemu)
+            ));
+        }
+        // Placement, as the provider sends it (`host`, or a mirror partner's).
+        if let Some(h) = &v.host {
+            out.push_str(&format!("vm config schedule {}\n", quote(h)));
+        } else if let Some(c) = &v.colocate {
+            out.push_str(&format!("vm config colocate {}\n", quote(c)));
         }
         out.push_str(&format!("vm launch kvm {}\n", quote(&v.name)));
     }
@@ -356,4 +394,13 @@ fn script(lab: &Lab) -> String {
         out.push_str("\nclear cc filter\n");
     }
     out
+}
+
+/// The first `name` in a folder of `PATH` (an absolute path), if any.
+pub fn on_path(name: &str) -> Option<std::path::PathBuf> {
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .filter(|d| d.is_absolute())
+        .map(|d| d.join(name))
+        .find(|p| p.is_file())
 }

@@ -302,6 +302,10 @@ struct Config {
     qemu_append: Vec<Sp<String>>,
     /// `vm config cpu qemu64`: a TCG guest.
     tcg: bool,
+    /// `vm config schedule NODE`: the VM's `host`.
+    schedule: Option<Sp<String>>,
+    /// `vm config colocate VM`: megaplan derives it from a mirror.
+    colocate: Option<Sp<String>>,
 }
 
 impl Config {
@@ -319,6 +323,8 @@ impl Config {
             "tags" => self.tags.clear(),
             "qemu-append" => self.qemu_append.clear(),
             "cpu" => self.tcg = false,
+            "schedule" => self.schedule = None,
+            "colocate" => self.colocate = None,
             _ => {}
         }
     }
@@ -808,10 +814,15 @@ impl Importer<'_> {
             }
             "qemu" => {
                 let Some(v) = one(self) else { return };
-                if !matches!(
-                    v.text.as_str(),
-                    "kvm" | "qemu-system-x86_64" | "qemu-kvm" | "/usr/bin/qemu-system-x86_64"
-                ) {
+                // The default binary, or QEMU by an absolute path (as export
+                // writes it for TCG: minimega wants one).
+                let named = |b: &str| {
+                    b == v.text || (v.text.starts_with('/') && v.text.ends_with(&format!("/{b}")))
+                };
+                if !["kvm", "qemu-system-x86_64", "qemu-kvm"]
+                    .into_iter()
+                    .any(named)
+                {
                     self.unmapped(words, 4, Some("megaplan runs qemu-system-x86_64"));
                 }
             }
@@ -831,10 +842,18 @@ impl Importer<'_> {
                     ),
                 },
             },
-            "schedule" | "colocate" | "coschedule" => self.unmapped(
+            "schedule" => {
+                let Some(v) = one(self) else { return };
+                self.config.schedule = Some(Sp::new(v.text.clone(), sp(&v)));
+            }
+            "colocate" => {
+                let Some(v) = one(self) else { return };
+                self.config.colocate = Some(Sp::new(v.text.clone(), sp(&v)));
+            }
+            "coschedule" => self.unmapped(
                 words,
                 3,
-                Some("placing VMs on hosts is not in the experiment language yet"),
+                Some("limits on VMs per host are not in the experiment language yet"),
             ),
             _ => self.unmapped(words, 3, None),
         }
@@ -1622,8 +1641,43 @@ impl Importer<'_> {
                 })
                 .collect();
             let at = self.vms[i].span;
+            // A colocate is what placement derives from a mirror between
+            // the two VMs; any other is not expressed in the experiment.
+            if let Some(co) = &c.colocate {
+                let partner = self.vms.iter().position(|v| v.name == co.value);
+                // Joined by mirrors, directly or through other VMs.
+                let mirrored = partner.is_some_and(|j| {
+                    let mut seen = vec![i];
+                    let mut k = 0;
+                    while k < seen.len() {
+                        let at = seen[k];
+                        for m in &self.mirrors {
+                            for (a, b) in [(m.src, m.dst), (m.dst, m.src)] {
+                                if a == at && !seen.contains(&b) {
+                                    seen.push(b);
+                                }
+                            }
+                        }
+                        k += 1;
+                    }
+                    seen.contains(&j)
+                });
+                if !mirrored {
+                    self.d.push(
+                        Diag::warning(
+                            UNMAPPED,
+                            format!(
+                                "`vm config colocate {}` has no megaplan equivalent (megaplan colocates only VMs joined by a mirror); skipped",
+                                co.value
+                            ),
+                        )
+                        .label(co.span, "not imported"),
+                    );
+                }
+            }
             vms.push(Vm {
                 boot_timeout: None,
+                host: c.schedule.clone(),
                 name: Sp::new(self.vms[i].name.clone(), at),
                 uuid: c.uuid.clone(),
                 kernel: c.kernel.clone(),
@@ -1834,6 +1888,7 @@ impl Importer<'_> {
                 images: self.uses_images.then(|| bare("images".to_string())),
                 accel: all_tcg.then(|| bare("tcg".to_string())),
                 boot_timeout: None,
+                provider: None,
                 span: at,
             }],
             networks,

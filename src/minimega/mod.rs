@@ -16,8 +16,10 @@ pub mod client;
 pub mod export;
 pub mod import;
 pub mod lex;
+pub mod placement;
+pub mod provider;
 
-pub use export::export;
+pub use export::{export, export_with};
 pub use import::{Imported, Options, import};
 
 /// The VM tag export writes as megaplan's ownership marker

@@ -488,7 +488,7 @@ fn unsafe_names_are_made_safe_and_said_so() {
 #[test]
 fn qemu64_everywhere_is_accel_tcg_and_the_marker_tag_is_dropped() {
     let doc = clean(
-        "vm config qemu qemu-system-x86_64\nvm config cpu qemu64\nvm config tags megaplan x:vm.a\n\
+        "vm config qemu /usr/bin/qemu-system-x86_64\nvm config cpu qemu64\nvm config tags megaplan x:vm.a\n\
          vm config tags team blue\nvm launch kvm a\n",
     );
     assert_eq!(doc.experiments[0].accel.as_ref().unwrap().value, "tcg");
@@ -572,7 +572,7 @@ vm "B" {
         format!("vm config uuid {}\nvm config snapshot true\nvm config disk d.qcow2\n", a.uuid),
         format!("vm config net LAN,{},virtio-net-pci\n", a.nics[0].mac),
         "vm config tags megaplan e:vm.A\nvm config tags role \"web server\"\n".into(),
-        "vm config qemu qemu-system-x86_64\nvm config cpu qemu64\nvm launch kvm A\n".into(),
+        "vm config qemu /usr/bin/qemu-system-x86_64\nvm config cpu qemu64\nvm launch kvm A\n".into(),
         format!("vm config net LAN,{},e1000\n", b.nics[0].mac),
         "tap mirror A 0 B 0\n\nvm start all\n".into(),
         format!("cc filter uuid={}\ncc exec ip link set eth0 up\n", a.uuid),

@@ -786,6 +786,8 @@ mod tests {
                 after: vec![],
                 qemu_args: vec![],
                 cc: vec![],
+                host: None,
+                colocate: None,
             }),
             disks: vec![],
         }

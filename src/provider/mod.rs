@@ -262,6 +262,9 @@ pub enum ProviderError {
         provider: &'static str,
         what: String,
     },
+    /// A minimega cluster refused or failed (its command socket, a node's error).
+    #[error(transparent)]
+    Minimega(#[from] crate::minimega::provider::MinimegaError),
     /// A failure injected by a test engine.
     #[error("injected failure of {0}")]
     Injected(String),

@@ -171,11 +171,28 @@ pub const IMAGES: Key = child("images", Ty::Str, "images \"DIR\"");
 pub const ACCEL: Key = child("accel", Ty::Str, "accel \"auto\" (or \"kvm\", \"tcg\")");
 pub const BOOT_TIMEOUT: Key = child("boot-timeout", Ty::Str, "boot-timeout \"60s\"");
 
+pub const BASE: Key = child("base", Ty::Str, "base \"/tmp/minimega\"");
+pub const NAMESPACE: Key = child("namespace", Ty::Str, "namespace \"NAME\"");
+
+/// `provider "minimega" { ... }`: TOML's `[experiment.provider]` holds the
+/// kind as `name`.
+pub static PROVIDER: Node = Node::new(
+    "provider",
+    "provider \"minimega\" { base \"/tmp/minimega\"; namespace \"NAME\" }",
+    &[arg(0, "name", Ty::Str), BASE, NAMESPACE],
+);
+
 pub static EXPERIMENT: Node = Node::new(
     "experiment",
     "experiment \"NAME\" { images \"DIR\"; accel \"auto\" }",
     // The name is a key of [experiment] in TOML (there is one experiment).
-    &[arg(0, "name", Ty::Str), IMAGES, ACCEL, BOOT_TIMEOUT],
+    &[
+        arg(0, "name", Ty::Str),
+        IMAGES,
+        ACCEL,
+        BOOT_TIMEOUT,
+        child("provider", Ty::Node(&PROVIDER), ""),
+    ],
 );
 
 // -- network ------------------------------------------------------------------
@@ -316,6 +333,7 @@ pub const APPEND: Key = child("append", Ty::Str, "append \"console=ttyS0\"");
 pub const MEMORY: Key = child("memory", Ty::StrOrInt, "memory \"2048M\"");
 pub const VCPUS: Key = child("vcpus", Ty::Int, "vcpus 2");
 pub const SNAPSHOT: Key = child("snapshot", Ty::Bool, "snapshot #false");
+pub const HOST: Key = child("host", Ty::Str, "host \"mm1\"");
 pub const TAGS: Key = child("tags", Ty::Tags, "tags { KEY \"VALUE\" }");
 pub const AFTER: Key = many(child("after", Ty::Words, "after \"VM\" \"VM2\" ..."));
 pub const QEMU_ARGS: Key = many(child(
@@ -338,6 +356,7 @@ pub static VM: Node = Node::new(
         VCPUS,
         SNAPSHOT,
         BOOT_TIMEOUT,
+        HOST,
         many(child("disk", Ty::Node(&VM_DISK), "")),
         many(child("nic", Ty::Node(&NIC), "")),
         many(child("mirrors", Ty::Node(&MIRRORS), "")),
@@ -431,7 +450,7 @@ mod tests {
         );
         assert_eq!(
             EXPERIMENT.toml_keys(),
-            ["name", "images", "accel", "boot-timeout"]
+            ["name", "images", "accel", "boot-timeout", "provider"]
         );
         assert_eq!(
             MIRRORS.toml_keys(),

@@ -115,6 +115,7 @@ vm "v" {
     vcpus 2
     snapshot #true
     boot-timeout "5s"
+    host "mm1"
     disk "d" mount="/m"
     nic "n" mac="02:00:00:00:00:01" driver="e1000"
     mirrors "w" nic=0 into=0 direction="both"

@@ -26,7 +26,7 @@ use super::lang;
 use crate::diag::{Code, Diag, Diagnostics, SourceFile, did_you_mean};
 use crate::model::{
     CcAction, CcStep, Command, Disk, Document, ExperimentNode, Inject, Mirror, MirrorSource,
-    Network, Nic, Sp, Tag, Vm, VmDisk,
+    Network, Nic, ProviderNode, Sp, Tag, Vm, VmDisk,
 };
 
 type Key<'i> = Spanned<DeString<'i>>;
@@ -404,11 +404,26 @@ impl Reader<'_> {
         let images = self.opt_string(&t, "images");
         let accel = self.opt_string(&t, "accel");
         let boot_timeout = self.opt_string(&t, "boot-timeout");
+        let provider = t.get("provider").and_then(|v| {
+            let p = self.table(
+                v,
+                "experiment.provider",
+                "[experiment.provider]",
+                lang::PROVIDER.toml_keys(),
+            )?;
+            Some(ProviderNode {
+                kind: self.req_string(&p, "name", "\"minimega\"")?,
+                base: self.opt_string(&p, "base"),
+                namespace: self.opt_string(&p, "namespace"),
+                span: p.span,
+            })
+        });
         Some(ExperimentNode {
             name: name?,
             images,
             accel,
             boot_timeout,
+            provider,
             span: t.span,
         })
     }
@@ -482,6 +497,7 @@ impl Reader<'_> {
             vcpus: self.opt_int(&t, "vcpus"),
             snapshot: self.opt_bool(&t, "snapshot"),
             boot_timeout: self.opt_string(&t, "boot-timeout"),
+            host: self.opt_string(&t, "host"),
             disks: Vec::new(),
             nics: Vec::new(),
             mirrors: Vec::new(),
@@ -816,6 +832,12 @@ pub fn emit(doc: &Document) -> String {
         opt_kv(&mut out, "images", e.images.as_ref());
         opt_kv(&mut out, "accel", e.accel.as_ref());
         opt_kv(&mut out, "boot-timeout", e.boot_timeout.as_ref());
+        if let Some(p) = &e.provider {
+            section(&mut out, "[experiment.provider]".to_string());
+            kv(&mut out, "name", &string(&p.kind));
+            opt_kv(&mut out, "base", p.base.as_ref());
+            opt_kv(&mut out, "namespace", p.namespace.as_ref());
+        }
     }
     for n in &doc.networks {
         section(&mut out, format!("[network.{}]", key(&n.name)));
@@ -867,6 +889,7 @@ fn emit_vm(out: &mut String, vm: &Vm) {
         kv(out, "snapshot", &b.value.to_string());
     }
     opt_kv(out, "boot-timeout", vm.boot_timeout.as_ref());
+    opt_kv(out, "host", vm.host.as_ref());
     if !vm.disks.is_empty() {
         let items: Vec<String> = vm
             .disks
@@ -1602,7 +1625,7 @@ cc = [{ exec = "a", background = "b" }, { timeout = "3s" }, { send = "x" }, { ex
             })
         }
         fn vm(name: String) -> impl Strategy<Value = Vm> {
-            let a = (os(), os(), os(), os(), os(), oi(), ob(), os());
+            let a = (os(), os(), os(), os(), os(), oi(), ob(), os(), os());
             let b = (
                 vec((s(), os()), 0..3),
                 vec((s(), os(), os()), 0..3),
@@ -1622,6 +1645,7 @@ cc = [{ exec = "a", background = "b" }, { timeout = "3s" }, { send = "x" }, { ex
                 vcpus: a.5,
                 snapshot: a.6,
                 boot_timeout: a.7,
+                host: a.8,
                 disks: b
                     .0
                     .into_iter()
@@ -1657,12 +1681,21 @@ cc = [{ exec = "a", background = "b" }, { timeout = "3s" }, { send = "x" }, { ex
             })
         }
         fn document() -> impl Strategy<Value = Document> {
-            let exp = of((s(), os(), os(), os()).prop_map(
-                |(name, images, accel, boot_timeout)| ExperimentNode {
+            let provider = of(
+                (s(), os(), os()).prop_map(|(kind, base, namespace)| ProviderNode {
+                    kind,
+                    base,
+                    namespace,
+                    span: z(),
+                }),
+            );
+            let exp = of((s(), os(), os(), os(), provider).prop_map(
+                |(name, images, accel, boot_timeout, provider)| ExperimentNode {
                     name,
                     images,
                     accel,
                     boot_timeout,
+                    provider,
                     span: z(),
                 },
             ));

@@ -201,15 +201,24 @@ impl Validator {
         let known = names::Known::new(doc, &insts);
         let vm_pass = self.vms(ename, exp.default_boot_timeout, &insts, &known);
         self.shared_writable_disks(&vm_pass.disk_users);
-        let vms = vm_pass.vms;
+        let mut vms = vm_pass.vms;
         let mirrors = self.mirrors(&insts, &vms, &known);
         self.after_cycles(&insts, &vms);
         self.ifname_collisions(&networks, &vms);
+        let provider = crate::minimega::placement::check(
+            doc.experiment().and_then(|e| e.provider.as_ref()),
+            ename,
+            &doc.vms,
+            &mut vms,
+            &mirrors,
+            &mut self.d,
+        );
 
         if self.d.has_errors() {
             return None;
         }
         Some(Lab {
+            provider,
             name: exp.name?,
             file: src.path.clone(),
             images: self.images.clone(),

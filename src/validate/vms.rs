@@ -106,6 +106,8 @@ impl Validator {
                 after,
                 qemu_args,
                 cc,
+                host: vm.host.as_ref().map(|h| h.value.clone()),
+                colocate: None,
             });
         }
         VmPass { vms, disk_users }

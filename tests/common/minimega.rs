@@ -503,6 +503,43 @@ impl Mesh {
         Some(mesh)
     }
 
+    /// One node (`mm1`) alone: no peer, so a new namespace places every VM
+    /// on it (minimega's single-host case). Its own namespaces, OVS and
+    /// minimega, torn down like the mesh.
+    pub fn start_single(test: &str) -> Option<Mesh> {
+        let bin = prerequisites(test)?;
+        let dir = tempfile::Builder::new()
+            .prefix("megaplan-mm-")
+            .tempdir()
+            .unwrap();
+        let context = format!("megaplan-test-{}", std::process::id());
+        let ndir = dir.path().join(NAMES[0]);
+        let node = Node {
+            name: NAMES[0],
+            addr: ADDRS[0],
+            veth: VETHS[0],
+            ns: NetnsGuard::new(),
+            base: ndir.join("base"),
+            ovs: ndir.join("ovs"),
+            dir: ndir,
+            minimega: None,
+        };
+        for d in [&node.dir, &node.base, &node.ovs, &node.dir.join("files")] {
+            std::fs::create_dir_all(d).unwrap();
+        }
+        let mut mesh = Mesh {
+            nodes: vec![node],
+            bin,
+            dir: Some(dir),
+        };
+        // From here on, Drop cleans up whatever a failing step left.
+        let n = &mut mesh.nodes[0];
+        run(Command::new("ip").args(["-n", &n.ns.name, "link", "set", "lo", "up"]));
+        n.start_ovs();
+        n.start_minimega(&mesh.bin, &context);
+        Some(mesh)
+    }
+
     pub fn head(&self) -> &Node {
         &self.nodes[0]
     }

@@ -135,6 +135,12 @@ fn emit_experiment(e: &ExperimentNode) -> Node {
     kid_str(&mut n.kids, "images", &e.images);
     kid_str(&mut n.kids, "accel", &e.accel);
     kid_str(&mut n.kids, "boot-timeout", &e.boot_timeout);
+    if let Some(p) = &e.provider {
+        let mut pn = Node::new(format!("provider {}", quote(&p.kind)));
+        kid_str(&mut pn.kids, "base", &p.base);
+        kid_str(&mut pn.kids, "namespace", &p.namespace);
+        n.kids.push(pn);
+    }
     n
 }
 
@@ -181,6 +187,7 @@ fn emit_vm(vm: &Vm) -> Node {
         k.push(Node::new(format!("snapshot #{}", v.value)));
     }
     kid_str(k, "boot-timeout", &vm.boot_timeout);
+    kid_str(k, "host", &vm.host);
     for d in &vm.disks {
         let mut head = format!("disk {}", quote(&d.name));
         prop_str(&mut head, "mount", &d.mount);

@@ -8,7 +8,7 @@ use super::raw::{RawEntry, RawNode, RawValue, fix};
 use crate::diag::{Code, Diag, Diagnostics, did_you_mean};
 use crate::model::{
     CcAction, CcStep, Command, Disk, Document, ExperimentNode, Inject, Mirror, MirrorSource,
-    Network, Nic, Sp, Tag, Vm, VmDisk,
+    Network, Nic, ProviderNode, Sp, Tag, Vm, VmDisk,
 };
 use crate::syntax::lang;
 
@@ -520,11 +520,17 @@ impl<'t> Parser<'t> {
             images: None,
             accel: None,
             boot_timeout: None,
+            provider: None,
             span: self.node_span(node),
         };
         let mut seen = Seen::new();
         for child in Self::children(node) {
             match child.name().value() {
+                "provider" => {
+                    if self.once(&mut seen, child) {
+                        e.provider = self.provider(child);
+                    }
+                }
                 "images" => {
                     e.images =
                         self.scalar_string(&mut seen, child, "a directory", lang::IMAGES.usage)
@@ -541,6 +547,29 @@ impl<'t> Parser<'t> {
             }
         }
         e
+    }
+
+    fn provider(&mut self, node: &RawNode) -> Option<ProviderNode> {
+        let v = self.view(node, &[], lang::PROVIDER.children(), lang::PROVIDER.usage);
+        let kind = self.name_arg(&v, "a provider (\"local\" or \"minimega\")");
+        let (mut base, mut namespace) = (None, None);
+        let mut seen = Seen::new();
+        for child in Self::children(node) {
+            match child.name().value() {
+                "base" => base = self.scalar_string(&mut seen, child, "a folder", lang::BASE.usage),
+                "namespace" => {
+                    namespace =
+                        self.scalar_string(&mut seen, child, "a namespace", lang::NAMESPACE.usage)
+                }
+                _ => self.unknown_node(child, Some("provider"), lang::PROVIDER.children(), &[]),
+            }
+        }
+        Some(ProviderNode {
+            kind: kind?,
+            base,
+            namespace,
+            span: self.node_span(node),
+        })
     }
 
     fn network(&mut self, node: &RawNode) -> Option<Network> {
@@ -637,6 +666,7 @@ impl<'t> Parser<'t> {
             vcpus: None,
             snapshot: None,
             boot_timeout: None,
+            host: None,
             disks: Vec::new(),
             nics: Vec::new(),
             mirrors: Vec::new(),
@@ -675,6 +705,7 @@ impl<'t> Parser<'t> {
                     vm.boot_timeout =
                         self.scalar_string(s, child, "a duration", lang::BOOT_TIMEOUT.usage)
                 }
+                "host" => vm.host = self.scalar_string(s, child, "a node name", lang::HOST.usage),
                 "disk" => {
                     if let Some(d) = self.vm_disk(child) {
                         vm.disks.push(d);
