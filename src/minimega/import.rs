@@ -302,6 +302,10 @@ struct Config {
     qemu_append: Vec<Sp<String>>,
     /// `vm config cpu qemu64`: a TCG guest.
     tcg: bool,
+    /// `vm config schedule NODE`: the VM's `host`.
+    schedule: Option<Sp<String>>,
+    /// `vm config colocate VM`: the same `host` as that VM (resolved at the end).
+    colocate: Option<Sp<String>>,
 }
 
 impl Config {
@@ -319,6 +323,8 @@ impl Config {
             "tags" => self.tags.clear(),
             "qemu-append" => self.qemu_append.clear(),
             "cpu" => self.tcg = false,
+            "schedule" => self.schedule = None,
+            "colocate" => self.colocate = None,
             _ => {}
         }
     }
@@ -836,11 +842,18 @@ impl Importer<'_> {
                     ),
                 },
             },
-            "schedule" | "colocate" | "coschedule" => self.unmapped(
-                words,
-                3,
-                Some("placing VMs on hosts is not in the experiment language yet"),
-            ),
+            "schedule" | "colocate" => {
+                let Some(v) = one(self) else { return };
+                let slot = if field == "schedule" {
+                    &mut self.config.schedule
+                } else {
+                    &mut self.config.colocate
+                };
+                *slot = Some(Sp::new(v.text.clone(), sp(&v)));
+            }
+            "coschedule" => {
+                self.unmapped(words, 3, Some("megaplan places a VM by naming its host"))
+            }
             _ => self.unmapped(words, 3, None),
         }
     }
@@ -1596,7 +1609,97 @@ impl Importer<'_> {
         }
     }
 
+    /// Each VM's `host`: its `schedule`, or through `colocate` the host of
+    /// the VM it names (followed along a chain); a colocate that leads to
+    /// no host is a located warning.
+    fn hosts(&mut self) -> Vec<Option<Sp<String>>> {
+        let groups = self.mirror_groups();
+        let mut out = Vec::with_capacity(self.vms.len());
+        for i in 0..self.vms.len() {
+            let c = &self.vms[i].config;
+            if let Some(h) = &c.schedule {
+                out.push(Some(h.clone()));
+                continue;
+            }
+            let Some(first) = c.colocate.clone() else {
+                out.push(None);
+                continue;
+            };
+            let mut at = first.clone();
+            let mut seen = vec![i];
+            let found = loop {
+                let Some(j) = self.vm_index(&at.value) else {
+                    break Err(format!("no VM '{}' in this script", at.value));
+                };
+                if seen.contains(&j) {
+                    break Err("the colocations form a loop".to_string());
+                }
+                // Bounded work whatever the script: each VM walks at most this far.
+                if seen.len() > 64 {
+                    break Err("a chain of more than 64 colocations".to_string());
+                }
+                seen.push(j);
+                let t = &self.vms[j].config;
+                match (&t.schedule, &t.colocate) {
+                    (Some(h), _) => break Ok(Sp::new(h.value.clone(), first.span)),
+                    (None, Some(next)) => at = next.clone(),
+                    (None, None) => {
+                        // Mirrors joining them keep them together anyway
+                        // (megaplan colocates mirrored VMs by itself).
+                        if groups[i] == groups[j] {
+                            break Err(String::new());
+                        }
+                        break Err(format!("VM '{}' has no `vm config schedule`", at.value));
+                    }
+                }
+            };
+            match found {
+                Ok(h) => out.push(Some(h)),
+                Err(why) if why.is_empty() => out.push(None),
+                Err(why) => {
+                    let d = Diag::warning(
+                        UNMAPPED,
+                        format!(
+                            "`vm config colocate {}` has no megaplan equivalent here ({why}); skipped",
+                            first.value
+                        ),
+                    )
+                    .label(first.span, "no host to copy")
+                    .help("megaplan places a VM with `host`: give the VM it names a `vm config schedule NODE`");
+                    self.d.push(if self.opts.strict {
+                        Diag {
+                            severity: miette::Severity::Error,
+                            ..d
+                        }
+                    } else {
+                        d
+                    });
+                    out.push(None);
+                }
+            }
+        }
+        out
+    }
+
+    /// Each VM's group of VMs joined by mirrors (union-find, once).
+    fn mirror_groups(&self) -> Vec<usize> {
+        fn root(p: &mut [usize], mut x: usize) -> usize {
+            while p[x] != x {
+                p[x] = p[p[x]];
+                x = p[x];
+            }
+            x
+        }
+        let mut p: Vec<usize> = (0..self.vms.len()).collect();
+        for m in &self.mirrors {
+            let (a, b) = (root(&mut p, m.src), root(&mut p, m.dst));
+            p[a] = b;
+        }
+        (0..p.len()).map(|x| root(&mut p, x)).collect()
+    }
+
     fn finish(&mut self, src: &SourceFile) -> Document {
+        let hosts = self.hosts();
         // Networks in order of first use; then each VM.
         let mut vms: Vec<Vm> = Vec::new();
         for i in 0..self.vms.len() {
@@ -1629,7 +1732,7 @@ impl Importer<'_> {
             let at = self.vms[i].span;
             vms.push(Vm {
                 boot_timeout: None,
-                host: None,
+                host: hosts[i].clone(),
                 name: Sp::new(self.vms[i].name.clone(), at),
                 uuid: c.uuid.clone(),
                 kernel: c.kernel.clone(),
