@@ -1702,7 +1702,7 @@ impl Importer<'_> {
         let hosts = self.hosts();
         // Networks in order of first use; then each VM.
         let mut vms: Vec<Vm> = Vec::new();
-        for i in 0..self.vms.len() {
+        for (i, host) in hosts.into_iter().enumerate() {
             let c = self.vms[i].config.clone();
             let mut nics = Vec::new();
             for n in &c.nets {
@@ -1732,7 +1732,7 @@ impl Importer<'_> {
             let at = self.vms[i].span;
             vms.push(Vm {
                 boot_timeout: None,
-                host: hosts[i].clone(),
+                host,
                 name: Sp::new(self.vms[i].name.clone(), at),
                 uuid: c.uuid.clone(),
                 kernel: c.kernel.clone(),
