@@ -65,6 +65,31 @@ pub struct Experiment {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(regex(pattern = DURATION_PATTERN))]
     pub boot_timeout: Option<String>,
+    /// Where the experiment is built: megaplan's own engine (default) or a
+    /// minimega cluster.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub provider: Option<Provider>,
+}
+
+/// `provider "minimega" { base "/tmp/minimega"; namespace "NAME" }`.
+#[derive(Clone, Debug, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct Provider {
+    /// `local` or `minimega`.
+    pub name: ProviderKind,
+    /// minimega's `-base` folder (its command socket is BASE/minimega; default `/tmp/minimega`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub base: Option<String>,
+    /// The minimega namespace (default: the experiment's name).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+}
+
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum ProviderKind {
+    Local,
+    Minimega,
 }
 
 #[derive(Clone, Copy, Debug, Serialize, Deserialize, JsonSchema)]
@@ -159,6 +184,9 @@ pub struct Vm {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(regex(pattern = DURATION_PATTERN))]
     pub boot_timeout: Option<String>,
+    /// The minimega node the VM runs on (`vm config schedule`; the minimega provider only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub disk: Vec<VmDisk>,
     /// Network interfaces: nic i is ethi in the guest.

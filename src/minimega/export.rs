@@ -300,10 +300,11 @@ fn script(lab: &Lab, opts: &Options) -> String {
                 path(&opts.qemu)
             ));
         }
+        // Placement, as the provider sends it (`host`, or a mirror partner's).
         if let Some(h) = &v.host {
             out.push_str(&format!("vm config schedule {}\n", quote(h)));
-        } else if let Some(other) = &v.colocate {
-            out.push_str(&format!("vm config colocate {}\n", quote(other)));
+        } else if let Some(c) = &v.colocate {
+            out.push_str(&format!("vm config colocate {}\n", quote(c)));
         }
         out.push_str(&format!("vm launch kvm {}\n", quote(&v.name)));
     }

@@ -18,7 +18,7 @@ use std::path::PathBuf;
 use miette::SourceSpan;
 
 use super::client::Name;
-use crate::diag::{Diag, Diagnostics, did_you_mean};
+use crate::diag::{Code, Diag, Diagnostics, did_you_mean};
 use crate::lab::{MirrorSpec, ProviderSpec, VmSpec};
 use crate::model::{ProviderNode, Vm};
 
@@ -53,7 +53,7 @@ pub fn check(
         {
             d.push(
                 Diag::error(
-                    "megaplan::bad_host",
+                    Code::BadHost,
                     format!("'{}' is not a minimega node name", h.value),
                 )
                 .label(h.span, reason(&e))
@@ -82,7 +82,7 @@ fn provider_spec(p: Option<&ProviderNode>, experiment: &str, d: &mut Diagnostics
                 if let Some(v) = v {
                     d.push(
                         Diag::error(
-                            "megaplan::provider_setting",
+                            Code::ProviderSetting,
                             format!("`{key}` is a setting of the minimega provider"),
                         )
                         .label(v.span, "not used by the local provider")
@@ -101,7 +101,7 @@ fn provider_spec(p: Option<&ProviderNode>, experiment: &str, d: &mut Diagnostics
                     if !path.is_absolute() {
                         d.push(
                             Diag::error(
-                                "megaplan::provider_base",
+                                Code::ProviderBase,
                                 format!("minimega's base '{}' is not an absolute path", b.value),
                             )
                             .label(b.span, "relative")
@@ -110,7 +110,7 @@ fn provider_spec(p: Option<&ProviderNode>, experiment: &str, d: &mut Diagnostics
                     } else if sock.as_os_str().len() >= 108 {
                         d.push(
                             Diag::error(
-                                "megaplan::provider_base",
+                                Code::ProviderBase,
                                 "minimega's base is too long for its socket path",
                             )
                             .label(b.span, "BASE/minimega must fit in 107 bytes")
@@ -125,7 +125,7 @@ fn provider_spec(p: Option<&ProviderNode>, experiment: &str, d: &mut Diagnostics
                     if let Err(e) = Name::new(&n.value) {
                         d.push(
                             Diag::error(
-                                "megaplan::provider_namespace",
+                                Code::ProviderNamespace,
                                 format!("'{}' is not a minimega namespace", n.value),
                             )
                             .label(n.span, reason(&e)),
@@ -139,7 +139,7 @@ fn provider_spec(p: Option<&ProviderNode>, experiment: &str, d: &mut Diagnostics
                     {
                         d.push(
                             Diag::error(
-                                "megaplan::provider_namespace",
+                                Code::ProviderNamespace,
                                 format!(
                                     "the experiment name '{experiment}' cannot be a minimega namespace: {}",
                                     reason(&e)
@@ -156,12 +156,9 @@ fn provider_spec(p: Option<&ProviderNode>, experiment: &str, d: &mut Diagnostics
         }
         other => {
             d.push(
-                Diag::error(
-                    "megaplan::bad_provider",
-                    format!("unknown provider '{other}'"),
-                )
-                .label(p.kind.span, "expected \"local\" or \"minimega\"")
-                .help_opt(did_you_mean(other, ["local", "minimega"])),
+                Diag::error(Code::BadProvider, format!("unknown provider '{other}'"))
+                    .label(p.kind.span, "expected \"local\" or \"minimega\"")
+                    .help_opt(did_you_mean(other, ["local", "minimega"])),
             );
             ProviderSpec::Local
         }
@@ -228,7 +225,7 @@ fn place(
                 );
                 d.push(
                     Diag::error(
-                        "megaplan::mirror_placement",
+                        Code::MirrorPlacement,
                         format!(
                             "VM '{other}' (host {gh}) and VM '{vm}' (host {h}) must run on one node: {via}"
                         ),
@@ -264,7 +261,7 @@ fn place(
 
 #[cfg(test)]
 mod tests {
-    use crate::diag::SourceFile;
+    use crate::diag::{Code, SourceFile};
 
     fn check(text: &str) -> (Option<crate::lab::Lab>, String) {
         let dir = tempfile::tempdir().unwrap();
@@ -275,8 +272,8 @@ mod tests {
         let text = d
             .items
             .iter()
-            .filter(|d| d.code != "megaplan::nothing_to_boot" && !d.code.contains("missing"))
-            .map(|d| format!("{}: {}", d.code, d.message))
+            .filter(|d| d.code != Code::NothingToBoot && !d.code.as_str().contains("missing"))
+            .map(|d| format!("{}: {}", d.code.as_str(), d.message))
             .collect::<Vec<_>>()
             .join("\n");
         (lab, text)
@@ -356,10 +353,10 @@ vm "monitor" { kernel "/k"; nic "mon"; mirrors "A" }
         let (_, d) = check(
             "experiment \"x\" { provider \"minimega\" { base \"rel\"; namespace \"all\" } }\n",
         );
-        assert!(d.contains("megaplan::provider_base"), "{d}");
+        assert!(d.contains(Code::ProviderBase), "{d}");
         assert!(d.contains("megaplan::provider_namespace: 'all'"), "{d}");
         let (_, d) = check("experiment \"x\" { provider \"local\" { base \"/x\" } }\n");
-        assert!(d.contains("megaplan::provider_setting"), "{d}");
+        assert!(d.contains(Code::ProviderSetting), "{d}");
         let (lab, d) = check("experiment \"x\" { provider \"local\" }\n");
         assert_eq!(
             lab.map(|l| l.provider),

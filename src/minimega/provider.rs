@@ -142,6 +142,21 @@ impl MinimegaHost {
         Ok(c.run_ok(&cmd.in_namespace(&self.ns))?)
     }
 
+    /// A command every node of the namespace runs, of which one node (the
+    /// VM's) must succeed: the others answer "vm not found".
+    fn run_on_one(&self, cmd: Command) -> Result<Vec<HostResponse>, MinimegaError> {
+        let text = cmd.as_str().to_string();
+        let r = self.run(cmd)?;
+        if r.iter().any(|r| r.error.is_empty()) {
+            return Ok(r);
+        }
+        Err(ClientError::Host {
+            command: text,
+            errors: r.into_iter().map(|r| (r.host, r.error)).collect(),
+        }
+        .into())
+    }
+
     /// Whether the namespace exists (asked without naming it).
     fn namespace_exists(&self) -> Result<bool, MinimegaError> {
         let mut c = self.client.lock().expect("the client lock");
@@ -154,11 +169,12 @@ impl MinimegaHost {
     }
 
     /// Every VM of the namespace (all nodes), ours or not.
+    /// Nodes that do not answer are left out (refresh says why); when none
+    /// answers, that is an error.
     pub fn vm_info(&self) -> Result<Vec<VmInfo>, MinimegaError> {
-        let cmd = Command::new("vm").word("info").in_namespace(&self.ns);
-        let mut c = self.client.lock().expect("the client lock");
-        let resps = c.run_ok(&cmd)?;
-        Ok(vm_infos(&cmd, &resps)?)
+        let cmd = Command::new("vm").word("info");
+        let resps = self.run_on_one(cmd.clone())?;
+        Ok(vm_infos(&cmd.in_namespace(&self.ns), &resps)?)
     }
 
     /// The address our marker names on a VM, if it is ours.
@@ -174,7 +190,19 @@ impl MinimegaHost {
         if !self.namespace_exists()? {
             return Ok(obs);
         }
-        let vms = self.vm_info()?;
+        // Every node that answers; a node that does not (gone from the
+        // mesh) leaves its VMs unseen, and says why.
+        let cmd = Command::new("vm").word("info").in_namespace(&self.ns);
+        let resps = {
+            let mut c = self.client.lock().expect("the client lock");
+            c.run(&cmd)?
+        };
+        let silent: BTreeMap<String, String> = resps
+            .iter()
+            .filter(|r| !r.error.is_empty())
+            .map(|r| (r.host.clone(), r.error.clone()))
+            .collect();
+        let vms = vm_infos(&cmd, &resps)?;
         // VLAN aliases of the namespace.
         let mut aliases: BTreeMap<String, i64> = BTreeMap::new();
         for r in self.run_ok(Command::new("vlans"))? {
@@ -260,6 +288,29 @@ impl MinimegaHost {
                         },
                     );
                 }
+            }
+        }
+        // A VM recorded on a node that did not answer: seen, not running.
+        for (addr, rec) in &state.resources {
+            if rec.kind != Kind::Vm || obs.vms.contains_key(addr) {
+                continue;
+            }
+            let node = rec.attrs.get("node").and_then(|v| v.as_str());
+            if let (Some(node), Some(crate::graph::Target::Vm { name })) = (node, &rec.target)
+                && let Some(err) = silent.get(node)
+            {
+                obs.vms.insert(
+                    addr.clone(),
+                    ObservedVm {
+                        name: name.clone(),
+                        pid: None,
+                        alive: true,
+                        status: Some(format!(
+                            "unreachable: its node {node} did not answer minimega ({})",
+                            crate::diag::escape(err)
+                        )),
+                    },
+                );
             }
         }
         // Mirrors: OVS mirrors named `mirror-DSTTAP` on the node of the
@@ -489,14 +540,43 @@ impl MinimegaHost {
         Ok((pid, computed))
     }
 
+    /// Delete megaplan's cc commands for the VM with `uuid`: minimega
+    /// sends every command a client has not run to a new client of that
+    /// UUID, so a replaced VM would run its old steps again.
+    fn forget_commands(&self, uuid: &str) -> Result<(), MinimegaError> {
+        let want = format!("uuid={uuid}");
+        let mut prefixes = BTreeSet::new();
+        for r in self.run(Command::new("cc").word("commands"))? {
+            for row in r.rows() {
+                let get = |k: &str| row.iter().find(|(c, _)| *c == k).map(|(_, v)| *v);
+                if let (Some(p), Some(f)) = (get("prefix"), get("filter"))
+                    && p.starts_with("mp")
+                    && f.split_whitespace().any(|w| w == want)
+                {
+                    prefixes.insert(p.to_string());
+                }
+            }
+        }
+        for p in prefixes {
+            self.run(Command::new("cc").word("delete").word("command").arg(&p)?)?;
+        }
+        Ok(())
+    }
+
     /// Kill and forget a VM of ours (nothing if minimega has no such VM).
     fn stop_sync(&self, vm: &str) -> Result<(), MinimegaError> {
         if !self.namespace_exists()? {
             return Ok(());
         }
+        if let Ok(spec) = self.vm_spec(vm) {
+            self.forget_commands(&spec.uuid.to_string())?;
+        }
         let Some(info) = self.vm_info()?.into_iter().find(|v| v.name == vm) else {
             return Ok(());
         };
+        if self.ours(&info).is_some() {
+            self.forget_commands(&info.uuid)?;
+        }
         if self.ours(&info).is_none() {
             return Err(MinimegaError::NotOurs {
                 name: vm.to_string(),
@@ -524,7 +604,7 @@ impl MinimegaHost {
             match now {
                 None => return Ok(()),
                 Some(v) if matches!(v.state, VmState::Quit | VmState::Error) => {
-                    self.run_ok(Command::new("vm").word("flush").name(&name))?;
+                    self.run_on_one(Command::new("vm").word("flush").name(&name))?;
                 }
                 Some(_) => {}
             }

@@ -1,0 +1,539 @@
+//! The minimega provider end to end, on a real two-node minimega mesh
+//! (tests/common/minimega.rs), through the `megaplan` binary:
+//! 1. the seed experiment (examples/tap-mirror.kdl) with A on mm1 and B on
+//!    mm2: B answers A's ping across the nodes, and the monitor, kept with
+//!    A by placement, sees A's frames;
+//! 2. a second plan is empty; `vm kill` of B through minimega shows in the
+//!    next plan with its reason, and apply repairs it;
+//! 3. destroy leaves nothing on either node: no VM, no QEMU, no tap on a
+//!    bridge, no mirror, no namespace.
+//!
+//! One mesh for the whole file (one test function walking the stages):
+//! starting a mesh and booting guests under TCG is most of the cost. The
+//! guests boot `image build --miniccc`: minimega's cc talks to them.
+//!
+//! Needs root, QEMU, Open vSwitch and scripts/minimega.sh's build; skips
+//! with the reason otherwise, and fails instead when CI or MEGAPLAN_E2E is
+//! set.
+
+#[path = "common/lab.rs"]
+mod lab;
+#[path = "common/minimega.rs"]
+mod minimega;
+#[path = "common/netns.rs"]
+mod netns;
+
+use std::path::{Path, PathBuf};
+use std::process::Output;
+use std::time::{Duration, Instant};
+
+use megaplan::minimega::client::{Client, Command as Mm, Name, VmInfo, VmState, vm_infos};
+use minimega::{Mesh, TRUNK, wait_for};
+
+const NS: &str = "tap-mirror";
+
+/// The seed experiment, placed on the mesh: A on mm1, B on mm2, the
+/// monitor with no host (placement keeps it with A, its mirror source).
+fn experiment(base: &Path, images: &Path) -> String {
+    format!(
+        r#"experiment "tap-mirror" {{
+    images "{images}"
+    boot-timeout "5m"            // TCG guests on a loaded machine
+    provider "minimega" {{
+        base "{base}"
+    }}
+}}
+
+network "LAN"
+network "mon"
+
+vm "A" {{
+    host "mm1"
+    uuid "11111111-1111-1111-1111-111111111111"
+    kernel "$images/miniccc.kernel"
+    initrd "$images/miniccc.initrd"
+    memory "256M"
+    nic "LAN"
+    cc {{
+        exec "ip addr add 10.0.0.1/24 dev eth0"
+        exec "ip link set eth0 up"
+    }}
+}}
+
+vm "B" {{
+    host "mm2"
+    uuid "22222222-2222-2222-2222-222222222222"
+    kernel "$images/miniccc.kernel"
+    initrd "$images/miniccc.initrd"
+    memory "256M"
+    nic "LAN"
+    cc {{
+        exec "ip addr add 10.0.0.2/24 dev eth0"
+        exec "ip link set eth0 up"
+    }}
+}}
+
+vm "monitor" {{
+    uuid "33333333-3333-3333-3333-333333333333"
+    kernel "$images/miniccc.kernel"
+    initrd "$images/miniccc.initrd"
+    memory "256M"
+    nic "mon"
+    mirrors "A"
+    cc {{
+        exec "ip link set eth0 up"
+        exec "ip link set eth0 promisc on"
+    }}
+}}
+"#,
+        images = images.display(),
+        base = base.display()
+    )
+}
+
+struct Run {
+    file: PathBuf,
+    work: PathBuf,
+}
+
+impl Run {
+    fn megaplan(&self, args: &[&str]) -> Output {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_megaplan"))
+            .args(args)
+            .arg(&self.file)
+            .arg("--state-dir")
+            .arg(self.work.join("state"))
+            .env("MEGAPLAN_RUNTIME_DIR", self.work.join("run"))
+            .env("MEGAPLAN_ACCEL", "tcg")
+            .env("NO_COLOR", "1")
+            .output()
+            .unwrap();
+        eprintln!(
+            "$ megaplan {}\n{}{}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        out
+    }
+
+    fn ok(&self, args: &[&str]) -> String {
+        let out = self.megaplan(args);
+        assert!(out.status.success(), "megaplan {} failed", args.join(" "));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// `plan --detailed-exitcode`: its exit code and text.
+    fn plan(&self) -> (Option<i32>, String) {
+        let out = self.megaplan(&["plan", "--detailed-exitcode"]);
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        )
+    }
+}
+
+fn vm_info(c: &mut Client, ns: &Name) -> Vec<VmInfo> {
+    let cmd = Mm::new("vm").word("info").in_namespace(ns);
+    let resps = c.run_ok(&cmd).expect("vm info");
+    vm_infos(&cmd, &resps).expect("vm info data")
+}
+
+fn by_name<'a>(vms: &'a [VmInfo], name: &str) -> &'a VmInfo {
+    vms.iter()
+        .find(|v| v.name == name)
+        .unwrap_or_else(|| panic!("no VM {name} in {vms:?}"))
+}
+
+/// Run `sh -c CMD` in the VM with `uuid` through minimega's cc (the test's
+/// own use of it, independent of the provider's); (exit code, stdout).
+fn cc_sh(c: &mut Client, ns: &Name, uuid: &str, cmd: &str) -> (i32, String) {
+    let filter = format!("uuid={uuid}");
+    c.run_ok(
+        &Mm::new("cc")
+            .word("filter")
+            .arg(&filter)
+            .unwrap()
+            .in_namespace(ns),
+    )
+    .unwrap();
+    let sent = c
+        .run_ok(
+            &Mm::new("cc")
+                .word("exec")
+                .arg("sh")
+                .unwrap()
+                .arg("-c")
+                .unwrap()
+                .arg(cmd)
+                .unwrap()
+                .in_namespace(ns),
+        )
+        .unwrap();
+    c.run_ok(&Mm::new("clear").word("cc").word("filter").in_namespace(ns))
+        .unwrap();
+    let ids: Vec<(String, u64)> = sent
+        .iter()
+        .filter_map(|r| Some((r.host.clone(), r.data.as_u64()?)))
+        .collect();
+    let mut answer = None;
+    let done = wait_for(Duration::from_secs(60), || {
+        for (host, id) in &ids {
+            let r = c
+                .run(
+                    &Mm::new("cc")
+                        .word("exitcode")
+                        .num(*id)
+                        .arg(uuid)
+                        .unwrap()
+                        .in_namespace(ns),
+                )
+                .unwrap();
+            if let Some(r) = r.iter().find(|r| &r.host == host && r.error.is_empty()) {
+                answer = Some((host.clone(), *id, r.response.trim().parse::<i32>().unwrap()));
+                return true;
+            }
+        }
+        false
+    });
+    assert!(done, "no answer from {uuid} to `{cmd}`");
+    let (host, id, exit) = answer.unwrap();
+    // Every node answers; the VM's node has the response.
+    let r = c
+        .run(
+            &Mm::new("cc")
+                .word("responses")
+                .num(id)
+                .word("raw")
+                .in_namespace(ns),
+        )
+        .unwrap();
+    let out = r
+        .iter()
+        .find(|r| r.host == host)
+        .map(|r| r.response.clone())
+        .unwrap_or_default();
+    (exit, out)
+}
+
+/// The monitor's received-frame count.
+fn rx_packets(c: &mut Client, ns: &Name) -> u64 {
+    let (exit, out) = cc_sh(
+        c,
+        ns,
+        "33333333-3333-3333-3333-333333333333",
+        "cat /sys/class/net/eth0/statistics/rx_packets",
+    );
+    assert_eq!(exit, 0, "{out}");
+    out.trim()
+        .parse()
+        .unwrap_or_else(|_| panic!("rx_packets {out:?}"))
+}
+
+/// A pings B five times, across the nodes; the exit code of ping.
+fn a_pings_b(c: &mut Client, ns: &Name) -> (i32, String) {
+    cc_sh(
+        c,
+        ns,
+        "11111111-1111-1111-1111-111111111111",
+        "ping -c 5 -i 0.2 -W 5 10.0.0.2",
+    )
+}
+
+fn listed(c: &mut Client) -> bool {
+    let r = c.run_ok(&Mm::new("namespace")).unwrap();
+    r.iter()
+        .any(|r| r.rows().iter().any(|row| row.contains(&("namespace", NS))))
+}
+
+#[test]
+fn the_seed_experiment_runs_on_a_two_node_minimega_mesh() {
+    let t0 = Instant::now();
+    let Some(mesh) = Mesh::start("minimega_provider") else {
+        return;
+    };
+    let (mm1, mm2) = (&mesh.nodes[0], &mesh.nodes[1]);
+    let work = tempfile::tempdir().unwrap();
+    let images = work.path().join("images");
+    let mut opts = megaplan::image::ImageOptions::new(&images);
+    opts.kernel = megaplan::image::KernelSource::Dir(lab::guest_kernel_dir());
+    opts.agent = Some(PathBuf::from(env!("CARGO_BIN_EXE_megaplan-agent")));
+    opts.miniccc = Some(mesh.bin.join("miniccc"));
+    megaplan::image::build(&opts).expect("image build --miniccc");
+    let file = work.path().join("tap-mirror.kdl");
+    std::fs::write(&file, experiment(&mm1.base, &images)).unwrap();
+    let run = Run {
+        file,
+        work: work.path().to_owned(),
+    };
+    let ns = Name::new(NS).unwrap();
+    let mut head = mm1.client();
+    eprintln!("mesh and image ready after {:?}", t0.elapsed());
+
+    // 1. Apply: every VM where the file (and placement) put it.
+    let (code, text) = run.plan();
+    assert_eq!(code, Some(2), "a first plan has changes");
+    assert!(text.contains("vm.monitor"), "{text}");
+    run.ok(&["apply", "--auto-approve"]);
+    eprintln!("applied after {:?}", t0.elapsed());
+    let vms = vm_info(&mut head, &ns);
+    assert_eq!(vms.len(), 3, "{vms:?}");
+    for (vm, node, uuid) in [
+        ("A", "mm1", "11111111-1111-1111-1111-111111111111"),
+        ("B", "mm2", "22222222-2222-2222-2222-222222222222"),
+        ("monitor", "mm1", "33333333-3333-3333-3333-333333333333"),
+    ] {
+        let v = by_name(&vms, vm);
+        assert_eq!(v.host, node, "{vm} runs on {}", v.host);
+        assert_eq!(v.state, VmState::Running, "{v:?}");
+        assert_eq!(v.uuid, uuid);
+        assert_eq!(
+            v.tags.get("megaplan").map(String::as_str),
+            Some(format!("tap-mirror:vm.{vm}").as_str()),
+            "megaplan's marker on {vm}"
+        );
+        let n = mesh.nodes.iter().find(|n| n.name == node).unwrap();
+        assert!(
+            n.bridge_ports().contains(&v.networks[0].tap),
+            "{vm}'s tap {} is not on {node}'s bridge",
+            v.networks[0].tap
+        );
+    }
+    // megaplan's MACs, and A and B on one VLAN across the nodes.
+    let (a, b) = (by_name(&vms, "A"), by_name(&vms, "B"));
+    assert_eq!(a.networks[0].vlan, b.networks[0].vlan);
+    assert_ne!(
+        a.networks[0].vlan,
+        by_name(&vms, "monitor").networks[0].vlan
+    );
+    // The node and minimega's tap names are recorded (computed attributes).
+    let state: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(work.path().join("state/state.json")).unwrap(),
+    )
+    .unwrap();
+    let rec = &state["resources"]["vm.B"]["attrs"];
+    assert_eq!(rec["node"], "mm2", "{rec}");
+    assert_eq!(rec["minimega_taps"][0], b.networks[0].tap.as_str(), "{rec}");
+
+    // B answers A across the nodes; the monitor sees A's frames.
+    let before = rx_packets(&mut head, &ns);
+    let (exit, out) = a_pings_b(&mut head, &ns);
+    assert_eq!(exit, 0, "B does not answer A's ping: {out}");
+    let after = rx_packets(&mut head, &ns);
+    assert!(
+        after >= before + 10,
+        "the monitor saw {} frames during 5 pings (before {before}, after {after})",
+        after - before
+    );
+
+    // 2. Converged; a VM killed in minimega shows, with its reason, and
+    // apply repairs it.
+    let (code, text) = run.plan();
+    assert_eq!(code, Some(0), "a second plan is empty:\n{text}");
+    head.run_ok(
+        &Mm::new("vm")
+            .word("kill")
+            .arg("B")
+            .unwrap()
+            .in_namespace(&ns),
+    )
+    .unwrap();
+    let quit = wait_for(Duration::from_secs(30), || {
+        by_name(&vm_info(&mut head, &ns), "B").state == VmState::Quit
+    });
+    assert!(quit, "B not QUIT after vm kill");
+    let (code, text) = run.plan();
+    assert_eq!(code, Some(2), "the kill shows:\n{text}");
+    assert!(
+        text.lines()
+            .any(|l| l.contains("vm.B") && l.contains("quit in minimega (on mm2)")),
+        "the plan names B and why:\n{text}"
+    );
+    assert!(!text.contains("vm.A "), "A is untouched:\n{text}");
+    run.ok(&["apply", "--auto-approve"]);
+    let (code, text) = run.plan();
+    assert_eq!(code, Some(0), "repaired:\n{text}");
+    let vms = vm_info(&mut head, &ns);
+    assert_eq!(
+        vms.len(),
+        3,
+        "the killed B was replaced, not added: {vms:?}"
+    );
+    assert_eq!(by_name(&vms, "B").state, VmState::Running);
+    assert_eq!(by_name(&vms, "B").host, "mm2");
+    let (exit, out) = a_pings_b(&mut head, &ns);
+    assert_eq!(exit, 0, "B answers again after the repair: {out}");
+
+    // 3. Destroy: nothing on either node.
+    run.ok(&["destroy", "--auto-approve"]);
+    for node in [mm1, mm2] {
+        assert!(
+            wait_for(Duration::from_secs(30), || node.qemus().is_empty()),
+            "QEMU left on {}: {:?}",
+            node.name,
+            node.processes()
+        );
+        let mut ports = Vec::new();
+        let bare = wait_for(Duration::from_secs(30), || {
+            ports = node.bridge_ports();
+            ports == [TRUNK]
+        });
+        assert!(bare, "ports left on {}'s bridge: {ports:?}", node.name);
+        let mirrors = node.exec(&["ovs-vsctl", "--timeout=30", "list", "mirror"]);
+        assert!(
+            mirrors.trim().is_empty(),
+            "mirrors left on {}: {mirrors}",
+            node.name
+        );
+        let mut c = node.client();
+        assert!(!listed(&mut c), "namespace {NS} still on {}", node.name);
+    }
+    let (code, text) = run.plan();
+    assert_eq!(
+        code,
+        Some(2),
+        "after destroy, a plan builds everything again:\n{text}"
+    );
+    drop(head);
+    mesh.stop();
+    eprintln!("whole test {:?}", t0.elapsed());
+}
+
+/// N VMs without steps, alternating over the nodes, one network.
+fn many(n: usize, base: &Path, images: &Path) -> String {
+    let mut s = format!(
+        "experiment \"mm-scale\" {{\n    images \"{}\"\n    provider \"minimega\" {{\n        base \"{}\"\n    }}\n}}\nnetwork \"LAN\"\n",
+        images.display(),
+        base.display()
+    );
+    for i in 0..n {
+        s.push_str(&format!(
+            "vm \"v{i}\" {{\n    host \"mm{}\"\n    kernel \"$images/miniccc.kernel\"\n    initrd \"$images/miniccc.initrd\"\n    memory \"128M\"\n    nic \"LAN\"\n}}\n",
+            1 + i % 2
+        ));
+    }
+    s
+}
+
+/// Measures (docs/PERFORMANCE.md, "minimega provider"), not a timed
+/// assertion: apply of 8 VMs over two nodes against the exported script
+/// read by minimega itself, on the same mesh, and a no-op plan of 16 VMs.
+/// `cargo test --test minimega_provider -- --ignored --nocapture`.
+#[test]
+#[ignore = "a measurement: run by hand, figures go to docs/PERFORMANCE.md"]
+fn measure_apply_against_the_exported_script() {
+    let Some(mesh) = Mesh::start("minimega_provider_measure") else {
+        return;
+    };
+    let mm1 = &mesh.nodes[0];
+    let work = tempfile::tempdir().unwrap();
+    let images = work.path().join("images");
+    let mut opts = megaplan::image::ImageOptions::new(&images);
+    opts.kernel = megaplan::image::KernelSource::Dir(lab::guest_kernel_dir());
+    opts.agent = Some(PathBuf::from(env!("CARGO_BIN_EXE_megaplan-agent")));
+    opts.miniccc = Some(mesh.bin.join("miniccc"));
+    megaplan::image::build(&opts).expect("image build --miniccc");
+    let file = work.path().join("mm-scale.kdl");
+    let run = Run {
+        file: file.clone(),
+        work: work.path().to_owned(),
+    };
+    let ns = Name::new("mm-scale").unwrap();
+    let mut head = mm1.client();
+    let running = |c: &mut Client, n: usize| {
+        wait_for(Duration::from_secs(120), || {
+            let v = vm_info(c, &ns);
+            v.len() == n && v.iter().all(|v| v.state == VmState::Running)
+        })
+    };
+    let gone = |c: &mut Client| {
+        wait_for(Duration::from_secs(120), || {
+            !c.run_ok(&Mm::new("namespace")).unwrap().iter().any(|r| {
+                r.rows()
+                    .iter()
+                    .any(|row| row.contains(&("namespace", "mm-scale")))
+            })
+        })
+    };
+
+    // Apply of 8 VMs, then the exported script, alternately, 3 times each.
+    std::fs::write(&file, many(8, &mm1.base, &images)).unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_megaplan"))
+        .args(["export", "minimega"])
+        .arg(&file)
+        .args(["--accel", "tcg"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let script = work.path().join("mm-scale.mm");
+    std::fs::write(&script, &out.stdout).unwrap();
+    let (mut ours, mut theirs) = (Vec::new(), Vec::new());
+    for _ in 0..3 {
+        let t = Instant::now();
+        run.ok(&["apply", "--auto-approve"]);
+        ours.push(t.elapsed());
+        assert!(running(&mut head, 8));
+        run.ok(&["destroy", "--auto-approve"]);
+        assert!(gone(&mut head));
+
+        // The head joins the namespace as the provider makes it do.
+        head.run_ok(
+            &Mm::new("ns")
+                .word("add-hosts")
+                .arg("mm1")
+                .unwrap()
+                .in_namespace(&ns),
+        )
+        .unwrap();
+        let t = Instant::now();
+        head.run_ok(&Mm::new("read").arg(script.to_str().unwrap()).unwrap())
+            .unwrap();
+        theirs.push(t.elapsed());
+        assert!(running(&mut head, 8));
+        head.run_ok(
+            &Mm::new("vm")
+                .word("kill")
+                .arg("all")
+                .unwrap()
+                .in_namespace(&ns),
+        )
+        .unwrap();
+        head.run_ok(&Mm::new("vm").word("flush").in_namespace(&ns))
+            .unwrap();
+        head.run_ok(&Mm::new("clear").word("namespace").name(&ns))
+            .unwrap();
+        assert!(gone(&mut head));
+    }
+    let min = |v: &[Duration]| v.iter().min().copied().unwrap();
+    eprintln!(
+        "MEASURE apply 8 VMs over 2 nodes: megaplan {:?} (runs {ours:?}), minimega reading the exported script {:?} (runs {theirs:?}), ratio {:.2}",
+        min(&ours),
+        min(&theirs),
+        min(&ours).as_secs_f64() / min(&theirs).as_secs_f64()
+    );
+
+    // A no-op plan of 16 VMs.
+    std::fs::write(&file, many(16, &mm1.base, &images)).unwrap();
+    run.ok(&["apply", "--auto-approve"]);
+    assert!(running(&mut head, 16));
+    let mut plans = Vec::new();
+    for _ in 0..5 {
+        let t = Instant::now();
+        let (code, text) = run.plan();
+        plans.push(t.elapsed());
+        assert_eq!(code, Some(0), "{text}");
+    }
+    plans.sort();
+    eprintln!(
+        "MEASURE no-op plan of 16 VMs (whole process): median {:?}, all {plans:?}",
+        plans[2]
+    );
+    run.ok(&["destroy", "--auto-approve"]);
+    assert!(gone(&mut head));
+    drop(head);
+    mesh.stop();
+}
