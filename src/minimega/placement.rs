@@ -353,10 +353,10 @@ vm "monitor" { kernel "/k"; nic "mon"; mirrors "A" }
         let (_, d) = check(
             "experiment \"x\" { provider \"minimega\" { base \"rel\"; namespace \"all\" } }\n",
         );
-        assert!(d.contains(Code::ProviderBase), "{d}");
+        assert!(d.contains(&Code::ProviderBase.to_string()), "{d}");
         assert!(d.contains("megaplan::provider_namespace: 'all'"), "{d}");
         let (_, d) = check("experiment \"x\" { provider \"local\" { base \"/x\" } }\n");
-        assert!(d.contains(Code::ProviderSetting), "{d}");
+        assert!(d.contains(&Code::ProviderSetting.to_string()), "{d}");
         let (lab, d) = check("experiment \"x\" { provider \"local\" }\n");
         assert_eq!(
             lab.map(|l| l.provider),
