@@ -1,13 +1,25 @@
-//! The seed article's minimega script, imported, applied under TCG: A pings
-//! B and the monitor sees it through the imported `tap mirror mega_tap0
-//! mega_tap2`.
+//! minimega scripts end to end.
+//! - The seed article's minimega script, imported, applied under TCG by
+//!   megaplan's own engine: A pings B and the monitor sees it through the
+//!   imported `tap mirror mega_tap0 mega_tap2`.
+//! - Issue 14's e2e item 3 from the export side: `megaplan export minimega`
+//!   of examples/tap-mirror.kdl with A placed on one node and B on the
+//!   other, read by minimega on a fresh two-node mesh, gives the `vm info`
+//!   megaplan expects (names, UUIDs, MACs, VLANs, hosts; the monitor kept
+//!   with A, its mirror on A's node), and the teardown the script ends with
+//!   leaves nothing on either node.
 
 #[path = "common/lab.rs"]
 mod lab;
+#[path = "common/minimega.rs"]
+mod minimega;
 #[path = "common/netns.rs"]
 mod netns;
 
+use std::time::Duration;
+
 use lab::Lab;
+use megaplan::minimega::client::{Command as Mm, Name, vm_infos};
 
 fn cc(lab: &Lab, vm: &str, cmd: &str) -> String {
     let out = lab.megaplan(&[
@@ -87,4 +99,155 @@ fn the_imported_article_applies_and_the_monitor_sees_a_ping() {
     );
     lab.ok("destroy", &["--auto-approve"]);
     lab.assert_clean();
+}
+
+#[test]
+fn the_exported_seed_with_placement_builds_what_megaplan_expects_on_a_fresh_mesh() {
+    let Some(mesh) = minimega::Mesh::start("minimega_e2e export") else {
+        return;
+    };
+    let (mm1, mm2) = (&mesh.nodes[0], &mesh.nodes[1]);
+    let seed = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/tap-mirror.kdl"),
+    )
+    .unwrap();
+    // A on the head node, B on the other; the monitor goes with A.
+    let placed = seed
+        .replace(
+            "vm \"A\" {\n",
+            "vm \"A\" {\n    host \"mm1\"\n    memory \"256M\"\n",
+        )
+        .replace(
+            "vm \"B\" {\n",
+            "vm \"B\" {\n    host \"mm2\"\n    memory \"256M\"\n",
+        )
+        .replace(
+            "vm \"monitor\" {\n",
+            "vm \"monitor\" {\n    memory \"256M\"\n",
+        )
+        .replace(
+            "images \"images\"",
+            &format!("images {:?}", lab::image_dir()),
+        );
+    assert_eq!(placed.matches("memory").count(), 3, "{placed}");
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("tap-mirror.kdl");
+    std::fs::write(&file, &placed).unwrap();
+    let o = std::process::Command::new(env!("CARGO_BIN_EXE_megaplan"))
+        .args([
+            "export",
+            "minimega",
+            file.to_str().unwrap(),
+            "--accel",
+            "tcg",
+        ])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let script = String::from_utf8(o.stdout).unwrap();
+    let qemu = minimega::which("qemu-system-x86_64").unwrap();
+    for want in [
+        "ns add-hosts mm1,mm2\n".to_string(),
+        "vm config schedule mm1\nvm launch kvm A\n".into(),
+        "vm config schedule mm2\nvm launch kvm B\n".into(),
+        "vm config schedule mm1\nvm launch kvm monitor\n".into(),
+        format!("vm config qemu {}\nvm config cpu qemu64\n", qemu.display()),
+        "tap mirror A 0 monitor 0\n".into(),
+        "#   namespace tap-mirror ns run clear tap mirror\n".into(),
+    ] {
+        assert!(script.contains(&want), "missing {want:?} in:\n{script}");
+    }
+    // What megaplan expects: its own lab of the same file.
+    let (lab, diags) =
+        megaplan::validate::check(&megaplan::diag::SourceFile::new(&file, placed.clone()));
+    let lab = lab.unwrap_or_else(|| panic!("{diags:?}"));
+
+    let path = mm1.dir.join("export.mm");
+    std::fs::write(&path, &script).unwrap();
+    let mut head = mm1.client();
+    head.run_ok(&Mm::new("read").arg(path.to_str().unwrap()).unwrap())
+        .unwrap_or_else(|e| panic!("minimega read: {e}\n{script}"));
+    let ns = Name::new("tap-mirror").unwrap();
+    let cmd = Mm::new("vm").word("info").in_namespace(&ns);
+    let vms = vm_infos(&cmd, &head.run_ok(&cmd).unwrap()).unwrap();
+    assert_eq!(vms.len(), lab.vms.len(), "{vms:?}");
+    let mut vlan_of = std::collections::BTreeMap::new();
+    for want in &lab.vms {
+        let got = vms
+            .iter()
+            .find(|v| v.name == want.name)
+            .unwrap_or_else(|| panic!("no VM {} in {vms:?}", want.name));
+        assert_eq!(got.uuid, want.uuid.to_string(), "{}: UUID", want.name);
+        assert_eq!(
+            Some(got.host.as_str()),
+            want.host.as_deref(),
+            "{}: host",
+            want.name
+        );
+        assert_eq!(got.networks.len(), want.nics.len(), "{}: nics", want.name);
+        for (g, w) in got.networks.iter().zip(&want.nics) {
+            assert_eq!(g.mac, w.mac, "{}: MAC", w.address);
+            assert_eq!(g.alias, w.network, "{}: VLAN alias", w.address);
+            assert_eq!(g.driver, w.driver, "{}: driver", w.address);
+            // One alias, one VLAN, on both nodes.
+            let v = *vlan_of.entry(w.network.clone()).or_insert(g.vlan);
+            assert_eq!(v, g.vlan, "{}: VLAN", w.address);
+        }
+    }
+    assert_eq!(vlan_of.len(), 2);
+    assert_ne!(vlan_of["LAN"], vlan_of["mon"]);
+    let monitor = vms.iter().find(|v| v.name == "monitor").unwrap();
+    assert_eq!(monitor.host, "mm1", "the monitor is kept with its source");
+    // The mirror is on A's node: an OVS mirror into the monitor's tap.
+    let mirrors = mm1.exec(&[
+        "ovs-vsctl",
+        "--timeout=30",
+        "--data=bare",
+        "--no-headings",
+        "--columns=name",
+        "list",
+        "mirror",
+    ]);
+    assert_eq!(
+        mirrors.trim(),
+        format!("mirror-{}", monitor.networks[0].tap),
+        "mirrors on mm1"
+    );
+
+    // The teardown the script ends with, as a user would run it.
+    let teardown: Vec<&str> = script
+        .lines()
+        .skip_while(|l| !l.starts_with("# To remove this experiment"))
+        .skip(1)
+        .filter_map(|l| l.strip_prefix("#   "))
+        .collect();
+    assert_eq!(teardown.len(), 4, "{script}");
+    let down = mm1.dir.join("down.mm");
+    std::fs::write(&down, teardown.join("\n") + "\n").unwrap();
+    head.run_ok(&Mm::new("read").arg(down.to_str().unwrap()).unwrap())
+        .expect("teardown");
+    for node in [mm1, mm2] {
+        let mut ports = Vec::new();
+        let bare = minimega::wait_for(Duration::from_secs(60), || {
+            ports = node.bridge_ports();
+            ports == [minimega::TRUNK] && node.qemus().is_empty()
+        });
+        assert!(bare, "{}: left {ports:?} {:?}", node.name, node.processes());
+        let left = node.exec(&[
+            "ovs-vsctl",
+            "--timeout=30",
+            "--data=bare",
+            "--no-headings",
+            "--columns=name",
+            "list",
+            "mirror",
+        ]);
+        assert!(
+            left.trim().is_empty(),
+            "{}: mirrors left: {left}",
+            node.name
+        );
+    }
+    drop(head);
+    mesh.stop();
 }

@@ -258,12 +258,19 @@ fn corpus_files(dir: &Path, out: &mut Vec<PathBuf>) {
 /// megaplan, so without the variable this test has nothing to read.
 #[test]
 fn the_minimega_corpus_imports_or_fails_with_located_messages() {
+    // Not shipped, so not a prerequisite CI can have: without the variable
+    // this skips even under CI; with it, anything wrong is a failure.
     let Some(dir) = std::env::var_os("MEGAPLAN_MINIMEGA_CORPUS") else {
         eprintln!(
-            "skipped: set MEGAPLAN_MINIMEGA_CORPUS to a folder of minimega scripts (not shipped)"
+            "SKIP minimega corpus: set MEGAPLAN_MINIMEGA_CORPUS to a folder of minimega scripts (not shipped)"
         );
         return;
     };
+    assert!(
+        Path::new(&dir).is_dir(),
+        "MEGAPLAN_MINIMEGA_CORPUS={} is not a folder",
+        Path::new(&dir).display()
+    );
     let mut files = Vec::new();
     corpus_files(Path::new(&dir), &mut files);
     assert!(
@@ -273,7 +280,18 @@ fn the_minimega_corpus_imports_or_fails_with_located_messages() {
     );
     let out_dir = tempfile::tempdir().unwrap();
     let (mut ok, mut failed, mut warned) = (0, 0, 0);
+    // Per first-level folder: (scripts, imported, with skipped commands, refused).
+    let mut by_folder: std::collections::BTreeMap<String, [usize; 4]> = Default::default();
     for (i, f) in files.iter().enumerate() {
+        let folder = f
+            .strip_prefix(&dir)
+            .ok()
+            .and_then(|r| r.components().next())
+            .filter(|_| f.parent() != Some(Path::new(&dir)))
+            .map(|c| c.as_os_str().to_string_lossy().into_owned())
+            .unwrap_or_else(|| ".".into());
+        let counts = by_folder.entry(folder).or_default();
+        counts[0] += 1;
         let out = out_dir.path().join(format!("{i}.kdl"));
         let o = megaplan(&[
             "import",
@@ -289,8 +307,10 @@ fn the_minimega_corpus_imports_or_fails_with_located_messages() {
                 let v = megaplan(&["validate", out.to_str().unwrap()]);
                 assert!(v.status.success(), "{}: {}", f.display(), text(&v.stderr));
                 ok += 1;
+                counts[1] += 1;
                 if err.contains("no megaplan equivalent") {
                     warned += 1;
+                    counts[2] += 1;
                 }
             }
             Some(1) => {
@@ -309,9 +329,15 @@ fn the_minimega_corpus_imports_or_fails_with_located_messages() {
                 });
                 assert!(located, "{}: no located message in:\n{err}", f.display());
                 failed += 1;
+                counts[3] += 1;
             }
             c => panic!("{}: exit {c:?}: {err}", f.display()),
         }
+    }
+    for (folder, [n, i, w, r]) in &by_folder {
+        eprintln!(
+            "minimega corpus {folder}: {n} scripts, {i} imported ({w} with skipped commands), {r} refused"
+        );
     }
     eprintln!(
         "minimega corpus: {} scripts, {ok} imported ({warned} with skipped commands), {failed} refused with located messages",

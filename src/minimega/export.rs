@@ -152,7 +152,19 @@ fn script(lab: &Lab, opts: &Options) -> String {
             "Each VM carries megaplan's ownership marker as the tag `{MARKER_TAG}` = EXPERIMENT:ADDRESS."
         ),
     );
-    out.push_str(&format!("namespace {}\n", quote(&lab.name)));
+    let namespace = match &lab.provider {
+        crate::lab::ProviderSpec::Minimega { namespace, .. } => namespace.as_str(),
+        crate::lab::ProviderSpec::Local => lab.name.as_str(),
+    };
+    out.push_str(&format!("namespace {}\n", quote(namespace)));
+    // A new namespace holds every node but the one reading the script: the
+    // nodes VMs are placed on join it (a node already in it stays).
+    let hosts: std::collections::BTreeSet<&str> =
+        lab.vms.iter().filter_map(|v| v.host.as_deref()).collect();
+    if !hosts.is_empty() {
+        let list: Vec<&str> = hosts.into_iter().collect();
+        out.push_str(&format!("ns add-hosts {}\n", quote(&list.join(","))));
+    }
     for n in &lab.networks {
         if let Some(a) = &n.host_address {
             comment(
@@ -393,6 +405,21 @@ fn script(lab: &Lab, opts: &Options) -> String {
     if lab.vms.iter().any(|v| !v.cc.is_empty()) {
         out.push_str("\nclear cc filter\n");
     }
+    // How to take it down again, as the provider's destroy does: mirrors
+    // first, or minimega leaves the monitor's tap on its node's bridge.
+    out.push('\n');
+    comment(&mut out, "To remove this experiment from minimega:");
+    let ns = quote(namespace);
+    if !lab.mirrors.is_empty() {
+        // `clear tap mirror` acts on the node it runs on: on every node.
+        comment(
+            &mut out,
+            &format!("  namespace {ns} ns run clear tap mirror"),
+        );
+    }
+    comment(&mut out, &format!("  namespace {ns} vm kill all"));
+    comment(&mut out, &format!("  namespace {ns} vm flush"));
+    comment(&mut out, &format!("  clear namespace {ns}"));
     out
 }
 

@@ -304,7 +304,7 @@ struct Config {
     tcg: bool,
     /// `vm config schedule NODE`: the VM's `host`.
     schedule: Option<Sp<String>>,
-    /// `vm config colocate VM`: megaplan derives it from a mirror.
+    /// `vm config colocate VM`: the same `host` as that VM (resolved at the end).
     colocate: Option<Sp<String>>,
 }
 
@@ -842,19 +842,18 @@ impl Importer<'_> {
                     ),
                 },
             },
-            "schedule" => {
+            "schedule" | "colocate" => {
                 let Some(v) = one(self) else { return };
-                self.config.schedule = Some(Sp::new(v.text.clone(), sp(&v)));
+                let slot = if field == "schedule" {
+                    &mut self.config.schedule
+                } else {
+                    &mut self.config.colocate
+                };
+                *slot = Some(Sp::new(v.text.clone(), sp(&v)));
             }
-            "colocate" => {
-                let Some(v) = one(self) else { return };
-                self.config.colocate = Some(Sp::new(v.text.clone(), sp(&v)));
+            "coschedule" => {
+                self.unmapped(words, 3, Some("megaplan places a VM by naming its host"))
             }
-            "coschedule" => self.unmapped(
-                words,
-                3,
-                Some("limits on VMs per host are not in the experiment language yet"),
-            ),
             _ => self.unmapped(words, 3, None),
         }
     }
@@ -1610,10 +1609,100 @@ impl Importer<'_> {
         }
     }
 
+    /// Each VM's `host`: its `schedule`, or through `colocate` the host of
+    /// the VM it names (followed along a chain); a colocate that leads to
+    /// no host is a located warning.
+    fn hosts(&mut self) -> Vec<Option<Sp<String>>> {
+        let groups = self.mirror_groups();
+        let mut out = Vec::with_capacity(self.vms.len());
+        for i in 0..self.vms.len() {
+            let c = &self.vms[i].config;
+            if let Some(h) = &c.schedule {
+                out.push(Some(h.clone()));
+                continue;
+            }
+            let Some(first) = c.colocate.clone() else {
+                out.push(None);
+                continue;
+            };
+            let mut at = first.clone();
+            let mut seen = vec![i];
+            let found = loop {
+                let Some(j) = self.vm_index(&at.value) else {
+                    break Err(format!("no VM '{}' in this script", at.value));
+                };
+                if seen.contains(&j) {
+                    break Err("the colocations form a loop".to_string());
+                }
+                // Bounded work whatever the script: each VM walks at most this far.
+                if seen.len() > 64 {
+                    break Err("a chain of more than 64 colocations".to_string());
+                }
+                seen.push(j);
+                let t = &self.vms[j].config;
+                match (&t.schedule, &t.colocate) {
+                    (Some(h), _) => break Ok(Sp::new(h.value.clone(), first.span)),
+                    (None, Some(next)) => at = next.clone(),
+                    (None, None) => {
+                        // Mirrors joining them keep them together anyway
+                        // (megaplan colocates mirrored VMs by itself).
+                        if groups[i] == groups[j] {
+                            break Err(String::new());
+                        }
+                        break Err(format!("VM '{}' has no `vm config schedule`", at.value));
+                    }
+                }
+            };
+            match found {
+                Ok(h) => out.push(Some(h)),
+                Err(why) if why.is_empty() => out.push(None),
+                Err(why) => {
+                    let d = Diag::warning(
+                        UNMAPPED,
+                        format!(
+                            "`vm config colocate {}` has no megaplan equivalent here ({why}); skipped",
+                            first.value
+                        ),
+                    )
+                    .label(first.span, "no host to copy")
+                    .help("megaplan places a VM with `host`: give the VM it names a `vm config schedule NODE`");
+                    self.d.push(if self.opts.strict {
+                        Diag {
+                            severity: miette::Severity::Error,
+                            ..d
+                        }
+                    } else {
+                        d
+                    });
+                    out.push(None);
+                }
+            }
+        }
+        out
+    }
+
+    /// Each VM's group of VMs joined by mirrors (union-find, once).
+    fn mirror_groups(&self) -> Vec<usize> {
+        fn root(p: &mut [usize], mut x: usize) -> usize {
+            while p[x] != x {
+                p[x] = p[p[x]];
+                x = p[x];
+            }
+            x
+        }
+        let mut p: Vec<usize> = (0..self.vms.len()).collect();
+        for m in &self.mirrors {
+            let (a, b) = (root(&mut p, m.src), root(&mut p, m.dst));
+            p[a] = b;
+        }
+        (0..p.len()).map(|x| root(&mut p, x)).collect()
+    }
+
     fn finish(&mut self, src: &SourceFile) -> Document {
+        let hosts = self.hosts();
         // Networks in order of first use; then each VM.
         let mut vms: Vec<Vm> = Vec::new();
-        for i in 0..self.vms.len() {
+        for (i, host) in hosts.into_iter().enumerate() {
             let c = self.vms[i].config.clone();
             let mut nics = Vec::new();
             for n in &c.nets {
@@ -1641,43 +1730,9 @@ impl Importer<'_> {
                 })
                 .collect();
             let at = self.vms[i].span;
-            // A colocate is what placement derives from a mirror between
-            // the two VMs; any other is not expressed in the experiment.
-            if let Some(co) = &c.colocate {
-                let partner = self.vms.iter().position(|v| v.name == co.value);
-                // Joined by mirrors, directly or through other VMs.
-                let mirrored = partner.is_some_and(|j| {
-                    let mut seen = vec![i];
-                    let mut k = 0;
-                    while k < seen.len() {
-                        let at = seen[k];
-                        for m in &self.mirrors {
-                            for (a, b) in [(m.src, m.dst), (m.dst, m.src)] {
-                                if a == at && !seen.contains(&b) {
-                                    seen.push(b);
-                                }
-                            }
-                        }
-                        k += 1;
-                    }
-                    seen.contains(&j)
-                });
-                if !mirrored {
-                    self.d.push(
-                        Diag::warning(
-                            UNMAPPED,
-                            format!(
-                                "`vm config colocate {}` has no megaplan equivalent (megaplan colocates only VMs joined by a mirror); skipped",
-                                co.value
-                            ),
-                        )
-                        .label(co.span, "not imported"),
-                    );
-                }
-            }
             vms.push(Vm {
                 boot_timeout: None,
-                host: c.schedule.clone(),
+                host,
                 name: Sp::new(self.vms[i].name.clone(), at),
                 uuid: c.uuid.clone(),
                 kernel: c.kernel.clone(),

@@ -1017,3 +1017,100 @@ fn minimegas_preprocessor_is_warned_about_and_kept_off_exported_values() {
     assert!(back.diags.is_empty(), "{:?}", messages(&back));
     assert_eq!(back.doc.vms[0].append.as_ref().unwrap().value, "x=$HOME");
 }
+
+#[test]
+fn schedule_is_host_and_colocate_copies_the_host_of_the_vm_it_names() {
+    let script = "vm config kernel /k\n\
+        vm config schedule mm2\nvm launch kvm a\n\
+        clear vm config schedule\nvm config colocate a\nvm launch kvm b\n\
+        vm config colocate b\nvm launch kvm c\n\
+        clear vm config colocate\nvm launch kvm d\n\
+        vm config colocate d\nvm launch kvm e\n\
+        vm config colocate nobody\nvm launch kvm f\n";
+    let i = imp(script);
+    let host = |n: &str| {
+        i.doc
+            .vms
+            .iter()
+            .find(|v| v.name.value == n)
+            .unwrap()
+            .host
+            .as_ref()
+            .map(|h| h.value.clone())
+    };
+    // Carried over like every setting; colocate followed along b to a.
+    assert_eq!(host("a").as_deref(), Some("mm2"));
+    assert_eq!(host("b").as_deref(), Some("mm2"));
+    assert_eq!(host("c").as_deref(), Some("mm2"));
+    assert_eq!(host("d"), None);
+    assert_eq!(host("e"), None);
+    assert_eq!(host("f"), None);
+    let src = SourceFile::new("t.mm", script);
+    let located: Vec<(usize, String)> = i
+        .diags
+        .items
+        .iter()
+        .map(|d| (src.line_col(d.labels[0].span.offset()).0, d.message.clone()))
+        .collect();
+    assert_eq!(
+        located,
+        [
+            (11, "`vm config colocate d` has no megaplan equivalent here (VM 'd' has no `vm config schedule`); skipped".to_string()),
+            (13, "`vm config colocate nobody` has no megaplan equivalent here (no VM 'nobody' in this script); skipped".to_string()),
+        ]
+    );
+    assert!(!i.diags.has_errors());
+    let strict = imp_with(
+        script,
+        &Options {
+            strict: true,
+            ..Default::default()
+        },
+    );
+    assert_eq!(strict.diags.errors().count(), 2);
+    // A mirror keeps the two together anyway: no warning.
+    let mirrored = "vm config kernel /k\nvm config net LAN\nvm launch kvm a\n\
+        vm config colocate a\nvm launch kvm mon\ntap mirror a 0 mon 0\n";
+    clean(mirrored);
+    // `coschedule` stays unmapped.
+    let co = imp("vm config kernel /k\nvm config coschedule 2\nvm launch kvm a\n");
+    assert!(
+        messages(&co)[0].contains("`vm config coschedule`"),
+        "{:?}",
+        messages(&co)
+    );
+}
+
+#[test]
+fn export_places_vms_with_schedule_and_says_how_to_take_it_down() {
+    let lab = lab_from_kdl(
+        r#"experiment "e"
+network "LAN"
+vm "A" { kernel "/k"; nic "LAN"; host "mm2"; }
+vm "B" { kernel "/k"; nic "LAN"; host "mm1"; }
+vm "mon" { kernel "/k"; nic "LAN"; mirrors "A"; }
+"#,
+    );
+    let s = export(&lab);
+    for want in [
+        "namespace e\nns add-hosts mm1,mm2\n",
+        "vm config schedule mm2\nvm launch kvm A\n",
+        "vm config schedule mm1\nvm launch kvm B\n",
+        // The monitor goes where its source is.
+        "vm config schedule mm2\nvm launch kvm mon\n",
+        "tap mirror A 0 mon 0\n",
+        "# To remove this experiment from minimega:\n#   namespace e ns run clear tap mirror\n#   namespace e vm kill all\n#   namespace e vm flush\n#   clear namespace e\n",
+    ] {
+        assert!(s.contains(want), "missing:\n{want}\nin:\n{s}");
+    }
+    // Read back: the same hosts.
+    let back = import(&SourceFile::new("e.mm", s.as_str()), &Options::default());
+    assert!(!back.diags.has_errors());
+    let hosts: Vec<Option<&str>> = back
+        .doc
+        .vms
+        .iter()
+        .map(|v| v.host.as_ref().map(|h| h.value.as_str()))
+        .collect();
+    assert_eq!(hosts, [Some("mm2"), Some("mm1"), Some("mm2")]);
+}
