@@ -57,6 +57,8 @@ pub struct Document {
     pub networks: Vec<Network>,
     pub disks: Vec<Disk>,
     pub vms: Vec<Vm>,
+    pub captures: Vec<Capture>,
+    pub checks: Vec<Check>,
 }
 
 impl Document {
@@ -222,4 +224,73 @@ pub struct CcStep {
     pub timeout: Option<Sp<String>>,
     pub allow_failure: Option<Sp<bool>>,
     pub span: SourceSpan,
+}
+
+/// What a `capture` records.
+#[derive(Clone, Debug, PartialEq)]
+pub enum CaptureSource {
+    /// One tap: `tap "monitor" nic=0`.
+    Tap { vm: Sp<String>, nic: Option<Sp<i64>> },
+    /// Every member tap of a network: `network="LAN"`.
+    Network(Sp<String>),
+}
+
+/// `capture NAME { tap "VM" nic=0 }` or `capture NAME network="LAN"`: the host
+/// records frames into `.megaplan/EXP/captures/NAME.pcap`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Capture {
+    pub name: Sp<String>,
+    /// None when the node names no source (validate reports it).
+    pub source: Option<CaptureSource>,
+    pub span: SourceSpan,
+}
+
+/// `check NAME { ... }`: something that must hold once the lab is up.
+/// Every field as written; validate decides which combinations make sense.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Check {
+    pub name: Sp<String>,
+    pub from: Option<Sp<String>>,
+    pub ping: Option<Sp<String>>,
+    pub exec: Option<Command>,
+    /// "pass" (default) or "fail".
+    pub expect: Option<Sp<String>>,
+    pub exit: Option<Sp<i64>>,
+    pub stdout_contains: Option<Sp<String>>,
+    pub stdout_matches: Option<Sp<String>>,
+    pub capture: Option<Sp<String>>,
+    /// `match`: a pcap filter expression.
+    pub filter: Option<Sp<String>>,
+    pub at_least: Option<Sp<i64>>,
+    pub at_most: Option<Sp<i64>>,
+    pub none: Option<Sp<bool>>,
+    pub timeout: Option<Sp<String>>,
+    pub retry: Option<Sp<i64>>,
+    pub after: Vec<Sp<String>>,
+    pub span: SourceSpan,
+}
+
+impl Check {
+    /// A check with this name and nothing else set.
+    pub fn named(name: Sp<String>, span: SourceSpan) -> Self {
+        Check {
+            name,
+            from: None,
+            ping: None,
+            exec: None,
+            expect: None,
+            exit: None,
+            stdout_contains: None,
+            stdout_matches: None,
+            capture: None,
+            filter: None,
+            at_least: None,
+            at_most: None,
+            none: None,
+            timeout: None,
+            retry: None,
+            after: Vec::new(),
+            span,
+        }
+    }
 }

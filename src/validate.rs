@@ -80,6 +80,8 @@ fn node_spans(doc: &Document) -> impl Iterator<Item = (usize, usize)> {
         .chain(doc.networks.iter().map(|n| n.span.offset()))
         .chain(doc.disks.iter().map(|d| d.span.offset()))
         .chain(doc.vms.iter().map(|v| v.span.offset()))
+        .chain(doc.captures.iter().map(|c| c.span.offset()))
+        .chain(doc.checks.iter().map(|c| c.span.offset()))
         .collect();
     starts.sort_unstable();
     starts.dedup();
@@ -1772,10 +1774,15 @@ impl Validator {
             }
         }
 
+        let (captures, checks) =
+            crate::check::validate::captures_and_checks(doc, &vms, &networks, &mut self.d);
+
         if self.d.has_errors() {
             return None;
         }
         Some(Lab {
+            captures,
+            checks,
             name: exp_name?,
             file: src.path.clone(),
             images: self.images.clone(),

@@ -1839,6 +1839,7 @@ impl Importer<'_> {
             networks,
             disks: std::mem::take(&mut self.disks),
             vms: out,
+            ..Document::default()
         }
     }
 }

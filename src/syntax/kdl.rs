@@ -21,11 +21,15 @@ use miette::SourceSpan;
 
 use crate::diag::{Diag, Diagnostics, SourceFile, did_you_mean};
 use crate::model::{
-    CcAction, CcStep, Command, Disk, Document, ExperimentNode, Inject, Mirror, MirrorSource,
-    Network, Nic, Sp, Tag, Vm, VmDisk,
+    Capture, CaptureSource, CcAction, CcStep, Check, Command, Disk, Document, ExperimentNode,
+    Inject, Mirror, MirrorSource, Network, Nic, Sp, Tag, Vm, VmDisk,
 };
 
-const TOP: &[&str] = &["experiment", "network", "disk", "vm"];
+const TOP: &[&str] = &["experiment", "network", "disk", "vm", "capture", "check"];
+const CAPTURE_PROPS: &[&str] = &["network"];
+const CAPTURE_CHILDREN: &[&str] = &["tap"];
+const CAPTURE_TAP_PROPS: &[&str] = &["nic"];
+const CHECK_CHILDREN: &[&str] = super::CHECK_KEYS;
 const EXPERIMENT_CHILDREN: &[&str] = &["images", "accel", "boot-timeout"];
 const NETWORK_CHILDREN: &[&str] = &["host-address"];
 const DISK_PROPS: &[&str] = &["size", "format", "filesystem", "keep"];
@@ -71,6 +75,15 @@ mod usage {
     pub const BACKGROUND: &str = "background \"CMD\"";
     pub const SEND: &str = "send \"HOST-PATH\" to=\"GUEST-PATH\"";
     pub const RECV: &str = "recv \"GUEST-PATH\" to=\"HOST-DIR\" max-size=\"1G\"";
+    pub const CAPTURE: &str =
+        "capture \"NAME\" { tap \"VM\" nic=0 }  or  capture \"NAME\" network=\"NETWORK\"";
+    pub const CAPTURE_TAP: &str = "tap \"VM\" nic=0";
+    pub const CHECK: &str = "check \"NAME\" { from \"VM\"; ping \"10.0.0.2\" }";
+    pub const CHECK_STRING: &str = "KEY \"VALUE\" (inside check { ... })";
+    pub const CHECK_INT: &str = "KEY N (inside check { ... })";
+    pub const CHECK_EXEC: &str = "exec \"CMD\"  or  exec \"ARG\" \"ARG\" ...";
+    pub const CHECK_NONE: &str = "none";
+    pub const CHECK_AFTER: &str = "after \"VM-OR-CHECK\" ...";
 }
 
 /// Parse a KDL experiment file. Structural problems go into the diagnostics;
@@ -214,6 +227,12 @@ pub fn emit(doc: &Document) -> String {
     }
     for v in &doc.vms {
         blocks.push(("vm", emit_vm(v)));
+    }
+    for c in &doc.captures {
+        blocks.push(("capture", emit_capture(c)));
+    }
+    for c in &doc.checks {
+        blocks.push(("check", emit_check(c)));
     }
     let mut out = String::new();
     let mut prev: Option<(&str, bool)> = None;
@@ -1029,6 +1048,16 @@ impl<'t> Parser<'t> {
                         doc.vms.push(v);
                     }
                 }
+                "capture" => {
+                    if let Some(c) = self.capture(node) {
+                        doc.captures.push(c);
+                    }
+                }
+                "check" => {
+                    if let Some(c) = self.check(node) {
+                        doc.checks.push(c);
+                    }
+                }
                 _ => self.unknown_node(node, None, TOP, &[]),
             }
         }
@@ -1425,6 +1454,118 @@ impl<'t> Parser<'t> {
     }
 }
 
+impl Parser<'_> {
+    // -- captures and checks --------------------------------------------------
+
+    /// `capture "NAME" { tap "VM" nic=0 }` or `capture "NAME" network="LAN"`.
+    fn capture(&mut self, node: &RawNode) -> Option<Capture> {
+        let v = self.view(node, CAPTURE_PROPS, CAPTURE_CHILDREN, usage::CAPTURE);
+        let name = self.name_arg(&v, "a name");
+        let mut source = self
+            .prop_string(&v, "network")
+            .map(CaptureSource::Network);
+        let mut seen = Seen::new();
+        for child in Self::children(node) {
+            match child.name().value() {
+                "tap" => {
+                    let first = self.once(&mut seen, child);
+                    let cv = self.view(child, CAPTURE_TAP_PROPS, &[], usage::CAPTURE_TAP);
+                    self.no_children(&cv);
+                    let vm = self.name_arg(&cv, "a VM name");
+                    let nic = self.prop_int(&cv, "nic");
+                    if source.is_some() && first {
+                        self.diags.push(
+                            Diag::error(
+                                "megaplan::conflicting_arguments",
+                                "`capture` records a tap or a network=, not both",
+                            )
+                            .label(self.node_span(child), "tap here")
+                            .help("write one `capture` per source"),
+                        );
+                    } else if let (Some(vm), true) = (vm, first) {
+                        source = Some(CaptureSource::Tap { vm, nic });
+                    }
+                }
+                _ => self.unknown_node(child, Some("capture"), CAPTURE_CHILDREN, CAPTURE_PROPS),
+            }
+        }
+        Some(Capture {
+            name: name?,
+            source,
+            span: self.node_span(node),
+        })
+    }
+
+    /// `check "NAME" { from "A"; ping "10.0.0.2"; expect "fail"; ... }`.
+    fn check(&mut self, node: &RawNode) -> Option<Check> {
+        let v = self.view(node, &[], CHECK_CHILDREN, usage::CHECK);
+        let name = self.name_arg(&v, "a name");
+        let mut c = Check::named(Sp::bare(String::new()), self.node_span(node));
+        let mut seen = Seen::new();
+        for child in Self::children(node) {
+            let s = &mut seen;
+            let key = child.name().value();
+            macro_rules! text {
+                ($p:expr, $s:expr) => {
+                    $p.scalar_string($s, child, "a string", usage::CHECK_STRING)
+                };
+            }
+            macro_rules! int {
+                ($p:expr, $s:expr) => {
+                    $p.scalar($s, child, "an integer", usage::CHECK_INT)
+                        .and_then(|e| $p.int(child, e))
+                };
+            }
+            match key {
+                "from" => c.from = text!(self, s),
+                "ping" => c.ping = text!(self, s),
+                "expect" => c.expect = text!(self, s),
+                "stdout-contains" => c.stdout_contains = text!(self, s),
+                "stdout-matches" => c.stdout_matches = text!(self, s),
+                "capture" => c.capture = text!(self, s),
+                "match" => c.filter = text!(self, s),
+                "timeout" => c.timeout = text!(self, s),
+                "exit" => c.exit = int!(self, s),
+                "at-least" => c.at_least = int!(self, s),
+                "at-most" => c.at_most = int!(self, s),
+                "retry" => c.retry = int!(self, s),
+                "none" => {
+                    let first = self.once(s, child);
+                    let cv = self.view(child, &[], &[], usage::CHECK_NONE);
+                    self.no_children(&cv);
+                    self.want_args(&cv, 0, Some(0), "");
+                    if first {
+                        c.none = Some(Sp::new(true, self.node_span(child)));
+                    }
+                }
+                "exec" => {
+                    let first = self.once(s, child);
+                    let cv = self.view(child, &[], &[], usage::CHECK_EXEC);
+                    self.no_children(&cv);
+                    if !self.want_args(&cv, 1, None, "a command") || !first {
+                        continue;
+                    }
+                    let mut words = Vec::new();
+                    for e in &cv.args {
+                        words.extend(self.string(child, e));
+                    }
+                    if words.len() == cv.args.len() {
+                        c.exec = Some(if words.len() == 1 {
+                            Command::Shell(words.remove(0))
+                        } else {
+                            Command::Argv(words)
+                        });
+                    }
+                }
+                "after" => self.words(child, "a VM or check name", usage::CHECK_AFTER, &mut c.after),
+                _ => self.unknown_node(child, Some("check"), CHECK_CHILDREN, &[]),
+            }
+        }
+        c.name = name?;
+        Some(c)
+    }
+}
+
 // ---------------------------------------------------------------------------
 // Emitting
 
@@ -1640,6 +1781,56 @@ fn emit_step(step: &CcStep) -> Node {
     prop_str(&mut head, "timeout", &step.timeout);
     prop_bool(&mut head, "allow-failure", &step.allow_failure);
     Node::new(head)
+}
+
+fn emit_capture(c: &Capture) -> Node {
+    let mut head = format!("capture {}", quote(&c.name));
+    match &c.source {
+        Some(CaptureSource::Network(net)) => {
+            head.push_str(&format!(" network={}", quote(net)));
+            Node::new(head)
+        }
+        Some(CaptureSource::Tap { vm, nic }) => {
+            let mut n = Node::new(head);
+            let mut tap = format!("tap {}", quote(vm));
+            prop_int(&mut tap, "nic", nic);
+            n.kids.push(Node::new(tap));
+            n
+        }
+        None => Node::new(head),
+    }
+}
+
+fn emit_check(c: &Check) -> Node {
+    let mut n = Node::new(format!("check {}", quote(&c.name)));
+    let k = &mut n.kids;
+    let int = |k: &mut Vec<Node>, key: &str, v: &Option<Sp<i64>>| {
+        if let Some(v) = v {
+            k.push(Node::new(format!("{key} {}", v.value)));
+        }
+    };
+    kid_str(k, "from", &c.from);
+    kid_str(k, "ping", &c.ping);
+    if let Some(cmd) = &c.exec {
+        k.push(Node::new(format!("exec {}", emit_command(cmd))));
+    }
+    kid_str(k, "capture", &c.capture);
+    kid_str(k, "match", &c.filter);
+    kid_str(k, "expect", &c.expect);
+    int(k, "exit", &c.exit);
+    kid_str(k, "stdout-contains", &c.stdout_contains);
+    kid_str(k, "stdout-matches", &c.stdout_matches);
+    int(k, "at-least", &c.at_least);
+    int(k, "at-most", &c.at_most);
+    if c.none.as_ref().is_some_and(|b| b.value) {
+        k.push(Node::new("none"));
+    }
+    kid_str(k, "timeout", &c.timeout);
+    int(k, "retry", &c.retry);
+    if !c.after.is_empty() {
+        k.push(Node::new(format!("after {}", words(&c.after))));
+    }
+    n
 }
 
 #[cfg(test)]

@@ -30,6 +30,25 @@ pub(crate) const VM_KEYS: &[&str] = &[
     "cc",
 ];
 
+/// The keys of a `check`, in the order the emitters write them (both syntaxes).
+pub(crate) const CHECK_KEYS: &[&str] = &[
+    "from",
+    "ping",
+    "exec",
+    "capture",
+    "match",
+    "expect",
+    "exit",
+    "stdout-contains",
+    "stdout-matches",
+    "at-least",
+    "at-most",
+    "none",
+    "timeout",
+    "retry",
+    "after",
+];
+
 use crate::diag::{Diagnostics, SourceFile, Syntax};
 use crate::model::Document;
 
