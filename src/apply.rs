@@ -1,7 +1,7 @@
-//! The executor: walks a plan's graph and carries it out through a [`Host`].
+//! The executor: walks a plan's graph and carries it out through a [`Provider`].
 //!
 //! Invariants:
-//! - Only the executor changes the machine (through [`Host`]) and the state.
+//! - Only the executor changes the machine (through [`Provider`]) and the state.
 //! - A record is saved as `Creating` before an effect starts and `Ready` after
 //!   it succeeds (or `Failed`); a delete removes its record after the effect.
 //!   The state file is written after every step, so a crash or kill at any
@@ -13,24 +13,27 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write as _;
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use futures::stream::{FuturesUnordered, StreamExt};
 use serde_json::Value;
 
-use crate::drivers::netlink::NetlinkError;
 use crate::graph::Target;
-use crate::host::{Host, HostError};
-use crate::identity;
 use crate::lab::Lab;
 use crate::plan::{Action, Change, Plan};
-use crate::state::{Kind, Record, State, StateDir, Status};
+use crate::provider::ops::{self, OpError, Phase};
+use crate::provider::{Provider, ProviderError};
+use crate::state::{Attrs, Kind, Record, State, StateDir, Status};
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-enum Phase {
-    Delete,
-    Create,
+/// Why one operation of an apply failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ApplyError {
+    /// The change could not become ops (a damaged state or saved plan).
+    #[error(transparent)]
+    Op(#[from] OpError),
+    /// The engine failed or refused.
+    #[error(transparent)]
+    Provider(#[from] ProviderError),
 }
 
 #[derive(Clone, Debug)]
@@ -80,8 +83,8 @@ impl Report {
     }
 }
 
-pub struct Executor<'a, H: Host> {
-    pub host: &'a H,
+pub struct Executor<'a, P: Provider> {
+    pub provider: &'a P,
     pub lab: Option<&'a Lab>,
     pub sd: &'a StateDir,
     pub experiment: String,
@@ -99,20 +102,13 @@ fn s(attrs: &Option<crate::state::Attrs>, key: &str) -> String {
         .to_string()
 }
 
-impl<H: Host> Executor<'_, H> {
-    /// A disk file in the state folder, for a validated plain name only (state::StateDir::disk_file).
-    fn disk_file(&self, file: &str) -> Result<PathBuf, HostError> {
-        self.sd
-            .disk_file(file)
-            .map_err(|e| HostError::Other(e.to_string()))
-    }
-
+impl<P: Provider> Executor<'_, P> {
     /// Carry out `plan`, updating and saving `state` after every step.
     pub async fn run(&self, plan: &Plan, state: &mut State) -> Report {
         let started = Instant::now();
         let mut report = Report::default();
         // We hold the lock: any temporary of a disk creation is a leftover.
-        for p in self.host.sweep_temporaries(self.sd) {
+        for p in self.provider.sweep(self.sd) {
             (self.progress)(&format!(
                 "removed {} (left by an interrupted disk creation)",
                 p.display()
@@ -226,6 +222,17 @@ impl<H: Host> Executor<'_, H> {
                         rec.status = Status::Creating;
                     }
                     rec.attrs = c.after.clone().unwrap_or_default();
+                    // An update in place keeps what the engine computed at create.
+                    if c.action == Action::Update
+                        && let Some(w) = &was
+                    {
+                        let rules = self.provider.rules();
+                        for (k, v) in &w.attrs {
+                            if rules.is_computed(c.kind, k) && !rec.attrs.contains_key(k) {
+                                rec.attrs.insert(k.clone(), v.clone());
+                            }
+                        }
+                    }
                     rec.deps = c.deps.clone();
                     rec.target = c.target.clone();
                     if c.kind == Kind::Step {
@@ -268,8 +275,8 @@ impl<H: Host> Executor<'_, H> {
             *report.timings.entry(key).or_default() += took;
             match result {
                 Ok(outcome) => {
-                    let failure = outcome.failure(c);
-                    let note = match &outcome {
+                    let failure = outcome.outcome.failure(c);
+                    let note = match &outcome.outcome {
                         Outcome::LeftAlone(why) => format!(" (record dropped; left alone: {why})"),
                         Outcome::Step { replayed: true, .. } => {
                             " (not run again: the agent had already run it in this boot; its outcome is recorded)".to_string()
@@ -332,7 +339,7 @@ impl<H: Host> Executor<'_, H> {
         report
     }
 
-    fn record(&self, state: &mut State, c: &Change, phase: Phase, outcome: Outcome) {
+    fn record(&self, state: &mut State, c: &Change, phase: Phase, outcome: Done) {
         match phase {
             Phase::Delete => {
                 state.resources.remove(&c.address);
@@ -344,7 +351,8 @@ impl<H: Host> Executor<'_, H> {
                     .entry(c.address.clone())
                     .or_insert_with(|| Record::new(c.kind, Default::default()));
                 rec.status = Status::Ready;
-                match outcome {
+                rec.attrs.extend(outcome.computed);
+                match outcome.outcome {
                     Outcome::Vm { pid } => {
                         rec.pid = Some(pid);
                         // An update in place is the same QEMU: the same boot.
@@ -371,181 +379,59 @@ impl<H: Host> Executor<'_, H> {
         }
     }
 
+    /// Carry out one phase of a change: its ops, in order, through the provider.
     async fn effect(
         &self,
         c: &Change,
         phase: Phase,
         prior: Option<&Record>,
         vm_gen: Option<u64>,
-    ) -> Result<Outcome, HostError> {
-        let exp = &self.experiment;
-        let marker = identity::marker(exp, &c.address);
-        let before = &c.before;
-        let after = &c.after;
-        // The typed identity, checked: a state file or a saved plan is untrusted.
-        if let Some(t) = &c.target {
-            t.check().map_err(HostError::Other)?;
-        }
-        let lab = || {
-            self.lab
-                .ok_or_else(|| HostError::Other("no experiment to create from".into()))
+    ) -> Result<Done, ApplyError> {
+        let cx = ops::Context {
+            experiment: &self.experiment,
+            lab: self.lab,
+            record: prior,
         };
-        match (c.kind, phase) {
-            (Kind::Network, Phase::Create) => {
-                let ha = after
-                    .as_ref()
-                    .and_then(|a| a.get("host_address"))
-                    .and_then(Value::as_str);
-                self.host
-                    .ensure_bridge(&s(after, "bridge"), &marker, ha)
-                    .await?;
-            }
-            (Kind::Network | Kind::Tap, Phase::Delete) => {
-                let name = match c.kind {
-                    Kind::Network if before.as_ref().is_some_and(|b| b.contains_key("bridge")) => {
-                        s(before, "bridge")
-                    }
-                    _ => s(before, "name"),
-                };
-                match self.host.delete_link(&name, &marker).await {
-                    Ok(()) => {}
-                    // Someone else's interface holds the name (we were refused
-                    // when creating ours, or ours was replaced): nothing of ours
-                    // is there. Its record goes; the interface stays.
-                    Err(HostError::Netlink(NetlinkError::NotOurs { name, .. })) => {
-                        return Ok(Outcome::LeftAlone(format!(
-                            "interface {name} exists but is not ours"
-                        )));
-                    }
-                    Err(e) => return Err(e),
-                }
-            }
-            (Kind::Tap, Phase::Create) => {
-                self.host
-                    .ensure_tap(
-                        &s(after, "name"),
-                        &s(after, "mac"),
-                        &marker,
-                        &s(after, "bridge"),
-                    )
-                    .await?;
-            }
-            (Kind::Disk, Phase::Create) => {
-                let Some(Target::Disk { name }) = &c.target else {
-                    return Err(bad_target(c));
-                };
-                let spec = lab()?
-                    .disk(name)
-                    .ok_or_else(|| HostError::Other(format!("no disk {name}")))?;
-                if c.action != Action::Update {
-                    self.host
-                        .create_disk(spec, &self.disk_file(&spec.file_name())?)
-                        .await?;
-                }
-            }
-            (Kind::Disk, Phase::Delete) => {
-                self.host
-                    .remove_file(&self.disk_file(&s(before, "file"))?)
-                    .await?;
-            }
-            (Kind::Vm, Phase::Create) => {
-                if c.action == Action::Update {
-                    return Ok(Outcome::Vm {
-                        pid: prior.and_then(|p| p.pid).unwrap_or_default(),
-                    });
-                }
-                let Some(Target::Vm { name }) = &c.target else {
-                    return Err(bad_target(c));
-                };
-                let lab = lab()?;
-                let vm = lab
-                    .vm(name)
-                    .ok_or_else(|| HostError::Other(format!("no VM {name}")))?;
-                for p in vm.kernel.iter().chain(vm.initrd.iter()) {
-                    if !p.exists() {
-                        return Err(HostError::Other(format!(
-                            "{} does not exist (build one with `megaplan image build`)",
-                            p.display()
-                        )));
-                    }
-                }
-                // Leftovers of an interrupted launch go first.
-                self.host.stop_vm(exp, name, None, false, self.sd).await?;
-                let pid = self.host.launch_vm(lab, vm, self.sd).await?;
-                return Ok(Outcome::Vm { pid });
-            }
-            (Kind::Vm, Phase::Delete) => {
-                let Some(Target::Vm { name }) = &c.target else {
-                    // An old state's record with no runtime folder found by
-                    // refresh: no QEMU of it can be running.
-                    return Ok(Outcome::LeftAlone(
-                        "no runtime folder of this VM was found".into(),
-                    ));
-                };
-                // Persistent disks want a clean shutdown; snapshot-only VMs can just stop.
-                let graceful =
-                    before.as_ref().and_then(|b| b.get("snapshot")) == Some(&Value::Bool(false));
-                self.host
-                    .stop_vm(exp, name, prior.and_then(|p| p.pid), graceful, self.sd)
-                    .await?;
-            }
-            (Kind::Mirror, Phase::Create) => {
-                if c.action == Action::Update {
-                    self.host
-                        .remove_mirror(&s(before, "source_tap"), &s(before, "dest_tap"))
-                        .await?;
-                }
-                self.host
-                    .add_mirror(
-                        &s(after, "source_tap"),
-                        &s(after, "dest_tap"),
-                        &s(after, "direction"),
-                    )
-                    .await?;
-            }
-            (Kind::Mirror, Phase::Delete) => {
-                self.host
-                    .remove_mirror(&s(before, "source_tap"), &s(before, "dest_tap"))
-                    .await?;
-            }
-            (Kind::Step, Phase::Create) => {
-                let Some(Target::Step { vm: vm_name, index }) = &c.target else {
-                    return Err(bad_target(c));
-                };
-                let vm = lab()?
-                    .vm(vm_name)
-                    .ok_or_else(|| HostError::Other(format!("no VM {vm_name}")))?;
-                let step = vm
-                    .cc
-                    .get(*index)
-                    .ok_or_else(|| HostError::Other(format!("VM {vm_name} has no step {index}")))?;
-                let run_id = prior
-                    .and_then(|p| p.run_id.clone())
-                    .ok_or_else(|| HostError::Other(format!("{} has no run id", c.address)))?;
-                let out = self
-                    .host
-                    .run_step(
-                        exp,
-                        vm_name,
-                        &step.action,
-                        step.timeout_ms.map(Duration::from_millis),
-                        &run_id,
-                    )
-                    .await?;
-                self.sd
-                    .write_step_result(vm_name, *index, out.exit, &out.stdout, &out.stderr)
-                    .map_err(|e| HostError::Other(e.to_string()))?;
-                return Ok(Outcome::Step {
-                    exit: out.exit,
-                    vm_gen,
-                    stderr: out.stderr,
-                    replayed: out.replayed,
-                    timed_out: out.timed_out,
-                });
-            }
-            (Kind::Step, Phase::Delete) => {}
+        let effects = ops::for_change(c, phase, &cx)?;
+        if let Some(why) = effects.left_alone {
+            return Ok(Outcome::LeftAlone(why).into());
         }
-        Ok(Outcome::Done)
+        let mut done = Done::from(Outcome::Done);
+        for op in &effects.ops {
+            let out = match self.provider.execute(self.sd, op).await {
+                Ok(out) => out,
+                // Someone else's object holds the name (we were refused
+                // when creating ours, or ours was replaced): nothing of ours
+                // is there. Its record goes; the object stays.
+                Err(e) if op.is_delete() && e.not_ours().is_some() => {
+                    let what = e.not_ours().unwrap_or_default();
+                    return Ok(Outcome::LeftAlone(format!("{what} exists but is not ours")).into());
+                }
+                Err(e) => return Err(e.into()),
+            };
+            done.computed.extend(out.computed);
+            match out.outcome {
+                ops::Outcome::Done => {}
+                ops::Outcome::LeftAlone(why) => {
+                    done.outcome = Outcome::LeftAlone(why);
+                    return Ok(done);
+                }
+                ops::Outcome::Launched { pid } => done.outcome = Outcome::Vm { pid },
+                ops::Outcome::Step(out) => {
+                    if let Some(Target::Step { vm, index }) = &c.target {
+                        self.provider.store_step_output(self.sd, vm, *index, &out)?;
+                    }
+                    done.outcome = Outcome::Step {
+                        exit: out.exit,
+                        vm_gen,
+                        stderr: out.stderr,
+                        replayed: out.replayed,
+                        timed_out: out.timed_out,
+                    };
+                }
+            }
+        }
+        Ok(done)
     }
 }
 
@@ -570,12 +456,19 @@ fn step_run_id(c: &Change, was: Option<&Record>, vm_gen: Option<u64>, serial: u6
     )
 }
 
-fn bad_target(c: &Change) -> HostError {
-    HostError::Other(format!(
-        "{} carries no {} identity (a damaged state or saved plan?)",
-        c.address,
-        c.kind.as_str()
-    ))
+/// What one phase of a change did, and the attributes its engine chose.
+struct Done {
+    outcome: Outcome,
+    computed: Attrs,
+}
+
+impl From<Outcome> for Done {
+    fn from(outcome: Outcome) -> Self {
+        Done {
+            outcome,
+            computed: Attrs::new(),
+        }
+    }
 }
 
 enum Outcome {

@@ -27,6 +27,7 @@ pub mod model;
 pub mod observed;
 pub mod owners;
 pub mod plan;
+pub mod provider;
 pub mod safefs;
 pub mod saved;
 pub mod schema;

@@ -9,10 +9,13 @@ use std::path::Path;
 use std::time::Duration;
 
 use super::*;
-use crate::host::StepOutcome;
+use crate::drivers::netlink::NetlinkError;
+use crate::host::{Host, HostError, StepOutcome};
+use crate::identity;
 use crate::lab::{CcActionSpec, DiskSpec, VmSpec};
 use crate::observed::{Observed, ObservedLink, ObservedMirror, ObservedVm};
 use crate::plan::{self, Mode, Options};
+use crate::provider::{Op, OpOutcome, Outcome as OpResult};
 
 /// One call the executor made, with what the state file said at that moment.
 #[derive(Clone, Debug)]
@@ -109,7 +112,9 @@ impl FakeHost {
         }
         self.world.borrow_mut().in_flight -= 1;
         if self.fail.contains(&what) {
-            return Err(HostError::Other(format!("injected failure of {what}")));
+            return Err(HostError::Io(std::io::Error::other(format!(
+                "injected failure of {what}"
+            ))));
         }
         Ok(())
     }
@@ -262,7 +267,14 @@ impl Host for FakeHost {
         Ok(())
     }
 
-    async fn launch_vm(&self, _: &Lab, vm: &VmSpec, _: &StateDir) -> Result<u32, HostError> {
+    async fn launch_vm(
+        &self,
+        _: &str,
+        _: crate::lab::Accel,
+        vm: &VmSpec,
+        _: &[DiskSpec],
+        _: &StateDir,
+    ) -> Result<u32, HostError> {
         self.enter(format!("launch {}", vm.name), &vm.address)
             .await?;
         let mut w = self.world.borrow_mut();
@@ -301,7 +313,9 @@ impl Host for FakeHost {
         };
         // Steps name themselves: `exec "A0"` is the first step of A.
         if !self.world.borrow().vms.contains_key(vm) {
-            return Err(HostError::Other(format!("{vm} is not running")));
+            return Err(HostError::Io(std::io::Error::other(format!(
+                "{vm} is not running"
+            ))));
         }
         // The agent of this boot runs a run id once; asked again, it replays.
         let known = self
@@ -330,7 +344,9 @@ impl Host for FakeHost {
             .or_default()
             .insert(run_id.to_string(), exit);
         if self.lose_replies.contains(&cmd.to_string()) {
-            return Err(HostError::Other("the agent connection dropped".into()));
+            return Err(HostError::Io(std::io::Error::other(
+                "the agent connection dropped",
+            )));
         }
         Ok(StepOutcome {
             exit,
@@ -339,6 +355,144 @@ impl Host for FakeHost {
             replayed: false,
             timed_out: None,
         })
+    }
+}
+
+/// The fake host as a provider: each op is the host call it was.
+impl Provider for FakeHost {
+    type Guest = crate::host::local::LocalGuest;
+
+    fn name(&self) -> &'static str {
+        "fake"
+    }
+
+    async fn preflight(&self, _: Option<&Lab>) -> Result<(), ProviderError> {
+        Ok(())
+    }
+
+    async fn refresh(
+        &self,
+        experiment: &str,
+        state: &State,
+        sd: &StateDir,
+    ) -> Result<Observed, ProviderError> {
+        Ok(self.observe(experiment, state, sd).await?)
+    }
+
+    async fn execute(&self, sd: &StateDir, op: &Op) -> Result<OpOutcome, ProviderError> {
+        match op {
+            Op::CreateNetwork {
+                bridge,
+                host_address,
+                marker,
+                ..
+            } => {
+                self.ensure_bridge(bridge, marker, host_address.as_deref())
+                    .await?
+            }
+            Op::DeleteNetwork { bridge, marker, .. } => self.delete_link(bridge, marker).await?,
+            Op::CreateTap {
+                name,
+                mac,
+                bridge,
+                marker,
+                ..
+            } => self.ensure_tap(name, mac, marker, bridge).await?,
+            Op::DeleteTap { name, marker, .. } => self.delete_link(name, marker).await?,
+            Op::CreateDisk { spec, .. } => {
+                self.create_disk(spec, &sd.disk_file(&spec.file_name())?)
+                    .await?
+            }
+            Op::RemoveDisk { file, .. } => self.remove_file(&sd.disk_file(file)?).await?,
+            Op::StopVm {
+                experiment,
+                name,
+                pid,
+                graceful,
+                ..
+            } => self.stop_vm(experiment, name, *pid, *graceful, sd).await?,
+            Op::LaunchVm {
+                experiment,
+                accel,
+                vm,
+                disks,
+                ..
+            } => {
+                for p in vm.kernel.iter().chain(vm.initrd.iter()) {
+                    if !p.exists() {
+                        return Err(ProviderError::MissingBootFile { path: p.clone() });
+                    }
+                }
+                let pid = self.launch_vm(experiment, *accel, vm, disks, sd).await?;
+                return Ok(OpResult::Launched { pid }.into());
+            }
+            Op::AddMirror {
+                source_tap,
+                dest_tap,
+                direction,
+                ..
+            } => {
+                self.add_mirror(source_tap, dest_tap, direction.as_str())
+                    .await?
+            }
+            Op::RemoveMirror {
+                source_tap,
+                dest_tap,
+                ..
+            } => self.remove_mirror(source_tap, dest_tap).await?,
+            Op::RunStep {
+                experiment,
+                vm,
+                action,
+                timeout,
+                run_id,
+                ..
+            } => {
+                let out = self
+                    .run_step(experiment, vm, action, *timeout, run_id)
+                    .await?;
+                return Ok(OpResult::Step(out).into());
+            }
+        }
+        Ok(OpOutcome::done())
+    }
+
+    fn sweep(&self, sd: &StateDir) -> Vec<std::path::PathBuf> {
+        crate::host::local::sweep_disk_temporaries(sd)
+    }
+
+    async fn guest(
+        &self,
+        _: &str,
+        vm: &str,
+        _: crate::provider::GuestWait,
+    ) -> Result<Self::Guest, ProviderError> {
+        Err(ProviderError::Unsupported {
+            provider: "fake",
+            what: format!("reach the guest of {vm}"),
+        })
+    }
+
+    fn store_step_output(
+        &self,
+        sd: &StateDir,
+        vm: &str,
+        index: usize,
+        out: &StepOutcome,
+    ) -> Result<(), ProviderError> {
+        Ok(sd.write_step_result(vm, index, out.exit, &out.stdout, &out.stderr)?)
+    }
+
+    fn serial_log(&self, _: &StateDir, _: &str) -> Option<std::path::PathBuf> {
+        None
+    }
+
+    fn console_socket(&self, _: &str, _: &str) -> Option<std::path::PathBuf> {
+        None
+    }
+
+    fn disk_file(&self, sd: &StateDir, file: &str) -> Result<std::path::PathBuf, ProviderError> {
+        Ok(sd.disk_file(file)?)
     }
 }
 
@@ -403,7 +557,7 @@ impl Rig {
         let lab = text.map(|t| self.lab(t));
         let mut state = self.state();
         let ex = Executor {
-            host: &self.host,
+            provider: &self.host,
             lab: lab.as_ref(),
             sd: &self.sd,
             experiment: "fx".into(),

@@ -650,95 +650,31 @@ fn own_cpu() -> std::time::Duration {
 
 /// Check what changing the host needs, naming each missing piece.
 pub fn preflight(lab: Option<&Lab>) -> Result<(), CliError> {
-    let mut missing: Vec<String> = Vec::new();
-    // SAFETY: geteuid has no preconditions.
-    let root = unsafe { libc::geteuid() } == 0;
-    let mut only_files = false;
-    if !root {
-        missing.push("root (or CAP_NET_ADMIN): run megaplan apply/destroy as root".into());
-    }
-    if !Path::new("/dev/net/tun").exists() {
-        missing.push("/dev/net/tun: load the tun module (modprobe tun)".into());
-    }
-    let on_path = |bin: &str| {
-        std::env::var_os("PATH")
-            .is_some_and(|p| std::env::split_paths(&p).any(|d| d.join(bin).is_file()))
-    };
-    for (bin, pkg) in [
-        ("qemu-system-x86_64", "qemu-system-x86"),
-        ("qemu-img", "qemu-utils"),
-    ] {
-        if !on_path(bin) {
-            missing.push(format!(
-                "{bin}: apt-get install {pkg} (or bash scripts/setup-host.sh)"
-            ));
+    use crate::provider::ProviderError;
+    match crate::host::local::preflight(lab) {
+        Ok(()) => Ok(()),
+        Err(ProviderError::Preflight {
+            missing,
+            not_root,
+            only_files,
+        }) => {
+            let hint = if not_root && missing.len() == 1 {
+                "run it as root: sudo megaplan ..."
+            } else if not_root {
+                "run it as root (sudo megaplan ...), and install what else is listed"
+            } else if only_files {
+                "create the files listed (or fix their paths in the experiment file), then run the command again"
+            } else {
+                "install what is listed, then run the command again"
+            };
+            let e = ProviderError::Preflight {
+                missing,
+                not_root,
+                only_files,
+            };
+            Err(CliError::new(e.to_string()).with_hint(hint))
         }
-    }
-    if let Some(lab) = lab {
-        for vm in &lab.vms {
-            for p in vm.kernel.iter().chain(vm.initrd.iter()) {
-                if !p.exists() {
-                    missing.push(format!(
-                        "{} (vm {}): build it with `megaplan image build --out {}`",
-                        p.display(),
-                        vm.name,
-                        p.parent().map_or(".".into(), |d| d.display().to_string())
-                    ));
-                }
-            }
-        }
-        // Files the steps and disks read: missing ones would fail mid-apply.
-        let mut files: Vec<String> = Vec::new();
-        for vm in &lab.vms {
-            for step in &vm.cc {
-                if let crate::lab::CcActionSpec::Send { src, .. } = &step.action
-                    && !src.exists()
-                {
-                    files.push(format!(
-                        "{} ({}: the file to send does not exist)",
-                        crate::diag::escape(&src.display().to_string()),
-                        step.address
-                    ));
-                }
-            }
-        }
-        for d in &lab.disks {
-            for (what, p) in d
-                .from
-                .iter()
-                .map(|p| ("base image", p))
-                .chain(d.inject.iter().map(|(p, _)| ("file to inject", p)))
-            {
-                if !p.exists() {
-                    files.push(format!(
-                        "{} ({}: the {what} does not exist)",
-                        crate::diag::escape(&p.display().to_string()),
-                        d.address
-                    ));
-                }
-            }
-        }
-        files.dedup();
-        only_files = !files.is_empty() && missing.is_empty();
-        missing.extend(files);
-        missing.dedup();
-    }
-    if missing.is_empty() {
-        Ok(())
-    } else {
-        Err(CliError::new(format!(
-            "cannot change the host; missing:\n  - {}",
-            missing.join("\n  - ")
-        ))
-        .with_hint(if !root && missing.len() == 1 {
-            "run it as root: sudo megaplan ..."
-        } else if !root {
-            "run it as root (sudo megaplan ...), and install what else is listed"
-        } else if only_files {
-            "create the files listed (or fix their paths in the experiment file), then run the command again"
-        } else {
-            "install what is listed, then run the command again"
-        }))
+        Err(e) => Err(CliError::new(e.to_string())),
     }
 }
 
@@ -798,7 +734,7 @@ fn execute(
             }
         };
         let ex = crate::apply::Executor {
-            host: &host,
+            provider: &host,
             lab,
             sd,
             experiment: experiment.to_string(),

@@ -15,6 +15,7 @@ use crate::observed::{Observed, ObservedLink, ObservedMirror, ObservedVm};
 use crate::state::{Kind, State, StateDir};
 
 use super::HostError;
+use crate::provider::{Guest, GuestWait, Op, OpOutcome, Outcome, Provider, ProviderError};
 
 pub struct LocalHost {
     pub nl: Netlink,
@@ -181,10 +182,10 @@ use crate::drivers::netlink::MacAddr;
 use crate::drivers::qemu::{self, DiskConfig, NicConfig, VmConfig};
 use crate::drivers::qemu_img::{self, ImageFormat};
 use crate::drivers::{process, runtime};
-use crate::lab::{CcActionSpec, CommandSpec, DiskFormat, DiskSource, DiskSpec, Lab, VmSpec};
+use crate::lab::{CcActionSpec, CommandSpec, DiskFormat, DiskSource, DiskSpec, VmSpec};
 
 /// The outcome of one cc step.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct StepOutcome {
     pub exit: i32,
     pub stdout: String,
@@ -293,11 +294,10 @@ impl super::Host for LocalHost {
         // A keep disk's file is never replaced: if it is there with no record
         // (a lost state), it is the user's data.
         if disk.keep && path.symlink_metadata().is_ok() {
-            return Err(HostError::Other(format!(
-                "disk '{}' is keep=#true and {} already exists: refusing to overwrite it (move it away to start empty, or restore the state that records it)",
-                disk.name,
-                path.display()
-            )));
+            return Err(HostError::KeepDiskExists {
+                disk: disk.name.clone(),
+                path: path.to_path_buf(),
+            });
         }
         let _ = std::fs::remove_file(path);
         let fmt = fmt_of(disk.format);
@@ -346,14 +346,21 @@ impl super::Host for LocalHost {
         }
     }
 
-    async fn launch_vm(&self, lab: &Lab, vm: &VmSpec, sd: &StateDir) -> Result<u32, HostError> {
+    async fn launch_vm(
+        &self,
+        experiment: &str,
+        accel: crate::lab::Accel,
+        vm: &VmSpec,
+        disks: &[DiskSpec],
+        sd: &StateDir,
+    ) -> Result<u32, HostError> {
         // `apply` resolves flag, MEGAPLAN_ACCEL and file up front (cli::resolve_accel).
-        let accel = match lab.accel {
+        let accel = match accel {
             crate::lab::Accel::Kvm => qemu::Accel::Kvm,
             crate::lab::Accel::Tcg => qemu::Accel::Tcg,
             crate::lab::Accel::Auto => qemu::detect_accel()?,
         };
-        let rt = super::ensure_runtime_dir(&lab.name, &vm.name)?;
+        let rt = super::ensure_runtime_dir(experiment, &vm.name)?;
         let mut cfg = VmConfig::new(&vm.name, vm.uuid, accel, &rt);
         cfg.memory_mib = vm.memory_mib;
         cfg.vcpus = vm.vcpus;
@@ -365,8 +372,7 @@ impl super::Host for LocalHost {
             .initrd
             .as_ref()
             .map(|p| std::path::absolute(p).unwrap_or_else(|_| p.clone()));
-        sd.private_subdir("logs")
-            .map_err(|e| HostError::Other(e.to_string()))?;
+        sd.private_subdir("logs")?;
         cfg.serial_log = Some(std::path::absolute(super::serial_log(sd, &vm.name))?);
         let mut append = vec![
             "console=ttyS0".to_string(),
@@ -381,9 +387,10 @@ impl super::Host for LocalHost {
         for (i, d) in vm.disks.iter().enumerate() {
             let (path, format) = match &d.source {
                 DiskSource::Named(n) => {
-                    let spec = lab
-                        .disk(n)
-                        .ok_or_else(|| HostError::Other(format!("unknown disk {n}")))?;
+                    let spec = disks
+                        .iter()
+                        .find(|d| &d.name == n)
+                        .ok_or_else(|| HostError::UnknownDisk(n.clone()))?;
                     (
                         std::path::absolute(sd.disks().join(spec.file_name()))?,
                         fmt_of(spec.format),
@@ -399,8 +406,7 @@ impl super::Host for LocalHost {
             };
             let (path, format) = if vm.snapshot {
                 let overlay = std::path::absolute(overlay_path(sd, &vm.name, i))?;
-                sd.private_subdir("overlays")
-                    .map_err(|e| HostError::Other(e.to_string()))?;
+                sd.private_subdir("overlays")?;
                 let _ = std::fs::remove_file(&overlay);
                 qemu_img::create_overlay(&path, &overlay).await?;
                 private_file(&overlay)?;
@@ -435,7 +441,7 @@ impl super::Host for LocalHost {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .insert(
-                (lab.name.clone(), vm.name.clone()),
+                (experiment.to_string(), vm.name.clone()),
                 Duration::from_millis(vm.boot_timeout_ms),
             );
         // QEMU's -daemonize sets umask 027 for itself: make its files 0600
@@ -532,7 +538,10 @@ impl super::Host for LocalHost {
             boot_wait,
         )
         .await?;
-        let agent_err = |e: crate::agent::AgentError| HostError::Other(format!("{vm}: {e}"));
+        let agent_err = |source| HostError::Agent {
+            vm: vm.to_string(),
+            source,
+        };
         let cmd = |c: &CommandSpec| match c {
             CommandSpec::Shell(s) => AgentCommand::Shell(s.clone()),
             CommandSpec::Argv(a) => AgentCommand::Argv(a.clone()),
@@ -552,8 +561,11 @@ impl super::Host for LocalHost {
                     }
                     Err(e) => return Err(agent_err(e)),
                 };
-                if let Some(e) = r.error {
-                    return Err(HostError::Other(format!("{vm}: {e}")));
+                if let Some(error) = r.error {
+                    return Err(HostError::StepRefused {
+                        vm: vm.to_string(),
+                        error,
+                    });
                 }
                 match (r.result, r.pid) {
                     (Some(r2), _) => {
@@ -575,9 +587,7 @@ impl super::Host for LocalHost {
                         replayed: r.replayed,
                     },
                     (None, None) => {
-                        return Err(HostError::Other(format!(
-                            "{vm}: the agent answered the step with no outcome"
-                        )));
+                        return Err(HostError::NoStepOutcome { vm: vm.to_string() });
                     }
                 }
             }
@@ -804,6 +814,298 @@ fn is_disk_temporary(file: &str) -> bool {
         .strip_suffix(".qcow2")
         .or_else(|| image.strip_suffix(".raw"));
     disk.is_some_and(|d| crate::validate::name_problem(d).is_none())
+}
+
+/// A guest of this host, reached through its agent's cc socket.
+pub struct LocalGuest {
+    pub vm: String,
+    pub client: crate::agent::AgentClient,
+}
+
+impl LocalGuest {
+    fn err(&self, source: crate::agent::AgentError) -> ProviderError {
+        ProviderError::Agent {
+            vm: self.vm.clone(),
+            source,
+        }
+    }
+}
+
+impl Guest for LocalGuest {
+    async fn exec(
+        &self,
+        command: AgentCommand,
+        timeout: Option<Duration>,
+        max_output: Option<u64>,
+    ) -> Result<crate::agent::ExecResult, ProviderError> {
+        self.client
+            .exec_capped(command, timeout, max_output)
+            .await
+            .map_err(|e| self.err(e))
+    }
+
+    async fn background(&self, command: AgentCommand) -> Result<u32, ProviderError> {
+        self.client
+            .background(command)
+            .await
+            .map_err(|e| self.err(e))
+    }
+
+    async fn send(&self, src: &Path, to: &str) -> Result<crate::agent::Transfer, ProviderError> {
+        self.client
+            .send_file(src, to)
+            .await
+            .map_err(|e| self.err(e))
+    }
+
+    async fn recv(
+        &self,
+        src: &str,
+        to: &Path,
+        idle_timeout: Duration,
+        max_size: u64,
+    ) -> Result<crate::agent::Transfer, ProviderError> {
+        self.client
+            .recv_file_limited(src, to, idle_timeout, max_size)
+            .await
+            .map_err(|e| self.err(e))
+    }
+
+    async fn info(&self, timeout: Duration) -> Result<crate::agent::Hello, ProviderError> {
+        self.client.refresh(timeout).await.map_err(|e| self.err(e))
+    }
+}
+
+/// What changing this host needs, every missing piece named: root, the tun
+/// device, QEMU and qemu-img, and (with a lab) its VMs' kernels and initrds
+/// and the files its steps send and its disks are made from.
+pub fn preflight(lab: Option<&crate::lab::Lab>) -> Result<(), ProviderError> {
+    let mut missing: Vec<String> = Vec::new();
+    // SAFETY: geteuid has no preconditions.
+    let root = unsafe { libc::geteuid() } == 0;
+    let mut only_files = false;
+    if !root {
+        missing.push("root (or CAP_NET_ADMIN): run megaplan apply/destroy as root".into());
+    }
+    if !Path::new("/dev/net/tun").exists() {
+        missing.push("/dev/net/tun: load the tun module (modprobe tun)".into());
+    }
+    let on_path = |bin: &str| {
+        std::env::var_os("PATH")
+            .is_some_and(|p| std::env::split_paths(&p).any(|d| d.join(bin).is_file()))
+    };
+    for (bin, pkg) in [
+        ("qemu-system-x86_64", "qemu-system-x86"),
+        ("qemu-img", "qemu-utils"),
+    ] {
+        if !on_path(bin) {
+            missing.push(format!(
+                "{bin}: apt-get install {pkg} (or bash scripts/setup-host.sh)"
+            ));
+        }
+    }
+    if let Some(lab) = lab {
+        for vm in &lab.vms {
+            for p in vm.kernel.iter().chain(vm.initrd.iter()) {
+                if !p.exists() {
+                    missing.push(format!(
+                        "{} (vm {}): build it with `megaplan image build --out {}`",
+                        p.display(),
+                        vm.name,
+                        p.parent().map_or(".".into(), |d| d.display().to_string())
+                    ));
+                }
+            }
+        }
+        // Files the steps and disks read: missing ones would fail mid-apply.
+        let mut files: Vec<String> = Vec::new();
+        for vm in &lab.vms {
+            for step in &vm.cc {
+                if let CcActionSpec::Send { src, .. } = &step.action
+                    && !src.exists()
+                {
+                    files.push(format!(
+                        "{} ({}: the file to send does not exist)",
+                        crate::diag::escape(&src.display().to_string()),
+                        step.address
+                    ));
+                }
+            }
+        }
+        for d in &lab.disks {
+            for (what, p) in d
+                .from
+                .iter()
+                .map(|p| ("base image", p))
+                .chain(d.inject.iter().map(|(p, _)| ("file to inject", p)))
+            {
+                if !p.exists() {
+                    files.push(format!(
+                        "{} ({}: the {what} does not exist)",
+                        crate::diag::escape(&p.display().to_string()),
+                        d.address
+                    ));
+                }
+            }
+        }
+        files.dedup();
+        only_files = !files.is_empty() && missing.is_empty();
+        missing.extend(files);
+        missing.dedup();
+    }
+    if missing.is_empty() {
+        Ok(())
+    } else {
+        Err(ProviderError::Preflight {
+            missing,
+            not_root: !root,
+            only_files,
+        })
+    }
+}
+
+impl Provider for LocalHost {
+    type Guest = LocalGuest;
+
+    fn name(&self) -> &'static str {
+        "local"
+    }
+
+    async fn preflight(&self, lab: Option<&crate::lab::Lab>) -> Result<(), ProviderError> {
+        preflight(lab)
+    }
+
+    async fn refresh(
+        &self,
+        experiment: &str,
+        state: &State,
+        sd: &StateDir,
+    ) -> Result<Observed, ProviderError> {
+        Ok(self.observe(experiment, state, sd).await?)
+    }
+
+    async fn execute(&self, sd: &StateDir, op: &Op) -> Result<OpOutcome, ProviderError> {
+        use super::Host as _;
+        match op {
+            Op::CreateNetwork {
+                bridge,
+                host_address,
+                marker,
+                ..
+            } => {
+                self.ensure_bridge(bridge, marker, host_address.as_deref())
+                    .await?
+            }
+            Op::DeleteNetwork { bridge, marker, .. } => self.delete_link(bridge, marker).await?,
+            Op::CreateTap {
+                name,
+                mac,
+                bridge,
+                marker,
+                ..
+            } => self.ensure_tap(name, mac, marker, bridge).await?,
+            Op::DeleteTap { name, marker, .. } => self.delete_link(name, marker).await?,
+            Op::CreateDisk { spec, .. } => {
+                self.create_disk(spec, &sd.disk_file(&spec.file_name())?)
+                    .await?
+            }
+            Op::RemoveDisk { file, .. } => self.remove_file(&sd.disk_file(file)?).await?,
+            Op::StopVm {
+                experiment,
+                name,
+                pid,
+                graceful,
+                ..
+            } => self.stop_vm(experiment, name, *pid, *graceful, sd).await?,
+            Op::LaunchVm {
+                experiment,
+                accel,
+                vm,
+                disks,
+                ..
+            } => {
+                for p in vm.kernel.iter().chain(vm.initrd.iter()) {
+                    if !p.exists() {
+                        return Err(ProviderError::MissingBootFile { path: p.clone() });
+                    }
+                }
+                let pid = self.launch_vm(experiment, *accel, vm, disks, sd).await?;
+                return Ok(Outcome::Launched { pid }.into());
+            }
+            Op::AddMirror {
+                source_tap,
+                dest_tap,
+                direction,
+                ..
+            } => {
+                self.add_mirror(source_tap, dest_tap, direction.as_str())
+                    .await?
+            }
+            Op::RemoveMirror {
+                source_tap,
+                dest_tap,
+                ..
+            } => self.remove_mirror(source_tap, dest_tap).await?,
+            Op::RunStep {
+                experiment,
+                vm,
+                action,
+                timeout,
+                run_id,
+                ..
+            } => {
+                let out = self
+                    .run_step(experiment, vm, action, *timeout, run_id)
+                    .await?;
+                return Ok(Outcome::Step(out).into());
+            }
+        }
+        Ok(OpOutcome::done())
+    }
+
+    fn sweep(&self, sd: &StateDir) -> Vec<PathBuf> {
+        sweep_disk_temporaries(sd)
+    }
+
+    async fn guest(
+        &self,
+        experiment: &str,
+        vm: &str,
+        wait: GuestWait,
+    ) -> Result<LocalGuest, ProviderError> {
+        let client = super::connect_agent(experiment, vm, wait.connect, wait.hello)
+            .await
+            .map_err(|source| ProviderError::Agent {
+                vm: vm.to_string(),
+                source,
+            })?;
+        Ok(LocalGuest {
+            vm: vm.to_string(),
+            client,
+        })
+    }
+
+    fn store_step_output(
+        &self,
+        sd: &StateDir,
+        vm: &str,
+        index: usize,
+        out: &StepOutcome,
+    ) -> Result<(), ProviderError> {
+        Ok(sd.write_step_result(vm, index, out.exit, &out.stdout, &out.stderr)?)
+    }
+
+    fn serial_log(&self, sd: &StateDir, vm: &str) -> Option<PathBuf> {
+        Some(super::serial_log(sd, vm))
+    }
+
+    fn console_socket(&self, experiment: &str, vm: &str) -> Option<PathBuf> {
+        Some(runtime::console_socket(&super::runtime_dir(experiment, vm)))
+    }
+
+    fn disk_file(&self, sd: &StateDir, file: &str) -> Result<PathBuf, ProviderError> {
+        Ok(sd.disk_file(file)?)
+    }
 }
 
 #[cfg(test)]

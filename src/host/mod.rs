@@ -18,7 +18,7 @@ pub use local::{LocalHost, StepOutcome};
 
 use std::time::Duration;
 
-use crate::lab::{CcActionSpec, DiskSpec, Lab, VmSpec};
+use crate::lab::{CcActionSpec, DiskSpec, VmSpec};
 
 /// Everything megaplan does to a machine. Each method is idempotent where it
 /// can be (creating what exists with our marker is a no-op).
@@ -51,7 +51,14 @@ pub trait Host {
     async fn create_disk(&self, disk: &DiskSpec, path: &Path) -> Result<(), HostError>;
     async fn remove_file(&self, path: &Path) -> Result<(), HostError>;
     /// Start QEMU for a VM; its pid.
-    async fn launch_vm(&self, lab: &Lab, vm: &VmSpec, sd: &StateDir) -> Result<u32, HostError>;
+    async fn launch_vm(
+        &self,
+        experiment: &str,
+        accel: crate::lab::Accel,
+        vm: &VmSpec,
+        disks: &[DiskSpec],
+        sd: &StateDir,
+    ) -> Result<u32, HostError>;
     /// Stop a VM (gracefully: agent sync, powerdown, then quit, then kill) and remove its runtime files and overlays.
     async fn stop_vm(
         &self,
@@ -93,8 +100,63 @@ pub enum HostError {
     QemuImg(#[from] crate::drivers::qemu_img::QemuImgError),
     #[error("{0}")]
     Io(#[from] std::io::Error),
-    #[error("{0}")]
-    Other(String),
+    #[error(transparent)]
+    State(#[from] crate::state::StateError),
+    #[error("bad runtime folder name '{name}': {why}")]
+    BadName { name: String, why: String },
+    #[error(
+        "refusing the runtime folder {}: {why} (make it 0700 and yours, or set MEGAPLAN_RUNTIME_DIR)",
+        path.display()
+    )]
+    UnsafeRuntimeDir { path: PathBuf, why: String },
+    /// A keep disk's file is there with no record: the user's data.
+    #[error(
+        "disk '{disk}' is keep=#true and {} already exists: refusing to overwrite it (move it away to start empty, or restore the state that records it)",
+        path.display()
+    )]
+    KeepDiskExists { disk: String, path: PathBuf },
+    /// A VM uses a disk of the experiment the op did not carry.
+    #[error("unknown disk {0}")]
+    UnknownDisk(String),
+    /// The guest's agent failed or refused.
+    #[error("{vm}: {source}")]
+    Agent {
+        vm: String,
+        #[source]
+        source: crate::agent::AgentError,
+    },
+    /// The agent answered a step with an error of its own.
+    #[error("{vm}: {error}")]
+    StepRefused { vm: String, error: String },
+    #[error("{vm}: the agent answered the step with no outcome")]
+    NoStepOutcome { vm: String },
+    /// The guest's agent never reported in.
+    #[error(transparent)]
+    Boot(#[from] BootError),
+}
+
+/// A guest whose agent did not report in: why, and the end of its serial console.
+#[derive(Debug, thiserror::Error)]
+#[error("agent of {vm} {why}{serial_tail}")]
+pub struct BootError {
+    pub vm: String,
+    pub why: BootFailure,
+    /// "\nserial log PATH, last lines:\n  …" (see [`SERIAL_TAIL_LINES`]).
+    pub serial_tail: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum BootFailure {
+    #[error("did not report in within {} (boot-timeout): {source}", duration_text(*wait))]
+    Refused {
+        wait: Duration,
+        source: crate::agent::AgentError,
+    },
+    #[error("did not report in within {} (boot-timeout)", duration_text(*wait))]
+    Timeout { wait: Duration },
+    /// Its QEMU exited or its kernel panicked.
+    #[error("will not report in: {0}")]
+    Dead(String),
 }
 
 /// The base of all runtime folders: `/run/megaplan`, or `MEGAPLAN_RUNTIME_DIR`.
@@ -127,17 +189,18 @@ fn ensure_runtime_dir_in(base: &Path, experiment: &str, vm: &str) -> Result<Path
     use crate::safefs::Dir;
     for n in [experiment, vm] {
         if let Some(p) = crate::validate::name_problem(n) {
-            return Err(HostError::Other(format!(
-                "bad runtime folder name '{n}': {p}"
-            )));
+            return Err(HostError::BadName {
+                name: n.to_string(),
+                why: p.to_string(),
+            });
         }
     }
     let dir = Dir::open(base, true)?.expect("created");
     if let Some(why) = dir.unsafe_because()? {
-        return Err(HostError::Other(format!(
-            "refusing the runtime folder {}: {why} (make it 0700 and yours, or set MEGAPLAN_RUNTIME_DIR)",
-            base.display()
-        )));
+        return Err(HostError::UnsafeRuntimeDir {
+            path: base.to_path_buf(),
+            why: why.to_string(),
+        });
     }
     let exp = dir.subdir(experiment, true)?.expect("created");
     let vmdir = exp.subdir(vm, true)?.expect("created");
@@ -197,27 +260,22 @@ pub async fn connect_agent_watched(
         hello_wait,
         connect_agent(experiment, vm, connect_wait, hello_wait),
     );
-    let failed = tokio::select! {
+    let why = tokio::select! {
         r = agent => match r {
             Ok(Ok(client)) => return Ok(client),
-            Ok(Err(e)) => format!(
-                "agent of {vm} did not report in within {} (boot-timeout): {e}",
-                duration_text(hello_wait)
-            ),
-            Err(_) => format!(
-                "agent of {vm} did not report in within {} (boot-timeout)",
-                duration_text(hello_wait)
-            ),
+            Ok(Err(source)) => BootFailure::Refused { wait: hello_wait, source },
+            Err(_) => BootFailure::Timeout { wait: hello_wait },
         },
-        why = watch_boot(&rt) => format!("agent of {vm} will not report in: {why}"),
+        why = watch_boot(&rt) => BootFailure::Dead(why),
     };
-    Err(HostError::Other(format!(
-        "{failed}{}",
-        serial_tail(
+    Err(HostError::Boot(BootError {
+        vm: vm.to_string(),
+        why,
+        serial_tail: serial_tail(
             &rt.join(crate::drivers::runtime::SERIAL_LOG_NAME),
-            SERIAL_TAIL_LINES
-        )
-    )))
+            SERIAL_TAIL_LINES,
+        ),
+    }))
 }
 
 /// How many lines of a guest's serial console a boot failure shows.

@@ -21,7 +21,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use uuid::Uuid;
 
-use crate::graph::{self, Resource, Target, forces_replacement};
+use crate::graph::{self, Resource, Target};
 use crate::lab::Lab;
 use crate::observed::Observed;
 use crate::state::{Attrs, Kind, State, Status};
@@ -153,6 +153,9 @@ pub struct Options {
     /// Content digests of the lab's files, read before planning
     /// ([`crate::digest::of_lab`]).
     pub digests: crate::digest::Digests,
+    /// The engine's replacement and computed-attribute rules
+    /// ([`crate::provider::Provider::rules`]; the local engine's by default).
+    pub rules: crate::provider::Rules,
 }
 
 /// The addresses of `opts.replace` that name nothing of the experiment
@@ -263,6 +266,10 @@ pub fn plan_with(
                     if b == a || (k == "hash" && r.kind == Kind::Step) {
                         continue;
                     }
+                    // Known after apply: the engine chose it, the file does not say.
+                    if a.is_none() && opts.rules.is_computed(r.kind, k) {
+                        continue;
+                    }
                     // A digest counts only where both sides know it (a state
                     // written before digests were recorded, an unreadable file).
                     let digest_of = k.strip_suffix("_sha256");
@@ -285,7 +292,7 @@ pub fn plan_with(
                     if !c.reasons.contains(&text) {
                         c.reasons.push(text);
                     }
-                    if forces_replacement(r.kind, k) {
+                    if opts.rules.forces_replacement(r.kind, k) {
                         replace = true;
                         c.replace_paths.push(k.clone());
                     } else {

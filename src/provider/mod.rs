@@ -1,0 +1,243 @@
+//! The provider boundary: what an engine (this host's own, minimega, an
+//! in-memory one for tests) is asked by the planner, the executor and the CLI.
+//!
+//! Invariants:
+//! - Everything an engine decides is asked of it here, not hard-coded: which
+//!   attribute changes force a replacement and which attributes it computes
+//!   ([`Rules`], handed to the pure planner through `plan::Options`), what
+//!   exists ([`Provider::refresh`], typed observations keyed by address), how
+//!   an effect is carried out ([`Provider::execute`] of an [`Op`]), how a
+//!   guest is reached ([`Provider::guest`]), where its files live (the
+//!   layout methods) and what it needs before anything changes
+//!   ([`Provider::preflight`]).
+//! - An [`Op`] is a plain value: it carries the spec values it needs; no
+//!   `Lab`, no address to re-parse, crosses the seam.
+//! - A provider refuses to change or remove an object that does not carry
+//!   the ownership marker the op names.
+
+pub mod ops;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use crate::agent::{Command, ExecResult, Hello, Transfer};
+use crate::lab::Lab;
+use crate::observed::Observed;
+use crate::state::{Kind, State, StateDir};
+
+pub use crate::host::StepOutcome;
+pub use ops::{Op, OpOutcome, Outcome};
+
+/// What an engine decides about attributes, as plain data the pure planner
+/// receives (`plan::Options::rules`); the planner never owns a provider.
+#[derive(Clone, Copy)]
+pub struct Rules {
+    /// Does a change of this attribute on a resource of this kind need a
+    /// new object (replace) rather than an update in place?
+    pub replaces: fn(Kind, &str) -> bool,
+    /// Is this attribute computed by the engine (known after apply)? The
+    /// planner does not diff a computed attribute the desired side leaves
+    /// out; the op outcome returns its value and the recorder stores it.
+    pub computed: fn(Kind, &str) -> bool,
+}
+
+impl Rules {
+    /// The local engine's rules (`graph::forces_replacement`; it computes
+    /// nothing: tap and bridge names are planned identities).
+    pub const LOCAL: Rules = Rules {
+        replaces: crate::graph::forces_replacement,
+        computed: |_, _| false,
+    };
+
+    pub fn forces_replacement(&self, kind: Kind, key: &str) -> bool {
+        (self.replaces)(kind, key)
+    }
+
+    pub fn is_computed(&self, kind: Kind, key: &str) -> bool {
+        (self.computed)(kind, key)
+    }
+}
+
+impl Default for Rules {
+    fn default() -> Self {
+        Rules::LOCAL
+    }
+}
+
+impl std::fmt::Debug for Rules {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Rules { .. }")
+    }
+}
+
+/// How long to wait for a guest: to connect, then for its agent's hello.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct GuestWait {
+    pub connect: Duration,
+    pub hello: Duration,
+}
+
+/// A guest reached through its engine's agent: what `cc exec`, `show` and
+/// steps do with it.
+#[allow(async_fn_in_trait)]
+pub trait Guest {
+    /// Run a command; at most `max_output` bytes of each stream kept.
+    async fn exec(
+        &self,
+        command: Command,
+        timeout: Option<Duration>,
+        max_output: Option<u64>,
+    ) -> Result<ExecResult, ProviderError>;
+    /// Start a command in the background; its pid in the guest.
+    async fn background(&self, command: Command) -> Result<u32, ProviderError>;
+    /// Copy a host file into the guest.
+    async fn send(&self, src: &Path, to: &str) -> Result<Transfer, ProviderError>;
+    /// Copy a guest file into the host folder `to` (at most `max_size` bytes).
+    async fn recv(
+        &self,
+        src: &str,
+        to: &Path,
+        idle_timeout: Duration,
+        max_size: u64,
+    ) -> Result<Transfer, ProviderError>;
+    /// The guest's current description (hostname, interfaces, addresses).
+    async fn info(&self, timeout: Duration) -> Result<Hello, ProviderError>;
+}
+
+/// An engine megaplan drives. Methods taking a [`StateDir`] act for that
+/// experiment's state folder; the engine decides what, if anything, it keeps
+/// there (the local engine keeps disks, overlays, logs and step outputs).
+#[allow(async_fn_in_trait)]
+pub trait Provider {
+    /// How this engine reaches a guest.
+    type Guest: Guest;
+
+    /// A short name for messages ("local", "minimega", "memory").
+    fn name(&self) -> &'static str;
+
+    /// Replacement and computed-attribute rules, for `plan::Options`.
+    fn rules(&self) -> Rules {
+        Rules::LOCAL
+    }
+
+    /// What changing things needs, checked before anything changes (tools,
+    /// privileges, the lab's boot files, files its steps and disks read):
+    /// `Err(ProviderError::Preflight)` names every missing piece. `lab` is
+    /// None for a destroy.
+    async fn preflight(&self, lab: Option<&Lab>) -> Result<(), ProviderError>;
+
+    /// Refresh: what exists of this experiment, keyed by address.
+    async fn refresh(
+        &self,
+        experiment: &str,
+        state: &State,
+        sd: &StateDir,
+    ) -> Result<Observed, ProviderError>;
+
+    /// Carry out one operation. Idempotent where it can be: creating what
+    /// exists with the op's marker is a no-op.
+    async fn execute(&self, sd: &StateDir, op: &Op) -> Result<OpOutcome, ProviderError>;
+
+    /// Remove what interrupted operations left (the executor holds the
+    /// experiment's lock when it calls this); what was removed.
+    fn sweep(&self, sd: &StateDir) -> Vec<PathBuf>;
+
+    /// Reach a VM's guest agent.
+    async fn guest(
+        &self,
+        experiment: &str,
+        vm: &str,
+        wait: GuestWait,
+    ) -> Result<Self::Guest, ProviderError>;
+
+    // The layout: where this engine keeps a VM's files.
+
+    /// Record a step's outcome where `cc responses` reads it.
+    fn store_step_output(
+        &self,
+        sd: &StateDir,
+        vm: &str,
+        index: usize,
+        out: &StepOutcome,
+    ) -> Result<(), ProviderError>;
+
+    /// The VM's serial console log on this machine, if the engine keeps one here.
+    fn serial_log(&self, sd: &StateDir, vm: &str) -> Option<PathBuf>;
+
+    /// The socket of the VM's serial console on this machine, if any.
+    fn console_socket(&self, experiment: &str, vm: &str) -> Option<PathBuf>;
+
+    /// The file of a disk of this experiment on this machine (`file` a name
+    /// the state recorded, checked), if the engine keeps disks here.
+    fn disk_file(&self, sd: &StateDir, file: &str) -> Result<PathBuf, ProviderError>;
+}
+
+/// Why an engine could not do what it was asked.
+#[derive(Debug, thiserror::Error)]
+pub enum ProviderError {
+    /// The machine refused or failed (netlink, tc, qemu-img, QEMU, QMP, files).
+    #[error(transparent)]
+    Host(#[from] crate::host::HostError),
+    /// The guest's agent failed or refused.
+    #[error("{vm}: {source}")]
+    Agent {
+        vm: String,
+        #[source]
+        source: crate::agent::AgentError,
+    },
+    /// The guest's agent never reported in: why, and what its console said.
+    #[error("{0}")]
+    Boot(#[from] crate::host::BootError),
+    /// The state folder refused (a link, a bad name, a failed write).
+    #[error(transparent)]
+    State(#[from] crate::state::StateError),
+    /// Something changing the machine needs is missing.
+    #[error("cannot change the host; missing:\n  - {}", missing.join("\n  - "))]
+    Preflight {
+        missing: Vec<String>,
+        /// Some of what is missing needs root.
+        not_root: bool,
+        /// Only files the lab reads are missing (no tools).
+        only_files: bool,
+    },
+    /// A boot file of a VM is not there.
+    #[error("{} does not exist (build one with `megaplan image build`)", path.display())]
+    MissingBootFile { path: PathBuf },
+    /// A keep disk's file is there with no record: the user's data.
+    #[error(
+        "disk '{disk}' is keep=#true and {} already exists: refusing to overwrite it (move it away to start empty, or restore the state that records it)",
+        path.display()
+    )]
+    KeepDiskExists { disk: String, path: PathBuf },
+    /// The object exists but does not carry our marker: left alone.
+    #[error("{what} exists but is not ours")]
+    NotOurs { what: String },
+    /// What the op acts on is not there (a strict engine refuses).
+    #[error("{what} does not exist")]
+    Missing { what: String },
+    /// This engine cannot do that.
+    #[error("the {provider} provider cannot {what}")]
+    Unsupported {
+        provider: &'static str,
+        what: String,
+    },
+    /// A failure injected by a test engine.
+    #[error("injected failure of {0}")]
+    Injected(String),
+}
+
+impl ProviderError {
+    /// The object was there but not ours: a delete drops its record and
+    /// leaves the object.
+    pub fn not_ours(&self) -> Option<String> {
+        use crate::drivers::netlink::NetlinkError;
+        match self {
+            ProviderError::NotOurs { what } => Some(what.clone()),
+            ProviderError::Host(crate::host::HostError::Netlink(NetlinkError::NotOurs {
+                name,
+                ..
+            })) => Some(format!("interface {name}")),
+            _ => None,
+        }
+    }
+}
