@@ -83,6 +83,7 @@ pub fn adopt(lab: &Lab, state: &mut State, observed: &mut Observed, sd: &StateDi
                     _ => false,
                 }
             }
+            Kind::Capture => observed.captures.contains_key(&r.address),
             Kind::Step => step_exit(r, state, &adopted, sd).is_some_and(|exit| {
                 rec.exit = Some(exit);
                 rec.generation = Some(ADOPTED_GENERATION);

@@ -230,7 +230,10 @@ pub struct CcStep {
 #[derive(Clone, Debug, PartialEq)]
 pub enum CaptureSource {
     /// One tap: `tap "monitor" nic=0`.
-    Tap { vm: Sp<String>, nic: Option<Sp<i64>> },
+    Tap {
+        vm: Sp<String>,
+        nic: Option<Sp<i64>>,
+    },
     /// Every member tap of a network: `network="LAN"`.
     Network(Sp<String>),
 }

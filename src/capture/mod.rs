@@ -17,6 +17,7 @@
 //! The recorder itself is [`record`]; reading a file back for checks is
 //! [`read_frames`].
 
+pub mod cli;
 pub mod record;
 
 use std::fs::File;
@@ -77,31 +78,36 @@ pub fn file_path(sd: &StateDir, name: &str) -> Result<PathBuf, CaptureError> {
 }
 
 fn runtime_folder(experiment: &str, create: bool) -> Result<Option<Dir>, CaptureError> {
-    let root = crate::host::runtime_root(experiment);
-    if create {
-        let path = crate::host::ensure_runtime_dir(experiment, RUNTIME_SUBDIR).map_err(|e| {
-            CaptureError::Os {
-                what: format!("runtime folder {}", root.display()),
-                source: std::io::Error::other(e.to_string()),
-            }
-        })?;
-        return Dir::open(&path, false).map_err(|source| CaptureError::Os {
-            what: format!("open {}", path.display()),
-            source,
-        });
+    let base = crate::host::runtime_base();
+    let oserr = |what: String| move |source| CaptureError::Os { what, source };
+    if crate::validate::name_problem(experiment).is_some() {
+        return Err(CaptureError::BadName(experiment.to_string()));
     }
-    let Some(dir) = Dir::open(&root, false).map_err(|source| CaptureError::Os {
-        what: format!("open {}", root.display()),
-        source,
-    })?
+    let Some(dir) = Dir::open(&base, create).map_err(oserr(format!("open {}", base.display())))?
     else {
         return Ok(None);
     };
-    dir.subdir(RUNTIME_SUBDIR, false)
-        .map_err(|source| CaptureError::Os {
-            what: format!("open {}", root.join(RUNTIME_SUBDIR).display()),
-            source,
-        })
+    // The same rule as the VMs' runtime folders: the base is the invoking
+    // user's and writable by nobody else.
+    if let Some(why) = dir
+        .unsafe_because()
+        .map_err(oserr(format!("check {}", base.display())))?
+    {
+        return Err(CaptureError::Os {
+            what: format!("runtime folder {}", base.display()),
+            source: std::io::Error::other(why),
+        });
+    }
+    let Some(exp) = dir
+        .subdir(experiment, create)
+        .map_err(oserr(format!("open {}", base.join(experiment).display())))?
+    else {
+        return Ok(None);
+    };
+    exp.subdir(RUNTIME_SUBDIR, create).map_err(oserr(format!(
+        "open {}",
+        exp.path.join(RUNTIME_SUBDIR).display()
+    )))
 }
 
 /// The ownership marker a recorder carries in its argv.
@@ -173,7 +179,10 @@ pub fn start(sd: &StateDir, experiment: &str, spec: &CaptureSpec) -> Result<u32,
         what: format!("{}", sd.root.join(CAPTURES_DIR).display()),
         source,
     };
-    let dir = root.subdir(CAPTURES_DIR, true).map_err(werr)?.expect("created");
+    let dir = root
+        .subdir(CAPTURES_DIR, true)
+        .map_err(werr)?
+        .expect("created");
     let out = dir
         .open_file(&spec.file_name(), Open::ReadWriteCreate)
         .map_err(CaptureError::File)?;
@@ -285,6 +294,30 @@ fn read_ready(fd: &OwnedFd, timeout: Duration) -> Option<String> {
     }
 }
 
+/// Refresh: every running recorder of the experiment, by address, with its
+/// pid (a pidfile counts only when its process carries the marker).
+pub fn observe(experiment: &str) -> std::collections::BTreeMap<String, u32> {
+    let mut out = std::collections::BTreeMap::new();
+    let Ok(Some(dir)) = runtime_folder(experiment, false) else {
+        return out;
+    };
+    let Ok(entries) = std::fs::read_dir(&dir.path) else {
+        return out;
+    };
+    for e in entries.flatten() {
+        let Ok(file) = e.file_name().into_string() else {
+            continue;
+        };
+        let Some(name) = file.strip_suffix(".pid") else {
+            continue;
+        };
+        if let Some(pid) = recorder_pid(experiment, name) {
+            out.insert(format!("capture.{name}"), pid);
+        }
+    }
+    out
+}
+
 /// Stop the recorder of capture `name` (SIGTERM: it flushes and exits;
 /// SIGKILL after [`STOP_TIMEOUT`]). The file stays. True when one ran.
 pub fn stop(experiment: &str, name: &str) -> Result<bool, CaptureError> {
@@ -359,7 +392,10 @@ pub fn remove_files(sd: &StateDir) -> Result<usize, CaptureError> {
     let Some(root) = sd.open(false)? else {
         return Ok(0);
     };
-    let Some(dir) = root.subdir(CAPTURES_DIR, false).map_err(CaptureError::File)? else {
+    let Some(dir) = root
+        .subdir(CAPTURES_DIR, false)
+        .map_err(CaptureError::File)?
+    else {
         return Ok(0);
     };
     let mut n = 0;
@@ -415,7 +451,9 @@ pub fn read_frames(sd: &StateDir, name: &str) -> Result<Vec<Frame>, CaptureError
         .open_file(&format!("{name}.pcap"), Open::Read)
         .map_err(CaptureError::File)?;
     if !f.metadata().map_err(CaptureError::File)?.is_file() {
-        return Err(CaptureError::Format(format!("{name}.pcap is not a plain file")));
+        return Err(CaptureError::Format(format!(
+            "{name}.pcap is not a plain file"
+        )));
     }
     parse_frames(&mut f)
 }
@@ -426,7 +464,8 @@ pub fn parse_frames(f: &mut File) -> Result<Vec<Frame>, CaptureError> {
         return Ok(Vec::new());
     };
     use std::io::Seek;
-    f.seek(std::io::SeekFrom::Start(0)).map_err(CaptureError::File)?;
+    f.seek(std::io::SeekFrom::Start(0))
+        .map_err(CaptureError::File)?;
     let mut bytes = vec![0u8; end as usize];
     f.read_exact(&mut bytes).map_err(CaptureError::File)?;
     let mut r = pcap_file::pcap::PcapReader::new(&bytes[..])

@@ -15,17 +15,17 @@
 //!   The file is flushed after every burst of frames, so a check may read it
 //!   while the recorder runs.
 
+use std::cell::RefCell;
 use std::collections::{HashMap, VecDeque};
 use std::fs::File;
 use std::hash::{Hash, Hasher};
-use std::cell::RefCell;
 use std::io::{Read, Seek, SeekFrom, Write};
-use std::rc::Rc;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::rc::Rc;
 use std::time::{Duration, Instant, SystemTime};
 
-use pcap_file::{DataLink, Endianness};
 use pcap_file::pcap::{PcapHeader, PcapPacket, PcapWriter};
+use pcap_file::{DataLink, Endianness};
 
 use super::CaptureError;
 

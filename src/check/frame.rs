@@ -4,7 +4,10 @@
 use crate::capture::Frame;
 
 fn mac(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect::<Vec<_>>().join(":")
+    b.iter()
+        .map(|x| format!("{x:02x}"))
+        .collect::<Vec<_>>()
+        .join(":")
 }
 
 fn ipv4(b: &[u8]) -> String {
@@ -86,7 +89,10 @@ mod tests {
             data: icmp,
             orig_len: 42,
         };
-        assert_eq!(summary(&f), "01:02:03.000042 10.0.0.1 > 10.0.0.2 ICMP echo request, 42 bytes");
+        assert_eq!(
+            summary(&f),
+            "01:02:03.000042 10.0.0.1 > 10.0.0.2 ICMP echo request, 42 bytes"
+        );
         let mut arp = vec![0u8; 14 + 28];
         arp[12..14].copy_from_slice(&[0x08, 0x06]);
         arp[14 + 7] = 1;

@@ -18,7 +18,10 @@ pub enum ReportError {
         source: std::io::Error,
     },
     #[error("{path} is not a check report: {why}")]
-    Bad { path: std::path::PathBuf, why: String },
+    Bad {
+        path: std::path::PathBuf,
+        why: String,
+    },
 }
 
 /// Write `checks.json` into the state folder (atomically, never through a link).
@@ -82,7 +85,15 @@ fn xml(s: &str) -> String {
 pub fn details(r: &CheckResult) -> String {
     let mut s = String::new();
     let _ = writeln!(s, "check: {}", r.name);
-    let _ = writeln!(s, "expected: {}", if r.expect == "fail" { "to fail" } else { "to hold" });
+    let _ = writeln!(
+        s,
+        "expected: {}",
+        if r.expect == "fail" {
+            "to fail"
+        } else {
+            "to hold"
+        }
+    );
     let _ = writeln!(s, "result: {}", r.message);
     let _ = writeln!(s, "command: {}", r.command);
     let _ = writeln!(s, "attempts: {}", r.attempts);
@@ -153,14 +164,20 @@ pub fn junit(report: &Report) -> String {
 
 /// A markdown table cell: one line, pipes escaped.
 fn cell(s: &str) -> String {
-    crate::diag::escape(s).replace('|', "\\|").replace('\n', " ")
+    crate::diag::escape(s)
+        .replace('|', "\\|")
+        .replace('\n', " ")
 }
 
 /// The markdown summary for a PR comment: a table, then why each failure failed.
 pub fn markdown(report: &Report) -> String {
     let mut m = String::new();
     let total = report.results.len();
-    let verdict = if report.all_passed() { "✅ passed" } else { "❌ failed" };
+    let verdict = if report.all_passed() {
+        "✅ passed"
+    } else {
+        "❌ failed"
+    };
     let _ = writeln!(
         m,
         "### megaplan test `{}`: {verdict} ({} of {total} check{} passed)\n",
@@ -183,7 +200,11 @@ pub fn markdown(report: &Report) -> String {
         );
     }
     for r in report.results.iter().filter(|r| !r.passed) {
-        let _ = writeln!(m, "\n<details><summary>Why “{}” failed</summary>\n", cell(&r.name));
+        let _ = writeln!(
+            m,
+            "\n<details><summary>Why “{}” failed</summary>\n",
+            cell(&r.name)
+        );
         m.push_str("```\n");
         m.push_str(&details(r).replace("```", "`\u{200b}``"));
         m.push_str("```\n\n</details>\n");
@@ -212,7 +233,11 @@ mod tests {
             from: Some("A".into()),
             expect: "pass".into(),
             passed,
-            message: if passed { "A got a reply".into() } else { "no reply <&>".into() },
+            message: if passed {
+                "A got a reply".into()
+            } else {
+                "no reply <&>".into()
+            },
             command: "in A: ping -c 1 -W 2 10.0.0.2".into(),
             attempts: 1,
             duration_ms: 1500,
@@ -245,7 +270,10 @@ mod tests {
         assert!(x.contains("name=\"B | &quot;C&quot;\""));
         assert!(x.contains("message=\"no reply &lt;&amp;&gt;\""));
         assert!(x.contains("command: in A: ping -c 1 -W 2 10.0.0.2"));
-        assert!(x.contains("out\\u{1}put"), "a control character is not XML: {x}");
+        assert!(
+            x.contains("out\\u{1}put"),
+            "a control character is not XML: {x}"
+        );
         assert!(x.contains("tests=\"2\" failures=\"1\""));
     }
 

@@ -13,6 +13,8 @@ use crate::state::StateDir;
 pub const EXCERPT_FRAMES: usize = 10;
 /// How long to wait between two attempts of a check with `retry`.
 const RETRY_PAUSE: Duration = Duration::from_secs(1);
+/// The longest one ping waits for its echo reply.
+pub const PING_WAIT_SECS: u64 = 3;
 /// How much of a command's output a result keeps.
 const OUTPUT_KEEP: usize = 8192;
 
@@ -132,7 +134,8 @@ impl Attempt {
 
 /// The argv of a ping check: one echo, waiting at most the check's timeout.
 pub fn ping_argv(target: &str, timeout_ms: u64) -> Vec<String> {
-    let wait = (timeout_ms / 1000).clamp(1, 60);
+    // A reply comes in milliseconds; `retry` is for waiting longer.
+    let wait = (timeout_ms / 1000).clamp(1, PING_WAIT_SECS);
     vec![
         "ping".into(),
         "-c".into(),
@@ -143,7 +146,12 @@ pub fn ping_argv(target: &str, timeout_ms: u64) -> Vec<String> {
     ]
 }
 
-async fn in_guest(lab: &Lab, vm: &str, cmd: CommandSpec, timeout: Duration) -> Result<crate::agent::protocol::ExecResult, String> {
+async fn in_guest(
+    lab: &Lab,
+    vm: &str,
+    cmd: CommandSpec,
+    timeout: Duration,
+) -> Result<crate::agent::protocol::ExecResult, String> {
     let client = crate::cc::connect(lab, vm, Duration::from_secs(30)).await?;
     let cmd = match cmd {
         CommandSpec::Shell(s) => crate::agent::protocol::Command::Shell(s),
@@ -171,7 +179,10 @@ async fn attempt(lab: &Lab, sd: &StateDir, c: &CheckSpec) -> Attempt {
                         message: if held {
                             format!("{from} got a reply from {target}")
                         } else if r.timed_out {
-                            format!("no reply from {target} within {}", crate::cc::timed_out_after(timeout))
+                            format!(
+                                "no reply from {target} within {}",
+                                crate::cc::timed_out_after(timeout)
+                            )
                         } else {
                             format!("no reply from {target} (ping exit {exit})")
                         },
@@ -219,7 +230,14 @@ async fn attempt(lab: &Lab, sd: &StateDir, c: &CheckSpec) -> Attempt {
                 Attempt {
                     held,
                     message: if held {
-                        format!("exit {exit}{}", if stdout_contains.is_some() || stdout_matches.is_some() { ", stdout as expected" } else { "" })
+                        format!(
+                            "exit {exit}{}",
+                            if stdout_contains.is_some() || stdout_matches.is_some() {
+                                ", stdout as expected"
+                            } else {
+                                ""
+                            }
+                        )
                     } else {
                         why.join("; ")
                     },
@@ -279,8 +297,8 @@ pub fn capture_count(
 ) -> Result<(u64, u64, Vec<String>), String> {
     let prog = super::validate::compile_filter(filter)
         .map_err(|e| format!("pcap filter {filter:?}: {e}"))?;
-    let frames = crate::capture::read_frames(sd, name)
-        .map_err(|e| format!("capture '{name}': {e}"))?;
+    let frames =
+        crate::capture::read_frames(sd, name).map_err(|e| format!("capture '{name}': {e}"))?;
     let mut matched = 0u64;
     let mut excerpt = Vec::new();
     for f in &frames {
@@ -303,7 +321,11 @@ pub fn describe(c: &CheckSpec) -> String {
             command_text(&CommandSpec::Argv(ping_argv(target, c.timeout_ms)))
         ),
         CheckKind::Exec { command, .. } => {
-            format!("in {}: {}", c.from.as_deref().unwrap_or("?"), command_text(command))
+            format!(
+                "in {}: {}",
+                c.from.as_deref().unwrap_or("?"),
+                command_text(command)
+            )
         }
         CheckKind::Capture {
             capture,

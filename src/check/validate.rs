@@ -71,9 +71,12 @@ pub fn captures_and_checks(
     let vm_names: Vec<&str> = vms.iter().map(|v| v.name.as_str()).collect();
     let unknown_vm = |d: &mut Diagnostics, name: &Sp<String>| {
         d.push(
-            Diag::error("megaplan::unknown_vm", format!("there is no VM '{}'", name.value))
-                .label(name.span, "unknown VM")
-                .help_opt(did_you_mean(&name.value, vm_names.iter().copied())),
+            Diag::error(
+                "megaplan::unknown_vm",
+                format!("there is no VM '{}'", name.value),
+            )
+            .label(name.span, "unknown VM")
+            .help_opt(did_you_mean(&name.value, vm_names.iter().copied())),
         );
     };
 
@@ -82,17 +85,23 @@ pub fn captures_and_checks(
     for c in &doc.captures {
         if let Some(why) = crate::validate::name_problem(&c.name.value) {
             d.push(
-                Diag::error("megaplan::bad_name", format!("bad capture name '{}'", c.name.value))
-                    .label(c.name.span, why)
-                    .help("a capture name becomes a file name: letters, digits, '-', '_', '.'"),
+                Diag::error(
+                    "megaplan::bad_name",
+                    format!("bad capture name '{}'", c.name.value),
+                )
+                .label(c.name.span, why)
+                .help("a capture name becomes a file name: letters, digits, '-', '_', '.'"),
             );
             continue;
         }
         if !seen.insert(c.name.value.as_str()) {
             d.push(
-                Diag::error("megaplan::duplicate", format!("duplicate capture '{}'", c.name.value))
-                    .label(c.name.span, "defined again here")
-                    .help("each capture needs its own name"),
+                Diag::error(
+                    "megaplan::duplicate",
+                    format!("duplicate capture '{}'", c.name.value),
+                )
+                .label(c.name.span, "defined again here")
+                .help("each capture needs its own name"),
             );
             continue;
         }
@@ -122,7 +131,11 @@ pub fn captures_and_checks(
                             format!("VM '{}' has no nic {index}", vm.value),
                         )
                         .label(at, "no such nic")
-                        .help(format!("VM '{}' has {} nic(s), numbered from 0", vm.value, spec.nics.len())),
+                        .help(format!(
+                            "VM '{}' has {} nic(s), numbered from 0",
+                            vm.value,
+                            spec.nics.len()
+                        )),
                     );
                     continue;
                 };
@@ -140,18 +153,24 @@ pub fn captures_and_checks(
                             format!("there is no network '{}'", net.value),
                         )
                         .label(net.span, "unknown network")
-                        .help_opt(did_you_mean(&net.value, networks.iter().map(|n| n.name.as_str()))),
+                        .help_opt(did_you_mean(
+                            &net.value,
+                            networks.iter().map(|n| n.name.as_str()),
+                        )),
                     );
                     continue;
                 }
                 let taps: Vec<CaptureTap> = vms
                     .iter()
                     .flat_map(|v| {
-                        v.nics.iter().filter(|n| n.network == net.value).map(|n| CaptureTap {
-                            vm: v.name.clone(),
-                            nic: n.index,
-                            tap: n.tap.clone(),
-                        })
+                        v.nics
+                            .iter()
+                            .filter(|n| n.network == net.value)
+                            .map(|n| CaptureTap {
+                                vm: v.name.clone(),
+                                nic: n.index,
+                                tap: n.tap.clone(),
+                            })
                     })
                     .collect();
                 if taps.is_empty() {
@@ -202,16 +221,22 @@ fn one_check(
     let errors_before = d.errors().count();
     if let Some(why) = check_name_problem(&c.name.value) {
         d.push(
-            Diag::error("megaplan::bad_name", format!("bad check name {:?}", c.name.value))
-                .label(c.name.span, why)
-                .help("name the check by what must hold: \"A reaches B\""),
+            Diag::error(
+                "megaplan::bad_name",
+                format!("bad check name {:?}", c.name.value),
+            )
+            .label(c.name.span, why)
+            .help("name the check by what must hold: \"A reaches B\""),
         );
     }
     if earlier.contains(&c.name.value.as_str()) {
         d.push(
-            Diag::error("megaplan::duplicate", format!("duplicate check {:?}", c.name.value))
-                .label(c.name.span, "defined again here")
-                .help("each check needs its own name: it is a testcase in the JUnit report"),
+            Diag::error(
+                "megaplan::duplicate",
+                format!("duplicate check {:?}", c.name.value),
+            )
+            .label(c.name.span, "defined again here")
+            .help("each check needs its own name: it is a testcase in the JUnit report"),
         );
     }
     let what: Vec<(&str, miette::SourceSpan)> = [
@@ -266,7 +291,10 @@ fn one_check(
             d.push(
                 Diag::error(
                     "megaplan::check_from",
-                    format!("check {:?} does not say which VM runs its `{k}`", c.name.value),
+                    format!(
+                        "check {:?} does not say which VM runs its `{k}`",
+                        c.name.value
+                    ),
                 )
                 .label(c.name.span, "no `from`")
                 .help("add `from \"VM\"`"),
@@ -321,28 +349,33 @@ fn one_check(
         Some(e) if e.value == "fail" => true,
         Some(e) => {
             d.push(
-                Diag::error("megaplan::bad_expect", format!("'{}' is not an expectation", e.value))
-                    .label(e.span, "expected \"pass\" or \"fail\"")
-                    .help_opt(did_you_mean(&e.value, ["pass", "fail"]).or(Some(
-                        "write `expect \"fail\"` for something that must not hold".into(),
-                    ))),
+                Diag::error(
+                    "megaplan::bad_expect",
+                    format!("'{}' is not an expectation", e.value),
+                )
+                .label(e.span, "expected \"pass\" or \"fail\"")
+                .help_opt(did_you_mean(&e.value, ["pass", "fail"]).or(Some(
+                    "write `expect \"fail\"` for something that must not hold".into(),
+                ))),
             );
             false
         }
     };
     let timeout_ms = match &c.timeout {
         None => DEFAULT_CHECK_TIMEOUT_MS,
-        Some(t) => match crate::validate::parse_duration_ms(&t.value).filter(|&ms| ms > 0) {
-            Some(ms) => ms,
-            None => {
-                d.push(
+        Some(t) => {
+            match crate::validate::parse_duration_ms(&t.value).filter(|&ms| ms > 0) {
+                Some(ms) => ms,
+                None => {
+                    d.push(
                     Diag::error("megaplan::bad_duration", format!("'{}' is not a duration", t.value))
                         .label(t.span, "not a duration")
                         .help("write how long one attempt may take: \"30s\", \"2m\" (default \"30s\")"),
                 );
-                0
+                    0
+                }
             }
-        },
+        }
     };
     let count = |d: &mut Diagnostics, v: &Option<Sp<i64>>, key: &str, max: i64| -> Option<u64> {
         let v = v.as_ref()?;
@@ -350,9 +383,12 @@ fn one_check(
             Some(v.value as u64)
         } else {
             d.push(
-                Diag::error("megaplan::out_of_range", format!("`{key}` {} is out of range", v.value))
-                    .label(v.span, format!("expected 0 to {max}"))
-                    .help(format!("write a whole number from 0 to {max}")),
+                Diag::error(
+                    "megaplan::out_of_range",
+                    format!("`{key}` {} is out of range", v.value),
+                )
+                .label(v.span, format!("expected 0 to {max}"))
+                .help(format!("write a whole number from 0 to {max}")),
             );
             None
         }
@@ -364,13 +400,23 @@ fn one_check(
             d.push(
                 Diag::error(
                     "megaplan::unknown_after",
-                    format!("check {:?} runs after '{}', which is neither a VM nor an earlier check", c.name.value, a.value),
+                    format!(
+                        "check {:?} runs after '{}', which is neither a VM nor an earlier check",
+                        c.name.value, a.value
+                    ),
                 )
                 .label(a.span, "unknown VM or check")
-                .help_opt(did_you_mean(
-                    &a.value,
-                    vms.iter().map(|v| v.name.as_str()).chain(earlier.iter().copied()),
-                ).or(Some("a check runs after VMs (their steps) or checks written before it".into()))),
+                .help_opt(
+                    did_you_mean(
+                        &a.value,
+                        vms.iter()
+                            .map(|v| v.name.as_str())
+                            .chain(earlier.iter().copied()),
+                    )
+                    .or(Some(
+                        "a check runs after VMs (their steps) or checks written before it".into(),
+                    )),
+                ),
             );
         }
     }
@@ -405,7 +451,14 @@ fn one_check(
             {
                 d.push(
                     Diag::error("megaplan::bad_regex", "invalid regular expression")
-                        .label(re.span, e.to_string().lines().last().unwrap_or("invalid").to_string())
+                        .label(
+                            re.span,
+                            e.to_string()
+                                .lines()
+                                .last()
+                                .unwrap_or("invalid")
+                                .to_string(),
+                        )
                         .help("stdout-matches takes a regular expression (Rust regex syntax)"),
                 );
             }
@@ -420,11 +473,16 @@ fn one_check(
             let cap = c.capture.as_ref()?;
             if !capture_names.contains(&cap.value.as_str()) {
                 d.push(
-                    Diag::error("megaplan::unknown_capture", format!("there is no capture '{}'", cap.value))
-                        .label(cap.span, "unknown capture")
-                        .help_opt(did_you_mean(&cap.value, capture_names.iter().copied()).or(Some(
+                    Diag::error(
+                        "megaplan::unknown_capture",
+                        format!("there is no capture '{}'", cap.value),
+                    )
+                    .label(cap.span, "unknown capture")
+                    .help_opt(
+                        did_you_mean(&cap.value, capture_names.iter().copied()).or(Some(
                             "define it: `capture \"NAME\" { tap \"VM\" nic=0 }`".into(),
-                        ))),
+                        )),
+                    ),
                 );
             }
             let filter = c.filter.as_ref().map_or(String::new(), |f| f.value.clone());
@@ -442,24 +500,30 @@ fn one_check(
             if let Some(n) = &c.none {
                 if let Some(x) = c.at_least.as_ref().or(c.at_most.as_ref()) {
                     d.push(
-                        Diag::error("megaplan::check_key", "`none` cannot go with `at-least` or `at-most`")
-                            .label(x.span, "a count here")
-                            .label(n.span, "`none` here")
-                            .help("`none` means at-most 0: keep one of them"),
+                        Diag::error(
+                            "megaplan::check_key",
+                            "`none` cannot go with `at-least` or `at-most`",
+                        )
+                        .label(x.span, "a count here")
+                        .label(n.span, "`none` here")
+                        .help("`none` means at-most 0: keep one of them"),
                     );
                 }
                 if n.value {
                     at_most = Some(0);
                 }
             }
-            if let (Some(l), Some(m)) = (at_least, at_most)
+            if let (Some(l), Some(m), None) = (at_least, at_most, &c.none)
                 && l > m
                 && let Some(x) = &c.at_least
             {
                 d.push(
-                    Diag::error("megaplan::check_key", format!("at-least {l} is more than at-most {m}"))
-                        .label(x.span, "can never hold")
-                        .help("swap the bounds, or drop one"),
+                    Diag::error(
+                        "megaplan::check_key",
+                        format!("at-least {l} is more than at-most {m}"),
+                    )
+                    .label(x.span, "can never hold")
+                    .help("swap the bounds, or drop one"),
                 );
             }
             let at_least = if at_least.is_none() && at_most.is_none() {

@@ -653,6 +653,12 @@ fn live_check(r: &Resource, obs: &Observed, prior: &State) -> (bool, bool, Vec<S
             }
         }
         Kind::Step => {}
+        Kind::Capture => {
+            if !obs.captures.contains_key(&r.address) {
+                replace = true;
+                why.push("recorder not running".into());
+            }
+        }
     }
     (replace, update, why)
 }

@@ -1461,9 +1461,7 @@ impl Parser<'_> {
     fn capture(&mut self, node: &RawNode) -> Option<Capture> {
         let v = self.view(node, CAPTURE_PROPS, CAPTURE_CHILDREN, usage::CAPTURE);
         let name = self.name_arg(&v, "a name");
-        let mut source = self
-            .prop_string(&v, "network")
-            .map(CaptureSource::Network);
+        let mut source = self.prop_string(&v, "network").map(CaptureSource::Network);
         let mut seen = Seen::new();
         for child in Self::children(node) {
             match child.name().value() {
@@ -1557,7 +1555,12 @@ impl Parser<'_> {
                         });
                     }
                 }
-                "after" => self.words(child, "a VM or check name", usage::CHECK_AFTER, &mut c.after),
+                "after" => self.words(
+                    child,
+                    "a VM or check name",
+                    usage::CHECK_AFTER,
+                    &mut c.after,
+                ),
                 _ => self.unknown_node(child, Some("check"), CHECK_CHILDREN, &[]),
             }
         }
