@@ -168,8 +168,15 @@ fn place(fd: RawFd, target: RawFd) -> std::io::Result<()> {
     Ok(())
 }
 
-/// Start the recorder of `spec` unless it runs already; its pid.
-pub fn start(sd: &StateDir, experiment: &str, spec: &CaptureSpec) -> Result<u32, CaptureError> {
+/// Start the recorder of `spec` unless it runs already; its pid. Unless
+/// `append`, the file starts empty (a new capture: frames of an earlier run
+/// of the experiment are not mixed in).
+pub fn start(
+    sd: &StateDir,
+    experiment: &str,
+    spec: &CaptureSpec,
+    append: bool,
+) -> Result<u32, CaptureError> {
     check_name(&spec.name)?;
     if let Some(pid) = recorder_pid(experiment, &spec.name) {
         return Ok(pid);
@@ -186,6 +193,9 @@ pub fn start(sd: &StateDir, experiment: &str, spec: &CaptureSpec) -> Result<u32,
     let out = dir
         .open_file(&spec.file_name(), Open::ReadWriteCreate)
         .map_err(CaptureError::File)?;
+    if !append {
+        out.set_len(0).map_err(CaptureError::File)?;
+    }
     let run = runtime_folder(experiment, true)?.expect("created");
     let rerr = |source| CaptureError::Os {
         what: format!("{}", run.path.display()),

@@ -1062,16 +1062,22 @@ impl Provider for LocalHost {
                 return Ok(Outcome::Step(out).into());
             }
             Op::StartCapture {
-                experiment, spec, ..
+                experiment,
+                spec,
+                append,
+                ..
             } => {
                 // Blocks until the recorder has bound its sockets (or failed).
                 let (sd, experiment, spec) = (sd.clone(), experiment.clone(), spec.clone());
-                tokio::task::spawn_blocking(move || crate::capture::start(&sd, &experiment, &spec))
-                    .await
-                    .map_err(|e| crate::capture::CaptureError::Start {
-                        name: String::new(),
-                        why: e.to_string(),
-                    })??;
+                let append = *append;
+                tokio::task::spawn_blocking(move || {
+                    crate::capture::start(&sd, &experiment, &spec, append)
+                })
+                .await
+                .map_err(|e| crate::capture::CaptureError::Start {
+                    name: String::new(),
+                    why: e.to_string(),
+                })??;
             }
             Op::StopCapture {
                 experiment, name, ..

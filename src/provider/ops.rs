@@ -108,6 +108,9 @@ pub enum Op {
         address: String,
         experiment: String,
         spec: CaptureSpec,
+        /// A restart (the recorder died, its taps changed) appends to the
+        /// file; a new capture starts it empty.
+        append: bool,
     },
     /// Stop a capture's recorder; its file is kept.
     StopCapture {
@@ -482,6 +485,7 @@ pub fn for_change(c: &Change, phase: Phase, cx: &Context<'_>) -> Result<Effects,
                 address,
                 experiment: cx.experiment.to_string(),
                 spec: spec.clone(),
+                append: c.action != Action::Create,
             }]
         }
         (Kind::Capture, Phase::Delete) => {
