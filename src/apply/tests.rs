@@ -453,6 +453,8 @@ impl Provider for FakeHost {
                     .await?;
                 return Ok(OpResult::Step(out).into());
             }
+            // The fake records no frames: a recorder is a no-op here.
+            Op::StartCapture { .. } | Op::StopCapture { .. } => {}
         }
         Ok(OpOutcome::done())
     }

@@ -137,6 +137,9 @@ pub(crate) fn simulate(plan: &Plan, prior: &State, prior_obs: &Observed) -> (Sta
                             },
                         );
                     }
+                    Kind::Capture => {
+                        obs.captures.insert(c.address.clone(), 1000);
+                    }
                     Kind::Mirror => {
                         let d = s("direction");
                         obs.mirrors.retain(|m| {

@@ -1881,6 +1881,8 @@ mod tests {
             vm.mirrors.iter_mut().for_each(|x| x.span = z());
             vm.cc.iter_mut().for_each(|x| x.span = z());
         }
+        d.captures.iter_mut().for_each(|c| c.span = z());
+        d.checks.iter_mut().for_each(|c| c.span = z());
         d
     }
 

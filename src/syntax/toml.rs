@@ -1339,6 +1339,22 @@ mod tests {
                     span: z(),
                 })
                 .collect(),
+            captures: doc
+                .captures
+                .iter()
+                .map(|c| Capture {
+                    span: z(),
+                    ..c.clone()
+                })
+                .collect(),
+            checks: doc
+                .checks
+                .iter()
+                .map(|c| Check {
+                    span: z(),
+                    ..c.clone()
+                })
+                .collect(),
         }
     }
 
@@ -1939,6 +1955,8 @@ cc = [{ exec = "a", background = "b" }, { timeout = "3s" }, { send = "x" }, { ex
             let vms = proptest::collection::btree_set(text(), 0..3)
                 .prop_flat_map(|names| names.into_iter().map(vm).collect::<Vec<_>>());
             (exp, networks, disks, vms).prop_map(|(exp, networks, disks, vms)| Document {
+                captures: Vec::new(),
+                checks: Vec::new(),
                 experiments: exp.into_iter().collect(),
                 networks: networks
                     .into_iter()
