@@ -9,6 +9,8 @@
 //!   points at the value's span.
 //! - Names are not yet expanded: `vm "web[1-3]"` is one `Vm` here.
 //! - Order is the order of the file; emitters (`convert`) keep it.
+//! - Spans never take part in equality: `Sp<T>` compares its value, node
+//!   structs every field but `span` (two files that say the same are equal).
 
 use miette::SourceSpan;
 
@@ -68,7 +70,7 @@ impl Document {
     }
 }
 
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug)]
 pub struct ExperimentNode {
     pub name: Sp<String>,
     pub images: Option<Sp<String>>,
@@ -80,7 +82,7 @@ pub struct ExperimentNode {
     pub span: SourceSpan,
 }
 
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug)]
 pub struct Network {
     pub name: Sp<String>,
     /// CIDR, e.g. "10.0.0.254/24".
@@ -88,7 +90,7 @@ pub struct Network {
     pub span: SourceSpan,
 }
 
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug)]
 pub struct Disk {
     pub name: Sp<String>,
     /// "10G", "512M", "1024" (bytes)...
@@ -105,14 +107,14 @@ pub struct Disk {
 }
 
 /// Copy host file or folder `src` to `dst` inside the disk's filesystem.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug)]
 pub struct Inject {
     pub src: Sp<String>,
     pub dst: Sp<String>,
     pub span: SourceSpan,
 }
 
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug)]
 pub struct Vm {
     /// A name or a range such as "web[1-3]" / "web[01-10]".
     pub name: Sp<String>,
@@ -137,7 +139,7 @@ pub struct Vm {
     pub span: SourceSpan,
 }
 
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug)]
 pub struct VmDisk {
     /// A `disk` name of this file, or a path to an existing image.
     pub name: Sp<String>,
@@ -146,7 +148,7 @@ pub struct VmDisk {
     pub span: SourceSpan,
 }
 
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug)]
 pub struct Nic {
     pub network: Sp<String>,
     pub mac: Option<Sp<String>>,
@@ -163,7 +165,7 @@ pub enum MirrorSource {
     Network(Sp<String>),
 }
 
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug)]
 pub struct Mirror {
     pub source: MirrorSource,
     /// Source nic index (VM form only), default 0.
@@ -217,7 +219,7 @@ impl CcAction {
     }
 }
 
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug)]
 pub struct CcStep {
     pub action: CcAction,
     /// "30s", "5m", "1h30m"...
@@ -240,7 +242,7 @@ pub enum CaptureSource {
 
 /// `capture NAME { tap "VM" nic=0 }` or `capture NAME network="LAN"`: the host
 /// records frames into `.megaplan/EXP/captures/NAME.pcap`.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug)]
 pub struct Capture {
     pub name: Sp<String>,
     /// None when the node names no source (validate reports it).
@@ -250,7 +252,7 @@ pub struct Capture {
 
 /// `check NAME { ... }`: something that must hold once the lab is up.
 /// Every field as written; validate decides which combinations make sense.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug)]
 pub struct Check {
     pub name: Sp<String>,
     pub from: Option<Sp<String>>,
@@ -295,5 +297,64 @@ impl Check {
             after: Vec::new(),
             span,
         }
+    }
+}
+
+/// `PartialEq` for a node struct comparing every field but `span`: where a
+/// node was written is not part of what it says. The pattern names every
+/// field, so a new field that is not compared does not compile.
+macro_rules! eq_without_span {
+    ($($t:ident { $($f:ident),* $(,)? })*) => {$(
+        impl PartialEq for $t {
+            fn eq(&self, other: &Self) -> bool {
+                let $t { $($f: _,)* span: _ } = self;
+                true $(&& self.$f == other.$f)*
+            }
+        }
+    )*};
+}
+
+eq_without_span! {
+    ExperimentNode { name, images, accel, boot_timeout }
+    Network { name, host_address }
+    Disk { name, size, format, filesystem, keep, from, inject }
+    Inject { src, dst }
+    Vm { name, uuid, kernel, initrd, append, memory, vcpus, snapshot, boot_timeout, disks, nics, mirrors, tags, after, qemu_args, cc }
+    VmDisk { name, mount }
+    Nic { network, mac, driver }
+    Mirror { source, nic, into, direction }
+    CcStep { action, timeout, allow_failure }
+    Capture { name, source }
+    Check { name, from, ping, exec, expect, exit, stdout_contains, stdout_matches, capture, filter, at_least, at_most, none, timeout, retry, after }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn net(name: &str, at: usize) -> Network {
+        Network {
+            name: Sp::new(name.to_string(), at..at + name.len()),
+            host_address: None,
+            span: (at..at + 20).into(),
+        }
+    }
+
+    #[test]
+    fn spans_do_not_take_part_in_equality() {
+        assert_eq!(net("LAN", 0), net("LAN", 40));
+        assert_ne!(net("LAN", 0), net("WAN", 0));
+        let vm = |at: usize, memory: &str| {
+            let (doc, _) = crate::syntax::parse(&crate::diag::SourceFile::new(
+                "t.kdl",
+                format!(
+                    "{}vm \"a\" {{ memory \"{memory}\"; nic \"LAN\" }}",
+                    " ".repeat(at)
+                ),
+            ));
+            doc
+        };
+        assert_eq!(vm(0, "1G"), vm(7, "1G"));
+        assert_ne!(vm(0, "1G"), vm(0, "2G"));
     }
 }

@@ -27,9 +27,7 @@ use crate::model::{self, Document, Sp};
 /// (they would mostly repeat it).
 pub fn check(src: &SourceFile) -> (Option<Lab>, Diagnostics) {
     let (doc, mut diags) = crate::syntax::parse(src);
-    let syntax_failed = diags
-        .errors()
-        .any(|d| d.code.ends_with("::syntax") || d.code == "megaplan::too_deep");
+    let syntax_failed = diags.errors().any(|d| d.code.is_syntax());
     if syntax_failed {
         diags.sort();
         return (None, diags);
@@ -51,7 +49,7 @@ pub fn check(src: &SourceFile) -> (Option<Lab>, Diagnostics) {
                 at.is_some_and(|o| failed.iter().any(|(s, e)| (*s..*e).contains(&o)));
             // A dropped experiment node is already reported structurally.
             let follows = matches!(
-                d.code,
+                d.code.as_str(),
                 "megaplan::no_experiment" | "megaplan::second_experiment"
             );
             if !inside_failed && !follows {
@@ -1902,7 +1900,7 @@ mod tests {
     }
 
     fn codes(d: &Diagnostics) -> Vec<&'static str> {
-        d.errors().map(|d| d.code).collect()
+        d.errors().map(|d| d.code.as_str()).collect()
     }
 
     /// An image megaplan built lists the nic models its guest can drive: a
@@ -2086,7 +2084,7 @@ vm "a" { kernel "/k"; nic "LNA"; }
         let (_, d) = check_kdl(text);
         assert_eq!(
             codes(&d),
-            ["megaplan::unknown_node", "megaplan::unknown_network"]
+            ["megaplan::unknown_key", "megaplan::unknown_network"]
         );
         // Inside the node that failed, findings would repeat the structural error.
         let text = r#"experiment "x"
@@ -2094,7 +2092,7 @@ network "LAN"
 vm "a" { kernel "/k"; nic "LAN" bogus=1; mirrors "nobody"; }
 "#;
         let (_, d) = check_kdl(text);
-        assert_eq!(codes(&d), ["megaplan::unknown_property"]);
+        assert_eq!(codes(&d), ["megaplan::unknown_key"]);
     }
 
     #[test]

@@ -104,7 +104,7 @@ fn every_error_is_reported_at_once() {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/bad/semantic/many-errors.kdl");
     let src = SourceFile::read(&path).unwrap();
     let (_, diags) = megaplan::validate::check(&src);
-    let codes: Vec<&str> = diags.errors().map(|d| d.code).collect();
+    let codes: Vec<&str> = diags.errors().map(|d| d.code.as_str()).collect();
     for want in [
         "megaplan::zero_vcpus",
         "megaplan::bad_memory",

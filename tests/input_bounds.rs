@@ -113,7 +113,7 @@ fn a_flood_of_errors_is_cut_after_100() {
         &err[err.len().saturating_sub(500)..]
     );
     assert!(err.contains("200000 errors found"));
-    assert_eq!(err.matches("megaplan::unknown_node").count(), 100);
+    assert_eq!(err.matches("megaplan::unknown_key").count(), 100);
 }
 
 #[test]

@@ -34,7 +34,7 @@ cc = [
 fn check(name: &str, text: &str) -> (Option<Lab>, Vec<&'static str>, String) {
     let src = SourceFile::new(name, text);
     let (lab, diags) = megaplan::validate::check(&src);
-    let codes = diags.items.iter().map(|d| d.code).collect();
+    let codes = diags.items.iter().map(|d| d.code.as_str()).collect();
     (lab, codes, diags.render_plain(&src))
 }
 

@@ -4,7 +4,7 @@
 
 use std::collections::HashSet;
 
-use crate::diag::{Diag, Diagnostics, did_you_mean};
+use crate::diag::{Code, Diag, Diagnostics, did_you_mean};
 use crate::lab::{
     CaptureSpec, CaptureTap, CheckKind, CheckSpec, CommandSpec, DEFAULT_CHECK_TIMEOUT_MS,
     NetworkSpec, VmSpec,
@@ -71,12 +71,9 @@ pub fn captures_and_checks(
     let vm_names: Vec<&str> = vms.iter().map(|v| v.name.as_str()).collect();
     let unknown_vm = |d: &mut Diagnostics, name: &Sp<String>| {
         d.push(
-            Diag::error(
-                "megaplan::unknown_vm",
-                format!("there is no VM '{}'", name.value),
-            )
-            .label(name.span, "unknown VM")
-            .help_opt(did_you_mean(&name.value, vm_names.iter().copied())),
+            Diag::error(Code::UnknownVm, format!("there is no VM '{}'", name.value))
+                .label(name.span, "unknown VM")
+                .help_opt(did_you_mean(&name.value, vm_names.iter().copied())),
         );
     };
 
@@ -86,7 +83,7 @@ pub fn captures_and_checks(
         if let Some(why) = crate::validate::name_problem(&c.name.value) {
             d.push(
                 Diag::error(
-                    "megaplan::bad_name",
+                    Code::BadName,
                     format!("bad capture name '{}'", c.name.value),
                 )
                 .label(c.name.span, why)
@@ -97,7 +94,7 @@ pub fn captures_and_checks(
         if !seen.insert(c.name.value.as_str()) {
             d.push(
                 Diag::error(
-                    "megaplan::duplicate",
+                    Code::Duplicate,
                     format!("duplicate capture '{}'", c.name.value),
                 )
                 .label(c.name.span, "defined again here")
@@ -109,7 +106,7 @@ pub fn captures_and_checks(
             None => {
                 d.push(
                     Diag::error(
-                        "megaplan::capture_source",
+                        Code::CaptureSource,
                         format!("capture '{}' records nothing", c.name.value),
                     )
                     .label(c.span, "no tap or network here")
@@ -127,7 +124,7 @@ pub fn captures_and_checks(
                     let at = nic.as_ref().map_or(vm.span, |n| n.span);
                     d.push(
                         Diag::error(
-                            "megaplan::unknown_nic",
+                            Code::UnknownNic,
                             format!("VM '{}' has no nic {index}", vm.value),
                         )
                         .label(at, "no such nic")
@@ -149,7 +146,7 @@ pub fn captures_and_checks(
                 if !networks.iter().any(|n| n.name == net.value) {
                     d.push(
                         Diag::error(
-                            "megaplan::unknown_network",
+                            Code::UnknownNetwork,
                             format!("there is no network '{}'", net.value),
                         )
                         .label(net.span, "unknown network")
@@ -176,7 +173,7 @@ pub fn captures_and_checks(
                 if taps.is_empty() {
                     d.push(
                         Diag::error(
-                            "megaplan::capture_empty",
+                            Code::CaptureEmpty,
                             format!("network '{}' has no VM nic to capture", net.value),
                         )
                         .label(net.span, "no member taps")
@@ -221,18 +218,15 @@ fn one_check(
     let errors_before = d.errors().count();
     if let Some(why) = check_name_problem(&c.name.value) {
         d.push(
-            Diag::error(
-                "megaplan::bad_name",
-                format!("bad check name {:?}", c.name.value),
-            )
-            .label(c.name.span, why)
-            .help("name the check by what must hold: \"A reaches B\""),
+            Diag::error(Code::BadName, format!("bad check name {:?}", c.name.value))
+                .label(c.name.span, why)
+                .help("name the check by what must hold: \"A reaches B\""),
         );
     }
     if earlier.contains(&c.name.value.as_str()) {
         d.push(
             Diag::error(
-                "megaplan::duplicate",
+                Code::Duplicate,
                 format!("duplicate check {:?}", c.name.value),
             )
             .label(c.name.span, "defined again here")
@@ -258,7 +252,7 @@ fn one_check(
     match what.as_slice() {
         [] => d.push(
             Diag::error(
-                "megaplan::check_kind",
+                Code::CheckKind,
                 format!("check {:?} tests nothing", c.name.value),
             )
             .label(c.name.span, "no ping, exec or capture")
@@ -267,7 +261,7 @@ fn one_check(
         [_] => {}
         [(a, first), (b, second), ..] => d.push(
             Diag::error(
-                "megaplan::check_kind",
+                Code::CheckKind,
                 format!("check {:?} tests both `{a}` and `{b}`", c.name.value),
             )
             .label(*second, "second test")
@@ -290,7 +284,7 @@ fn one_check(
         (None, Some(k @ ("ping" | "exec"))) => {
             d.push(
                 Diag::error(
-                    "megaplan::check_from",
+                    Code::CheckFrom,
                     format!(
                         "check {:?} does not say which VM runs its `{k}`",
                         c.name.value
@@ -308,7 +302,7 @@ fn one_check(
     let misplaced = |d: &mut Diagnostics, key: &str, span: miette::SourceSpan, owner: &str| {
         d.push(
             Diag::error(
-                "megaplan::check_key",
+                Code::CheckKey,
                 format!("`{key}` applies only to a check with `{owner}`"),
             )
             .label(span, format!("not a `{owner}` check"))
@@ -350,7 +344,7 @@ fn one_check(
         Some(e) => {
             d.push(
                 Diag::error(
-                    "megaplan::bad_expect",
+                    Code::BadExpect,
                     format!("'{}' is not an expectation", e.value),
                 )
                 .label(e.span, "expected \"pass\" or \"fail\"")
@@ -368,7 +362,7 @@ fn one_check(
                 Some(ms) => ms,
                 None => {
                     d.push(
-                    Diag::error("megaplan::bad_duration", format!("'{}' is not a duration", t.value))
+                    Diag::error(Code::BadDuration, format!("'{}' is not a duration", t.value))
                         .label(t.span, "not a duration")
                         .help("write how long one attempt may take: \"30s\", \"2m\" (default \"30s\")"),
                 );
@@ -384,7 +378,7 @@ fn one_check(
         } else {
             d.push(
                 Diag::error(
-                    "megaplan::out_of_range",
+                    Code::OutOfRange,
                     format!("`{key}` {} is out of range", v.value),
                 )
                 .label(v.span, format!("expected 0 to {max}"))
@@ -399,7 +393,7 @@ fn one_check(
         if !ok {
             d.push(
                 Diag::error(
-                    "megaplan::unknown_after",
+                    Code::UnknownAfter,
                     format!(
                         "check {:?} runs after '{}', which is neither a VM nor an earlier check",
                         c.name.value, a.value
@@ -426,7 +420,7 @@ fn one_check(
             let p = c.ping.as_ref()?;
             if let Some(why) = target_problem(&p.value) {
                 d.push(
-                    Diag::error("megaplan::bad_target", format!("cannot ping '{}'", p.value))
+                    Diag::error(Code::BadTarget, format!("cannot ping '{}'", p.value))
                         .label(p.span, why)
                         .help("write an address such as \"10.0.0.2\""),
                 );
@@ -441,7 +435,7 @@ fn one_check(
                 && ws.is_empty()
             {
                 d.push(
-                    Diag::error("megaplan::empty_command", "an exec check needs a command")
+                    Diag::error(Code::EmptyCommand, "an exec check needs a command")
                         .label(c.span, "empty command")
                         .help("write `exec \"CMD\"`"),
                 );
@@ -450,7 +444,7 @@ fn one_check(
                 && let Err(e) = regex::Regex::new(&re.value)
             {
                 d.push(
-                    Diag::error("megaplan::bad_regex", "invalid regular expression")
+                    Diag::error(Code::BadRegex, "invalid regular expression")
                         .label(
                             re.span,
                             e.to_string()
@@ -474,7 +468,7 @@ fn one_check(
             if !capture_names.contains(&cap.value.as_str()) {
                 d.push(
                     Diag::error(
-                        "megaplan::unknown_capture",
+                        Code::UnknownCapture,
                         format!("there is no capture '{}'", cap.value),
                     )
                     .label(cap.span, "unknown capture")
@@ -490,7 +484,7 @@ fn one_check(
                 && let Err(why) = compile_filter(&f.value)
             {
                 d.push(
-                    Diag::error("megaplan::bad_filter", "invalid pcap filter expression")
+                    Diag::error(Code::BadFilter, "invalid pcap filter expression")
                         .label(f.span, why)
                         .help("write a tcpdump filter such as \"icmp and src host 10.0.0.1\" (see pcap-filter(7))"),
                 );
@@ -501,7 +495,7 @@ fn one_check(
                 if let Some(x) = c.at_least.as_ref().or(c.at_most.as_ref()) {
                     d.push(
                         Diag::error(
-                            "megaplan::check_key",
+                            Code::CheckKey,
                             "`none` cannot go with `at-least` or `at-most`",
                         )
                         .label(x.span, "a count here")
@@ -519,7 +513,7 @@ fn one_check(
             {
                 d.push(
                     Diag::error(
-                        "megaplan::check_key",
+                        Code::CheckKey,
                         format!("at-least {l} is more than at-most {m}"),
                     )
                     .label(x.span, "can never hold")

@@ -6,7 +6,7 @@
 //! Invariants:
 //! - It accepts only text the kdl crate reads as KDL 2.0, and then builds the
 //!   same [`RawNode`] tree, raw spans included (checked by the differential
-//!   tests in `kdl.rs`). Everything else gives `None`, and the caller falls
+//!   tests in `kdl/tests.rs`). Everything else gives `None`, and the caller falls
 //!   back to the kdl crate, which also produces every syntax error; this
 //!   reader reports nothing.
 //! - Read: nodes named by an identifier (ASCII, starting with a letter or
@@ -23,10 +23,7 @@
 
 use miette::SourceSpan;
 
-use super::kdl::{RawChildren, RawEntry, RawName, RawNode, RawValue};
-
-/// Child blocks nested deeper than this are left to the kdl crate.
-const MAX_DEPTH: usize = super::kdl::MAX_DEPTH;
+use super::raw::{MAX_DEPTH, RawChildren, RawEntry, RawName, RawNode, RawValue};
 
 /// The top-level nodes of `text`, or `None` when the text is outside the
 /// subset read here (or is not valid KDL).
