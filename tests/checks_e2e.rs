@@ -127,7 +127,7 @@ fn frames(lab: &Lab, name: &str) -> Vec<megaplan::capture::Frame> {
 fn ping_frames(frames: &[megaplan::capture::Frame]) -> (usize, usize) {
     let big: Vec<_> = frames
         .iter()
-        .filter(|f| f.orig_len == PING_FRAME && f.data.len() >= 34 + 1)
+        .filter(|f| f.orig_len == PING_FRAME && f.data.len() > 34)
         .filter(|f| f.data[12..14] == [0x08, 0x00] && f.data[14 + 9] == 1)
         .collect();
     let req = big
