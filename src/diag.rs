@@ -209,7 +209,8 @@ impl SourceFile {
             .custom_flags(libc::O_NONBLOCK)
             .open(path)
             .map_err(io)?;
-        let ft = file.metadata().map_err(io)?.file_type();
+        let meta = file.metadata().map_err(io)?;
+        let ft = meta.file_type();
         if !ft.is_file() {
             let kind = if ft.is_dir() {
                 "a folder"
@@ -226,7 +227,9 @@ impl SourceFile {
             };
             return Err(ReadError::NotRegular { path: shown, kind });
         }
-        let mut bytes = Vec::new();
+        // Sized to the file (bounded): read_to_end's doubling left a 34 MB
+        // experiment in a 64 MiB buffer for the whole command.
+        let mut bytes = Vec::with_capacity(meta.len().min(MAX_FILE_SIZE) as usize + 1);
         file.take(MAX_FILE_SIZE + 1)
             .read_to_end(&mut bytes)
             .map_err(io)?;

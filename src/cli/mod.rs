@@ -670,12 +670,16 @@ fn run(cli: Cli) -> Result<ExitCode, CliError> {
             crate::owners::check(&lab.name, &sd.root)?;
             let mut state = sd.load()?;
             let opts = plan_options(&file, &lab, &sd, &state, replace.clone())?;
-            let (_, p) = refresh_and_plan(&lab, &sd, &mut state, &opts)?;
+            let (_, observed) = refresh_and_adopt(&lab, &sd, &mut state)?;
+            // Checks are listed, not planned (they change nothing).
+            let check_lines = crate::check::plan_lines(&lab);
+            // The lab is dropped once listed: it and the plan never share the peak.
+            let p = plan::plan_owned(lab, &state, Some(&observed), Mode::Apply, &opts);
             if json {
                 stream_stdout(|w| render::write_json(&p, w));
             } else {
                 stream_stdout(|w| render::write_text(&p, w));
-                print!("{}", crate::check::plan_lines(&lab));
+                print!("{check_lines}");
             }
             if let Some(out) = out {
                 let mut saved = crate::saved::SavedPlan::new(&file, p.clone());
@@ -996,14 +1000,25 @@ fn refresh_and_plan(
     state: &mut State,
     opts: &plan::Options,
 ) -> Result<(bool, Plan), CliError> {
+    let (adopted, observed) = refresh_and_adopt(lab, sd, state)?;
+    let p = plan::plan_with(Some(lab), state, Some(&observed), Mode::Apply, opts);
+    Ok((adopted, p))
+}
+
+/// Refresh, and rebuild a lost state from the host (crate::adopt): (whether
+/// anything was adopted, what refresh saw).
+fn refresh_and_adopt(
+    lab: &Lab,
+    sd: &StateDir,
+    state: &mut State,
+) -> Result<(bool, crate::observed::Observed), CliError> {
     let mut observed = crate::host::refresh(&lab.name, state, sd)
         .map_err(|e| CliError::new(format!("refresh failed: {e}")))?;
     let adopted = crate::adopt::adopt(lab, state, &mut observed, sd);
     if !adopted.is_empty() {
         eprintln!("notice: {}", crate::adopt::notice(sd, &adopted));
     }
-    let p = plan::plan_with(Some(lab), state, Some(&observed), Mode::Apply, opts);
-    Ok((!adopted.is_empty(), p))
+    Ok((!adopted.is_empty(), observed))
 }
 
 /// The planner's options for `file`: `-replace` addresses (each must name

@@ -201,12 +201,43 @@ pub fn plan_with(
     mode: Mode,
     opts: &Options,
 ) -> Plan {
-    let tainted = tainted_vms(prior);
     let experiment = desired.map_or_else(|| prior.experiment.clone(), |l| l.name.clone());
-    let mut wanted: Vec<Resource> = match (mode, desired) {
+    let wanted: Vec<Resource> = match (mode, desired) {
         (Mode::Apply, Some(lab)) => graph::resources_with(lab, &opts.digests),
         _ => Vec::new(),
     };
+    plan_resources(experiment, wanted, prior, observed, mode, opts)
+}
+
+/// [`plan_with`] for a lab the caller has no further use for (`megaplan
+/// plan`): it is dropped as soon as its resources are listed, so the lab
+/// and the plan are not both in memory at the peak (10^5 VMs).
+pub fn plan_owned(
+    desired: Lab,
+    prior: &State,
+    observed: Option<&Observed>,
+    mode: Mode,
+    opts: &Options,
+) -> Plan {
+    let wanted: Vec<Resource> = match mode {
+        Mode::Apply => graph::resources_with(&desired, &opts.digests),
+        _ => Vec::new(),
+    };
+    let experiment = desired.name.clone();
+    drop(desired);
+    plan_resources(experiment, wanted, prior, observed, mode, opts)
+}
+
+/// The plan from the resources the file wants (empty when destroying).
+fn plan_resources(
+    experiment: String,
+    mut wanted: Vec<Resource>,
+    prior: &State,
+    observed: Option<&Observed>,
+    mode: Mode,
+    opts: &Options,
+) -> Plan {
+    let tainted = tainted_vms(prior);
     let mut changes: Vec<Change> = Vec::with_capacity(wanted.len());
     let mut action_of: BTreeMap<String, Action> = BTreeMap::new();
 

@@ -478,8 +478,9 @@ impl<'t> Parser<'t> {
 
     // -- the experiment language ----------------------------------------------
 
-    pub(super) fn document(&mut self, nodes: &[RawNode], doc: &mut Document) {
+    pub(super) fn document(&mut self, nodes: Vec<RawNode>, doc: &mut Document) {
         for node in nodes {
+            let node = &node;
             match node.name().value() {
                 "experiment" => doc.experiments.push(self.experiment(node)),
                 "network" => {
