@@ -18,9 +18,7 @@
 //! - Adopted objects are `Ready`: the planner's live checks still replace
 //!   what is not as it should be.
 
-use serde_json::Value;
-
-use crate::graph;
+use crate::graph::{self, Spec};
 use crate::lab::Lab;
 use crate::observed::Observed;
 use crate::state::{Kind, Record, State, StateDir};
@@ -37,28 +35,27 @@ pub fn adopt(lab: &Lab, state: &mut State, observed: &mut Observed, sd: &StateDi
     }
     let mut adopted = Vec::new();
     let resources = graph::resources(lab);
-    let attr =
-        |r: &graph::Resource, k: &str| r.attrs.get(k).and_then(Value::as_str).map(str::to_owned);
     for r in &resources {
         if state.resources.contains_key(&r.address) {
             continue;
         }
-        let mut rec = Record::new(r.kind, r.attrs.clone());
-        rec.deps = r.deps.clone();
-        let found = match r.kind {
-            Kind::Network => observed
+        // Filled in only for what is found: most of a big lab is not.
+        let mut rec = Record::new(r.kind, Default::default());
+        let found = match &r.spec {
+            Spec::Network(n) => observed
                 .links
                 .get(&r.address)
-                .is_some_and(|l| l.kind == "bridge" && Some(&l.name) == attr(r, "bridge").as_ref()),
-            Kind::Tap => observed
+                .is_some_and(|l| l.kind == "bridge" && l.name == n.bridge),
+            Spec::Tap(t) => observed
                 .links
                 .get(&r.address)
-                .is_some_and(|l| l.kind == "tun" && Some(&l.name) == attr(r, "name").as_ref()),
-            Kind::Disk => attr(r, "file")
-                .and_then(|f| sd.disk_file(&f).ok())
+                .is_some_and(|l| l.kind == "tun" && l.name == t.name),
+            Spec::Disk(d) => sd
+                .disk_file(&d.disk.file_name())
+                .ok()
                 .and_then(|p| p.symlink_metadata().ok())
                 .is_some_and(|m| m.file_type().is_file()),
-            Kind::Vm => match observed.vms.get(&r.address) {
+            Spec::Vm(_) => match observed.vms.get(&r.address) {
                 Some(v) if v.alive => {
                     rec.pid = v.pid;
                     rec.generation = Some(ADOPTED_GENERATION);
@@ -66,11 +63,12 @@ pub fn adopt(lab: &Lab, state: &mut State, observed: &mut Observed, sd: &StateDi
                 }
                 _ => false,
             },
-            Kind::Mirror => {
-                let (src, dst) = (attr(r, "source_tap"), attr(r, "dest_tap"));
-                match observed.mirrors.iter().find(|m| {
-                    Some(&m.source_tap) == src.as_ref() && Some(&m.dest_tap) == dst.as_ref()
-                }) {
+            Spec::Mirror(want) => {
+                match observed
+                    .mirrors
+                    .iter()
+                    .find(|m| m.source_tap == want.source_tap && m.dest_tap == want.dest_tap)
+                {
                     Some(m) if m.ingress || m.egress => {
                         let wired = match (m.ingress, m.egress) {
                             (true, true) => "both",
@@ -83,14 +81,20 @@ pub fn adopt(lab: &Lab, state: &mut State, observed: &mut Observed, sd: &StateDi
                     _ => false,
                 }
             }
-            Kind::Capture => observed.captures.contains_key(&r.address),
-            Kind::Step => step_exit(r, state, &adopted, sd).is_some_and(|exit| {
+            Spec::Capture(_) => observed.captures.contains_key(&r.address),
+            Spec::Step(_) => step_exit(r, state, &adopted, sd).is_some_and(|exit| {
                 rec.exit = Some(exit);
                 rec.generation = Some(ADOPTED_GENERATION);
                 true
             }),
         };
         if found {
+            let wired = rec.attrs.remove("direction");
+            rec.attrs = r.attrs();
+            if let Some(w) = wired {
+                rec.attrs.insert("direction".into(), w);
+            }
+            rec.deps = r.deps.clone();
             if r.kind == Kind::Disk {
                 observed.disks.insert(r.address.clone());
             }
@@ -108,9 +112,13 @@ fn step_exit(r: &graph::Resource, state: &State, adopted: &[String], sd: &StateD
         return None;
     }
     state.resources.get(vm).filter(|v| v.kind == Kind::Vm)?;
-    let rest = r.address.strip_prefix("vm.")?;
-    let (name, idx) = rest.rsplit_once(".cc[")?;
-    let idx: usize = idx.strip_suffix(']')?.parse().ok()?;
+    let graph::Target::Step {
+        vm: name,
+        index: idx,
+    } = &r.target
+    else {
+        return None;
+    };
     let root = sd.open(false).ok()??;
     let cc = root.subdir("cc", false).ok()??;
     let v = cc.subdir(name, false).ok()??;

@@ -2,16 +2,18 @@
 //! results of cc steps (`cc responses`), like minimega's `cc exec` and
 //! `cc responses`.
 //!
-//! Invariant: talks to guests only through their agent's cc socket; reads the
-//! lab and the state, never changes the state.
+//! Invariant: reaches guests and recorded step outputs only through the
+//! provider (`Provider::guest`, `Provider::step_output`); reads the lab and
+//! the state, never changes the state.
 
 use std::time::Duration;
 
 use serde::Serialize;
 
 use crate::agent::protocol::{MAX_OUTPUT_LIMIT, OUTPUT_CAP, human_duration, human_size};
-use crate::agent::{AgentClient, Command, ExecResult, Exit, Transfer};
+use crate::agent::{Command, ExecResult, Exit, Transfer};
 use crate::lab::{Lab, VmSpec};
+use crate::provider::{Guest, GuestWait, Provider};
 use crate::state::StateDir;
 
 /// `name=A`, `uuid=…` or `tag:KEY=VALUE`.
@@ -189,16 +191,32 @@ fn bytes(n: u64) -> String {
     }
 }
 
-/// Connect to a VM's agent and wait for its hello.
-pub async fn connect(lab: &Lab, vm: &str, wait: Duration) -> Result<AgentClient, String> {
-    crate::host::connect_agent(&lab.name, vm, Duration::from_secs(2), wait)
+/// Reach a VM's guest through the provider and wait for its hello.
+pub async fn connect<P: Provider>(
+    provider: &P,
+    lab: &Lab,
+    vm: &str,
+    wait: Duration,
+) -> Result<P::Guest, String> {
+    let wait = GuestWait {
+        connect: Duration::from_secs(2),
+        hello: wait,
+    };
+    provider
+        .guest(&lab.name, vm, wait)
         .await
-        .map_err(|e| format!("{vm}: no answer from its agent ({e}); is the VM running?"))
+        .map_err(|e| match e {
+            crate::provider::ProviderError::Agent { source, .. } => {
+                format!("{vm}: no answer from its agent ({source}); is the VM running?")
+            }
+            e => format!("{vm}: no answer from its agent ({e}); is the VM running?"),
+        })
 }
 
 /// Run `argv` in every VM matching all `filters`, at once, keeping up to
 /// `max_output` bytes of each stream (64 KiB when `None`).
-pub async fn exec(
+pub async fn exec<P: Provider>(
+    provider: &P,
     lab: &Lab,
     filters: &[Filter],
     argv: &[String],
@@ -228,9 +246,9 @@ pub async fn exec(
                 stdout_truncated: false,
                 stderr_truncated: false,
             };
-            match connect(lab, &vm.name, Duration::from_secs(30)).await {
+            match connect(provider, lab, &vm.name, Duration::from_secs(30)).await {
                 Err(e) => Response { stderr: e, ..base },
-                Ok(client) => match client.exec_capped(cmd, timeout, max_output).await {
+                Ok(guest) => match guest.exec(cmd, timeout, max_output).await {
                     Ok(r) => Response {
                         exit: exit_code(&r),
                         timed_out: r.timed_out,
@@ -241,7 +259,7 @@ pub async fn exec(
                         ..base
                     },
                     Err(e) => Response {
-                        stderr: format!("{}: {e}", vm.name),
+                        stderr: e.to_string(),
                         ..base
                     },
                 },
@@ -252,10 +270,13 @@ pub async fn exec(
 }
 
 /// The guest addresses of each running VM, from its agent (for `show`'s ip column).
-pub async fn addresses(lab: &Lab) -> std::collections::BTreeMap<String, Vec<String>> {
+pub async fn addresses<P: Provider>(
+    provider: &P,
+    lab: &Lab,
+) -> std::collections::BTreeMap<String, Vec<String>> {
     let runs = lab.vms.iter().map(|vm| async move {
-        let addrs = match connect(lab, &vm.name, Duration::from_millis(500)).await {
-            Ok(client) => match client.refresh(Duration::from_secs(2)).await {
+        let addrs = match connect(provider, lab, &vm.name, Duration::from_millis(500)).await {
+            Ok(guest) => match guest.info(Duration::from_secs(2)).await {
                 Ok(h) => h
                     .interfaces
                     .iter()
@@ -271,8 +292,10 @@ pub async fn addresses(lab: &Lab) -> std::collections::BTreeMap<String, Vec<Stri
     futures::future::join_all(runs).await.into_iter().collect()
 }
 
-/// Recorded step results: (step address, exit, stdout, stderr) for one VM or all.
-pub fn responses(
+/// Recorded step results, as the provider stored them: (step address,
+/// exit, stdout, stderr) for one VM or all.
+pub fn responses<P: Provider>(
+    provider: &P,
     lab: &Lab,
     sd: &StateDir,
     vm: Option<&str>,
@@ -280,14 +303,14 @@ pub fn responses(
     let mut out = Vec::new();
     for v in lab.vms.iter().filter(|v| vm.is_none_or(|n| n == v.name)) {
         for step in &v.cc {
-            let dir = sd.cc().join(&v.name).join(step.index.to_string());
-            let read = |f: &str| std::fs::read_to_string(dir.join(f)).ok();
-            out.push((
-                step.address.clone(),
-                read("exit").map(|e| e.trim().to_string()),
-                read("stdout").unwrap_or_default(),
-                read("stderr").unwrap_or_default(),
-            ));
+            let s = provider.step_output(sd, &v.name, step.index).unwrap_or(
+                crate::provider::StoredStep {
+                    exit: None,
+                    stdout: String::new(),
+                    stderr: String::new(),
+                },
+            );
+            out.push((step.address.clone(), s.exit, s.stdout, s.stderr));
         }
     }
     out

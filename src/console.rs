@@ -38,6 +38,29 @@ pub enum ConsoleError {
     },
     #[error("console: {0}")]
     Io(#[from] std::io::Error),
+    #[error("{vm} has no serial console on this machine")]
+    NoConsole { vm: String },
+}
+
+/// `megaplan console`: with `follow`, print and follow the serial log;
+/// else attach to the console socket when there is one, or print the log.
+/// The paths are the provider's (`Provider::console_socket`/`serial_log`).
+pub fn run(
+    sock: Option<&Path>,
+    log: Option<&Path>,
+    vm: &str,
+    follow: bool,
+) -> Result<(), ConsoleError> {
+    let no_console = || ConsoleError::NoConsole { vm: vm.to_string() };
+    match (follow, sock.filter(|s| s.exists())) {
+        (false, Some(sock)) => attach(sock, vm),
+        (true, _) => show_log(log.ok_or_else(no_console)?, true),
+        (false, None) => {
+            let log = log.ok_or_else(no_console)?;
+            eprintln!("{vm} is not running (no console socket): its serial log follows");
+            show_log(log, false)
+        }
+    }
 }
 
 /// The terminal on stdin in raw mode while this lives.

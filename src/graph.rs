@@ -5,19 +5,24 @@
 //! - [`resources`] lists resources in a deterministic, dependency-respecting
 //!   order (networks, disks, taps, VMs, mirrors, cc steps): each resource comes
 //!   after everything in its `deps`.
+//! - Each resource carries a typed [`Spec`] built here from the lab; its
+//!   attribute map is derived from it by one function per kind
+//!   ([`Spec::attrs`]), never the other way round.
 //! - Attributes are what decides update or replacement; [`forces_replacement`]
 //!   says which ones cannot change in place. The planner compares these maps
 //!   and the state stores them, so both speak the same keys.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write;
+use std::path::PathBuf;
 
 use petgraph::graph::{DiGraph, NodeIndex};
 use serde::{Deserialize, Serialize};
-use serde_json::{Value, json};
+use serde_json::Value;
+use uuid::Uuid;
 
 use crate::digest::Digests;
-use crate::lab::{CcActionSpec, DiskSource, Lab};
+use crate::lab::{CcActionSpec, Direction, DiskFormat, DiskSource, Lab, NicSpec};
 use crate::state::{Attrs, Kind};
 
 /// What a resource is, as typed data: built here from the lab (never
@@ -110,16 +115,337 @@ pub struct Resource {
     pub address: String,
     pub kind: Kind,
     pub target: Target,
-    pub attrs: Attrs,
+    /// What it should be; its attributes are [`Spec::attrs`].
+    pub spec: Spec,
     /// Addresses that must exist before this one.
     pub deps: Vec<String>,
 }
 
-fn attrs(v: Value) -> Attrs {
-    match v {
-        Value::Object(m) => m.into_iter().filter(|(_, v)| !v.is_null()).collect(),
-        _ => unreachable!("attrs are built from json! objects"),
+impl Resource {
+    /// Its attribute map, derived from the spec (what the state records).
+    pub fn attrs(&self) -> Attrs {
+        self.spec.attrs()
     }
+}
+
+/// What a resource should be, as typed data, one variant per kind: built
+/// here from the lab, carried by each plan change (`plan::Change::spec`),
+/// and what the executor builds its operations from. Its attribute map
+/// ([`Spec::attrs`], one function per kind) is derived from it for diffing,
+/// rendering and the state's records; the spec holds no identity of its own
+/// (that is the [`Target`]) and no address.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "lowercase")]
+pub enum Spec {
+    Network(NetworkSpec),
+    Disk(Box<DiskSpec>),
+    Tap(TapSpec),
+    Vm(Box<VmSpec>),
+    Mirror(MirrorSpec),
+    Step(StepSpec),
+    Capture(CaptureSpec),
+}
+
+/// A capture's recorder: the taps it records and its file's name.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CaptureSpec {
+    pub file: String,
+    pub taps: Vec<String>,
+    pub network: Option<String>,
+}
+
+/// A network: its bridge.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NetworkSpec {
+    /// The bridge's interface name.
+    pub bridge: String,
+    /// `IP/PREFIX` given to the bridge, if any.
+    pub host_address: Option<String>,
+}
+
+/// A disk of the experiment (the lab's, as the host creates it) and the
+/// digest of the image it starts from.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct DiskSpec {
+    pub disk: crate::lab::DiskSpec,
+    /// SHA-256 of `disk.from`'s content, when it was read.
+    pub from_sha256: Option<String>,
+}
+
+/// A VM's tap: a persistent tun/tap on its network's bridge.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TapSpec {
+    /// The tap's interface name.
+    pub name: String,
+    /// The guest's MAC on it.
+    pub mac: String,
+    /// The network it joins (by name) and that network's bridge.
+    pub network: String,
+    pub bridge: Option<String>,
+}
+
+/// How a VM uses a disk.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum VmDisk {
+    /// A `disk` of the experiment: its name, its file in the state folder's
+    /// `disks/` and its format.
+    Named {
+        name: String,
+        file: String,
+        format: DiskFormat,
+        mount: Option<String>,
+    },
+    /// An existing image file.
+    Path {
+        path: PathBuf,
+        mount: Option<String>,
+    },
+}
+
+impl VmDisk {
+    pub fn mount(&self) -> Option<&str> {
+        match self {
+            VmDisk::Named { mount, .. } | VmDisk::Path { mount, .. } => mount.as_deref(),
+        }
+    }
+}
+
+/// A VM: what QEMU is launched with, and the digests of the files it boots.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct VmSpec {
+    pub uuid: Uuid,
+    pub kernel: Option<PathBuf>,
+    pub initrd: Option<PathBuf>,
+    pub append: Option<String>,
+    pub memory_mib: u64,
+    pub vcpus: u32,
+    pub snapshot: bool,
+    /// How long a step waits for the guest's agent (not an attribute).
+    pub boot_timeout_ms: u64,
+    pub disks: Vec<VmDisk>,
+    pub nics: Vec<NicSpec>,
+    pub qemu_args: Vec<String>,
+    pub tags: BTreeMap<String, String>,
+    pub after: Vec<String>,
+    pub kernel_sha256: Option<String>,
+    pub initrd_sha256: Option<String>,
+    /// One digest per disk given by path, in order; `None` unless every one was read.
+    pub disks_sha256: Option<Vec<String>>,
+}
+
+/// A mirror: tc mirred from one tap to another.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MirrorSpec {
+    pub source_tap: String,
+    pub dest_tap: String,
+    pub direction: Direction,
+    /// Set when it comes from `mirrors network=NAME`.
+    pub network: Option<String>,
+}
+
+/// A cc step: what runs in the guest (its VM and index are the [`Target`]).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StepSpec {
+    pub action: CcActionSpec,
+    pub timeout_ms: Option<u64>,
+    pub allow_failure: bool,
+    /// SHA-256 (hex, 16 digits) of the step's content.
+    pub hash: String,
+}
+
+impl Spec {
+    /// The kind of resource this is a spec of.
+    pub fn kind(&self) -> Kind {
+        match self {
+            Spec::Network(_) => Kind::Network,
+            Spec::Disk(_) => Kind::Disk,
+            Spec::Tap(_) => Kind::Tap,
+            Spec::Vm(_) => Kind::Vm,
+            Spec::Mirror(_) => Kind::Mirror,
+            Spec::Step(_) => Kind::Step,
+            Spec::Capture(_) => Kind::Capture,
+        }
+    }
+
+    /// The attribute map: what the planner compares with a record, what the
+    /// plan shows as `after` and what the state stores. Absent values have no
+    /// key; the keys are the state format's (docs/plan-json.md).
+    pub fn attrs(&self) -> Attrs {
+        match self {
+            Spec::Network(n) => network_attrs(n),
+            Spec::Disk(d) => disk_attrs(d),
+            Spec::Tap(t) => tap_attrs(t),
+            Spec::Vm(v) => vm_attrs(v),
+            Spec::Mirror(m) => mirror_attrs(m),
+            Spec::Step(s) => step_attrs(s),
+            Spec::Capture(c) => AttrsBuilder::new()
+                .set("file", c.file.as_str())
+                .set("taps", strings(&c.taps))
+                .opt("network", c.network.as_deref())
+                .done(),
+        }
+    }
+}
+
+/// Collects `(key, value)` pairs into an attribute map, leaving out absent values.
+struct AttrsBuilder(Attrs);
+
+impl AttrsBuilder {
+    fn new() -> Self {
+        AttrsBuilder(Attrs::new())
+    }
+    fn set(&mut self, key: &str, v: impl Into<Value>) -> &mut Self {
+        self.0.insert(key.to_string(), v.into());
+        self
+    }
+    fn opt(&mut self, key: &str, v: Option<impl Into<Value>>) -> &mut Self {
+        if let Some(v) = v {
+            self.set(key, v);
+        }
+        self
+    }
+    fn done(&mut self) -> Attrs {
+        std::mem::take(&mut self.0)
+    }
+}
+
+fn strings<'a>(v: impl IntoIterator<Item = &'a String>) -> Value {
+    Value::Array(v.into_iter().map(|s| Value::String(s.clone())).collect())
+}
+
+fn path_string(p: &std::path::Path) -> String {
+    p.display().to_string()
+}
+
+fn network_attrs(n: &NetworkSpec) -> Attrs {
+    AttrsBuilder::new()
+        .set("bridge", n.bridge.as_str())
+        .opt("host_address", n.host_address.as_deref())
+        .done()
+}
+
+fn disk_attrs(d: &DiskSpec) -> Attrs {
+    let disk = &d.disk;
+    AttrsBuilder::new()
+        .set("file", disk.file_name())
+        .set("format", disk.format.as_str())
+        .opt("size", disk.size_bytes.map(fmt_bytes))
+        .opt("from", disk.from.as_deref().map(path_string))
+        .opt("filesystem", disk.filesystem.as_deref())
+        .opt(
+            "inject",
+            (!disk.inject.is_empty()).then(|| {
+                Value::Array(
+                    disk.inject
+                        .iter()
+                        .map(|(s, t)| Value::String(format!("{} -> {t}", s.display())))
+                        .collect(),
+                )
+            }),
+        )
+        .set("keep", disk.keep)
+        .opt("from_sha256", d.from_sha256.as_deref())
+        .done()
+}
+
+fn tap_attrs(t: &TapSpec) -> Attrs {
+    AttrsBuilder::new()
+        .set("name", t.name.as_str())
+        .set("mac", t.mac.as_str())
+        .set("network", t.network.as_str())
+        .opt("bridge", t.bridge.as_deref())
+        .done()
+}
+
+fn vm_attrs(v: &VmSpec) -> Attrs {
+    let disks = (!v.disks.is_empty()).then(|| {
+        Value::Array(
+            v.disks
+                .iter()
+                .map(|d| {
+                    let name = match d {
+                        VmDisk::Named { name, .. } => name.clone(),
+                        VmDisk::Path { path, .. } => path_string(path),
+                    };
+                    Value::String(match d.mount() {
+                        Some(m) => format!("{name} mount={m}"),
+                        None => name,
+                    })
+                })
+                .collect(),
+        )
+    });
+    let nics = Value::Array(
+        v.nics
+            .iter()
+            .map(|n| {
+                let mut m = serde_json::Map::with_capacity(4);
+                m.insert("network".into(), n.network.as_str().into());
+                m.insert("tap".into(), n.tap.as_str().into());
+                m.insert("mac".into(), n.mac.as_str().into());
+                m.insert("driver".into(), n.driver.as_str().into());
+                Value::Object(m)
+            })
+            .collect(),
+    );
+    let tags = (!v.tags.is_empty()).then(|| {
+        Value::Object(
+            v.tags
+                .iter()
+                .map(|(k, v)| (k.clone(), Value::String(v.clone())))
+                .collect(),
+        )
+    });
+    AttrsBuilder::new()
+        .set("uuid", v.uuid.to_string())
+        .opt("kernel", v.kernel.as_deref().map(path_string))
+        .opt("initrd", v.initrd.as_deref().map(path_string))
+        .opt("append", v.append.as_deref())
+        .set("memory", fmt_mib(v.memory_mib))
+        .set("vcpus", v.vcpus)
+        .set("snapshot", v.snapshot)
+        .opt("disks", disks)
+        .set("nics", nics)
+        .opt(
+            "qemu_args",
+            (!v.qemu_args.is_empty()).then(|| strings(&v.qemu_args)),
+        )
+        .opt("tags", tags)
+        .opt("after", (!v.after.is_empty()).then(|| strings(&v.after)))
+        .opt("kernel_sha256", v.kernel_sha256.as_deref())
+        .opt("initrd_sha256", v.initrd_sha256.as_deref())
+        .opt("disks_sha256", v.disks_sha256.as_ref().map(strings))
+        .done()
+}
+
+fn mirror_attrs(m: &MirrorSpec) -> Attrs {
+    AttrsBuilder::new()
+        .set("source_tap", m.source_tap.as_str())
+        .set("dest_tap", m.dest_tap.as_str())
+        .set("direction", m.direction.as_str())
+        .opt("network", m.network.as_deref())
+        .done()
+}
+
+/// A step's action as its attribute: (`exec`|`background`|`send`|`recv`, text).
+pub fn step_action_attr(action: &CcActionSpec) -> (&'static str, String) {
+    match action {
+        CcActionSpec::Exec(c) => ("exec", c.to_string()),
+        CcActionSpec::Background(c) => ("background", c.to_string()),
+        CcActionSpec::Send { src, to } => ("send", format!("{} to={to}", src.display())),
+        CcActionSpec::Recv { src, to, .. } => ("recv", format!("{src} to={}", to.display())),
+    }
+}
+
+fn step_attrs(s: &StepSpec) -> Attrs {
+    let (kind, cmd) = step_action_attr(&s.action);
+    AttrsBuilder::new()
+        .set(kind, cmd)
+        .opt("timeout_ms", s.timeout_ms)
+        .opt("allow_failure", s.allow_failure.then_some(true))
+        .set("hash", s.hash.as_str())
+        .done()
 }
 
 /// Does a change of `key` on a resource of `kind` need a new object?
@@ -170,8 +496,12 @@ pub fn resources(lab: &Lab) -> Vec<Resource> {
 /// (`kernel_sha256`, `initrd_sha256`, `disks_sha256`, disk `from_sha256`):
 /// a file rebuilt at the same path changes them.
 pub fn resources_with(lab: &Lab, digests: &Digests) -> Vec<Resource> {
-    let digest = |p: &Option<std::path::PathBuf>| p.as_ref().and_then(|p| digests.get(p)).cloned();
-    let mut out = Vec::new();
+    let digest = |p: &Option<PathBuf>| p.as_ref().and_then(|p| digests.get(p)).cloned();
+    let taps: usize = lab.vms.iter().map(|v| v.nics.len()).sum();
+    let steps: usize = lab.vms.iter().map(|v| v.cc.len()).sum();
+    let mut out = Vec::with_capacity(
+        lab.networks.len() + lab.disks.len() + taps + lab.vms.len() + lab.mirrors.len() + steps,
+    );
     for n in &lab.networks {
         out.push(Resource {
             address: n.address.clone(),
@@ -179,7 +509,10 @@ pub fn resources_with(lab: &Lab, digests: &Digests) -> Vec<Resource> {
             target: Target::Network {
                 name: n.name.clone(),
             },
-            attrs: attrs(json!({ "bridge": n.bridge, "host_address": n.host_address })),
+            spec: Spec::Network(NetworkSpec {
+                bridge: n.bridge.clone(),
+                host_address: n.host_address.clone(),
+            }),
             deps: vec![],
         });
     }
@@ -190,22 +523,29 @@ pub fn resources_with(lab: &Lab, digests: &Digests) -> Vec<Resource> {
             target: Target::Disk {
                 name: d.name.clone(),
             },
-            attrs: attrs(json!({
-                "file": d.file_name(),
-                "format": d.format.as_str(),
-                "size": d.size_bytes.map(fmt_bytes),
-                "from": d.from.as_ref().map(|p| p.display().to_string()),
-                "filesystem": d.filesystem,
-                "inject": (!d.inject.is_empty()).then(|| d.inject.iter().map(|(s, t)| format!("{} -> {t}", s.display())).collect::<Vec<_>>()),
-                "keep": d.keep,
-                "from_sha256": digest(&d.from),
+            spec: Spec::Disk(Box::new(DiskSpec {
+                disk: d.clone(),
+                from_sha256: digest(&d.from),
             })),
             deps: vec![],
         });
     }
+    // By name, first wins (as `Lab::network` and `Lab::disk` would).
+    let mut network_by_name: HashMap<&str, &crate::lab::NetworkSpec> =
+        HashMap::with_capacity(lab.networks.len());
+    for n in &lab.networks {
+        network_by_name.entry(n.name.as_str()).or_insert(n);
+    }
+    let mut disk_by_name: HashMap<&str, &crate::lab::DiskSpec> =
+        HashMap::with_capacity(lab.disks.len());
+    for d in &lab.disks {
+        disk_by_name.entry(d.name.as_str()).or_insert(d);
+    }
     for vm in &lab.vms {
         for nic in &vm.nics {
-            let bridge = lab.network(&nic.network).map(|n| n.bridge.clone());
+            let bridge = network_by_name
+                .get(nic.network.as_str())
+                .map(|n| n.bridge.clone());
             out.push(Resource {
                 address: nic.address.clone(),
                 kind: Kind::Tap,
@@ -213,70 +553,71 @@ pub fn resources_with(lab: &Lab, digests: &Digests) -> Vec<Resource> {
                     vm: vm.name.clone(),
                     nic: nic.index,
                 },
-                attrs: attrs(json!({ "name": nic.tap, "mac": nic.mac, "network": nic.network, "bridge": bridge })),
+                spec: Spec::Tap(TapSpec {
+                    name: nic.tap.clone(),
+                    mac: nic.mac.clone(),
+                    network: nic.network.clone(),
+                    bridge,
+                }),
                 deps: vec![format!("network.{}", nic.network)],
             });
         }
     }
     for vm in &lab.vms {
         let mut deps: Vec<String> = vm.nics.iter().map(|n| n.address.clone()).collect();
-        let disks: Vec<String> = vm
+        let disks: Vec<VmDisk> = vm
             .disks
             .iter()
-            .map(|d| {
-                let name = match &d.source {
-                    DiskSource::Named(n) => {
-                        deps.push(format!("disk.{n}"));
-                        n.clone()
+            .map(|d| match &d.source {
+                DiskSource::Named(n) => {
+                    deps.push(format!("disk.{n}"));
+                    let disk = disk_by_name.get(n.as_str());
+                    VmDisk::Named {
+                        name: n.clone(),
+                        file: disk.map_or_else(String::new, |d| d.file_name()),
+                        format: disk.map_or(DiskFormat::Qcow2, |d| d.format),
+                        mount: d.mount.clone(),
                     }
-                    DiskSource::Path(p) => p.display().to_string(),
-                };
-                match &d.mount {
-                    Some(m) => format!("{name} mount={m}"),
-                    None => name,
                 }
+                DiskSource::Path(p) => VmDisk::Path {
+                    path: p.clone(),
+                    mount: d.mount.clone(),
+                },
             })
             .collect();
-        // One digest per disk given by path, in order (None if unreadable).
-        let disk_digests: Vec<Option<&String>> = vm
+        // One digest per disk given by path, in order (all or nothing).
+        let disks_sha256: Option<Vec<String>> = vm
             .disks
             .iter()
             .filter_map(|d| match &d.source {
-                DiskSource::Path(p) => Some(digests.get(p)),
+                DiskSource::Path(p) => Some(digests.get(p).cloned()),
                 DiskSource::Named(_) => None,
             })
-            .collect();
-        let disks_sha256 = (!disk_digests.is_empty() && disk_digests.iter().all(Option::is_some))
-            .then_some(disk_digests);
-        let nics: Vec<Value> = vm
-            .nics
-            .iter()
-            .map(
-                |n| json!({ "network": n.network, "tap": n.tap, "mac": n.mac, "driver": n.driver }),
-            )
-            .collect();
+            .collect::<Option<Vec<String>>>()
+            .filter(|v| !v.is_empty());
         out.push(Resource {
             address: vm.address.clone(),
             kind: Kind::Vm,
             target: Target::Vm {
                 name: vm.name.clone(),
             },
-            attrs: attrs(json!({
-                "uuid": vm.uuid.to_string(),
-                "kernel": vm.kernel.as_ref().map(|p| p.display().to_string()),
-                "initrd": vm.initrd.as_ref().map(|p| p.display().to_string()),
-                "append": vm.append,
-                "memory": fmt_mib(vm.memory_mib),
-                "vcpus": vm.vcpus,
-                "snapshot": vm.snapshot,
-                "disks": (!disks.is_empty()).then_some(disks),
-                "nics": nics,
-                "qemu_args": (!vm.qemu_args.is_empty()).then_some(&vm.qemu_args),
-                "tags": (!vm.tags.is_empty()).then_some(&vm.tags),
-                "after": (!vm.after.is_empty()).then_some(&vm.after),
-                "kernel_sha256": digest(&vm.kernel),
-                "initrd_sha256": digest(&vm.initrd),
-                "disks_sha256": disks_sha256,
+            spec: Spec::Vm(Box::new(VmSpec {
+                uuid: vm.uuid,
+                kernel: vm.kernel.clone(),
+                initrd: vm.initrd.clone(),
+                append: vm.append.clone(),
+                memory_mib: vm.memory_mib,
+                vcpus: vm.vcpus,
+                snapshot: vm.snapshot,
+                boot_timeout_ms: vm.boot_timeout_ms,
+                disks,
+                nics: vm.nics.clone(),
+                qemu_args: vm.qemu_args.clone(),
+                tags: vm.tags.clone(),
+                after: vm.after.clone(),
+                kernel_sha256: digest(&vm.kernel),
+                initrd_sha256: digest(&vm.initrd),
+                disks_sha256,
             })),
             deps,
         });
@@ -303,12 +644,12 @@ pub fn resources_with(lab: &Lab, digests: &Digests) -> Vec<Resource> {
                 dst_vm: m.dest_vm.clone(),
                 dst_nic: m.dest_nic,
             },
-            attrs: attrs(json!({
-                "source_tap": s.tap,
-                "dest_tap": d.tap,
-                "direction": m.direction.as_str(),
-                "network": m.network,
-            })),
+            spec: Spec::Mirror(MirrorSpec {
+                source_tap: s.tap.clone(),
+                dest_tap: d.tap.clone(),
+                direction: m.direction,
+                network: m.network.clone(),
+            }),
             deps: vec![
                 s.address.clone(),
                 d.address.clone(),
@@ -340,24 +681,24 @@ pub fn resources_with(lab: &Lab, digests: &Digests) -> Vec<Resource> {
             target: Target::Capture {
                 name: c.name.clone(),
             },
-            attrs: attrs(json!({
-                "file": c.file_name(),
-                "taps": c.taps.iter().map(|t| t.tap.clone()).collect::<Vec<_>>(),
-                "network": c.network,
-            })),
+            spec: Spec::Capture(CaptureSpec {
+                file: c.file_name(),
+                taps: c.taps.iter().map(|t| t.tap.clone()).collect(),
+                network: c.network.clone(),
+            }),
             deps,
         });
         capture_addresses.push(c.address.clone());
     }
     // The last step of each VM, for `after`.
-    let last_step: HashMap<&str, String> = lab
+    let last_step: HashMap<&str, &str> = lab
         .vms
         .iter()
         .map(|v| {
             (
                 v.name.as_str(),
                 v.cc.last()
-                    .map_or_else(|| v.address.clone(), |s| s.address.clone()),
+                    .map_or(v.address.as_str(), |s| s.address.as_str()),
             )
         })
         .collect();
@@ -367,17 +708,9 @@ pub fn resources_with(lab: &Lab, digests: &Digests) -> Vec<Resource> {
             if step.index > 0 {
                 deps.push(vm.cc[step.index - 1].address.clone());
             } else {
-                deps.extend(vm.after.iter().map(|a| last_step[a.as_str()].clone()));
+                deps.extend(vm.after.iter().map(|a| last_step[a.as_str()].to_string()));
                 deps.extend(capture_addresses.iter().cloned());
             }
-            let (kind, cmd) = match &step.action {
-                CcActionSpec::Exec(c) => ("exec", c.to_string()),
-                CcActionSpec::Background(c) => ("background", c.to_string()),
-                CcActionSpec::Send { src, to } => ("send", format!("{} to={to}", src.display())),
-                CcActionSpec::Recv { src, to, .. } => {
-                    ("recv", format!("{src} to={}", to.display()))
-                }
-            };
             out.push(Resource {
                 address: step.address.clone(),
                 kind: Kind::Step,
@@ -385,12 +718,12 @@ pub fn resources_with(lab: &Lab, digests: &Digests) -> Vec<Resource> {
                     vm: vm.name.clone(),
                     index: step.index,
                 },
-                attrs: attrs(json!({
-                    kind: cmd,
-                    "timeout_ms": step.timeout_ms,
-                    "allow_failure": step.allow_failure.then_some(true),
-                    "hash": step.hash,
-                })),
+                spec: Spec::Step(StepSpec {
+                    action: step.action.clone(),
+                    timeout_ms: step.timeout_ms,
+                    allow_failure: step.allow_failure,
+                    hash: step.hash.clone(),
+                }),
                 deps,
             });
         }

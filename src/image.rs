@@ -137,6 +137,8 @@ pub enum ImageError {
     MissingModule { version: String, module: String },
     #[error("invalid image options: {0}")]
     Invalid(String),
+    #[error("busybox {} not found", .0.display())]
+    BusyboxNotFound(PathBuf),
 }
 
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> ImageError + '_ {
@@ -964,10 +966,7 @@ fn assemble(
 
     // busybox and its applets (all pointing at /bin/busybox).
     if !opts.busybox.is_file() {
-        return Err(ImageError::Invalid(format!(
-            "busybox {} not found (apt-get install busybox-static)",
-            opts.busybox.display()
-        )));
+        return Err(ImageError::BusyboxNotFound(opts.busybox.clone()));
     }
     add_binary(&mut tree, &opts.busybox, "bin/busybox", false, warnings)?;
     for applet in busybox_applets(&opts.busybox) {

@@ -104,7 +104,16 @@ impl SavedPlan {
         }
         for c in &self.plan.changes {
             let at = |why: String| format!("{}: {why}", c.address.escape_debug());
-            for attrs in [&c.before, &c.after] {
+            if let Some(spec) = &c.spec
+                && spec.kind() != c.kind
+            {
+                return Err(at(format!(
+                    "a {} spec on a {} change",
+                    spec.kind().as_str(),
+                    c.kind.as_str()
+                )));
+            }
+            for attrs in [&c.before, &c.after()] {
                 crate::state::check_record(&c.address, c.kind, attrs.as_ref()).map_err(at)?;
             }
             for d in c.deps.iter().chain(&c.prior_deps) {
@@ -157,7 +166,7 @@ pub fn drift(saved: &Plan, fresh: &Plan) -> Vec<String> {
         }
         let why = now
             .filter(|c| c.action != Action::NoOp)
-            .map(|c| c.reasons.join(", "))
+            .map(|c| crate::plan::reason::joined(&c.reasons, ", "))
             .filter(|r| !r.is_empty())
             .unwrap_or_else(|| "no longer needed".into());
         out.push(format!(
@@ -226,7 +235,7 @@ mod tests {
         let mut state = State::new("x");
         let mut rec = crate::state::Record::new(
             crate::state::Kind::Network,
-            crate::graph::resources(&lab)[0].attrs.clone(),
+            crate::graph::resources(&lab)[0].attrs(),
         );
         rec.status = crate::state::Status::Ready;
         state.resources.insert("network.LAN".into(), rec);
@@ -268,9 +277,14 @@ mod tests {
         );
         good.check().unwrap();
         let mut bad = good.clone();
+        bad.plan.changes[0].kind = crate::state::Kind::Disk;
+        let e = bad.check().unwrap_err();
+        assert!(e.contains("a network spec on a disk change"), "{e}");
+        let mut bad = good.clone();
         let c = &mut bad.plan.changes[0];
         c.kind = crate::state::Kind::Disk;
         c.address = "disk.data".into();
+        c.spec = None;
         c.before = Some(
             [("file".to_string(), serde_json::Value::from("../../victim"))]
                 .into_iter()

@@ -125,7 +125,17 @@ fn diff_for_review_in_three_formats() {
     let md = stdout(&megaplan(&["diff", o, n, "--format", "markdown"]));
     let json: serde_json::Value =
         serde_json::from_str(&stdout(&megaplan(&["diff", o, n, "--format", "json"]))).unwrap();
-    assert_eq!(json["format_version"], "1.0");
+    assert_eq!(json["format_version"], "2.0");
+    // Reasons are stable codes with their prose beside them.
+    let monitor = json["resource_changes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["address"] == "vm.monitor")
+        .expect("vm.monitor in the plan");
+    assert_eq!(monitor["action_reason"], "attribute_changed");
+    assert_eq!(monitor["reasons"][0]["code"], "attribute_changed");
+    assert_eq!(monitor["reasons"][0]["message"], "memory changed: 2G -> 4G");
     assert_eq!(json["summary"]["add"], 1);
     assert_eq!(json["summary"]["replace"], 2);
     insta::assert_snapshot!("diff_text", txt);
@@ -298,7 +308,10 @@ fn replacing_an_unknown_address_is_refused_before_anything() {
     ] {
         let out = megaplan(&args);
         let err = String::from_utf8_lossy(&out.stderr);
-        assert_eq!(out.status.code(), Some(1), "{args:?}: {err}");
+        // plan refuses the address (a user error, 1); apply stops even
+        // earlier here, at preflight (the kernel is missing: 5).
+        let want = if args[0] == "plan" { 1 } else { 5 };
+        assert_eq!(out.status.code(), Some(want), "{args:?}: {err}");
         if args[0] == "plan" {
             assert!(
                 err.contains("cannot replace vm.B: no such resource"),
@@ -309,4 +322,59 @@ fn replacing_an_unknown_address_is_refused_before_anything() {
         // Nothing was written but the lock: no state.
         assert!(!dir.path().join(".megaplan/r/state.json").exists());
     }
+}
+
+/// The exit code comes from the error's kind (docs/cli.md, "Exit codes"):
+/// a held lock is a conflict (3), a bad `MEGAPLAN_ACCEL` a configuration
+/// problem (5), an unknown address a user error (1); each with its hint.
+#[test]
+fn exit_codes_follow_the_kind_of_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("l.kdl");
+    std::fs::write(&file, "experiment \"l\"\nnetwork \"LAN\"\n").unwrap();
+    let f = file.to_str().unwrap();
+    let st = dir.path().join("state");
+    let sd = megaplan::state::StateDir {
+        root: st.clone(),
+        experiment: "l".into(),
+    };
+    let run = |args: &[&str], env: &[(&str, &str)]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_megaplan"))
+            .args(args)
+            .envs(env.iter().copied())
+            .env("NO_COLOR", "1")
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let st_arg = st.to_str().unwrap();
+    {
+        let _held = sd.lock("test holder").unwrap();
+        let (code, err) = run(&["plan", f, "--state-dir", st_arg], &[]);
+        assert_eq!(code, Some(3), "{err}");
+        assert!(
+            err.contains("locked by pid") && err.contains("test holder"),
+            "{err}"
+        );
+        assert!(err.contains("hint: wait for it to finish"), "{err}");
+    }
+    let (code, err) = run(
+        &["apply", f, "--auto-approve", "--state-dir", st_arg],
+        &[("MEGAPLAN_ACCEL", "warp9")],
+    );
+    assert_eq!(code, Some(5), "{err}");
+    assert!(
+        err.contains("error: MEGAPLAN_ACCEL=\"warp9\" is not an accelerator")
+            && err.contains("hint: set MEGAPLAN_ACCEL to auto, kvm or tcg"),
+        "{err}"
+    );
+    let (code, err) = run(
+        &["plan", f, "--state-dir", st_arg, "-replace", "vm.nope"],
+        &[],
+    );
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("hint: the addresses are listed by"), "{err}");
 }

@@ -59,7 +59,11 @@ fn apply_repair_and_destroy_three_guests_with_a_mirror() {
         };
         let _held = sd.lock("test holder").unwrap();
         let out = lab.run("apply", &["--auto-approve"]);
-        assert_eq!(out.status.code(), Some(1));
+        assert_eq!(
+            out.status.code(),
+            Some(3),
+            "a held lock exits 3 (a conflict)"
+        );
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(
             err.contains("locked by pid") && err.contains("test holder"),

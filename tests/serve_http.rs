@@ -1,6 +1,7 @@
 //! `megaplan serve` over real sockets: the page and its assets, 404 outside
-//! them, no other origin, the event stream, and the token off loopback
-//! (inside a network namespace with a veth address).
+//! them, no other origin, the event stream, the token off loopback
+//! (inside a network namespace with a veth address), and `--allow-actions`
+//! (apply and destroy of a one-network lab through the page, in a namespace).
 
 #[path = "common/netns.rs"]
 mod netns;
@@ -26,8 +27,17 @@ impl Drop for Server {
 }
 
 fn serve(dir: &std::path::Path, netns: Option<&str>, args: &[&str]) -> Result<Server, String> {
+    serve_text(dir, netns, TEXT, args)
+}
+
+fn serve_text(
+    dir: &std::path::Path,
+    netns: Option<&str>,
+    text: &str,
+    args: &[&str],
+) -> Result<Server, String> {
     let file = dir.join("web.kdl");
-    std::fs::write(&file, TEXT).unwrap();
+    std::fs::write(&file, text).unwrap();
     let mut cmd = match netns {
         Some(ns) => {
             let mut c = Command::new("ip");
@@ -190,6 +200,201 @@ fn the_page_its_assets_and_nothing_else() {
     let mut out = String::new();
     s.read_to_string(&mut out).unwrap();
     assert!(out.starts_with("HTTP/1.1 405"), "{out}");
+    // Without --allow-actions there are no actions: 404, and no buttons.
+    for method in ["POST", "GET"] {
+        let (code, _, _) = request(&srv.addr, method, "/actions/apply", "", "{}");
+        assert_eq!(code, 404, "{method}");
+    }
+    assert!(!html.contains("action-apply"), "{html}");
+}
+
+/// (status, body) of one request with a body.
+fn request(
+    addr: &str,
+    method: &str,
+    path: &str,
+    headers: &str,
+    body: &str,
+) -> (u16, String, String) {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(120))).unwrap();
+    write!(
+        s,
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\n{headers}Content-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    let (head, body) = out.split_once("\r\n\r\n").unwrap_or((&out, ""));
+    let code = head
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    (code, head.to_string(), body.to_string())
+}
+
+/// `--allow-actions` on a lab of one network, in its own namespace: the
+/// safeguards refuse each malformed action, then apply through the page
+/// creates the bridge, `cc exec` answers for a lab without guests, and
+/// destroy removes it.
+#[test]
+fn actions_apply_and_destroy_through_the_page() {
+    if !netns::can_run("serve_http actions") {
+        return;
+    }
+    let ns = netns::NetnsGuard::new();
+    netns::ns_cmd(&ns.name, &["ip", "link", "set", "lo", "up"]);
+    let dir = tempfile::tempdir().unwrap();
+    let text = "experiment \"webact\"\nnetwork \"LAN\"\n";
+    // Actions need the token even on loopback.
+    let err = serve_text(
+        dir.path(),
+        Some(&ns.name),
+        text,
+        &["--listen", "127.0.0.1:0", "--allow-actions"],
+    )
+    .err()
+    .expect("--allow-actions without a token must fail");
+    assert!(
+        err.starts_with("Some(1)") && err.contains("--allow-actions needs --token"),
+        "{err}"
+    );
+    let token_file = dir.path().join("token");
+    std::fs::write(&token_file, "act-token\n").unwrap();
+    let srv = serve_text(
+        dir.path(),
+        Some(&ns.name),
+        text,
+        &[
+            "--listen",
+            "127.0.0.1:0",
+            "--allow-actions",
+            "--token-file",
+            token_file.to_str().unwrap(),
+            "--state-dir",
+            dir.path().join("state").to_str().unwrap(),
+        ],
+    )
+    .unwrap();
+    let addr = srv.addr.clone();
+    let path = ns.path();
+    let bridges = {
+        let ns = ns.name.clone();
+        move || netns::ns_cmd(&ns, &["ip", "-o", "link", "show", "type", "bridge"])
+    };
+    let b2 = bridges.clone();
+    std::thread::spawn(move || {
+        let f = std::fs::File::open(&path).unwrap();
+        use std::os::fd::AsRawFd;
+        // SAFETY: setns on a valid namespace fd; affects this thread only.
+        assert_eq!(unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) }, 0);
+        let origin = format!("Origin: http://{addr}\r\n");
+        let auth = "Authorization: Bearer act-token\r\n";
+        let json = "Content-Type: application/json\r\n";
+        let good = format!("{origin}{auth}{json}");
+        // The page has the buttons.
+        let (_, _, html) = get(&addr, "/?token=act-token", "");
+        assert!(html.contains("<button id=\"action-apply\""), "{html}");
+        // Each safeguard, on apply: nothing may run.
+        let refused = [
+            ("GET", good.clone(), 405),
+            ("POST", format!("{origin}{json}"), 401),
+            (
+                "POST",
+                format!("{origin}Authorization: Bearer wrong\r\n{json}"),
+                401,
+            ),
+            ("POST", format!("{auth}{json}"), 403),
+            (
+                "POST",
+                format!("Origin: http://evil.example\r\n{auth}{json}"),
+                403,
+            ),
+            (
+                "POST",
+                format!("{origin}{auth}Content-Type: text/plain\r\n"),
+                415,
+            ),
+        ];
+        for (method, headers, want) in &refused {
+            let (code, head, body) = request(&addr, method, "/actions/apply", headers, "{}");
+            assert_eq!(code, *want, "{method} {headers:?}: {head}\n{body}");
+        }
+        // The token in the query alone does not do for an action.
+        let (code, _, _) = request(
+            &addr,
+            "POST",
+            "/actions/apply?token=act-token",
+            &format!("{origin}{json}"),
+            "{}",
+        );
+        assert_eq!(code, 401);
+        assert!(!b2().contains("mpb"), "a refused action changed the host");
+        let (code, _, body) = request(
+            &addr,
+            "POST",
+            "/actions/cc-exec",
+            &good,
+            r#"{"command":["true"],"filter":["bogus"]}"#,
+        );
+        assert_eq!(code, 400, "{body}");
+
+        let (code, _, body) = request(&addr, "POST", "/actions/apply", &good, "{}");
+        assert_eq!(code, 200, "{body}");
+        let res: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(res["exit"], 0, "{res}");
+        assert!(
+            res["stdout"]
+                .as_str()
+                .unwrap()
+                .contains("network.LAN will be created"),
+            "{res}"
+        );
+        assert!(b2().contains("mpb"), "apply made no bridge");
+        // The snapshot sees it (the next refresh, within a few seconds).
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let (_, _, snap) = get(&addr, "/snapshot.json?token=act-token", "");
+            let snap: serde_json::Value = serde_json::from_str(&snap).unwrap();
+            if snap["has_changes"] == false {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the page never saw the apply: {snap}"
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        // cc exec runs the CLI's: no VM matches, which it says (exit 1).
+        let (code, _, body) = request(
+            &addr,
+            "POST",
+            "/actions/cc-exec",
+            &good,
+            r#"{"command":["true"]}"#,
+        );
+        assert_eq!(code, 200, "{body}");
+        let res: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(res["exit"], 1, "{res}");
+        assert!(
+            res["stderr"]
+                .as_str()
+                .unwrap()
+                .contains("no VM matches the filter"),
+            "{res}"
+        );
+
+        let (code, _, body) = request(&addr, "POST", "/actions/destroy", &good, "");
+        assert_eq!(code, 200, "{body}");
+        let res: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(res["exit"], 0, "{res}");
+    })
+    .join()
+    .unwrap();
+    assert!(!bridges().contains("mpb"), "destroy left the bridge");
+    drop(srv);
 }
 
 #[test]

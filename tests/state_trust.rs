@@ -72,10 +72,14 @@ impl Host {
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
-    /// Fails, and says so on stderr: the stderr.
-    fn refused(&self, args: &[&str]) -> String {
+    /// Fails with this exit code (docs/cli.md), and says so on stderr: the stderr.
+    fn refused(&self, code: i32, args: &[&str]) -> String {
         let out = self.run(args);
-        assert_eq!(out.status.code(), Some(1), "megaplan {args:?} should fail");
+        assert_eq!(
+            out.status.code(),
+            Some(code),
+            "megaplan {args:?} should fail"
+        );
         String::from_utf8_lossy(&out.stderr).into_owned()
     }
 
@@ -118,7 +122,7 @@ fn two_folders_cannot_share_an_experiment_name() {
         vec!["destroy", s(&b), "--auto-approve"],
         vec!["show", s(&b)],
     ] {
-        let err = h.refused(&cmd);
+        let err = h.refused(3, &cmd);
         assert!(
             err.contains(&format!(
                 "belongs to another state folder on this host: {}",
@@ -147,7 +151,7 @@ fn two_folders_cannot_share_an_experiment_name() {
     assert!(!h.dir.path().join("run/.owners/trust").exists());
     h.ok(&["apply", s(&b), "--auto-approve"]);
     assert!(h.links().contains(&h.bridge()));
-    h.refused(&["plan", s(&a)]);
+    h.refused(3, &["plan", s(&a)]);
     h.ok(&["destroy", s(&b), "--all", "--auto-approve"]);
     assert!(!h.links().contains(&h.bridge()));
 }
@@ -212,7 +216,7 @@ fn a_corrupt_state_names_the_way_out() {
     let sd = state_dir(&f);
     let text = std::fs::read_to_string(sd.join("state.json")).unwrap();
     std::fs::write(sd.join("state.json"), &text[..text.len() / 3]).unwrap();
-    let err = h.refused(&["apply", s(&f), "--auto-approve"]);
+    let err = h.refused(1, &["apply", s(&f), "--auto-approve"]);
     assert!(err.contains("state.json is not a megaplan state"), "{err}");
     assert!(err.contains("state.json.backup"), "{err}");
     assert!(err.contains("megaplan state restore-backup"), "{err}");
@@ -222,7 +226,7 @@ fn a_corrupt_state_names_the_way_out() {
         text.replace("\"data.raw\"", "\"../../victim\""),
     )
     .unwrap();
-    let err = h.refused(&["destroy", s(&f), "--all", "--auto-approve"]);
+    let err = h.refused(1, &["destroy", s(&f), "--all", "--auto-approve"]);
     assert!(err.contains("disk.data: file '../../victim'"), "{err}");
     h.ok(&["state", "restore-backup", s(&f)]);
     let restored = std::fs::read_to_string(sd.join("state.json")).unwrap();
@@ -260,7 +264,7 @@ fn a_saved_plan_is_refused_once_the_host_changed() {
         .status()
         .unwrap();
     assert!(st.success());
-    let err = h.refused(&["apply", s(&saved)]);
+    let err = h.refused(4, &["apply", s(&saved)]);
     assert!(err.contains("the host changed since the plan"), "{err}");
     assert!(err.contains("network.LAN bridge missing"), "{err}");
     assert!(err.contains("make a new one"), "{err}");

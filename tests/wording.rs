@@ -65,7 +65,8 @@ fn a_user_who_is_not_root_is_told_to_use_sudo() {
         .output()
         .unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{err}");
+    // A missing prerequisite is a configuration error: exit 5 (docs/cli.md).
+    assert_eq!(out.status.code(), Some(5), "{err}");
     assert!(err.contains("hint: run it as root"), "{err}");
     assert!(!err.contains("install what is listed"), "{err}");
 }
@@ -97,7 +98,7 @@ fn apply_names_a_missing_send_file_before_any_change() {
         .output()
         .unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert_eq!(out.status.code(), Some(5), "{err}");
     assert!(
         err.contains("no-such-file (vm.a.cc[0]: the file to send does not exist)"),
         "{err}"

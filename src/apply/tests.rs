@@ -1,502 +1,15 @@
-//! The real [`Executor`] on a fake, in-memory [`Host`]: ordering, the
-//! parallelism cap, skips on failure, record-before-effect, and the
+//! The real [`Executor`] on the strict in-memory provider
+//! ([`crate::provider::memory`]): ordering, the parallelism cap, skips on
+//! failure, record-before-effect, crashes between record and effect, and the
 //! convergence items (typed identities, updates in place, taint, foreign
 //! interfaces), all without root.
 
-use std::cell::RefCell;
-use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::path::Path;
-use std::time::Duration;
+use std::collections::BTreeSet;
 
 use super::*;
-use crate::drivers::netlink::NetlinkError;
-use crate::host::{Host, HostError, StepOutcome};
-use crate::identity;
-use crate::lab::{CcActionSpec, DiskSpec, VmSpec};
-use crate::observed::{Observed, ObservedLink, ObservedMirror, ObservedVm};
-use crate::plan::{self, Mode, Options};
-use crate::provider::{Op, OpOutcome, Outcome as OpResult};
-
-/// One call the executor made, with what the state file said at that moment.
-#[derive(Clone, Debug)]
-struct Call {
-    what: String,
-    /// The status of the address the call acts for, as saved on disk when
-    /// the call began (None: no record).
-    saved: Option<Status>,
-}
-
-#[derive(Default)]
-struct World {
-    /// name -> marker
-    links: BTreeMap<String, String>,
-    /// tap -> its bridge
-    controller: BTreeMap<String, String>,
-    mirrors: BTreeSet<(String, String)>,
-    disks: BTreeSet<String>,
-    /// VM name -> pid
-    vms: BTreeMap<String, u32>,
-    next_pid: u32,
-    calls: Vec<Call>,
-    /// VM -> the run ids its agent ran in this boot, with their exit codes.
-    ran: BTreeMap<String, HashMap<String, i32>>,
-    in_flight: usize,
-    max_in_flight: usize,
-}
-
-/// An in-memory host that records calls, can fail chosen ones and hold
-/// every effect pending for a few polls (no clock, no sleeping).
-struct FakeHost {
-    experiment: String,
-    sd: StateDir,
-    world: RefCell<World>,
-    /// Calls (`launch A`, `tap vm.A.nic[0]`...) that fail.
-    fail: BTreeSet<String>,
-    /// Exit codes of steps by address (default 0).
-    exits: HashMap<String, i32>,
-    /// Steps (by command) that run but whose answer never reaches the host.
-    lose_replies: BTreeSet<String>,
-    /// Polls each effect stays pending for, so others overlap it.
-    delay_polls: usize,
-}
-
-impl FakeHost {
-    fn new(experiment: &str, sd: &StateDir) -> Self {
-        FakeHost {
-            experiment: experiment.into(),
-            sd: sd.clone(),
-            world: RefCell::default(),
-            fail: BTreeSet::new(),
-            exits: HashMap::new(),
-            delay_polls: 0,
-            lose_replies: BTreeSet::new(),
-        }
-    }
-
-    fn calls(&self) -> Vec<String> {
-        self.world
-            .borrow()
-            .calls
-            .iter()
-            .map(|c| c.what.clone())
-            .collect()
-    }
-
-    fn call(&self, what: &str) -> Option<Call> {
-        self.world
-            .borrow()
-            .calls
-            .iter()
-            .find(|c| c.what == what)
-            .cloned()
-    }
-
-    /// Log a call for `address`, wait out the delay, then fail it if asked.
-    async fn enter(&self, what: String, address: &str) -> Result<(), HostError> {
-        let saved = self
-            .sd
-            .load()
-            .ok()
-            .and_then(|s| s.resources.get(address).map(|r| r.status));
-        {
-            let mut w = self.world.borrow_mut();
-            w.calls.push(Call {
-                what: what.clone(),
-                saved,
-            });
-            w.in_flight += 1;
-            w.max_in_flight = w.max_in_flight.max(w.in_flight);
-        }
-        for _ in 0..self.delay_polls {
-            tokio::task::yield_now().await;
-        }
-        self.world.borrow_mut().in_flight -= 1;
-        if self.fail.contains(&what) {
-            return Err(HostError::Io(std::io::Error::other(format!(
-                "injected failure of {what}"
-            ))));
-        }
-        Ok(())
-    }
-
-    fn address_of(&self, marker: &str) -> String {
-        identity::address_of_marker(&self.experiment, marker)
-            .unwrap_or_default()
-            .to_string()
-    }
-}
-
-fn not_ours(name: &str, expected: &str, found: &str) -> HostError {
-    HostError::Netlink(NetlinkError::NotOurs {
-        name: name.into(),
-        expected: expected.into(),
-        found: Some(found.into()),
-    })
-}
-
-impl Host for FakeHost {
-    async fn observe(&self, _: &str, state: &State, _: &StateDir) -> Result<Observed, HostError> {
-        let w = self.world.borrow();
-        let mut obs = Observed::default();
-        for (name, marker) in &w.links {
-            if let Some(a) = identity::address_of_marker(&self.experiment, marker) {
-                obs.links.insert(
-                    a.to_string(),
-                    ObservedLink {
-                        name: name.clone(),
-                        kind: if name.starts_with(identity::BRIDGE_PREFIX) {
-                            "bridge".into()
-                        } else {
-                            "tun".into()
-                        },
-                        up: true,
-                        controller: w.controller.get(name).cloned(),
-                        mac: None,
-                    },
-                );
-            }
-        }
-        for (s, d) in &w.mirrors {
-            obs.mirrors.insert(ObservedMirror {
-                source_tap: s.clone(),
-                dest_tap: d.clone(),
-                ingress: true,
-                egress: true,
-            });
-        }
-        for (name, pid) in &w.vms {
-            obs.vms.insert(
-                format!("vm.{name}"),
-                ObservedVm {
-                    name: name.clone(),
-                    pid: Some(*pid),
-                    alive: true,
-                    status: Some("running".into()),
-                },
-            );
-        }
-        for (a, r) in &state.resources {
-            if r.kind == Kind::Disk && r.attr_str("file").is_some_and(|f| w.disks.contains(f)) {
-                obs.disks.insert(a.clone());
-            }
-        }
-        Ok(obs)
-    }
-
-    async fn ensure_bridge(
-        &self,
-        name: &str,
-        marker: &str,
-        _: Option<&str>,
-    ) -> Result<(), HostError> {
-        let a = self.address_of(marker);
-        self.enter(format!("bridge {a}"), &a).await?;
-        let mut w = self.world.borrow_mut();
-        match w.links.get(name) {
-            Some(m) if m != marker => Err(not_ours(name, marker, m)),
-            _ => {
-                w.links.insert(name.into(), marker.into());
-                Ok(())
-            }
-        }
-    }
-
-    async fn ensure_tap(
-        &self,
-        name: &str,
-        _: &str,
-        marker: &str,
-        bridge: &str,
-    ) -> Result<(), HostError> {
-        let a = self.address_of(marker);
-        self.enter(format!("tap {a}"), &a).await?;
-        let mut w = self.world.borrow_mut();
-        match w.links.get(name) {
-            Some(m) if m != marker => Err(not_ours(name, marker, m)),
-            _ => {
-                w.links.insert(name.into(), marker.into());
-                w.controller.insert(name.into(), bridge.into());
-                Ok(())
-            }
-        }
-    }
-
-    async fn delete_link(&self, name: &str, marker: &str) -> Result<(), HostError> {
-        let a = self.address_of(marker);
-        self.enter(format!("delete-link {a}"), &a).await?;
-        let mut w = self.world.borrow_mut();
-        match w.links.get(name) {
-            Some(m) if m != marker => Err(not_ours(name, marker, m)),
-            _ => {
-                w.links.remove(name);
-                Ok(())
-            }
-        }
-    }
-
-    async fn add_mirror(&self, src: &str, dst: &str, _: &str) -> Result<(), HostError> {
-        self.enter(format!("mirror {src}->{dst}"), "").await?;
-        self.world
-            .borrow_mut()
-            .mirrors
-            .insert((src.into(), dst.into()));
-        Ok(())
-    }
-
-    async fn remove_mirror(&self, src: &str, dst: &str) -> Result<(), HostError> {
-        self.enter(format!("unmirror {src}->{dst}"), "").await?;
-        self.world
-            .borrow_mut()
-            .mirrors
-            .remove(&(src.to_string(), dst.to_string()));
-        Ok(())
-    }
-
-    async fn create_disk(&self, disk: &DiskSpec, path: &Path) -> Result<(), HostError> {
-        self.enter(format!("disk {}", disk.name), &disk.address)
-            .await?;
-        let file = path.file_name().unwrap().to_string_lossy().to_string();
-        self.world.borrow_mut().disks.insert(file);
-        Ok(())
-    }
-
-    async fn remove_file(&self, path: &Path) -> Result<(), HostError> {
-        let file = path.file_name().unwrap().to_string_lossy().to_string();
-        self.enter(format!("rm {file}"), "").await?;
-        self.world.borrow_mut().disks.remove(&file);
-        Ok(())
-    }
-
-    async fn launch_vm(
-        &self,
-        _: &str,
-        _: crate::lab::Accel,
-        vm: &VmSpec,
-        _: &[DiskSpec],
-        _: &StateDir,
-    ) -> Result<u32, HostError> {
-        self.enter(format!("launch {}", vm.name), &vm.address)
-            .await?;
-        let mut w = self.world.borrow_mut();
-        w.next_pid += 1;
-        let pid = 1000 + w.next_pid;
-        w.vms.insert(vm.name.clone(), pid);
-        w.ran.remove(&vm.name);
-        Ok(pid)
-    }
-
-    async fn stop_vm(
-        &self,
-        _: &str,
-        vm: &str,
-        _: Option<u32>,
-        _: bool,
-        _: &StateDir,
-    ) -> Result<(), HostError> {
-        self.enter(format!("stop {vm}"), "").await?;
-        let mut w = self.world.borrow_mut();
-        w.vms.remove(vm);
-        w.ran.remove(vm);
-        Ok(())
-    }
-
-    async fn run_step(
-        &self,
-        _: &str,
-        vm: &str,
-        action: &CcActionSpec,
-        _: Option<Duration>,
-        run_id: &str,
-    ) -> Result<StepOutcome, HostError> {
-        let CcActionSpec::Exec(cmd) = action else {
-            unreachable!("these tests use exec steps")
-        };
-        // Steps name themselves: `exec "A0"` is the first step of A.
-        if !self.world.borrow().vms.contains_key(vm) {
-            return Err(HostError::Io(std::io::Error::other(format!(
-                "{vm} is not running"
-            ))));
-        }
-        // The agent of this boot runs a run id once; asked again, it replays.
-        let known = self
-            .world
-            .borrow()
-            .ran
-            .get(vm)
-            .and_then(|r| r.get(run_id))
-            .copied();
-        if let Some(exit) = known {
-            self.enter(format!("replay {vm}:{cmd}"), "").await?;
-            return Ok(StepOutcome {
-                exit,
-                stdout: String::new(),
-                stderr: "boom".into(),
-                replayed: true,
-                timed_out: None,
-            });
-        }
-        self.enter(format!("step {vm}:{cmd}"), "").await?;
-        let exit = self.exits.get(&cmd.to_string()).copied().unwrap_or(0);
-        self.world
-            .borrow_mut()
-            .ran
-            .entry(vm.to_string())
-            .or_default()
-            .insert(run_id.to_string(), exit);
-        if self.lose_replies.contains(&cmd.to_string()) {
-            return Err(HostError::Io(std::io::Error::other(
-                "the agent connection dropped",
-            )));
-        }
-        Ok(StepOutcome {
-            exit,
-            stdout: String::new(),
-            stderr: "boom".into(),
-            replayed: false,
-            timed_out: None,
-        })
-    }
-}
-
-/// The fake host as a provider: each op is the host call it was.
-impl Provider for FakeHost {
-    type Guest = crate::host::local::LocalGuest;
-
-    fn name(&self) -> &'static str {
-        "fake"
-    }
-
-    async fn preflight(&self, _: Option<&Lab>) -> Result<(), ProviderError> {
-        Ok(())
-    }
-
-    async fn refresh(
-        &self,
-        experiment: &str,
-        state: &State,
-        sd: &StateDir,
-    ) -> Result<Observed, ProviderError> {
-        Ok(self.observe(experiment, state, sd).await?)
-    }
-
-    async fn execute(&self, sd: &StateDir, op: &Op) -> Result<OpOutcome, ProviderError> {
-        match op {
-            Op::CreateNetwork {
-                bridge,
-                host_address,
-                marker,
-                ..
-            } => {
-                self.ensure_bridge(bridge, marker, host_address.as_deref())
-                    .await?
-            }
-            Op::DeleteNetwork { bridge, marker, .. } => self.delete_link(bridge, marker).await?,
-            Op::CreateTap {
-                name,
-                mac,
-                bridge,
-                marker,
-                ..
-            } => self.ensure_tap(name, mac, marker, bridge).await?,
-            Op::DeleteTap { name, marker, .. } => self.delete_link(name, marker).await?,
-            Op::CreateDisk { spec, .. } => {
-                self.create_disk(spec, &sd.disk_file(&spec.file_name())?)
-                    .await?
-            }
-            Op::RemoveDisk { file, .. } => self.remove_file(&sd.disk_file(file)?).await?,
-            Op::StopVm {
-                experiment,
-                name,
-                pid,
-                graceful,
-                ..
-            } => self.stop_vm(experiment, name, *pid, *graceful, sd).await?,
-            Op::LaunchVm {
-                experiment,
-                accel,
-                vm,
-                disks,
-                ..
-            } => {
-                for p in vm.kernel.iter().chain(vm.initrd.iter()) {
-                    if !p.exists() {
-                        return Err(ProviderError::MissingBootFile { path: p.clone() });
-                    }
-                }
-                let pid = self.launch_vm(experiment, *accel, vm, disks, sd).await?;
-                return Ok(OpResult::Launched { pid }.into());
-            }
-            Op::AddMirror {
-                source_tap,
-                dest_tap,
-                direction,
-                ..
-            } => {
-                self.add_mirror(source_tap, dest_tap, direction.as_str())
-                    .await?
-            }
-            Op::RemoveMirror {
-                source_tap,
-                dest_tap,
-                ..
-            } => self.remove_mirror(source_tap, dest_tap).await?,
-            Op::RunStep {
-                experiment,
-                vm,
-                action,
-                timeout,
-                run_id,
-                ..
-            } => {
-                let out = self
-                    .run_step(experiment, vm, action, *timeout, run_id)
-                    .await?;
-                return Ok(OpResult::Step(out).into());
-            }
-            // The fake records no frames: a recorder is a no-op here.
-            Op::StartCapture { .. } | Op::StopCapture { .. } => {}
-        }
-        Ok(OpOutcome::done())
-    }
-
-    fn sweep(&self, sd: &StateDir) -> Vec<std::path::PathBuf> {
-        crate::host::local::sweep_disk_temporaries(sd)
-    }
-
-    async fn guest(
-        &self,
-        _: &str,
-        vm: &str,
-        _: crate::provider::GuestWait,
-    ) -> Result<Self::Guest, ProviderError> {
-        Err(ProviderError::Unsupported {
-            provider: "fake",
-            what: format!("reach the guest of {vm}"),
-        })
-    }
-
-    fn store_step_output(
-        &self,
-        sd: &StateDir,
-        vm: &str,
-        index: usize,
-        out: &StepOutcome,
-    ) -> Result<(), ProviderError> {
-        Ok(sd.write_step_result(vm, index, out.exit, &out.stdout, &out.stderr)?)
-    }
-
-    fn serial_log(&self, _: &StateDir, _: &str) -> Option<std::path::PathBuf> {
-        None
-    }
-
-    fn console_socket(&self, _: &str, _: &str) -> Option<std::path::PathBuf> {
-        None
-    }
-
-    fn disk_file(&self, sd: &StateDir, file: &str) -> Result<std::path::PathBuf, ProviderError> {
-        Ok(sd.disk_file(file)?)
-    }
-}
+use crate::plan::{self, Mode, Options, Plan};
+use crate::provider::memory::{Hang, Link, MemoryProvider};
+use crate::state::{State, Status};
 
 const LAB: &str = r#"
 experiment "fx"
@@ -520,7 +33,7 @@ vm "B" {
 struct Rig {
     dir: tempfile::TempDir,
     sd: StateDir,
-    host: FakeHost,
+    host: MemoryProvider,
 }
 
 impl Rig {
@@ -530,8 +43,9 @@ impl Rig {
             root: dir.path().join("state"),
             experiment: "fx".into(),
         };
-        let host = FakeHost::new("fx", &sd);
+        let host = MemoryProvider::new("fx");
         std::fs::write(dir.path().join("kernel"), b"a kernel").unwrap();
+        host.add_file(dir.path().join("kernel"));
         Rig { dir, sd, host }
     }
 
@@ -547,26 +61,62 @@ impl Rig {
 
     async fn plan(&self, text: Option<&str>, mode: Mode, opts: &Options) -> Plan {
         let state = self.state();
-        let obs = self.host.observe("fx", &state, &self.sd).await.unwrap();
+        let obs = self.host.refresh("fx", &state, &self.sd).await.unwrap();
         let lab = text.map(|t| self.lab(t));
-        // As the CLI does: the files' digests are read before planning.
+        // As the CLI does: the files' digests are read before planning, and
+        // the provider's rules are the planner's.
         let mut opts = opts.clone();
+        opts.rules = self.host.rules();
         opts.digests = lab.as_ref().map(crate::digest::of_lab).unwrap_or_default();
         plan::plan_with(lab.as_ref(), &state, Some(&obs), mode, &opts)
     }
 
     async fn run(&self, text: Option<&str>, plan: &Plan, parallelism: usize) -> Report {
+        self.run_logged(text, plan, parallelism).await.0
+    }
+
+    /// [`Rig::run`], with the progress lines it printed.
+    async fn run_logged(
+        &self,
+        text: Option<&str>,
+        plan: &Plan,
+        parallelism: usize,
+    ) -> (Report, Vec<String>) {
         let lab = text.map(|t| self.lab(t));
         let mut state = self.state();
+        let lines = std::sync::Mutex::new(Vec::new());
+        let progress = |l: &str| lines.lock().unwrap().push(l.to_string());
         let ex = Executor {
             provider: &self.host,
             lab: lab.as_ref(),
             sd: &self.sd,
             experiment: "fx".into(),
             parallelism,
+            progress: &progress,
+        };
+        let report = ex.run(plan, &mut state).await;
+        (report, lines.into_inner().unwrap())
+    }
+
+    /// Run `plan` until the provider has entered `hung` hung ops, then drop
+    /// the run where it stands: what a SIGKILL at that point leaves.
+    async fn run_until_hung(&self, text: &str, plan: &Plan, hung: usize) {
+        let lab = self.lab(text);
+        let mut state = self.state();
+        let ex = Executor {
+            provider: &self.host,
+            lab: Some(&lab),
+            sd: &self.sd,
+            experiment: "fx".into(),
+            parallelism: 4,
             progress: &|_| {},
         };
-        ex.run(plan, &mut state).await
+        let run = std::pin::pin!(ex.run(plan, &mut state));
+        let stop = std::pin::pin!(self.host.hung(hung));
+        match futures::future::select(run, stop).await {
+            futures::future::Either::Left((r, _)) => panic!("the run ended: {r:?}"),
+            futures::future::Either::Right(_) => {}
+        }
     }
 
     /// Plan against the fake host and apply it.
@@ -578,7 +128,7 @@ impl Rig {
         (p, r)
     }
 
-    async fn changes(&self, text: &str) -> Vec<(String, Action, Vec<String>)> {
+    async fn changes(&self, text: &str) -> Vec<(String, Action, Vec<plan::Reason>)> {
         let p = self
             .plan(Some(text), Mode::Apply, &Options::default())
             .await;
@@ -641,7 +191,7 @@ async fn deletes_come_before_what_they_depended_on() {
     assert!(pos(&calls, "stop A") < pos(&calls, "delete-link vm.A.nic[0]"));
     assert!(pos(&calls, "delete-link vm.B.nic[0]") < pos(&calls, "delete-link network.LAN"));
     assert!(rig.state().resources.is_empty());
-    let w = rig.host.world.borrow();
+    let w = rig.host.world();
     assert!(w.links.is_empty() && w.vms.is_empty() && w.mirrors.is_empty());
 }
 
@@ -664,7 +214,7 @@ async fn orphans_go_before_the_links_they_used() {
         );
         assert!(stop < pos(&calls, "delete-link network.LAN"), "{calls:#?}");
     }
-    let w = rig.host.world.borrow();
+    let w = rig.host.world();
     assert!(w.links.is_empty() && w.vms.is_empty(), "{:?}", w.links);
 }
 
@@ -681,7 +231,7 @@ vm "v[1-6]" { kernel "KERNEL"; memory "64M"; nic "LAN"; }
         let p = rig.plan(Some(text), Mode::Apply, &Options::default()).await;
         let r = rig.run(Some(text), &p, cap).await;
         assert!(r.ok(), "{r:?}");
-        assert_eq!(rig.host.world.borrow().max_in_flight, cap, "cap {cap}");
+        assert_eq!(rig.host.world().max_in_flight, cap, "cap {cap}");
     }
 }
 
@@ -812,7 +362,12 @@ async fn a_failed_step_taints_its_vm() {
     let ch = rig.changes(LAB).await;
     let vm = ch.iter().find(|c| c.0 == "vm.A").expect("vm.A changes");
     assert_eq!(vm.1, Action::Replace);
-    assert_eq!(vm.2, ["tainted: vm.A.cc[1] failed"]);
+    assert_eq!(
+        vm.2,
+        [plan::Reason::Tainted {
+            step: "vm.A.cc[1]".into()
+        }]
+    );
     for s in ["vm.A.cc[0]", "vm.A.cc[1]"] {
         assert!(
             ch.iter().any(|c| c.0 == s && c.1 == Action::Replace),
@@ -853,7 +408,7 @@ async fn replacement_on_request() {
     let b = p.change("vm.B").unwrap();
     assert_eq!(
         (b.action, b.reasons.clone()),
-        (Action::Replace, vec!["replacement requested".to_string()])
+        (Action::Replace, vec![plan::Reason::ReplaceRequested])
     );
     assert_eq!(p.change("vm.B.cc[0]").unwrap().action, Action::Replace);
     assert_eq!(p.change("vm.A").unwrap().action, Action::NoOp);
@@ -875,11 +430,15 @@ async fn destroy_drops_the_record_of_a_refused_foreign_interface() {
     let rig = Rig::new();
     let lab = rig.lab(LAB);
     let tap = lab.vms[0].nics[0].tap.clone();
-    rig.host
-        .world
-        .borrow_mut()
-        .links
-        .insert(tap.clone(), "someone else's".into());
+    rig.host.world_mut().links.insert(
+        tap.clone(),
+        Link {
+            marker: "someone else's".into(),
+            bridge: false,
+            controller: None,
+            mac: None,
+        },
+    );
     let (_, r) = rig.apply(LAB).await;
     assert_eq!(r.errors.len(), 1, "{r:?}");
     assert!(r.errors[0].1.contains("not ours"), "{r:?}");
@@ -892,9 +451,9 @@ async fn destroy_drops_the_record_of_a_refused_foreign_interface() {
         "{:?}",
         rig.state().resources
     );
-    let w = rig.host.world.borrow();
+    let w = rig.host.world();
     assert_eq!(
-        w.links.get(&tap).map(String::as_str),
+        w.links.get(&tap).map(|l| l.marker.as_str()),
         Some("someone else's")
     );
     assert_eq!(w.links.len(), 1);
@@ -933,7 +492,12 @@ async fn a_rebuilt_kernel_replaces_its_vms() {
     for vm in ["vm.A", "vm.B"] {
         let c = ch.iter().find(|c| c.0 == vm).expect(vm);
         assert_eq!(c.1, Action::Replace);
-        assert_eq!(c.2, ["kernel changed (content)"]);
+        assert_eq!(
+            c.2,
+            [plan::Reason::ContentChanged {
+                what: "kernel".into()
+            }]
+        );
     }
     assert!(rig.apply(LAB).await.1.ok());
     assert_eq!(rig.changes(LAB).await, vec![]);
@@ -945,6 +509,7 @@ async fn a_rebuilt_backing_image_replaces_its_disk() {
     let rig = Rig::new();
     let base = rig.dir.path().join("base.img");
     std::fs::write(&base, b"image one").unwrap();
+    rig.host.add_file(&base);
     let text = LAB.replace(
         "network \"LAN\"",
         &format!(
@@ -961,7 +526,9 @@ async fn a_rebuilt_backing_image_replaces_its_disk() {
         [(
             "disk.d".to_string(),
             Action::Replace,
-            vec!["from changed (content)".to_string()]
+            vec![plan::Reason::ContentChanged {
+                what: "from".into()
+            }]
         )]
     );
 }
@@ -979,19 +546,24 @@ async fn a_state_without_digests_is_not_replanned() {
     assert_eq!(rig.changes(LAB).await, vec![]);
 }
 
-/// The next apply (or destroy) removes what a killed disk creation left.
+/// A run first sweeps what interrupted ops left (the provider says what)
+/// and reports each.
 #[tokio::test]
-async fn a_run_sweeps_leftover_disk_temporaries() {
+async fn a_run_sweeps_leftovers_first() {
     let rig = Rig::new();
-    let d = rig.sd.disks();
-    std::fs::create_dir_all(d.join("x.stage")).unwrap();
-    std::fs::write(d.join(".x.qcow2.ext4-99.tmp"), b"big").unwrap();
-    std::fs::write(d.join("x.qcow2"), b"a disk").unwrap();
+    let left = rig.sd.disks().join(".x.qcow2.ext4-99.tmp");
+    rig.host.world_mut().leftovers.push(left.clone());
     let p = rig.plan(None, Mode::Destroy, &Options::default()).await;
-    assert!(rig.run(None, &p, 4).await.ok());
-    assert!(!d.join(".x.qcow2.ext4-99.tmp").exists());
-    assert!(!d.join("x.stage").exists());
-    assert!(d.join("x.qcow2").exists());
+    let (r, lines) = rig.run_logged(None, &p, 4).await;
+    assert!(r.ok(), "{r:?}");
+    assert_eq!(
+        lines,
+        [format!(
+            "removed {} (left by an interrupted disk creation)",
+            left.display()
+        )]
+    );
+    assert!(rig.host.world().leftovers.is_empty());
 }
 
 /// Killed after a step ran but before its outcome was recorded (the record
@@ -1011,7 +583,7 @@ async fn an_interrupted_step_is_not_run_twice() {
         [(
             "vm.A.cc[0]".to_string(),
             Action::Replace,
-            vec!["its creation was interrupted".to_string()]
+            vec![plan::Reason::CreationInterrupted]
         )]
     );
     let (_, r) = rig.apply(LAB).await;
@@ -1103,7 +675,7 @@ proptest::proptest! {
             let r = rig.run(Some(&first), &p, cap).await;
             assert!(r.ok(), "{r:?}");
             if let Some(k) = kill {
-                rig.host.world.borrow_mut().vms.remove(&format!("v{k}"));
+                rig.host.world_mut().vms.remove(&format!("v{k}"));
             }
             let p = rig.plan(Some(&second), Mode::Apply, &Options::default()).await;
             let r = rig.run(Some(&second), &p, cap).await;
@@ -1113,7 +685,7 @@ proptest::proptest! {
             let p = rig.plan(None, Mode::Destroy, &Options::default()).await;
             assert!(rig.run(None, &p, cap).await.ok());
             assert!(rig.state().resources.is_empty());
-            let w = rig.host.world.borrow();
+            let w = rig.host.world();
             assert!(w.links.is_empty() && w.vms.is_empty() && w.mirrors.is_empty());
         });
     }
@@ -1140,6 +712,149 @@ async fn a_state_without_targets_still_destroys() {
     let calls = rig.host.calls()[before..].to_vec();
     assert!(calls.contains(&"stop A".to_string()), "{calls:#?}");
     assert!(calls.contains(&"stop B".to_string()), "{calls:#?}");
-    let w = rig.host.world.borrow();
+    let w = rig.host.world();
     assert!(w.links.is_empty() && w.vms.is_empty() && w.mirrors.is_empty());
+}
+
+/// Killed after `vm.A` was recorded `Creating` but before its launch: the
+/// next plan replaces it (its creation was interrupted) and converges.
+#[tokio::test]
+async fn a_crash_between_record_and_launch_is_replanned() {
+    let mut rig = Rig::new();
+    rig.host.hang.insert("launch A".into(), Hang::BeforeEffect);
+    let p = rig.plan(Some(LAB), Mode::Apply, &Options::default()).await;
+    rig.run_until_hung(LAB, &p, 1).await;
+    assert_eq!(rig.state().resources["vm.A"].status, Status::Creating);
+    assert!(!rig.host.world().vms.contains_key("A"));
+    rig.host.hang.clear();
+    let ch = rig.changes(LAB).await;
+    let a = ch.iter().find(|c| c.0 == "vm.A").expect("vm.A replanned");
+    assert_eq!(
+        (a.1, a.2.clone()),
+        (Action::Replace, vec![plan::Reason::CreationInterrupted])
+    );
+    let (_, r) = rig.apply(LAB).await;
+    assert!(r.ok(), "{r:?}");
+    assert_eq!(rig.changes(LAB).await, vec![]);
+    assert_eq!(
+        rig.host
+            .calls()
+            .iter()
+            .filter(|c| *c == "step A:A0")
+            .count(),
+        1
+    );
+}
+
+/// Killed after the launch but before it was recorded: the running VM is
+/// stopped and launched again (never launched twice over), and steps run once.
+#[tokio::test]
+async fn a_crash_between_launch_and_record_is_replanned() {
+    let mut rig = Rig::new();
+    rig.host.hang.insert("launch A".into(), Hang::AfterEffect);
+    let p = rig.plan(Some(LAB), Mode::Apply, &Options::default()).await;
+    rig.run_until_hung(LAB, &p, 1).await;
+    assert_eq!(rig.state().resources["vm.A"].status, Status::Creating);
+    assert!(rig.host.world().vms.contains_key("A"));
+    rig.host.hang.clear();
+    let before = rig.host.calls().len();
+    let (_, r) = rig.apply(LAB).await;
+    assert!(r.ok(), "{r:?}");
+    let calls = rig.host.calls()[before..].to_vec();
+    assert!(
+        pos(&calls, "stop A") < pos(&calls, "launch A"),
+        "{calls:#?}"
+    );
+    assert_eq!(rig.changes(LAB).await, vec![]);
+    assert_eq!(
+        rig.host
+            .calls()
+            .iter()
+            .filter(|c| *c == "step A:A0")
+            .count(),
+        1
+    );
+}
+
+/// Killed after a step ran in the guest, before its outcome was recorded:
+/// the next apply recovers the outcome from the agent instead of rerunning.
+#[tokio::test]
+async fn a_crash_after_a_step_ran_does_not_run_it_twice() {
+    let mut rig = Rig::new();
+    rig.host.hang.insert("step A:A0".into(), Hang::AfterEffect);
+    let p = rig.plan(Some(LAB), Mode::Apply, &Options::default()).await;
+    rig.run_until_hung(LAB, &p, 1).await;
+    assert_eq!(rig.state().resources["vm.A.cc[0]"].status, Status::Creating);
+    rig.host.hang.clear();
+    let (_, r) = rig.apply(LAB).await;
+    assert!(r.ok(), "{r:?}");
+    let calls = rig.host.calls();
+    assert_eq!(calls.iter().filter(|c| *c == "step A:A0").count(), 1);
+    assert_eq!(calls.iter().filter(|c| *c == "replay A:A0").count(), 1);
+    assert_eq!(rig.changes(LAB).await, vec![]);
+}
+
+/// A slow launch holds back only what depends on it.
+#[tokio::test]
+async fn a_slow_op_delays_only_its_dependents() {
+    let mut rig = Rig::new();
+    rig.host.delays.insert("launch A".into(), 200);
+    let (_, r) = rig.apply(LAB).await;
+    assert!(r.ok(), "{r:?}");
+    let calls = rig.host.calls();
+    assert!(
+        pos(&calls, "step B:B0") < pos(&calls, "step A:A0"),
+        "{calls:#?}"
+    );
+}
+
+/// Step outputs go to the provider's layout.
+#[tokio::test]
+async fn step_outputs_are_stored_by_the_provider() {
+    let mut rig = Rig::new();
+    rig.host.exits.insert("B0".into(), 4);
+    let text = LAB.replace("exec \"B0\"", "exec \"B0\" allow-failure=#true");
+    assert!(rig.apply(&text).await.1.ok());
+    let w = rig.host.world();
+    assert_eq!(w.outputs[&("B".to_string(), 0)].0, 4);
+    assert_eq!(w.outputs[&("A".to_string(), 1)].0, 0);
+}
+
+/// What the engine chose at create ("known after apply") is recorded, not
+/// diffed against the file, and kept by an update in place.
+#[tokio::test]
+async fn computed_attributes_are_recorded_and_kept() {
+    let mut rig = Rig::new();
+    rig.host.rules = crate::provider::Rules {
+        computed: |k, a| k == Kind::Vm && a == "engine_id",
+        ..crate::provider::Rules::LOCAL
+    };
+    assert!(rig.apply(LAB).await.1.ok());
+    let id = |rig: &Rig| {
+        rig.state().resources["vm.A"]
+            .attrs
+            .get("engine_id")
+            .cloned()
+    };
+    let first = id(&rig).expect("the launch's engine_id is recorded");
+    assert_eq!(rig.changes(LAB).await, vec![]);
+    let text = LAB.replacen(
+        "memory \"64M\"",
+        "memory \"64M\"\n    tags { role \"x\" }",
+        1,
+    );
+    let (p, r) = rig.apply(&text).await;
+    assert!(r.ok(), "{r:?}");
+    assert_eq!(p.change("vm.A").unwrap().action, Action::Update);
+    assert_eq!(id(&rig), Some(first.clone()));
+    assert_eq!(rig.changes(&text).await, vec![]);
+    // A replacement is a new launch: a new id.
+    let opts = Options {
+        replace: BTreeSet::from(["vm.A".to_string()]),
+        ..Default::default()
+    };
+    let p = rig.plan(Some(&text), Mode::Apply, &opts).await;
+    assert!(rig.run(Some(&text), &p, 4).await.ok());
+    assert_ne!(id(&rig), Some(first));
+    assert_eq!(rig.changes(&text).await, vec![]);
 }

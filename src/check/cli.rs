@@ -22,11 +22,10 @@ fn run_and_report(
     junit: Option<&Path>,
     markdown: Option<&Path>,
 ) -> Result<Report, CliError> {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| CliError::new(format!("cannot start the runtime: {e}")))?;
-    let r = rt.block_on(run::run_all(lab, sd, &|r| println!("{}", report::line(r))));
+    let door = crate::cli::door::Door::open(lab)?;
+    let r = door.block_on(run::run_all(&door.provider, lab, sd, &|r| {
+        println!("{}", report::line(r))
+    }));
     finish(lab, sd, &r, junit, markdown)?;
     Ok(r)
 }

@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 
 use crate::lab::{CheckKind, CheckSpec, CommandSpec, Lab};
+use crate::provider::{Guest as _, Provider};
 use crate::state::StateDir;
 
 /// How many matching frames a failed capture check quotes.
@@ -146,30 +147,31 @@ pub fn ping_argv(target: &str, timeout_ms: u64) -> Vec<String> {
     ]
 }
 
-async fn in_guest(
+async fn in_guest<P: Provider>(
+    provider: &P,
     lab: &Lab,
     vm: &str,
     cmd: CommandSpec,
     timeout: Duration,
 ) -> Result<crate::agent::protocol::ExecResult, String> {
-    let client = crate::cc::connect(lab, vm, Duration::from_secs(30)).await?;
+    let client = crate::cc::connect(provider, lab, vm, Duration::from_secs(30)).await?;
     let cmd = match cmd {
         CommandSpec::Shell(s) => crate::agent::protocol::Command::Shell(s),
         CommandSpec::Argv(a) => crate::agent::protocol::Command::Argv(a),
     };
     client
-        .exec(cmd, Some(timeout))
+        .exec(cmd, Some(timeout), None)
         .await
         .map_err(|e| format!("{vm}: {e}"))
 }
 
-async fn attempt(lab: &Lab, sd: &StateDir, c: &CheckSpec) -> Attempt {
+async fn attempt<P: Provider>(provider: &P, lab: &Lab, sd: &StateDir, c: &CheckSpec) -> Attempt {
     let timeout = Duration::from_millis(c.timeout_ms);
     let from = c.from.as_deref().unwrap_or_default();
     match &c.kind {
         CheckKind::Ping { target } => {
             let argv = ping_argv(target, c.timeout_ms);
-            match in_guest(lab, from, CommandSpec::Argv(argv), timeout).await {
+            match in_guest(provider, lab, from, CommandSpec::Argv(argv), timeout).await {
                 Err(e) => Attempt::error(e),
                 Ok(r) => {
                     let exit = crate::cc::exit_code(&r);
@@ -201,7 +203,7 @@ async fn attempt(lab: &Lab, sd: &StateDir, c: &CheckSpec) -> Attempt {
             exit: want,
             stdout_contains,
             stdout_matches,
-        } => match in_guest(lab, from, command.clone(), timeout).await {
+        } => match in_guest(provider, lab, from, command.clone(), timeout).await {
             Err(e) => Attempt::error(e),
             Ok(r) => {
                 let exit = crate::cc::exit_code(&r);
@@ -340,12 +342,17 @@ pub fn describe(c: &CheckSpec) -> String {
 }
 
 /// Run one check: attempts until its expectation holds or retries run out.
-pub async fn run_one(lab: &Lab, sd: &StateDir, c: &CheckSpec) -> CheckResult {
+pub async fn run_one<P: Provider>(
+    provider: &P,
+    lab: &Lab,
+    sd: &StateDir,
+    c: &CheckSpec,
+) -> CheckResult {
     let start = Instant::now();
     let mut attempts = 0;
     let a = loop {
         attempts += 1;
-        let a = attempt(lab, sd, c).await;
+        let a = attempt(provider, lab, sd, c).await;
         let passed = a.held != c.expect_fail;
         if passed || attempts > c.retry {
             break a;
@@ -388,7 +395,12 @@ pub async fn run_one(lab: &Lab, sd: &StateDir, c: &CheckSpec) -> CheckResult {
 
 /// Run every check of the lab, in file order (`after` names only VMs and
 /// earlier checks, so file order respects it).
-pub async fn run_all(lab: &Lab, sd: &StateDir, progress: &dyn Fn(&CheckResult)) -> Report {
+pub async fn run_all<P: Provider>(
+    provider: &P,
+    lab: &Lab,
+    sd: &StateDir,
+    progress: &dyn Fn(&CheckResult),
+) -> Report {
     let started = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap_or_default()
@@ -396,7 +408,7 @@ pub async fn run_all(lab: &Lab, sd: &StateDir, progress: &dyn Fn(&CheckResult)) 
     let t = Instant::now();
     let mut results = Vec::new();
     for c in &lab.checks {
-        let r = run_one(lab, sd, c).await;
+        let r = run_one(provider, lab, sd, c).await;
         progress(&r);
         results.push(r);
     }

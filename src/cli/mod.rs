@@ -2,10 +2,19 @@
 //! codes and hints.
 //!
 //! Invariants:
-//! - Exit codes: 0 success (or no changes), 1 error, 2 changes with
-//!   `plan --detailed-exitcode`.
+//! - Exit codes are decided in one place, `error::ErrorKind::exit_code`
+//!   (docs/cli.md has the table): 0 success (or no changes), 1 a user or
+//!   host error, 2 changes with `plan --detailed-exitcode`, 3 a conflict
+//!   (locked, or the name is another state folder's), 4 drift (a saved plan
+//!   is stale), 5 the machine lacks a prerequisite, 70 a bug.
 //! - User-input problems are rendered as miette diagnostics, all at once;
-//!   other failures as one `error:` line plus a `hint:` when we have one.
+//!   other failures as one `error:` line plus a `hint:` line per hint, the
+//!   hints chosen from the error's type (`error.rs`), never from its text.
+
+pub(crate) mod door;
+pub mod error;
+use door::Door;
+pub use error::{CliError, CommandError, ErrorKind, Problem};
 
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
@@ -129,7 +138,8 @@ pub enum Command {
         #[arg(long, value_enum, default_value = "dot")]
         format: GraphFormat,
     },
-    /// A live, read-only web view of the experiment (loopback unless --token).
+    /// A live web view of the experiment (loopback unless --token); read-only
+    /// unless --allow-actions.
     Serve {
         file: PathBuf,
         #[arg(long, default_value = "127.0.0.1:8080")]
@@ -146,6 +156,10 @@ pub enum Command {
         /// Read the token from this file (one line).
         #[arg(long)]
         token_file: Option<PathBuf>,
+        /// Offer apply, destroy (of this experiment) and cc exec on the page,
+        /// each a POST carrying the token (needed even on loopback).
+        #[arg(long)]
+        allow_actions: bool,
         #[arg(long)]
         state_dir: Option<PathBuf>,
     },
@@ -337,60 +351,16 @@ pub fn main() -> ExitCode {
     match run(cli) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("error: {e}");
-            if let Some(h) = e.hint() {
-                eprintln!("hint: {h}");
-            }
-            ExitCode::from(1)
+            eprint!("{}", e.render());
+            ExitCode::from(e.exit_code())
         }
     }
 }
 
-/// A failure outside the experiment file, with an optional hint.
-#[derive(Debug)]
-pub struct CliError {
-    pub message: String,
-    pub hint: Option<String>,
-}
-
-impl CliError {
-    pub fn new(message: impl Into<String>) -> Self {
-        CliError {
-            message: message.into(),
-            hint: None,
-        }
-    }
-    pub fn hint(&self) -> Option<&str> {
-        self.hint.as_deref()
-    }
-    pub fn with_hint(mut self, h: impl Into<String>) -> Self {
-        self.hint = Some(h.into());
-        self
-    }
-}
-
-impl std::fmt::Display for CliError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.message)
-    }
-}
-
-impl From<crate::state::StateError> for CliError {
-    fn from(e: crate::state::StateError) -> Self {
-        CliError {
-            message: e.to_string(),
-            hint: e.hint(),
-        }
-    }
-}
-
-impl From<crate::owners::OwnerError> for CliError {
-    fn from(e: crate::owners::OwnerError) -> Self {
-        CliError {
-            message: e.to_string(),
-            hint: e.hint(),
-        }
-    }
+/// The exit code for a failure already reported (diagnostics printed, a
+/// failed apply summarised): a user or host error.
+fn failed() -> ExitCode {
+    ExitCode::from(error::exit::FAILURE)
 }
 
 /// Claim the experiment's name for this state folder (commands that change the host).
@@ -425,11 +395,13 @@ pub fn load(file: &Path) -> Result<(SourceFile, Lab), ExitCode> {
     let src = match SourceFile::read(file) {
         Ok(s) => s,
         Err(e) => {
+            // The path in the message is the user's: escaped.
+            let e = CommandError::from(e);
             eprintln!("error: {}", crate::diag::escape(&e.to_string()));
-            if let Some(h) = e.hint() {
+            for h in &e.hints {
                 eprintln!("hint: {h}");
             }
-            return Err(ExitCode::from(1));
+            return Err(ExitCode::from(e.exit_code()));
         }
     };
     let (lab, diags) = crate::validate::check(&src);
@@ -443,7 +415,7 @@ pub fn load(file: &Path) -> Result<(SourceFile, Lab), ExitCode> {
                 file.display(),
                 if n == 1 { "" } else { "s" }
             );
-            Err(ExitCode::from(1))
+            Err(failed())
         }
     }
 }
@@ -468,18 +440,11 @@ fn run(cli: Cli) -> Result<ExitCode, CliError> {
             Err(code) => code,
         }),
         Command::Convert { file, to } => {
-            let src = SourceFile::read(&file).map_err(|e| {
-                let hint = e.hint();
-                let err = CliError::new(e.to_string());
-                match hint {
-                    Some(h) => err.with_hint(h),
-                    None => err,
-                }
-            })?;
+            let src = SourceFile::read(&file)?;
             let (lab, diags) = crate::validate::check(&src);
             print_diagnostics(&diags, &src);
             if lab.is_none() {
-                return Ok(ExitCode::from(1));
+                return Ok(failed());
             }
             let (doc, _) = crate::syntax::parse(&src);
             let syntax = match to {
@@ -510,30 +475,44 @@ fn run(cli: Cli) -> Result<ExitCode, CliError> {
             listen,
             token,
             token_file,
+            allow_actions,
             state_dir,
         } => {
             let Ok((_, lab)) = load(&file) else {
-                return Ok(ExitCode::from(1));
+                return Ok(failed());
             };
             let token = match token_file {
-                Some(f) => Some(
-                    crate::serve::read_token_file(&f).map_err(|e| CliError::new(e.to_string()))?,
-                ),
+                Some(f) => Some(crate::serve::read_token_file(&f)?),
                 None => token,
             };
-            crate::serve::check_listen(listen, token.as_deref()).map_err(|e| {
-                CliError::new(e.to_string())
-                    .with_hint("bind to 127.0.0.1, or pass --token / --token-file")
-            })?;
+            crate::serve::check_listen(listen, token.as_deref())?;
+            crate::serve::check_actions(allow_actions, token.as_deref())?;
             let sd = StateDir::for_file(&file, &lab.name, state_dir.as_deref());
-            runtime()?
-                .block_on(crate::serve::run(lab, sd, listen, token))
-                .map_err(|e| CliError::new(e.to_string()))?;
+            let actions = match allow_actions {
+                false => None,
+                true => Some(crate::serve::actions::Actions {
+                    exe: std::env::current_exe().map_err(|source| Problem::Action {
+                        what: "find this megaplan executable",
+                        source,
+                    })?,
+                    file: file.clone(),
+                    state_dir: sd.root.clone(),
+                }),
+            };
+            let door = Door::open(&lab)?;
+            door.block_on(crate::serve::run(
+                &door.provider,
+                lab,
+                sd,
+                listen,
+                token,
+                actions,
+            ))?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Diff { old, new, format } => {
             let (Ok((_, old_lab)), Ok((_, new_lab))) = (load(&old), load(&new)) else {
-                return Ok(ExitCode::from(1));
+                return Ok(failed());
             };
             let p = diff(&old_lab, &new_lab);
             match format {
@@ -590,8 +569,9 @@ fn run(cli: Cli) -> Result<ExitCode, CliError> {
         }
         Command::Man { out_dir: Some(dir) } => {
             use clap::CommandFactory;
-            clap_mangen::generate_to(Cli::command(), &dir).map_err(|e| {
-                CliError::new(format!("cannot write man pages to {}: {e}", dir.display()))
+            clap_mangen::generate_to(Cli::command(), &dir).map_err(|source| Problem::Write {
+                path: dir.clone(),
+                source,
             })?;
             Ok(ExitCode::SUCCESS)
         }
@@ -600,7 +580,7 @@ fn run(cli: Cli) -> Result<ExitCode, CliError> {
             let mut page = Vec::new();
             clap_mangen::Man::new(Cli::command())
                 .render(&mut page)
-                .map_err(|e| CliError::new(format!("cannot render the man page: {e}")))?;
+                .map_err(Problem::Man)?;
             {
                 stream_stdout(|w| std::io::Write::write_all(w, &page));
                 Ok(ExitCode::SUCCESS)
@@ -610,7 +590,7 @@ fn run(cli: Cli) -> Result<ExitCode, CliError> {
             command: StateCommand::RestoreBackup { file, state_dir },
         } => {
             let Ok((_, lab)) = load(&file) else {
-                return Ok(ExitCode::from(1));
+                return Ok(failed());
             };
             let sd = StateDir::for_file(&file, &lab.name, state_dir.as_deref());
             let _lock = sd.lock(&format!("megaplan state restore-backup {}", file.display()))?;
@@ -663,14 +643,15 @@ fn run(cli: Cli) -> Result<ExitCode, CliError> {
             replace,
         } => {
             let Ok((_, lab)) = load(&file) else {
-                return Ok(ExitCode::from(1));
+                return Ok(failed());
             };
             let sd = StateDir::for_file(&file, &lab.name, state_dir.as_deref());
             let _lock = sd.lock(&format!("megaplan plan {}", file.display()))?;
             crate::owners::check(&lab.name, &sd.root)?;
             let mut state = sd.load()?;
             let opts = plan_options(&file, &lab, &sd, &state, replace.clone())?;
-            let (_, observed) = refresh_and_adopt(&lab, &sd, &mut state)?;
+            let door = Door::open(&lab)?;
+            let (_, observed) = refresh_and_adopt(&door, &lab, &sd, &mut state)?;
             // Checks are listed, not planned (they change nothing).
             let check_lines = crate::check::plan_lines(&lab);
             // The lab is dropped once listed: it and the plan never share the peak.
@@ -684,9 +665,10 @@ fn run(cli: Cli) -> Result<ExitCode, CliError> {
             if let Some(out) = out {
                 let mut saved = crate::saved::SavedPlan::new(&file, p.clone());
                 saved.replace = replace;
-                saved
-                    .write(&out)
-                    .map_err(|e| CliError::new(format!("cannot write {}: {e}", out.display())))?;
+                saved.write(&out).map_err(|source| Problem::Write {
+                    path: out.clone(),
+                    source,
+                })?;
                 eprintln!(
                     "Saved the plan to {}. Apply it with: megaplan apply {}",
                     out.display(),
@@ -694,7 +676,7 @@ fn run(cli: Cli) -> Result<ExitCode, CliError> {
                 );
             }
             Ok(if detailed_exitcode && p.has_changes() {
-                ExitCode::from(2)
+                ExitCode::from(error::exit::CHANGES)
             } else {
                 ExitCode::SUCCESS
             })
@@ -706,7 +688,7 @@ fn runtime() -> Result<tokio::runtime::Runtime, CliError> {
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
-        .map_err(|e| CliError::new(format!("cannot start the runtime: {e}")))
+        .map_err(|e| Problem::Runtime(e).into())
 }
 
 /// CPU time (user + system) this process has used so far, all threads, not
@@ -725,52 +707,27 @@ fn own_cpu() -> std::time::Duration {
     tv(ru.ru_utime) + tv(ru.ru_stime)
 }
 
-/// Check what changing the host needs, naming each missing piece.
-pub fn preflight(lab: Option<&Lab>) -> Result<(), CliError> {
-    use crate::provider::ProviderError;
-    match crate::host::local::preflight(lab) {
-        Ok(()) => Ok(()),
-        Err(ProviderError::Preflight {
-            missing,
-            not_root,
-            only_files,
-        }) => {
-            let hint = if not_root && missing.len() == 1 {
-                "run it as root: sudo megaplan ..."
-            } else if not_root {
-                "run it as root (sudo megaplan ...), and install what else is listed"
-            } else if only_files {
-                "create the files listed (or fix their paths in the experiment file), then run the command again"
-            } else {
-                "install what is listed, then run the command again"
-            };
-            let e = ProviderError::Preflight {
-                missing,
-                not_root,
-                only_files,
-            };
-            Err(CliError::new(e.to_string()).with_hint(hint))
-        }
-        Err(e) => Err(CliError::new(e.to_string())),
-    }
+/// Check what changing the host needs, naming each missing piece (the
+/// provider's preflight; its error chooses kind and hint).
+fn preflight(door: &Door, lab: Option<&Lab>) -> Result<(), CliError> {
+    use crate::provider::Provider as _;
+    Ok(door.block_on(door.provider.preflight(lab))?)
 }
 
 fn confirm(what: &str) -> Result<bool, CliError> {
     if !std::io::stdin().is_terminal() {
-        return Err(CliError::new(format!(
-            "refusing to {what} without confirmation: stdin is not a terminal"
-        ))
-        .with_hint("pass --auto-approve"));
+        return Err(Problem::NoTerminal { what: what.into() }.into());
     }
     eprint!("Do you want to {what}? Only 'yes' will be accepted: ");
     let mut line = String::new();
     std::io::stdin()
         .read_line(&mut line)
-        .map_err(|e| CliError::new(e.to_string()))?;
+        .map_err(Problem::Answer)?;
     Ok(line.trim() == "yes")
 }
 
 fn execute(
+    door: &Door,
     lab: Option<&Lab>,
     experiment: &str,
     sd: &StateDir,
@@ -778,9 +735,8 @@ fn execute(
     state: &mut State,
     parallelism: usize,
 ) -> Result<ExitCode, CliError> {
-    let rt = runtime()?;
-    let report = rt.block_on(async {
-        let host = crate::host::LocalHost::connect().map_err(|e| CliError::new(e.to_string()))?;
+    let report = door.block_on(async {
+        let host = &door.provider;
         // A terminal gets a progress bar; a pipe gets plain lines.
         let ops: u64 = plan
             .changes
@@ -811,7 +767,7 @@ fn execute(
             }
         };
         let ex = crate::apply::Executor {
-            provider: &host,
+            provider: host,
             lab,
             sd,
             experiment: experiment.to_string(),
@@ -843,7 +799,7 @@ fn execute(
         println!(
             "hint: fix the cause and run apply again; what was done is recorded and will not be redone"
         );
-        Ok(ExitCode::from(1))
+        Ok(failed())
     }
 }
 
@@ -858,16 +814,9 @@ pub fn resolve_accel(
 ) -> Result<crate::lab::Accel, CliError> {
     use crate::drivers::qemu::{self, AccelChoice};
     use crate::lab::Accel;
-    let env = qemu::parse_accel_env(env).map_err(|_| {
-        CliError::new(format!(
-            "{}={:?} is not an accelerator",
-            qemu::ACCEL_ENV,
-            crate::diag::escape(env.unwrap_or_default())
-        ))
-        .with_hint(format!(
-            "set {} to auto, kvm or tcg, or unset it",
-            qemu::ACCEL_ENV
-        ))
+    let env = qemu::parse_accel_env(env).map_err(|_| Problem::BadAccelEnv {
+        var: qemu::ACCEL_ENV,
+        value: crate::diag::escape(env.unwrap_or_default()).into_owned(),
     })?;
     let env_set = env != AccelChoice::Auto;
     let choice = match (flag, file) {
@@ -888,10 +837,7 @@ pub fn resolve_accel(
             .open("/dev/kvm")
             .is_err()
     {
-        return Err(
-            CliError::new("the accelerator is kvm, but /dev/kvm does not open")
-                .with_hint("run with --accel tcg (or accel \"auto\"), or load the kvm module"),
-        );
+        return Err(Problem::NoKvm.into());
     }
     Ok(match resolved {
         qemu::Accel::Kvm => Accel::Kvm,
@@ -910,74 +856,68 @@ pub(crate) fn apply_cmd(
     let env_accel = std::env::var(crate::drivers::qemu::ACCEL_ENV).ok();
     if let Some(saved) = crate::saved::SavedPlan::read(&file) {
         if !replace.is_empty() {
-            return Err(
-                CliError::new("-replace cannot change a saved plan").with_hint(
-                    "make a new plan with the replacement: megaplan apply FILE -replace ADDRESS",
-                ),
-            );
+            return Err(Problem::ReplaceSaved.into());
         }
-        saved.check().map_err(|why| {
-            CliError::new(format!(
-                "{} is not a plan megaplan made: {why}",
-                file.display()
-            ))
-            .with_hint(format!(
-                "make a new one: megaplan plan FILE --out {}",
-                file.display()
-            ))
+        saved.check().map_err(|why| Problem::NotAPlan {
+            plan: file.clone(),
+            why,
         })?;
         let Ok((_, mut lab)) = load(&saved.file) else {
-            return Ok(ExitCode::from(1));
+            return Ok(failed());
         };
         lab.accel = resolve_accel(lab.accel, env_accel.as_deref(), accel)?;
-        preflight(Some(&lab))?;
+        let door = Door::open(&lab)?;
+        preflight(&door, Some(&lab))?;
         let sd = StateDir::for_file(&saved.file, &lab.name, state_dir.as_deref());
         let _lock = sd.lock(&format!("megaplan apply {}", file.display()))?;
         claim(&lab.name, &sd)?;
         let mut state = sd.load()?;
-        let new_plan = || {
-            format!(
-                "make a new one: megaplan plan {} --out {}",
-                saved.file.display(),
-                file.display()
-            )
-        };
         if let Some(why) = saved.stale_because(&state) {
-            return Err(CliError::new(format!(
-                "the saved plan {} is stale: {why}",
-                file.display()
-            ))
-            .with_hint(new_plan()));
+            return Err(Problem::Stale {
+                plan: file,
+                file: saved.file.clone(),
+                why,
+            }
+            .into());
         }
         // The plan's assumptions about the host, checked again: what runs is
         // this fresh plan, which must do what the saved one said.
         let opts = plan_options(&saved.file, &lab, &sd, &state, saved.replace.clone())?;
-        let (adopted, fresh) = refresh_and_plan(&lab, &sd, &mut state, &opts)?;
+        let (adopted, fresh) = refresh_and_plan(&door, &lab, &sd, &mut state, &opts)?;
         let drift = crate::saved::drift(&saved.plan, &fresh);
         if !drift.is_empty() {
-            return Err(CliError::new(format!(
-                "the host changed since the plan {} was made:\n  - {}",
-                file.display(),
-                drift.join("\n  - ")
-            ))
-            .with_hint(new_plan()));
+            return Err(Problem::HostChanged {
+                plan: file,
+                file: saved.file.clone(),
+                drift,
+            }
+            .into());
         }
         if adopted {
             sd.save(&mut state)?;
         }
-        return execute(Some(&lab), &lab.name, &sd, &fresh, &mut state, parallelism);
+        return execute(
+            &door,
+            Some(&lab),
+            &lab.name,
+            &sd,
+            &fresh,
+            &mut state,
+            parallelism,
+        );
     }
     let Ok((_, mut lab)) = load(&file) else {
-        return Ok(ExitCode::from(1));
+        return Ok(failed());
     };
     lab.accel = resolve_accel(lab.accel, env_accel.as_deref(), accel)?;
-    preflight(Some(&lab))?;
+    let door = Door::open(&lab)?;
+    preflight(&door, Some(&lab))?;
     let sd = StateDir::for_file(&file, &lab.name, state_dir.as_deref());
     let _lock = sd.lock(&format!("megaplan apply {}", file.display()))?;
     claim(&lab.name, &sd)?;
     let mut state = sd.load()?;
     let opts = plan_options(&file, &lab, &sd, &state, replace)?;
-    let (adopted, p) = refresh_and_plan(&lab, &sd, &mut state, &opts)?;
+    let (adopted, p) = refresh_and_plan(&door, &lab, &sd, &mut state, &opts)?;
     if adopted {
         sd.save(&mut state)?;
     }
@@ -987,33 +927,42 @@ pub(crate) fn apply_cmd(
     }
     if !auto_approve && !confirm("perform these actions")? {
         println!("Apply cancelled.");
-        return Ok(ExitCode::from(1));
+        return Ok(failed());
     }
-    execute(Some(&lab), &lab.name, &sd, &p, &mut state, parallelism)
+    execute(
+        &door,
+        Some(&lab),
+        &lab.name,
+        &sd,
+        &p,
+        &mut state,
+        parallelism,
+    )
 }
 
 /// Refresh, rebuild a lost state from the host (crate::adopt), and plan an
 /// apply: (whether anything was adopted, the plan).
 fn refresh_and_plan(
+    door: &Door,
     lab: &Lab,
     sd: &StateDir,
     state: &mut State,
     opts: &plan::Options,
 ) -> Result<(bool, Plan), CliError> {
-    let (adopted, observed) = refresh_and_adopt(lab, sd, state)?;
+    let (adopted, observed) = refresh_and_adopt(door, lab, sd, state)?;
     let p = plan::plan_with(Some(lab), state, Some(&observed), Mode::Apply, opts);
     Ok((adopted, p))
 }
 
-/// Refresh, and rebuild a lost state from the host (crate::adopt): (whether
-/// anything was adopted, what refresh saw).
+/// Refresh through the provider, and rebuild a lost state from the host
+/// (crate::adopt): (whether anything was adopted, what refresh saw).
 fn refresh_and_adopt(
+    door: &Door,
     lab: &Lab,
     sd: &StateDir,
     state: &mut State,
 ) -> Result<(bool, crate::observed::Observed), CliError> {
-    let mut observed = crate::host::refresh(&lab.name, state, sd)
-        .map_err(|e| CliError::new(format!("refresh failed: {e}")))?;
+    let mut observed = door.refresh(&lab.name, state, sd)?;
     let adopted = crate::adopt::adopt(lab, state, &mut observed, sd);
     if !adopted.is_empty() {
         eprintln!("notice: {}", crate::adopt::notice(sd, &adopted));
@@ -1037,15 +986,11 @@ fn plan_options(
     };
     let unknown = plan::unknown_replacements(Some(lab), state, &opts);
     if !unknown.is_empty() {
-        return Err(CliError::new(format!(
-            "cannot replace {}: no such resource in {} or its state",
-            unknown.join(", "),
-            file.display()
-        ))
-        .with_hint(format!(
-            "the addresses are listed by `megaplan graph {}`",
-            file.display()
-        )));
+        return Err(Problem::UnknownReplacement {
+            addresses: unknown,
+            file: file.to_path_buf(),
+        }
+        .into());
     }
     // Cached beside the state (we hold the lock): a big image is read once.
     opts.digests = crate::digest::of_lab_cached(lab, &sd.root.join("digests.json"));
@@ -1061,10 +1006,11 @@ pub(crate) fn destroy_cmd(
     state_dir: Option<PathBuf>,
 ) -> Result<ExitCode, CliError> {
     let Ok((_, lab)) = load(&file) else {
-        return Ok(ExitCode::from(1));
+        return Ok(failed());
     };
+    let door = Door::open(&lab)?;
     if !dry_run {
-        preflight(None)?;
+        preflight(&door, None)?;
     }
     let sd = StateDir::for_file(&file, &lab.name, state_dir.as_deref());
     let _lock = sd.lock(&format!("megaplan destroy {}", file.display()))?;
@@ -1074,8 +1020,7 @@ pub(crate) fn destroy_cmd(
         claim(&lab.name, &sd)?;
     }
     let mut state = sd.load()?;
-    let observed = crate::host::refresh(&lab.name, &state, &sd)
-        .map_err(|e| CliError::new(format!("refresh failed: {e}")))?;
+    let observed = door.refresh(&lab.name, &state, &sd)?;
     let mode = if all { Mode::DestroyAll } else { Mode::Destroy };
     let p = plan::plan(None, &state, Some(&observed), mode);
     print!("{}", render::text(&p));
@@ -1085,9 +1030,17 @@ pub(crate) fn destroy_cmd(
     let code = if p.has_changes() {
         if !auto_approve && !confirm("destroy these resources")? {
             println!("Destroy cancelled.");
-            return Ok(ExitCode::from(1));
+            return Ok(failed());
         }
-        execute(Some(&lab), &lab.name, &sd, &p, &mut state, parallelism)?
+        execute(
+            &door,
+            Some(&lab),
+            &lab.name,
+            &sd,
+            &p,
+            &mut state,
+            parallelism,
+        )?
     } else {
         ExitCode::SUCCESS
     };
@@ -1095,7 +1048,10 @@ pub(crate) fn destroy_cmd(
         // `destroy --all`: the capture files go too (plain destroy keeps them).
         crate::capture::remove_files(&sd).map_err(|e| CliError::new(e.to_string()))?;
     }
-    let _ = std::fs::remove_dir(crate::host::runtime_root(&lab.name));
+    {
+        use crate::provider::Provider as _;
+        door.provider.forget_runtime(&lab.name);
+    }
     // Nothing recorded any more (keep disks stay recorded): the name is free.
     if state.resources.is_empty() {
         crate::owners::release(&lab.name, &sd.root)?;
@@ -1110,20 +1066,17 @@ fn show_cmd(
     state_dir: Option<PathBuf>,
 ) -> Result<ExitCode, CliError> {
     let Ok((_, lab)) = load(&file) else {
-        return Ok(ExitCode::from(1));
+        return Ok(failed());
     };
     let sd = StateDir::for_file(&file, &lab.name, state_dir.as_deref());
     crate::owners::check(&lab.name, &sd.root)?;
     let state = sd.load()?;
-    let observed = crate::host::refresh(&lab.name, &state, &sd)
-        .map_err(|e| CliError::new(format!("refresh failed: {e}")))?;
-    let columns = crate::show::columns(&columns, json).map_err(|c| {
-        CliError::new(format!("unknown column '{c}'"))
-            .with_hint(format!("columns: {}", crate::show::ALL_COLUMNS.join(",")))
-    })?;
+    let columns = crate::show::columns(&columns, json).map_err(Problem::UnknownColumn)?;
+    let door = Door::open(&lab)?;
+    let observed = door.refresh(&lab.name, &state, &sd)?;
     let mut rows = crate::show::rows(&lab, &state, &observed);
     if columns.iter().any(|c| c == "ip") {
-        let addrs = runtime()?.block_on(crate::cc::addresses(&lab));
+        let addrs = door.block_on(crate::cc::addresses(&door.provider, &lab));
         for r in &mut rows {
             let name = r
                 .get("name")
@@ -1153,32 +1106,24 @@ fn console_cmd(
     state_dir: Option<PathBuf>,
 ) -> Result<ExitCode, CliError> {
     let Ok((_, lab)) = load(&file) else {
-        return Ok(ExitCode::from(1));
+        return Ok(failed());
     };
     // Paths come from the lab's (validated) name, not from the argument.
     let Some(spec) = lab.vms.iter().find(|v| v.name == vm) else {
-        let names: Vec<&str> = lab.vms.iter().map(|v| v.name.as_str()).collect();
-        return Err(
-            CliError::new(format!("there is no VM '{vm}' in {}", file.display()))
-                .with_hint(format!("VMs: {}", names.join(", "))),
-        );
+        return Err(Problem::NoSuchVm {
+            names: lab.vms.iter().map(|v| v.name.clone()).collect(),
+            vm,
+            file,
+        }
+        .into());
     };
     let sd = StateDir::for_file(&file, &lab.name, state_dir.as_deref());
-    let log = crate::host::serial_log(&sd, &spec.name);
-    let sock = crate::host::runtime_dir(&lab.name, &spec.name)
-        .join(crate::drivers::runtime::CONSOLE_SOCKET_NAME);
-    let result = if follow {
-        crate::console::show_log(&log, true)
-    } else if sock.exists() {
-        crate::console::attach(&sock, &spec.name)
-    } else {
-        eprintln!(
-            "{} is not running (no console socket): its serial log follows",
-            spec.name
-        );
-        crate::console::show_log(&log, false)
-    };
-    result.map_err(|e| CliError::new(e.to_string()))?;
+    // Where the console and its log are is the provider's to say.
+    use crate::provider::Provider as _;
+    let door = Door::open(&lab)?;
+    let log = door.provider.serial_log(&sd, &spec.name);
+    let sock = door.provider.console_socket(&lab.name, &spec.name);
+    crate::console::run(sock.as_deref(), log.as_deref(), &spec.name, follow)?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -1237,18 +1182,16 @@ fn cc_cmd(command: CcCommand) -> Result<ExitCode, CliError> {
             command,
         } => {
             let Ok((_, lab)) = load(&file) else {
-                return Ok(ExitCode::from(1));
+                return Ok(failed());
             };
             let filters: Vec<crate::cc::Filter> = filter
                 .iter()
-                .map(|f| f.parse().map_err(|e: String| CliError::new(e)))
+                .map(|f| f.parse().map_err(Problem::BadFilter))
                 .collect::<Result<_, _>>()?;
             let timeout = match timeout {
                 Some(t) => Some(std::time::Duration::from_millis(
-                    crate::validate::parse_duration_ms(&t).ok_or_else(|| {
-                        CliError::new(format!("'{t}' is not a duration"))
-                            .with_hint("write 30s, 5m or 500ms")
-                    })?,
+                    crate::validate::parse_duration_ms(&t)
+                        .ok_or_else(|| Problem::BadDuration(t.clone()))?,
                 )),
                 None => None,
             };
@@ -1258,20 +1201,20 @@ fn cc_cmd(command: CcCommand) -> Result<ExitCode, CliError> {
                     Some(n) if n > 0 && n <= crate::agent::protocol::MAX_OUTPUT_LIMIT as u64 => {
                         Some(n)
                     }
-                    _ => {
-                        return Err(CliError::new(format!(
-                            "'{m}' is not a size between 1 byte and 448K"
-                        ))
-                        .with_hint("write --max-output 256K"));
-                    }
+                    _ => return Err(Problem::BadMaxOutput(m).into()),
                 },
             };
-            let responses = runtime()?.block_on(crate::cc::exec(
-                &lab, &filters, &command, timeout, max_output,
+            let door = Door::open(&lab)?;
+            let responses = door.block_on(crate::cc::exec(
+                &door.provider,
+                &lab,
+                &filters,
+                &command,
+                timeout,
+                max_output,
             ));
             if responses.is_empty() {
-                return Err(CliError::new("no VM matches the filter")
-                    .with_hint("filters: name=VM, uuid=UUID, tag:KEY=VALUE"));
+                return Err(Problem::NoMatch.into());
             }
             if json {
                 println!(
@@ -1296,7 +1239,7 @@ fn cc_cmd(command: CcCommand) -> Result<ExitCode, CliError> {
             Ok(if responses.iter().all(|r| r.exit == 0) {
                 ExitCode::SUCCESS
             } else {
-                ExitCode::from(1)
+                failed()
             })
         }
         CcCommand::Responses {
@@ -1305,15 +1248,23 @@ fn cc_cmd(command: CcCommand) -> Result<ExitCode, CliError> {
             state_dir,
         } => {
             let Ok((_, lab)) = load(&file) else {
-                return Ok(ExitCode::from(1));
+                return Ok(failed());
             };
             if let Some(v) = &vm
                 && lab.vm(v).is_none()
             {
-                return Err(CliError::new(format!("there is no VM '{v}'")));
+                return Err(Problem::NoSuchVm {
+                    vm: v.clone(),
+                    file,
+                    names: lab.vms.iter().map(|v| v.name.clone()).collect(),
+                }
+                .into());
             }
             let sd = StateDir::for_file(&file, &lab.name, state_dir.as_deref());
-            for (address, exit, stdout, stderr) in crate::cc::responses(&lab, &sd, vm.as_deref()) {
+            let door = Door::open(&lab)?;
+            for (address, exit, stdout, stderr) in
+                crate::cc::responses(&door.provider, &lab, &sd, vm.as_deref())
+            {
                 match exit {
                     None => println!("== {}: not run", crate::diag::escape(&address)),
                     Some(e) => {
@@ -1344,52 +1295,39 @@ fn disk_cmd(command: DiskCommand) -> Result<ExitCode, CliError> {
         state_dir,
     } = command;
     let Ok((_, lab)) = load(&file) else {
-        return Ok(ExitCode::from(1));
+        return Ok(failed());
     };
-    let spec = lab.disk(&disk).ok_or_else(|| {
-        CliError::new(format!("there is no disk '{disk}'")).with_hint(format!(
-            "disks: {}",
-            lab.disks
-                .iter()
-                .map(|d| d.name.as_str())
-                .collect::<Vec<_>>()
-                .join(", ")
-        ))
+    let spec = lab.disk(&disk).ok_or_else(|| Problem::NoSuchDisk {
+        disk: disk.clone(),
+        file: file.clone(),
+        names: lab.disks.iter().map(|d| d.name.clone()).collect(),
     })?;
     let sd = StateDir::for_file(&file, &lab.name, state_dir.as_deref());
     crate::owners::check(&lab.name, &sd.root)?;
     let state = sd.load()?;
-    let observed = crate::host::refresh(&lab.name, &state, &sd)
-        .map_err(|e| CliError::new(format!("refresh failed: {e}")))?;
+    let door = Door::open(&lab)?;
+    let observed = door.refresh(&lab.name, &state, &sd)?;
     for vm in &lab.vms {
         let uses = vm
             .disks
             .iter()
             .any(|d| d.source == crate::lab::DiskSource::Named(disk.clone()));
         if uses && observed.vms.get(&vm.address).is_some_and(|o| o.alive) {
-            return Err(CliError::new(format!(
-                "VM '{}' uses disk '{disk}' and is running",
-                vm.name
-            ))
-            .with_hint(
-                "destroy the experiment first (the disk survives destroy when keep=#true)",
-            ));
+            return Err(Problem::DiskInUse {
+                vm: vm.name.clone(),
+                disk,
+            }
+            .into());
         }
     }
-    let path = sd.disks().join(spec.file_name());
-    if !path.exists() {
-        return Err(
-            CliError::new(format!("disk '{disk}' has no image at {}", path.display()))
-                .with_hint("apply the experiment first"),
-        );
-    }
-    let format = crate::host::local::fmt_of(spec.format);
-    std::fs::create_dir_all(&to)
-        .map_err(|e| CliError::new(format!("cannot create {}: {e}", to.display())))?;
     let gp = guest_path.unwrap_or_else(|| "/".to_string());
-    let report = runtime()?
-        .block_on(crate::drivers::qemu_img::extract(&path, format, &gp, &to))
-        .map_err(|e| CliError::new(format!("extract failed: {e}")))?;
+    use crate::provider::{Provider as _, ProviderError};
+    let report = door
+        .block_on(door.provider.extract_disk(&sd, spec, &gp, &to))
+        .map_err(|e| match e {
+            ProviderError::Missing { what } => Problem::NoDiskImage { what },
+            e => Problem::Extract(e),
+        })?;
     for w in &report.warnings {
         eprintln!("warning: {w}");
     }
@@ -1402,7 +1340,7 @@ pub fn diff(old: &Lab, new: &Lab) -> Plan {
     let mut state = State::new(&new.name);
     let from_old = plan::plan(Some(old), &state, None, Mode::Apply);
     for c in &from_old.changes {
-        let mut rec = crate::state::Record::new(c.kind, c.after.clone().unwrap_or_default());
+        let mut rec = crate::state::Record::new(c.kind, c.after().unwrap_or_default());
         rec.deps = c.deps.clone();
         state.resources.insert(c.address.clone(), rec);
     }
@@ -1472,22 +1410,7 @@ fn image_cmd(command: ImageCommand) -> Result<ExitCode, CliError> {
     opts.agent = agent;
     opts.include = include;
     opts.strip = !no_strip;
-    let img = crate::image::build(&opts).map_err(|e| {
-        let hint = match &e {
-            crate::image::ImageError::Kernel(_) => Some(
-                "scripts/guest-kernel.sh fetches a guest kernel: pass its output as --kernel-dir",
-            ),
-            crate::image::ImageError::Invalid(m) if m.contains("busybox") => {
-                Some("apt-get install busybox-static")
-            }
-            _ => None,
-        };
-        let err = CliError::new(format!("image build failed: {e}"));
-        match hint {
-            Some(h) => err.with_hint(h),
-            None => err,
-        }
-    })?;
+    let img = crate::image::build(&opts)?;
     for w in &img.warnings {
         eprintln!("warning: {w}");
     }
@@ -1503,7 +1426,7 @@ mod tests {
 
     #[test]
     fn the_flag_wins_over_the_env_which_wins_over_the_file() {
-        let r = |file, env, flag| resolve_accel(file, env, flag).map_err(|e| e.message);
+        let r = |file, env, flag| resolve_accel(file, env, flag).map_err(|e| e.to_string());
         assert_eq!(r(Accel::Kvm, Some("tcg"), None), Ok(Accel::Tcg));
         assert_eq!(r(Accel::Tcg, None, None), Ok(Accel::Tcg));
         assert_eq!(r(Accel::Auto, Some("tcg"), None), Ok(Accel::Tcg));
@@ -1519,7 +1442,11 @@ mod tests {
     #[test]
     fn a_bad_env_accelerator_is_refused_up_front() {
         let e = resolve_accel(Accel::Tcg, Some("warp9"), None).unwrap_err();
-        assert_eq!(e.message, "MEGAPLAN_ACCEL=\"warp9\" is not an accelerator");
+        assert_eq!(
+            e.to_string(),
+            "MEGAPLAN_ACCEL=\"warp9\" is not an accelerator"
+        );
+        assert_eq!(e.kind, ErrorKind::Config);
         assert!(e.hint().unwrap().contains("auto, kvm or tcg"));
         // Even when the flag would override it: a typo in the env is not ignored.
         assert!(resolve_accel(Accel::Tcg, Some("warp9"), Some(AccelArg::Tcg)).is_err());

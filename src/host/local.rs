@@ -1137,6 +1137,80 @@ impl Provider for LocalHost {
     fn disk_file(&self, sd: &StateDir, file: &str) -> Result<PathBuf, ProviderError> {
         Ok(sd.disk_file(file)?)
     }
+
+    fn step_output(
+        &self,
+        sd: &StateDir,
+        vm: &str,
+        index: usize,
+    ) -> Option<crate::provider::StoredStep> {
+        if crate::validate::name_problem(vm).is_some() {
+            return None;
+        }
+        let dir = sd.cc().join(vm).join(index.to_string());
+        let read = |f: &str| std::fs::read_to_string(dir.join(f)).ok();
+        Some(crate::provider::StoredStep {
+            exit: read("exit").map(|e| e.trim().to_string()),
+            stdout: read("stdout").unwrap_or_default(),
+            stderr: read("stderr").unwrap_or_default(),
+        })
+    }
+
+    fn serial_tail(&self, sd: &StateDir, vm: &str, max: u64) -> String {
+        tail(&super::serial_log(sd, vm), max)
+    }
+
+    async fn extract_disk(
+        &self,
+        sd: &StateDir,
+        disk: &crate::lab::DiskSpec,
+        guest_path: &str,
+        to: &Path,
+    ) -> Result<crate::drivers::qemu_img::ExtractReport, ProviderError> {
+        let path = sd.disk_file(&disk.file_name())?;
+        if !path.exists() {
+            return Err(ProviderError::Missing {
+                what: format!("disk '{}' image {}", disk.name, path.display()),
+            });
+        }
+        std::fs::create_dir_all(to).map_err(HostError::Io)?;
+        Ok(
+            crate::drivers::qemu_img::extract(&path, fmt_of(disk.format), guest_path, to)
+                .await
+                .map_err(HostError::QemuImg)?,
+        )
+    }
+
+    fn forget_runtime(&self, experiment: &str) {
+        let _ = std::fs::remove_dir(super::runtime_root(experiment));
+    }
+}
+
+/// The last `max` bytes of a file (never following a link), lossy UTF-8;
+/// empty when it cannot be read.
+pub fn tail(path: &Path, max: u64) -> String {
+    use std::io::{Read, Seek, SeekFrom};
+    use std::os::unix::fs::OpenOptionsExt;
+    let Ok(mut f) = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(path)
+    else {
+        return String::new();
+    };
+    let Ok(meta) = f.metadata() else {
+        return String::new();
+    };
+    if !meta.is_file() {
+        return String::new();
+    }
+    let start = meta.len().saturating_sub(max);
+    if f.seek(SeekFrom::Start(start)).is_err() {
+        return String::new();
+    }
+    let mut buf = Vec::new();
+    let _ = f.take(max).read_to_end(&mut buf);
+    String::from_utf8_lossy(&buf).into_owned()
 }
 
 #[cfg(test)]

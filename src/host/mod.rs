@@ -1,9 +1,10 @@
-//! The host: the one seam between megaplan and a machine. Refresh reads it;
-//! the executor changes it; nothing else touches the system.
+//! The local engine: this machine, through netlink, tc, qemu-img, QEMU and
+//! QMP. [`LocalHost`] is the first [`crate::provider::Provider`]; the
+//! [`Host`] trait is its set of mechanisms, which its `Provider::execute`
+//! calls for each op (nothing outside this module calls them except the
+//! netns tests of the drivers).
 //!
 //! Invariants:
-//! - Every effect on the machine goes through [`Host`]; a remote host (SSH,
-//!   several hosts) is another implementation of the same trait.
 //! - Implementations refuse to change or remove an object that does not carry
 //!   the ownership marker they were given.
 
@@ -20,8 +21,8 @@ use std::time::Duration;
 
 use crate::lab::{CcActionSpec, DiskSpec, VmSpec};
 
-/// Everything megaplan does to a machine. Each method is idempotent where it
-/// can be (creating what exists with our marker is a no-op).
+/// The local engine's mechanisms, one per effect. Each method is idempotent
+/// where it can be (creating what exists with our marker is a no-op).
 #[allow(async_fn_in_trait)]
 pub trait Host {
     /// Refresh: what exists of this experiment on the machine.
@@ -68,11 +69,6 @@ pub trait Host {
         graceful: bool,
         sd: &StateDir,
     ) -> Result<(), HostError>;
-    /// Remove what killed disk creations left in the state's `disks/`
-    /// (see [`local::sweep_disk_temporaries`]); what was removed.
-    fn sweep_temporaries(&self, sd: &StateDir) -> Vec<PathBuf> {
-        local::sweep_disk_temporaries(sd)
-    }
     /// Run one cc step through the VM's agent, exactly once per boot:
     /// `run_id` names this run; asked again with the same id, the agent
     /// answers with the outcome it had instead of running it again.
@@ -212,14 +208,21 @@ pub fn private_dir(path: &Path) -> std::io::Result<()> {
     crate::safefs::Dir::open(path, true).map(drop)
 }
 
-/// Read the live state of an experiment from this machine (sync wrapper for the CLI).
-pub fn refresh(experiment: &str, state: &State, sd: &StateDir) -> Result<Observed, HostError> {
+/// Read the live state of an experiment from this machine (sync wrapper
+/// for the CLI): the local provider's refresh.
+pub fn refresh(
+    experiment: &str,
+    state: &State,
+    sd: &StateDir,
+) -> Result<Observed, crate::provider::ProviderError> {
+    use crate::provider::Provider;
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
-        .build()?;
+        .build()
+        .map_err(HostError::from)?;
     rt.block_on(async {
         let host = LocalHost::connect()?;
-        host.observe(experiment, state, sd).await
+        host.refresh(experiment, state, sd).await
     })
 }
 

@@ -13,7 +13,11 @@
 //! replaced VM or tap replaces ("rewires") the mirrors touching it and reruns
 //! the VM's cc steps.
 
+pub mod reason;
 pub mod render;
+
+pub use reason::Reason;
+use reason::{Link, Missing};
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
@@ -21,7 +25,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use uuid::Uuid;
 
-use crate::graph::{self, Resource, Target};
+use crate::graph::{self, Resource, Spec, Target};
 use crate::lab::Lab;
 use crate::observed::Observed;
 use crate::state::{Attrs, Kind, State, Status};
@@ -60,16 +64,40 @@ pub struct Change {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub target: Option<Target>,
     pub action: Action,
+    /// The attributes recorded in the state (None when it has no record).
     pub before: Option<Attrs>,
-    pub after: Option<Attrs>,
-    /// Why: "new", "memory changed: 256M -> 512M", "QEMU not running"...
-    pub reasons: Vec<String>,
+    /// What it should be, typed, from the file (None for a delete): the
+    /// executor builds its effect from this; [`Change::after`] derives the
+    /// attributes from it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub spec: Option<Spec>,
+    /// Why, the first being the main one: [`Reason::New`],
+    /// [`Reason::AttributeChanged`], [`Reason::VmNotRunning`]...
+    pub reasons: Vec<Reason>,
     /// Attributes whose change forces replacement.
     pub replace_paths: Vec<String>,
     /// Create order: what must exist first (from the file).
     pub deps: Vec<String>,
     /// Delete order: what this resource depended on when it was created (from the state).
     pub prior_deps: Vec<String>,
+}
+
+impl Change {
+    /// The attributes it should have (`None` for a delete), derived from
+    /// [`Change::spec`]: what the plan shows as `after` and the state records.
+    pub fn after(&self) -> Option<Attrs> {
+        self.spec.as_ref().map(Spec::attrs)
+    }
+
+    /// The main reason (the JSON plan's `action_reason`).
+    pub fn reason(&self) -> Option<&Reason> {
+        self.reasons.first()
+    }
+
+    /// A step that may exit non-zero (`allow-failure`) without failing.
+    pub fn allows_failure(&self) -> bool {
+        matches!(&self.spec, Some(Spec::Step(s)) if s.allow_failure)
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -161,6 +189,10 @@ pub struct Options {
 /// The addresses of `opts.replace` that name nothing of the experiment
 /// (neither in the file nor in the state): refused before anything changes.
 pub fn unknown_replacements(desired: Option<&Lab>, prior: &State, opts: &Options) -> Vec<String> {
+    if opts.replace.is_empty() {
+        // The common case: no `-replace`, no resource list to build.
+        return Vec::new();
+    }
     let wanted: HashSet<String> = desired
         .map(graph::resources)
         .unwrap_or_default()
@@ -249,7 +281,7 @@ fn plan_resources(
             target: Some(r.target.clone()),
             action: Action::NoOp,
             before: prior_rec.map(|p| p.attrs.clone()),
-            after: None,
+            spec: None,
             reasons: Vec::new(),
             replace_paths: Vec::new(),
             deps: Vec::new(),
@@ -258,19 +290,15 @@ fn plan_resources(
         match prior_rec {
             None => {
                 c.action = Action::Create;
-                c.reasons.push(if r.kind == Kind::Step {
-                    "new step".into()
-                } else {
-                    "new".into()
+                c.reasons.push(Reason::New {
+                    step: r.kind == Kind::Step,
                 });
                 // Something of ours already there (a crash before the state was written)?
                 if let Some(obs) = observed
                     && (obs.links.contains_key(&r.address) || obs.vms.contains_key(&r.address))
                 {
                     c.action = Action::Replace;
-                    c.reasons = vec![
-                        "found on the host but not in the state (an interrupted apply)".into(),
-                    ];
+                    c.reasons = vec![Reason::FoundOnHost];
                 }
             }
             Some(rec) => {
@@ -279,21 +307,23 @@ fn plan_resources(
                 match rec.status {
                     Status::Creating => {
                         replace = true;
-                        c.reasons.push("its creation was interrupted".into());
+                        c.reasons.push(Reason::CreationInterrupted);
                     }
                     Status::Failed => {
                         replace = true;
                         c.reasons.push(if r.kind == Kind::Step {
-                            "it failed last time".into()
+                            Reason::StepFailed
                         } else {
-                            "its creation failed".into()
+                            Reason::CreationFailed
                         });
                     }
                     Status::Ready => {}
                 }
-                let keys: BTreeSet<&String> = rec.attrs.keys().chain(r.attrs.keys()).collect();
+                // The desired attributes, derived for the comparison only.
+                let after = r.spec.attrs();
+                let keys: BTreeSet<&String> = rec.attrs.keys().chain(after.keys()).collect();
                 for k in keys {
-                    let (b, a) = (rec.attrs.get(k), r.attrs.get(k));
+                    let (b, a) = (rec.attrs.get(k), after.get(k));
                     if b == a || (k == "hash" && r.kind == Kind::Step) {
                         continue;
                     }
@@ -308,16 +338,20 @@ fn plan_resources(
                         continue;
                     }
                     let text = if let Some(what) = digest_of {
-                        format!("{what} changed (content)")
+                        Reason::ContentChanged {
+                            what: what.to_string(),
+                        }
                     } else if r.kind == Kind::Step && k != "timeout_ms" && k != "allow_failure" {
-                        "step changed".to_string()
+                        Reason::StepChanged
                     } else {
-                        match (b, a) {
+                        let values = match (b, a) {
                             (Some(Value::Array(_) | Value::Object(_)), _)
-                            | (_, Some(Value::Array(_) | Value::Object(_))) => {
-                                format!("{k} changed")
-                            }
-                            _ => format!("{k} changed: {} -> {}", show_opt(b), show_opt(a)),
+                            | (_, Some(Value::Array(_) | Value::Object(_))) => None,
+                            _ => Some((show_opt(b), show_opt(a))),
+                        };
+                        Reason::AttributeChanged {
+                            key: k.clone(),
+                            values,
                         }
                     };
                     if !c.reasons.contains(&text) {
@@ -330,26 +364,23 @@ fn plan_resources(
                         update = true;
                     }
                 }
-                if r.kind == Kind::Step
+                if let Spec::Step(step) = &r.spec
                     && rec.status == Status::Ready
-                    && rec.exit.is_some_and(|e| e != 0)
-                    && !r.attrs.contains_key("allow_failure")
+                    && let Some(exit) = rec.exit.filter(|&e| e != 0)
+                    && !step.allow_failure
                 {
                     replace = true;
-                    c.reasons.push(format!(
-                        "it exited {} last time",
-                        rec.exit.unwrap_or_default()
-                    ));
+                    c.reasons.push(Reason::StepExited { exit });
                 }
                 if let Target::Vm { name } = &r.target
                     && let Some(step) = tainted.get(name)
                 {
                     replace = true;
-                    c.reasons.push(format!("tainted: {step} failed"));
+                    c.reasons.push(Reason::Tainted { step: step.clone() });
                 }
                 if opts.replace.contains(&r.address) {
                     replace = true;
-                    c.reasons.push("replacement requested".into());
+                    c.reasons.push(Reason::ReplaceRequested);
                 }
                 if let Some(obs) = observed
                     && rec.status == Status::Ready
@@ -369,8 +400,11 @@ fn plan_resources(
             }
         }
         action_of.insert(c.address.clone(), c.action);
-        // The desired attributes and deps move into the change: no copies of 10^5 maps.
-        c.after = Some(std::mem::take(&mut r.attrs));
+        // The desired spec and deps move into the change: no copies of 10^5 specs.
+        c.spec = Some(std::mem::replace(
+            &mut r.spec,
+            Spec::Network(graph::NetworkSpec::default()),
+        ));
         c.deps = std::mem::take(&mut r.deps);
         changes.push(c);
     }
@@ -386,7 +420,7 @@ fn plan_resources(
         if matches!(c.action, Action::Create | Action::Delete) {
             continue;
         }
-        let mut why: Vec<String> = Vec::new();
+        let mut why: Vec<Reason> = Vec::new();
         for d in &c.deps {
             let Some(&da) = action_of.get(d) else {
                 continue;
@@ -398,19 +432,21 @@ fn plan_resources(
             let dt = target_of.get(d.as_str()).copied();
             let text = match (c.kind, dt) {
                 (Kind::Vm, Some(t @ Target::Tap { .. })) => {
-                    Some(format!("its tap {} is recreated", t.short()))
+                    Some(Reason::TapRecreated { nic: t.short() })
                 }
                 (Kind::Vm, Some(t @ Target::Disk { .. })) => {
-                    Some(format!("its disk {} is recreated", t.short()))
+                    Some(Reason::DiskRecreated { disk: t.short() })
                 }
-                (Kind::Mirror, Some(Target::Vm { .. })) => {
-                    Some(format!("{d} is recreated: the mirror is rewired"))
-                }
-                (Kind::Mirror, Some(Target::Tap { .. })) => {
-                    Some(format!("tap {d} is recreated: the mirror is rewired"))
-                }
+                (Kind::Mirror, Some(Target::Vm { .. })) => Some(Reason::MirrorRewired {
+                    dependency: d.clone(),
+                    tap: false,
+                }),
+                (Kind::Mirror, Some(Target::Tap { .. })) => Some(Reason::MirrorRewired {
+                    dependency: d.clone(),
+                    tap: true,
+                }),
                 (Kind::Step, Some(Target::Vm { .. })) if da == Action::Replace => {
-                    Some("its VM is replaced".to_string())
+                    Some(Reason::VmReplaced)
                 }
                 _ => None,
             };
@@ -456,7 +492,7 @@ fn plan_resources(
         if step.generation.is_some() && vm.generation.is_some() && step.generation != vm.generation
         {
             c.action = Action::Replace;
-            c.reasons.push("its VM was restarted since it ran".into());
+            c.reasons.push(Reason::VmRestarted);
         }
     }
 
@@ -468,23 +504,15 @@ fn plan_resources(
         }
         let keep = rec.kind == Kind::Disk && rec.attrs.get("keep") == Some(&Value::Bool(true));
         let (action, reason) = match mode {
-            Mode::Apply if keep => (
-                Action::NoOp,
-                "removed from the file, but keep=#true: kept (`destroy --all` removes it)",
-            ),
+            Mode::Apply if keep => (Action::NoOp, Reason::Kept { removed: true }),
             Mode::Apply => (
                 Action::Delete,
-                if rec.kind == Kind::Step {
-                    "removed from the file (its record is dropped)"
-                } else {
-                    "removed from the file"
+                Reason::NotInFile {
+                    step: rec.kind == Kind::Step,
                 },
             ),
-            Mode::Destroy if keep => (
-                Action::NoOp,
-                "keep=#true: kept (`destroy --all` removes it)",
-            ),
-            Mode::Destroy | Mode::DestroyAll => (Action::Delete, "destroy"),
+            Mode::Destroy if keep => (Action::NoOp, Reason::Kept { removed: false }),
+            Mode::Destroy | Mode::DestroyAll => (Action::Delete, Reason::Destroy),
         };
         // A record of an old state has no target: a VM's comes from the
         // runtime folder refresh found for it, if any (nothing else of it
@@ -503,8 +531,8 @@ fn plan_resources(
             target,
             action,
             before: Some(rec.attrs.clone()),
-            after: None,
-            reasons: vec![reason.to_string()],
+            spec: None,
+            reasons: vec![reason],
             replace_paths: Vec::new(),
             deps: Vec::new(),
             prior_deps: rec.deps.clone(),
@@ -570,8 +598,8 @@ fn orphan<const N: usize>(
                 .map(|(k, v)| (k.to_string(), v))
                 .collect(),
         ),
-        after: None,
-        reasons: vec!["orphan: carries this experiment's marker but is not in the state".into()],
+        spec: None,
+        reasons: vec![Reason::Orphan],
         replace_paths: Vec::new(),
         deps: Vec::new(),
         prior_deps: Vec::new(),
@@ -579,81 +607,68 @@ fn orphan<const N: usize>(
 }
 
 /// Compare one resource with what refresh saw: (replace, update, reasons).
-fn live_check(r: &Resource, obs: &Observed, prior: &State) -> (bool, bool, Vec<String>) {
+fn live_check(r: &Resource, obs: &Observed, prior: &State) -> (bool, bool, Vec<Reason>) {
     let mut why = Vec::new();
     let (mut replace, mut update) = (false, false);
-    match r.kind {
-        Kind::Network => match obs.links.get(&r.address) {
+    let missing = |what| Reason::MissingOnHost { what };
+    match &r.spec {
+        Spec::Network(_) => match obs.links.get(&r.address) {
             None => {
                 replace = true;
-                why.push("bridge missing".into());
+                why.push(missing(Missing::Bridge));
             }
             Some(l) if !l.up => {
                 update = true;
-                why.push("bridge is down".into());
+                why.push(Reason::LinkDown { link: Link::Bridge });
             }
             Some(_) => {}
         },
-        Kind::Tap => match obs.links.get(&r.address) {
+        Spec::Tap(tap) => match obs.links.get(&r.address) {
             None => {
                 replace = true;
-                why.push("tap missing".into());
+                why.push(missing(Missing::Tap));
             }
             Some(l) => {
-                let bridge = r.attrs.get("bridge").and_then(Value::as_str);
-                if bridge.is_some() && l.controller.as_deref() != bridge {
+                if let Some(bridge) = &tap.bridge
+                    && l.controller.as_ref() != Some(bridge)
+                {
                     update = true;
-                    why.push(format!(
-                        "tap is not on its bridge {}",
-                        bridge.unwrap_or_default()
-                    ));
+                    why.push(Reason::NotOnBridge {
+                        bridge: bridge.clone(),
+                    });
                 }
                 if !l.up {
                     update = true;
-                    why.push("tap is down".into());
+                    why.push(Reason::LinkDown { link: Link::Tap });
                 }
             }
         },
-        Kind::Disk => {
+        Spec::Disk(_) => {
             if !obs.disks.contains(&r.address) {
                 replace = true;
-                why.push("disk file missing".into());
+                why.push(missing(Missing::DiskFile));
             }
         }
-        Kind::Vm => match obs.vms.get(&r.address) {
+        Spec::Vm(_) => match obs.vms.get(&r.address) {
             None => {
                 replace = true;
-                why.push("QEMU not running".into());
+                why.push(Reason::VmNotRunning { status: None });
             }
             Some(v) if !v.alive => {
                 replace = true;
-                why.push("QEMU not running".into());
+                why.push(Reason::VmNotRunning { status: None });
             }
             Some(v) if !v.running() => {
                 replace = true;
-                why.push(format!(
-                    "QEMU is {}",
-                    v.status.as_deref().unwrap_or("stopped")
-                ));
+                why.push(Reason::VmNotRunning {
+                    status: Some(v.status.clone().unwrap_or_else(|| "stopped".into())),
+                });
             }
             Some(_) => {}
         },
-        Kind::Mirror => {
-            let (src, dst) = (
-                r.attrs
-                    .get("source_tap")
-                    .and_then(Value::as_str)
-                    .unwrap_or_default(),
-                r.attrs
-                    .get("dest_tap")
-                    .and_then(Value::as_str)
-                    .unwrap_or_default(),
-            );
-            let dir = r
-                .attrs
-                .get("direction")
-                .and_then(Value::as_str)
-                .unwrap_or("both");
+        Spec::Mirror(m) => {
+            let (src, dst) = (m.source_tap.as_str(), m.dest_tap.as_str());
+            let dir = m.direction.as_str();
             let want_in = dir != "egress";
             let want_out = dir != "ingress";
             // Compare with what the state says was wired, so a direction change is an update.
@@ -671,23 +686,23 @@ fn live_check(r: &Resource, obs: &Observed, prior: &State) -> (bool, bool, Vec<S
             {
                 None => {
                     replace = true;
-                    why.push("mirror missing".into());
+                    why.push(missing(Missing::Mirror));
                 }
                 Some(m)
                     if (m.ingress, m.egress) != (had_in, had_out)
                         && (m.ingress, m.egress) != (want_in, want_out) =>
                 {
                     replace = true;
-                    why.push("mirror partly missing".into());
+                    why.push(missing(Missing::MirrorPart));
                 }
                 Some(_) => {}
             }
         }
-        Kind::Step => {}
-        Kind::Capture => {
+        Spec::Step(_) => {}
+        Spec::Capture(_) => {
             if !obs.captures.contains_key(&r.address) {
                 replace = true;
-                why.push("recorder not running".into());
+                why.push(missing(Missing::Recorder));
             }
         }
     }

@@ -7,11 +7,14 @@ use std::fmt::Write;
 
 use serde_json::{Value, json};
 
-use super::{Action, Change, Mode, Plan};
+use super::reason::joined;
+use super::{Action, Change, Mode, Plan, Reason};
 use crate::state::Kind;
 
 /// The JSON format's version.
-pub const JSON_FORMAT_VERSION: &str = "1.0";
+/// 2.0: `action_reason` is the main reason's code, `reasons` a list of
+/// `{code, message}` (1.0 had prose in both).
+pub const JSON_FORMAT_VERSION: &str = "2.0";
 
 fn val(v: &Value) -> String {
     match v {
@@ -32,10 +35,10 @@ fn symbol(c: &Change) -> &'static str {
 }
 
 fn headline(c: &Change) -> String {
-    let why = if c.reasons == ["destroy"] {
+    let why = if matches!(c.reasons.as_slice(), [Reason::Destroy]) {
         String::new()
     } else {
-        c.reasons.join("; ")
+        joined(&c.reasons, "; ")
     };
     let verb = match (c.kind, c.action) {
         (Kind::Step, Action::Create) => "will run",
@@ -105,7 +108,7 @@ fn text_into(plan: &Plan, diff: bool, out: &mut impl Write) {
     let shown = plan
         .changes
         .iter()
-        .filter(|c| c.action != Action::NoOp || (c.kind == Kind::Disk && c.after.is_none()));
+        .filter(|c| c.action != Action::NoOp || (c.kind == Kind::Disk && c.spec.is_none()));
     let experiment = crate::diag::escape(&plan.experiment);
     if !plan.has_changes() {
         let _ = if diff {
@@ -142,7 +145,9 @@ fn text_into(plan: &Plan, diff: bool, out: &mut impl Write) {
         let _ = writeln!(out, "{} {} {name:?} {{", symbol(c), c.kind.as_str());
         let empty = Default::default();
         let before = c.before.as_ref().unwrap_or(&empty);
-        let after = c.after.as_ref().unwrap_or(&empty);
+        // Derived for this change only: the plan holds specs, not maps.
+        let after_attrs = c.after();
+        let after = after_attrs.as_ref().unwrap_or(&empty);
         let keys: std::collections::BTreeSet<&String> = before.keys().chain(after.keys()).collect();
         let width = keys.iter().map(|k| k.len()).max().unwrap_or(0);
         let mut hidden = 0;
@@ -218,11 +223,11 @@ pub fn json(plan: &Plan) -> Value {
                 "change": {
                     "actions": c.action.actions(),
                     "before": c.before,
-                    "after": c.after,
+                    "after": c.after(),
                     "replace_paths": c.replace_paths,
                 },
-                "action_reason": c.reasons.join("; "),
-                "reasons": c.reasons,
+                "action_reason": c.reason().map(Reason::code),
+                "reasons": c.reasons.iter().map(|r| json!({ "code": r.code(), "message": r.to_string() })).collect::<Vec<_>>(),
             })
         })
         .collect();
@@ -301,9 +306,37 @@ impl serde::Serialize for JsonChange<'_> {
         m.serialize_entry("type", c.kind.as_str())?;
         m.serialize_entry("name", name)?;
         m.serialize_entry("change", &JsonInner(c))?;
-        m.serialize_entry("action_reason", &c.reasons.join("; "))?;
-        m.serialize_entry("reasons", &c.reasons)?;
+        m.serialize_entry("action_reason", &c.reason().map(Reason::code))?;
+        m.serialize_entry("reasons", &JsonReasons(&c.reasons))?;
         m.end()
+    }
+}
+
+struct JsonReasons<'a>(&'a [Reason]);
+struct JsonReason<'a>(&'a Reason);
+
+impl serde::Serialize for JsonReasons<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_seq(self.0.iter().map(JsonReason))
+    }
+}
+
+impl serde::Serialize for JsonReason<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let mut m = s.serialize_map(Some(2))?;
+        m.serialize_entry("code", self.0.code())?;
+        m.serialize_entry("message", &Prose(self.0))?;
+        m.end()
+    }
+}
+
+/// A reason's prose, written straight into the output.
+struct Prose<'a>(&'a Reason);
+
+impl serde::Serialize for Prose<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self.0)
     }
 }
 
@@ -314,7 +347,7 @@ impl serde::Serialize for JsonInner<'_> {
         let mut m = s.serialize_map(Some(4))?;
         m.serialize_entry("actions", &c.action.actions())?;
         m.serialize_entry("before", &c.before)?;
-        m.serialize_entry("after", &c.after)?;
+        m.serialize_entry("after", &c.after())?;
         m.serialize_entry("replace_paths", &c.replace_paths)?;
         m.end()
     }
@@ -343,7 +376,7 @@ pub fn markdown(plan: &Plan) -> String {
             (_, Action::Delete) => ("➖", "destroy"),
             (_, Action::NoOp) => ("", "keep"),
         };
-        let why = crate::diag::escape(&c.reasons.join("; ")).replace('|', "\\|");
+        let why = crate::diag::escape(&joined(&c.reasons, "; ")).replace('|', "\\|");
         let address = crate::diag::escape(&c.address).replace('`', "'");
         let _ = writeln!(out, "| {sym} | `{address}` | {word} | {why} |");
     }

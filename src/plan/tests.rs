@@ -59,7 +59,9 @@ fn empty_state(name: &str) -> State {
 }
 
 /// What an executor that succeeds at everything would leave: the new state and
-/// the host as refresh would then see it.
+/// the host as refresh would then see it. Only a quick way to set up the
+/// snapshot scenarios; convergence is checked on the real executor and the
+/// strict in-memory provider (`applying_a_plan_converges`).
 pub(crate) fn simulate(plan: &Plan, prior: &State, prior_obs: &Observed) -> (State, Observed) {
     let mut state = prior.clone();
     state.serial += 1;
@@ -85,7 +87,7 @@ pub(crate) fn simulate(plan: &Plan, prior: &State, prior_obs: &Observed) -> (Sta
                 }
             }
             Action::Create | Action::Update | Action::Replace => {
-                let after = c.after.clone().expect("create has after");
+                let after = c.after().expect("create has after");
                 let mut rec = Record::new(c.kind, after.clone());
                 rec.deps = c.deps.clone();
                 let s = |k: &str| {
@@ -241,7 +243,14 @@ fn s03_memory_change_replaces_vm_and_reruns_its_steps() {
     let p = replan(&text, &s, &o);
     let vm = p.change("vm.A").unwrap();
     assert_eq!(vm.action, Action::Replace);
-    assert_eq!(vm.reasons, ["memory changed: 256M -> 512M"]);
+    assert_eq!(
+        vm.reasons,
+        [Reason::AttributeChanged {
+            key: "memory".into(),
+            values: Some(("256M".into(), "512M".into()))
+        }]
+    );
+    assert_eq!(vm.reasons[0].to_string(), "memory changed: 256M -> 512M");
     assert_eq!(vm.replace_paths, ["memory"]);
     assert_eq!(p.change("vm.A.cc[0]").unwrap().action, Action::Replace);
     assert_eq!(
@@ -298,7 +307,7 @@ fn s07_qemu_dead() {
     let p = replan(SEED, &s, &o);
     let vm = p.change("vm.monitor").unwrap();
     assert_eq!(vm.action, Action::Replace);
-    assert_eq!(vm.reasons, ["QEMU not running"]);
+    assert_eq!(vm.reasons, [Reason::VmNotRunning { status: None }]);
     assert_eq!(
         p.change("mirror.A[0]->monitor[0]").unwrap().action,
         Action::Replace
@@ -311,7 +320,12 @@ fn s08_tap_missing() {
     let (s, mut o) = seeded(SEED);
     o.links.remove("vm.A.nic[0]");
     let p = replan(SEED, &s, &o);
-    assert_eq!(p.change("vm.A.nic[0]").unwrap().reasons, ["tap missing"]);
+    assert_eq!(
+        p.change("vm.A.nic[0]").unwrap().reasons,
+        [Reason::MissingOnHost {
+            what: reason::Missing::Tap
+        }]
+    );
     assert_eq!(p.change("vm.A").unwrap().action, Action::Replace);
     snap("s08_tap_missing", &p);
 }
@@ -371,7 +385,7 @@ fn s11_cc_step_changed_runs_again_on_the_live_vm() {
     let p = replan(&SEED.replace("10.0.0.2/24", "10.0.0.3/24"), &s, &o);
     let c = p.change("vm.B.cc[0]").unwrap();
     assert_eq!(c.action, Action::Replace);
-    assert_eq!(c.reasons, ["step changed"]);
+    assert_eq!(c.reasons, [Reason::StepChanged]);
     assert_eq!(p.change("vm.B").unwrap().action, Action::NoOp);
     snap("s11_cc_step_changed", &p);
 }
@@ -454,7 +468,12 @@ fn s15_mirror_missing() {
     let m = p.change("mirror.A[0]->monitor[0]").unwrap();
     assert_eq!(
         (m.action, m.reasons.clone()),
-        (Action::Replace, vec!["mirror missing".to_string()])
+        (
+            Action::Replace,
+            vec![Reason::MissingOnHost {
+                what: reason::Missing::Mirror
+            }]
+        )
     );
     snap("s15_mirror_missing", &p);
 }
@@ -481,7 +500,7 @@ fn s17_interrupted_creation_is_replaced() {
     let p = replan(SEED, &s, &o);
     assert_eq!(
         p.change("vm.B").unwrap().reasons,
-        ["its creation was interrupted"]
+        [Reason::CreationInterrupted]
     );
     snap("s17_interrupted_creation", &p);
 }
@@ -493,7 +512,7 @@ fn s18_failed_step_runs_again() {
     let p = replan(SEED, &s, &o);
     assert_eq!(
         p.change("vm.A.cc[1]").unwrap().reasons,
-        ["it exited 2 last time"]
+        [Reason::StepExited { exit: 2 }]
     );
     snap("s18_failed_step", &p);
 }
@@ -504,7 +523,10 @@ fn s19_disk_size_change_replaces_disk_and_vm() {
     let p = replan(&BRO.replace("10G", "20G"), &s, &o);
     assert_eq!(
         p.change("disk.bro").unwrap().reasons,
-        ["size changed: 10G -> 20G"]
+        [Reason::AttributeChanged {
+            key: "size".into(),
+            values: Some(("10G".into(), "20G".into()))
+        }]
     );
     assert_eq!(p.change("vm.monitor").unwrap().action, Action::Replace);
     snap("s19_disk_size_change", &p);
@@ -580,8 +602,30 @@ pub(crate) fn gen_lab(
     t
 }
 
+/// Carry `plan` out with the real executor on the strict in-memory provider.
+async fn apply_in_memory(
+    mem: &crate::provider::memory::MemoryProvider,
+    sd: &crate::state::StateDir,
+    lab: &Lab,
+    plan: &Plan,
+) -> crate::apply::Report {
+    let mut state = sd.load().expect("the state loads");
+    let ex = crate::apply::Executor {
+        provider: mem,
+        lab: Some(lab),
+        sd,
+        experiment: lab.name.clone(),
+        parallelism: 3,
+        progress: &|_| {},
+    };
+    ex.run(plan, &mut state).await
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(48))]
+    /// Apply one random lab, maybe let a QEMU die, plan another and apply
+    /// it (the real executor on the strict in-memory provider): the plan
+    /// after that is empty.
     #[test]
     fn applying_a_plan_converges(
         n1 in 0usize..6, n2 in 0usize..6, nets1 in 1usize..3, nets2 in 1usize..3,
@@ -590,17 +634,35 @@ proptest! {
         st1 in proptest::collection::vec(0u8..3, 1..4), st2 in proptest::collection::vec(0u8..3, 1..4),
         kill in proptest::option::of(0usize..6),
     ) {
-        let (s, mut o) = seeded(&gen_lab(n1, nets1, &mem1, m1, &st1));
-        if let Some(k) = kill
-            && let Some(v) = o.vms.get_mut(&format!("vm.v{k}"))
-        {
-            v.alive = false;
-        }
-        let second = gen_lab(n2, nets2, &mem2, m2, &st2);
-        let p = replan(&second, &s, &o);
-        let (s2, o2) = simulate(&p, &s, &o);
-        let again = replan(&second, &s2, &o2);
-        let left: Vec<_> = again.changes.iter().filter(|c| c.action != Action::NoOp).map(|c| (&c.address, &c.reasons)).collect();
+        use crate::provider::Provider;
+        let dir = tempfile::tempdir().unwrap();
+        let sd = crate::state::StateDir { root: dir.path().join("state"), experiment: "p".into() };
+        let mem = crate::provider::memory::MemoryProvider::new("p");
+        mem.add_file("/img/k");
+        let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+        let left = rt.block_on(async {
+            let first = lab(&gen_lab(n1, nets1, &mem1, m1, &st1));
+            let s = sd.load().unwrap();
+            let o = mem.refresh("p", &s, &sd).await.unwrap();
+            let p = plan(Some(&first), &s, Some(&o), Mode::Apply);
+            let r = apply_in_memory(&mem, &sd, &first, &p).await;
+            assert!(r.ok(), "{r:?}");
+            if let Some(k) = kill
+                && let Some(v) = mem.world_mut().vms.get_mut(&format!("v{k}"))
+            {
+                v.alive = false;
+            }
+            let second = lab(&gen_lab(n2, nets2, &mem2, m2, &st2));
+            let s = sd.load().unwrap();
+            let o = mem.refresh("p", &s, &sd).await.unwrap();
+            let p = plan(Some(&second), &s, Some(&o), Mode::Apply);
+            let r = apply_in_memory(&mem, &sd, &second, &p).await;
+            assert!(r.ok(), "{r:?}");
+            let s = sd.load().unwrap();
+            let o = mem.refresh("p", &s, &sd).await.unwrap();
+            let again = plan(Some(&second), &s, Some(&o), Mode::Apply);
+            again.changes.iter().filter(|c| c.action != Action::NoOp).map(|c| (c.address.clone(), c.reasons.clone())).collect::<Vec<_>>()
+        });
         prop_assert!(left.is_empty(), "not converged: {left:?}");
     }
 }
@@ -619,6 +681,66 @@ vm "a.b" { kernel "/img/k"; nic "LAN"; disk "data.v1" }
     let p = replan(&text.replace("1G", "2G"), &s, &o);
     let vm = p.change("vm.a.b").unwrap();
     assert_eq!(vm.action, Action::Replace);
-    assert_eq!(vm.reasons, ["its disk data.v1 is recreated"]);
+    assert_eq!(
+        vm.reasons,
+        [Reason::DiskRecreated {
+            disk: "data.v1".into()
+        }]
+    );
+    assert_eq!(vm.reasons[0].to_string(), "its disk data.v1 is recreated");
     assert_eq!(vm.target, Some(Target::Vm { name: "a.b".into() }));
+}
+
+/// A plan is plain data: a saved plan (`plan --out`) reads back equal,
+/// typed specs and reasons included.
+#[test]
+fn a_plan_round_trips_through_json() {
+    let (s, mut o) = seeded(SEED);
+    o.vms.clear();
+    let p = replan(SEED, &s, &o);
+    assert!(p.changes.iter().any(|c| c.spec.is_some()));
+    assert!(p.changes.iter().any(|c| !c.reasons.is_empty()));
+    let text = serde_json::to_string(&p).unwrap();
+    let back: Plan = serde_json::from_str(&text).unwrap();
+    assert_eq!(back, p);
+}
+
+/// Each change's attributes are derived from its typed spec, and the spec
+/// says what the attributes say.
+#[test]
+fn attributes_are_derived_from_the_spec() {
+    let l = lab(SEED);
+    let p = plan(Some(&l), &empty_state("tap-mirror"), None, Mode::Apply);
+    for c in &p.changes {
+        let spec = c.spec.as_ref().expect("a create has a spec");
+        assert_eq!(spec.kind(), c.kind, "{}", c.address);
+        let after = c.after().unwrap();
+        match spec {
+            Spec::Tap(t) => {
+                assert_eq!(after["name"], t.name.as_str());
+                assert_eq!(after["mac"], t.mac.as_str());
+                assert_eq!(after["bridge"], t.bridge.as_deref().unwrap());
+            }
+            Spec::Vm(v) => {
+                assert_eq!(after["memory"], "256M");
+                assert_eq!(after["uuid"], v.uuid.to_string());
+                assert_eq!(after["nics"].as_array().unwrap().len(), v.nics.len());
+            }
+            Spec::Mirror(m) => {
+                assert_eq!(after["source_tap"], m.source_tap.as_str());
+                assert_eq!(after["direction"], "both");
+            }
+            Spec::Step(st) => {
+                assert_eq!(after["hash"], st.hash.as_str());
+                assert!(after.contains_key("exec"));
+                assert!(!after.contains_key("allow_failure"));
+            }
+            Spec::Network(n) => assert_eq!(after["bridge"], n.bridge.as_str()),
+            Spec::Disk(_) => unreachable!("the seed has no disk"),
+            Spec::Capture(k) => {
+                assert_eq!(after["file"], k.file.as_str());
+                assert_eq!(after["taps"].as_array().unwrap().len(), k.taps.len());
+            }
+        }
+    }
 }

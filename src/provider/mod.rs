@@ -15,6 +15,7 @@
 //! - A provider refuses to change or remove an object that does not carry
 //!   the ownership marker the op names.
 
+pub mod memory;
 pub mod ops;
 
 use std::path::{Path, PathBuf};
@@ -170,6 +171,46 @@ pub trait Provider {
     /// The file of a disk of this experiment on this machine (`file` a name
     /// the state recorded, checked), if the engine keeps disks here.
     fn disk_file(&self, sd: &StateDir, file: &str) -> Result<PathBuf, ProviderError>;
+
+    // What the CLI, `cc` and `serve` read or do through the provider (the
+    // only door; tests/tidy.rs). The defaults are an engine that keeps
+    // none of it on this machine.
+
+    /// A step's outcome as [`Provider::store_step_output`] recorded it.
+    fn step_output(&self, _sd: &StateDir, _vm: &str, _index: usize) -> Option<StoredStep> {
+        None
+    }
+
+    /// The last `max` bytes of the VM's serial console (lossy UTF-8).
+    fn serial_tail(&self, _sd: &StateDir, _vm: &str, _max: u64) -> String {
+        String::new()
+    }
+
+    /// Copy `guest_path` of a disk (`file` a name the state recorded) into
+    /// the host folder `to` (created if missing); no VM may be using it.
+    async fn extract_disk(
+        &self,
+        _sd: &StateDir,
+        _disk: &crate::lab::DiskSpec,
+        _guest_path: &str,
+        _to: &Path,
+    ) -> Result<crate::drivers::qemu_img::ExtractReport, ProviderError> {
+        Err(ProviderError::Unsupported {
+            provider: self.name(),
+            what: "extract a disk here".into(),
+        })
+    }
+
+    /// After a destroy: forget the experiment's runtime folders if empty.
+    fn forget_runtime(&self, _experiment: &str) {}
+}
+
+/// A recorded step outcome: its exit (as written), stdout and stderr.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StoredStep {
+    pub exit: Option<String>,
+    pub stdout: String,
+    pub stderr: String,
 }
 
 /// Why an engine could not do what it was asked.

@@ -272,7 +272,8 @@ fn direction(d: &str) -> Direction {
 pub fn for_change(c: &Change, phase: Phase, cx: &Context<'_>) -> Result<Effects, OpError> {
     let address = c.address.clone();
     let marker = identity::marker(cx.experiment, &c.address);
-    let (before, after) = (&c.before, &c.after);
+    let after = c.after();
+    let (before, after) = (&c.before, &after);
     // The typed identity, checked: a state file or a saved plan is untrusted.
     if let Some(t) = &c.target {
         t.check().map_err(|why| OpError::BadTarget {

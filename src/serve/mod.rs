@@ -1,21 +1,26 @@
-//! `megaplan serve`: a read-only live web view of one experiment.
+//! `megaplan serve`: a live web view of one experiment, read-only unless
+//! `--allow-actions` (then apply, destroy and `cc exec`: [`actions`]).
 //!
-//! A small HTTP/1.1 server on tokio (GET and HEAD only) serves one page whose
+//! A small HTTP/1.1 server on tokio (GET and HEAD; POST only for actions) serves one page whose
 //! assets are compiled into the binary, the drawing (`/graph.svg`, from
 //! [`draw::svg`], the same function as `megaplan graph --format svg`), the
 //! current snapshot (`/snapshot.json`) and a server-sent event stream
 //! (`/events`) that pushes each new snapshot.
 //!
 //! Invariants:
-//! - Read-only: nothing reachable from the page changes the host. The
-//!   snapshot is built with the functions the CLI uses (`host::refresh`,
-//!   `show::rows`, `cc::responses`, `cc::addresses`, `plan::plan` +
-//!   `render::text`), each about a second, and is pushed only when it changed.
+//! - Read-only without `--allow-actions`: nothing reachable from the page
+//!   changes the host (`/actions/*` is 404). With it, see [`actions`]. The
+//!   snapshot is built with the functions the CLI uses, through the
+//!   provider the CLI built (`Provider::refresh`, `cc::responses`,
+//!   `cc::addresses`, `Provider::serial_tail`; then `show::rows`,
+//!   `plan::plan` + `render::text`), each about a second, and is pushed
+//!   only when it changed.
 //! - A non-loopback listen address needs a token; with a token, every
 //!   request carries it (`Authorization: Bearer` or `?token=`), compared in
 //!   constant time. Everything else is 404 (or 401 / 405 / 400).
 //! - No asset refers to another origin: the page works offline.
 
+pub mod actions;
 pub mod draw;
 
 use std::collections::BTreeMap;
@@ -30,6 +35,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
 use crate::lab::Lab;
+use crate::provider::Provider;
 use crate::state::StateDir;
 
 const INDEX_HTML: &str = include_str!("assets/index.html");
@@ -58,6 +64,8 @@ pub enum ServeError {
     TokenNeeded(SocketAddr),
     #[error("the token is empty")]
     EmptyToken,
+    #[error("--allow-actions needs --token or --token-file, even on loopback")]
+    ActionsNeedToken,
     #[error("cannot read the token file {path}: {source}")]
     TokenFile {
         path: PathBuf,
@@ -117,6 +125,14 @@ pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     diff == 0
 }
 
+/// Actions are allowed only with a token.
+pub fn check_actions(allow: bool, token: Option<&str>) -> Result<(), ServeError> {
+    if allow && token.is_none_or(str::is_empty) {
+        return Err(ServeError::ActionsNeedToken);
+    }
+    Ok(())
+}
+
 /// The listen address is allowed with this token (None: no token).
 pub fn check_listen(addr: SocketAddr, token: Option<&str>) -> Result<(), ServeError> {
     match token {
@@ -126,20 +142,60 @@ pub fn check_listen(addr: SocketAddr, token: Option<&str>) -> Result<(), ServeEr
     }
 }
 
-/// Everything the page shows, as JSON.
-pub fn snapshot(lab: &Lab, sd: &StateDir, addrs: &BTreeMap<String, Vec<String>>) -> Value {
-    let state = match sd.load() {
+/// What one snapshot is made of: the state, and what the provider saw
+/// (refresh, recorded step outputs, each VM's serial console tail).
+pub struct Seen {
+    pub state: crate::state::State,
+    pub observed: crate::observed::Observed,
+    pub results: Vec<(String, Option<String>, String, String)>,
+    pub serial: BTreeMap<String, String>,
+}
+
+/// Gather a snapshot's inputs: the state from its folder, everything else
+/// through the provider (the only door to the machine).
+pub async fn look<P: Provider>(provider: &P, lab: &Lab, sd: &StateDir) -> Result<Seen, String> {
+    let state = sd
+        .load()
+        .map_err(|e| format!("cannot read the state: {e}"))?;
+    let observed = provider
+        .refresh(&lab.name, &state, sd)
+        .await
+        .map_err(|e| format!("refresh failed: {e}"))?;
+    let results = crate::cc::responses(provider, lab, sd, None);
+    let serial = lab
+        .vms
+        .iter()
+        .map(|vm| {
+            (
+                vm.name.clone(),
+                provider.serial_tail(sd, &vm.name, SERIAL_TAIL),
+            )
+        })
+        .collect();
+    Ok(Seen {
+        state,
+        observed,
+        results,
+        serial,
+    })
+}
+
+/// Everything the page shows, as JSON (pure: from what [`look`] gathered).
+pub fn snapshot(
+    lab: &Lab,
+    seen: Result<Seen, String>,
+    addrs: &BTreeMap<String, Vec<String>>,
+) -> Value {
+    let Seen {
+        state,
+        observed,
+        results,
+        serial,
+    } = match seen {
         Ok(s) => s,
-        Err(e) => {
-            return json!({ "experiment": lab.name, "error": format!("cannot read the state: {e}") });
-        }
-    };
-    let observed = match crate::host::refresh(&lab.name, &state, sd) {
-        Ok(o) => o,
-        Err(e) => return json!({ "experiment": lab.name, "error": format!("refresh failed: {e}") }),
+        Err(e) => return json!({ "experiment": lab.name, "error": e }),
     };
     let rows = crate::show::rows(lab, &state, &observed);
-    let results = crate::cc::responses(lab, sd, None);
     let mut states = BTreeMap::new();
     let vms: Vec<Value> = lab
         .vms
@@ -190,7 +246,7 @@ pub fn snapshot(lab: &Lab, sd: &StateDir, addrs: &BTreeMap<String, Vec<String>>)
             row.insert("steps".into(), steps.into());
             row.insert(
                 "serial".into(),
-                tail(&crate::host::serial_log(sd, &vm.name), SERIAL_TAIL).into(),
+                serial.get(&vm.name).cloned().unwrap_or_default().into(),
             );
             Value::Object(row)
         })
@@ -213,32 +269,6 @@ pub fn snapshot(lab: &Lab, sd: &StateDir, addrs: &BTreeMap<String, Vec<String>>)
     })
 }
 
-/// The last `max` bytes of a file (never following a link), lossy UTF-8.
-fn tail(path: &Path, max: u64) -> String {
-    use std::io::{Read, Seek, SeekFrom};
-    use std::os::unix::fs::OpenOptionsExt;
-    let Ok(mut f) = std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
-        .open(path)
-    else {
-        return String::new();
-    };
-    let Ok(meta) = f.metadata() else {
-        return String::new();
-    };
-    if !meta.is_file() {
-        return String::new();
-    }
-    let start = meta.len().saturating_sub(max);
-    if f.seek(SeekFrom::Start(start)).is_err() {
-        return String::new();
-    }
-    let mut buf = Vec::new();
-    let _ = f.take(max).read_to_end(&mut buf);
-    String::from_utf8_lossy(&buf).into_owned()
-}
-
 struct Shared {
     token: Option<String>,
     /// The port listened on (for the `Host` check).
@@ -246,42 +276,68 @@ struct Shared {
     /// The latest snapshot, serialised.
     snap: watch::Receiver<Arc<String>>,
     lab: Lab,
+    /// `--allow-actions`: what they run against.
+    actions: Option<actions::Actions>,
+    /// An action is running.
+    busy: std::sync::atomic::AtomicBool,
 }
 
 /// Serve until the process is stopped. Prints `listening on http://ADDR/`
 /// once the socket is bound (with port 0, ADDR has the chosen port).
-pub async fn run(
+/// `actions`: `--allow-actions` (needs the token).
+pub async fn run<P: Provider>(
+    provider: &P,
     lab: Lab,
     sd: StateDir,
     listen: SocketAddr,
     token: Option<String>,
+    actions: Option<actions::Actions>,
 ) -> Result<(), ServeError> {
     check_listen(listen, token.as_deref())?;
+    check_actions(actions.is_some(), token.as_deref())?;
     let listener = TcpListener::bind(listen)
         .await
         .map_err(|source| ServeError::Bind {
             addr: listen,
             source,
         })?;
+    let seen = look(provider, &lab, &sd).await;
     let first = {
-        let (lab, sd) = (lab.clone(), sd.clone());
-        tokio::task::spawn_blocking(move || snapshot(&lab, &sd, &BTreeMap::new()))
+        let lab = lab.clone();
+        tokio::task::spawn_blocking(move || snapshot(&lab, seen, &BTreeMap::new()))
             .await
             .map_err(std::io::Error::other)?
     };
     let (tx, rx) = watch::channel(Arc::new(first.to_string()));
-    tokio::spawn(watch_host(lab.clone(), sd, tx));
+    // Not spawned: the provider's futures need not be Send; the watch runs
+    // beside the accept loop in this task.
+    let watch = watch_host(provider, lab.clone(), sd, tx);
     let local = listener.local_addr()?;
     let shared = Arc::new(Shared {
         port: local.port(),
         token,
         snap: rx,
         lab,
+        actions,
+        busy: std::sync::atomic::AtomicBool::new(false),
     });
     let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     println!("listening on http://{local}/");
     use std::io::Write;
     let _ = std::io::stdout().flush();
+    let accept = accept_loop(listener, shared, slots);
+    tokio::select! {
+        () = watch => Ok(()),
+        () = accept => Ok(()),
+    }
+}
+
+/// Accept connections until the process is stopped.
+async fn accept_loop(
+    listener: TcpListener,
+    shared: Arc<Shared>,
+    slots: Arc<tokio::sync::Semaphore>,
+) {
     loop {
         let (sock, _) = match listener.accept().await {
             Ok(c) => c,
@@ -295,10 +351,18 @@ pub async fn run(
         let Ok(slot) = slots.clone().try_acquire_owned() else {
             tokio::spawn(async move {
                 let mut sock = sock;
-                // Read what was sent first: closing with unread data resets
-                // the connection before the client sees the answer.
+                // Read the whole head first (it may come in several
+                // segments): closing with unread data resets the connection
+                // before the client sees the answer.
                 let mut chunk = [0u8; 2048];
-                let _ = tokio::time::timeout(Duration::from_secs(2), sock.read(&mut chunk)).await;
+                let mut head = Vec::new();
+                let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") && head.len() <= MAX_HEAD {
+                    match tokio::time::timeout_at(deadline, sock.read(&mut chunk)).await {
+                        Ok(Ok(n)) if n > 0 => head.extend_from_slice(&chunk[..n]),
+                        _ => break,
+                    }
+                }
                 let _ = sock
                     .write_all(b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
                     .await;
@@ -314,17 +378,23 @@ pub async fn run(
 }
 
 /// Look at the host every [`REFRESH`]; publish the snapshot when it changed.
-async fn watch_host(lab: Lab, sd: StateDir, tx: watch::Sender<Arc<String>>) {
+async fn watch_host<P: Provider>(
+    provider: &P,
+    lab: Lab,
+    sd: StateDir,
+    tx: watch::Sender<Arc<String>>,
+) {
     let mut addrs = BTreeMap::new();
     let mut last_addrs: Option<tokio::time::Instant> = None;
     loop {
         tokio::time::sleep(REFRESH).await;
         if last_addrs.is_none_or(|t| t.elapsed() >= ADDRESS_REFRESH) {
-            addrs = crate::cc::addresses(&lab).await;
+            addrs = crate::cc::addresses(provider, &lab).await;
             last_addrs = Some(tokio::time::Instant::now());
         }
-        let (l, s, a) = (lab.clone(), sd.clone(), addrs.clone());
-        let Ok(snap) = tokio::task::spawn_blocking(move || snapshot(&l, &s, &a)).await else {
+        let seen = look(provider, &lab, &sd).await;
+        let (l, a) = (lab.clone(), addrs.clone());
+        let Ok(snap) = tokio::task::spawn_blocking(move || snapshot(&l, seen, &a)).await else {
             continue;
         };
         let text = snap.to_string();
@@ -351,6 +421,11 @@ pub struct Request {
     pub bearer: Option<String>,
     /// The `Host` header.
     pub host: Option<String>,
+    /// `Origin`, `Content-Type`, `Content-Length`, `Sec-Fetch-Site` (actions).
+    pub origin: Option<String>,
+    pub content_type: Option<String>,
+    pub content_length: Option<usize>,
+    pub sec_fetch_site: Option<String>,
 }
 
 /// Parse a request head (up to the blank line).
@@ -368,16 +443,31 @@ pub fn parse_head(head: &str) -> Option<Request> {
     };
     let mut bearer = None;
     let mut host = None;
+    let (mut origin, mut content_type, mut content_length, mut sec_fetch_site) =
+        (None, None, None, None);
     for l in lines {
         let Some((k, v)) = l.split_once(':') else {
             continue;
         };
-        if k.trim().eq_ignore_ascii_case("authorization")
-            && let Some(t) = v.trim().strip_prefix("Bearer ")
+        let (k, v) = (k.trim(), v.trim());
+        if k.eq_ignore_ascii_case("authorization")
+            && let Some(t) = v.strip_prefix("Bearer ")
         {
             bearer = Some(t.trim().to_string());
-        } else if k.trim().eq_ignore_ascii_case("host") {
-            host = Some(v.trim().to_ascii_lowercase());
+        } else if k.eq_ignore_ascii_case("host") {
+            host = Some(v.to_ascii_lowercase());
+        } else if k.eq_ignore_ascii_case("origin") {
+            origin = Some(v.to_string());
+        } else if k.eq_ignore_ascii_case("content-type") {
+            content_type = Some(v.to_string());
+        } else if k.eq_ignore_ascii_case("content-length") {
+            // Two lengths, or one that is not a number: not a request we read.
+            if content_length.is_some() {
+                return None;
+            }
+            content_length = Some(v.parse().ok()?);
+        } else if k.eq_ignore_ascii_case("sec-fetch-site") {
+            sec_fetch_site = Some(v.to_ascii_lowercase());
         }
     }
     Some(Request {
@@ -386,6 +476,10 @@ pub fn parse_head(head: &str) -> Option<Request> {
         query,
         bearer,
         host,
+        origin,
+        content_type,
+        content_length,
+        sec_fetch_site,
     })
 }
 
@@ -449,14 +543,19 @@ fn percent_encode(s: &str) -> String {
 }
 
 /// The page; with a token, its stylesheet and script URLs carry it (the
-/// browser sends no header for them, and app.js adds it to the rest).
-fn index_html(token: Option<&str>) -> String {
+/// browser sends no header for them, and app.js adds it to the rest). The
+/// actions panel is in it only with `--allow-actions`.
+fn index_html(token: Option<&str>, actions: bool) -> String {
+    let page = if actions {
+        INDEX_HTML.replacen("<main>\n", &format!("<main>\n  {}", actions::PANEL), 1)
+    } else {
+        INDEX_HTML.to_string()
+    };
     match token {
-        None => INDEX_HTML.to_string(),
+        None => page,
         Some(t) => {
             let q = format!("?token={}", percent_encode(t));
-            INDEX_HTML
-                .replace("href=\"style.css\"", &format!("href=\"style.css{q}\""))
+            page.replace("href=\"style.css\"", &format!("href=\"style.css{q}\""))
                 .replace("src=\"app.js\"", &format!("src=\"app.js{q}\""))
         }
     }
@@ -468,8 +567,9 @@ pub enum Reply {
     Events,
 }
 
-/// Route a request (pure but for reading the latest snapshot).
-fn route(req: &Request, token: Option<&str>, snap: &str, lab: &Lab) -> Reply {
+/// Route a request (pure but for reading the latest snapshot); actions
+/// are not routed here.
+fn route(req: &Request, token: Option<&str>, snap: &str, lab: &Lab, actions: bool) -> Reply {
     if let Some(t) = token {
         let ok = presented(req).is_some_and(|p| constant_time_eq(p.as_bytes(), t.as_bytes()));
         if !ok {
@@ -480,6 +580,14 @@ fn route(req: &Request, token: Option<&str>, snap: &str, lab: &Lab) -> Reply {
             );
         }
     }
+    // With --allow-actions they were answered before routing.
+    if req.path.starts_with("/actions/") {
+        return Reply::Fixed(
+            "404 Not Found",
+            "text/plain; charset=utf-8",
+            "not found\n".into(),
+        );
+    }
     if req.method != "GET" && req.method != "HEAD" {
         return Reply::Fixed(
             "405 Method Not Allowed",
@@ -488,9 +596,11 @@ fn route(req: &Request, token: Option<&str>, snap: &str, lab: &Lab) -> Reply {
         );
     }
     match req.path.as_str() {
-        "/" | "/index.html" => {
-            Reply::Fixed("200 OK", "text/html; charset=utf-8", index_html(token))
-        }
+        "/" | "/index.html" => Reply::Fixed(
+            "200 OK",
+            "text/html; charset=utf-8",
+            index_html(token, actions),
+        ),
         "/app.js" => Reply::Fixed("200 OK", "text/javascript; charset=utf-8", APP_JS.into()),
         "/style.css" => Reply::Fixed("200 OK", "text/css; charset=utf-8", STYLE_CSS.into()),
         "/snapshot.json" => Reply::Fixed("200 OK", "application/json", snap.to_string()),
@@ -551,8 +661,40 @@ async fn handle(mut sock: TcpStream, shared: Arc<Shared>) -> std::io::Result<()>
         sock.write_all(out.as_bytes()).await?;
         return sock.shutdown().await;
     }
+    if let (Some(acts), Some(token)) = (&shared.actions, shared.token.as_deref())
+        && req.path.starts_with("/actions/")
+    {
+        let rest = buf[buf.windows(4).position(|w| w == b"\r\n\r\n").unwrap_or(0) + 4..].to_vec();
+        let (status, body) = match read_body(&mut sock, rest, req.content_length, deadline).await? {
+            None => (
+                "413 Payload Too Large",
+                "the body is too large\n".to_string(),
+            ),
+            Some(b) => match actions::gate(&req, &b, token) {
+                Err((status, why)) => (status, format!("{why}\n")),
+                Ok(action) => run_action(&shared, acts, action).await,
+            },
+        };
+        let out = format!(
+            "HTTP/1.1 {status}\r\nContent-Type: {}\r\nContent-Length: {}\r\n{HEADERS}Connection: close\r\n\r\n{body}",
+            if status.starts_with("200") {
+                "application/json"
+            } else {
+                "text/plain; charset=utf-8"
+            },
+            body.len()
+        );
+        sock.write_all(out.as_bytes()).await?;
+        return sock.shutdown().await;
+    }
     let snap = shared.snap.borrow().clone();
-    match route(&req, shared.token.as_deref(), &snap, &shared.lab) {
+    match route(
+        &req,
+        shared.token.as_deref(),
+        &snap,
+        &shared.lab,
+        shared.actions.is_some(),
+    ) {
         Reply::Fixed(status, ctype, body) => {
             let mut out = format!(
                 "HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\n{HEADERS}Connection: close\r\n\r\n",
@@ -603,6 +745,82 @@ async fn handle(mut sock: TcpStream, shared: Arc<Shared>) -> std::io::Result<()>
     }
 }
 
+/// The request body: what followed the head plus the rest of
+/// `Content-Length`, within the head's deadline; None when it is larger
+/// than an action takes.
+async fn read_body(
+    sock: &mut TcpStream,
+    mut body: Vec<u8>,
+    len: Option<usize>,
+    deadline: tokio::time::Instant,
+) -> std::io::Result<Option<Vec<u8>>> {
+    let len = len.unwrap_or(0);
+    if len > actions::MAX_BODY {
+        return Ok(None);
+    }
+    let mut chunk = [0u8; 4096];
+    while body.len() < len {
+        let n = tokio::time::timeout_at(deadline, sock.read(&mut chunk))
+            .await
+            .map_err(|_| std::io::Error::other("request timed out"))??;
+        if n == 0 {
+            break;
+        }
+        body.extend_from_slice(&chunk[..n]);
+    }
+    body.truncate(len);
+    Ok(Some(body))
+}
+
+/// Run one action (one at a time): this megaplan binary with the action's
+/// argv, stdin closed; the reply is its exit code and output as JSON.
+async fn run_action(
+    shared: &Shared,
+    acts: &actions::Actions,
+    action: actions::Action,
+) -> (&'static str, String) {
+    use std::sync::atomic::Ordering;
+    if shared.busy.swap(true, Ordering::AcqRel) {
+        return ("409 Conflict", "another action is running\n".into());
+    }
+    struct Idle<'a>(&'a std::sync::atomic::AtomicBool);
+    impl Drop for Idle<'_> {
+        fn drop(&mut self) {
+            self.0.store(false, Ordering::Release);
+        }
+    }
+    let _idle = Idle(&shared.busy);
+    eprintln!("action: {}", action.name());
+    let out = tokio::process::Command::new(&acts.exe)
+        .args(acts.argv(&action))
+        .env("NO_COLOR", "1")
+        .stdin(std::process::Stdio::null())
+        .kill_on_drop(false)
+        .output()
+        .await;
+    match out {
+        Err(e) => (
+            "500 Internal Server Error",
+            format!("cannot run {}: {e}\n", acts.exe.display()),
+        ),
+        Ok(o) => {
+            let text = |b: &[u8]| {
+                String::from_utf8_lossy(&b[..b.len().min(actions::MAX_OUTPUT)]).into_owned()
+            };
+            (
+                "200 OK",
+                json!({
+                    "action": action.name(),
+                    "exit": o.status.code(),
+                    "stdout": text(&o.stdout),
+                    "stderr": text(&o.stderr),
+                })
+                .to_string(),
+            )
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -635,6 +853,154 @@ mod tests {
         assert!(constant_time_eq(b"", b""));
     }
 
+    /// A provider that answers from memory and counts what it was asked.
+    #[derive(Default)]
+    struct Fake {
+        asked: std::sync::Mutex<Vec<String>>,
+    }
+
+    impl Fake {
+        fn ask(&self, what: &str) {
+            self.asked.lock().unwrap().push(what.to_string());
+        }
+    }
+
+    impl Provider for Fake {
+        type Guest = crate::host::local::LocalGuest;
+        fn name(&self) -> &'static str {
+            "fake"
+        }
+        async fn preflight(&self, _: Option<&Lab>) -> Result<(), crate::provider::ProviderError> {
+            Ok(())
+        }
+        async fn refresh(
+            &self,
+            _: &str,
+            _: &crate::state::State,
+            _: &StateDir,
+        ) -> Result<crate::observed::Observed, crate::provider::ProviderError> {
+            self.ask("refresh");
+            let mut o = crate::observed::Observed::default();
+            o.vms.insert(
+                "vm.A".into(),
+                crate::observed::ObservedVm {
+                    name: "A".into(),
+                    pid: Some(4242),
+                    alive: true,
+                    status: Some("running".into()),
+                },
+            );
+            Ok(o)
+        }
+        async fn execute(
+            &self,
+            _: &StateDir,
+            _: &crate::provider::Op,
+        ) -> Result<crate::provider::OpOutcome, crate::provider::ProviderError> {
+            unreachable!("the view changes nothing")
+        }
+        fn sweep(&self, _: &StateDir) -> Vec<PathBuf> {
+            unreachable!("the view changes nothing")
+        }
+        async fn guest(
+            &self,
+            _: &str,
+            vm: &str,
+            _: crate::provider::GuestWait,
+        ) -> Result<Self::Guest, crate::provider::ProviderError> {
+            self.ask(&format!("guest {vm}"));
+            Err(crate::provider::ProviderError::Missing { what: vm.into() })
+        }
+        fn store_step_output(
+            &self,
+            _: &StateDir,
+            _: &str,
+            _: usize,
+            _: &crate::provider::StepOutcome,
+        ) -> Result<(), crate::provider::ProviderError> {
+            unreachable!("the view changes nothing")
+        }
+        fn serial_log(&self, _: &StateDir, _: &str) -> Option<PathBuf> {
+            None
+        }
+        fn console_socket(&self, _: &str, _: &str) -> Option<PathBuf> {
+            None
+        }
+        fn disk_file(
+            &self,
+            _: &StateDir,
+            f: &str,
+        ) -> Result<PathBuf, crate::provider::ProviderError> {
+            Err(crate::provider::ProviderError::Missing { what: f.into() })
+        }
+        fn step_output(
+            &self,
+            _: &StateDir,
+            vm: &str,
+            index: usize,
+        ) -> Option<crate::provider::StoredStep> {
+            self.ask(&format!("step {vm}.{index}"));
+            Some(crate::provider::StoredStep {
+                exit: Some("0".into()),
+                stdout: "from the provider\n".into(),
+                stderr: String::new(),
+            })
+        }
+        fn serial_tail(&self, _: &StateDir, vm: &str, _: u64) -> String {
+            self.ask(&format!("serial {vm}"));
+            "booted through the provider".into()
+        }
+    }
+
+    #[test]
+    fn the_snapshot_is_what_the_provider_saw() {
+        let src = crate::diag::SourceFile::new(
+            "t.kdl",
+            "experiment \"x\"\nnetwork \"LAN\"\nvm \"A\" { kernel \"/k\"; nic \"LAN\"; cc { exec \"true\"; } }\n",
+        );
+        let lab = crate::validate::check(&src).0.unwrap();
+        let d = tempfile::tempdir().unwrap();
+        let sd = StateDir {
+            root: d.path().join("state"),
+            experiment: "x".into(),
+        };
+        let fake = Fake::default();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let (seen, addrs) = rt.block_on(async {
+            (
+                look(&fake, &lab, &sd).await,
+                crate::cc::addresses(&fake, &lab).await,
+            )
+        });
+        let snap = snapshot(&lab, seen, &addrs);
+        let vm = &snap["vms"][0];
+        assert_eq!(vm["pid"], 4242, "{snap}");
+        assert_eq!(vm["serial"], "booted through the provider");
+        assert_eq!(vm["steps"][0]["stdout"], "from the provider\n");
+        assert_eq!(vm["steps"][0]["status"], "exit 0");
+        assert_eq!(vm["ip"], serde_json::json!([]), "no guest answered");
+        assert_eq!(
+            *fake.asked.lock().unwrap(),
+            ["refresh", "step A.0", "serial A", "guest A"]
+        );
+        // Nothing of the machine was read: the state folder was not even made.
+        assert!(!sd.root.exists());
+    }
+
+    #[test]
+    fn actions_need_a_token_even_on_loopback() {
+        assert!(matches!(
+            check_actions(true, None),
+            Err(ServeError::ActionsNeedToken)
+        ));
+        assert!(check_actions(true, Some("")).is_err());
+        assert!(check_actions(true, Some("t")).is_ok());
+        assert!(check_actions(false, None).is_ok());
+    }
+
     #[test]
     fn a_non_loopback_address_needs_a_token() {
         let lo: SocketAddr = "127.0.0.2:80".parse().unwrap();
@@ -657,7 +1023,7 @@ mod tests {
     fn requests_without_the_token_are_refused() {
         let l = lab();
         let t = Some("s3cret");
-        let get = |h: &str| status(route(&req(h), t, "{}", &l));
+        let get = |h: &str| status(route(&req(h), t, "{}", &l, false));
         assert_eq!(get("GET / HTTP/1.1\r\nHost: x"), "401 Unauthorized");
         assert_eq!(get("GET /?token=wrong HTTP/1.1"), "401 Unauthorized");
         assert_eq!(get("GET /nope HTTP/1.1"), "401 Unauthorized");
@@ -676,7 +1042,7 @@ mod tests {
 
     #[test]
     fn with_a_token_the_page_asks_for_its_assets_with_it() {
-        let html = index_html(Some("a b&\"<"));
+        let html = index_html(Some("a b&\"<"), false);
         assert!(
             html.contains("href=\"style.css?token=a%20b%26%22%3C\""),
             "{html}"
@@ -686,7 +1052,10 @@ mod tests {
             "{html}"
         );
         assert_eq!(percent_decode("a%20b%26%22%3C"), "a b&\"<");
-        assert_eq!(index_html(None), INDEX_HTML);
+        assert_eq!(index_html(None, false), INDEX_HTML);
+        // The actions panel only with --allow-actions.
+        assert!(!INDEX_HTML.contains("action-apply"));
+        assert!(index_html(None, true).contains("<button id=\"action-apply\""));
     }
 
     #[test]
@@ -707,11 +1076,14 @@ mod tests {
     #[test]
     fn unknown_paths_are_404_and_writes_405() {
         let l = lab();
-        let get = |h: &str| status(route(&req(h), None, "{}", &l));
+        let get = |h: &str| status(route(&req(h), None, "{}", &l, false));
         assert_eq!(get("GET /../../etc/passwd HTTP/1.1"), "404 Not Found");
         assert_eq!(get("GET /assets/app.js HTTP/1.1"), "404 Not Found");
         assert_eq!(get("GET /app.js HTTP/1.1"), "200 OK");
         assert_eq!(get("POST / HTTP/1.1"), "405 Method Not Allowed");
+        // Without --allow-actions the action endpoints do not exist.
+        assert_eq!(get("POST /actions/apply HTTP/1.1"), "404 Not Found");
+        assert_eq!(get("GET /actions/destroy HTTP/1.1"), "404 Not Found");
         assert!(parse_head("GET /").is_none());
         assert!(parse_head("").is_none());
     }
@@ -753,6 +1125,7 @@ mod tests {
 
     #[test]
     fn the_tail_of_a_serial_log() {
+        use crate::host::local::tail;
         let d = tempfile::tempdir().unwrap();
         let f = d.path().join("s.log");
         std::fs::write(&f, "0123456789").unwrap();

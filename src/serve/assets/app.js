@@ -107,3 +107,45 @@ fetch(withToken("snapshot.json"))
   .then(render)
   .catch((e) => { $("error").hidden = false; $("error").textContent = "cannot load: " + e; })
   .finally(connect);
+
+// --allow-actions: the panel is on the page only then. Each action is a POST
+// with the token in its Authorization header (the server refuses it in the
+// query) and a JSON body; the reply is the command's exit code and output.
+async function act(path, body, what) {
+  const out = $("action-output");
+  out.hidden = false;
+  out.textContent = what + "…";
+  for (const b of document.querySelectorAll("#actions-section button")) b.disabled = true;
+  try {
+    const r = await fetch(path, {
+      method: "POST",
+      headers: { "Authorization": "Bearer " + (token || ""), "Content-Type": "application/json" },
+      body: JSON.stringify(body),
+    });
+    const text = await r.text();
+    if (!r.ok) {
+      out.textContent = what + ": " + r.status + " " + text;
+      return;
+    }
+    const res = JSON.parse(text);
+    out.textContent = what + " exited " + res.exit + "\n" + res.stdout + (res.stderr ? "\n-- stderr\n" + res.stderr : "");
+  } catch (e) {
+    out.textContent = what + ": " + e;
+  } finally {
+    for (const b of document.querySelectorAll("#actions-section button")) b.disabled = false;
+  }
+}
+
+if ($("actions-section")) {
+  $("action-apply").onclick = () => {
+    if (confirm("Apply the experiment now?")) act("actions/apply", {}, "apply");
+  };
+  $("action-destroy").onclick = () => {
+    if (confirm("Destroy everything the experiment created?")) act("actions/destroy", {}, "destroy");
+  };
+  $("action-cc").onclick = () => {
+    const command = $("cc-command").value;
+    const filter = $("cc-filter").value.trim();
+    act("actions/cc-exec", { command: [command], filter: filter ? [filter] : [] }, "cc exec");
+  };
+}

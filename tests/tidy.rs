@@ -1,0 +1,374 @@
+//! Invariants kept by reading the sources, in the manner of rust-analyzer's
+//! tidy tests.
+//!
+//! **The provider is the only door to the machine** (docs/ARCHITECTURE.md):
+//! outside the modules in [`DOORS`], no code opens a file, runs a process,
+//! opens a socket or calls the kernel itself. Planner, executor, CLI, `cc`,
+//! `show` and `serve` ask the provider. The few other modules that must,
+//! and for what, are listed in [`EXCEPTIONS`], each with its reason; adding
+//! one is a decision made here, in review, not in passing.
+//!
+//! Test code (a trailing `#[cfg(test)] mod ...`, files named `tests.rs`) is
+//! not checked: tests make temporary files.
+
+use std::path::{Path, PathBuf};
+
+/// Modules that are the door (engines, their drivers and clients) or the
+/// state store (the state folder, safe file access, owner claims).
+const DOORS: &[&str] = &[
+    "src/provider/",
+    "src/host/",
+    "src/drivers/",
+    "src/agent/",
+    "src/minimega/client.rs",
+    "src/minimega/provider",
+    "src/state.rs",
+    "src/safefs.rs",
+    "src/owners.rs",
+    "src/bin/",
+    "src/main.rs",
+];
+
+/// What reaches the machine: files, processes, sockets, the kernel.
+const FORBIDDEN: &[&str] = &[
+    "std::fs",
+    "std::os::unix::fs",
+    "File::open",
+    "File::create",
+    "OpenOptions",
+    "read_dir",
+    ".exists()",
+    ".is_file()",
+    ".is_dir()",
+    "std::process",
+    "tokio::process",
+    "std::net",
+    "tokio::net",
+    "std::os::unix::net",
+    "UnixStream",
+    "UnixListener",
+    "TcpStream",
+    "TcpListener",
+    "UdpSocket",
+    "nix::",
+    "libc::",
+];
+
+/// Plain values and the process's own exit, not the machine.
+const HARMLESS: &[&str] = &[
+    "std::process::ExitCode",
+    "std::process::exit",
+    "std::process::id",
+    "std::net::SocketAddr",
+    "std::net::IpAddr",
+    "std::net::Ipv4Addr",
+    "std::net::Ipv6Addr",
+];
+
+/// (module path prefix, forbidden use, why it is allowed there).
+const EXCEPTIONS: &[(&str, &[&str], &str)] = &[
+    (
+        "src/diag.rs",
+        &[
+            "std::fs",
+            "std::os::unix::fs",
+            "OpenOptions",
+            "libc::",
+            ".is_file()",
+            ".is_dir()",
+        ],
+        "reads the experiment file (a regular file, bounded)",
+    ),
+    (
+        "src/validate",
+        &[".exists()"],
+        "warns when a kernel, initrd or send file the experiment names is missing",
+    ),
+    (
+        "src/digest.rs",
+        &[
+            "std::fs",
+            "std::os::unix::fs",
+            "File::open",
+            "OpenOptions",
+            ".is_file()",
+        ],
+        "hashes the files the experiment names (on this controller) and caches the digests in the state folder",
+    ),
+    (
+        "src/saved.rs",
+        &["std::fs", "File::open"],
+        "reads and writes the plan file the user names (`plan --out`)",
+    ),
+    (
+        "src/image.rs",
+        &[
+            "std::fs",
+            "std::os::unix::fs",
+            "File::open",
+            "read_dir",
+            ".is_file()",
+            ".is_dir()",
+            "std::process",
+        ],
+        "`image build` is a tool that makes files from files (and runs helpers: busybox --list-full, ldd)",
+    ),
+    (
+        "src/minimega/cli.rs",
+        &[
+            "std::fs",
+            "File::open",
+            "OpenOptions",
+            ".exists()",
+            ".is_file()",
+        ],
+        "`import`/`export minimega` read a script and write a file the user names",
+    ),
+    (
+        "src/console.rs",
+        &[
+            "std::fs",
+            "File::open",
+            "std::os::unix::net",
+            "std::net",
+            "UnixStream",
+            "libc::",
+            ".exists()",
+        ],
+        "attaches the terminal (termios raw mode) to the console socket, or reads the serial log, at the paths the provider names",
+    ),
+    (
+        "src/serve/mod.rs",
+        &[
+            "tokio::net",
+            "TcpListener",
+            "TcpStream",
+            "std::fs",
+            "std::os::unix::fs",
+            "OpenOptions",
+            "libc::",
+            ".is_file()",
+            "tokio::process",
+            "std::process",
+        ],
+        "is an HTTP server; reads its token file; an action runs this megaplan binary, whose provider is the door",
+    ),
+    (
+        "src/cli/mod.rs",
+        &["libc::", "std::fs", "OpenOptions"],
+        "getrusage for its own CPU time; `--accel kvm` checks /dev/kvm opens before any provider is chosen",
+    ),
+    (
+        "src/adopt.rs",
+        &[".is_file()"],
+        "a lost state's disk files (at paths from validated names): refresh does not report unrecorded disks yet",
+    ),
+    (
+        "src/apply.rs",
+        &["libc::"],
+        "fault injection for the crash tests (MEGAPLAN_TEST_CRASH_*: SIGKILL itself)",
+    ),
+    (
+        "src/capture/",
+        &[
+            "std::fs",
+            "File::open",
+            "File::create",
+            "OpenOptions",
+            "read_dir",
+            ".is_file()",
+            "std::process",
+            "libc::",
+        ],
+        "packet captures run on this host (issue 16); to move behind the provider",
+    ),
+];
+
+/// The code of a source file that is not test code.
+fn non_test(text: &str) -> Vec<(usize, &str)> {
+    let lines: Vec<&str> = text.lines().collect();
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < lines.len() {
+        let t = lines[i].trim();
+        if t == "#[cfg(test)]" {
+            let next = lines[i + 1..]
+                .iter()
+                .map(|l| l.trim())
+                .find(|l| !l.is_empty());
+            match next {
+                // An inline test module: the rest of the file (by convention, last).
+                Some(n) if n.starts_with("mod ") && n.ends_with('{') => break,
+                _ => {}
+            }
+        }
+        if !t.starts_with("//") {
+            out.push((i + 1, lines[i]));
+        }
+        i += 1;
+    }
+    out
+}
+
+/// `use std::{fs, process::Command}` names `std::fs` and `std::process`.
+fn expand_groups(line: &str) -> String {
+    let mut s = line.to_string();
+    for root in ["std::", "tokio::"] {
+        let open = format!("{root}{{");
+        if let Some(a) = line.find(&open) {
+            let inner = &line[a + open.len()..];
+            let inner = inner.split('}').next().unwrap_or(inner);
+            for item in inner.split(',') {
+                s.push(' ');
+                s.push_str(root);
+                s.push_str(item.trim());
+            }
+        }
+    }
+    s
+}
+
+/// `needle` in `hay` where it starts a path (`nix::` is not in `unix::`).
+fn uses(hay: &str, needle: &str) -> bool {
+    hay.match_indices(needle).any(|(i, _)| {
+        needle.starts_with('.')
+            || !hay[..i]
+                .chars()
+                .next_back()
+                .is_some_and(|c| c.is_alphanumeric() || c == '_')
+    })
+}
+
+/// The forbidden uses in one file's non-test code, not allowed by an
+/// exception: "path:line: use (the line)".
+pub fn violations(path: &str, text: &str) -> Vec<String> {
+    if DOORS.iter().any(|d| path.starts_with(d)) || path.ends_with("/tests.rs") {
+        return Vec::new();
+    }
+    let allowed: Vec<&str> = EXCEPTIONS
+        .iter()
+        .filter(|(p, _, _)| path.starts_with(p))
+        .flat_map(|(_, uses, _)| uses.iter().copied())
+        .collect();
+    let mut out = Vec::new();
+    for (n, line) in non_test(text) {
+        let mut l = expand_groups(line);
+        for h in HARMLESS {
+            l = l.replace(h, "");
+        }
+        for f in FORBIDDEN {
+            if uses(&l, f) && !allowed.contains(f) {
+                out.push(format!("{path}:{n}: {f}: {}", line.trim()));
+            }
+        }
+    }
+    out
+}
+
+fn sources(dir: &Path, out: &mut Vec<PathBuf>) {
+    for e in std::fs::read_dir(dir).unwrap() {
+        let p = e.unwrap().path();
+        if p.is_dir() {
+            sources(&p, out);
+        } else if p.extension().is_some_and(|x| x == "rs") {
+            out.push(p);
+        }
+    }
+}
+
+#[test]
+fn the_provider_is_the_only_door_to_the_machine() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut files = Vec::new();
+    sources(&root.join("src"), &mut files);
+    files.sort();
+    assert!(files.len() > 30, "found only {} sources", files.len());
+    let mut bad = Vec::new();
+    for f in &files {
+        let rel = f.strip_prefix(root).unwrap().to_string_lossy().into_owned();
+        bad.extend(violations(&rel, &std::fs::read_to_string(f).unwrap()));
+    }
+    assert!(
+        bad.is_empty(),
+        "outside the provider, these reach the machine themselves (go through the provider, \
+         or add a reasoned exception in tests/tidy.rs):\n{}",
+        bad.join("\n")
+    );
+}
+
+#[test]
+fn every_exception_is_still_needed() {
+    // An exception nothing uses any more is a door left open: remove it.
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut files = Vec::new();
+    sources(&root.join("src"), &mut files);
+    for (prefix, names, why) in EXCEPTIONS {
+        let texts: Vec<String> = files
+            .iter()
+            .filter(|f| {
+                f.strip_prefix(root)
+                    .unwrap()
+                    .to_string_lossy()
+                    .starts_with(prefix)
+            })
+            .map(|f| std::fs::read_to_string(f).unwrap())
+            .collect();
+        if texts.is_empty() {
+            // A sibling branch's module, not merged here yet.
+            continue;
+        }
+        for u in *names {
+            let used = texts.iter().any(|t| {
+                non_test(t).iter().any(|(_, l)| {
+                    let mut l = expand_groups(l);
+                    for h in HARMLESS {
+                        l = l.replace(h, "");
+                    }
+                    uses(&l, u)
+                })
+            });
+            assert!(used, "{prefix}: `{u}` is no longer used ({why}): drop it");
+        }
+    }
+}
+
+#[test]
+fn the_checker_finds_a_planted_use() {
+    // A planner that reads a file is caught, with its line.
+    let planted = "pub fn plan() {\n    let x = std::fs::read(\"/etc/passwd\");\n}\n";
+    assert_eq!(
+        violations("src/plan/mod.rs", planted),
+        ["src/plan/mod.rs:2: std::fs: let x = std::fs::read(\"/etc/passwd\");"]
+    );
+    // A grouped import is seen through; so are sockets and processes.
+    let grouped = "use std::{fs, io};\nuse tokio::net::UnixStream;\nfn f() { tokio::process::Command::new(\"x\"); }\n";
+    let v = violations("src/plan/mod.rs", grouped);
+    assert_eq!(v.len(), 4, "{v:?}");
+    assert!(v[0].contains("std::fs") && v[1].contains("tokio::net") && v[2].contains("UnixStream"));
+    assert!(v[3].contains("tokio::process"));
+    // The CLI's exceptions are narrow: libc for getrusage, but no sockets.
+    assert!(violations("src/cli/mod.rs", "let r = libc::getrusage(0, p);\n").is_empty());
+    assert_eq!(
+        violations(
+            "src/cli/mod.rs",
+            "let s = std::os::unix::net::UnixStream::connect(p);\n"
+        )
+        .len(),
+        2
+    );
+    // Doors and test code are not checked; comments are not code.
+    assert!(violations("src/host/local.rs", planted).is_empty());
+    let with_tests = "fn f() {}\n#[cfg(test)]\nmod tests {\n    fn t() { std::fs::write(\"x\", \"\").unwrap(); }\n}\n";
+    assert!(violations("src/plan/mod.rs", with_tests).is_empty());
+    assert!(violations("src/plan/mod.rs", "// std::fs is not used here\n").is_empty());
+    // `nix::` is a crate, not the end of `unix::`.
+    assert!(violations("src/plan/mod.rs", "use std::os::unix::ffi::OsStrExt;\n").is_empty());
+    // The exit code type and the process's own pid are not the machine.
+    assert!(
+        violations(
+            "src/plan/mod.rs",
+            "use std::process::ExitCode;\nlet p = std::process::id();\n"
+        )
+        .is_empty()
+    );
+}
