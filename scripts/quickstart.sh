@@ -3,7 +3,10 @@
 # up what megaplan needs and run the seed experiment end to end: minimega's
 # "Tap mirroring" article (examples/tap-mirror.kdl). A and B get addresses on
 # LAN through cc, A pings B, the monitor on its own network sees that traffic
-# through the tap mirror, `show` prints the VMs, and destroy leaves nothing.
+# through the tap mirror, `show` prints the VMs, and destroy leaves nothing;
+# then `megaplan test` applies it again, runs its checks (A reaches B, the
+# monitor's capture holds A's ICMP, B cannot reach the monitor) and prints
+# the markdown summary.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if [[ ${EUID:-$(id -u)} -ne 0 ]]; then
@@ -62,4 +65,10 @@ $mp plan "$seed" --detailed-exitcode
 
 step "megaplan destroy $seed"
 $mp destroy "$seed" --auto-approve
+
+step "megaplan test $seed (apply, run its checks, report, destroy)"
+summary=/tmp/megaplan-test-summary.md
+$mp test "$seed" --junit /tmp/megaplan-test-junit.xml --markdown "$summary"
+echo "-- the markdown summary (for a pull-request comment):"
+cat "$summary"
 trap - EXIT

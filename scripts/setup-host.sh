@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Install what megaplan needs on the host: QEMU (system + qemu-img), e2fsprogs
 # (mkfs.ext4 -d, debugfs), busybox-static (guest initrd), tcpdump, iproute2,
-# cpio, gzip; chromium (headless, for tests/serve_browser.rs).
+# cpio, gzip; chromium (headless, for tests/serve_browser.rs); libpcap-dev
+# (megaplan links libpcap for the pcap filters of capture checks).
 #
 # Idempotent: when every package is installed and every tool is on PATH it
 # returns at once without touching apt. Run as root on Debian 12 (or Ubuntu).
@@ -31,8 +32,9 @@ declare -A TOOL=(
     [cpio]=cpio
     [gzip]=gzip
     [chromium]=chromium
+    [libpcap-dev]=-
 )
-PACKAGES=(qemu-system-x86 qemu-utils qemu-block-extra busybox-static e2fsprogs tcpdump iproute2 cpio gzip chromium)
+PACKAGES=(qemu-system-x86 qemu-utils qemu-block-extra busybox-static e2fsprogs tcpdump iproute2 cpio gzip chromium libpcap-dev)
 
 # /usr/sbin and /sbin are not always on a non-login root PATH.
 export PATH="$PATH:/usr/local/sbin:/usr/sbin:/sbin"
@@ -75,7 +77,7 @@ fi
 export DEBIAN_FRONTEND=noninteractive
 apt-get update
 
-base=(busybox-static e2fsprogs tcpdump iproute2 cpio gzip chromium)
+base=(busybox-static e2fsprogs tcpdump iproute2 cpio gzip chromium libpcap-dev)
 if [[ $codename == bookworm ]]; then
     qemu=(qemu-system-x86 qemu-utils/bookworm qemu-block-extra/bookworm)
 else

@@ -81,6 +81,7 @@ pub fn adopt(lab: &Lab, state: &mut State, observed: &mut Observed, sd: &StateDi
                     _ => false,
                 }
             }
+            Spec::Capture(_) => observed.captures.contains_key(&r.address),
             Spec::Step(_) => step_exit(r, state, &adopted, sd).is_some_and(|exit| {
                 rec.exit = Some(exit);
                 rec.generation = Some(ADOPTED_GENERATION);

@@ -54,6 +54,9 @@ pub enum Target {
         vm: String,
         index: usize,
     },
+    Capture {
+        name: String,
+    },
 }
 
 impl Target {
@@ -70,7 +73,10 @@ impl Target {
     /// from a state file or a saved plan names a folder only if it passes.
     pub fn check(&self) -> Result<(), String> {
         let names: Vec<&str> = match self {
-            Target::Network { name } | Target::Disk { name } | Target::Vm { name } => {
+            Target::Network { name }
+            | Target::Disk { name }
+            | Target::Vm { name }
+            | Target::Capture { name } => {
                 vec![name]
             }
             Target::Tap { vm, .. } | Target::Step { vm, .. } => vec![vm],
@@ -87,7 +93,10 @@ impl Target {
     /// How a plan line names it beside its owner: `nic[0]`, a disk's name.
     pub fn short(&self) -> String {
         match self {
-            Target::Network { name } | Target::Disk { name } | Target::Vm { name } => name.clone(),
+            Target::Network { name }
+            | Target::Disk { name }
+            | Target::Vm { name }
+            | Target::Capture { name } => name.clone(),
             Target::Tap { nic, .. } => format!("nic[{nic}]"),
             Target::Step { index, .. } => format!("cc[{index}]"),
             Target::Mirror {
@@ -134,6 +143,15 @@ pub enum Spec {
     Vm(Box<VmSpec>),
     Mirror(MirrorSpec),
     Step(StepSpec),
+    Capture(CaptureSpec),
+}
+
+/// A capture's recorder: the taps it records and its file's name.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CaptureSpec {
+    pub file: String,
+    pub taps: Vec<String>,
+    pub network: Option<String>,
 }
 
 /// A network: its bridge.
@@ -249,6 +267,7 @@ impl Spec {
             Spec::Vm(_) => Kind::Vm,
             Spec::Mirror(_) => Kind::Mirror,
             Spec::Step(_) => Kind::Step,
+            Spec::Capture(_) => Kind::Capture,
         }
     }
 
@@ -263,6 +282,11 @@ impl Spec {
             Spec::Vm(v) => vm_attrs(v),
             Spec::Mirror(m) => mirror_attrs(m),
             Spec::Step(s) => step_attrs(s),
+            Spec::Capture(c) => AttrsBuilder::new()
+                .set("file", c.file.as_str())
+                .set("taps", strings(&c.taps))
+                .opt("network", c.network.as_deref())
+                .done(),
         }
     }
 }
@@ -437,6 +461,9 @@ pub fn forces_replacement(kind: Kind, key: &str) -> bool {
         Kind::Vm => !matches!(key, "tags" | "after"),
         Kind::Mirror => matches!(key, "source_tap" | "dest_tap"),
         Kind::Step => true,
+        // A recorder records what it was started on: any change restarts it
+        // (the file is appended to, not replaced).
+        Kind::Capture => true,
     }
 }
 
@@ -636,6 +663,38 @@ pub fn resources_with(lab: &Lab, digests: &Digests) -> Vec<Resource> {
             ],
         });
     }
+    // Captures: recorders on taps, started before any cc step runs, so a
+    // capture holds every frame the steps cause.
+    let mut capture_addresses = Vec::with_capacity(lab.captures.len());
+    for c in &lab.captures {
+        let deps = c
+            .taps
+            .iter()
+            .map(|t| {
+                vm_by_name
+                    .get(t.vm.as_str())
+                    .and_then(|v| v.nics.get(t.nic))
+                    .map_or_else(
+                        || format!("vm.{}.nic[{}]", t.vm, t.nic),
+                        |n| n.address.clone(),
+                    )
+            })
+            .collect();
+        out.push(Resource {
+            address: c.address.clone(),
+            kind: Kind::Capture,
+            target: Target::Capture {
+                name: c.name.clone(),
+            },
+            spec: Spec::Capture(CaptureSpec {
+                file: c.file_name(),
+                taps: c.taps.iter().map(|t| t.tap.clone()).collect(),
+                network: c.network.clone(),
+            }),
+            deps,
+        });
+        capture_addresses.push(c.address.clone());
+    }
     // The last step of each VM, for `after`.
     let last_step: HashMap<&str, &str> = lab
         .vms
@@ -655,6 +714,7 @@ pub fn resources_with(lab: &Lab, digests: &Digests) -> Vec<Resource> {
                 deps.push(vm.cc[step.index - 1].address.clone());
             } else {
                 deps.extend(vm.after.iter().map(|a| last_step[a.as_str()].to_string()));
+                deps.extend(capture_addresses.iter().cloned());
             }
             out.push(Resource {
                 address: step.address.clone(),
@@ -713,6 +773,7 @@ pub fn to_dot(lab: &Lab) -> String {
             Kind::Vm => "box3d",
             Kind::Mirror => "diamond",
             Kind::Step => "note",
+            Kind::Capture => "tab",
         };
         let _ = writeln!(out, "  \"{}\" [shape={shape}];", r.address.escape_default());
     }

@@ -71,6 +71,10 @@ pub struct Lab {
     pub disks: Vec<DiskSpec>,
     pub vms: Vec<VmSpec>,
     pub mirrors: Vec<MirrorSpec>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub captures: Vec<CaptureSpec>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub checks: Vec<CheckSpec>,
     /// Where the experiment is built (`provider` in `experiment`).
     #[serde(default, skip_serializing_if = "ProviderSpec::is_local")]
     pub provider: ProviderSpec,
@@ -291,3 +295,75 @@ impl MirrorSpec {
         format!("mirror.{src}[{nic}]->{dst}[{into}]")
     }
 }
+
+/// One tap a capture records.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CaptureTap {
+    pub vm: String,
+    pub nic: usize,
+    /// The tap's interface name (`NicSpec::tap`).
+    pub tap: String,
+}
+
+/// `capture NAME`: the host records the frames of these taps into
+/// `.megaplan/EXP/captures/NAME.pcap` (src/capture/).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct CaptureSpec {
+    pub name: String,
+    /// `capture.NAME`
+    pub address: String,
+    pub taps: Vec<CaptureTap>,
+    /// Set when the capture records a network's member taps.
+    pub network: Option<String>,
+}
+
+impl CaptureSpec {
+    /// The file name inside the state folder's `captures/`.
+    pub fn file_name(&self) -> String {
+        format!("{}.pcap", self.name)
+    }
+}
+
+/// What a check looks at (src/check/).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", tag = "type")]
+pub enum CheckKind {
+    /// `ping "ADDR"` from the `from` VM: passes when an echo comes back.
+    Ping { target: String },
+    /// `exec "CMD"` in the `from` VM, with what its result must be.
+    Exec {
+        command: CommandSpec,
+        /// The exit code wanted (0 unless `exit` says otherwise).
+        exit: i64,
+        stdout_contains: Option<String>,
+        stdout_matches: Option<String>,
+    },
+    /// `capture "NAME"; match "FILTER"`: the frames of a capture file.
+    Capture {
+        capture: String,
+        /// A pcap filter expression ("" matches every frame).
+        filter: String,
+        at_least: Option<u64>,
+        at_most: Option<u64>,
+    },
+}
+
+/// `check NAME { ... }`: never changes the host and is not state.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct CheckSpec {
+    pub name: String,
+    /// The VM that pings or runs the command.
+    pub from: Option<String>,
+    pub kind: CheckKind,
+    /// `expect "fail"`: the check passes when what it tests does not hold.
+    pub expect_fail: bool,
+    /// The longest one attempt may take.
+    pub timeout_ms: u64,
+    /// Attempts after the first, until the expectation holds.
+    pub retry: u32,
+    /// VMs (whose steps it follows) and earlier checks it runs after.
+    pub after: Vec<String>,
+}
+
+/// A check's `timeout` when it sets none.
+pub const DEFAULT_CHECK_TIMEOUT_MS: u64 = 30_000;

@@ -9,7 +9,9 @@
 pub mod adopt;
 pub mod agent;
 pub mod apply;
+pub mod capture;
 pub mod cc;
+pub mod check;
 pub mod cli;
 pub mod console;
 pub mod diag;

@@ -59,6 +59,8 @@ pub struct Document {
     pub networks: Vec<Network>,
     pub disks: Vec<Disk>,
     pub vms: Vec<Vm>,
+    pub captures: Vec<Capture>,
+    pub checks: Vec<Check>,
 }
 
 impl Document {
@@ -243,6 +245,78 @@ pub struct CcStep {
     pub span: SourceSpan,
 }
 
+/// What a `capture` records.
+#[derive(Clone, Debug, PartialEq)]
+pub enum CaptureSource {
+    /// One tap: `tap "monitor" nic=0`.
+    Tap {
+        vm: Sp<String>,
+        nic: Option<Sp<i64>>,
+    },
+    /// Every member tap of a network: `network="LAN"`.
+    Network(Sp<String>),
+}
+
+/// `capture NAME { tap "VM" nic=0 }` or `capture NAME network="LAN"`: the host
+/// records frames into `.megaplan/EXP/captures/NAME.pcap`.
+#[derive(Clone, Debug)]
+pub struct Capture {
+    pub name: Sp<String>,
+    /// None when the node names no source (validate reports it).
+    pub source: Option<CaptureSource>,
+    pub span: SourceSpan,
+}
+
+/// `check NAME { ... }`: something that must hold once the lab is up.
+/// Every field as written; validate decides which combinations make sense.
+#[derive(Clone, Debug)]
+pub struct Check {
+    pub name: Sp<String>,
+    pub from: Option<Sp<String>>,
+    pub ping: Option<Sp<String>>,
+    pub exec: Option<Command>,
+    /// "pass" (default) or "fail".
+    pub expect: Option<Sp<String>>,
+    pub exit: Option<Sp<i64>>,
+    pub stdout_contains: Option<Sp<String>>,
+    pub stdout_matches: Option<Sp<String>>,
+    pub capture: Option<Sp<String>>,
+    /// `match`: a pcap filter expression.
+    pub filter: Option<Sp<String>>,
+    pub at_least: Option<Sp<i64>>,
+    pub at_most: Option<Sp<i64>>,
+    pub none: Option<Sp<bool>>,
+    pub timeout: Option<Sp<String>>,
+    pub retry: Option<Sp<i64>>,
+    pub after: Vec<Sp<String>>,
+    pub span: SourceSpan,
+}
+
+impl Check {
+    /// A check with this name and nothing else set.
+    pub fn named(name: Sp<String>, span: SourceSpan) -> Self {
+        Check {
+            name,
+            from: None,
+            ping: None,
+            exec: None,
+            expect: None,
+            exit: None,
+            stdout_contains: None,
+            stdout_matches: None,
+            capture: None,
+            filter: None,
+            at_least: None,
+            at_most: None,
+            none: None,
+            timeout: None,
+            retry: None,
+            after: Vec::new(),
+            span,
+        }
+    }
+}
+
 /// `PartialEq` for a node struct comparing every field but `span`: where a
 /// node was written is not part of what it says. The pattern names every
 /// field, so a new field that is not compared does not compile.
@@ -268,6 +342,8 @@ eq_without_span! {
     Nic { network, mac, driver }
     Mirror { source, nic, into, direction }
     CcStep { action, timeout, allow_failure }
+    Capture { name, source }
+    Check { name, from, ping, exec, expect, exit, stdout_contains, stdout_matches, capture, filter, at_least, at_most, none, timeout, retry, after }
 }
 
 #[cfg(test)]

@@ -20,6 +20,9 @@ pub struct Observed {
     pub vms: BTreeMap<String, ObservedVm>,
     /// Disk addresses whose file exists.
     pub disks: BTreeSet<String>,
+    /// Captures whose recorder runs, by address (`capture.mon`): its pid.
+    #[serde(default)]
+    pub captures: BTreeMap<String, u32>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -277,6 +277,15 @@ impl Dir {
         }
     }
 
+    /// Remove the empty sub-folder `name` (never through a link: rmdir
+    /// does not follow one).
+    pub fn remove_dir(&self, name: &str) -> io::Result<()> {
+        let c = cstr(name)?;
+        // SAFETY: a valid C string and a directory fd we own.
+        check(unsafe { libc::unlinkat(self.fd.as_raw_fd(), c.as_ptr(), libc::AT_REMOVEDIR) })
+            .map(|_| ())
+    }
+
     /// Write `body` as the new content of `name`: a temp file (`O_EXCL`,
     /// 0600), fsync, rename over `name`, fsync the folder.
     pub fn write_atomic(&self, name: &str, body: &[u8]) -> io::Result<()> {

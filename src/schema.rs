@@ -47,6 +47,87 @@ pub struct ExperimentFile {
     /// VMs by name; a name may be a range such as `web[1-3]` (web1, web2, web3).
     #[serde(default, skip_serializing_if = "IndexMap::is_empty")]
     pub vm: IndexMap<String, Vm>,
+    /// Captures by name: the host records a tap's or a network's frames
+    /// into `.megaplan/EXPERIMENT/captures/NAME.pcap`.
+    #[serde(default, skip_serializing_if = "IndexMap::is_empty")]
+    pub capture: IndexMap<String, Capture>,
+    /// Checks by name: what must hold once the lab is up (`megaplan test`).
+    #[serde(default, skip_serializing_if = "IndexMap::is_empty")]
+    pub check: IndexMap<String, Check>,
+}
+
+/// A capture: `tap` (with `nic`) or `network`.
+#[derive(Clone, Debug, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct Capture {
+    /// Record this VM's nic (`nic`, default 0).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tap: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0))]
+    pub nic: Option<i64>,
+    /// Record every member tap of this network, each frame once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub network: Option<String>,
+}
+
+/// What a check expects of its test.
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Expect {
+    Pass,
+    Fail,
+}
+
+/// A check: one of `ping`, `exec` (both with `from`) or `capture` (with `match`).
+#[derive(Clone, Debug, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct Check {
+    /// The VM that pings or runs the command.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from: Option<String>,
+    /// An address that must answer (or, with `expect = "fail"`, must not).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ping: Option<String>,
+    /// A command run in `from`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exec: Option<Command>,
+    /// A capture whose frames are counted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub capture: Option<String>,
+    /// A pcap filter expression (pcap-filter(7)) the counted frames match.
+    #[serde(default, skip_serializing_if = "Option::is_none", rename = "match")]
+    pub filter: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expect: Option<Expect>,
+    /// The exit code `exec` must return (default 0).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exit: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stdout_contains: Option<String>,
+    /// A regular expression the output must match.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stdout_matches: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0))]
+    pub at_least: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0))]
+    pub at_most: Option<i64>,
+    /// No frame may match.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub none: Option<bool>,
+    /// The longest one attempt may take (default `30s`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = DURATION_PATTERN))]
+    pub timeout: Option<String>,
+    /// Attempts after the first, until the expectation holds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 1000))]
+    pub retry: Option<i64>,
+    /// VMs and earlier checks this check runs after.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub after: Option<Vec<String>>,
 }
 
 /// The experiment: its name scopes everything megaplan creates.

@@ -37,6 +37,8 @@ pub enum Kind {
     Vm,
     Mirror,
     Step,
+    /// A recorder writing a capture file (src/capture/).
+    Capture,
 }
 
 impl Kind {
@@ -48,6 +50,7 @@ impl Kind {
             Kind::Vm => "vm",
             Kind::Mirror => "mirror",
             Kind::Step => "step",
+            Kind::Capture => "capture",
         }
     }
 }
@@ -720,6 +723,7 @@ pub fn address_kind(address: &str) -> Result<Kind, String> {
     match head {
         "network" => check_name("network", rest).map(|()| Kind::Network),
         "disk" => check_name("disk", rest).map(|()| Kind::Disk),
+        "capture" => check_name("capture", rest).map(|()| Kind::Capture),
         "mirror" => {
             let (a, b) = rest.split_once("->").ok_or_else(bad)?;
             check_nic_ref(a)?;

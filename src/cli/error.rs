@@ -348,7 +348,8 @@ impl From<crate::provider::ProviderError> for CommandError {
             | E::Boot(_)
             | E::NotOurs { .. }
             | E::Missing { .. }
-            | E::Injected(_) => (ErrorKind::Host, None),
+            | E::Injected(_)
+            | E::Capture(_) => (ErrorKind::Host, None),
         };
         CommandError::with_kind(kind, e).hinted(hint)
     }

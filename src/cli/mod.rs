@@ -11,7 +11,7 @@
 //!   other failures as one `error:` line plus a `hint:` line per hint, the
 //!   hints chosen from the error's type (`error.rs`), never from its text.
 
-mod door;
+pub(crate) mod door;
 pub mod error;
 use door::Door;
 pub use error::{CliError, CommandError, ErrorKind, Problem};
@@ -277,6 +277,51 @@ pub enum Command {
     Export {
         #[command(subcommand)]
         command: crate::minimega::cli::ExportCommand,
+    },
+    /// Validate, apply, run every check, write the reports, destroy (unless
+    /// --keep); exit 0 only when every check passed.
+    Test {
+        file: PathBuf,
+        /// Write JUnit XML here (one testcase per check).
+        #[arg(long, value_name = "OUT.xml")]
+        junit: Option<PathBuf>,
+        /// Write a markdown summary here (for a pull-request comment).
+        #[arg(long, value_name = "OUT.md")]
+        markdown: Option<PathBuf>,
+        /// Leave the experiment running afterwards.
+        #[arg(long)]
+        keep: bool,
+        #[arg(long, default_value_t = 10)]
+        parallelism: usize,
+        #[arg(long, value_enum)]
+        accel: Option<AccelArg>,
+        #[arg(long)]
+        state_dir: Option<PathBuf>,
+    },
+    /// Run the checks against an applied experiment (no apply, no destroy).
+    Check {
+        file: PathBuf,
+        #[arg(long, value_name = "OUT.xml")]
+        junit: Option<PathBuf>,
+        #[arg(long, value_name = "OUT.md")]
+        markdown: Option<PathBuf>,
+        #[arg(long)]
+        state_dir: Option<PathBuf>,
+    },
+    /// Captures: `capture list FILE`, `capture path FILE NAME`.
+    Capture {
+        #[command(subcommand)]
+        command: crate::capture::cli::CaptureCommand,
+    },
+    /// The recorder of a capture (started by apply; not for use by hand).
+    #[command(hide = true, name = "capture-record")]
+    CaptureRecord {
+        #[arg(long)]
+        marker: String,
+        #[arg(long = "iface", required = true)]
+        iface: Vec<String>,
+        #[arg(long)]
+        dedupe: bool,
     },
 }
 
@@ -591,6 +636,33 @@ fn run(cli: Cli) -> Result<ExitCode, CliError> {
             );
             Ok(ExitCode::SUCCESS)
         }
+        Command::Test {
+            file,
+            junit,
+            markdown,
+            keep,
+            parallelism,
+            accel,
+            state_dir,
+        } => crate::check::cli::test_cmd(crate::check::cli::TestArgs {
+            file,
+            junit,
+            markdown,
+            keep,
+            parallelism,
+            accel,
+            state_dir,
+        }),
+        Command::Check {
+            file,
+            junit,
+            markdown,
+            state_dir,
+        } => crate::check::cli::check_cmd(file, junit, markdown, state_dir),
+        Command::Capture { command } => crate::capture::cli::capture_cmd(command),
+        Command::CaptureRecord { iface, dedupe, .. } => {
+            crate::capture::cli::record_cmd(iface, dedupe)
+        }
         Command::Import { command } => crate::minimega::cli::import_cmd(command),
         Command::Export { command } => crate::minimega::cli::export_cmd(command),
         Command::Plan {
@@ -613,12 +685,15 @@ fn run(cli: Cli) -> Result<ExitCode, CliError> {
             let opts = plan_options(&file, &lab, &sd, &state, replace.clone())?;
             let door = Door::open(&lab)?;
             let (_, observed) = refresh_and_adopt(&door, &lab, &sd, &mut state)?;
+            // Checks are listed, not planned (they change nothing).
+            let check_lines = crate::check::plan_lines(&lab);
             // The lab is dropped once listed: it and the plan never share the peak.
             let p = plan::plan_owned(lab, &state, Some(&observed), Mode::Apply, &opts);
             if json {
                 stream_stdout(|w| render::write_json(&p, w));
             } else {
                 stream_stdout(|w| render::write_text(&p, w));
+                print!("{check_lines}");
             }
             if let Some(out) = out {
                 let mut saved = crate::saved::SavedPlan::new(&file, p.clone());
@@ -803,7 +878,7 @@ pub fn resolve_accel(
     })
 }
 
-fn apply_cmd(
+pub(crate) fn apply_cmd(
     file: PathBuf,
     auto_approve: bool,
     parallelism: usize,
@@ -956,7 +1031,7 @@ fn plan_options(
     Ok(opts)
 }
 
-fn destroy_cmd(
+pub(crate) fn destroy_cmd(
     file: PathBuf,
     all: bool,
     dry_run: bool,
@@ -1003,6 +1078,10 @@ fn destroy_cmd(
     } else {
         ExitCode::SUCCESS
     };
+    if all && code == ExitCode::SUCCESS {
+        // `destroy --all`: the capture files go too (plain destroy keeps them).
+        crate::capture::remove_files(&sd).map_err(|e| CliError::new(e.to_string()))?;
+    }
     {
         use crate::provider::Provider as _;
         door.provider.forget_runtime(&lab.name);

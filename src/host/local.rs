@@ -171,6 +171,8 @@ impl LocalHost {
                 obs.disks.insert(address.clone());
             }
         }
+        // Capture recorders: pidfiles whose process carries the capture's marker.
+        obs.captures = crate::capture::observe(experiment);
         Ok(obs)
     }
 }
@@ -1058,6 +1060,35 @@ impl Provider for LocalHost {
                     .run_step(experiment, vm, action, *timeout, run_id)
                     .await?;
                 return Ok(Outcome::Step(out).into());
+            }
+            Op::StartCapture {
+                experiment,
+                spec,
+                append,
+                ..
+            } => {
+                // Blocks until the recorder has bound its sockets (or failed).
+                let (sd, experiment, spec) = (sd.clone(), experiment.clone(), spec.clone());
+                let append = *append;
+                tokio::task::spawn_blocking(move || {
+                    crate::capture::start(&sd, &experiment, &spec, append)
+                })
+                .await
+                .map_err(|e| crate::capture::CaptureError::Start {
+                    name: String::new(),
+                    why: e.to_string(),
+                })??;
+            }
+            Op::StopCapture {
+                experiment, name, ..
+            } => {
+                let (experiment, name) = (experiment.clone(), name.clone());
+                tokio::task::spawn_blocking(move || crate::capture::stop(&experiment, &name))
+                    .await
+                    .map_err(|e| crate::capture::CaptureError::Start {
+                        name: String::new(),
+                        why: e.to_string(),
+                    })??;
             }
         }
         Ok(OpOutcome::done())

@@ -1949,6 +1949,7 @@ impl Importer<'_> {
             networks,
             disks: std::mem::take(&mut self.disks),
             vms: out,
+            ..Document::default()
         }
     }
 }

@@ -916,6 +916,14 @@ impl Provider for MinimegaHost {
             }
             // A tap is made and removed with its VM, an alias with the namespace.
             Op::DeleteNetwork { .. } | Op::CreateTap { .. } | Op::DeleteTap { .. } => {}
+            Op::StartCapture { spec, .. } => {
+                return Err(unsupported(&format!(
+                    "record capture {} (host-side captures are the local engine's; on minimega use `capture` of minimega itself)",
+                    spec.name
+                )));
+            }
+            // Nothing was started for it (see StartCapture).
+            Op::StopCapture { .. } => {}
             Op::CreateDisk { spec, .. } => {
                 return Err(unsupported(&format!(
                     "create {} (minimega's `disk create` is not mapped yet; give the VM an image by path)",
@@ -1226,6 +1234,12 @@ pub fn unmapped(lab: &Lab) -> Vec<String> {
         out.push(format!(
             "{}: experiment disks are not mapped to minimega's `disk create` yet; give the VM an image by path",
             d.address
+        ));
+    }
+    for c in &lab.captures {
+        out.push(format!(
+            "{}: host-side captures are the local engine's; minimega's own `capture` is not mapped yet",
+            c.address
         ));
     }
     for m in &lab.mirrors {

@@ -699,6 +699,12 @@ fn live_check(r: &Resource, obs: &Observed, prior: &State) -> (bool, bool, Vec<R
             }
         }
         Spec::Step(_) => {}
+        Spec::Capture(_) => {
+            if !obs.captures.contains_key(&r.address) {
+                replace = true;
+                why.push(missing(Missing::Recorder));
+            }
+        }
     }
     (replace, update, why)
 }

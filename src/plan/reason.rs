@@ -20,6 +20,8 @@ pub enum Missing {
     Mirror,
     /// One direction of a mirror is wired, the other is not.
     MirrorPart,
+    /// A capture's recorder is not running.
+    Recorder,
 }
 
 /// A link that refresh found down.
@@ -173,6 +175,7 @@ impl fmt::Display for Reason {
                 Missing::DiskFile => "disk file missing",
                 Missing::Mirror => "mirror missing",
                 Missing::MirrorPart => "mirror partly missing",
+                Missing::Recorder => "recorder not running",
             }),
             Reason::LinkDown { link: Link::Bridge } => f.write_str("bridge is down"),
             Reason::LinkDown { link: Link::Tap } => f.write_str("tap is down"),

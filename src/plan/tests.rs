@@ -139,6 +139,9 @@ pub(crate) fn simulate(plan: &Plan, prior: &State, prior_obs: &Observed) -> (Sta
                             },
                         );
                     }
+                    Kind::Capture => {
+                        obs.captures.insert(c.address.clone(), 1000);
+                    }
                     Kind::Mirror => {
                         let d = s("direction");
                         obs.mirrors.retain(|m| {
@@ -734,6 +737,10 @@ fn attributes_are_derived_from_the_spec() {
             }
             Spec::Network(n) => assert_eq!(after["bridge"], n.bridge.as_str()),
             Spec::Disk(_) => unreachable!("the seed has no disk"),
+            Spec::Capture(k) => {
+                assert_eq!(after["file"], k.file.as_str());
+                assert_eq!(after["taps"].as_array().unwrap().len(), k.taps.len());
+            }
         }
     }
 }

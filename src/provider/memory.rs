@@ -202,6 +202,8 @@ impl MemoryProvider {
                 format!("delete-link {address}")
             }
             Op::CreateTap { address, .. } => format!("tap {address}"),
+            Op::StartCapture { address, .. } => format!("start-capture {address}"),
+            Op::StopCapture { address, .. } => format!("stop-capture {address}"),
             Op::CreateDisk { spec, .. } => format!("disk {}", spec.name),
             Op::RemoveDisk { file, .. } => format!("rm {file}"),
             Op::StopVm { name, .. } => format!("stop {name}"),
@@ -269,6 +271,8 @@ impl MemoryProvider {
         let mut w = self.world.borrow_mut();
         let w = &mut *w;
         match op {
+            // The memory engine records no frames: a recorder is a no-op here.
+            Op::StartCapture { .. } | Op::StopCapture { .. } => {}
             Op::CreateNetwork { bridge, marker, .. } => match w.links.get(bridge) {
                 Some(l) if &l.marker != marker => return Err(not_ours(bridge)),
                 Some(l) if !l.bridge => {

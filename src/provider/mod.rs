@@ -268,6 +268,9 @@ pub enum ProviderError {
     /// A failure injected by a test engine.
     #[error("injected failure of {0}")]
     Injected(String),
+    /// A capture's recorder could not start or stop.
+    #[error(transparent)]
+    Capture(#[from] crate::capture::CaptureError),
 }
 
 impl ProviderError {

@@ -16,7 +16,7 @@ use serde_json::Value;
 
 use crate::graph::Target;
 use crate::identity;
-use crate::lab::{Accel, CcActionSpec, Direction, DiskSource, DiskSpec, Lab, VmSpec};
+use crate::lab::{Accel, CaptureSpec, CcActionSpec, Direction, DiskSource, DiskSpec, Lab, VmSpec};
 use crate::plan::{Action, Change};
 use crate::state::{Attrs, Kind, Record};
 
@@ -102,6 +102,22 @@ pub enum Op {
         source_tap: String,
         dest_tap: String,
     },
+    /// Start the recorder of a capture (a no-op when it runs already): when
+    /// this returns, every tap of it is being recorded.
+    StartCapture {
+        address: String,
+        experiment: String,
+        spec: CaptureSpec,
+        /// A restart (the recorder died, its taps changed) appends to the
+        /// file; a new capture starts it empty.
+        append: bool,
+    },
+    /// Stop a capture's recorder; its file is kept.
+    StopCapture {
+        address: String,
+        experiment: String,
+        name: String,
+    },
     /// Run one cc step through the VM's agent, exactly once per boot:
     /// `run_id` names this run; asked again with the same id, the agent
     /// answers with the outcome it had instead of running it again.
@@ -130,7 +146,9 @@ impl Op {
             | Op::LaunchVm { address, .. }
             | Op::AddMirror { address, .. }
             | Op::RemoveMirror { address, .. }
-            | Op::RunStep { address, .. } => address,
+            | Op::RunStep { address, .. }
+            | Op::StartCapture { address, .. }
+            | Op::StopCapture { address, .. } => address,
         }
     }
 
@@ -144,6 +162,7 @@ impl Op {
                 | Op::RemoveDisk { .. }
                 | Op::StopVm { .. }
                 | Op::RemoveMirror { .. }
+                | Op::StopCapture { .. }
         )
     }
 }
@@ -454,6 +473,32 @@ pub fn for_change(c: &Change, phase: Phase, cx: &Context<'_>) -> Result<Effects,
         }
         // A step has nothing to delete.
         (Kind::Step, Phase::Delete) => vec![],
+        (Kind::Capture, Phase::Create) => {
+            let Some(Target::Capture { name }) = &c.target else {
+                return Err(no_target());
+            };
+            let spec = lab()?
+                .captures
+                .iter()
+                .find(|k| &k.name == name)
+                .ok_or_else(|| not_in_lab("capture", name))?;
+            vec![Op::StartCapture {
+                address,
+                experiment: cx.experiment.to_string(),
+                spec: spec.clone(),
+                append: c.action != Action::Create,
+            }]
+        }
+        (Kind::Capture, Phase::Delete) => {
+            let Some(Target::Capture { name }) = &c.target else {
+                return Err(no_target());
+            };
+            vec![Op::StopCapture {
+                address,
+                experiment: cx.experiment.to_string(),
+                name: name.clone(),
+            }]
+        }
     };
     Ok(ops.into())
 }

@@ -367,8 +367,63 @@ pub static VM: Node = Node::new(
     ],
 );
 
+// -- capture and check (issue 16) ---------------------------------------------
+
+pub static CAPTURE_TAP: Node = Node::new(
+    "tap",
+    "tap \"VM\" nic=0",
+    &[arg(0, "vm", Ty::Str), prop("nic", Ty::Int)],
+);
+
+/// `capture "NAME" { tap "VM" nic=0 }` or `capture "NAME" network="LAN"`;
+/// TOML: `[capture.NAME]` with `tap` (and `nic`) or `network`.
+pub static CAPTURE: Node = Node::new(
+    "capture",
+    "capture \"NAME\" { tap \"VM\" nic=0 }  or  capture \"NAME\" network=\"NETWORK\"",
+    &[
+        table_name("name"),
+        prop("network", Ty::Str),
+        child("tap", Ty::Node(&CAPTURE_TAP), ""),
+    ],
+);
+
+/// The flat keys of a TOML `[capture.NAME]` table (the tap's `nic` is one).
+pub const CAPTURE_TOML_KEYS: &[&str] = &["tap", "nic", "network"];
+
+const CHECK_STR: &str = "KEY \"VALUE\" (inside check { ... })";
+const CHECK_INT: &str = "KEY N (inside check { ... })";
+
+/// `check "NAME" { ... }`; TOML `[check."NAME"]` with the same keys.
+pub static CHECK: Node = Node::new(
+    "check",
+    "check \"NAME\" { from \"VM\"; ping \"10.0.0.2\" }",
+    &[
+        table_name("name"),
+        child("from", Ty::Str, CHECK_STR),
+        child("ping", Ty::Str, CHECK_STR),
+        child(
+            "exec",
+            Ty::Words,
+            "exec \"CMD\"  or  exec \"ARG\" \"ARG\" ...",
+        ),
+        child("capture", Ty::Str, CHECK_STR),
+        child("match", Ty::Str, "match \"PCAP-FILTER\""),
+        child("expect", Ty::Str, "expect \"fail\" (or \"pass\")"),
+        child("exit", Ty::Int, CHECK_INT),
+        child("stdout-contains", Ty::Str, CHECK_STR),
+        child("stdout-matches", Ty::Str, CHECK_STR),
+        child("at-least", Ty::Int, CHECK_INT),
+        child("at-most", Ty::Int, CHECK_INT),
+        // KDL: a bare `none`; TOML: `none = true`.
+        child("none", Ty::Bool, "none"),
+        child("timeout", Ty::Str, "timeout \"30s\""),
+        child("retry", Ty::Int, "retry 3"),
+        many(child("after", Ty::Words, "after \"VM-OR-CHECK\" ...")),
+    ],
+);
+
 /// The top-level nodes, in the order the emitters write them.
-pub static TOP: [&Node; 4] = [&EXPERIMENT, &NETWORK, &DISK, &VM];
+pub static TOP: [&Node; 6] = [&EXPERIMENT, &NETWORK, &DISK, &VM, &CAPTURE, &CHECK];
 
 /// The names of the top-level nodes.
 pub fn top_names() -> &'static [&'static str] {
@@ -469,7 +524,10 @@ mod tests {
                 "allow-failure"
             ]
         );
-        assert_eq!(top_names(), ["experiment", "network", "disk", "vm"]);
+        assert_eq!(
+            top_names(),
+            ["experiment", "network", "disk", "vm", "capture", "check"]
+        );
     }
 
     /// The JSON schema (written with schemars from `schema.rs`) has exactly
@@ -502,6 +560,7 @@ mod tests {
             ("Vm", &VM),
             ("VmDiskTable", &VM_DISK),
             ("NicTable", &NIC),
+            ("Check", &CHECK),
         ] {
             assert_eq!(props(&defs[def]), sorted(node.toml_keys()), "{def}");
         }
@@ -511,6 +570,7 @@ mod tests {
         mirror.sort();
         mirror.dedup();
         assert_eq!(mirror, sorted(MIRRORS.toml_keys()));
+        assert_eq!(props(&defs["Capture"]), sorted(CAPTURE_TOML_KEYS));
         let mut steps = Vec::new();
         for d in ["ExecStep", "BackgroundStep", "SendStep", "RecvStep"] {
             steps.extend(props(&defs[d]));

@@ -25,8 +25,8 @@ use toml::de::{DeString, DeTable, DeValue};
 use super::lang;
 use crate::diag::{Code, Diag, Diagnostics, SourceFile, did_you_mean};
 use crate::model::{
-    CcAction, CcStep, Command, Disk, Document, ExperimentNode, Inject, Mirror, MirrorSource,
-    Network, Nic, ProviderNode, Sp, Tag, Vm, VmDisk,
+    Capture, CaptureSource, CcAction, CcStep, Check, Command, Disk, Document, ExperimentNode,
+    Inject, Mirror, MirrorSource, Network, Nic, ProviderNode, Sp, Tag, Vm, VmDisk,
 };
 
 type Key<'i> = Spanned<DeString<'i>>;
@@ -376,10 +376,24 @@ impl Reader<'_> {
                         }
                     }
                 }
+                "capture" => {
+                    for (name, v) in self.named(v, key) {
+                        if let Some(c) = self.capture(name, v) {
+                            doc.captures.push(c);
+                        }
+                    }
+                }
+                "check" => {
+                    for (name, v) in self.named(v, key) {
+                        if let Some(c) = self.check(name, v) {
+                            doc.checks.push(c);
+                        }
+                    }
+                }
                 _ => {
                     let help =
                         did_you_mean(key, lang::top_names().iter().copied()).unwrap_or_else(|| {
-                            "expected one of: [experiment], [network.NAME], [disk.NAME], [vm.NAME]"
+                            "expected one of: [experiment], [network.NAME], [disk.NAME], [vm.NAME], [capture.NAME], [check.NAME]"
                                 .to_string()
                         });
                     self.push(
@@ -819,6 +833,80 @@ impl Reader<'_> {
     }
 }
 
+impl Reader<'_> {
+    /// `[capture.NAME]` with `tap = "VM"` (and `nic = N`) or `network = "LAN"`.
+    fn capture(&mut self, name: &Key<'_>, v: &Val<'_>) -> Option<Capture> {
+        let n = name_of(name);
+        let what = format!("capture \"{}\"", n.value);
+        let t = self.table(
+            v,
+            &format!("capture.{}", n.value),
+            what,
+            lang::CAPTURE_TOML_KEYS,
+        )?;
+        let tap = self.opt_string(&t, "tap");
+        let nic = self.opt_int(&t, "nic");
+        let network = self.opt_string(&t, "network");
+        let source = match (tap, network) {
+            (Some(_), Some(_)) => {
+                let (a, b) = (t.key("tap")?, t.key("network")?);
+                self.push(
+                    Diag::error(
+                        Code::ConflictingKeys,
+                        "a capture records a `tap` or a `network`, not both",
+                    )
+                    .label(span_of(a.span()), "tap here")
+                    .label(span_of(b.span()), "network here")
+                    .help("write one capture per source"),
+                );
+                None
+            }
+            (Some(vm), None) => Some(CaptureSource::Tap { vm, nic }),
+            (None, Some(net)) => Some(CaptureSource::Network(net)),
+            (None, None) => None,
+        };
+        Some(Capture {
+            name: n,
+            source,
+            span: t.span,
+        })
+    }
+
+    /// `[check.NAME]`: the keys of KDL's `check` block, one for one.
+    fn check(&mut self, name: &Key<'_>, v: &Val<'_>) -> Option<Check> {
+        let n = name_of(name);
+        let what = format!("check \"{}\"", n.value);
+        let t = self.table(
+            v,
+            &format!("check.{}", n.value),
+            what,
+            lang::CHECK.toml_keys(),
+        )?;
+        Some(Check {
+            from: self.opt_string(&t, "from"),
+            ping: self.opt_string(&t, "ping"),
+            exec: t.get("exec").and_then(|v| self.command(v, "exec")),
+            expect: self.opt_string(&t, "expect"),
+            exit: self.opt_int(&t, "exit"),
+            stdout_contains: self.opt_string(&t, "stdout-contains"),
+            stdout_matches: self.opt_string(&t, "stdout-matches"),
+            capture: self.opt_string(&t, "capture"),
+            filter: self.opt_string(&t, "match"),
+            at_least: self.opt_int(&t, "at-least"),
+            at_most: self.opt_int(&t, "at-most"),
+            none: self.opt_bool(&t, "none"),
+            timeout: self.opt_string(&t, "timeout"),
+            retry: self.opt_int(&t, "retry"),
+            after: t
+                .get("after")
+                .map(|v| self.strings(v, "after"))
+                .unwrap_or_default(),
+            name: n,
+            span: t.span,
+        })
+    }
+}
+
 // ---------------------------------------------------------------------------
 // Emit
 
@@ -865,7 +953,54 @@ pub fn emit(doc: &Document) -> String {
         section(&mut out, format!("[vm.{}]", key(&vm.name)));
         emit_vm(&mut out, vm);
     }
+    for c in &doc.captures {
+        section(&mut out, format!("[capture.{}]", key(&c.name)));
+        match &c.source {
+            Some(CaptureSource::Tap { vm, nic }) => {
+                kv(&mut out, "tap", &string(vm));
+                if let Some(n) = nic {
+                    kv(&mut out, "nic", &n.value.to_string());
+                }
+            }
+            Some(CaptureSource::Network(net)) => kv(&mut out, "network", &string(net)),
+            None => {}
+        }
+    }
+    for c in &doc.checks {
+        section(&mut out, format!("[check.{}]", key(&c.name)));
+        emit_check(&mut out, c);
+    }
     out
+}
+
+fn emit_check(out: &mut String, c: &Check) {
+    let int = |out: &mut String, k: &str, v: &Option<Sp<i64>>| {
+        if let Some(v) = v {
+            kv(out, k, &v.value.to_string());
+        }
+    };
+    opt_kv(out, "from", c.from.as_ref());
+    opt_kv(out, "ping", c.ping.as_ref());
+    if let Some(cmd) = &c.exec {
+        kv(out, "exec", &command(cmd));
+    }
+    opt_kv(out, "capture", c.capture.as_ref());
+    opt_kv(out, "match", c.filter.as_ref());
+    opt_kv(out, "expect", c.expect.as_ref());
+    int(out, "exit", &c.exit);
+    opt_kv(out, "stdout-contains", c.stdout_contains.as_ref());
+    opt_kv(out, "stdout-matches", c.stdout_matches.as_ref());
+    int(out, "at-least", &c.at_least);
+    int(out, "at-most", &c.at_most);
+    if let Some(b) = &c.none {
+        kv(out, "none", &b.value.to_string());
+    }
+    opt_kv(out, "timeout", c.timeout.as_ref());
+    int(out, "retry", &c.retry);
+    if !c.after.is_empty() {
+        let items: Vec<String> = c.after.iter().map(|a| string(a)).collect();
+        kv(out, "after", &array(&items, false));
+    }
 }
 
 fn section(out: &mut String, header: String) {
@@ -1708,6 +1843,8 @@ cc = [{ exec = "a", background = "b" }, { timeout = "3s" }, { send = "x" }, { ex
             let vms = proptest::collection::btree_set(text(), 0..3)
                 .prop_flat_map(|names| names.into_iter().map(vm).collect::<Vec<_>>());
             (exp, networks, disks, vms).prop_map(|(exp, networks, disks, vms)| Document {
+                captures: Vec::new(),
+                checks: Vec::new(),
                 experiments: exp.into_iter().collect(),
                 networks: networks
                     .into_iter()

@@ -118,6 +118,8 @@ fn node_spans(doc: &Document) -> impl Iterator<Item = (usize, usize)> {
         .chain(doc.networks.iter().map(|n| n.span.offset()))
         .chain(doc.disks.iter().map(|d| d.span.offset()))
         .chain(doc.vms.iter().map(|v| v.span.offset()))
+        .chain(doc.captures.iter().map(|c| c.span.offset()))
+        .chain(doc.checks.iter().map(|c| c.span.offset()))
         .collect();
     starts.sort_unstable();
     starts.dedup();
@@ -213,12 +215,17 @@ impl Validator {
             &mirrors,
             &mut self.d,
         );
+        // captures and checks: src/check/validate.rs (issue 16).
+        let (captures, checks) =
+            crate::check::validate::captures_and_checks(doc, &vms, &networks, &mut self.d);
 
         if self.d.has_errors() {
             return None;
         }
         Some(Lab {
             provider,
+            captures,
+            checks,
             name: exp.name?,
             file: src.path.clone(),
             images: self.images.clone(),

@@ -1,7 +1,8 @@
 //! The KDL emitter: a [`Document`] as canonical KDL 2.0.
 
 use crate::model::{
-    CcAction, CcStep, Command, Disk, Document, ExperimentNode, MirrorSource, Network, Sp, Vm,
+    Capture, CaptureSource, CcAction, CcStep, Check, Command, Disk, Document, ExperimentNode,
+    MirrorSource, Network, Sp, Vm,
 };
 
 /// Write a document as canonical KDL 2.0: experiment, networks, disks, VMs,
@@ -19,6 +20,12 @@ pub fn emit(doc: &Document) -> String {
     }
     for v in &doc.vms {
         blocks.push(("vm", emit_vm(v)));
+    }
+    for c in &doc.captures {
+        blocks.push(("capture", emit_capture(c)));
+    }
+    for c in &doc.checks {
+        blocks.push(("check", emit_check(c)));
     }
     let mut out = String::new();
     let mut prev: Option<(&str, bool)> = None;
@@ -254,4 +261,54 @@ fn emit_step(step: &CcStep) -> Node {
     prop_str(&mut head, "timeout", &step.timeout);
     prop_bool(&mut head, "allow-failure", &step.allow_failure);
     Node::new(head)
+}
+
+fn emit_capture(c: &Capture) -> Node {
+    let mut head = format!("capture {}", quote(&c.name));
+    match &c.source {
+        Some(CaptureSource::Network(net)) => {
+            head.push_str(&format!(" network={}", quote(net)));
+            Node::new(head)
+        }
+        Some(CaptureSource::Tap { vm, nic }) => {
+            let mut n = Node::new(head);
+            let mut tap = format!("tap {}", quote(vm));
+            prop_int(&mut tap, "nic", nic);
+            n.kids.push(Node::new(tap));
+            n
+        }
+        None => Node::new(head),
+    }
+}
+
+fn emit_check(c: &Check) -> Node {
+    let mut n = Node::new(format!("check {}", quote(&c.name)));
+    let k = &mut n.kids;
+    let int = |k: &mut Vec<Node>, key: &str, v: &Option<Sp<i64>>| {
+        if let Some(v) = v {
+            k.push(Node::new(format!("{key} {}", v.value)));
+        }
+    };
+    kid_str(k, "from", &c.from);
+    kid_str(k, "ping", &c.ping);
+    if let Some(cmd) = &c.exec {
+        k.push(Node::new(format!("exec {}", emit_command(cmd))));
+    }
+    kid_str(k, "capture", &c.capture);
+    kid_str(k, "match", &c.filter);
+    kid_str(k, "expect", &c.expect);
+    int(k, "exit", &c.exit);
+    kid_str(k, "stdout-contains", &c.stdout_contains);
+    kid_str(k, "stdout-matches", &c.stdout_matches);
+    int(k, "at-least", &c.at_least);
+    int(k, "at-most", &c.at_most);
+    if c.none.as_ref().is_some_and(|b| b.value) {
+        k.push(Node::new("none"));
+    }
+    kid_str(k, "timeout", &c.timeout);
+    int(k, "retry", &c.retry);
+    if !c.after.is_empty() {
+        k.push(Node::new(format!("after {}", words(&c.after))));
+    }
+    n
 }

@@ -7,8 +7,8 @@ use miette::SourceSpan;
 use super::raw::{RawEntry, RawNode, RawValue, fix};
 use crate::diag::{Code, Diag, Diagnostics, did_you_mean};
 use crate::model::{
-    CcAction, CcStep, Command, Disk, Document, ExperimentNode, Inject, Mirror, MirrorSource,
-    Network, Nic, ProviderNode, Sp, Tag, Vm, VmDisk,
+    Capture, CaptureSource, CcAction, CcStep, Check, Command, Disk, Document, ExperimentNode,
+    Inject, Mirror, MirrorSource, Network, Nic, ProviderNode, Sp, Tag, Vm, VmDisk,
 };
 use crate::syntax::lang;
 
@@ -498,6 +498,16 @@ impl<'t> Parser<'t> {
                         doc.vms.push(v);
                     }
                 }
+                "capture" => {
+                    if let Some(c) = self.capture(node) {
+                        doc.captures.push(c);
+                    }
+                }
+                "check" => {
+                    if let Some(c) = self.check(node) {
+                        doc.checks.push(c);
+                    }
+                }
                 _ => self.unknown_node(node, None, lang::top_names(), &[]),
             }
         }
@@ -959,5 +969,145 @@ impl<'t> Parser<'t> {
             allow_failure,
             span: self.node_span(node),
         })
+    }
+}
+
+impl Parser<'_> {
+    // -- captures and checks --------------------------------------------------
+
+    /// `capture "NAME" { tap "VM" nic=0 }` or `capture "NAME" network="LAN"`.
+    fn capture(&mut self, node: &RawNode) -> Option<Capture> {
+        let v = self.view(
+            node,
+            lang::CAPTURE.props(),
+            lang::CAPTURE.children(),
+            lang::CAPTURE.usage,
+        );
+        let name = self.name_arg(&v, "a name");
+        let mut source = self.prop_string(&v, "network").map(CaptureSource::Network);
+        let mut seen = Seen::new();
+        for child in Self::children(node) {
+            match child.name().value() {
+                "tap" => {
+                    let first = self.once(&mut seen, child);
+                    let cv = self.view(
+                        child,
+                        lang::CAPTURE_TAP.props(),
+                        &[],
+                        lang::CAPTURE_TAP.usage,
+                    );
+                    self.no_children(&cv);
+                    let vm = self.name_arg(&cv, "a VM name");
+                    let nic = self.prop_int(&cv, "nic");
+                    if source.is_some() && first {
+                        self.diags.push(
+                            Diag::error(
+                                Code::ConflictingKeys,
+                                "`capture` records a tap or a network=, not both",
+                            )
+                            .label(self.node_span(child), "tap here")
+                            .help("write one `capture` per source"),
+                        );
+                    } else if let (Some(vm), true) = (vm, first) {
+                        source = Some(CaptureSource::Tap { vm, nic });
+                    }
+                }
+                _ => self.unknown_node(
+                    child,
+                    Some("capture"),
+                    lang::CAPTURE.children(),
+                    lang::CAPTURE.props(),
+                ),
+            }
+        }
+        Some(Capture {
+            name: name?,
+            source,
+            span: self.node_span(node),
+        })
+    }
+
+    /// `check "NAME" { from "A"; ping "10.0.0.2"; expect "fail"; ... }`.
+    fn check(&mut self, node: &RawNode) -> Option<Check> {
+        let v = self.view(node, &[], lang::CHECK.children(), lang::CHECK.usage);
+        let name = self.name_arg(&v, "a name");
+        let mut c = Check::named(Sp::bare(String::new()), self.node_span(node));
+        let mut seen = Seen::new();
+        for child in Self::children(node) {
+            let s = &mut seen;
+            let key = child.name().value();
+            macro_rules! text {
+                ($p:expr, $s:expr) => {
+                    $p.scalar_string(
+                        $s,
+                        child,
+                        "a string",
+                        "KEY \"VALUE\" (inside check { ... })",
+                    )
+                };
+            }
+            macro_rules! int {
+                ($p:expr, $s:expr) => {
+                    $p.scalar($s, child, "an integer", "KEY N (inside check { ... })")
+                        .and_then(|e| $p.int(child, e))
+                };
+            }
+            match key {
+                "from" => c.from = text!(self, s),
+                "ping" => c.ping = text!(self, s),
+                "expect" => c.expect = text!(self, s),
+                "stdout-contains" => c.stdout_contains = text!(self, s),
+                "stdout-matches" => c.stdout_matches = text!(self, s),
+                "capture" => c.capture = text!(self, s),
+                "match" => c.filter = text!(self, s),
+                "timeout" => c.timeout = text!(self, s),
+                "exit" => c.exit = int!(self, s),
+                "at-least" => c.at_least = int!(self, s),
+                "at-most" => c.at_most = int!(self, s),
+                "retry" => c.retry = int!(self, s),
+                "none" => {
+                    let first = self.once(s, child);
+                    let cv = self.view(child, &[], &[], "none");
+                    self.no_children(&cv);
+                    self.want_args(&cv, 0, Some(0), "");
+                    if first {
+                        c.none = Some(Sp::new(true, self.node_span(child)));
+                    }
+                }
+                "exec" => {
+                    let first = self.once(s, child);
+                    let cv = self.view(
+                        child,
+                        &[],
+                        &[],
+                        lang::CHECK.key("exec").map_or("", |k| k.usage),
+                    );
+                    self.no_children(&cv);
+                    if !self.want_args(&cv, 1, None, "a command") || !first {
+                        continue;
+                    }
+                    let mut words = Vec::new();
+                    for e in &cv.args {
+                        words.extend(self.string(child, e));
+                    }
+                    if words.len() == cv.args.len() {
+                        c.exec = Some(if words.len() == 1 {
+                            Command::Shell(words.remove(0))
+                        } else {
+                            Command::Argv(words)
+                        });
+                    }
+                }
+                "after" => self.words(
+                    child,
+                    "a VM or check name",
+                    lang::CHECK.key("after").map_or("", |k| k.usage),
+                    &mut c.after,
+                ),
+                _ => self.unknown_node(child, Some("check"), lang::CHECK.children(), &[]),
+            }
+        }
+        c.name = name?;
+        Some(c)
     }
 }
