@@ -230,7 +230,7 @@ fn apply_refuses_a_bad_megaplan_accel_before_any_change() {
         .output()
         .unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert_eq!(out.status.code(), Some(5), "{err}"); // config: docs/cli.md
     assert!(
         err.contains("MEGAPLAN_ACCEL=\"warp9\" is not an accelerator"),
         "{err}"
