@@ -189,7 +189,15 @@ fn place(
         }
         i
     }
+    // Which VMs a mirror names (by index: one pass over the mirrors, not
+    // one per VM, which was quadratic at 100k VMs).
+    let mut mirrored = vec![false; vms.len()];
     for m in mirrors {
+        for name in [&m.source_vm, &m.dest_vm] {
+            if let Some(&i) = index.get(name.as_str()) {
+                mirrored[i] = true;
+            }
+        }
         let (Some(&a), Some(&b)) = (
             index.get(m.source_vm.as_str()),
             index.get(m.dest_vm.as_str()),
@@ -241,10 +249,7 @@ fn place(
     }
     for i in 0..vms.len() {
         let r = root(&mut parent, i);
-        let in_group = mirrors
-            .iter()
-            .any(|m| m.source_vm == vms[i].name || m.dest_vm == vms[i].name);
-        if !in_group {
+        if !mirrored[i] {
             continue;
         }
         match group_host.get(&r) {
