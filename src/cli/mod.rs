@@ -535,9 +535,22 @@ fn run(cli: Cli) -> Result<ExitCode, CliError> {
             };
             let p = diff(&old_lab, &new_lab);
             match format {
-                DiffFormat::Text => print!("{}", render::diff_text(&p)),
+                DiffFormat::Text => {
+                    let checks = crate::check::diff_lines(&old_lab.checks, &new_lab.checks);
+                    if !p.has_changes() && !checks.is_empty() {
+                        print!("The resources are the same; the checks differ:\n{checks}");
+                    } else {
+                        print!("{}{checks}", render::diff_text(&p));
+                    }
+                }
                 DiffFormat::Json => stream_stdout(|w| render::write_json(&p, w)),
-                DiffFormat::Markdown => print!("{}", render::markdown(&p)),
+                DiffFormat::Markdown => {
+                    let checks = crate::check::diff_lines(&old_lab.checks, &new_lab.checks);
+                    print!("{}", render::markdown(&p));
+                    if !checks.is_empty() {
+                        print!("\nChecks:\n\n```\n{checks}```\n");
+                    }
+                }
             }
             Ok(ExitCode::SUCCESS)
         }
