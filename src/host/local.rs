@@ -1116,16 +1116,6 @@ impl Provider for LocalHost {
         })
     }
 
-    fn store_step_output(
-        &self,
-        sd: &StateDir,
-        vm: &str,
-        index: usize,
-        out: &StepOutcome,
-    ) -> Result<(), ProviderError> {
-        Ok(sd.write_step_result(vm, index, out.exit, &out.stdout, &out.stderr)?)
-    }
-
     fn serial_log(&self, sd: &StateDir, vm: &str) -> Option<PathBuf> {
         Some(super::serial_log(sd, vm))
     }

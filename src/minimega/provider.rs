@@ -1031,16 +1031,6 @@ impl Provider for MinimegaHost {
         )))
     }
 
-    fn store_step_output(
-        &self,
-        sd: &StateDir,
-        vm: &str,
-        index: usize,
-        out: &StepOutcome,
-    ) -> Result<(), PError> {
-        Ok(sd.write_step_result(vm, index, out.exit, &out.stdout, &out.stderr)?)
-    }
-
     fn serial_log(&self, _sd: &StateDir, _vm: &str) -> Option<PathBuf> {
         None
     }

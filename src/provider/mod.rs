@@ -153,14 +153,17 @@ pub trait Provider {
 
     // The layout: where this engine keeps a VM's files.
 
-    /// Record a step's outcome where `cc responses` reads it.
+    /// Record a step's outcome where `cc responses` reads it: by default
+    /// the state folder's step results (both real engines keep them there).
     fn store_step_output(
         &self,
         sd: &StateDir,
         vm: &str,
         index: usize,
         out: &StepOutcome,
-    ) -> Result<(), ProviderError>;
+    ) -> Result<(), ProviderError> {
+        Ok(sd.write_step_result(vm, index, out.exit, &out.stdout, &out.stderr)?)
+    }
 
     /// The VM's serial console log on this machine, if the engine keeps one here.
     fn serial_log(&self, sd: &StateDir, vm: &str) -> Option<PathBuf>;
