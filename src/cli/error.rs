@@ -180,6 +180,8 @@ pub enum Problem {
     },
     #[error("refresh failed: {0}")]
     Refresh(#[source] crate::provider::ProviderError),
+    #[error("clearing the minimega namespace: {0}")]
+    ClearNamespace(#[source] crate::provider::ProviderError),
     #[error("{0}")]
     Host(#[from] crate::host::HostError),
     #[error("unknown column '{0}'")]
@@ -263,7 +265,10 @@ impl From<Problem> for CommandError {
                     file.display()
                 )),
             ),
-            Problem::Refresh(_) | Problem::Host(_) | Problem::Extract(_) => (Host, None),
+            Problem::Refresh(_)
+            | Problem::ClearNamespace(_)
+            | Problem::Host(_)
+            | Problem::Extract(_) => (Host, None),
             Problem::UnknownColumn(_) => (
                 User,
                 Some(format!("columns: {}", crate::show::ALL_COLUMNS.join(","))),

@@ -1100,7 +1100,7 @@ pub(crate) fn destroy_cmd(
         door.provider.forget_runtime(&lab.name);
     }
     if state.resources.is_empty() {
-        crate::minimega::provider::after_destroy(&lab).map_err(Problem::Refresh)?;
+        crate::minimega::provider::after_destroy(&lab).map_err(Problem::ClearNamespace)?;
     }
     // Nothing recorded any more (keep disks stay recorded): the name is free.
     if state.resources.is_empty() {
