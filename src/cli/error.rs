@@ -360,6 +360,13 @@ impl From<crate::provider::ProviderError> for CommandError {
     }
 }
 
+impl From<crate::minimega::recorded::EngineError> for CommandError {
+    fn from(e: crate::minimega::recorded::EngineError) -> Self {
+        let hint = e.hint();
+        CommandError::with_kind(ErrorKind::User, e).with_hint(hint)
+    }
+}
+
 impl From<crate::state::StateError> for CommandError {
     fn from(e: crate::state::StateError) -> Self {
         use crate::state::StateError as E;

@@ -18,6 +18,7 @@ pub mod import;
 pub mod lex;
 pub mod placement;
 pub mod provider;
+pub mod recorded;
 
 pub use export::{export, export_with};
 pub use import::{Imported, Options, import};

@@ -1162,6 +1162,9 @@ pub fn set_override(args: ProviderArgs) {
 pub fn apply_override(lab: &mut Lab) -> Result<(), Vec<String>> {
     use crate::lab::ProviderSpec;
     let args = OVERRIDE.get().cloned().unwrap_or_default();
+    if args.provider.is_some() || args.minimega_base.is_some() {
+        lab.provider_origin = super::recorded::Origin::Flags;
+    }
     let minimega = match args.provider {
         Some(ProviderArg::Local) => {
             if args.minimega_base.is_some() {

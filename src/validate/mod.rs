@@ -207,8 +207,9 @@ impl Validator {
         let mirrors = self.mirrors(&insts, &vms, &known);
         self.after_cycles(&insts, &vms);
         self.ifname_collisions(&networks, &vms);
+        let provider_node = doc.experiment().and_then(|e| e.provider.as_ref());
         let provider = crate::minimega::placement::check(
-            doc.experiment().and_then(|e| e.provider.as_ref()),
+            provider_node,
             ename,
             &doc.vms,
             &mut vms,
@@ -224,6 +225,10 @@ impl Validator {
         }
         Some(Lab {
             provider,
+            provider_origin: match provider_node {
+                Some(_) => crate::minimega::recorded::Origin::File,
+                None => crate::minimega::recorded::Origin::Default,
+            },
             captures,
             checks,
             name: exp.name?,
