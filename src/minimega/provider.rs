@@ -70,6 +70,8 @@ pub enum MinimegaError {
     NoTap(String),
     #[error("{0}")]
     Wait(String),
+    #[error(transparent)]
+    Cc(#[from] super::cc::CcError),
     #[error("minimega answered `{command}` with {got:?}, not {want}")]
     Answer {
         command: String,
@@ -80,14 +82,16 @@ pub enum MinimegaError {
 
 /// One experiment on one minimega cluster.
 pub struct MinimegaHost {
-    client: Mutex<Client>,
-    ns: Name,
+    pub(super) client: Mutex<Client>,
+    pub(super) ns: Name,
     experiment: String,
-    lab: Option<Lab>,
+    pub(super) lab: Option<Lab>,
     /// megaplan's tap name -> (VM, nic index), from the lab.
     taps: BTreeMap<String, (String, usize)>,
     /// The head node's name (`host name`).
-    head: String,
+    pub(super) head: String,
+    /// minimega's -base (its command socket is BASE/minimega).
+    pub(super) base: PathBuf,
     qemu: Option<PathBuf>,
 }
 
@@ -128,16 +132,17 @@ impl MinimegaHost {
             lab: lab.cloned(),
             taps,
             head,
+            base: settings.base.clone(),
             qemu: which("qemu-system-x86_64"),
         })
     }
 
-    fn run(&self, cmd: Command) -> Result<Vec<HostResponse>, MinimegaError> {
+    pub(super) fn run(&self, cmd: Command) -> Result<Vec<HostResponse>, MinimegaError> {
         let mut c = self.client.lock().expect("the client lock");
         Ok(c.run(&cmd.in_namespace(&self.ns))?)
     }
 
-    fn run_ok(&self, cmd: Command) -> Result<Vec<HostResponse>, MinimegaError> {
+    pub(super) fn run_ok(&self, cmd: Command) -> Result<Vec<HostResponse>, MinimegaError> {
         let mut c = self.client.lock().expect("the client lock");
         Ok(c.run_ok(&cmd.in_namespace(&self.ns))?)
     }
@@ -618,7 +623,7 @@ impl MinimegaHost {
         }
     }
 
-    fn vm_spec(&self, vm: &str) -> Result<&VmSpec, MinimegaError> {
+    pub(super) fn vm_spec(&self, vm: &str) -> Result<&VmSpec, MinimegaError> {
         self.lab
             .as_ref()
             .and_then(|l| l.vm(vm))
@@ -642,6 +647,8 @@ impl MinimegaHost {
         if !self.vm_info()?.is_empty() {
             return Ok(false);
         }
+        // The files megaplan put in minimega's files folder (cc send).
+        super::cc::forget_namespace(self)?;
         let mut c = self.client.lock().expect("the client lock");
         c.run_ok(&Command::new("clear").word("namespace").name(&self.ns))?;
         Ok(true)
@@ -660,17 +667,7 @@ impl MinimegaHost {
             CcActionSpec::Exec(c) => ("exec", argv(c)),
             CcActionSpec::Background(c) => ("background", argv(c)),
             CcActionSpec::Send { .. } | CcActionSpec::Recv { .. } => {
-                return Err(MinimegaError::Unsupported {
-                    what: format!(
-                        "cc {}",
-                        if matches!(action, CcActionSpec::Send { .. }) {
-                            "send"
-                        } else {
-                            "recv"
-                        }
-                    ),
-                    why: "minimega moves cc files only from and to its own -filepath folder; not mapped yet (docs/minimega.md)",
-                });
+                return super::cc::transfer(self, spec, action, timeout, run_id).await;
             }
         };
         if words.first().is_some_and(|w| {
@@ -683,25 +680,7 @@ impl MinimegaHost {
                 why: "minimega reads it as plumbing",
             });
         }
-        // Wait for the guest's miniccc to check in (boot-timeout).
-        let boot = Duration::from_millis(spec.boot_timeout_ms);
-        let end = Instant::now() + boot;
-        loop {
-            let r = self.run_ok(Command::new("cc").word("clients"))?;
-            if r.iter().any(|r| {
-                r.rows()
-                    .iter()
-                    .any(|row| row.contains(&("uuid", uuid.as_str())))
-            }) {
-                break;
-            }
-            if Instant::now() >= end {
-                return Err(MinimegaError::Wait(format!(
-                    "miniccc of {vm} did not check in with minimega within {boot:?} (boot-timeout); does its image start miniccc (`image build --miniccc`)?"
-                )));
-            }
-            tokio::time::sleep(POLL).await;
-        }
+        super::cc::wait_for_client(self, spec).await?;
         // The run's prefix: the same run id finds the same command again.
         let prefix = run_prefix(run_id);
         let mut ids: BTreeMap<String, i64> = BTreeMap::new();
@@ -824,7 +803,7 @@ impl MinimegaHost {
 
 /// A cc prefix naming one run of a step (its run id hashed): the same run
 /// id finds the same command again after an interruption.
-fn run_prefix(run_id: &str) -> String {
+pub(super) fn run_prefix(run_id: &str) -> String {
     use sha2::{Digest, Sha256};
     let h = Sha256::digest(run_id.as_bytes());
     let hex: String = h.iter().take(8).map(|b| format!("{b:02x}")).collect();
@@ -1242,19 +1221,6 @@ pub fn unmapped(lab: &Lab) -> Vec<String> {
                 m.address,
                 m.direction.as_str()
             ));
-        }
-    }
-    for v in &lab.vms {
-        for s in &v.cc {
-            if matches!(
-                s.action,
-                CcActionSpec::Send { .. } | CcActionSpec::Recv { .. }
-            ) {
-                out.push(format!(
-                    "{}: cc send/recv through minimega (files only from and to its -filepath) is not mapped yet",
-                    s.address
-                ));
-            }
         }
     }
     out
