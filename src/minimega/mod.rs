@@ -20,6 +20,7 @@ pub mod lex;
 pub mod placement;
 pub mod provider;
 pub mod recorded;
+pub mod taps;
 
 pub use export::{export, export_with};
 pub use import::{Imported, Options, import};

@@ -72,6 +72,8 @@ pub enum MinimegaError {
     Wait(String),
     #[error(transparent)]
     Cc(#[from] super::cc::CcError),
+    #[error(transparent)]
+    Tap(#[from] super::taps::TapError),
     #[error("minimega answered `{command}` with {got:?}, not {want}")]
     Answer {
         command: String,
@@ -232,8 +234,21 @@ impl MinimegaHost {
                 networks.insert(n.address.clone(), n.name.clone());
             }
         }
+        // A network with a host-address needs its host tap too.
+        let host_taps = match &self.lab {
+            Some(l) if l.networks.iter().any(|n| n.host_address.is_some()) => {
+                super::taps::host_taps(self)?
+            }
+            _ => BTreeSet::new(),
+        };
+        let tap_missing = |addr: &str| {
+            self.lab
+                .as_ref()
+                .and_then(|l| l.networks.iter().find(|n| n.address == addr))
+                .is_some_and(|n| n.host_address.is_some() && !host_taps.contains(&n.bridge))
+        };
         for (addr, name) in &networks {
-            if aliases.contains_key(name) {
+            if aliases.contains_key(name) && !tap_missing(addr) {
                 obs.links.insert(
                     addr.clone(),
                     ObservedLink {
@@ -884,17 +899,28 @@ impl Provider for MinimegaHost {
     async fn execute(&self, _sd: &StateDir, op: &Op) -> Result<OpOutcome, PError> {
         match op {
             Op::CreateNetwork {
-                name, host_address, ..
+                name,
+                bridge,
+                host_address,
+                ..
             } => {
-                if host_address.is_some() {
-                    return Err(unsupported(
-                        "give a network a host-address (a host tap on a minimega VLAN is not mapped yet)",
-                    ));
-                }
                 self.ensure_alias(name)?;
+                // host-address: a host tap on the head (super::taps).
+                match host_address {
+                    Some(a) => {
+                        let computed = super::taps::create(self, name, bridge, a)?;
+                        return Ok(OpOutcome {
+                            outcome: Outcome::Done,
+                            computed,
+                        });
+                    }
+                    None => super::taps::delete(self, bridge)?,
+                }
             }
-            // A tap is made and removed with its VM, an alias with the namespace.
-            Op::DeleteNetwork { .. } | Op::CreateTap { .. } | Op::DeleteTap { .. } => {}
+            // An alias goes with the namespace; its host tap, if any, now.
+            Op::DeleteNetwork { bridge, .. } => super::taps::delete(self, bridge)?,
+            // A tap is made and removed with its VM.
+            Op::CreateTap { .. } | Op::DeleteTap { .. } => {}
             Op::StartCapture { spec, .. } => {
                 return Err(unsupported(&format!(
                     "record capture {} (host-side captures are the local engine's; on minimega use `capture` of minimega itself)",
@@ -1034,7 +1060,10 @@ fn unsupported(what: &str) -> PError {
 /// node a VM landed on and its minimega tap names as computed attributes.
 pub const RULES: Rules = Rules {
     replaces: crate::graph::forces_replacement,
-    computed: |kind, key| kind == Kind::Vm && matches!(key, "node" | "minimega_taps"),
+    computed: |kind, key| {
+        (kind == Kind::Vm && matches!(key, "node" | "minimega_taps"))
+            || (kind == Kind::Network && matches!(key, "node" | super::taps::HOST_TAP))
+    },
 };
 
 /// What a minimega apply needs here: the boot files it names (minimega
@@ -1194,14 +1223,6 @@ pub fn apply_override(lab: &mut Lab) -> Result<(), Vec<String>> {
 /// before planning, so nothing is half made.
 pub fn unmapped(lab: &Lab) -> Vec<String> {
     let mut out = Vec::new();
-    for n in &lab.networks {
-        if n.host_address.is_some() {
-            out.push(format!(
-                "{}: host-address (a host tap on a minimega VLAN) is not mapped yet",
-                n.address
-            ));
-        }
-    }
     for d in &lab.disks {
         out.push(format!(
             "{}: experiment disks are not mapped to minimega's `disk create` yet; give the VM an image by path",
