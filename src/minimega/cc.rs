@@ -265,9 +265,22 @@ async fn send(
     let in_guest = format!("{MINICCC_FILES}/{rel}");
     let mode = format!("{:o}", meta.permissions().mode() & 0o7777);
     // Parents made, the host file's mode, a rename: as the local agent does.
-    let script = r#"set -e; d=$(dirname -- "$2"); mkdir -p -- "$d"; cp -- "$1" "$2.megaplan-part"; chmod "$3" "$2.megaplan-part"; mv -f -- "$2.megaplan-part" "$2"; rm -f -- "$1""#;
+    // One shell script (miniccc runs one command at a time, in order), its
+    // paths quoted for sh; minimega's preprocessor must leave it alone.
+    let parent = Path::new(to)
+        .parent()
+        .map_or("/".into(), |p| p.display().to_string());
+    let part = format!("{to}.megaplan-part");
+    let script = format!(
+        "set -e; mkdir -p -- {d}; cp -- {s} {p}; chmod {mode} {p}; mv -f -- {p} {t}; rm -f -- {s}",
+        d = sh_quote(&parent),
+        s = sh_quote(&in_guest),
+        p = sh_quote(&part),
+        t = sh_quote(to),
+    );
+    unchanged_by_minimega(to, &script)?;
     let mut place = Command::new("cc").word("exec");
-    for w in ["sh", "-c", script, "sh", &in_guest, to, &mode] {
+    for w in ["sh", "-c", &script] {
         place = place.arg(w)?;
     }
     let send = Command::new("cc").word("send").arg(&rel)?;
@@ -339,6 +352,7 @@ async fn recv(
     limit: Duration,
 ) -> Result<StepOutcome, MinimegaError> {
     let parts = guest_parts(src)?;
+    unchanged_by_minimega(src, src)?;
     let name = parts.last().cloned().expect("a file name");
     wait_for_client(h, spec).await?;
     let uuid = spec.uuid.to_string();
@@ -384,6 +398,24 @@ async fn recv(
         stderr: String::new(),
         timed_out: None,
         replayed: false,
+    })
+}
+
+/// `'…'` for sh: the text as one word.
+fn sh_quote(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "'\\''"))
+}
+
+/// Refuse a word minimega's preprocessor would change (`$NAME`, a URL):
+/// the guest would get another path than the experiment's.
+fn unchanged_by_minimega(path: &str, word: &str) -> Result<(), CcError> {
+    let (names, url) = super::lex::preprocessed(word);
+    if names.is_empty() && !url {
+        return Ok(());
+    }
+    Err(CcError::BadPath {
+        src: path.into(),
+        why: "minimega's preprocessor would change it (a `$` or a URL)",
     })
 }
 
@@ -712,6 +744,13 @@ fn served_folder(base: &Path) -> Option<PathBuf> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn paths_reach_the_guest_as_written() {
+        assert_eq!(sh_quote("/a b/it's"), "'/a b/it'\\''s'");
+        assert!(unchanged_by_minimega("/x", "cp -- '/root/a b' '/x'").is_ok());
+        assert!(unchanged_by_minimega("/x", "cp '/root/$HOME'").is_err());
+    }
 
     #[test]
     fn guest_paths_split_into_plain_parts() {
