@@ -72,6 +72,9 @@ vm "B" {{
         recv "/root/back.bin" to="received"
     }}
 }}
+
+capture "a" {{ tap "A" nic=0; }}
+capture "b" {{ tap "B" nic=0; }}
 "#,
         images = images.display(),
     )
@@ -252,6 +255,44 @@ fn send_recv_host_address_and_a_flagless_destroy_on_a_minimega_mesh() {
     );
     let net = &state["resources"]["network.LAN"]["attrs"];
     assert_eq!(net["host_tap"], tap.as_str(), "{net}");
+
+    // Captures: minimega's `capture pcap vm`, fetched by `capture path`
+    // (B's from mm2): A's frames are in both (its pings on its own nic, its
+    // ARP broadcast on B's).
+    let vms = vm_info(&mut head, &ns);
+    let a_mac: Vec<u8> = vms.iter().find(|v| v.name == "A").expect("A").networks[0]
+        .mac
+        .split(':')
+        .map(|h| u8::from_str_radix(h, 16).unwrap())
+        .collect();
+    for (name, least) in [("a", 3), ("b", 1)] {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_megaplan"))
+            .args(["capture", "path"])
+            .arg(&run.file)
+            .arg(name)
+            .arg("--state-dir")
+            .arg(work.path().join("state"))
+            .env("MEGAPLAN_RUNTIME_DIR", work.path().join("run"))
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "capture path {name}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let path = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        let frames =
+            megaplan::capture::parse_frames(&mut std::fs::File::open(&path).unwrap()).unwrap();
+        let from_a = frames
+            .iter()
+            .filter(|f| f.data.len() >= 12 && f.data[6..12] == a_mac[..])
+            .count();
+        assert!(
+            from_a >= least,
+            "capture {name} ({path}) holds {from_a} of A's frames ({} in all)",
+            frames.len()
+        );
+    }
 
     // 3. No flags: the recorded engine; converged. A disagreeing flag is refused.
     let out = run.megaplan(&["plan", "--detailed-exitcode"]);

@@ -76,7 +76,10 @@ pub enum CcError {
     Wait(String),
 }
 
-fn io(what: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> CcError + use<> {
+pub(super) fn io(
+    what: &'static str,
+    path: &Path,
+) -> impl FnOnce(std::io::Error) -> CcError + use<> {
     let path = path.to_path_buf();
     move |source| CcError::Io { what, path, source }
 }
@@ -449,7 +452,7 @@ fn guest_parts(src: &str) -> Result<Vec<String>, CcError> {
 }
 
 /// `file get REL` on the head, then wait until iomeshage has it there.
-async fn fetch(
+pub(super) async fn fetch(
     h: &MinimegaHost,
     files: &Path,
     rel: &[&str],
@@ -580,7 +583,7 @@ fn store(
 
 /// Copy at most `max + 1` bytes (so a longer input shows as longer):
 /// (bytes copied, their SHA-256).
-fn copy_limited(
+pub(super) fn copy_limited(
     input: &mut impl Read,
     out: &mut impl Write,
     max: u64,
@@ -609,7 +612,7 @@ fn copy_limited(
 
 /// `base/rel…`, every folder opened without following a link; the file
 /// itself opened for reading, refused unless a plain file. None if absent.
-fn open_under(base: &Path, rel: &[&str]) -> Result<Option<std::fs::File>, CcError> {
+pub(super) fn open_under(base: &Path, rel: &[&str]) -> Result<Option<std::fs::File>, CcError> {
     let Some(mut dir) = Dir::open(base, false).map_err(io("open", base))? else {
         return Ok(None);
     };
@@ -634,7 +637,7 @@ fn open_under(base: &Path, rel: &[&str]) -> Result<Option<std::fs::File>, CcErro
 }
 
 /// `name` in `dir`, made 0700 when missing, never through a link.
-fn sub(dir: &Dir, name: &str, create: bool) -> Result<Dir, CcError> {
+pub(super) fn sub(dir: &Dir, name: &str, create: bool) -> Result<Dir, CcError> {
     let path = dir.path.join(name);
     dir.subdir(name, create)
         .map_err(io("open", &path))?
@@ -643,7 +646,7 @@ fn sub(dir: &Dir, name: &str, create: bool) -> Result<Dir, CcError> {
 
 /// megaplan's folder in minimega's files folder: made if missing, and
 /// refused when it is not a folder this user owns.
-fn ours(files: &Path) -> Result<Dir, CcError> {
+pub(super) fn ours(files: &Path) -> Result<Dir, CcError> {
     let top = Dir::open(files, false)
         .map_err(io("open", files))?
         .ok_or_else(|| CcError::FilesDir {

@@ -11,6 +11,7 @@
 //!   `import(export(lab))` validates to the same lab.
 //! - Import never panics; every problem is a diagnostic located in the script.
 
+pub mod captures;
 pub mod cc;
 pub mod cli;
 pub mod client;

@@ -333,6 +333,10 @@ impl MinimegaHost {
                 );
             }
         }
+        // Captures minimega records (super::captures).
+        if let Some(lab) = &self.lab {
+            obs.captures = super::captures::observe(self, lab)?;
+        }
         // Mirrors: OVS mirrors named `mirror-DSTTAP` on the node of the
         // destination (minimega keeps no list of them).
         if let Some(lab) = &self.lab
@@ -921,14 +925,9 @@ impl Provider for MinimegaHost {
             Op::DeleteNetwork { bridge, .. } => super::taps::delete(self, bridge)?,
             // A tap is made and removed with its VM.
             Op::CreateTap { .. } | Op::DeleteTap { .. } => {}
-            Op::StartCapture { spec, .. } => {
-                return Err(unsupported(&format!(
-                    "record capture {} (host-side captures are the local engine's; on minimega use `capture` of minimega itself)",
-                    spec.name
-                )));
-            }
-            // Nothing was started for it (see StartCapture).
-            Op::StopCapture { .. } => {}
+            // minimega's `capture pcap vm` (super::captures).
+            Op::StartCapture { spec, .. } => super::captures::start(self, spec).await?,
+            Op::StopCapture { name, .. } => super::captures::stop_named(self, name)?,
             Op::CreateDisk { spec, .. } => {
                 return Err(unsupported(&format!(
                     "create {} (minimega's `disk create` is not mapped yet; give the VM an image by path)",
@@ -1229,12 +1228,7 @@ pub fn unmapped(lab: &Lab) -> Vec<String> {
             d.address
         ));
     }
-    for c in &lab.captures {
-        out.push(format!(
-            "{}: host-side captures are the local engine's; minimega's own `capture` is not mapped yet",
-            c.address
-        ));
-    }
+    out.extend(super::captures::unmapped(lab));
     for m in &lab.mirrors {
         if m.direction != crate::lab::Direction::Both {
             out.push(format!(
