@@ -335,3 +335,80 @@ fn send_recv_host_address_and_a_flagless_destroy_on_a_minimega_mesh() {
     mesh.stop();
     eprintln!("whole test {:?}", t0.elapsed());
 }
+
+/// Without a mesh: a state that records minimega refuses `--provider
+/// local`, and a state whose recorded base is not one megaplan writes does
+/// not load; neither changes the state.
+#[test]
+fn a_recorded_engine_is_kept_and_a_hostile_one_refused() {
+    use megaplan::lab::ProviderSpec;
+    use megaplan::state::{Kind, Record, State, StateDir};
+    let work = tempfile::tempdir().unwrap();
+    let file = work.path().join("x.kdl");
+    std::fs::write(&file, "experiment \"x\"\nnetwork \"LAN\"\n").unwrap();
+    let sd = StateDir::for_file(&file, "x", Some(&work.path().join("state")));
+    let mut attrs = megaplan::state::Attrs::new();
+    attrs.insert(
+        "bridge".into(),
+        megaplan::identity::bridge_name("x", "network.LAN").into(),
+    );
+    let write = |base: &str| {
+        let mut s = State::new("x");
+        s.provider = ProviderSpec::Minimega {
+            base: base.into(),
+            namespace: "x".into(),
+        };
+        s.resources.insert(
+            "network.LAN".into(),
+            Record::new(Kind::Network, attrs.clone()),
+        );
+        sd.save(&mut s).unwrap();
+        std::fs::read(sd.state_file()).unwrap()
+    };
+    let megaplan = |args: &[&str]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_megaplan"))
+            .args(args)
+            .arg(&file)
+            .arg("--state-dir")
+            .arg(work.path().join("state"))
+            .env("NO_COLOR", "1")
+            .output()
+            .unwrap()
+    };
+    let before = write("/tmp/mp-no-minimega");
+    for args in [
+        &["plan", "--provider", "local"][..],
+        &["destroy", "--provider", "local", "--auto-approve"],
+    ] {
+        let out = megaplan(args);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {err}");
+        assert!(
+            err.contains("records that minimega (base /tmp/mp-no-minimega, namespace x) built this experiment, but the command line asks for megaplan's local engine"),
+            "{args:?}: {err}"
+        );
+        assert!(
+            err.contains("hint: destroy it with the engine that built it"),
+            "{err}"
+        );
+        assert_eq!(std::fs::read(sd.state_file()).unwrap(), before, "unchanged");
+    }
+    // No flag: the recorded engine is used (here it is not running).
+    let out = megaplan(&["plan"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(5), "{err}");
+    assert!(
+        err.contains("mp-no-minimega"),
+        "the recorded base is dialled: {err}"
+    );
+    // A recorded base megaplan would not write.
+    let before = write("/tmp/../etc");
+    let out = megaplan(&["plan"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("is not a valid megaplan state: provider"),
+        "{err}"
+    );
+    assert_eq!(std::fs::read(sd.state_file()).unwrap(), before, "unchanged");
+}
