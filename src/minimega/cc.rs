@@ -716,10 +716,20 @@ fn served_folder(base: &Path) -> Option<PathBuf> {
         return None;
     }
     let argv = std::fs::read(format!("/proc/{}/cmdline", cred.pid)).ok()?;
-    let cwd = std::fs::read_link(format!("/proc/{}/cwd", cred.pid)).ok()?;
+    // A relative flag is relative to minimega's folder (readable only by
+    // its user or root: else the fallback, and the probe decides).
+    folder_from_argv(&argv, || {
+        std::fs::read_link(format!("/proc/{}/cwd", cred.pid)).ok()
+    })
+}
+
+/// minimega's files folder from its command line (NUL-separated, as in
+/// /proc/PID/cmdline): `-filepath`, else `-base`/files, else minimega's
+/// default; Go's flag forms `-f V`, `--f V`, `-f=V`; the last one wins.
+fn folder_from_argv(argv: &[u8], cwd: impl Fn() -> Option<PathBuf>) -> Option<PathBuf> {
+    use std::os::unix::ffi::OsStrExt;
     let args: Vec<&[u8]> = argv.split(|b| *b == 0).collect();
     let flag = |name: &str| -> Option<PathBuf> {
-        use std::os::unix::ffi::OsStrExt;
         let mut it = args.iter().skip(1);
         let mut found = None;
         while let Some(a) = it.next() {
@@ -737,16 +747,46 @@ fn served_folder(base: &Path) -> Option<PathBuf> {
         }
         found
     };
-    let abs = |p: PathBuf| if p.is_absolute() { p } else { cwd.join(p) };
-    Some(match flag("filepath") {
+    let abs = |p: PathBuf| {
+        if p.is_absolute() {
+            Some(p)
+        } else {
+            Some(cwd()?.join(p))
+        }
+    };
+    match flag("filepath") {
         Some(f) => abs(f),
-        None => abs(flag("base").unwrap_or_else(|| PathBuf::from("/tmp/minimega"))).join("files"),
-    })
+        None => abs(flag("base").unwrap_or_else(|| PathBuf::from("/tmp/minimega")))
+            .map(|b| b.join("files")),
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_files_folder_is_read_as_minimega_reads_its_flags() {
+        let f =
+            |args: &[&str]| folder_from_argv(args.join("\0").as_bytes(), || Some("/run/mm".into()));
+        let mm = "/usr/bin/minimega";
+        assert_eq!(
+            f(&[mm, "-base", "/b", "-port", "9000"]),
+            Some("/b/files".into())
+        );
+        assert_eq!(
+            f(&[mm, "-base", "/b", "-nostdin", "-filepath", "/f"]),
+            Some("/f".into())
+        );
+        assert_eq!(f(&[mm, "--filepath=/g", "-degree", "0"]), Some("/g".into()));
+        assert_eq!(f(&[mm]), Some("/tmp/minimega/files".into()));
+        assert_eq!(f(&[mm, "-filepath", "rel"]), Some("/run/mm/rel".into()));
+        assert_eq!(
+            folder_from_argv(b"mm\0-base\0rel", || None),
+            None,
+            "a relative flag without minimega's folder"
+        );
+    }
 
     #[test]
     fn paths_reach_the_guest_as_written() {
