@@ -29,9 +29,10 @@
 //!   experiment) and runs on every node of the mesh (`file delete`, then
 //!   `mesh send all file delete`): a copy iomeshage made is removed too.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 
 use sha2::{Digest, Sha256};
 
@@ -115,6 +116,19 @@ pub fn diskspec(path: &str) -> String {
 /// so call this holding the connection, before the VM's own `clear vm
 /// config`).
 pub fn head_filepath(c: &mut Client, ns: &Name) -> Result<PathBuf, FilesError> {
+    // Asked once per run and namespace: minimega's -filepath is fixed.
+    static SEEN: Mutex<BTreeMap<String, PathBuf>> = Mutex::new(BTreeMap::new());
+    if let Some(p) = SEEN.lock().expect("the file path cache").get(ns.as_str()) {
+        return Ok(p.clone());
+    }
+    let p = ask_filepath(c, ns)?;
+    SEEN.lock()
+        .expect("the file path cache")
+        .insert(ns.as_str().to_string(), p.clone());
+    Ok(p)
+}
+
+fn ask_filepath(c: &mut Client, ns: &Name) -> Result<PathBuf, FilesError> {
     let kernel = || Command::new("vm").word("config").word("kernel");
     c.run_ok(&kernel().arg(TOP)?.in_namespace(ns))?;
     let r = c.run_ok(&kernel().in_namespace(ns));
@@ -180,6 +194,66 @@ fn digest_of(mut r: impl Read, path: &Path) -> Result<String, FilesError> {
 /// Copy `src` into `megaplan/EXP/SUB/SHA256` (skipped when a file of that
 /// digest is there with that content); its path relative to the file path.
 pub fn place(root: &Path, experiment: &str, sub: &str, src: &Path) -> Result<String, FilesError> {
+    // Placed earlier in this run, and neither file changed since (same
+    // inode, size and modification time): not hashed again (one kernel
+    // for many VMs).
+    type Key = (PathBuf, String, &'static str, PathBuf);
+    static PLACED: Mutex<BTreeMap<Key, (Ident, Ident, String)>> = Mutex::new(BTreeMap::new());
+    let key: Key = (
+        root.to_path_buf(),
+        experiment.to_string(),
+        sub_name(sub)?,
+        src.to_path_buf(),
+    );
+    if let Some((s, d, rel)) = PLACED.lock().expect("the placed cache").get(&key)
+        && ident(src) == Some(*s)
+        && ident_nofollow(&root.join(rel)) == Some(*d)
+    {
+        return Ok(rel.clone());
+    }
+    let before = ident(src);
+    let rel = place_now(root, experiment, sub, src)?;
+    if let (Some(s), Some(d)) = (before, ident_nofollow(&root.join(&rel)))
+        && ident(src) == Some(s)
+    {
+        PLACED
+            .lock()
+            .expect("the placed cache")
+            .insert(key, (s, d, rel.clone()));
+    }
+    Ok(rel)
+}
+
+/// A file's identity for the cache: device, inode, size, modification time.
+type Ident = (u64, u64, u64, i64, i64);
+
+fn ident_of(m: std::fs::Metadata) -> Ident {
+    use std::os::unix::fs::MetadataExt;
+    (m.dev(), m.ino(), m.size(), m.mtime(), m.mtime_nsec())
+}
+
+fn ident(p: &Path) -> Option<Ident> {
+    std::fs::metadata(p).ok().map(ident_of)
+}
+
+fn ident_nofollow(p: &Path) -> Option<Ident> {
+    std::fs::symlink_metadata(p)
+        .ok()
+        .filter(|m| m.is_file())
+        .map(ident_of)
+}
+
+fn sub_name(sub: &str) -> Result<&'static str, FilesError> {
+    ["boot", "bases", "disks"]
+        .into_iter()
+        .find(|s| *s == sub)
+        .ok_or_else(|| FilesError::BadName {
+            name: sub.to_string(),
+            why: "not one of megaplan's folders",
+        })
+}
+
+fn place_now(root: &Path, experiment: &str, sub: &str, src: &Path) -> Result<String, FilesError> {
     let dir = folder(root, experiment, sub)?;
     let want = digest_of(std::fs::File::open(src).map_err(io(src))?, src)?;
     let rel = format!("{}/{sub}/{want}", experiment_rel(experiment)?);
@@ -400,6 +474,30 @@ pub fn forget(c: &mut Client, experiment: &str) -> Result<(), FilesError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn lab(text: &str) -> crate::lab::Lab {
+        let src = crate::diag::SourceFile::new(Path::new("/x/t.kdl"), text.to_string());
+        let (lab, d) = crate::validate::check(&src);
+        lab.unwrap_or_else(|| panic!("{}", d.render_plain(&src)))
+    }
+
+    #[test]
+    fn disks_map_except_a_raw_disk_from_a_base() {
+        let head = "experiment \"e\" {\n provider \"minimega\" { base \"/tmp/mm\" }\n}\n";
+        let ok = lab(&format!(
+            "{head}disk \"a\" size=\"1G\"\ndisk \"b\" {{ from \"/x/base.qcow2\" }}\ndisk \"c\" size=\"8M\" filesystem=\"ext4\" {{ inject \"/x/f\" \"/f\" }}\n"
+        ));
+        assert_eq!(super::super::provider::unmapped(&ok), Vec::<String>::new());
+        let raw = lab(&format!(
+            "{head}disk \"r\" format=\"raw\" {{ from \"/x/base.img\" }}\n"
+        ));
+        let problems = super::super::provider::unmapped(&raw);
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert!(
+            problems[0].starts_with("disk.r: a raw disk from a base image"),
+            "{problems:?}"
+        );
+    }
 
     #[test]
     fn paths_are_made_of_validated_names_only() {

@@ -1104,8 +1104,8 @@ pub const RULES: Rules = Rules {
     computed: |kind, key| kind == Kind::Vm && matches!(key, "node" | "minimega_taps"),
 };
 
-/// What a minimega apply needs here: the boot files it names (minimega
-/// reads them by path on every node; docs/minimega.md).
+/// What a minimega apply needs here: the boot files it names (megaplan
+/// copies them into minimega's file path; docs/minimega.md).
 fn preflight_files(lab: Option<&Lab>) -> Result<(), PError> {
     let mut missing = Vec::new();
     for v in lab.iter().flat_map(|l| l.vms.iter()) {
