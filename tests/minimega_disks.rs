@@ -8,7 +8,8 @@
 //!    file path through iomeshage; the guest reads both files (a cc step
 //!    of the experiment, and the test's own `cc exec`);
 //! 2. a second plan is empty; a disk deleted behind megaplan's back shows
-//!    in the next plan, and apply brings it back;
+//!    in the next plan, and apply brings it back; another initrd replaces
+//!    the VM, and the old one goes from both nodes' file paths;
 //! 3. destroy removes megaplan's files from both nodes' file paths, and
 //!    leaves no VM, QEMU or namespace.
 //!
@@ -35,7 +36,7 @@ const UUID: &str = "44444444-4444-4444-4444-444444444444";
 const INJECTED: &str = "injected-by-megaplan";
 const IN_BASE: &str = "from-the-base-image";
 
-fn experiment(base: &Path, images: &Path, base_img: &Path, seed: &Path) -> String {
+fn experiment(base: &Path, images: &Path, base_img: &Path, seed: &Path, initrd: &str) -> String {
     format!(
         r#"experiment "{NS}" {{
     images "{images}"
@@ -56,7 +57,7 @@ vm "V" {{
     host "mm2"
     uuid "{UUID}"
     kernel "$images/miniccc.kernel"
-    initrd "$images/miniccc.initrd"
+    initrd "$images/{initrd}"
     memory "256M"
     disk "root" mount="/base"
     disk "data" mount="/data"
@@ -259,9 +260,16 @@ fn disks_and_boot_files_reach_the_vm_on_another_node_and_go_with_destroy() {
     let seed = work.path().join("hello.txt");
     std::fs::write(&seed, format!("{INJECTED}\n")).unwrap();
     let file = work.path().join("mm-disks.kdl");
-    std::fs::write(&file, experiment(&mm1.base, &images, &base_img, &seed)).unwrap();
+    let write = |initrd: &str| {
+        std::fs::write(
+            &file,
+            experiment(&mm1.base, &images, &base_img, &seed, initrd),
+        )
+        .unwrap()
+    };
+    write("miniccc.initrd");
     let run = Run {
-        file,
+        file: file.clone(),
         work: work.path().to_owned(),
     };
     let ns = Name::new(NS).unwrap();
@@ -345,6 +353,27 @@ fn disks_and_boot_files_reach_the_vm_on_another_node_and_go_with_destroy() {
     assert!(ours(&files1).join("disks/data.qcow2").is_file());
     let (exit, out) = cc_sh(&mut head, &ns, "cat /data/hello.txt");
     assert_eq!((exit, out.trim_end()), (0, INJECTED));
+
+    // 2b. Another initrd (the same archive with zero padding after it, which
+    // the kernel skips): the VM is replaced, and the old initrd, which no VM
+    // names any more, goes from both nodes.
+    let mut bytes = std::fs::read(images.join("miniccc.initrd")).unwrap();
+    bytes.extend_from_slice(&[0u8; 512]);
+    std::fs::write(images.join("padded.initrd"), &bytes).unwrap();
+    let padded = sha256(&images.join("padded.initrd"));
+    write("padded.initrd");
+    run.ok(&["apply", "--auto-approve"]);
+    let boot = |files: &Path| {
+        let mut v: Vec<String> = files_under(&ours(files).join("boot"));
+        v.sort();
+        v
+    };
+    let mut want_boot = vec![kernel.clone(), padded.clone()];
+    want_boot.sort();
+    assert_eq!(boot(&files1), want_boot, "the head's boot files");
+    assert_eq!(boot(&files2), want_boot, "mm2's boot files");
+    let (code, text) = run.plan();
+    assert_eq!(code, Some(0), "converged on the new initrd:\n{text}");
 
     // 3. Destroy: megaplan's files go from both nodes, and nothing is left.
     run.ok(&["destroy", "--auto-approve"]);

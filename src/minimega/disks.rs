@@ -255,7 +255,7 @@ fn sub_name(sub: &str) -> Result<&'static str, FilesError> {
 
 fn place_now(root: &Path, experiment: &str, sub: &str, src: &Path) -> Result<String, FilesError> {
     let dir = folder(root, experiment, sub)?;
-    let want = digest_of(std::fs::File::open(src).map_err(io(src))?, src)?;
+    let want = digest_file(src)?;
     let rel = format!("{}/{sub}/{want}", experiment_rel(experiment)?);
     let dst = dir.path.join(&want);
     // Not there, or not that content (or not a plain file): replaced.
@@ -302,6 +302,66 @@ fn place_now(root: &Path, experiment: &str, sub: &str, src: &Path) -> Result<Str
 /// A kernel or initrd in `megaplan/EXP/boot/`: its relative path.
 pub fn place_boot(root: &Path, experiment: &str, src: &Path) -> Result<String, FilesError> {
     place(root, experiment, "boot", src)
+}
+
+/// Once per run and experiment: the boot files in `megaplan/EXP/boot/` that
+/// no VM of the experiment names any more (a kernel changed, a VM left the
+/// file) go from every node. `sources` are every kernel and initrd of the
+/// lab; when one cannot be read, nothing is pruned (only a file proven
+/// unneeded is removed).
+pub fn prune_boot(
+    client: &Mutex<Client>,
+    experiment: &str,
+    sources: &[&Path],
+) -> Result<(), FilesError> {
+    static DONE: Mutex<BTreeSet<String>> = Mutex::new(BTreeSet::new());
+    if !DONE
+        .lock()
+        .expect("the pruned set")
+        .insert(experiment.to_string())
+    {
+        return Ok(());
+    }
+    let mut needed = BTreeSet::new();
+    for p in sources {
+        match digest_file(p) {
+            Ok(d) => needed.insert(d),
+            Err(_) => return Ok(()),
+        };
+    }
+    let dir = format!("{}/boot", experiment_rel(experiment)?);
+    let prefix = format!("{dir}/");
+    let mut c = client.lock().expect("the client lock");
+    for name in listed(&mut c, &dir)? {
+        let Some(d) = name.strip_prefix(&prefix) else {
+            continue;
+        };
+        let digest_named = d.len() == 64 && d.bytes().all(|b| b.is_ascii_hexdigit());
+        if digest_named && !needed.contains(d) {
+            delete_everywhere(&mut c, &format!("{prefix}{d}"))?;
+        }
+    }
+    Ok(())
+}
+
+/// A file's SHA-256, remembered for the run while the file is unchanged.
+fn digest_file(p: &Path) -> Result<String, FilesError> {
+    static SEEN: Mutex<BTreeMap<PathBuf, (Ident, String)>> = Mutex::new(BTreeMap::new());
+    let now = ident(p);
+    if let Some((i, d)) = SEEN.lock().expect("the digest cache").get(p)
+        && now == Some(*i)
+    {
+        return Ok(d.clone());
+    }
+    let d = digest_of(std::fs::File::open(p).map_err(io(p))?, p)?;
+    if let Some(i) = now
+        && ident(p) == Some(i)
+    {
+        SEEN.lock()
+            .expect("the digest cache")
+            .insert(p.to_path_buf(), (i, d.clone()));
+    }
+    Ok(d)
 }
 
 /// Whether the head node's file path has `rel` (a validated relative path).

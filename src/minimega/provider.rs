@@ -462,6 +462,11 @@ impl MinimegaHost {
                     cfg.push(c().word(kw).arg(&rel)?);
                 }
             }
+            let sources: Vec<&Path> = (self.lab.iter().flat_map(|l| l.vms.iter()))
+                .flat_map(|v| v.kernel.iter().chain(v.initrd.iter()))
+                .map(PathBuf::as_path)
+                .collect();
+            super::disks::prune_boot(&self.client, experiment, &sources)?;
         }
         // ext4 disks the guest's init mounts, as on megaplan's own engine.
         let mounts: Vec<String> = vm
