@@ -1,6 +1,6 @@
 //! Captures on minimega: a capture of one VM nic is minimega's `capture pcap
 //! vm VM NIC FILE`, written by the VM's node into its files folder at
-//! `megaplan/NS/captures/NAME.pcap`; `megaplan capture path` brings it back
+//! `megaplan/EXP/captures/NAME.pcap`; `megaplan capture path` brings it back
 //! into the state folder (`captures/NAME.pcap`, where the local engine's
 //! recorder writes). Refresh lists minimega's captures (`capture`).
 //!
@@ -26,7 +26,7 @@ use crate::safefs::Open;
 use crate::state::StateDir;
 
 /// The folder of captures under megaplan's folder, per namespace.
-const CAPTURES: &str = "captures";
+pub const CAPTURES: &str = "captures";
 /// The marker that makes minimega create the folder on a node.
 const MARKER: &str = ".folder";
 /// The most a fetched capture may hold.
@@ -60,8 +60,11 @@ pub fn unmapped(lab: &Lab) -> Vec<String> {
     out
 }
 
-fn rel(h: &MinimegaHost, name: &Name) -> String {
-    format!("{FOLDER}/{}/{CAPTURES}/{name}.pcap", h.ns)
+fn rel(h: &MinimegaHost, name: &Name) -> Result<String, MinimegaError> {
+    Ok(format!(
+        "{FOLDER}/{}/{CAPTURES}/{name}.pcap",
+        h.experiment_name()?
+    ))
 }
 
 /// The node minimega runs `vm` on.
@@ -95,23 +98,24 @@ pub(super) async fn start(h: &MinimegaHost, spec: &CaptureSpec) -> Result<(), Mi
             Err(e) => return Err(e),
         }
     };
-    // megaplan/NS/captures on the head, and through minimega on the node.
+    // megaplan/EXP/captures on the head, and through minimega on the node.
     let files = cc::files_dir(h)?;
     let ours = cc::ours(&files)?;
-    let dir = cc::sub(&cc::sub(&ours, h.ns.as_str(), true)?, CAPTURES, true)?;
+    let exp = h.experiment_name()?;
+    let dir = cc::sub(&cc::sub(&ours, exp.as_str(), true)?, CAPTURES, true)?;
     if !dir.exists(MARKER).map_err(cc::io("read", &dir.path))? {
         dir.open_file(MARKER, Open::CreateNew)
             .map_err(cc::io("create", &dir.path.join(MARKER)))?;
     }
     if node != h.head {
-        let marker = format!("{FOLDER}/{}/{CAPTURES}/{MARKER}", h.ns);
+        let marker = format!("{FOLDER}/{exp}/{CAPTURES}/{MARKER}");
         let n = Name::new(&node)?;
         let on_node = |c: Command| Command::new("mesh").word("send").name(&n).then(&c);
         let get = on_node(Command::new("file").word("get").arg(&marker)?);
         let list = on_node(
             Command::new("file")
                 .word("list")
-                .arg(&format!("{FOLDER}/{}/{CAPTURES}", h.ns))?,
+                .arg(&format!("{FOLDER}/{exp}/{CAPTURES}"))?,
         );
         h.client.lock().expect("the client lock").run_ok(&get)?;
         let end = Instant::now() + WAIT;
@@ -126,8 +130,7 @@ pub(super) async fn start(h: &MinimegaHost, spec: &CaptureSpec) -> Result<(), Mi
             }
             if Instant::now() >= end {
                 return Err(CcError::Wait(format!(
-                    "minimega did not make {FOLDER}/{}/{CAPTURES} on {node} within {WAIT:?}",
-                    h.ns
+                    "minimega did not make {FOLDER}/{exp}/{CAPTURES} on {node} within {WAIT:?}"
                 ))
                 .into());
             }
@@ -139,7 +142,7 @@ pub(super) async fn start(h: &MinimegaHost, spec: &CaptureSpec) -> Result<(), Mi
         .word("vm")
         .name(&vm)
         .num(tap.nic as u64)
-        .arg(&rel(h, &name))?;
+        .arg(&rel(h, &name)?)?;
     let text = cmd.as_str().to_string();
     let r = h.run(cmd)?;
     if !r.iter().any(|r| r.error.is_empty()) {
@@ -158,7 +161,7 @@ pub(super) fn stop_named(h: &MinimegaHost, name: &str) -> Result<(), MinimegaErr
     let Ok(name) = Name::new(name) else {
         return Ok(());
     };
-    let want = format!("/{}", rel(h, &name));
+    let want = format!("/{}", rel(h, &name)?);
     let mut rows = Vec::new();
     for r in h.run(Command::new("capture"))? {
         for row in r.rows() {
@@ -215,7 +218,7 @@ pub(super) fn observe(h: &MinimegaHost, lab: &Lab) -> Result<BTreeMap<String, u3
         let Ok(name) = Name::new(&c.name) else {
             continue;
         };
-        let want = rel(h, &name);
+        let want = rel(h, &name)?;
         // minimega lists the path it writes: its files folder joined.
         if paths.iter().any(|p| p.ends_with(&format!("/{want}"))) {
             // No recorder process of megaplan's: minimega's own.
@@ -241,9 +244,10 @@ pub async fn fetch(
     let name = Name::new(&spec.name)?;
     let node = node_of(h, &tap.vm)?;
     let files = cc::files_dir(h)?;
-    let rel_text = rel(h, &name);
+    let rel_text = rel(h, &name)?;
+    let exp = h.experiment_name()?;
     let file = format!("{name}.pcap");
-    let parts = [FOLDER, h.ns.as_str(), CAPTURES, file.as_str()];
+    let parts = [FOLDER, exp.as_str(), CAPTURES, file.as_str()];
     if node != h.head {
         // A fresh copy: iomeshage keeps a file it already has.
         let _ = h

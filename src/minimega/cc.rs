@@ -4,7 +4,7 @@
 //! by default `BASE/files`) on the head node, which iomeshage copies to the
 //! node a VM runs on:
 //! - `send SRC to=DST`: SRC is copied into megaplan's own folder there,
-//!   `megaplan/NS/VM/PREFIX/file` (every part a validated name; PREFIX the
+//!   `megaplan/EXP/cc/VM/PREFIX/file` (every part a validated name; PREFIX the
 //!   run's cc prefix), `cc send` gives it to miniccc (which keeps it under
 //!   `/tmp/miniccc/files/` + that path), and a `cc exec` of the same filter
 //!   moves it to DST (parents made, the host file's mode, a rename);
@@ -20,9 +20,9 @@
 //!   hash, a received file's path is split into plain components.
 //! - Every folder is opened `O_NOFOLLOW` component by component
 //!   ([`crate::safefs::Dir`]); a link anywhere is refused.
-//! - The files folder is the one minimega serves: found from the running
-//!   minimega (its `-filepath`/`-base`) and confirmed by a probe file that
-//!   minimega's own `file list` must show.
+//! - The files folder is the head's file path as minimega resolves a
+//!   relative path (super::disks::head_filepath), confirmed by a probe file
+//!   that minimega's own `file list` must show.
 
 use std::io::{Read, Write};
 use std::path::{Component, Path, PathBuf};
@@ -38,7 +38,9 @@ use crate::lab::{CcActionSpec, VmSpec};
 use crate::safefs::{Dir, Open};
 
 /// megaplan's folder in minimega's files folder.
-pub const FOLDER: &str = "megaplan";
+pub const FOLDER: &str = super::disks::TOP;
+/// The folder of sent files under `megaplan/EXP`.
+pub const SENT: &str = "cc";
 /// The name a sent file has in its run's folder.
 const SENT_NAME: &str = "file";
 const POLL: Duration = Duration::from_millis(200);
@@ -237,9 +239,10 @@ async fn send(
     let vm = Name::new(&spec.name)?;
     let prefix = super::provider::run_prefix(run_id);
     let files = files_dir(h)?;
-    // megaplan/NS/VM/PREFIX/file, each folder opened without following links.
+    // megaplan/EXP/cc/VM/PREFIX/file, each folder opened without following links.
+    let exp = h.experiment_name()?;
     let mut dir = ours(&files)?;
-    for part in [h.ns.as_str(), vm.as_str(), prefix.as_str()] {
+    for part in [exp.as_str(), SENT, vm.as_str(), prefix.as_str()] {
         dir = sub(&dir, part, true)?;
     }
     let mut input = std::fs::File::open(src).map_err(io("open", src))?;
@@ -264,7 +267,7 @@ async fn send(
         .into());
     }
     drop(out);
-    let rel = format!("{FOLDER}/{}/{vm}/{prefix}/{SENT_NAME}", h.ns);
+    let rel = format!("{FOLDER}/{exp}/{SENT}/{vm}/{prefix}/{SENT_NAME}");
     let in_guest = format!("{MINICCC_FILES}/{rel}");
     let mode = format!("{:o}", meta.permissions().mode() & 0o7777);
     // Parents made, the host file's mode, a rename: as the local agent does.
@@ -503,15 +506,16 @@ fn forget(h: &MinimegaHost, node: &str, rel: &str) {
     }
 }
 
-/// Everything megaplan put in minimega's files folder for namespace `ns`,
-/// on every node: `megaplan/NS` (at destroy).
-pub(super) fn forget_namespace(h: &MinimegaHost) -> Result<(), MinimegaError> {
-    let del = Command::new("file")
-        .word("delete")
-        .arg(&format!("{FOLDER}/{}", h.ns))?;
+/// What cc and captures put in minimega's files folder for the
+/// experiment, on every node: `megaplan/EXP/cc` and `megaplan/EXP/captures`
+/// (at destroy; the rest of `megaplan/EXP` is the disks', super::disks).
+pub(super) fn forget_experiment(h: &MinimegaHost) -> Result<(), MinimegaError> {
+    let exp = h.experiment_name()?;
     let mut c = h.client.lock().expect("the client lock");
-    c.run(&del)?;
-    c.run(&Command::new("mesh").word("send").word("all").then(&del))?;
+    for sub in [SENT, super::captures::CAPTURES] {
+        super::disks::delete_everywhere(&mut c, &format!("{FOLDER}/{exp}/{sub}"))
+            .map_err(|e| CcError::Wait(format!("removing {FOLDER}/{exp}/{sub}: {e}")))?;
+    }
     Ok(())
 }
 
@@ -661,12 +665,16 @@ pub(super) fn ours(files: &Path) -> Result<Dir, CcError> {
     Ok(d)
 }
 
-/// minimega's files folder on the head node: the running minimega's
-/// `-filepath` (else `-base`/files, minimega's own rule), confirmed by a
-/// probe file in megaplan's folder there that minimega's `file list`
-/// shows.
+/// minimega's files folder on the head node, as minimega resolves a
+/// relative path ([`super::disks::head_filepath`]), confirmed by a probe
+/// file in megaplan's folder there that minimega's `file list` shows (this
+/// machine sees the head's folder: megaplan runs on the head).
 pub(super) fn files_dir(h: &MinimegaHost) -> Result<PathBuf, MinimegaError> {
-    let guess = served_folder(&h.base).unwrap_or_else(|| h.base.join("files"));
+    let guess = {
+        let mut c = h.client.lock().expect("the client lock");
+        super::disks::head_filepath(&mut c, &h.ns)
+            .map_err(|e| CcError::FilesDir { why: e.to_string() })?
+    };
     let dir = ours(&guess)?;
     let probe = format!(".probe-{}", uuid::Uuid::new_v4().simple());
     dir.open_file(&probe, Open::CreateNew)
@@ -694,99 +702,9 @@ pub(super) fn files_dir(h: &MinimegaHost) -> Result<PathBuf, MinimegaError> {
     Ok(guess)
 }
 
-/// The `-filepath` of the minimega answering on `BASE/minimega`, read from
-/// its command line (the socket's peer process).
-fn served_folder(base: &Path) -> Option<PathBuf> {
-    use std::os::fd::AsRawFd;
-    let s = std::os::unix::net::UnixStream::connect(base.join(super::client::SOCKET)).ok()?;
-    // SAFETY: a zeroed ucred and its length, for getsockopt to fill.
-    let mut cred: libc::ucred = unsafe { std::mem::zeroed() };
-    let mut len = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
-    let rc = unsafe {
-        libc::getsockopt(
-            s.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_PEERCRED,
-            (&mut cred as *mut libc::ucred).cast(),
-            &mut len,
-        )
-    };
-    drop(s);
-    if rc != 0 || !crate::state::valid_pid(u64::try_from(cred.pid).ok()?) {
-        return None;
-    }
-    let argv = std::fs::read(format!("/proc/{}/cmdline", cred.pid)).ok()?;
-    // A relative flag is relative to minimega's folder (readable only by
-    // its user or root: else the fallback, and the probe decides).
-    folder_from_argv(&argv, || {
-        std::fs::read_link(format!("/proc/{}/cwd", cred.pid)).ok()
-    })
-}
-
-/// minimega's files folder from its command line (NUL-separated, as in
-/// /proc/PID/cmdline): `-filepath`, else `-base`/files, else minimega's
-/// default; Go's flag forms `-f V`, `--f V`, `-f=V`; the last one wins.
-fn folder_from_argv(argv: &[u8], cwd: impl Fn() -> Option<PathBuf>) -> Option<PathBuf> {
-    use std::os::unix::ffi::OsStrExt;
-    let args: Vec<&[u8]> = argv.split(|b| *b == 0).collect();
-    let flag = |name: &str| -> Option<PathBuf> {
-        let mut it = args.iter().skip(1);
-        let mut found = None;
-        while let Some(a) = it.next() {
-            let Some(a) = a.strip_prefix(b"--").or_else(|| a.strip_prefix(b"-")) else {
-                continue;
-            };
-            if a == name.as_bytes() {
-                found = it.next().map(|v| std::ffi::OsStr::from_bytes(v).into());
-            } else if let Some(v) = a
-                .strip_prefix(name.as_bytes())
-                .and_then(|r| r.strip_prefix(b"="))
-            {
-                found = Some(std::ffi::OsStr::from_bytes(v).into());
-            }
-        }
-        found
-    };
-    let abs = |p: PathBuf| {
-        if p.is_absolute() {
-            Some(p)
-        } else {
-            Some(cwd()?.join(p))
-        }
-    };
-    match flag("filepath") {
-        Some(f) => abs(f),
-        None => abs(flag("base").unwrap_or_else(|| PathBuf::from("/tmp/minimega")))
-            .map(|b| b.join("files")),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn the_files_folder_is_read_as_minimega_reads_its_flags() {
-        let f =
-            |args: &[&str]| folder_from_argv(args.join("\0").as_bytes(), || Some("/run/mm".into()));
-        let mm = "/usr/bin/minimega";
-        assert_eq!(
-            f(&[mm, "-base", "/b", "-port", "9000"]),
-            Some("/b/files".into())
-        );
-        assert_eq!(
-            f(&[mm, "-base", "/b", "-nostdin", "-filepath", "/f"]),
-            Some("/f".into())
-        );
-        assert_eq!(f(&[mm, "--filepath=/g", "-degree", "0"]), Some("/g".into()));
-        assert_eq!(f(&[mm]), Some("/tmp/minimega/files".into()));
-        assert_eq!(f(&[mm, "-filepath", "rel"]), Some("/run/mm/rel".into()));
-        assert_eq!(
-            folder_from_argv(b"mm\0-base\0rel", || None),
-            None,
-            "a relative flag without minimega's folder"
-        );
-    }
 
     #[test]
     fn paths_reach_the_guest_as_written() {
