@@ -674,9 +674,8 @@ pub const VCPUS: Key = child("vcpus", Ty::Int, "vcpus 2")
     .check(Check::Min(1));
 pub const SNAPSHOT: Key = child("snapshot", Ty::Bool, "snapshot #false")
     .doc("Default true: disk writes go to a per-VM overlay that `destroy` removes.");
-pub const HOST: Key = child("host", Ty::Str, "host \"mm1\"").doc(
-    "The minimega node the VM runs on (`vm config schedule`; the minimega provider only).",
-);
+pub const HOST: Key = child("host", Ty::Str, "host \"mm1\"")
+    .doc("The minimega node the VM runs on (`vm config schedule`; the minimega provider only).");
 pub const TAGS: Key = child("tags", Ty::Tags, "tags { KEY \"VALUE\" }");
 pub const AFTER: Key = many(child("after", Ty::Words, "after \"VM\" \"VM2\" ..."))
     .doc("This VM's cc steps wait for those VMs' steps.");
@@ -745,9 +744,6 @@ pub static CAPTURE: Node = def(
     "Captures by name: the host records a tap's or a network's frames\ninto `.megaplan/EXPERIMENT/captures/NAME.pcap`.",
 )
 .node();
-
-/// The flat keys of a TOML `[capture.NAME]` table (the tap's `nic` is one).
-pub const CAPTURE_TOML_KEYS: &[&str] = &["tap", "nic", "network"];
 
 const CHECK_STR: &str = "KEY \"VALUE\" (inside check { ... })";
 const CHECK_INT: &str = "KEY N (inside check { ... })";
@@ -902,9 +898,47 @@ mod tests {
             top_names(),
             ["experiment", "network", "disk", "vm", "capture", "check"]
         );
+        // A flattened node: the tap's argument under `tap`, its nic beside it.
+        assert_eq!(CAPTURE.toml_keys(), ["tap", "nic", "network"]);
     }
 
-    /// The JSON schema (written with schemars from `schema.rs`) has exactly
+    /// What the emitters rely on: a section comes after its parent's keys, a
+    /// flattened or sequence child is a node, a bare node starts with a
+    /// string argument, and only named tables' names are table names.
+    #[test]
+    fn shapes_the_emitters_rely_on() {
+        for n in all_nodes() {
+            let first_section = n.keys.iter().position(|k| k.toml == Toml::Section);
+            if let Some(i) = first_section {
+                assert!(
+                    n.keys[i..].iter().all(|k| k.toml == Toml::Section),
+                    "a section of `{}` is not last",
+                    n.name
+                );
+            }
+            for k in n.keys {
+                if matches!(k.toml, Toml::Section | Toml::Flatten) {
+                    assert!(matches!(k.ty, Ty::Node(_)), "`{}.{}`", n.name, k.name);
+                }
+                if k.toml == Toml::TableName {
+                    assert!(matches!(k.kdl, Kdl::Arg(0)), "`{}.{}`", n.name, k.name);
+                    assert!(TOP.iter().any(|t| std::ptr::eq(*t, n)), "`{}`", n.name);
+                }
+            }
+            if n.shape == Shape::Sequence {
+                assert!(n.keys.iter().all(|k| matches!(k.ty, Ty::Node(_))));
+            }
+            if n.bare.is_some() {
+                assert!(matches!(
+                    (n.keys[0].kdl, n.keys[0].ty),
+                    (Kdl::Arg(0), Ty::Str)
+                ));
+            }
+            assert!(!n.title.is_empty() || n.bare.is_none(), "`{}`", n.name);
+        }
+    }
+
+    /// The JSON schema (generated from this table by `schema.rs`) has exactly
     /// the TOML keys of the table, for every table it describes.
     #[test]
     fn schema_follows_the_table() {
@@ -944,7 +978,7 @@ mod tests {
         mirror.sort();
         mirror.dedup();
         assert_eq!(mirror, sorted(MIRRORS.toml_keys()));
-        assert_eq!(props(&defs["Capture"]), sorted(CAPTURE_TOML_KEYS));
+        assert_eq!(props(&defs["Capture"]), sorted(CAPTURE.toml_keys()));
         let mut steps = Vec::new();
         for d in ["ExecStep", "BackgroundStep", "SendStep", "RecvStep"] {
             steps.extend(props(&defs[d]));

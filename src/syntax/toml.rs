@@ -843,7 +843,7 @@ impl Reader<'_> {
             v,
             &format!("capture.{}", n.value),
             what,
-            lang::CAPTURE_TOML_KEYS,
+            lang::CAPTURE.toml_keys(),
         )?;
         let tap = self.opt_string(&t, "tap");
         let nic = self.opt_int(&t, "nic");

@@ -195,9 +195,7 @@ fn inject(i: &Inject) -> Item<'_> {
 }
 
 fn vm(v: &Vm) -> Item<'_> {
-    let cc = (!v.cc.is_empty()).then(|| {
-        Item::sequence(&lang::CC, v.cc.iter().map(step).collect())
-    });
+    let cc = (!v.cc.is_empty()).then(|| Item::sequence(&lang::CC, v.cc.iter().map(step).collect()));
     Item::new(
         &lang::VM,
         vec![
@@ -298,4 +296,232 @@ fn check(c: &Check) -> Item<'_> {
             words(&c.after),
         ],
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::{Path, PathBuf};
+
+    use super::*;
+    use crate::diag::SourceFile;
+    use crate::syntax::{kdl, toml};
+
+    fn root() -> PathBuf {
+        PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+    }
+
+    /// Every example, every file of `tests/lang`, and every structurally
+    /// sound file of the snapshot cases (`tests/bad/semantic`: they parse,
+    /// only `validate` rejects them).
+    fn documents() -> Vec<(String, Document)> {
+        let mut out = Vec::new();
+        for dir in ["examples", "tests/lang", "tests/bad/semantic"] {
+            let mut paths: Vec<PathBuf> = std::fs::read_dir(root().join(dir))
+                .unwrap_or_else(|e| panic!("{dir}: {e}"))
+                .map(|e| e.unwrap().path())
+                .filter(|p| p.extension().is_some_and(|x| x == "kdl" || x == "toml"))
+                .collect();
+            paths.sort();
+            for p in paths {
+                let text = std::fs::read_to_string(&p).unwrap();
+                let name = p.file_name().unwrap().to_string_lossy().to_string();
+                let (doc, diags) = crate::syntax::parse(&SourceFile::new(name, text));
+                if diags.items.is_empty() {
+                    out.push((p.strip_prefix(root()).unwrap().display().to_string(), doc));
+                }
+            }
+        }
+        assert!(out.len() >= 20, "only {} documents", out.len());
+        out
+    }
+
+    fn reparse(name: &str, text: &str) -> Document {
+        let (doc, diags) = crate::syntax::parse(&SourceFile::new(name, text.to_string()));
+        assert!(diags.items.is_empty(), "{name}: {diags:?}\n{text}");
+        doc
+    }
+
+    /// KDL -> model -> KDL and -> TOML -> model give an equal model, and both
+    /// emitters are fixpoints.
+    #[test]
+    fn every_document_round_trips_through_both_syntaxes() {
+        for (name, doc) in documents() {
+            let k = kdl::emit(&doc);
+            let from_kdl = reparse("x.kdl", &k);
+            assert_eq!(from_kdl, doc, "{name}: KDL round trip\n{k}");
+            assert_eq!(
+                kdl::emit(&from_kdl),
+                k,
+                "{name}: KDL emit is not a fixpoint"
+            );
+            if has_duplicate_tables(&doc) {
+                // `[network.LAN]` or `[experiment]` twice is a TOML syntax
+                // error: only KDL can say it (and `validate` rejects it).
+                continue;
+            }
+            let t = toml::emit(&doc);
+            let from_toml = reparse("x.toml", &t);
+            assert_eq!(from_toml, doc, "{name}: TOML round trip\n{t}");
+            assert_eq!(
+                toml::emit(&from_toml),
+                t,
+                "{name}: TOML emit is not a fixpoint"
+            );
+            assert_eq!(kdl::emit(&from_toml), k, "{name}: TOML -> KDL differs");
+        }
+    }
+
+    fn note(seen: &mut Vec<(*const Node, &'static str)>, n: &'static Node, k: &'static str) {
+        if !seen.contains(&(n as *const Node, k)) {
+            seen.push((n as *const Node, k));
+        }
+    }
+
+    fn has_duplicate_tables(doc: &Document) -> bool {
+        let mut seen = Vec::new();
+        for item in document(doc) {
+            // An unnamed table (`[experiment]`) is one per file.
+            let name = match (item.node.table_name(), item.vals.first()) {
+                (Some(_), Some(Val::Str(name))) => *name,
+                _ => "",
+            };
+            if seen.contains(&(item.node.name, name)) {
+                return true;
+            }
+            seen.push((item.node.name, name));
+        }
+        false
+    }
+
+    fn mark(item: &Item<'_>, seen: &mut Vec<(*const Node, &'static str)>) {
+        for (k, v) in item.present() {
+            note(seen, item.node, k.name);
+            if let Val::Nodes(items) = v {
+                items.iter().for_each(|i| mark(i, seen));
+            }
+        }
+        for (i, c) in &item.seq {
+            note(seen, item.node, item.node.keys[*i].name);
+            mark(c, seen);
+        }
+    }
+
+    /// `tests/lang` writes every key of every node, so the round trips above
+    /// exercise every accessor and every form of the table.
+    #[test]
+    fn the_full_fixtures_have_every_key() {
+        let mut seen = Vec::new();
+        for (name, doc) in documents() {
+            if name.starts_with("tests/lang") {
+                document(&doc).iter().for_each(|i| mark(i, &mut seen));
+            }
+        }
+        let mut todo: Vec<&'static Node> = lang::TOP.to_vec();
+        let mut done: Vec<*const Node> = Vec::new();
+        let mut missing = Vec::new();
+        while let Some(n) = todo.pop() {
+            if done.contains(&(n as *const Node)) {
+                continue;
+            }
+            done.push(n);
+            for k in n.keys {
+                if !seen.contains(&(n as *const Node, k.name)) {
+                    missing.push(format!("{}.{}", n.name, k.name));
+                }
+                if let Ty::Node(c) = k.ty {
+                    todo.push(c);
+                }
+            }
+        }
+        assert!(missing.is_empty(), "not in tests/lang: {missing:?}");
+    }
+
+    /// The string literals of a Rust source (good enough for ours: no raw
+    /// strings, no `"` in char literals).
+    fn literals(src: &str) -> Vec<String> {
+        let mut out = Vec::new();
+        let mut chars = src.chars();
+        while let Some(c) = chars.next() {
+            if c == '\'' {
+                // Skip a char literal such as '"' (a lifetime has no closing ').
+                let rest: String = chars.clone().take(3).collect();
+                if rest.starts_with("\\\"'") || rest.starts_with("\"'") {
+                    chars.nth(rest.find('\'').unwrap());
+                }
+            } else if c == '"' {
+                let mut lit = String::new();
+                while let Some(c) = chars.next() {
+                    match c {
+                        '\\' => {
+                            chars.next();
+                        }
+                        '"' => break,
+                        c => lit.push(c),
+                    }
+                }
+                out.push(lit);
+            }
+        }
+        out
+    }
+
+    fn code_before_tests(path: &Path) -> String {
+        let src = std::fs::read_to_string(root().join(path)).unwrap();
+        src.split("#[cfg(test)]").next().unwrap().to_string()
+    }
+
+    /// Key and node names live in `lang.rs` only: the emitters and the
+    /// accessors here never spell one (`schema.rs` is left out: JSON Schema's
+    /// own words, `format` and `uuid`, are key names too) (a tidy test, as rust-analyzer keeps
+    /// its invariants).
+    #[test]
+    fn emitters_spell_no_key_names() {
+        let mut names: Vec<&str> = Vec::new();
+        let mut todo: Vec<&'static Node> = lang::TOP.to_vec();
+        while let Some(n) = todo.pop() {
+            if names.contains(&n.name) && n.keys.iter().all(|k| names.contains(&k.name)) {
+                continue;
+            }
+            names.push(n.name);
+            for k in n.keys {
+                names.push(k.name);
+                if let Ty::Node(c) = k.ty {
+                    todo.push(c);
+                }
+            }
+        }
+        let toml_src = std::fs::read_to_string(root().join("src/syntax/toml.rs")).unwrap();
+        let toml_emit = toml_src
+            .split("// Emit\n")
+            .nth(1)
+            .expect("toml.rs has an `// Emit` part")
+            .split("#[cfg(test)]")
+            .next()
+            .unwrap()
+            .to_string();
+        for (file, code) in [
+            (
+                "src/syntax/kdl/emit.rs",
+                code_before_tests(Path::new("src/syntax/kdl/emit.rs")),
+            ),
+            (
+                "src/syntax/values.rs",
+                code_before_tests(Path::new("src/syntax/values.rs")),
+            ),
+            ("src/syntax/toml.rs (emit)", toml_emit),
+        ] {
+            let lits = literals(&code);
+            assert!(
+                !lits.is_empty(),
+                "{file}: no literals found; is the scanner broken?"
+            );
+            let spelled: Vec<&String> = lits
+                .iter()
+                .filter(|l| names.contains(&l.as_str()))
+                .collect();
+            assert!(spelled.is_empty(), "{file} spells key names: {spelled:?}");
+        }
+        // The scanner finds a planted one.
+        assert_eq!(literals("f(\"memory\", '\"')"), ["memory"]);
+    }
 }

@@ -63,8 +63,11 @@ fn emit_item(item: &Item<'_>) -> Node {
             (_, Val::Tags(tags)) => {
                 let mut t = Node::new(k.name);
                 for tag in *tags {
-                    t.kids
-                        .push(Node::new(format!("{} {}", ident(&tag.key), quote(&tag.value))));
+                    t.kids.push(Node::new(format!(
+                        "{} {}",
+                        ident(&tag.key),
+                        quote(&tag.value)
+                    )));
                 }
                 n.kids.push(t);
             }
@@ -163,4 +166,3 @@ fn ident(s: &str) -> String {
         && !matches!(s, "true" | "false" | "null" | "inf" | "nan");
     if plain { s.to_string() } else { quote(s) }
 }
-
