@@ -43,7 +43,7 @@ fn committed_schema_is_up_to_date() {
     let committed = std::fs::read_to_string(&path).unwrap_or_default();
     assert!(
         committed == generated,
-        "schemas/experiment.schema.json is out of date with src/schema.rs; regenerate it with\n    \
+        "schemas/experiment.schema.json is out of date with the language table (src/syntax/lang.rs, src/schema.rs); regenerate it with\n    \
          cargo run -- schema > schemas/experiment.schema.json\nor\n    \
          UPDATE_SCHEMA=1 cargo test --test schema"
     );

@@ -1,15 +1,18 @@
 //! The experiment language, described once: every node, its keys, how each
 //! key is written in KDL (argument, property, child node) and in TOML (key of
-//! the node's table, or the table's own name), its value type, whether it is
-//! required or repeatable, and the usage line shown in diagnostics.
+//! the node's table, the table's own name, a `[parent.key]` section, or a node
+//! flattened into its parent's table), its value type, whether it is required
+//! or repeatable, its check and description, and the usage line shown in
+//! diagnostics.
 //!
 //! Both mappers (`kdl::map`, `toml`) take their known names, suggestions and
-//! usage lines from here, and both emitters their key order; `schema` is
-//! checked against it (`tests::schema_follows_the_table`).
+//! usage lines from here; both emitters walk it (over `syntax::values`), and
+//! `schema` generates the JSON schema from it.
 //!
-//! Adding a key to a node: one [`Key`] const here, listed in the node's
-//! `keys`, plus the model field and the line in each mapper and emitter that
-//! moves the value (the compiler points at the model's `PartialEq`).
+//! Adding a key to a node: a [`Key`] in the node's `keys` here (shape, type,
+//! check, doc), the model field, the line in each mapper that reads it, and
+//! its value in the node's accessor in `syntax::values` (the emitters and the
+//! schema need nothing more), then a use in `tests/lang/full.kdl`.
 
 use std::sync::OnceLock;
 
