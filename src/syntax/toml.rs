@@ -1727,7 +1727,45 @@ cc = [{ exec = "a", background = "b" }, { timeout = "3s" }, { send = "x" }, { ex
                 span: z(),
             })
         }
+        fn capture(name: String) -> impl Strategy<Value = Capture> {
+            let source = of(prop_oneof![
+                (s(), oi()).prop_map(|(vm, nic)| CaptureSource::Tap { vm, nic }),
+                s().prop_map(CaptureSource::Network),
+            ]);
+            source.prop_map(move |source| Capture {
+                name: Sp::bare(name.clone()),
+                source,
+                span: z(),
+            })
+        }
+        fn check(name: String) -> impl Strategy<Value = Check> {
+            let a = (os(), os(), of(command()), os(), os(), os(), oi(), os());
+            let b = (os(), oi(), oi(), ob(), os(), oi(), vec(s(), 0..3));
+            (a, b).prop_map(move |(a, b)| Check {
+                name: Sp::bare(name.clone()),
+                from: a.0,
+                ping: a.1,
+                exec: a.2,
+                capture: a.3,
+                filter: a.4,
+                expect: a.5,
+                exit: a.6,
+                stdout_contains: a.7,
+                stdout_matches: b.0,
+                at_least: b.1,
+                at_most: b.2,
+                none: b.3,
+                timeout: b.4,
+                retry: b.5,
+                after: b.6,
+                span: z(),
+            })
+        }
         fn document() -> impl Strategy<Value = Document> {
+            let captures = proptest::collection::btree_set(text(), 0..3)
+                .prop_flat_map(|names| names.into_iter().map(capture).collect::<Vec<_>>());
+            let checks = proptest::collection::btree_set(text(), 0..3)
+                .prop_flat_map(|names| names.into_iter().map(check).collect::<Vec<_>>());
             let provider = of(
                 (s(), os(), os()).prop_map(|(kind, base, namespace)| ProviderNode {
                     kind,
@@ -1754,9 +1792,10 @@ cc = [{ exec = "a", background = "b" }, { timeout = "3s" }, { send = "x" }, { ex
             );
             let vms = proptest::collection::btree_set(text(), 0..3)
                 .prop_flat_map(|names| names.into_iter().map(vm).collect::<Vec<_>>());
-            (exp, networks, disks, vms).prop_map(|(exp, networks, disks, vms)| Document {
-                captures: Vec::new(),
-                checks: Vec::new(),
+            let rest = (vms, captures, checks);
+            (exp, networks, disks, rest).prop_map(|(exp, networks, disks, rest)| Document {
+                captures: rest.1,
+                checks: rest.2,
                 experiments: exp.into_iter().collect(),
                 networks: networks
                     .into_iter()
@@ -1787,7 +1826,7 @@ cc = [{ exec = "a", background = "b" }, { timeout = "3s" }, { send = "x" }, { ex
                         span: z(),
                     })
                     .collect(),
-                vms,
+                vms: rest.0,
             })
         }
 
