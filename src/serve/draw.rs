@@ -4,18 +4,25 @@
 //! Layout: each network is a band, a labelled bus bar with the VMs whose
 //! first nic is on it in rows below it (at most [`PER_ROW`] a row, so 3 VMs
 //! and 100 VMs both stay readable). A VM's other nics are short stubs with a
-//! dashed line up to their network's bar. A mirror is one arrowed curve from
+//! dashed label naming their network. A mirror is one arrowed curve from
 //! the mirrored VM to the monitor, labelled with its direction. VMs without
-//! a nic get a band of their own at the end.
+//! a nic get a band of their own at the end. A capture is a mark: on the
+//! nic it records (a tap capture), or on its network's bar. When the VMs
+//! run on several hosts (the minimega provider records each VM's node),
+//! each host is a labelled box holding the bands of its VMs.
 //!
-//! Invariants: pure (same lab and states, same bytes); every text from the
-//! experiment or the host is XML-escaped; one `class="vm"` shape per VM and
-//! one `class="mirror"` path per mirror, so the page and the tests can count them.
+//! Invariants: pure (same lab, states and hosts, same bytes); every text
+//! from the experiment or the host is XML-escaped; one `class="vm"` shape
+//! per VM, one `class="mirror"` path per mirror, one `class="capture"` mark
+//! per captured nic or per captured network's bar, and one `class="host"`
+//! box per host when there are several, so the page and the tests can count
+//! them.
 
 use std::collections::BTreeMap;
 use std::fmt::Write;
 
 use crate::lab::{Direction, Lab};
+use crate::state::State;
 
 /// VMs a row inside a network's band.
 pub const PER_ROW: usize = 8;
@@ -26,6 +33,26 @@ const GAP_Y: i64 = 34;
 const MARGIN: i64 = 20;
 const BAR_H: i64 = 26;
 const BAND_GAP: i64 = 30;
+/// Inside a host's box: the padding, and the height of its label.
+const HOST_PAD: i64 = 14;
+const HOST_LABEL: i64 = 24;
+
+/// Each VM's host, as the provider recorded it in the state (the minimega
+/// provider's computed `node`); VMs without one are left out.
+pub fn hosts(lab: &Lab, state: &State) -> BTreeMap<String, String> {
+    lab.vms
+        .iter()
+        .filter_map(|vm| {
+            let node = state
+                .resources
+                .get(&vm.address)?
+                .attrs
+                .get("node")?
+                .as_str()?;
+            (!node.is_empty()).then(|| (vm.name.clone(), node.to_string()))
+        })
+        .collect()
+}
 
 /// XML-escape text for an attribute or element body.
 pub fn esc(s: &str) -> String {
@@ -63,9 +90,17 @@ struct Band<'a> {
     top: i64,
 }
 
-/// The drawing. `states` maps VM name to its live state ("running", "dead",
-/// "absent"...); a VM missing from it is drawn without one (the CLI's file).
-pub fn svg(lab: &Lab, states: &BTreeMap<String, String>) -> String {
+/// A host's box (only when there are several hosts).
+struct HostBox {
+    /// None: VMs whose host is not known.
+    name: Option<String>,
+    top: i64,
+    bottom: i64,
+}
+
+/// The bands of `vms` (indices into `lab.vms`): one per network, in file
+/// order, then one for VMs without a nic; empty network bands only when `all`.
+fn bands_of<'a>(lab: &'a Lab, vms: &[usize], all: bool) -> Vec<Band<'a>> {
     let mut bands: Vec<Band> = lab
         .networks
         .iter()
@@ -77,8 +112,8 @@ pub fn svg(lab: &Lab, states: &BTreeMap<String, String>) -> String {
         })
         .collect();
     let mut loose = Vec::new();
-    for (i, vm) in lab.vms.iter().enumerate() {
-        match vm.nics.first().and_then(|n| {
+    for &i in vms {
+        match lab.vms[i].nics.first().and_then(|n| {
             bands
                 .iter()
                 .position(|b| b.network == Some(n.network.as_str()))
@@ -86,6 +121,9 @@ pub fn svg(lab: &Lab, states: &BTreeMap<String, String>) -> String {
             Some(b) => bands[b].vms.push(i),
             None => loose.push(i),
         }
+    }
+    if !all {
+        bands.retain(|b| !b.vms.is_empty());
     }
     if !loose.is_empty() {
         bands.push(Band {
@@ -95,124 +133,107 @@ pub fn svg(lab: &Lab, states: &BTreeMap<String, String>) -> String {
             top: 0,
         });
     }
-    let cols = lab.vms.len().clamp(1, PER_ROW) as i64;
-    let mut width = (MARGIN * 2 + cols * VM_W + (cols - 1) * GAP_X).max(480);
-    // Positions: band tops, then each VM's box corner.
+    bands
+}
+
+/// The drawing. `states` maps VM name to its live state ("running", "dead",
+/// "absent"...); a VM missing from it is drawn without one (the CLI's file).
+/// `hosts` maps VM name to the host it runs on ([`hosts`]); with more than
+/// one host, VMs are grouped in a box per host.
+pub fn svg(
+    lab: &Lab,
+    states: &BTreeMap<String, String>,
+    hosts: &BTreeMap<String, String>,
+) -> String {
+    let mut names: Vec<&String> = lab.vms.iter().filter_map(|v| hosts.get(&v.name)).collect();
+    names.sort();
+    names.dedup();
+    let grouped = names.len() > 1;
+    // (host box, its bands); one group without a box when not grouped.
+    let mut groups: Vec<(Option<HostBox>, Vec<Band>)> = Vec::new();
+    if grouped {
+        let mut keys: Vec<Option<&String>> = names.iter().map(|n| Some(*n)).collect();
+        if lab.vms.iter().any(|v| !hosts.contains_key(&v.name)) {
+            keys.push(None);
+        }
+        for key in keys {
+            let vms: Vec<usize> = (0..lab.vms.len())
+                .filter(|&i| hosts.get(&lab.vms[i].name) == key)
+                .collect();
+            groups.push((
+                Some(HostBox {
+                    name: key.cloned(),
+                    top: 0,
+                    bottom: 0,
+                }),
+                bands_of(lab, &vms, false),
+            ));
+        }
+    } else {
+        let all: Vec<usize> = (0..lab.vms.len()).collect();
+        groups.push((None, bands_of(lab, &all, true)));
+    }
+    let inset = if grouped { HOST_PAD } else { 0 };
+    let cols = groups
+        .iter()
+        .flat_map(|g| g.1.iter().map(|b| b.vms.len()))
+        .max()
+        .unwrap_or(0)
+        .clamp(1, PER_ROW) as i64;
+    let mut width = (MARGIN * 2 + inset * 2 + cols * VM_W + (cols - 1) * GAP_X).max(480);
+    // Positions: host boxes and band tops, then each VM's box corner.
     let mut pos: BTreeMap<usize, (i64, i64)> = BTreeMap::new();
     let mut y = MARGIN;
-    for b in &mut bands {
-        b.top = y;
-        let rows = b.vms.len().div_ceil(PER_ROW).max(1) as i64;
-        for (k, &vi) in b.vms.iter().enumerate() {
-            let col = (k % PER_ROW) as i64;
-            let row = (k / PER_ROW) as i64;
-            let x = MARGIN + col * (VM_W + GAP_X);
-            let vy = y + BAR_H + GAP_Y + row * (VM_H + GAP_Y);
-            pos.insert(vi, (x, vy));
+    for (hb, bands) in &mut groups {
+        if let Some(hb) = hb.as_mut() {
+            hb.top = y;
+            y += HOST_LABEL;
         }
-        y += BAR_H + GAP_Y + rows * (VM_H + GAP_Y) + BAND_GAP;
+        for b in bands.iter_mut() {
+            b.top = y;
+            let rows = b.vms.len().div_ceil(PER_ROW).max(1) as i64;
+            for (k, &vi) in b.vms.iter().enumerate() {
+                let col = (k % PER_ROW) as i64;
+                let row = (k / PER_ROW) as i64;
+                let x = MARGIN + inset + col * (VM_W + GAP_X);
+                let vy = y + BAR_H + GAP_Y + row * (VM_H + GAP_Y);
+                pos.insert(vi, (x, vy));
+            }
+            y += BAR_H + GAP_Y + rows * (VM_H + GAP_Y) + BAND_GAP;
+        }
+        if let Some(hb) = hb.as_mut() {
+            hb.bottom = y - BAND_GAP + HOST_PAD;
+            y = hb.bottom + BAND_GAP;
+        }
     }
     let mut height = y - BAND_GAP + MARGIN;
-    let bar_of = |net: &str| bands.iter().find(|b| b.network == Some(net)).map(|b| b.top);
+    let bar_w = width - 2 * (MARGIN + inset);
 
     let mut o = String::new();
-    for b in &bands {
-        let label = match b.network {
-            Some(n) => format!("network {n}  ({})", b.bridge),
-            None => "no network".to_string(),
-        };
-        let _ = writeln!(
-            o,
-            "<g class=\"bar\" data-network=\"{}\"><rect x=\"{MARGIN}\" y=\"{}\" width=\"{}\" height=\"{BAR_H}\" rx=\"4\" fill=\"#37474f\"/><text x=\"{}\" y=\"{}\" fill=\"#ffffff\">{}</text></g>",
-            esc(b.network.unwrap_or("")),
-            b.top,
-            width - 2 * MARGIN,
-            MARGIN + 8,
-            b.top + 17,
-            esc(&label)
-        );
-    }
-    // Nic lines under the boxes.
-    for (i, vm) in lab.vms.iter().enumerate() {
-        let (x, vy) = pos[&i];
-        let n = vm.nics.len() as i64;
-        for (k, nic) in vm.nics.iter().enumerate() {
-            let Some(top) = bar_of(&nic.network) else {
-                continue;
+    for (hb, bands) in &groups {
+        if let Some(hb) = hb {
+            let label = match &hb.name {
+                Some(n) => format!("host {n}"),
+                None => "host unknown".to_string(),
             };
-            let nx = x + VM_W * (k as i64 + 1) / (n + 1);
-            let title = format!(
-                "<title>{} nic[{}] {} on {}</title>",
-                esc(&vm.name),
-                nic.index,
-                esc(&nic.tap),
-                esc(&nic.network)
-            );
-            if k == 0 {
-                // Up to its own band's bar (the bus line).
-                let _ = writeln!(
-                    o,
-                    "<line class=\"nic\" stroke=\"#546e7a\" stroke-width=\"1.5\" data-tap=\"{}\" x1=\"{nx}\" y1=\"{vy}\" x2=\"{nx}\" y2=\"{}\">{title}</line>",
-                    esc(&nic.tap),
-                    top + BAR_H
-                );
-            } else {
-                // Another band's bar: a labelled stub, not a line across other
-                // VMs (which at 100 VMs would cross everything).
-                let _ = writeln!(
-                    o,
-                    "<line class=\"nic extra\" stroke=\"#546e7a\" stroke-width=\"1.5\" stroke-dasharray=\"3 2\" data-tap=\"{}\" data-network=\"{}\" x1=\"{nx}\" y1=\"{vy}\" x2=\"{nx}\" y2=\"{}\">{title}</line><text class=\"nic-label\" fill=\"#546e7a\" font-size=\"10\" x=\"{}\" y=\"{}\">{}</text>",
-                    esc(&nic.tap),
-                    esc(&nic.network),
-                    vy - 14,
-                    nx + 3,
-                    vy - 5,
-                    esc(&fit(&nic.network, 12))
-                );
-            }
-        }
-    }
-    for (i, vm) in lab.vms.iter().enumerate() {
-        let (x, vy) = pos[&i];
-        let state = states.get(&vm.name);
-        let state_attr = state.map_or_else(String::new, |s| format!(" data-state=\"{}\"", esc(s)));
-        // Presentation attributes, not a <style>: the page's CSP allows no inline style.
-        let (fill, stroke, dash) = match state.map(String::as_str) {
-            None => ("#eef4ff", "#3a5a99", ""),
-            Some("running") => ("#e3f6e3", "#2e7d32", ""),
-            Some("dead") => ("#fde2e2", "#c62828", " stroke-dasharray=\"4 2\""),
-            Some(_) => ("#f2f2f2", "#999999", " stroke-dasharray=\"2 2\""),
-        };
-        let _ = write!(
-            o,
-            "<g class=\"vm\" data-vm=\"{}\"{state_attr}><rect x=\"{x}\" y=\"{vy}\" width=\"{VM_W}\" height=\"{VM_H}\" rx=\"6\" fill=\"{fill}\" stroke=\"{stroke}\" stroke-width=\"1.5\"{dash}/>",
-            esc(&vm.name)
-        );
-        let _ = write!(
-            o,
-            "<text x=\"{}\" y=\"{}\" font-weight=\"bold\">{}</text>",
-            x + 8,
-            vy + 18,
-            esc(&fit(&vm.name, 18))
-        );
-        let _ = write!(
-            o,
-            "<text x=\"{}\" y=\"{}\">{} · {} vcpu</text>",
-            x + 8,
-            vy + 34,
-            crate::graph::fmt_mib(vm.memory_mib),
-            vm.vcpus
-        );
-        if let Some(s) = state {
-            let _ = write!(
+            let _ = writeln!(
                 o,
-                "<text class=\"state\" fill=\"#555555\" x=\"{}\" y=\"{}\">{}</text>",
-                x + 8,
-                vy + 50,
-                esc(&fit(s, 18))
+                "<g class=\"host\" data-host=\"{}\"><rect class=\"host-box\" x=\"{MARGIN}\" y=\"{}\" width=\"{}\" height=\"{}\" rx=\"8\" fill=\"#fafafa\" stroke=\"#8d6e63\" stroke-width=\"1.5\" stroke-dasharray=\"6 3\"/><text x=\"{}\" y=\"{}\" fill=\"#5d4037\" font-weight=\"bold\">{}</text>",
+                esc(hb.name.as_deref().unwrap_or("")),
+                hb.top,
+                width - 2 * MARGIN,
+                hb.bottom - hb.top,
+                MARGIN + 8,
+                hb.top + 16,
+                esc(&label)
             );
         }
-        let _ = writeln!(o, "<title>{}</title></g>", esc(&vm.address));
+        for b in bands {
+            draw_band(&mut o, lab, b, &pos, states, hosts, MARGIN + inset, bar_w);
+        }
+        if hb.is_some() {
+            o.push_str("</g>\n");
+        }
     }
     for m in &lab.mirrors {
         let (Some(si), Some(di)) = (
@@ -282,6 +303,159 @@ pub fn svg(lab: &Lab, states: &BTreeMap<String, String>) -> String {
     h
 }
 
+const CAPTURE_FILL: &str = "#ffb300";
+const CAPTURE_STROKE: &str = "#6d4c00";
+
+/// One band: its bar (with a mark per capture of its network), then its
+/// VMs' nic lines (with a mark per captured nic) and boxes.
+#[allow(clippy::too_many_arguments)]
+fn draw_band(
+    o: &mut String,
+    lab: &Lab,
+    b: &Band,
+    pos: &BTreeMap<usize, (i64, i64)>,
+    states: &BTreeMap<String, String>,
+    hosts: &BTreeMap<String, String>,
+    left: i64,
+    bar_w: i64,
+) {
+    let label = match b.network {
+        Some(n) => format!("network {n}  ({})", b.bridge),
+        None => "no network".to_string(),
+    };
+    let _ = writeln!(
+        o,
+        "<g class=\"bar\" data-network=\"{}\"><rect x=\"{left}\" y=\"{}\" width=\"{bar_w}\" height=\"{BAR_H}\" rx=\"4\" fill=\"#37474f\"/><text x=\"{}\" y=\"{}\" fill=\"#ffffff\">{}</text></g>",
+        esc(b.network.unwrap_or("")),
+        b.top,
+        left + 8,
+        b.top + 17,
+        esc(&label)
+    );
+    if let Some(net) = b.network {
+        // Network captures: marks from the right end of the bar leftwards.
+        let mut right = left + bar_w - 14;
+        for c in lab
+            .captures
+            .iter()
+            .filter(|c| c.network.as_deref() == Some(net))
+        {
+            let cy = b.top + BAR_H / 2;
+            let text = format!("capture {}", fit(&c.name, 16));
+            let _ = writeln!(
+                o,
+                "<g class=\"capture\" data-capture=\"{}\" data-network=\"{}\"><circle cx=\"{right}\" cy=\"{cy}\" r=\"7\" fill=\"{CAPTURE_FILL}\" stroke=\"{CAPTURE_STROKE}\" stroke-width=\"1.5\"/><text x=\"{}\" y=\"{}\" fill=\"{CAPTURE_FILL}\" text-anchor=\"end\">{}</text><title>capture {}: every frame on network {}</title></g>",
+                esc(&c.name),
+                esc(net),
+                right - 11,
+                b.top + 17,
+                esc(&text),
+                esc(&c.name),
+                esc(net)
+            );
+            right -= 24 + 7 * text.chars().count() as i64;
+        }
+    }
+    for &i in &b.vms {
+        let vm = &lab.vms[i];
+        let (x, vy) = pos[&i];
+        let n = vm.nics.len() as i64;
+        for (k, nic) in vm.nics.iter().enumerate() {
+            let nx = x + VM_W * (k as i64 + 1) / (n + 1);
+            let title = format!(
+                "<title>{} nic[{}] {} on {}</title>",
+                esc(&vm.name),
+                nic.index,
+                esc(&nic.tap),
+                esc(&nic.network)
+            );
+            if k == 0 && b.network.is_some() {
+                // Up to its own band's bar (the bus line).
+                let _ = writeln!(
+                    o,
+                    "<line class=\"nic\" stroke=\"#546e7a\" stroke-width=\"1.5\" data-tap=\"{}\" x1=\"{nx}\" y1=\"{vy}\" x2=\"{nx}\" y2=\"{}\">{title}</line>",
+                    esc(&nic.tap),
+                    b.top + BAR_H
+                );
+            } else if lab.network(&nic.network).is_some() {
+                // Another band's bar: a labelled stub, not a line across other
+                // VMs (which at 100 VMs would cross everything).
+                let _ = writeln!(
+                    o,
+                    "<line class=\"nic extra\" stroke=\"#546e7a\" stroke-width=\"1.5\" stroke-dasharray=\"3 2\" data-tap=\"{}\" data-network=\"{}\" x1=\"{nx}\" y1=\"{vy}\" x2=\"{nx}\" y2=\"{}\">{title}</line><text class=\"nic-label\" fill=\"#546e7a\" font-size=\"10\" x=\"{}\" y=\"{}\">{}</text>",
+                    esc(&nic.tap),
+                    esc(&nic.network),
+                    vy - 14,
+                    nx + 3,
+                    vy - 5,
+                    esc(&fit(&nic.network, 12))
+                );
+            }
+            // Tap captures of this nic: a mark where the nic leaves the box,
+            // labelled on the left of the line.
+            for c in lab.captures.iter().filter(|c| {
+                c.network.is_none() && c.taps.iter().any(|t| t.vm == vm.name && t.nic == nic.index)
+            }) {
+                let _ = writeln!(
+                    o,
+                    "<g class=\"capture\" data-capture=\"{}\" data-tap=\"{}\"><circle cx=\"{nx}\" cy=\"{vy}\" r=\"6\" fill=\"{CAPTURE_FILL}\" stroke=\"{CAPTURE_STROKE}\" stroke-width=\"1.5\"/><text x=\"{}\" y=\"{}\" fill=\"{CAPTURE_STROKE}\" font-size=\"10\" text-anchor=\"end\">{}</text><title>capture {}: {} nic[{}] ({})</title></g>",
+                    esc(&c.name),
+                    esc(&nic.tap),
+                    nx - 9,
+                    vy - 6,
+                    esc(&fit(&c.name, 10)),
+                    esc(&c.name),
+                    esc(&vm.name),
+                    nic.index,
+                    esc(&nic.tap)
+                );
+            }
+        }
+        let state = states.get(&vm.name);
+        let state_attr = state.map_or_else(String::new, |s| format!(" data-state=\"{}\"", esc(s)));
+        let host_attr = hosts
+            .get(&vm.name)
+            .map_or_else(String::new, |h| format!(" data-host=\"{}\"", esc(h)));
+        // Presentation attributes, not a <style>: the page's CSP allows no inline style.
+        let (fill, stroke, dash) = match state.map(String::as_str) {
+            None => ("#eef4ff", "#3a5a99", ""),
+            Some("running") => ("#e3f6e3", "#2e7d32", ""),
+            Some("dead") => ("#fde2e2", "#c62828", " stroke-dasharray=\"4 2\""),
+            Some(_) => ("#f2f2f2", "#999999", " stroke-dasharray=\"2 2\""),
+        };
+        let _ = write!(
+            o,
+            "<g class=\"vm\" data-vm=\"{}\"{state_attr}{host_attr}><rect x=\"{x}\" y=\"{vy}\" width=\"{VM_W}\" height=\"{VM_H}\" rx=\"6\" fill=\"{fill}\" stroke=\"{stroke}\" stroke-width=\"1.5\"{dash}/>",
+            esc(&vm.name)
+        );
+        let _ = write!(
+            o,
+            "<text x=\"{}\" y=\"{}\" font-weight=\"bold\">{}</text>",
+            x + 8,
+            vy + 18,
+            esc(&fit(&vm.name, 18))
+        );
+        let _ = write!(
+            o,
+            "<text x=\"{}\" y=\"{}\">{} · {} vcpu</text>",
+            x + 8,
+            vy + 34,
+            crate::graph::fmt_mib(vm.memory_mib),
+            vm.vcpus
+        );
+        if let Some(s) = state {
+            let _ = write!(
+                o,
+                "<text class=\"state\" fill=\"#555555\" x=\"{}\" y=\"{}\">{}</text>",
+                x + 8,
+                vy + 50,
+                esc(&fit(s, 18))
+            );
+        }
+        let _ = writeln!(o, "<title>{}</title></g>", esc(&vm.address));
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -301,7 +475,7 @@ mod tests {
         let l = lab(
             "experiment \"x\"\nnetwork \"LAN\"\nnetwork \"mon\"\nvm \"A\" { kernel \"/k\"; nic \"LAN\"; }\nvm \"B\" { kernel \"/k\"; nic \"LAN\"; nic \"mon\"; }\nvm \"monitor\" { kernel \"/k\"; nic \"mon\"; mirrors \"A\" direction=\"ingress\"; }\n",
         );
-        let s = svg(&l, &BTreeMap::new());
+        let s = svg(&l, &BTreeMap::new(), &BTreeMap::new());
         assert_eq!(count(&s, "<g class=\"vm\""), 3, "{s}");
         assert_eq!(count(&s, "<path class=\"mirror\""), 1, "{s}");
         assert!(s.contains("data-direction=\"in\""), "{s}");
@@ -316,9 +490,9 @@ mod tests {
         let l =
             lab("experiment \"x\"\nnetwork \"LAN\"\nvm \"A\" { kernel \"/k\"; nic \"LAN\"; }\n");
         let states = BTreeMap::from([("A".to_string(), "dead".to_string())]);
-        let s = svg(&l, &states);
+        let s = svg(&l, &states, &BTreeMap::new());
         assert!(s.contains("data-vm=\"A\" data-state=\"dead\""), "{s}");
-        assert!(svg(&l, &BTreeMap::new()).contains("data-vm=\"A\"><rect"));
+        assert!(svg(&l, &BTreeMap::new(), &BTreeMap::new()).contains("data-vm=\"A\"><rect"));
     }
 
     #[test]
@@ -326,7 +500,7 @@ mod tests {
         let l = lab(
             "experiment \"x\"\nnetwork \"LAN\"\nvm \"n[1-100]\" { kernel \"/k\"; nic \"LAN\"; }\n",
         );
-        let s = svg(&l, &BTreeMap::new());
+        let s = svg(&l, &BTreeMap::new(), &BTreeMap::new());
         assert_eq!(count(&s, "<g class=\"vm\""), 100);
         let width: i64 = s
             .split("width=\"")
@@ -359,8 +533,124 @@ mod tests {
         );
         let l = lab("experiment \"x\"\nvm \"A\" { kernel \"/k\"; }\n");
         let states = BTreeMap::from([("A".to_string(), "<script>".to_string())]);
-        let s = svg(&l, &states);
+        let s = svg(&l, &states, &BTreeMap::new());
         assert!(!s.contains("<script>"), "{s}");
         assert!(s.contains("no network"), "{s}");
+    }
+
+    /// The numbers of `key="N"` in `s`, in order.
+    fn nums(s: &str, key: &str) -> Vec<i64> {
+        s.split(&format!(" {key}=\""))
+            .skip(1)
+            .map(|r| r.split('"').next().unwrap().parse().unwrap())
+            .collect()
+    }
+
+    /// (x, y, width, height) of the first `<rect` after `start` in `s`.
+    fn rect_after(s: &str, start: &str) -> (i64, i64, i64, i64) {
+        let g = &s[s.find(start).unwrap_or_else(|| panic!("no {start} in {s}"))..];
+        let r = &g[g.find("<rect").unwrap()..];
+        let r = &r[..r.find("/>").unwrap()];
+        let one = |k: &str| nums(r, k)[0];
+        (one("x"), one("y"), one("width"), one("height"))
+    }
+
+    fn inside(inner: (i64, i64, i64, i64), outer: (i64, i64, i64, i64)) -> bool {
+        inner.0 >= outer.0
+            && inner.1 >= outer.1
+            && inner.0 + inner.2 <= outer.0 + outer.2
+            && inner.1 + inner.3 <= outer.1 + outer.3
+    }
+
+    const MESH: &str = "experiment \"x\"\nnetwork \"LAN\"\nnetwork \"mon\"\nvm \"A\" { kernel \"/k\"; nic \"LAN\"; }\nvm \"B\" { kernel \"/k\"; nic \"LAN\"; }\nvm \"monitor\" { kernel \"/k\"; nic \"mon\"; mirrors \"A\"; }\n";
+
+    #[test]
+    fn several_hosts_get_a_box_each_holding_their_vms() {
+        let l = lab(MESH);
+        let hosts = BTreeMap::from([
+            ("A".to_string(), "mm1".to_string()),
+            ("monitor".to_string(), "mm1".to_string()),
+            ("B".to_string(), "mm2".to_string()),
+        ]);
+        let s = svg(&l, &BTreeMap::new(), &hosts);
+        assert_eq!(count(&s, "<g class=\"host\""), 2, "{s}");
+        assert!(
+            s.contains(">host mm1</text>") && s.contains(">host mm2</text>"),
+            "{s}"
+        );
+        let mm1 = rect_after(&s, "<g class=\"host\" data-host=\"mm1\"");
+        let mm2 = rect_after(&s, "<g class=\"host\" data-host=\"mm2\"");
+        let a = rect_after(&s, "data-vm=\"A\"");
+        let b = rect_after(&s, "data-vm=\"B\"");
+        let m = rect_after(&s, "data-vm=\"monitor\"");
+        assert!(inside(a, mm1) && inside(m, mm1), "{s}");
+        assert!(inside(b, mm2) && !inside(b, mm1), "{s}");
+        assert!(!inside(a, mm2), "{s}");
+        // The boxes do not overlap: mm2 begins below mm1.
+        assert!(mm2.1 >= mm1.1 + mm1.3, "{mm1:?} {mm2:?}");
+        assert!(s.contains("data-vm=\"B\" data-host=\"mm2\""), "{s}");
+        // Still one shape per VM and one mirror path; LAN is drawn in both
+        // hosts, mon (only the monitor's) in mm1 alone.
+        assert_eq!(count(&s, "<g class=\"vm\""), 3, "{s}");
+        assert_eq!(count(&s, "<path class=\"mirror\""), 1, "{s}");
+        assert_eq!(count(&s, "<g class=\"bar\" data-network=\"LAN\""), 2, "{s}");
+        assert_eq!(count(&s, "<g class=\"bar\" data-network=\"mon\""), 1, "{s}");
+        // A VM whose host is not known gets a box of its own.
+        let partial = BTreeMap::from([
+            ("A".to_string(), "mm1".to_string()),
+            ("B".to_string(), "mm2".to_string()),
+        ]);
+        let s = svg(&l, &BTreeMap::new(), &partial);
+        assert_eq!(count(&s, "<g class=\"host\""), 3, "{s}");
+        assert!(s.contains(">host unknown</text>"), "{s}");
+        assert!(
+            inside(
+                rect_after(&s, "data-vm=\"monitor\""),
+                rect_after(&s, "<g class=\"host\" data-host=\"\"")
+            ),
+            "{s}"
+        );
+    }
+
+    #[test]
+    fn one_host_draws_no_box() {
+        let l = lab(MESH);
+        let one = BTreeMap::from([("A".to_string(), "mm1".to_string())]);
+        let s = svg(&l, &BTreeMap::new(), &one);
+        assert_eq!(count(&s, "class=\"host\""), 0, "{s}");
+        assert_eq!(
+            s.replace(" data-host=\"mm1\"", ""),
+            svg(&l, &BTreeMap::new(), &BTreeMap::new())
+        );
+    }
+
+    #[test]
+    fn captures_are_marked_on_their_nic_and_on_their_network() {
+        let l = lab(&format!(
+            "{MESH}capture \"mon\" {{ tap \"monitor\" nic=0; }}\ncapture \"lan\" network=\"LAN\"\n"
+        ));
+        let s = svg(&l, &BTreeMap::new(), &BTreeMap::new());
+        assert_eq!(count(&s, "<g class=\"capture\""), 2, "{s}");
+        // The tap capture sits where the monitor's nic leaves its box.
+        let tap = &s[s.find("<g class=\"capture\" data-capture=\"mon\"").unwrap()..];
+        assert!(
+            tap.contains("data-tap=\"") && tap.contains(">mon</text>"),
+            "{s}"
+        );
+        let (mx, my, mw, _) = rect_after(&s, "data-vm=\"monitor\"");
+        let (cx, cy) = (nums(tap, "cx")[0], nums(tap, "cy")[0]);
+        assert_eq!((cx, cy), (mx + mw / 2, my), "{s}");
+        // The network capture sits on LAN's bar.
+        let net = &s[s.find("<g class=\"capture\" data-capture=\"lan\"").unwrap()..];
+        assert!(net.starts_with("<g class=\"capture\" data-capture=\"lan\" data-network=\"LAN\""));
+        let bar = rect_after(&s, "<g class=\"bar\" data-network=\"LAN\"");
+        let (cx, cy) = (nums(net, "cx")[0], nums(net, "cy")[0]);
+        assert!(
+            cx > bar.0 && cx < bar.0 + bar.2 && cy > bar.1 && cy < bar.1 + bar.3,
+            "{s}"
+        );
+        assert!(net.contains(">capture lan</text>"), "{s}");
+        // Names are escaped like every other text (a title holds the tap too).
+        assert!(!s.contains("<script"), "{s}");
     }
 }
