@@ -330,6 +330,35 @@ fn the_seed_experiment_runs_on_a_two_node_minimega_mesh() {
     // apply repairs it.
     let (code, text) = run.plan();
     assert_eq!(code, Some(0), "a second plan is empty:\n{text}");
+    // The drawing puts each VM in its host's box: A and the monitor in
+    // mm1's, B in mm2's (`graph` reads the nodes recorded in the state).
+    {
+        let svg = run.ok(&["graph", "--format", "svg", "--provider", "minimega"]);
+        // (x, y, width, height) of the first <rect after `start`.
+        let rect = |start: &str| -> [i64; 4] {
+            let at = svg
+                .find(start)
+                .unwrap_or_else(|| panic!("no {start}:\n{svg}"));
+            let r = &svg[at..];
+            let r = &r[r.find("<rect").unwrap()..];
+            let r = &r[..r.find("/>").unwrap()];
+            ["x", "y", "width", "height"].map(|k| {
+                let v = r.split(&format!(" {k}=\"")).nth(1).unwrap();
+                v[..v.find('"').unwrap()].parse().unwrap()
+            })
+        };
+        let inside = |vm: &str, host: &str| {
+            let (v, h) = (
+                rect(&format!("data-vm=\"{vm}\"")),
+                rect(&format!("<g class=\"host\" data-host=\"{host}\"")),
+            );
+            v[0] >= h[0] && v[1] >= h[1] && v[0] + v[2] <= h[0] + h[2] && v[1] + v[3] <= h[1] + h[3]
+        };
+        assert_eq!(svg.matches("<g class=\"host\"").count(), 2, "{svg}");
+        assert!(inside("A", "mm1") && inside("monitor", "mm1"), "{svg}");
+        assert!(inside("B", "mm2") && !inside("B", "mm1"), "{svg}");
+        assert!(!inside("A", "mm2"), "{svg}");
+    }
     head.run_ok(
         &Mm::new("vm")
             .word("kill")

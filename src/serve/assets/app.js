@@ -38,7 +38,6 @@ function renderVm(vm) {
   const t = el("table", {});
   const tags = Object.entries(vm.tags || {}).map(([k, v]) => k + "=" + v).join(", ");
   t.append(
-    field("host", vm.host ?? ""),
     field("uuid", vm.uuid),
     field("pid", vm.pid ?? ""),
     field("networks", list(vm.networks)),
@@ -50,6 +49,8 @@ function renderVm(vm) {
     field("tags", tags),
     field("cc steps done", vm.cc),
   );
+  // The host it runs on, when the provider records one (minimega's node).
+  if (vm.host) t.prepend(field("host", vm.host));
   d.append(t);
   for (const s of vm.steps || []) {
     const failed = s.exit !== null && s.exit !== "0";
