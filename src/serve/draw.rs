@@ -29,10 +29,12 @@ pub const PER_ROW: usize = 8;
 const VM_W: i64 = 150;
 const VM_H: i64 = 58;
 const GAP_X: i64 = 30;
-const GAP_Y: i64 = 34;
+const GAP_Y: i64 = 40;
 const MARGIN: i64 = 20;
 const BAR_H: i64 = 26;
 const BAND_GAP: i64 = 30;
+/// How far a bar reaches left of its boxes (its trunk runs there).
+const TRUNK: i64 = 10;
 /// Inside a host's box: the padding, and the height of its label.
 const HOST_PAD: i64 = 14;
 const HOST_LABEL: i64 = 24;
@@ -202,11 +204,11 @@ pub fn svg(
             y += BAR_H + GAP_Y + rows * (VM_H + GAP_Y) + BAND_GAP;
         }
         if let Some(hb) = hb.as_mut() {
-            hb.bottom = y - BAND_GAP + HOST_PAD;
+            hb.bottom = y - BAND_GAP - GAP_Y + HOST_PAD;
             y = hb.bottom + BAND_GAP;
         }
     }
-    let mut height = y - BAND_GAP + MARGIN;
+    let mut height = y - BAND_GAP - GAP_Y + MARGIN;
     let bar_w = width - 2 * (MARGIN + inset);
 
     let mut o = String::new();
@@ -218,7 +220,7 @@ pub fn svg(
             };
             let _ = writeln!(
                 o,
-                "<g class=\"host\" data-host=\"{}\"><rect class=\"host-box\" x=\"{MARGIN}\" y=\"{}\" width=\"{}\" height=\"{}\" rx=\"8\" fill=\"#fafafa\" stroke=\"#8d6e63\" stroke-width=\"1.5\" stroke-dasharray=\"6 3\"/><text x=\"{}\" y=\"{}\" fill=\"#5d4037\" font-weight=\"bold\">{}</text>",
+                "<g class=\"host\" data-host=\"{}\"><rect class=\"host-box\" x=\"{MARGIN}\" y=\"{}\" width=\"{}\" height=\"{}\" rx=\"8\" fill=\"none\" stroke=\"#8d6e63\" stroke-width=\"1.5\" stroke-dasharray=\"6 3\"/><text x=\"{}\" y=\"{}\" fill=\"#5d4037\" font-weight=\"bold\">{}</text>",
                 esc(hb.name.as_deref().unwrap_or("")),
                 hb.top,
                 width - 2 * MARGIN,
@@ -235,7 +237,10 @@ pub fn svg(
             o.push_str("</g>\n");
         }
     }
-    for m in &lab.mirrors {
+    // Mirrors first, under the rest: where one crosses a bar it passes
+    // beneath it, not over its label.
+    let mut under = String::new();
+    for (mi, m) in lab.mirrors.iter().enumerate() {
         let (Some(si), Some(di)) = (
             lab.vms.iter().position(|v| v.name == m.source_vm),
             lab.vms.iter().position(|v| v.name == m.dest_vm),
@@ -244,40 +249,33 @@ pub fn svg(
         };
         let (sx, sy) = pos[&si];
         let (dx, dy) = pos[&di];
-        // Same row: a curve below both boxes. Otherwise: out of the right
-        // side of one box and into the right side of the other, so it
-        // passes beside the boxes between them, not through them.
-        let (d, lx, ly, anchor) = if sy == dy {
-            let (x1, y1, x2) = (sx + VM_W / 2, sy + VM_H, dx + VM_W / 2);
-            let sag = 30 + (x1 - x2).abs() / 8;
-            let cy = y1 + sag;
-            height = height.max(cy + MARGIN);
-            (
-                format!("M{x1},{y1} C{x1},{cy} {x2},{cy} {x2},{y1}"),
-                (x1 + x2) / 2,
-                y1 + sag * 3 / 4 + 12,
-                "middle",
-            )
+        // Along the gaps, never through a box: out of the source (its
+        // right side, or its top when both share a row), along the column
+        // gap beside it to a lane in the row gap above the monitor, and
+        // down into the monitor's top. Mirrors side by side get their own
+        // lanes (a few pixels apart).
+        let lane = (mi % 5) as i64 - 2;
+        let lane_y = dy - 18 - lane * 3;
+        let ex = dx + VM_W - 14;
+        let d = if sy == dy {
+            let x1 = sx + VM_W - 28 + lane * 3;
+            format!("M{x1},{sy} V{lane_y} H{ex} V{dy}")
         } else {
             let (x1, y1) = (sx + VM_W, sy + VM_H / 2);
-            let (x2, y2) = (dx + VM_W, dy + VM_H / 2);
-            let bulge = 24 + (y1 - y2).abs() / 10;
-            let cx = x1.max(x2) + bulge;
-            width = width.max(cx + 90);
-            (
-                format!("M{x1},{y1} C{cx},{y1} {cx},{y2} {x2},{y2}"),
-                cx - bulge / 4 + 4,
-                (y1 + y2) / 2,
-                "start",
-            )
+            let gx = x1 + GAP_X / 2 + lane * 4;
+            width = width.max(gx + MARGIN);
+            format!("M{x1},{y1} H{gx} V{lane_y} H{ex} V{dy}")
         };
+        let (lx, ly, anchor) = (ex + 5, lane_y - 4, "start");
+        width = width.max(lx + 90);
+        height = height.max(dy + VM_H + MARGIN);
         let dir = match m.direction {
             Direction::Ingress => "in",
             Direction::Egress => "out",
             Direction::Both => "both",
         };
         let _ = writeln!(
-            o,
+            under,
             "<path class=\"mirror\" fill=\"none\" stroke=\"#b5179e\" stroke-width=\"2\" data-mirror=\"{}\" data-direction=\"{dir}\" d=\"{d}\" marker-end=\"url(#arrow)\"><title>{}</title></path>",
             esc(&m.address),
             esc(&m.address)
@@ -298,6 +296,7 @@ pub fn svg(
         "<path d=\"M0,0 L10,5 L0,10 z\" fill=\"#b5179e\"/></marker></defs>\n",
 
     ));
+    h.push_str(&under);
     h.push_str(&o);
     h.push_str("</svg>\n");
     h
@@ -323,15 +322,41 @@ fn draw_band(
         Some(n) => format!("network {n}  ({})", b.bridge),
         None => "no network".to_string(),
     };
+    // The bar begins a little left of the boxes: the trunk to the rows
+    // below the first runs down from it there.
     let _ = writeln!(
         o,
-        "<g class=\"bar\" data-network=\"{}\"><rect x=\"{left}\" y=\"{}\" width=\"{bar_w}\" height=\"{BAR_H}\" rx=\"4\" fill=\"#37474f\"/><text x=\"{}\" y=\"{}\" fill=\"#ffffff\">{}</text></g>",
+        "<g class=\"bar\" data-network=\"{}\"><rect x=\"{}\" y=\"{}\" width=\"{}\" height=\"{BAR_H}\" rx=\"4\" fill=\"#37474f\"/><text x=\"{}\" y=\"{}\" fill=\"#ffffff\">{}</text></g>",
         esc(b.network.unwrap_or("")),
+        left - TRUNK,
         b.top,
+        bar_w + TRUNK,
         left + 8,
         b.top + 17,
         esc(&label)
     );
+    // Rows below the first: a bus in the gap above each row, on a trunk
+    // down from the bar, so no nic line crosses the boxes above it.
+    let rows = b.vms.len().div_ceil(PER_ROW);
+    if b.network.is_some() && rows > 1 {
+        let tx = left - TRUNK / 2;
+        let bus = |row: usize| b.top + BAR_H + GAP_Y + row as i64 * (VM_H + GAP_Y) - GAP_Y + 8;
+        let _ = writeln!(
+            o,
+            "<line class=\"trunk\" stroke=\"#546e7a\" stroke-width=\"1.5\" x1=\"{tx}\" y1=\"{}\" x2=\"{tx}\" y2=\"{}\"/>",
+            b.top + BAR_H,
+            bus(rows - 1)
+        );
+        for row in 1..rows {
+            let in_row = (b.vms.len() - row * PER_ROW).min(PER_ROW) as i64;
+            let _ = writeln!(
+                o,
+                "<line class=\"bus\" stroke=\"#546e7a\" stroke-width=\"1.5\" x1=\"{tx}\" y1=\"{y}\" x2=\"{}\" y2=\"{y}\"/>",
+                left + (in_row - 1) * (VM_W + GAP_X) + VM_W - 20,
+                y = bus(row)
+            );
+        }
+    }
     if let Some(net) = b.network {
         // Network captures: marks from the right end of the bar leftwards.
         let mut right = left + bar_w - 14;
@@ -356,9 +381,14 @@ fn draw_band(
             right -= 24 + 7 * text.chars().count() as i64;
         }
     }
-    for &i in &b.vms {
+    for (slot, &i) in b.vms.iter().enumerate() {
         let vm = &lab.vms[i];
         let (x, vy) = pos[&i];
+        let up_to = if slot < PER_ROW {
+            b.top + BAR_H
+        } else {
+            vy - GAP_Y + 8
+        };
         let n = vm.nics.len() as i64;
         for (k, nic) in vm.nics.iter().enumerate() {
             let nx = x + VM_W * (k as i64 + 1) / (n + 1);
@@ -375,7 +405,7 @@ fn draw_band(
                     o,
                     "<line class=\"nic\" stroke=\"#546e7a\" stroke-width=\"1.5\" data-tap=\"{}\" x1=\"{nx}\" y1=\"{vy}\" x2=\"{nx}\" y2=\"{}\">{title}</line>",
                     esc(&nic.tap),
-                    b.top + BAR_H
+                    up_to
                 );
             } else if lab.network(&nic.network).is_some() {
                 // Another band's bar: a labelled stub, not a line across other
