@@ -683,4 +683,126 @@ mod tests {
         // Names are escaped like every other text (a title holds the tap too).
         assert!(!s.contains("<script"), "{s}");
     }
+
+    #[test]
+    fn the_hosts_are_the_nodes_recorded_in_the_state() {
+        use crate::state::{Attrs, Kind, Record};
+        let l = lab(MESH);
+        let mut state = State::new("x");
+        let mut attrs = Attrs::new();
+        attrs.insert("node".into(), "mm2".into());
+        state
+            .resources
+            .insert("vm.B".into(), Record::new(Kind::Vm, attrs));
+        let mut empty = Attrs::new();
+        empty.insert("node".into(), "".into());
+        state
+            .resources
+            .insert("vm.A".into(), Record::new(Kind::Vm, empty));
+        state
+            .resources
+            .insert("vm.monitor".into(), Record::new(Kind::Vm, Attrs::new()));
+        assert_eq!(
+            hosts(&l, &state),
+            BTreeMap::from([("B".to_string(), "mm2".to_string())])
+        );
+    }
+
+    /// Does the segment (x1,y1)-(x2,y2), horizontal or vertical, pass
+    /// through the inside of the box?
+    fn crosses(seg: (i64, i64, i64, i64), b: (i64, i64, i64, i64)) -> bool {
+        let (x1, y1, x2, y2) = seg;
+        let (lx, hx, ly, hy) = (x1.min(x2), x1.max(x2), y1.min(y2), y1.max(y2));
+        lx < b.0 + b.2 && hx > b.0 && ly < b.1 + b.3 && hy > b.1
+    }
+
+    #[test]
+    fn at_a_hundred_vms_no_line_crosses_a_box() {
+        let mut text =
+            String::from("experiment \"x\"\nnetwork \"LAN\"\nnetwork \"DMZ\"\nnetwork \"mon\"\n");
+        for i in 1..=100 {
+            let net = match i {
+                1..=60 => "LAN",
+                61..=95 => "DMZ",
+                _ => "mon",
+            };
+            let extra = if i % 10 == 0 && net != "mon" {
+                " nic \"mon\";"
+            } else {
+                ""
+            };
+            let mirror = if net == "mon" {
+                format!(" mirrors \"v{}\";", i - 95 + (i - 96) * 11)
+            } else {
+                String::new()
+            };
+            text.push_str(&format!(
+                "vm \"v{i}\" {{ kernel \"/k\"; nic \"{net}\";{extra}{mirror} }}\n"
+            ));
+        }
+        let l = lab(&text);
+        let s = svg(&l, &BTreeMap::new(), &BTreeMap::new());
+        assert_eq!(count(&s, "<path class=\"mirror\""), 5, "{s}");
+        let boxes: Vec<(String, (i64, i64, i64, i64))> = s
+            .split("<g class=\"vm\" data-vm=\"")
+            .skip(1)
+            .map(|g| {
+                let name = g.split('"').next().unwrap().to_string();
+                (name.clone(), rect_after(g, "><rect"))
+            })
+            .collect();
+        assert_eq!(boxes.len(), 100);
+        // Mirrors: H/V segments; only their own two boxes are touched.
+        for p in s.split("<path class=\"mirror\"").skip(1) {
+            let m = p
+                .split("data-mirror=\"")
+                .nth(1)
+                .unwrap()
+                .split('"')
+                .next()
+                .unwrap();
+            let d = p.split(" d=\"").nth(1).unwrap().split('"').next().unwrap();
+            let mut at = (0, 0);
+            let mut segs = Vec::new();
+            for step in d.split(' ') {
+                let (c, v) = step.split_at(1);
+                let next = match c {
+                    "M" => {
+                        let (x, y) = v.split_once(',').unwrap();
+                        at = (x.parse().unwrap(), y.parse().unwrap());
+                        continue;
+                    }
+                    "H" => (v.parse().unwrap(), at.1),
+                    "V" => (at.0, v.parse().unwrap()),
+                    _ => panic!("{d}"),
+                };
+                segs.push((at.0, at.1, next.0, next.1));
+                at = next;
+            }
+            for (name, b) in &boxes {
+                if m.contains(&format!("{name}[")) {
+                    continue;
+                }
+                for &seg in &segs {
+                    assert!(!crosses(seg, *b), "{m} crosses {name}: {seg:?} {b:?}");
+                }
+            }
+        }
+        // Nic lines, buses and the trunk: through no box.
+        for kind in [
+            "<line class=\"nic\"",
+            "<line class=\"bus\"",
+            "<line class=\"trunk\"",
+        ] {
+            let lines: Vec<&str> = s.split(kind).skip(1).collect();
+            assert!(!lines.is_empty(), "{kind}");
+            for line in lines {
+                let n = |k: &str| nums(line, k)[0];
+                let seg = (n("x1"), n("y1"), n("x2"), n("y2"));
+                for (name, b) in &boxes {
+                    assert!(!crosses(seg, *b), "{kind} {seg:?} crosses {name}");
+                }
+            }
+        }
+    }
 }
