@@ -4,21 +4,26 @@
 //! A small HTTP/1.1 server on tokio (GET and HEAD; POST only for actions) serves one page whose
 //! assets are compiled into the binary, the drawing (`/graph.svg`, from
 //! [`draw::svg`], the same function as `megaplan graph --format svg`), the
-//! current snapshot (`/snapshot.json`) and a server-sent event stream
-//! (`/events`) that pushes each new snapshot.
+//! current snapshot (`/snapshot.json`), a server-sent event stream
+//! (`/events`) that pushes each new snapshot, and each capture's file
+//! (`/captures/NAME.pcap`, NAME one of the Lab's captures).
 //!
 //! Invariants:
 //! - Read-only without `--allow-actions`: nothing reachable from the page
 //!   changes the host (`/actions/*` is 404). With it, see [`actions`]. The
 //!   snapshot is built with the functions the CLI uses, through the
 //!   provider the CLI built (`Provider::refresh`, `cc::responses`,
-//!   `cc::addresses`, `Provider::serial_tail`; then `show::rows`,
+//!   `cc::addresses`, `Provider::serial_tail`; the state folder's
+//!   `checks.json` through `check::report::load`; then `show::rows`,
 //!   `plan::plan` + `render::text`), each about a second, and is pushed
 //!   only when it changed.
 //! - A non-loopback listen address needs a token; with a token, every
 //!   request carries it (`Authorization: Bearer` or `?token=`), compared in
 //!   constant time. Everything else is 404 (or 401 / 405 / 400).
 //! - No asset refers to another origin: the page works offline.
+//! - A capture is served by a name looked up in the Lab, never by a path
+//!   from the request; its file is opened inside the state folder with no
+//!   link followed ([`open_capture`]).
 
 pub mod actions;
 pub mod draw;
