@@ -693,3 +693,50 @@ fn captures_download_by_name_and_check_results_are_in_the_snapshot() {
         "{ev}"
     );
 }
+
+#[test]
+fn graph_svg_boxes_the_vms_by_the_nodes_recorded_in_the_state() {
+    use megaplan::state::{Attrs, Kind, Record, State, StateDir};
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("web.kdl");
+    std::fs::write(&file, TEXT).unwrap();
+    let graph = || {
+        let out = Command::new(env!("CARGO_BIN_EXE_megaplan"))
+            .args(["graph", "web.kdl", "--format", "svg"])
+            .current_dir(dir.path())
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    };
+    // No state yet: no host boxes.
+    assert_eq!(graph().matches("<g class=\"host\"").count(), 0);
+    // The nodes a provider recorded (what the minimega provider keeps as a
+    // computed attribute), saved through the state store.
+    let sd = StateDir::for_file(&file, "web", None);
+    let mut state = State::new("web");
+    for (vm, node) in [("A", "mm1"), ("B", "mm2"), ("monitor", "mm1")] {
+        let mut attrs = Attrs::new();
+        attrs.insert("node".into(), node.into());
+        state
+            .resources
+            .insert(format!("vm.{vm}"), Record::new(Kind::Vm, attrs));
+    }
+    sd.save(&mut state).unwrap();
+    let svg = graph();
+    assert_eq!(svg.matches("<g class=\"host\"").count(), 2, "{svg}");
+    for (vm, node) in [("A", "mm1"), ("B", "mm2"), ("monitor", "mm1")] {
+        assert!(
+            svg.contains(&format!("data-vm=\"{vm}\" data-host=\"{node}\"")),
+            "{svg}"
+        );
+    }
+    // The host box comes before (holds) its VMs: mm2's box, then B.
+    let mm2 = svg.find("<g class=\"host\" data-host=\"mm2\"").unwrap();
+    assert!(svg.find("data-vm=\"B\"").unwrap() > mm2, "{svg}");
+    assert!(svg.find("data-vm=\"A\"").unwrap() < mm2, "{svg}");
+}
