@@ -87,6 +87,22 @@ pub enum ServeError {
     Io(#[from] std::io::Error),
 }
 
+/// Why a capture file could not be opened for download.
+#[derive(Debug, thiserror::Error)]
+pub enum CaptureFileError {
+    #[error(transparent)]
+    Name(#[from] crate::capture::CaptureError),
+    #[error(transparent)]
+    State(#[from] crate::state::StateError),
+    #[error("cannot open {path}: {source}")]
+    Open {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{0} is not a plain file")]
+    NotPlainFile(PathBuf),
+}
+
 /// Read a token file (one line; not a symlink; at most 4 KiB).
 pub fn read_token_file(path: &Path) -> Result<String, ServeError> {
     use std::io::Read;
@@ -164,35 +180,29 @@ pub struct Seen {
 /// Open the capture file of `name` (a name from the Lab, never from a
 /// request): inside the state folder, no component followed as a link, a
 /// regular file. None when it was not recorded yet.
-pub fn open_capture(sd: &StateDir, name: &str) -> std::io::Result<Option<std::fs::File>> {
-    use std::io::{Error, ErrorKind};
-    // The path the capture module gives is where the file is: its last two
-    // components are the folder and file opened below, one at a time.
-    let path = crate::capture::file_path(sd, name).map_err(Error::other)?;
-    let (Some(file), Some(folder)) = (
-        path.file_name().and_then(|f| f.to_str()),
-        path.parent()
-            .and_then(Path::file_name)
-            .and_then(|f| f.to_str()),
-    ) else {
-        return Err(Error::other(format!("bad capture path {}", path.display())));
+pub fn open_capture(sd: &StateDir, name: &str) -> Result<Option<std::fs::File>, CaptureFileError> {
+    // The capture module names the file (and refuses a bad name); it is
+    // opened one component at a time from the state folder's handle.
+    let path = crate::capture::file_path(sd, name)?;
+    let (folder, file) = (crate::capture::CAPTURES_DIR, format!("{name}.pcap"));
+    debug_assert_eq!(path, sd.root.join(folder).join(&file));
+    let err = |source| CaptureFileError::Open {
+        path: path.clone(),
+        source,
     };
-    let Some(root) = sd.open(false).map_err(Error::other)? else {
+    let Some(root) = sd.open(false)? else {
         return Ok(None);
     };
-    let Some(dir) = root.subdir(folder, false)? else {
+    let Some(dir) = root.subdir(folder, false).map_err(err)? else {
         return Ok(None);
     };
-    let f = match dir.open_file(file, crate::safefs::Open::Read) {
+    let f = match dir.open_file(&file, crate::safefs::Open::Read) {
         Ok(f) => f,
-        Err(e) if e.kind() == ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(e),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(err(e)),
     };
-    if !f.metadata()?.is_file() {
-        return Err(Error::other(format!(
-            "{} is not a plain file",
-            path.display()
-        )));
+    if !f.metadata().map_err(err)?.is_file() {
+        return Err(CaptureFileError::NotPlainFile(path));
     }
     Ok(Some(f))
 }
