@@ -438,6 +438,31 @@ fn the_page_shows_the_experiment_and_a_killed_vm_within_3s() {
         .contains(magic),
         "{got}"
     );
+    // An address appearing in a guest shows within 3 s, pushed.
+    assert_eq!(checked["vms"][2][3], "", "the monitor has no address yet");
+    let out = lab.megaplan(&[
+        "cc",
+        "exec",
+        lab.f(),
+        "--filter",
+        "name=monitor",
+        "--",
+        "ip addr add 10.0.0.3/24 dev eth0",
+    ]);
+    assert!(out.status.success(), "cc exec");
+    let added_at = Instant::now();
+    let v = b.wait_for(PAGE, Duration::from_secs(3), |v| {
+        let p: Value = serde_json::from_str(v.as_str().unwrap_or("{}")).unwrap_or_default();
+        p["vms"][2][3] == "10.0.0.3/24"
+    });
+    let took = added_at.elapsed();
+    let checked = serde_json::from_str::<Value>(v.as_str().unwrap()).unwrap();
+    assert_eq!(
+        checked["vms"][2][3], "10.0.0.3/24",
+        "after {took:?}: {checked}"
+    );
+    assert!(took <= Duration::from_secs(3), "{took:?}");
+    assert_eq!(checked["loaded"], first["loaded"], "the page reloaded");
     let first = checked;
 
     if std::env::var_os("MEGAPLAN_UPDATE_SCREENSHOT").is_some() {

@@ -495,19 +495,47 @@ async fn watch_host<P: Provider>(
     sd: StateDir,
     tx: watch::Sender<Arc<String>>,
 ) {
-    let mut addrs = BTreeMap::new();
+    let mut addrs: BTreeMap<String, Vec<String>> = BTreeMap::new();
     let mut last_addrs: Option<tokio::time::Instant> = None;
+    // The VMs running at the last look.
+    let mut running: std::collections::BTreeSet<String> = Default::default();
     loop {
         tokio::time::sleep(REFRESH).await;
         if last_addrs.is_none_or(|t| t.elapsed() >= ADDRESS_REFRESH) {
             addrs = crate::cc::addresses(provider, &lab).await;
             last_addrs = Some(tokio::time::Instant::now());
+        } else {
+            // A running VM without an address yet is asked every time, so
+            // an address appearing shows within a second or two (and one
+            // lost to a busy agent comes back as soon).
+            let waiting: Vec<_> = lab
+                .vms
+                .iter()
+                .filter(|v| {
+                    running.contains(&v.name) && addrs.get(&v.name).is_none_or(Vec::is_empty)
+                })
+                .cloned()
+                .collect();
+            if !waiting.is_empty() {
+                let some = Lab {
+                    vms: waiting,
+                    ..lab.clone()
+                };
+                addrs.extend(crate::cc::addresses(provider, &some).await);
+            }
         }
         let seen = look(provider, &lab, &sd).await;
         let (l, a) = (lab.clone(), addrs.clone());
         let Ok(snap) = tokio::task::spawn_blocking(move || snapshot(&l, seen, &a)).await else {
             continue;
         };
+        running = snap["vms"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|v| v["state"] == "running")
+            .filter_map(|v| v["name"].as_str().map(str::to_string))
+            .collect();
         let text = snap.to_string();
         tx.send_if_modified(|cur| {
             if **cur == text {
