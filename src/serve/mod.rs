@@ -49,8 +49,9 @@ const STYLE_CSS: &str = include_str!("assets/style.css");
 
 /// How often the server looks at the host.
 pub const REFRESH: Duration = Duration::from_secs(1);
-/// How often it asks running guests for their addresses (an agent session
-/// each, serialised with steps: not every second).
+/// How often it asks every running guest for its addresses (an agent
+/// session each, serialised with steps: not every second). A running VM
+/// with no address yet is asked at every [`REFRESH`].
 pub const ADDRESS_REFRESH: Duration = Duration::from_secs(5);
 /// The serial console tail shown per VM.
 pub const SERIAL_TAIL: u64 = 4096;
