@@ -290,8 +290,10 @@ impl Outcome {
 /// Fault injection for the crash tests: `MEGAPLAN_TEST_CRASH_BEFORE=ADDRESS`
 /// kills this process with SIGKILL once ADDRESS is recorded as being created,
 /// before its effect; `MEGAPLAN_TEST_CRASH_AFTER=ADDRESS` once the effect is
-/// done, before the state records it. Unset, it costs one env lookup per step.
-fn crash_point(when: &str, address: &str) {
+/// done, before the state records it; `MEGAPLAN_TEST_CRASH_QUEUED=ADDRESS`
+/// (the minimega provider) once that VM is queued in minimega, before the
+/// batch is launched. Unset, it costs one env lookup per step.
+pub(crate) fn crash_point(when: &str, address: &str) {
     if std::env::var(format!("MEGAPLAN_TEST_CRASH_{when}")).is_ok_and(|a| a == address) {
         // SAFETY: raising a signal on ourselves.
         unsafe { libc::raise(libc::SIGKILL) };

@@ -374,7 +374,10 @@ impl MinimegaHost {
                     .map(drop)
                 });
             match one {
-                Ok(()) => queued.push(i),
+                Ok(()) => {
+                    queued.push(i);
+                    crate::apply::crash_point("QUEUED", &vms[i].vm.address);
+                }
                 // The connection is gone: the batch is over.
                 Err(e @ ClientError::Host { .. }) | Err(e @ ClientError::BadValue { .. }) => {
                     out[i] = Some(Err(MinimegaError::from(e).into()));

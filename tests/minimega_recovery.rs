@@ -1,10 +1,15 @@
-//! A VM on a dead node (issue 14), on its own two-node minimega mesh
-//! (tests/common/minimega.rs): A on mm1, B on mm2; mm2's minimega is
-//! killed (a crashed or lost node). The next `megaplan plan` names B, its
-//! node and the `node_unreachable` reason, exits 2, in bounded time, and
-//! leaves A alone; `destroy` removes A and says it could not remove B; the
-//! harness then ends what the dead minimega left and its teardown finds
-//! nothing else.
+//! Recovery on a real two-node minimega mesh (tests/common/minimega.rs),
+//! through the `megaplan` binary, A placed on mm1 and B on mm2:
+//! 1. an apply killed in the middle of its launch batch (A and B queued in
+//!    minimega, not launched: `MEGAPLAN_TEST_CRASH_QUEUED=vm.B`) leaves
+//!    both recorded `Creating` and minimega's queue full; the next apply
+//!    drops the queue, launches both, and the plan after it is empty;
+//! 2. a VM on a dead node (issue 14): mm2's minimega is killed (a crashed
+//!    or lost node). The next `megaplan plan` names B, its node and the
+//!    `node_unreachable` reason, exits 2, in bounded time, and leaves A
+//!    alone; `destroy` removes A and says it could not remove B; the harness
+//!    then ends what the dead minimega left and its teardown finds nothing
+//!    else.
 //!
 //! Needs root, QEMU, Open vSwitch and scripts/minimega.sh's build; skips
 //! with the reason otherwise, and fails instead when CI or MEGAPLAN_E2E is
@@ -46,8 +51,13 @@ struct Run {
 
 impl Run {
     fn megaplan(&self, args: &[&str]) -> Output {
+        self.megaplan_env(args, &[])
+    }
+
+    fn megaplan_env(&self, args: &[&str], env: &[(&str, &str)]) -> Output {
         let out = std::process::Command::new(env!("CARGO_BIN_EXE_megaplan"))
             .args(args)
+            .envs(env.iter().copied())
             .arg(&self.file)
             .arg("--state-dir")
             .arg(self.work.join("state"))
@@ -75,8 +85,8 @@ impl Run {
 }
 
 #[test]
-fn a_vm_on_a_dead_node_is_named_in_the_plan_and_destroy_says_what_it_left() {
-    let Some(mut mesh) = Mesh::start("minimega_dead_node") else {
+fn a_crash_mid_batch_converges_and_a_vm_on_a_dead_node_is_named() {
+    let Some(mut mesh) = Mesh::start("minimega_recovery") else {
         return;
     };
     let work = tempfile::tempdir().unwrap();
@@ -94,15 +104,60 @@ fn a_vm_on_a_dead_node_is_named_in_the_plan_and_destroy_says_what_it_left() {
     };
     let ns = Name::new("mm-dead").unwrap();
 
+    let mut head = mesh.nodes[0].client();
+
+    // 1. Killed with A and B queued in minimega, before the batch launched.
+    let out = run.megaplan_env(
+        &["apply", "--auto-approve"],
+        &[("MEGAPLAN_TEST_CRASH_QUEUED", "vm.B")],
+    );
+    assert_eq!(
+        std::os::unix::process::ExitStatusExt::signal(&out.status),
+        Some(libc::SIGKILL),
+        "the apply was killed at the crash point: {}",
+        Run::text(&out)
+    );
+    let queue = head
+        .run_ok(&Mm::new("ns").word("queue").in_namespace(&ns))
+        .unwrap();
+    let queue: String = queue.iter().map(|r| r.response.as_str()).collect();
+    assert!(
+        queue.contains("Names: A") && queue.contains("Names: B"),
+        "A and B are queued in minimega: {queue}"
+    );
+    let cmd = Mm::new("vm").word("info").in_namespace(&ns);
+    assert!(vm_infos(&cmd, &head.run(&cmd).unwrap()).unwrap().is_empty());
+    let out = run.megaplan(&["plan", "--json"]);
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    for vm in ["vm.A", "vm.B"] {
+        let c = json["resource_changes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["address"] == vm)
+            .unwrap_or_else(|| panic!("no {vm} in {json}"));
+        assert_eq!(c["action_reason"], "creation_interrupted", "{c}");
+    }
     let out = run.megaplan(&["apply", "--auto-approve"]);
     assert!(out.status.success(), "apply: {}", Run::text(&out));
+    let queue = head
+        .run_ok(&Mm::new("ns").word("queue").in_namespace(&ns))
+        .unwrap();
+    assert!(
+        queue.iter().all(|r| r.response.trim().is_empty()),
+        "nothing stays queued: {queue:?}"
+    );
+    let vms = vm_infos(&cmd, &head.run(&cmd).unwrap()).unwrap();
+    let mut names: Vec<&str> = vms.iter().map(|v| v.name.as_str()).collect();
+    names.sort();
+    assert_eq!(names, ["A", "B"], "each VM once: {vms:?}");
     let out = run.megaplan(&["plan", "--detailed-exitcode"]);
     assert_eq!(out.status.code(), Some(0), "{}", Run::text(&out));
     assert_eq!(mesh.nodes[1].qemus().len(), 1, "B's QEMU runs on mm2");
 
     // mm2 is lost: its minimega dies, B's QEMU runs on there, unreachable.
+    // 2. mm2 is lost.
     mesh.nodes[1].kill_minimega();
-    let mut head = mesh.nodes[0].client();
     let t = Instant::now();
     let out = run.megaplan(&["plan", "--detailed-exitcode"]);
     let took = t.elapsed();
