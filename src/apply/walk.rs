@@ -9,7 +9,9 @@
 //!   error is reported.
 //! - The recorder is called before each create's effect and after every
 //!   task; `MEGAPLAN_TEST_CRASH_BEFORE/AFTER=ADDRESS` kill the process
-//!   between the two.
+//!   between the two. A batch (tasks the provider takes together,
+//!   [`Provider::batches`]) is recorded `Creating` all at once and saved
+//!   once before its effect, and saved once after all its tasks finished.
 
 use std::time::{Duration, Instant};
 
@@ -94,17 +96,35 @@ impl<P: Provider> Executor<'_, P> {
                         plain_running += 1;
                     }
                 }
-                let mut items = Vec::with_capacity(group.len());
-                for &t in &group {
+                // Record intent before the effect (a batch's, saved once).
+                let gens: Vec<Option<u64>> = group
+                    .iter()
+                    .map(|&t| {
+                        record::vm_generation(&plan.changes[tasks[t].change], self.lab, state)
+                    })
+                    .collect();
+                for (&t, &vm_gen) in group.iter().zip(&gens) {
                     let task = tasks[t];
                     let c = &plan.changes[task.change];
-                    let vm_gen = record::vm_generation(c, self.lab, state);
-                    // Record intent before the effect.
-                    if task.phase == Phase::Create
-                        && let Err(e) = recorder.begin(state, c, vm_gen)
-                    {
+                    if task.phase != Phase::Create {
+                        continue;
+                    }
+                    if batched {
+                        recorder.mark(state, c, vm_gen);
+                    } else if let Err(e) = recorder.begin(state, c, vm_gen) {
                         (self.progress)(&format!("warning: cannot save the state: {e}"));
                     }
+                }
+                if batched
+                    && group.iter().any(|&t| tasks[t].phase == Phase::Create)
+                    && let Err(e) = recorder.save(state)
+                {
+                    (self.progress)(&format!("warning: cannot save the state: {e}"));
+                }
+                let mut items = Vec::with_capacity(group.len());
+                for (&t, &vm_gen) in group.iter().zip(&gens) {
+                    let task = tasks[t];
+                    let c = &plan.changes[task.change];
                     let prior = state.resources.get(&c.address).cloned();
                     (self.progress)(&format!("{}: {}…", c.address, verb(c, task.phase)));
                     crash_point("BEFORE", &c.address);
@@ -145,9 +165,8 @@ impl<P: Provider> Executor<'_, P> {
                         plain_running -= 1;
                     }
                 }
+                let len = group.len();
                 for (n, (t, result)) in group.into_iter().zip(results).enumerate() {
-                    // A batch's wall time counts once.
-                    let took = if n == 0 { took } else { Duration::ZERO };
                     let task = tasks[t];
                     let c = &plan.changes[task.change];
                     crash_point("AFTER", &c.address);
@@ -161,7 +180,9 @@ impl<P: Provider> Executor<'_, P> {
                             "delete"
                         }
                     );
-                    *report.timings.entry(key).or_default() += took;
+                    // A batch's wall time counts once.
+                    *report.timings.entry(key).or_default() +=
+                        if n == 0 { took } else { Duration::ZERO };
                     match result {
                         Ok(done) => {
                             let failure = done.outcome.failure(c);
@@ -194,7 +215,10 @@ impl<P: Provider> Executor<'_, P> {
                             report.errors.push((c.address.clone(), e.to_string()));
                         }
                     }
-                    if let Err(e) = recorder.save(state) {
+                    // A batch's tasks finished together: one save for all.
+                    if (!batched || n + 1 == len)
+                        && let Err(e) = recorder.save(state)
+                    {
                         report.errors.push(("state".into(), e.to_string()));
                     }
                     // Release dependents; skip the ones downstream of a failure.

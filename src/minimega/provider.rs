@@ -1011,9 +1011,12 @@ impl Provider for MinimegaHost {
         Vec::new()
     }
 
-    /// VM creates ready together are one batch (see [`batch`]).
+    /// VM creates ready together are one batch (see [`batch`]); network
+    /// and tap creates too (they are carried out one by one, but recorded
+    /// together: every op here runs on the one connection in turn anyway).
     fn batches(&self, kind: Kind, phase: crate::provider::ops::Phase) -> bool {
-        kind == Kind::Vm && phase == crate::provider::ops::Phase::Create
+        phase == crate::provider::ops::Phase::Create
+            && matches!(kind, Kind::Vm | Kind::Network | Kind::Tap)
     }
 
     async fn execute_batch(
