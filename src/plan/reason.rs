@@ -268,6 +268,10 @@ mod tests {
                 bridge: "mpb1".into(),
             },
             Reason::VmNotRunning { status: None },
+            Reason::NodeUnreachable {
+                node: "mm2".into(),
+                error: "no such client mm2".into(),
+            },
             Reason::VmReplaced,
             Reason::VmRestarted,
             Reason::NotInFile { step: false },
