@@ -107,7 +107,7 @@ pub(super) async fn start(h: &MinimegaHost, spec: &CaptureSpec) -> Result<(), Mi
         dir.open_file(MARKER, Open::CreateNew)
             .map_err(cc::io("create", &dir.path.join(MARKER)))?;
     }
-    if node != h.head {
+    if node != h.head()? {
         let marker = format!("{FOLDER}/{exp}/{CAPTURES}/{MARKER}");
         let n = Name::new(&node)?;
         let on_node = |c: Command| Command::new("mesh").word("send").name(&n).then(&c);
@@ -248,7 +248,7 @@ pub async fn fetch(
     let exp = h.experiment_name()?;
     let file = format!("{name}.pcap");
     let parts = [FOLDER, exp.as_str(), CAPTURES, file.as_str()];
-    if node != h.head {
+    if node != h.head()? {
         // A fresh copy: iomeshage keeps a file it already has.
         let _ = h
             .client

@@ -373,7 +373,7 @@ async fn recv(
     rel.extend(parts.iter().map(String::as_str));
     let rel_text = rel.join("/");
     let result = async {
-        if node != h.head {
+        if node != h.head()? {
             fetch(h, &files, &rel, &rel_text, limit).await?;
         }
         let Some(mut input) = open_under(&files, &rel)? else {
@@ -497,11 +497,11 @@ fn forget(h: &MinimegaHost, node: &str, rel: &str) {
     let Ok(del) = Command::new("file").word("delete").arg(rel) else {
         return;
     };
+    // Asked before taking the connection (head() takes it itself).
+    let remote = h.head().is_ok_and(|head| node != head);
     let mut c = h.client.lock().expect("the client lock");
     let _ = c.run(&del);
-    if node != h.head
-        && let Ok(n) = Name::new(node)
-    {
+    if remote && let Ok(n) = Name::new(node) {
         let _ = c.run(&Command::new("mesh").word("send").name(&n).then(&del));
     }
 }

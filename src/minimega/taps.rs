@@ -74,7 +74,7 @@ pub(super) fn create(
     )?;
     let mut computed = Attrs::new();
     computed.insert(HOST_TAP.into(), tap.as_str().into());
-    computed.insert("node".into(), h.head.clone().into());
+    computed.insert("node".into(), h.head()?.to_string().into());
     Ok(computed)
 }
 
