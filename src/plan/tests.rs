@@ -45,9 +45,10 @@ vm "monitor" {
 }
 "#;
 
+/// A lab validated and named as the local engine names it.
 pub(crate) fn lab(text: &str) -> Lab {
     let src = SourceFile::new("/lab/exp.kdl", text);
-    let (lab, diags) = crate::validate::check(&src);
+    let (lab, diags) = crate::provider::names::check_local(&src);
     assert!(!diags.has_errors(), "{}", diags.render_plain(&src));
     lab.expect("valid")
 }
@@ -148,6 +149,7 @@ pub(crate) fn simulate(plan: &Plan, prior: &State, prior_obs: &Observed) -> (Sta
                             !(m.source_tap == s("source_tap") && m.dest_tap == s("dest_tap"))
                         });
                         obs.mirrors.insert(ObservedMirror {
+                            address: None,
                             source_tap: s("source_tap"),
                             dest_tap: s("dest_tap"),
                             ingress: d != "egress",
@@ -717,7 +719,7 @@ fn attributes_are_derived_from_the_spec() {
         let after = c.after().unwrap();
         match spec {
             Spec::Tap(t) => {
-                assert_eq!(after["name"], t.name.as_str());
+                assert_eq!(after["name"], t.name.as_deref().unwrap());
                 assert_eq!(after["mac"], t.mac.as_str());
                 assert_eq!(after["bridge"], t.bridge.as_deref().unwrap());
             }
@@ -727,7 +729,7 @@ fn attributes_are_derived_from_the_spec() {
                 assert_eq!(after["nics"].as_array().unwrap().len(), v.nics.len());
             }
             Spec::Mirror(m) => {
-                assert_eq!(after["source_tap"], m.source_tap.as_str());
+                assert_eq!(after["source_tap"], m.source_tap.as_deref().unwrap());
                 assert_eq!(after["direction"], "both");
             }
             Spec::Step(st) => {
@@ -735,7 +737,7 @@ fn attributes_are_derived_from_the_spec() {
                 assert!(after.contains_key("exec"));
                 assert!(!after.contains_key("allow_failure"));
             }
-            Spec::Network(n) => assert_eq!(after["bridge"], n.bridge.as_str()),
+            Spec::Network(n) => assert_eq!(after["bridge"], n.bridge.as_deref().unwrap()),
             Spec::Disk(_) => unreachable!("the seed has no disk"),
             Spec::Capture(k) => {
                 assert_eq!(after["file"], k.file.as_str());

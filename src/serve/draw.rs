@@ -71,7 +71,7 @@ pub fn svg(lab: &Lab, states: &BTreeMap<String, String>) -> String {
         .iter()
         .map(|n| Band {
             network: Some(&n.name),
-            bridge: n.bridge.clone(),
+            bridge: n.bridge.clone().unwrap_or_default(),
             vms: Vec::new(),
             top: 0,
         })
@@ -145,7 +145,7 @@ pub fn svg(lab: &Lab, states: &BTreeMap<String, String>) -> String {
                 "<title>{} nic[{}] {} on {}</title>",
                 esc(&vm.name),
                 nic.index,
-                esc(&nic.tap),
+                esc(nic.tap.as_deref().unwrap_or_default()),
                 esc(&nic.network)
             );
             if k == 0 {
@@ -153,7 +153,7 @@ pub fn svg(lab: &Lab, states: &BTreeMap<String, String>) -> String {
                 let _ = writeln!(
                     o,
                     "<line class=\"nic\" stroke=\"#546e7a\" stroke-width=\"1.5\" data-tap=\"{}\" x1=\"{nx}\" y1=\"{vy}\" x2=\"{nx}\" y2=\"{}\">{title}</line>",
-                    esc(&nic.tap),
+                    esc(nic.tap.as_deref().unwrap_or_default()),
                     top + BAR_H
                 );
             } else {
@@ -162,7 +162,7 @@ pub fn svg(lab: &Lab, states: &BTreeMap<String, String>) -> String {
                 let _ = writeln!(
                     o,
                     "<line class=\"nic extra\" stroke=\"#546e7a\" stroke-width=\"1.5\" stroke-dasharray=\"3 2\" data-tap=\"{}\" data-network=\"{}\" x1=\"{nx}\" y1=\"{vy}\" x2=\"{nx}\" y2=\"{}\">{title}</line><text class=\"nic-label\" fill=\"#546e7a\" font-size=\"10\" x=\"{}\" y=\"{}\">{}</text>",
-                    esc(&nic.tap),
+                    esc(nic.tap.as_deref().unwrap_or_default()),
                     esc(&nic.network),
                     vy - 14,
                     nx + 3,
@@ -288,7 +288,7 @@ mod tests {
 
     fn lab(text: &str) -> Lab {
         let src = crate::diag::SourceFile::new("t.kdl", text);
-        let (lab, d) = crate::validate::check(&src);
+        let (lab, d) = crate::provider::names::check_local(&src);
         lab.unwrap_or_else(|| panic!("{}", d.render_plain(&src)))
     }
 

@@ -830,7 +830,7 @@ mod tests {
             "t.kdl",
             "experiment \"x\"\nnetwork \"LAN\"\nvm \"A\" { kernel \"/k\"; nic \"LAN\"; }\n",
         );
-        crate::validate::check(&src).0.unwrap()
+        crate::provider::names::check_local(&src).0.unwrap()
     }
 
     fn req(head: &str) -> Request {
@@ -869,6 +869,9 @@ mod tests {
         type Guest = crate::host::local::LocalGuest;
         fn name(&self) -> &'static str {
             "fake"
+        }
+        fn assign_names(&self, lab: &mut Lab) -> Result<(), crate::provider::ProviderError> {
+            Ok(crate::provider::names::local(lab)?)
         }
         async fn preflight(&self, _: Option<&Lab>) -> Result<(), crate::provider::ProviderError> {
             Ok(())
@@ -958,7 +961,7 @@ mod tests {
             "t.kdl",
             "experiment \"x\"\nnetwork \"LAN\"\nvm \"A\" { kernel \"/k\"; nic \"LAN\"; cc { exec \"true\"; } }\n",
         );
-        let lab = crate::validate::check(&src).0.unwrap();
+        let lab = crate::provider::names::check_local(&src).0.unwrap();
         let d = tempfile::tempdir().unwrap();
         let sd = StateDir {
             root: d.path().join("state"),
