@@ -6,8 +6,7 @@ use proptest::prelude::*;
 use super::render;
 use super::*;
 use crate::diag::SourceFile;
-use crate::observed::{ObservedLink, ObservedMirror, ObservedVm};
-use crate::state::Record;
+use crate::observed::{ObservedLink, ObservedVm};
 
 const SEED: &str = r#"
 experiment "tap-mirror" { images "images" }
@@ -59,121 +58,50 @@ fn empty_state(name: &str) -> State {
     s
 }
 
-/// What an executor that succeeds at everything would leave: the new state and
-/// the host as refresh would then see it. Only a quick way to set up the
-/// snapshot scenarios; convergence is checked on the real executor and the
-/// strict in-memory provider (`applying_a_plan_converges`).
-pub(crate) fn simulate(plan: &Plan, prior: &State, prior_obs: &Observed) -> (State, Observed) {
-    let mut state = prior.clone();
-    state.serial += 1;
-    let mut obs = prior_obs.clone();
-    let gen_of = |s: &State, a: &str| s.resources.get(a).and_then(|r| r.generation).unwrap_or(0);
-    for c in &plan.changes {
-        match c.action {
-            Action::NoOp => {}
-            Action::Delete => {
-                state.resources.remove(&c.address);
-                obs.links.remove(&c.address);
-                obs.vms.remove(&c.address);
-                obs.disks.remove(&c.address);
-                if let Some(b) = &c.before
-                    && c.kind == Kind::Mirror
-                {
-                    let (s, d) = (
-                        b["source_tap"].as_str().unwrap(),
-                        b["dest_tap"].as_str().unwrap(),
-                    );
-                    obs.mirrors
-                        .retain(|m| !(m.source_tap == s && m.dest_tap == d));
-                }
-            }
-            Action::Create | Action::Update | Action::Replace => {
-                let after = c.after().expect("create has after");
-                let mut rec = Record::new(c.kind, after.clone());
-                rec.deps = c.deps.clone();
-                let s = |k: &str| {
-                    after
-                        .get(k)
-                        .and_then(Value::as_str)
-                        .unwrap_or_default()
-                        .to_string()
-                };
-                match c.kind {
-                    Kind::Network => {
-                        obs.links.insert(
-                            c.address.clone(),
-                            ObservedLink {
-                                name: s("bridge"),
-                                kind: "bridge".into(),
-                                up: true,
-                                controller: None,
-                                mac: None,
-                            },
-                        );
-                    }
-                    Kind::Tap => {
-                        obs.links.insert(
-                            c.address.clone(),
-                            ObservedLink {
-                                name: s("name"),
-                                kind: "tun".into(),
-                                up: true,
-                                controller: Some(s("bridge")),
-                                mac: Some(s("mac")),
-                            },
-                        );
-                    }
-                    Kind::Disk => {
-                        obs.disks.insert(c.address.clone());
-                    }
-                    Kind::Vm => {
-                        let g = gen_of(&state, &c.address) + u64::from(c.action != Action::Update);
-                        rec.generation = Some(g);
-                        rec.pid = Some(1000 + g as u32);
-                        obs.vms.insert(
-                            c.address.clone(),
-                            ObservedVm {
-                                name: String::new(),
-                                pid: rec.pid,
-                                alive: true,
-                                status: Some("running".into()),
-                            },
-                        );
-                    }
-                    Kind::Capture => {
-                        obs.captures.insert(c.address.clone(), 1000);
-                    }
-                    Kind::Mirror => {
-                        let d = s("direction");
-                        obs.mirrors.retain(|m| {
-                            !(m.source_tap == s("source_tap") && m.dest_tap == s("dest_tap"))
-                        });
-                        obs.mirrors.insert(ObservedMirror {
-                            address: None,
-                            source_tap: s("source_tap"),
-                            dest_tap: s("dest_tap"),
-                            ingress: d != "egress",
-                            egress: d != "ingress",
-                        });
-                    }
-                    Kind::Step => {
-                        rec.exit = Some(0);
-                        rec.generation = Some(gen_of(&state, &c.deps[0]));
-                    }
-                }
-                state.resources.insert(c.address.clone(), rec);
+/// Apply `text` from nothing: the real executor on the strict in-memory
+/// provider (src/provider/memory.rs), then what its refresh sees. The
+/// state's lineage and serial are pinned (the executor saves once per op,
+/// and a new state draws a random lineage) so the snapshots show the plan,
+/// not how many saves it took.
+fn seeded(text: &str) -> (State, Observed) {
+    use crate::provider::Provider;
+    let l = lab(text);
+    let dir = tempfile::tempdir().expect("a temp folder");
+    let sd = crate::state::StateDir {
+        root: dir.path().join("state"),
+        experiment: l.name.clone(),
+    };
+    let mem = crate::provider::memory::MemoryProvider::new(&l.name);
+    for vm in &l.vms {
+        for f in vm.kernel.iter().chain(vm.initrd.iter()) {
+            mem.add_file(f.clone());
+        }
+        for d in &vm.disks {
+            if let crate::lab::DiskSource::Path(p) = &d.source {
+                mem.add_file(p.clone());
             }
         }
     }
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .expect("a runtime");
+    let (mut state, obs) = rt.block_on(async {
+        let s = sd.load().expect("the state loads");
+        let o = mem.refresh(&l.name, &s, &sd).await.expect("refresh");
+        let p = plan(Some(&l), &s, Some(&o), Mode::Apply);
+        let r = apply_in_memory(&mem, &sd, &l, &p).await;
+        assert!(r.ok(), "{r:?}");
+        let s = sd.load().expect("the state loads");
+        let o = mem.refresh(&l.name, &s, &sd).await.expect("refresh");
+        (s, o)
+    });
+    assert!(
+        !plan(Some(&l), &state, Some(&obs), Mode::Apply).has_changes(),
+        "the seed converged"
+    );
+    state.lineage = Uuid::from_u128(0x1234);
+    state.serial = 1;
     (state, obs)
-}
-
-/// Apply `text` from nothing: the state and host afterwards.
-fn seeded(text: &str) -> (State, Observed) {
-    let l = lab(text);
-    let s = empty_state(&l.name);
-    let p = plan(Some(&l), &s, Some(&Observed::default()), Mode::Apply);
-    simulate(&p, &s, &Observed::default())
 }
 
 fn snap(name: &str, p: &Plan) {
