@@ -889,8 +889,10 @@ impl Provider for MinimegaHost {
 
     /// minimega names its taps when it launches a VM (recorded as the VM's
     /// computed `minimega_taps`) and keeps no bridge per network (a VLAN
-    /// alias): both names stay unset, known after apply.
-    fn assign_names(&self, _lab: &mut Lab) -> Result<(), PError> {
+    /// alias): those names stay unset, known after apply. Only a network's
+    /// host-address interface is megaplan's to name.
+    fn assign_names(&self, lab: &mut Lab) -> Result<(), PError> {
+        crate::provider::names::host_interfaces_only(lab);
         Ok(())
     }
 
