@@ -6,7 +6,8 @@ use proptest::prelude::*;
 use super::render;
 use super::*;
 use crate::diag::SourceFile;
-use crate::observed::{ObservedLink, ObservedVm};
+use crate::observed::{ObservedLink, ObservedMirror, ObservedVm};
+use crate::state::Record;
 
 const SEED: &str = r#"
 experiment "tap-mirror" { images "images" }
@@ -673,4 +674,115 @@ fn attributes_are_derived_from_the_spec() {
             }
         }
     }
+}
+
+/// An engine that names its own taps and bridges (minimega): the plan
+/// holds none of those names, the mirror's ops name its nics, and a mirror
+/// its refresh reports by address is found although its taps are the
+/// engine's names.
+#[test]
+fn engine_chosen_names_are_known_after_apply() {
+    use crate::provider::ops::{Context, NicRef, Op, Phase, for_change};
+    let text = r#"
+experiment "mm" { images "/img" }
+network "LAN"
+network "mon"
+vm "A" { kernel "/img/k"; nic "LAN" }
+vm "monitor" { kernel "/img/k"; nic "mon"; mirrors "A" }
+"#;
+    let src = SourceFile::new("/lab/mm.kdl", text);
+    let mut l = crate::validate::check(&src).0.expect("valid");
+    crate::provider::names::host_interfaces_only(&mut l);
+    let opts = Options {
+        rules: crate::minimega::provider::RULES,
+        ..Default::default()
+    };
+    let s = empty_state("mm");
+    let p = plan_with(Some(&l), &s, Some(&Observed::default()), Mode::Apply, &opts);
+    for c in &p.changes {
+        let a = c.after().expect("a create");
+        for k in ["bridge", "name", "source_tap", "dest_tap"] {
+            assert!(!a.contains_key(k), "{}: {k} planned", c.address);
+        }
+        if let Some(nics) = a.get("nics") {
+            assert!(
+                nics.as_array()
+                    .unwrap()
+                    .iter()
+                    .all(|n| n.get("tap").is_none())
+            );
+        }
+    }
+    let m = p.change("mirror.A[0]->monitor[0]").unwrap();
+    let cx = Context {
+        experiment: "mm",
+        lab: Some(&l),
+        record: None,
+    };
+    let ops = for_change(m, Phase::Create, &cx).unwrap().ops;
+    let nic = |vm: &str| {
+        Some(NicRef {
+            vm: vm.into(),
+            nic: 0,
+        })
+    };
+    assert!(
+        matches!(&ops[..], [Op::AddMirror { source, dest, .. }] if *source == nic("A") && *dest == nic("monitor")),
+        "{ops:?}"
+    );
+
+    // Applied: the records are the plan's, refresh sees the engine's names.
+    let mut applied = s.clone();
+    let mut obs = Observed::default();
+    for c in &p.changes {
+        let mut rec = Record::new(c.kind, c.after().unwrap());
+        rec.deps = c.deps.clone();
+        applied.resources.insert(c.address.clone(), rec);
+        let link = |name: &str, kind: &str| ObservedLink {
+            name: name.into(),
+            kind: kind.into(),
+            up: true,
+            controller: None,
+            mac: None,
+        };
+        match c.kind {
+            Kind::Network => drop(obs.links.insert(c.address.clone(), link("LAN", "vlan"))),
+            Kind::Tap => drop(
+                obs.links
+                    .insert(c.address.clone(), link("mega_tap0", "tun")),
+            ),
+            Kind::Vm => drop(obs.vms.insert(
+                c.address.clone(),
+                ObservedVm {
+                    name: String::new(),
+                    pid: Some(7),
+                    alive: true,
+                    status: Some("running".into()),
+                },
+            )),
+            _ => {}
+        }
+    }
+    let mirror = |address: Option<&str>| ObservedMirror {
+        address: address.map(str::to_string),
+        source_tap: "mega_tap0".into(),
+        dest_tap: "mega_tap1".into(),
+        ingress: true,
+        egress: true,
+    };
+    obs.mirrors.insert(mirror(Some("mirror.A[0]->monitor[0]")));
+    let again = plan_with(Some(&l), &applied, Some(&obs), Mode::Apply, &opts);
+    assert!(!again.has_changes(), "{}", render::text(&again));
+    // Another mirror's report is not this one's.
+    obs.mirrors.clear();
+    obs.mirrors.insert(mirror(Some("mirror.B[0]->monitor[0]")));
+    let p = plan_with(Some(&l), &applied, Some(&obs), Mode::Apply, &opts);
+    let m = p.change("mirror.A[0]->monitor[0]").unwrap();
+    assert_eq!(m.action, Action::Replace);
+    assert_eq!(
+        m.reasons,
+        [Reason::MissingOnHost {
+            what: Missing::Mirror
+        }]
+    );
 }
