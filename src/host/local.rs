@@ -730,7 +730,7 @@ fn private_file(path: &Path) -> std::io::Result<()> {
 }
 
 /// Set `dir` and every folder below it (not following links) to 0755.
-fn dirs_0755(dir: &Path) -> std::io::Result<()> {
+pub(crate) fn dirs_0755(dir: &Path) -> std::io::Result<()> {
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755))?;
     for e in std::fs::read_dir(dir)? {
@@ -742,7 +742,7 @@ fn dirs_0755(dir: &Path) -> std::io::Result<()> {
     Ok(())
 }
 
-fn copy_tree(src: &Path, dst: &Path) -> std::io::Result<()> {
+pub(crate) fn copy_tree(src: &Path, dst: &Path) -> std::io::Result<()> {
     if src.is_dir() {
         std::fs::create_dir_all(dst)?;
         for e in std::fs::read_dir(src)? {

@@ -13,6 +13,7 @@
 
 pub mod cli;
 pub mod client;
+pub mod disks;
 pub mod export;
 pub mod import;
 pub mod lex;

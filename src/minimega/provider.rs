@@ -54,6 +54,8 @@ const GONE_WAIT: Duration = Duration::from_secs(60);
 pub enum MinimegaError {
     #[error(transparent)]
     Client(#[from] ClientError),
+    #[error(transparent)]
+    Files(#[from] super::disks::FilesError),
     #[error("{what} is not possible with the minimega provider: {why}")]
     Unsupported { what: String, why: &'static str },
     #[error(
@@ -187,6 +189,19 @@ impl MinimegaHost {
     /// Refresh: what of this experiment minimega has.
     pub fn observe_sync(&self, state: &State) -> Result<Observed, MinimegaError> {
         let mut obs = Observed::default();
+        // Disks: files in the head's file path (disks.rs), namespace or not.
+        if state.resources.values().any(|r| r.kind == Kind::Disk) {
+            let have = {
+                let mut c = self.client.lock().expect("the client lock");
+                super::disks::observe(&mut c, &self.experiment)?
+            };
+            for (addr, rec) in &state.resources {
+                if rec.kind == Kind::Disk && rec.attr_str("file").is_some_and(|f| have.contains(f))
+                {
+                    obs.disks.insert(addr.clone());
+                }
+            }
+        }
         if !self.namespace_exists()? {
             return Ok(obs);
         }
@@ -434,14 +449,45 @@ impl MinimegaHost {
         cfg.push(c().word("uuid").arg(&vm.uuid.to_string())?);
         cfg.push(c().word("memory").num(vm.memory_mib));
         cfg.push(c().word("vcpus").num(u64::from(vm.vcpus)));
-        if let Some(k) = &vm.kernel {
-            cfg.push(c().word("kernel").arg(&path_text(k))?);
+        // Kernel and initrd go into the head's file path, named relative to
+        // it: the VM's node fetches them through iomeshage (disks.rs).
+        if vm.kernel.is_some() || vm.initrd.is_some() {
+            let root = {
+                let mut cl = self.client.lock().expect("the client lock");
+                super::disks::head_filepath(&mut cl, &self.ns)?
+            };
+            for (kw, p) in [("kernel", &vm.kernel), ("initrd", &vm.initrd)] {
+                if let Some(p) = p {
+                    let rel = super::disks::place_boot(&root, experiment, p)?;
+                    cfg.push(c().word(kw).arg(&rel)?);
+                }
+            }
+            let sources: Vec<&Path> = (self.lab.iter().flat_map(|l| l.vms.iter()))
+                .flat_map(|v| v.kernel.iter().chain(v.initrd.iter()))
+                .map(PathBuf::as_path)
+                .collect();
+            super::disks::prune_boot(&self.client, experiment, &sources)?;
         }
-        if let Some(i) = &vm.initrd {
-            cfg.push(c().word("initrd").arg(&path_text(i))?);
-        }
-        if let Some(a) = &vm.append {
-            cfg.push(c().word("append").arg(a)?);
+        // ext4 disks the guest's init mounts, as on megaplan's own engine.
+        let mounts: Vec<String> = vm
+            .disks
+            .iter()
+            .enumerate()
+            .filter_map(|(i, d)| {
+                Some(format!(
+                    "vd{}:{}",
+                    (b'a' + i as u8) as char,
+                    d.mount.as_ref()?
+                ))
+            })
+            .collect();
+        let append: Vec<String> = (!mounts.is_empty())
+            .then(|| format!("megaplan.mounts={}", mounts.join(",")))
+            .into_iter()
+            .chain(vm.append.clone())
+            .collect();
+        if !append.is_empty() {
+            cfg.push(c().word("append").arg(&append.join(" "))?);
         }
         cfg.push(
             c().word("snapshot")
@@ -456,9 +502,12 @@ impl MinimegaHost {
                             .iter()
                             .find(|d| &d.name == n)
                             .ok_or_else(|| MinimegaError::NoVm(n.clone()))?;
-                        d.arg(&spec.file_name())?
+                        d.arg(&super::disks::diskspec(&super::disks::disk_rel(
+                            experiment,
+                            &spec.file_name(),
+                        )?))?
                     }
-                    DiskSource::Path(p) => d.arg(&path_text(p))?,
+                    DiskSource::Path(p) => d.arg(&super::disks::diskspec(&path_text(p)))?,
                 };
             }
             cfg.push(d);
@@ -925,13 +974,15 @@ impl Provider for MinimegaHost {
             // Nothing was started for it (see StartCapture).
             Op::StopCapture { .. } => {}
             Op::CreateDisk { spec, .. } => {
-                return Err(unsupported(&format!(
-                    "create {} (minimega's `disk create` is not mapped yet; give the VM an image by path)",
-                    spec.address
-                )));
+                super::disks::create(&self.client, &self.ns, &self.experiment, spec)
+                    .await
+                    .map_err(MinimegaError::from)?;
             }
-            // Nothing was made for it (see CreateDisk).
-            Op::RemoveDisk { .. } => {}
+            Op::RemoveDisk { file, .. } => {
+                let mut c = self.client.lock().expect("the client lock");
+                super::disks::remove(&mut c, &self.experiment, file)
+                    .map_err(MinimegaError::from)?;
+            }
             Op::StopVm { name, .. } => match self.stop_sync(name) {
                 Err(MinimegaError::NotOurs { name, ns, .. }) => {
                     return Err(PError::NotOurs {
@@ -1058,8 +1109,8 @@ pub const RULES: Rules = Rules {
     computed: |kind, key| kind == Kind::Vm && matches!(key, "node" | "minimega_taps"),
 };
 
-/// What a minimega apply needs here: the boot files it names (minimega
-/// reads them by path on every node; docs/minimega.md).
+/// What a minimega apply needs here: the boot files it names (megaplan
+/// copies them into minimega's file path; docs/minimega.md).
 fn preflight_files(lab: Option<&Lab>) -> Result<(), PError> {
     let mut missing = Vec::new();
     for v in lab.iter().flat_map(|l| l.vms.iter()) {
@@ -1221,10 +1272,12 @@ pub fn unmapped(lab: &Lab) -> Vec<String> {
         }
     }
     for d in &lab.disks {
-        out.push(format!(
-            "{}: experiment disks are not mapped to minimega's `disk create` yet; give the VM an image by path",
-            d.address
-        ));
+        if d.from.is_some() && d.format == crate::lab::DiskFormat::Raw {
+            out.push(format!(
+                "{}: a raw disk from a base image (minimega's `disk snapshot` makes qcow2 only); leave out format=\"raw\"",
+                d.address
+            ));
+        }
     }
     for c in &lab.captures {
         out.push(format!(
@@ -1276,10 +1329,15 @@ pub fn refresh(lab: &Lab, state: &State, sd: &StateDir) -> Result<Observed, PErr
     }
 }
 
-/// After a destroy: clear the namespace once nothing is left in it.
+/// After a destroy: clear the namespace once nothing is left in it (and
+/// then the boot files and disks megaplan placed in minimega's file path).
 pub fn after_destroy(lab: &Lab) -> Result<(), PError> {
     if let Some(s) = settings(lab) {
-        MinimegaHost::connect(&s, &lab.name, Some(lab))?.clear_namespace_if_empty()?;
+        let h = MinimegaHost::connect(&s, &lab.name, Some(lab))?;
+        if h.clear_namespace_if_empty()? {
+            let mut c = h.client.lock().expect("the client lock");
+            super::disks::forget(&mut c, &lab.name).map_err(MinimegaError::from)?;
+        }
     }
     Ok(())
 }

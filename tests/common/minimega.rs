@@ -279,8 +279,18 @@ impl Node {
         ]);
     }
 
-    fn start_minimega(&mut self, bin: &Path, context: &str) {
-        let files = self.dir.join("files");
+    /// Start minimega; with `files_as`, it is told that path as its
+    /// `-filepath` and sees its own `files/` there (a bind mount in a mount
+    /// namespace of its own), as every node of a real cluster has the same
+    /// file path on its own disk.
+    fn start_minimega(&mut self, bin: &Path, context: &str, files_as: Option<&Path>) {
+        let own = self.dir.join("files");
+        let files = files_as.map_or_else(|| own.clone(), Path::to_path_buf);
+        let bind = files_as.map(|to| {
+            use std::os::unix::ffi::OsStrExt;
+            let c = |p: &Path| std::ffi::CString::new(p.as_os_str().as_bytes()).unwrap();
+            (c(&own), c(to))
+        });
         let out = File::create(self.dir.join("minimega.out")).unwrap();
         let err = out.try_clone().unwrap();
         let name: &'static str = self.name;
@@ -297,12 +307,35 @@ impl Node {
             .args(["-level", "info", "-verbose=false"])
             .stdout(out)
             .stderr(err);
-        // SAFETY: unshare and sethostname are async-signal-safe system calls
-        // on memory owned by this closure ('static str); nothing allocates.
+        // SAFETY: unshare, sethostname and mount are async-signal-safe system
+        // calls on memory owned by this closure ('static str, C strings made
+        // before the fork); nothing allocates.
         unsafe {
             cmd.pre_exec(move || {
                 if libc::unshare(libc::CLONE_NEWUTS) != 0
                     || libc::sethostname(name.as_ptr().cast(), name.len()) != 0
+                {
+                    return Err(std::io::Error::last_os_error());
+                }
+                // The bind mount stays in this process's own mount namespace
+                // (private, so nothing propagates back), gone with its last
+                // process (minimega and the QEMUs it starts).
+                if let Some((from, to)) = &bind
+                    && (libc::unshare(libc::CLONE_NEWNS) != 0
+                        || libc::mount(
+                            std::ptr::null(),
+                            c"/".as_ptr(),
+                            std::ptr::null(),
+                            libc::MS_REC | libc::MS_PRIVATE,
+                            std::ptr::null(),
+                        ) != 0
+                        || libc::mount(
+                            from.as_ptr(),
+                            to.as_ptr(),
+                            std::ptr::null(),
+                            libc::MS_BIND,
+                            std::ptr::null(),
+                        ) != 0)
                 {
                     return Err(std::io::Error::last_os_error());
                 }
@@ -405,6 +438,17 @@ impl Mesh {
     /// Build and start the mesh; None (after printing why) when the test
     /// should skip.
     pub fn start(test: &str) -> Option<Mesh> {
+        Mesh::start_with(test, false)
+    }
+
+    /// The mesh with one file path on both nodes (mm1's `files/` path; mm2
+    /// sees its own `files/` there): what minimega's iomeshage needs to
+    /// fetch a file named relative to it onto the node that lacks it.
+    pub fn start_same_filepath(test: &str) -> Option<Mesh> {
+        Mesh::start_with(test, true)
+    }
+
+    fn start_with(test: &str, same_filepath: bool) -> Option<Mesh> {
         let bin = prerequisites(test)?;
         let dir = tempfile::Builder::new()
             .prefix("megaplan-mm-")
@@ -470,8 +514,10 @@ impl Mesh {
             ip(&["link", "set", TRUNK, "up"]);
             n.start_ovs();
         }
-        for n in &mut mesh.nodes {
-            n.start_minimega(&mesh.bin, &context);
+        let head_files = mesh.nodes[0].dir.join("files");
+        for (i, n) in mesh.nodes.iter_mut().enumerate() {
+            let files_as = (same_filepath && i > 0).then_some(head_files.as_path());
+            n.start_minimega(&mesh.bin, &context, files_as);
         }
         let mut head = mesh.nodes[0].client();
         head.run_ok(&Mm::new("mesh").word("dial").arg(ADDRS[1]).unwrap())
@@ -536,7 +582,7 @@ impl Mesh {
         let n = &mut mesh.nodes[0];
         run(Command::new("ip").args(["-n", &n.ns.name, "link", "set", "lo", "up"]));
         n.start_ovs();
-        n.start_minimega(&mesh.bin, &context);
+        n.start_minimega(&mesh.bin, &context, None);
         Some(mesh)
     }
 
