@@ -613,13 +613,16 @@ pub enum Needed {
     Copy { rel: String, src: PathBuf },
     /// This disk, made by megaplan's mkfs with its injected files.
     Mkfs { rel: String, spec: DiskSpec },
+    /// The folder `megaplan/EXP/disks/`: minimega's `disk create` and
+    /// `disk snapshot` make no folder.
+    Folder { rel: String },
 }
 
 impl Needed {
     /// Its path relative to the file path.
     pub fn rel(&self) -> &str {
         match self {
-            Needed::Copy { rel, .. } | Needed::Mkfs { rel, .. } => rel,
+            Needed::Copy { rel, .. } | Needed::Mkfs { rel, .. } | Needed::Folder { rel } => rel,
         }
     }
 }
@@ -643,6 +646,9 @@ pub async fn stage(root: &Path, experiment: &str, files: &[Needed]) -> Result<()
                         source: std::io::Error::other("it changed while the script was written"),
                     });
                 }
+            }
+            Needed::Folder { .. } => {
+                folder(root, experiment, "disks")?;
             }
             Needed::Mkfs { rel, spec } => {
                 let dir = folder(root, experiment, "disks")?;

@@ -171,6 +171,10 @@ pub fn exported(lab: &Lab, opts: &Options) -> Exported {
                     &mut head,
                     &format!("  {rel}  <- a copy of {}", src.display()),
                 ),
+                disks::Needed::Folder { rel } => comment(
+                    &mut head,
+                    &format!("  {rel}  <- a folder (minimega's `disk create` makes none)"),
+                ),
                 disks::Needed::Mkfs { rel, spec } => comment(
                     &mut head,
                     &format!(
@@ -311,6 +315,14 @@ fn script(lab: &Lab, opts: &Options) -> (String, Vec<disks::Needed>) {
                 .map(|f| boot_or_base(&mut out, &mut files, &lab.name, "bases", f, &d.name));
             match disks::disk_commands(&lab.name, d, base.as_deref()) {
                 Ok(cmds) => {
+                    if let Ok(exp) = disks::experiment_rel(&lab.name) {
+                        let n = disks::Needed::Folder {
+                            rel: format!("{exp}/disks/"),
+                        };
+                        if !files.contains(&n) {
+                            files.push(n);
+                        }
+                    }
                     for c in cmds {
                         out.push_str(c.as_str());
                         out.push('\n');
@@ -621,8 +633,8 @@ vm "B" {
             assert!(s.contains(&want), "missing:\n{want}\nin:\n{s}");
         }
         // No command makes the mkfs disk; no absolute kernel path.
-        assert!(!s.contains("disk create"), "{s}");
-        assert!(!s.contains("disk inject"), "{s}");
+        assert!(!s.contains("\ndisk create"), "{s}");
+        assert!(!s.contains("\ndisk inject"), "{s}");
         assert!(
             !s.contains(&format!("kernel {}", t.path().display())),
             "{s}"
@@ -633,6 +645,7 @@ vm "B" {
             rels,
             [
                 format!("megaplan/e/bases/{b}"),
+                "megaplan/e/disks/".into(),
                 "megaplan/e/disks/fs.qcow2".into(),
                 format!("megaplan/e/boot/{k}"),
                 format!("megaplan/e/boot/{i}"),
@@ -657,18 +670,19 @@ vm "B" {
         let copies: Vec<disks::Needed> = ex
             .files
             .iter()
-            .filter(|f| matches!(f, disks::Needed::Copy { .. }))
+            .filter(|f| !matches!(f, disks::Needed::Mkfs { .. }))
             .cloned()
             .collect();
-        assert_eq!(copies.len(), 4);
+        assert_eq!(copies.len(), 5);
         let rt = tokio::runtime::Builder::new_current_thread()
             .build()
             .unwrap();
         rt.block_on(disks::stage(&root, &lab.name, &copies))
             .unwrap();
+        assert!(root.join("megaplan/e/disks").is_dir());
         for f in &copies {
             let disks::Needed::Copy { rel, src } = f else {
-                unreachable!()
+                continue;
             };
             assert_eq!(
                 std::fs::read(root.join(rel)).unwrap(),
