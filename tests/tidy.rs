@@ -22,6 +22,7 @@ const DOORS: &[&str] = &[
     "src/agent/",
     "src/minimega/client.rs",
     "src/minimega/provider",
+    "src/minimega/disks.rs",
     "src/state.rs",
     "src/safefs.rs",
     "src/owners.rs",

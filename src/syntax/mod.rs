@@ -10,6 +10,7 @@
 pub mod kdl;
 pub mod lang;
 pub mod toml;
+pub mod values;
 
 use crate::diag::{Diagnostics, SourceFile, Syntax};
 use crate::model::Document;

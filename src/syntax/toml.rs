@@ -23,6 +23,7 @@ use toml::Spanned;
 use toml::de::{DeString, DeTable, DeValue};
 
 use super::lang;
+use super::values::{self, Item, Val as V};
 use crate::diag::{Code, Diag, Diagnostics, SourceFile, did_you_mean};
 use crate::model::{
     Capture, CaptureSource, CcAction, CcStep, Check, Command, Disk, Document, ExperimentNode,
@@ -842,7 +843,7 @@ impl Reader<'_> {
             v,
             &format!("capture.{}", n.value),
             what,
-            lang::CAPTURE_TOML_KEYS,
+            lang::CAPTURE.toml_keys(),
         )?;
         let tap = self.opt_string(&t, "tap");
         let nic = self.opt_int(&t, "nic");
@@ -911,96 +912,134 @@ impl Reader<'_> {
 // Emit
 
 /// Write a document as canonical TOML: `[experiment]` first, then networks,
-/// disks and VMs in model order; only keys present in the model.
+/// disks, VMs, captures and checks in model order; only keys present in the
+/// model. It walks the language table (`syntax::lang`) over the document's
+/// values (`syntax::values`).
 pub fn emit(doc: &Document) -> String {
     let mut out = String::new();
-    for e in &doc.experiments {
-        section(&mut out, "[experiment]".to_string());
-        kv(&mut out, "name", &string(&e.name));
-        opt_kv(&mut out, "images", e.images.as_ref());
-        opt_kv(&mut out, "accel", e.accel.as_ref());
-        opt_kv(&mut out, "boot-timeout", e.boot_timeout.as_ref());
-        if let Some(p) = &e.provider {
-            section(&mut out, "[experiment.provider]".to_string());
-            kv(&mut out, "name", &string(&p.kind));
-            opt_kv(&mut out, "base", p.base.as_ref());
-            opt_kv(&mut out, "namespace", p.namespace.as_ref());
-        }
-    }
-    for n in &doc.networks {
-        section(&mut out, format!("[network.{}]", key(&n.name)));
-        opt_kv(&mut out, "host-address", n.host_address.as_ref());
-    }
-    for d in &doc.disks {
-        section(&mut out, format!("[disk.{}]", key(&d.name)));
-        opt_kv(&mut out, "size", d.size.as_ref());
-        opt_kv(&mut out, "format", d.format.as_ref());
-        opt_kv(&mut out, "filesystem", d.filesystem.as_ref());
-        if let Some(k) = &d.keep {
-            kv(&mut out, "keep", &k.value.to_string());
-        }
-        opt_kv(&mut out, "from", d.from.as_ref());
-        if !d.inject.is_empty() {
-            let items: Vec<String> = d
-                .inject
-                .iter()
-                .map(|i| inline(&[("src", string(&i.src)), ("dst", string(&i.dst))]))
-                .collect();
-            kv(&mut out, "inject", &array(&items, items.len() > 1));
-        }
-    }
-    for vm in &doc.vms {
-        section(&mut out, format!("[vm.{}]", key(&vm.name)));
-        emit_vm(&mut out, vm);
-    }
-    for c in &doc.captures {
-        section(&mut out, format!("[capture.{}]", key(&c.name)));
-        match &c.source {
-            Some(CaptureSource::Tap { vm, nic }) => {
-                kv(&mut out, "tap", &string(vm));
-                if let Some(n) = nic {
-                    kv(&mut out, "nic", &n.value.to_string());
-                }
+    for item in values::document(doc) {
+        let header = match item.node.table_name() {
+            Some(_) => {
+                let name = match item.vals.first() {
+                    Some(V::Str(n)) => *n,
+                    _ => unreachable!("a named table's first value is its name"),
+                };
+                format!("[{}.{}]", item.node.name, key(name))
             }
-            Some(CaptureSource::Network(net)) => kv(&mut out, "network", &string(net)),
-            None => {}
-        }
-    }
-    for c in &doc.checks {
-        section(&mut out, format!("[check.{}]", key(&c.name)));
-        emit_check(&mut out, c);
+            None => format!("[{}]", item.node.name),
+        };
+        section(&mut out, header);
+        emit_table(&mut out, &item, item.node.name);
     }
     out
 }
 
-fn emit_check(out: &mut String, c: &Check) {
-    let int = |out: &mut String, k: &str, v: &Option<Sp<i64>>| {
-        if let Some(v) = v {
-            kv(out, k, &v.value.to_string());
+/// The keys of a `[table]`: its own keys in table order, then its sections.
+fn emit_table(out: &mut String, item: &Item<'_>, path: &str) {
+    let mut sections = Vec::new();
+    for (k, v) in item.present() {
+        match k.toml {
+            lang::Toml::TableName => {}
+            lang::Toml::Section => sections.push((k, v)),
+            _ => {
+                for (name, value) in fields(k, v) {
+                    kv(out, name, &value);
+                }
+            }
         }
-    };
-    opt_kv(out, "from", c.from.as_ref());
-    opt_kv(out, "ping", c.ping.as_ref());
-    if let Some(cmd) = &c.exec {
-        kv(out, "exec", &command(cmd));
     }
-    opt_kv(out, "capture", c.capture.as_ref());
-    opt_kv(out, "match", c.filter.as_ref());
-    opt_kv(out, "expect", c.expect.as_ref());
-    int(out, "exit", &c.exit);
-    opt_kv(out, "stdout-contains", c.stdout_contains.as_ref());
-    opt_kv(out, "stdout-matches", c.stdout_matches.as_ref());
-    int(out, "at-least", &c.at_least);
-    int(out, "at-most", &c.at_most);
-    if let Some(b) = &c.none {
-        kv(out, "none", &b.value.to_string());
+    for (k, v) in sections {
+        if let V::Nodes(items) = v {
+            for it in items {
+                let path = format!("{path}.{}", k.name);
+                section(out, format!("[{path}]"));
+                emit_table(out, it, &path);
+            }
+        }
     }
-    opt_kv(out, "timeout", c.timeout.as_ref());
-    int(out, "retry", &c.retry);
-    if !c.after.is_empty() {
-        let items: Vec<String> = c.after.iter().map(|a| string(a)).collect();
-        kv(out, "after", &array(&items, false));
+}
+
+/// The `key = value` pairs one present key of a table makes (a flattened
+/// node makes several).
+fn fields(k: &'static lang::Key, v: &V<'_>) -> Vec<(&'static str, String)> {
+    match (k.toml, v) {
+        (lang::Toml::Flatten, V::Nodes(items)) => {
+            items.iter().flat_map(|it| flattened(k.name, it)).collect()
+        }
+        _ => vec![(k.name, value(k, v))],
     }
+}
+
+/// A node as keys of its parent's table: its first argument under `name`,
+/// its other keys beside it.
+fn flattened(name: &'static str, item: &Item<'_>) -> Vec<(&'static str, String)> {
+    let mut out = Vec::new();
+    for (i, (k, v)) in item.node.keys.iter().zip(&item.vals).enumerate() {
+        if matches!(v, V::Absent) {
+            continue;
+        }
+        let key = if i == 0 { name } else { k.name };
+        out.push((key, value(k, v)));
+    }
+    out
+}
+
+/// The TOML text of a present value of key `k`.
+fn value(k: &'static lang::Key, v: &V<'_>) -> String {
+    match v {
+        V::Str(s) => string(s),
+        V::Int(i) => i.to_string(),
+        V::Bool(b) => b.to_string(),
+        V::Words(ws) => {
+            let items: Vec<String> = ws.iter().map(|w| string(w)).collect();
+            array(&items, false)
+        }
+        V::Command(c) => command(c),
+        V::Tags(tags) => {
+            let body: Vec<String> = tags
+                .iter()
+                .map(|t| format!("{} = {}", key(&t.key), string(&t.value)))
+                .collect();
+            format!("{{ {} }}", body.join(", "))
+        }
+        V::Nodes(items) => {
+            let node = match k.ty {
+                lang::Ty::Node(n) => n,
+                _ => unreachable!("nodes under a node key"),
+            };
+            if node.shape == lang::Shape::Sequence {
+                // One table per child, one per line (cc steps).
+                let rows: Vec<String> = items
+                    .iter()
+                    .flat_map(|it| &it.seq)
+                    .map(|(i, c)| inline_fields(&flattened(node.keys[*i].name, c)))
+                    .collect();
+                return array(&rows, true);
+            }
+            let rows: Vec<String> = items.iter().map(inline).collect();
+            if k.repeatable {
+                // Tables that cannot be bare strings go one per line.
+                array(&rows, node.bare.is_none() && rows.len() > 1)
+            } else {
+                rows.concat()
+            }
+        }
+        V::Absent => unreachable!("absent values are not written"),
+    }
+}
+
+/// A nested node as an inline table, or as the bare string of its first
+/// argument when the node allows it and nothing else is set.
+fn inline(item: &Item<'_>) -> String {
+    let present: Vec<_> = item.present().collect();
+    if item.node.bare.is_some()
+        && let [(k, V::Str(s))] = present.as_slice()
+        && std::ptr::eq(*k, &item.node.keys[0])
+    {
+        return string(s);
+    }
+    let fields: Vec<(&str, String)> = present.iter().map(|(k, v)| (k.name, value(k, v))).collect();
+    inline_fields(&fields)
 }
 
 fn section(out: &mut String, header: String) {
@@ -1009,101 +1048,6 @@ fn section(out: &mut String, header: String) {
     }
     out.push_str(&header);
     out.push('\n');
-}
-
-fn emit_vm(out: &mut String, vm: &Vm) {
-    opt_kv(out, "uuid", vm.uuid.as_ref());
-    opt_kv(out, "kernel", vm.kernel.as_ref());
-    opt_kv(out, "initrd", vm.initrd.as_ref());
-    opt_kv(out, "append", vm.append.as_ref());
-    opt_kv(out, "memory", vm.memory.as_ref());
-    if let Some(n) = &vm.vcpus {
-        kv(out, "vcpus", &n.value.to_string());
-    }
-    if let Some(b) = &vm.snapshot {
-        kv(out, "snapshot", &b.value.to_string());
-    }
-    opt_kv(out, "boot-timeout", vm.boot_timeout.as_ref());
-    opt_kv(out, "host", vm.host.as_ref());
-    if !vm.disks.is_empty() {
-        let items: Vec<String> = vm
-            .disks
-            .iter()
-            .map(|d| match &d.mount {
-                None => string(&d.name),
-                Some(m) => inline(&[("name", string(&d.name)), ("mount", string(m))]),
-            })
-            .collect();
-        kv(out, "disk", &array(&items, false));
-    }
-    if !vm.nics.is_empty() {
-        let items: Vec<String> = vm
-            .nics
-            .iter()
-            .map(|n| {
-                if n.mac.is_none() && n.driver.is_none() {
-                    return string(&n.network);
-                }
-                let mut fields = vec![("network", string(&n.network))];
-                if let Some(m) = &n.mac {
-                    fields.push(("mac", string(m)));
-                }
-                if let Some(d) = &n.driver {
-                    fields.push(("driver", string(d)));
-                }
-                inline(&fields)
-            })
-            .collect();
-        kv(out, "nic", &array(&items, false));
-    }
-    if !vm.mirrors.is_empty() {
-        let items: Vec<String> = vm.mirrors.iter().map(mirror).collect();
-        kv(out, "mirrors", &array(&items, false));
-    }
-    if !vm.tags.is_empty() {
-        let fields: Vec<(String, String)> = vm
-            .tags
-            .iter()
-            .map(|t| (key(&t.key), string(&t.value)))
-            .collect();
-        let body: Vec<String> = fields.iter().map(|(k, v)| format!("{k} = {v}")).collect();
-        kv(out, "tags", &format!("{{ {} }}", body.join(", ")));
-    }
-    if !vm.after.is_empty() {
-        let items: Vec<String> = vm.after.iter().map(|a| string(a)).collect();
-        kv(out, "after", &array(&items, false));
-    }
-    if !vm.qemu_args.is_empty() {
-        let items: Vec<String> = vm.qemu_args.iter().map(|a| string(a)).collect();
-        kv(out, "qemu-args", &array(&items, false));
-    }
-    if !vm.cc.is_empty() {
-        let items: Vec<String> = vm.cc.iter().map(cc_step).collect();
-        kv(out, "cc", &array(&items, true));
-    }
-}
-
-fn mirror(m: &Mirror) -> String {
-    let mut fields = Vec::new();
-    match &m.source {
-        MirrorSource::Vm(vm) => {
-            if m.nic.is_none() && m.into.is_none() && m.direction.is_none() {
-                return string(vm);
-            }
-            fields.push(("vm", string(vm)));
-        }
-        MirrorSource::Network(net) => fields.push(("network", string(net))),
-    }
-    if let Some(n) = &m.nic {
-        fields.push(("nic", n.value.to_string()));
-    }
-    if let Some(n) = &m.into {
-        fields.push(("into", n.value.to_string()));
-    }
-    if let Some(d) = &m.direction {
-        fields.push(("direction", string(d)));
-    }
-    inline(&fields)
 }
 
 fn command(c: &Command) -> String {
@@ -1116,43 +1060,11 @@ fn command(c: &Command) -> String {
     }
 }
 
-fn cc_step(s: &CcStep) -> String {
-    let mut fields = Vec::new();
-    match &s.action {
-        CcAction::Exec(c) => fields.push(("exec", command(c))),
-        CcAction::Background(c) => fields.push(("background", command(c))),
-        CcAction::Send { src, to } => {
-            fields.push(("send", string(src)));
-            fields.push(("to", string(to)));
-        }
-        CcAction::Recv { src, to, max_size } => {
-            fields.push(("recv", string(src)));
-            fields.push(("to", string(to)));
-            if let Some(m) = max_size {
-                fields.push(("max-size", string(m)));
-            }
-        }
-    }
-    if let Some(t) = &s.timeout {
-        fields.push(("timeout", string(t)));
-    }
-    if let Some(a) = &s.allow_failure {
-        fields.push(("allow-failure", a.value.to_string()));
-    }
-    inline(&fields)
-}
-
 fn kv(out: &mut String, k: &str, v: &str) {
     let _ = writeln!(out, "{k} = {v}");
 }
 
-fn opt_kv(out: &mut String, k: &str, v: Option<&Sp<String>>) {
-    if let Some(v) = v {
-        kv(out, k, &string(v));
-    }
-}
-
-fn inline(fields: &[(&str, String)]) -> String {
+fn inline_fields(fields: &[(&str, String)]) -> String {
     let body: Vec<String> = fields.iter().map(|(k, v)| format!("{k} = {v}")).collect();
     format!("{{ {} }}", body.join(", "))
 }
@@ -1815,7 +1727,45 @@ cc = [{ exec = "a", background = "b" }, { timeout = "3s" }, { send = "x" }, { ex
                 span: z(),
             })
         }
+        fn capture(name: String) -> impl Strategy<Value = Capture> {
+            let source = of(prop_oneof![
+                (s(), oi()).prop_map(|(vm, nic)| CaptureSource::Tap { vm, nic }),
+                s().prop_map(CaptureSource::Network),
+            ]);
+            source.prop_map(move |source| Capture {
+                name: Sp::bare(name.clone()),
+                source,
+                span: z(),
+            })
+        }
+        fn check(name: String) -> impl Strategy<Value = Check> {
+            let a = (os(), os(), of(command()), os(), os(), os(), oi(), os());
+            let b = (os(), oi(), oi(), ob(), os(), oi(), vec(s(), 0..3));
+            (a, b).prop_map(move |(a, b)| Check {
+                name: Sp::bare(name.clone()),
+                from: a.0,
+                ping: a.1,
+                exec: a.2,
+                capture: a.3,
+                filter: a.4,
+                expect: a.5,
+                exit: a.6,
+                stdout_contains: a.7,
+                stdout_matches: b.0,
+                at_least: b.1,
+                at_most: b.2,
+                none: b.3,
+                timeout: b.4,
+                retry: b.5,
+                after: b.6,
+                span: z(),
+            })
+        }
         fn document() -> impl Strategy<Value = Document> {
+            let captures = proptest::collection::btree_set(text(), 0..3)
+                .prop_flat_map(|names| names.into_iter().map(capture).collect::<Vec<_>>());
+            let checks = proptest::collection::btree_set(text(), 0..3)
+                .prop_flat_map(|names| names.into_iter().map(check).collect::<Vec<_>>());
             let provider = of(
                 (s(), os(), os()).prop_map(|(kind, base, namespace)| ProviderNode {
                     kind,
@@ -1842,9 +1792,10 @@ cc = [{ exec = "a", background = "b" }, { timeout = "3s" }, { send = "x" }, { ex
             );
             let vms = proptest::collection::btree_set(text(), 0..3)
                 .prop_flat_map(|names| names.into_iter().map(vm).collect::<Vec<_>>());
-            (exp, networks, disks, vms).prop_map(|(exp, networks, disks, vms)| Document {
-                captures: Vec::new(),
-                checks: Vec::new(),
+            let rest = (vms, captures, checks);
+            (exp, networks, disks, rest).prop_map(|(exp, networks, disks, rest)| Document {
+                captures: rest.1,
+                checks: rest.2,
                 experiments: exp.into_iter().collect(),
                 networks: networks
                     .into_iter()
@@ -1875,8 +1826,38 @@ cc = [{ exec = "a", background = "b" }, { timeout = "3s" }, { send = "x" }, { ex
                         span: z(),
                     })
                     .collect(),
-                vms,
+                vms: rest.0,
             })
+        }
+
+        /// KDL has no one-word argv (`exec "ls"` is a shell command), no
+        /// empty one, and no `none` that is false (a bare `none` is true).
+        fn kdl_sayable(mut doc: Document) -> Document {
+            fn cmd(c: &mut Command) -> bool {
+                if let Command::Argv(ws) = c {
+                    match ws.len() {
+                        0 => return false,
+                        1 => *c = Command::Shell(ws.remove(0)),
+                        _ => {}
+                    }
+                }
+                true
+            }
+            for vm in &mut doc.vms {
+                vm.cc.retain_mut(|st| match &mut st.action {
+                    CcAction::Exec(c) | CcAction::Background(c) => cmd(c),
+                    _ => true,
+                });
+            }
+            for c in &mut doc.checks {
+                if c.exec.as_mut().is_some_and(|e| !cmd(e)) {
+                    c.exec = None;
+                }
+                if c.none.as_ref().is_some_and(|n| !n.value) {
+                    c.none = None;
+                }
+            }
+            doc
         }
 
         proptest! {
@@ -1884,6 +1865,19 @@ cc = [{ exec = "a", background = "b" }, { timeout = "3s" }, { send = "x" }, { ex
             #[test]
             fn parse_emit_round_trips(doc in document()) {
                 assert_round_trip(&doc);
+            }
+
+            /// The KDL emitter walks the same table: random documents round
+            /// trip through KDL too, once limited to what KDL can say.
+            #[test]
+            fn kdl_emit_parse_round_trips(doc in document()) {
+                let doc = kdl_sayable(doc);
+                let text = crate::syntax::kdl::emit(&doc);
+                let (back, diags) =
+                    crate::syntax::parse(&SourceFile::new("x.kdl", text.clone()));
+                prop_assert!(diags.is_empty(), "{diags:?}\n{text}");
+                prop_assert_eq!(&back, &doc, "{}", text);
+                prop_assert_eq!(crate::syntax::kdl::emit(&back), text);
             }
 
             #[test]
