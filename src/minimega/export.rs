@@ -563,7 +563,7 @@ mod tests {
     }
 
     fn lab_at(dir: &Path, text: &str) -> Lab {
-        let src = crate::diag::SourceFile::new(&dir.join("e.kdl"), text.to_string());
+        let src = crate::diag::SourceFile::new(dir.join("e.kdl"), text.to_string());
         let (lab, d) = crate::validate::check(&src);
         lab.unwrap_or_else(|| panic!("{}", d.render_plain(&src)))
     }
