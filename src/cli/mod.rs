@@ -492,9 +492,10 @@ fn run(cli: Cli) -> Result<ExitCode, CliError> {
             provider,
         } => {
             crate::minimega::provider::set_override(provider);
-            let Ok((_, lab)) = load(&file) else {
+            let Ok((_, mut lab)) = load(&file) else {
                 return Ok(failed());
             };
+            name_offline(&mut lab)?;
             match format {
                 GraphFormat::Dot => print!("{}", crate::graph::to_dot(&lab)),
                 GraphFormat::Svg => {
@@ -542,7 +543,7 @@ fn run(cli: Cli) -> Result<ExitCode, CliError> {
                     state_dir: sd.root.clone(),
                 }),
             };
-            let door = Door::open(&lab)?;
+            let door = Door::open(&mut lab)?;
             door.block_on(crate::serve::run(
                 &door.provider,
                 lab,
@@ -554,9 +555,11 @@ fn run(cli: Cli) -> Result<ExitCode, CliError> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Diff { old, new, format } => {
-            let (Ok((_, old_lab)), Ok((_, new_lab))) = (load(&old), load(&new)) else {
+            let (Ok((_, mut old_lab)), Ok((_, mut new_lab))) = (load(&old), load(&new)) else {
                 return Ok(failed());
             };
+            name_offline(&mut old_lab)?;
+            name_offline(&mut new_lab)?;
             let p = diff(&old_lab, &new_lab);
             match format {
                 DiffFormat::Text => {
@@ -721,8 +724,8 @@ fn run(cli: Cli) -> Result<ExitCode, CliError> {
             let mut state = sd.load()?;
             let mut lab = lab;
             crate::minimega::recorded::reconcile(&mut lab, &state, &sd.state_file())?;
-            let opts = plan_options(&file, &lab, &sd, &state, replace.clone())?;
-            let door = Door::open(&lab)?;
+            let door = Door::open(&mut lab)?;
+            let opts = plan_options(&door, &file, &lab, &sd, &state, replace.clone())?;
             let (_, observed) = refresh_and_adopt(&door, &lab, &sd, &mut state)?;
             // Checks are listed, not planned (they change nothing).
             let check_lines = crate::check::plan_lines(&lab);
@@ -940,7 +943,7 @@ pub(crate) fn apply_cmd(
         lab.accel = resolve_accel(lab.accel, env_accel.as_deref(), accel)?;
         let sd = StateDir::for_file(&saved.file, &lab.name, state_dir.as_deref());
         recorded_engine(&mut lab, &sd)?;
-        let door = Door::open(&lab)?;
+        let door = Door::open(&mut lab)?;
         preflight(&door, Some(&lab))?;
         let _lock = sd.lock(&format!("megaplan apply {}", file.display()))?;
         claim(&lab.name, &sd)?;
@@ -957,7 +960,7 @@ pub(crate) fn apply_cmd(
         }
         // The plan's assumptions about the host, checked again: what runs is
         // this fresh plan, which must do what the saved one said.
-        let opts = plan_options(&saved.file, &lab, &sd, &state, saved.replace.clone())?;
+        let opts = plan_options(&door, &saved.file, &lab, &sd, &state, saved.replace.clone())?;
         let (adopted, fresh) = refresh_and_plan(&door, &lab, &sd, &mut state, &opts)?;
         let drift = crate::saved::drift(&saved.plan, &fresh);
         if !drift.is_empty() {
@@ -987,14 +990,14 @@ pub(crate) fn apply_cmd(
     lab.accel = resolve_accel(lab.accel, env_accel.as_deref(), accel)?;
     let sd = StateDir::for_file(&file, &lab.name, state_dir.as_deref());
     recorded_engine(&mut lab, &sd)?;
-    let door = Door::open(&lab)?;
+    let door = Door::open(&mut lab)?;
     preflight(&door, Some(&lab))?;
     let _lock = sd.lock(&format!("megaplan apply {}", file.display()))?;
     claim(&lab.name, &sd)?;
     let mut state = sd.load()?;
     crate::minimega::recorded::recheck(&lab, &state, &sd.state_file())?;
     crate::minimega::recorded::record(&lab, &mut state);
-    let opts = plan_options(&file, &lab, &sd, &state, replace)?;
+    let opts = plan_options(&door, &file, &lab, &sd, &state, replace)?;
     let (adopted, p) = refresh_and_plan(&door, &lab, &sd, &mut state, &opts)?;
     if adopted {
         sd.save(&mut state)?;
@@ -1063,6 +1066,7 @@ fn refresh_and_adopt(
 /// something of the file or the state: refused before anything changes)
 /// and the content digests of the lab's files, read now, before planning.
 fn plan_options(
+    door: &Door,
     file: &Path,
     lab: &Lab,
     sd: &StateDir,
@@ -1070,7 +1074,10 @@ fn plan_options(
     replace: Vec<String>,
 ) -> Result<plan::Options, CliError> {
     let mut opts = plan::Options {
-        rules: crate::minimega::provider::rules(lab),
+        rules: {
+            use crate::provider::Provider as _;
+            door.provider.rules()
+        },
         replace: replace.into_iter().collect(),
         ..Default::default()
     };
@@ -1100,7 +1107,7 @@ pub(crate) fn destroy_cmd(
     };
     let sd = StateDir::for_file(&file, &lab.name, state_dir.as_deref());
     recorded_engine(&mut lab, &sd)?;
-    let door = Door::open(&lab)?;
+    let door = Door::open(&mut lab)?;
     if !dry_run {
         preflight(&door, None)?;
     }
@@ -1142,10 +1149,12 @@ pub(crate) fn destroy_cmd(
     }
     {
         use crate::provider::Provider as _;
-        door.provider.forget_runtime(&lab.name);
-    }
-    if state.resources.is_empty() {
-        crate::minimega::provider::after_destroy(&lab).map_err(Problem::ClearNamespace)?;
+        door.provider
+            .after_destroy(&lab.name, state.resources.is_empty())
+            .map_err(|source| Problem::AfterDestroy {
+                provider: door.provider.name(),
+                source,
+            })?;
     }
     // Nothing recorded any more (keep disks stay recorded): the name is free.
     if state.resources.is_empty() {
@@ -1169,7 +1178,7 @@ fn show_cmd(
     let mut lab = lab;
     crate::minimega::recorded::reconcile(&mut lab, &state, &sd.state_file())?;
     let columns = crate::show::columns(&columns, json).map_err(Problem::UnknownColumn)?;
-    let door = Door::open(&lab)?;
+    let door = Door::open(&mut lab)?;
     let observed = door.refresh(&lab.name, &state, &sd)?;
     let mut rows = crate::show::rows(&lab, &state, &observed);
     if columns.iter().any(|c| c == "ip") {
@@ -1202,11 +1211,11 @@ fn console_cmd(
     follow: bool,
     state_dir: Option<PathBuf>,
 ) -> Result<ExitCode, CliError> {
-    let Ok((_, lab)) = load(&file) else {
+    let Ok((_, mut lab)) = load(&file) else {
         return Ok(failed());
     };
     // Paths come from the lab's (validated) name, not from the argument.
-    let Some(spec) = lab.vms.iter().find(|v| v.name == vm) else {
+    let Some(spec) = lab.vms.iter().find(|v| v.name == vm).cloned() else {
         return Err(Problem::NoSuchVm {
             names: lab.vms.iter().map(|v| v.name.clone()).collect(),
             vm,
@@ -1217,7 +1226,7 @@ fn console_cmd(
     let sd = StateDir::for_file(&file, &lab.name, state_dir.as_deref());
     // Where the console and its log are is the provider's to say.
     use crate::provider::Provider as _;
-    let door = Door::open(&lab)?;
+    let door = Door::open(&mut lab)?;
     let log = door.provider.serial_log(&sd, &spec.name);
     let sock = door.provider.console_socket(&lab.name, &spec.name);
     crate::console::run(sock.as_deref(), log.as_deref(), &spec.name, follow)?;
@@ -1278,7 +1287,7 @@ fn cc_cmd(command: CcCommand) -> Result<ExitCode, CliError> {
             max_output,
             command,
         } => {
-            let Ok((_, lab)) = load(&file) else {
+            let Ok((_, mut lab)) = load(&file) else {
                 return Ok(failed());
             };
             let filters: Vec<crate::cc::Filter> = filter
@@ -1301,7 +1310,7 @@ fn cc_cmd(command: CcCommand) -> Result<ExitCode, CliError> {
                     _ => return Err(Problem::BadMaxOutput(m).into()),
                 },
             };
-            let door = Door::open(&lab)?;
+            let door = Door::open(&mut lab)?;
             let responses = door.block_on(crate::cc::exec(
                 &door.provider,
                 &lab,
@@ -1344,7 +1353,7 @@ fn cc_cmd(command: CcCommand) -> Result<ExitCode, CliError> {
             vm,
             state_dir,
         } => {
-            let Ok((_, lab)) = load(&file) else {
+            let Ok((_, mut lab)) = load(&file) else {
                 return Ok(failed());
             };
             if let Some(v) = &vm
@@ -1358,7 +1367,7 @@ fn cc_cmd(command: CcCommand) -> Result<ExitCode, CliError> {
                 .into());
             }
             let sd = StateDir::for_file(&file, &lab.name, state_dir.as_deref());
-            let door = Door::open(&lab)?;
+            let door = Door::open(&mut lab)?;
             for (address, exit, stdout, stderr) in
                 crate::cc::responses(&door.provider, &lab, &sd, vm.as_deref())
             {
@@ -1391,18 +1400,21 @@ fn disk_cmd(command: DiskCommand) -> Result<ExitCode, CliError> {
         to,
         state_dir,
     } = command;
-    let Ok((_, lab)) = load(&file) else {
+    let Ok((_, mut lab)) = load(&file) else {
         return Ok(failed());
     };
-    let spec = lab.disk(&disk).ok_or_else(|| Problem::NoSuchDisk {
-        disk: disk.clone(),
-        file: file.clone(),
-        names: lab.disks.iter().map(|d| d.name.clone()).collect(),
-    })?;
+    let spec = &lab
+        .disk(&disk)
+        .cloned()
+        .ok_or_else(|| Problem::NoSuchDisk {
+            disk: disk.clone(),
+            file: file.clone(),
+            names: lab.disks.iter().map(|d| d.name.clone()).collect(),
+        })?;
     let sd = StateDir::for_file(&file, &lab.name, state_dir.as_deref());
     crate::owners::check(&lab.name, &sd.root)?;
     let state = sd.load()?;
-    let door = Door::open(&lab)?;
+    let door = Door::open(&mut lab)?;
     let observed = door.refresh(&lab.name, &state, &sd)?;
     for vm in &lab.vms {
         let uses = vm
@@ -1430,6 +1442,16 @@ fn disk_cmd(command: DiskCommand) -> Result<ExitCode, CliError> {
     }
     println!("Copied {gp} of disk '{disk}' to {}", to.display());
     Ok(ExitCode::SUCCESS)
+}
+
+/// For a view of the file that reaches no engine (`graph`, `diff`): the
+/// local engine's names are pure, so a local lab gets them; another
+/// engine's are known after apply and stay unset.
+fn name_offline(lab: &mut Lab) -> Result<(), CommandError> {
+    if lab.provider.is_local() {
+        crate::provider::names::local(lab).map_err(crate::provider::ProviderError::from)?;
+    }
+    Ok(())
 }
 
 /// The plan that would turn an applied `old` into `new`, with no live state.

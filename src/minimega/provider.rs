@@ -38,7 +38,7 @@ use std::time::{Duration, Instant};
 use super::MARKER_TAG;
 use super::client::{Client, ClientError, Command, HostResponse, Name, VmInfo, VmState, vm_infos};
 use crate::host::StepOutcome;
-use crate::lab::{Accel, CcActionSpec, CommandSpec, DiskSource, DiskSpec, Lab, VmSpec};
+use crate::lab::{Accel, CcActionSpec, CommandSpec, DiskSpec, Lab, VmSpec};
 use crate::observed::{Observed, ObservedLink, ObservedMirror, ObservedVm};
 use crate::provider::{
     GuestWait, Op, OpOutcome, Outcome, Provider, ProviderError as PError, Rules,
@@ -71,8 +71,8 @@ pub enum MinimegaError {
     },
     #[error("no VM {0} in the experiment")]
     NoVm(String),
-    #[error("tap {0} is no nic of the experiment")]
-    NoTap(String),
+    #[error("{0} names no nic of the experiment")]
+    NoNic(String),
     #[error("{0}")]
     Wait(String),
     #[error(transparent)]
@@ -106,8 +106,6 @@ pub struct MinimegaHost {
     pub(super) ns: Name,
     experiment: String,
     pub(super) lab: Option<Lab>,
-    /// megaplan's tap name -> (VM, nic index), from the lab.
-    taps: BTreeMap<String, (String, usize)>,
     /// The head node's name (`host name`), asked once when first needed.
     head: std::sync::OnceLock<String>,
     /// The namespace is known to hold the head node when VMs are placed
@@ -132,20 +130,11 @@ impl MinimegaHost {
         let ns = Name::new(&settings.namespace)?;
         let mut client = Client::connect(&settings.base)?;
         client.set_timeout(Duration::from_secs(300));
-        let mut taps = BTreeMap::new();
-        if let Some(lab) = lab {
-            for v in &lab.vms {
-                for n in &v.nics {
-                    taps.insert(n.tap.clone(), (v.name.clone(), n.index));
-                }
-            }
-        }
         Ok(MinimegaHost {
             client: Mutex::new(client),
             ns,
             experiment: experiment.to_string(),
             lab: lab.cloned(),
-            taps,
             head: std::sync::OnceLock::new(),
             joined: std::sync::atomic::AtomicBool::new(false),
             qemu: which("qemu-system-x86_64"),
@@ -276,7 +265,11 @@ impl MinimegaHost {
             self.lab
                 .as_ref()
                 .and_then(|l| l.networks.iter().find(|n| n.address == addr))
-                .is_some_and(|n| n.host_address.is_some() && !host_taps.contains(&n.bridge))
+                .is_some_and(|n| {
+                    n.host_address.is_some()
+                        && !host_taps
+                            .contains(&super::taps::host_tap_of(&self.experiment, &n.address))
+                })
         };
         for (addr, name) in &networks {
             if aliases.contains_key(name) && !tap_missing(addr) {
@@ -330,11 +323,9 @@ impl MinimegaHost {
                             name: n.tap.clone(),
                             kind: "tun".into(),
                             up: true,
-                            controller: Some(
-                                lab.network(&spec.network)
-                                    .map(|n| n.bridge.clone())
-                                    .unwrap_or_default(),
-                            ),
+                            // minimega keeps no bridge per network: the tap
+                            // is on its network when it is on the VLAN.
+                            controller: lab.network(&spec.network).and_then(|n| n.bridge.clone()),
                             mac: Some(n.mac.clone()),
                         },
                     );
@@ -366,16 +357,17 @@ impl MinimegaHost {
                         p
                     }
                 };
-                let (Some(src), Some(dst)) = (
-                    lab.vm(&m.source_vm).and_then(|v| v.nics.get(m.source_nic)),
-                    lab.vm(&m.dest_vm).and_then(|v| v.nics.get(m.dest_nic)),
-                ) else {
+                let Some((source_tap, _)) = minimega_tap.get(&(m.source_vm.clone(), m.source_nic))
+                else {
                     continue;
                 };
                 if present {
+                    // Keyed by address: the taps are minimega's names, which
+                    // the plan (megaplan names no tap here) does not hold.
                     obs.mirrors.insert(ObservedMirror {
-                        source_tap: src.tap.clone(),
-                        dest_tap: dst.tap.clone(),
+                        address: Some(m.address.clone()),
+                        source_tap: source_tap.clone(),
+                        dest_tap: tap.clone(),
                         ingress: true,
                         egress: true,
                     });
@@ -510,46 +502,30 @@ impl MinimegaHost {
             super::disks::prune_boot(&self.client, experiment, &sources)?;
         }
         // ext4 disks the guest's init mounts, as on megaplan's own engine.
-        let mounts: Vec<String> = vm
-            .disks
-            .iter()
-            .enumerate()
-            .filter_map(|(i, d)| {
-                Some(format!(
-                    "vd{}:{}",
-                    (b'a' + i as u8) as char,
-                    d.mount.as_ref()?
-                ))
-            })
-            .collect();
-        let append: Vec<String> = (!mounts.is_empty())
-            .then(|| format!("megaplan.mounts={}", mounts.join(",")))
-            .into_iter()
-            .chain(vm.append.clone())
-            .collect();
-        if !append.is_empty() {
-            cfg.push(c().word("append").arg(&append.join(" "))?);
+        if let Some(append) = super::disks::vm_append(vm) {
+            cfg.push(c().word("append").arg(&append)?);
         }
         cfg.push(
             c().word("snapshot")
                 .word(if vm.snapshot { "true" } else { "false" }),
         );
         if !vm.disks.is_empty() {
-            let mut d = c().word("disk");
-            for disk in &vm.disks {
-                d = match &disk.source {
-                    DiskSource::Named(n) => {
-                        let spec = disks
-                            .iter()
-                            .find(|d| &d.name == n)
-                            .ok_or_else(|| MinimegaError::NoVm(n.clone()))?;
-                        d.arg(&super::disks::diskspec(&super::disks::disk_rel(
-                            experiment,
-                            &spec.file_name(),
-                        )?))?
+            // Shared with export (disks.rs): a `disk "PATH"` under snapshot
+            // goes by digest into the file path's bases/.
+            let mut root = None;
+            let values = super::disks::vm_disks(experiment, vm, disks, |p| {
+                let r = match &root {
+                    Some(r) => r,
+                    None => {
+                        let mut cl = self.client.lock().expect("the client lock");
+                        root.insert(super::disks::head_filepath(&mut cl, &self.ns)?)
                     }
-                    DiskSource::Path(p) => d.arg(&super::disks::diskspec(&path_text(p)))?,
                 };
+                super::disks::place(r, experiment, "bases", p)
+            })?;
+            let mut d = c().word("disk");
+            for v in &values {
+                d = d.arg(v)?;
             }
             cfg.push(d);
         }
@@ -694,12 +670,17 @@ impl MinimegaHost {
             .ok_or_else(|| MinimegaError::NoVm(vm.to_string()))
     }
 
-    fn nic_of_tap(&self, tap: &str) -> Result<(Name, usize), MinimegaError> {
-        let (vm, nic) = self
-            .taps
-            .get(tap)
-            .ok_or_else(|| MinimegaError::NoTap(tap.to_string()))?;
-        Ok((Name::new(vm)?, *nic))
+    /// A mirror end as minimega names it: the nic the op's typed target
+    /// names (minimega chose the tap's name itself).
+    fn nic_of(
+        &self,
+        nic: Option<&crate::provider::ops::NicRef>,
+        address: &str,
+    ) -> Result<(Name, usize), MinimegaError> {
+        let nic = nic
+            .filter(|n| self.vm_spec(&n.vm).is_ok_and(|v| n.nic < v.nics.len()))
+            .ok_or_else(|| MinimegaError::NoNic(address.to_string()))?;
+        Ok((Name::new(&nic.vm)?, nic.nic))
     }
 
     /// Remove everything of the namespace that is ours, then the namespace
@@ -939,6 +920,26 @@ impl Provider for MinimegaHost {
         RULES
     }
 
+    /// minimega names its taps when it launches a VM (recorded as the VM's
+    /// computed `minimega_taps`) and keeps no bridge per network (a VLAN
+    /// alias): those names stay unset, known after apply. A network's
+    /// host-address tap is named by `taps::host_tap_of` and recorded as the
+    /// computed `host_tap`; it is no bridge, so the plan names none.
+    fn assign_names(&self, _lab: &mut Lab) -> Result<(), PError> {
+        Ok(())
+    }
+
+    /// Once nothing is recorded any more: clear the namespace if nothing
+    /// else is left in it, and then the boot files and disks megaplan
+    /// placed in minimega's file path.
+    fn after_destroy(&self, _experiment: &str, nothing_left: bool) -> Result<(), PError> {
+        if nothing_left && self.clear_namespace_if_empty()? {
+            let mut c = self.client.lock().expect("the client lock");
+            super::disks::forget(&mut c, &self.experiment).map_err(MinimegaError::from)?;
+        }
+        Ok(())
+    }
+
     async fn preflight(&self, lab: Option<&Lab>) -> Result<(), PError> {
         preflight_files(lab)
     }
@@ -950,13 +951,14 @@ impl Provider for MinimegaHost {
     async fn execute(&self, _sd: &StateDir, op: &Op) -> Result<OpOutcome, PError> {
         match op {
             Op::CreateNetwork {
+                address,
                 name,
-                bridge,
                 host_address,
                 ..
             } => {
                 self.ensure_alias(name)?;
                 // host-address: a host tap on the head (super::taps).
+                let bridge = &super::taps::host_tap_of(&self.experiment, address);
                 match host_address {
                     Some(a) => {
                         let computed = super::taps::create(self, name, bridge, a)?;
@@ -969,7 +971,9 @@ impl Provider for MinimegaHost {
                 }
             }
             // An alias goes with the namespace; its host tap, if any, now.
-            Op::DeleteNetwork { bridge, .. } => super::taps::delete(self, bridge)?,
+            Op::DeleteNetwork { address, .. } => {
+                super::taps::delete(self, &super::taps::host_tap_of(&self.experiment, address))?
+            }
             // A tap is made and removed with its VM.
             Op::CreateTap { .. } | Op::DeleteTap { .. } => {}
             // minimega's `capture pcap vm` (super::captures).
@@ -1016,8 +1020,9 @@ impl Provider for MinimegaHost {
                     .unwrap_or_else(|| Ok(OpOutcome::done()));
             }
             Op::AddMirror {
-                source_tap,
-                dest_tap,
+                address,
+                source,
+                dest,
                 direction,
                 ..
             } => {
@@ -1027,8 +1032,8 @@ impl Provider for MinimegaHost {
                         direction.as_str()
                     )));
                 }
-                let (svm, snic) = self.nic_of_tap(source_tap)?;
-                let (dvm, dnic) = self.nic_of_tap(dest_tap)?;
+                let (svm, snic) = self.nic_of(source.as_ref(), address)?;
+                let (dvm, dnic) = self.nic_of(dest.as_ref(), address)?;
                 self.run_ok(
                     Command::new("tap")
                         .word("mirror")
@@ -1038,9 +1043,9 @@ impl Provider for MinimegaHost {
                         .num(dnic as u64),
                 )?;
             }
-            Op::RemoveMirror { dest_tap, .. } => {
+            Op::RemoveMirror { address, dest, .. } => {
                 // Gone with its VM already, or never made: nothing to clear.
-                if let Ok((dvm, dnic)) = self.nic_of_tap(dest_tap) {
+                if let Ok((dvm, dnic)) = self.nic_of(dest.as_ref(), address) {
                     self.run(
                         Command::new("clear")
                             .word("tap")
@@ -1073,7 +1078,7 @@ impl Provider for MinimegaHost {
     /// together: every op here runs on the one connection in turn anyway).
     fn batches(&self, kind: Kind, phase: crate::provider::ops::Phase) -> bool {
         phase == crate::provider::ops::Phase::Create
-            && matches!(kind, Kind::Vm | Kind::Network | Kind::Tap)
+            && matches!(kind, Kind::Vm | Kind::Network | Kind::Tap | Kind::Capture)
     }
 
     async fn execute_batch(
@@ -1110,13 +1115,17 @@ fn unsupported(what: &str) -> PError {
     }
 }
 
-/// The minimega engine's rules: the local engine's replacements, and the
-/// node a VM landed on and its minimega tap names as computed attributes.
+/// The minimega engine's rules: the local engine's replacements, and as
+/// computed attributes the node a VM landed on, its minimega tap names, and
+/// the interface names megaplan leaves to minimega (`assign_names`).
 pub const RULES: Rules = Rules {
     replaces: crate::graph::forces_replacement,
-    computed: |kind, key| {
-        (kind == Kind::Vm && matches!(key, "node" | "minimega_taps"))
-            || (kind == Kind::Network && matches!(key, "node" | super::taps::HOST_TAP))
+    computed: |kind, key| match kind {
+        Kind::Vm => matches!(key, "node" | "minimega_taps"),
+        Kind::Network => matches!(key, "bridge" | "node" | super::taps::HOST_TAP),
+        Kind::Tap => key == "name",
+        Kind::Mirror => matches!(key, "source_tap" | "dest_tap"),
+        _ => false,
     },
 };
 
@@ -1152,14 +1161,6 @@ pub fn preflight(lab: Option<&Lab>) -> Result<(), PError> {
     match lab.and_then(settings) {
         Some(_) => preflight_files(lab),
         None => crate::host::local::preflight(lab),
-    }
-}
-
-/// The planner's rules for the lab's engine.
-pub fn rules(lab: &Lab) -> Rules {
-    match settings(lab) {
-        Some(_) => RULES,
-        None => Rules::LOCAL,
     }
 }
 
@@ -1317,19 +1318,6 @@ pub fn refresh(lab: &Lab, state: &State, sd: &StateDir) -> Result<Observed, PErr
     }
 }
 
-/// After a destroy: clear the namespace once nothing is left in it (and
-/// then the boot files and disks megaplan placed in minimega's file path).
-pub fn after_destroy(lab: &Lab) -> Result<(), PError> {
-    if let Some(s) = settings(lab) {
-        let h = MinimegaHost::connect(&s, &lab.name, Some(lab))?;
-        if h.clear_namespace_if_empty()? {
-            let mut c = h.client.lock().expect("the client lock");
-            super::disks::forget(&mut c, &lab.name).map_err(MinimegaError::from)?;
-        }
-    }
-    Ok(())
-}
-
 /// The engine an apply or destroy runs on.
 pub enum Engine {
     Local(crate::host::LocalHost),
@@ -1363,6 +1351,9 @@ impl Provider for Engine {
     }
     fn rules(&self) -> Rules {
         delegate!(self, h => h.rules())
+    }
+    fn assign_names(&self, lab: &mut Lab) -> Result<(), PError> {
+        delegate!(self, h => h.assign_names(lab))
     }
     async fn preflight(&self, lab: Option<&Lab>) -> Result<(), PError> {
         delegate!(self, h => h.preflight(lab).await)
@@ -1417,8 +1408,8 @@ impl Provider for Engine {
     ) -> Result<crate::drivers::qemu_img::ExtractReport, PError> {
         delegate!(self, h => h.extract_disk(sd, disk, guest_path, to).await)
     }
-    fn forget_runtime(&self, experiment: &str) {
-        delegate!(self, h => h.forget_runtime(experiment))
+    fn after_destroy(&self, experiment: &str, nothing_left: bool) -> Result<(), PError> {
+        delegate!(self, h => h.after_destroy(experiment, nothing_left))
     }
     fn batches(&self, kind: Kind, phase: crate::provider::ops::Phase) -> bool {
         delegate!(self, h => h.batches(kind, phase))

@@ -27,6 +27,13 @@ pub enum TapError {
 /// The computed attribute that records a network's host tap.
 pub const HOST_TAP: &str = "host_tap";
 
+/// The name of the host tap of network `address` in `experiment`: the name
+/// megaplan's own engine gives that network's bridge (deterministic, from
+/// validated identities), so one file names the same interface on both.
+pub fn host_tap_of(experiment: &str, address: &str) -> String {
+    crate::identity::bridge_name(experiment, address)
+}
+
 /// The host tap of the network whose (local-engine) bridge is `bridge`.
 pub fn tap_name(bridge: &str) -> Result<Name, MinimegaError> {
     let digits = bridge
