@@ -67,6 +67,30 @@ impl ErrorKind {
     }
 }
 
+impl ErrorKind {
+    /// How much a failure of this kind outweighs others when one command
+    /// failed several ways (a failed apply): a broken machine or megaplan
+    /// before a conflict or drift, those before an operation that failed.
+    fn severity(self) -> u8 {
+        match self {
+            ErrorKind::Internal => 5,
+            ErrorKind::Config => 4,
+            ErrorKind::Conflict => 3,
+            ErrorKind::Drift => 2,
+            ErrorKind::User => 1,
+            ErrorKind::Host => 0,
+        }
+    }
+}
+
+/// The most severe of several errors (the first among equals).
+pub fn most_severe(errors: impl IntoIterator<Item = CommandError>) -> Option<CommandError> {
+    errors.into_iter().fold(None, |worst, e| match worst {
+        Some(w) if w.kind.severity() >= e.kind.severity() => Some(w),
+        _ => Some(e),
+    })
+}
+
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// A failed command: its kind, the error, and what the user can do.
@@ -360,6 +384,23 @@ impl From<crate::provider::ProviderError> for CommandError {
     }
 }
 
+impl From<crate::apply::ApplyError> for CommandError {
+    fn from(e: crate::apply::ApplyError) -> Self {
+        use crate::apply::ApplyError as E;
+        match e {
+            E::Provider(p) => p.into(),
+            E::State(s) => s.into(),
+            E::Op(_) => CommandError::with_kind(ErrorKind::User, e).with_hint(
+                "the state folder or the saved plan is damaged: make a new plan (megaplan plan FILE)",
+            ),
+            E::StepFailed { .. } => CommandError::with_kind(ErrorKind::Host, e),
+            E::StepTimedOut { .. } => CommandError::with_kind(ErrorKind::Host, e).with_hint(
+                "raise the step's timeout in the experiment file if it needs longer",
+            ),
+        }
+    }
+}
+
 impl From<crate::state::StateError> for CommandError {
     fn from(e: crate::state::StateError) -> Self {
         use crate::state::StateError as E;
@@ -563,5 +604,42 @@ mod tests {
         assert_eq!(e.kind, ErrorKind::Host);
         assert!(e.error.source().is_some());
         assert_eq!(e.to_string(), "refresh failed: netlink went away");
+    }
+
+    #[test]
+    fn a_failed_apply_takes_its_kind_and_hint_from_the_worst_typed_error() {
+        use crate::apply::ApplyError;
+        let step = ApplyError::StepFailed {
+            address: "vm.A.cc[0]".into(),
+            exit: 3,
+            stderr: "boom".into(),
+        };
+        let preflight = ApplyError::Provider(crate::provider::ProviderError::Preflight {
+            missing: vec!["root".into()],
+            not_root: true,
+            only_files: false,
+        });
+        let worst = most_severe([step.into(), preflight.into()]).unwrap();
+        assert_eq!(worst.kind, ErrorKind::Config);
+        assert_eq!(worst.exit_code(), exit::CONFIG);
+        assert_eq!(worst.hint(), Some("run it as root: sudo megaplan ..."));
+        let locked = ApplyError::State(crate::state::StateError::Locked {
+            experiment: "x".into(),
+            pid: "42".into(),
+            command: "megaplan apply x.kdl".into(),
+        });
+        let only: CommandError = locked.into();
+        assert_eq!(only.exit_code(), exit::CONFLICT);
+        let timed_out = CommandError::from(ApplyError::StepTimedOut {
+            address: "vm.A.cc[0]".into(),
+            after: std::time::Duration::from_secs(30),
+        });
+        assert_eq!(timed_out.kind, ErrorKind::Host);
+        assert!(
+            timed_out.hint().unwrap().contains("timeout"),
+            "{timed_out:?}"
+        );
+        assert_eq!(timed_out.to_string(), "vm.A.cc[0] timed out after 30s");
+        assert!(most_severe(std::iter::empty()).is_none());
     }
 }

@@ -842,10 +842,16 @@ fn execute(
         for addr in &report.skipped {
             println!("  skipped: {addr}");
         }
+        // The kind (so the exit code) and the hints come from the most
+        // severe error's type; the last hint is true of every failed apply.
+        let worst = error::most_severe(report.errors.into_iter().map(|(_, e)| e.into()));
+        for h in worst.iter().flat_map(|w| &w.hints) {
+            println!("hint: {h}");
+        }
         println!(
             "hint: fix the cause and run apply again; what was done is recorded and will not be redone"
         );
-        Ok(failed())
+        Ok(worst.map_or_else(failed, |w| ExitCode::from(w.exit_code())))
     }
 }
 
