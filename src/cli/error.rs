@@ -113,12 +113,6 @@ impl CommandError {
         }
     }
 
-    /// A [`ErrorKind::User`] error with this message (a wrong argument or
-    /// input the caller describes itself).
-    pub fn new(message: impl Into<String>) -> Self {
-        Self::with_kind(ErrorKind::User, message.into())
-    }
-
     pub fn internal(error: impl Into<BoxError>) -> Self {
         Self::with_kind(ErrorKind::Internal, error)
     }
@@ -242,6 +236,34 @@ pub enum Problem {
         #[source]
         source: std::io::Error,
     },
+    #[error("cannot read {}: {source}", path.display())]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot read {}: {why}", path.display())]
+    NotAScript { path: PathBuf, why: String },
+    #[error("cannot write {}: not a file name", path.display())]
+    NotAFileName { path: PathBuf },
+    #[error("{flag} '{}': {why}", value.escape_default())]
+    BadName {
+        flag: &'static str,
+        value: String,
+        why: &'static str,
+    },
+    #[error("-o {} is the script itself", out.display())]
+    OutputIsInput { out: PathBuf },
+    #[error("-o {} and --to {to}: megaplan reads a file by its extension", out.display())]
+    ExtensionMismatch { out: PathBuf, to: &'static str },
+    #[error("--qemu {}: not an absolute path", path.display())]
+    RelativeQemu { path: PathBuf },
+    #[error("there is no capture '{}' in {}", crate::diag::escape(name), file.display())]
+    NoSuchCapture {
+        name: String,
+        file: PathBuf,
+        names: Vec<String>,
+    },
 }
 
 impl From<Problem> for CommandError {
@@ -316,6 +338,30 @@ impl From<Problem> for CommandError {
             Problem::BadDuration(_) => (User, Some("write 30s, 5m or 500ms".into())),
             Problem::BadMaxOutput(_) => (User, Some("write --max-output 256K".into())),
             Problem::Action { .. } => (Host, None),
+            Problem::Read { .. } | Problem::NotAFileName { .. } | Problem::OutputIsInput { .. } => {
+                (User, None)
+            }
+            Problem::NotAScript { .. } => (
+                User,
+                Some("a minimega script is a text file of commands".into()),
+            ),
+            Problem::BadName { .. } => (User, None),
+            Problem::ExtensionMismatch { .. } => (
+                User,
+                Some("name the output .toml for TOML, anything else for KDL".into()),
+            ),
+            Problem::RelativeQemu { .. } => (
+                User,
+                Some("minimega reads a relative qemu path as a file in its files folder".into()),
+            ),
+            Problem::NoSuchCapture { names, .. } => (
+                User,
+                Some(if names.is_empty() {
+                    "the file defines no capture".to_string()
+                } else {
+                    format!("captures: {}", names.join(", "))
+                }),
+            ),
         };
         CommandError::with_kind(kind, p).hinted(hint)
     }
@@ -397,6 +443,33 @@ impl From<crate::apply::ApplyError> for CommandError {
             E::StepTimedOut { .. } => CommandError::with_kind(ErrorKind::Host, e).with_hint(
                 "raise the step's timeout in the experiment file if it needs longer",
             ),
+        }
+    }
+}
+
+impl From<crate::capture::CaptureError> for CommandError {
+    fn from(e: crate::capture::CaptureError) -> Self {
+        use crate::capture::CaptureError as E;
+        let kind = match &e {
+            E::State(_) => {
+                let E::State(inner) = e else { unreachable!() };
+                return inner.into();
+            }
+            E::NoInterface(_) | E::Os { .. } | E::File(_) | E::Start { .. } => ErrorKind::Host,
+            E::Format(_) | E::BadName(_) | E::Usage(_) => ErrorKind::User,
+        };
+        CommandError::with_kind(kind, e)
+    }
+}
+
+impl From<crate::check::report::ReportError> for CommandError {
+    fn from(e: crate::check::report::ReportError) -> Self {
+        use crate::check::report::ReportError as E;
+        match e {
+            E::State(s) => s.into(),
+            E::Write { .. } => CommandError::with_kind(ErrorKind::Host, e),
+            E::Bad { .. } => CommandError::with_kind(ErrorKind::User, e)
+                .with_hint("run `megaplan check FILE` again to write a new report"),
         }
     }
 }
@@ -641,5 +714,50 @@ mod tests {
         );
         assert_eq!(timed_out.to_string(), "vm.A.cc[0] timed out after 30s");
         assert!(most_severe(std::iter::empty()).is_none());
+    }
+
+    #[test]
+    fn module_errors_that_were_strings_keep_their_kind_and_type() {
+        // A capture file error is a host failure with its source kept; a
+        // bad capture name is the user's.
+        let file: CommandError =
+            crate::capture::CaptureError::File(std::io::Error::other("disk full")).into();
+        assert_eq!(file.kind, ErrorKind::Host);
+        assert!(file.error.source().is_some());
+        let name: CommandError = crate::capture::CaptureError::BadName("../x".into()).into();
+        assert_eq!(name.kind, ErrorKind::User);
+        // A lock held while saving a check report stays a conflict.
+        let locked: CommandError =
+            crate::check::report::ReportError::State(crate::state::StateError::Locked {
+                experiment: "x".into(),
+                pid: "7".into(),
+                command: "megaplan apply x.kdl".into(),
+            })
+            .into();
+        assert_eq!(locked.exit_code(), exit::CONFLICT);
+        // The CLI's own refusals carry their hint from the variant.
+        let q: CommandError = Problem::RelativeQemu {
+            path: "qemu".into(),
+        }
+        .into();
+        assert_eq!(q.to_string(), "--qemu qemu: not an absolute path");
+        assert!(q.hint().unwrap().contains("files folder"));
+        let none: CommandError = Problem::NoSuchCapture {
+            name: "c".into(),
+            file: "x.kdl".into(),
+            names: vec![],
+        }
+        .into();
+        assert_eq!(none.hint(), Some("the file defines no capture"));
+        let big: CommandError = Problem::NotAScript {
+            path: "s.mm".into(),
+            why: "larger than 16 MiB".into(),
+        }
+        .into();
+        assert_eq!(
+            big.render(),
+            "error: cannot read s.mm: larger than 16 MiB\n\
+             hint: a minimega script is a text file of commands\n"
+        );
     }
 }

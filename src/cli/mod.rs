@@ -1099,7 +1099,7 @@ pub(crate) fn destroy_cmd(
     };
     if all && code == ExitCode::SUCCESS {
         // `destroy --all`: the capture files go too (plain destroy keeps them).
-        crate::capture::remove_files(&sd).map_err(|e| CliError::new(e.to_string()))?;
+        crate::capture::remove_files(&sd)?;
     }
     {
         use crate::provider::Provider as _;
