@@ -20,7 +20,7 @@
 
 use crate::graph::{self, Spec};
 use crate::lab::Lab;
-use crate::observed::Observed;
+use crate::observed::{Observed, ObservedKind};
 use crate::state::{Kind, Record, State, StateDir};
 
 /// The generation given to an adopted VM (and the steps adopted on it).
@@ -45,11 +45,11 @@ pub fn adopt(lab: &Lab, state: &mut State, observed: &mut Observed, sd: &StateDi
             Spec::Network(n) => observed
                 .links
                 .get(&r.address)
-                .is_some_and(|l| l.kind == "bridge" && l.name == n.bridge),
+                .is_some_and(|l| l.kind == ObservedKind::Bridge && l.name == n.bridge),
             Spec::Tap(t) => observed
                 .links
                 .get(&r.address)
-                .is_some_and(|l| l.kind == "tun" && l.name == t.name),
+                .is_some_and(|l| l.kind == ObservedKind::Tun && l.name == t.name),
             Spec::Disk(d) => sd
                 .disk_file(&d.disk.file_name())
                 .ok()
@@ -176,7 +176,7 @@ vm "B" {
     fn link(name: &str, kind: &str) -> ObservedLink {
         ObservedLink {
             name: name.into(),
-            kind: kind.into(),
+            kind: ObservedKind::from(kind.to_string()),
             up: true,
             controller: None,
             mac: None,

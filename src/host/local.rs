@@ -11,7 +11,7 @@ use crate::drivers::process::process_alive;
 use crate::drivers::qmp::Qmp;
 use crate::drivers::tc::{Direction as TcDirection, Tc};
 use crate::identity;
-use crate::observed::{Observed, ObservedLink, ObservedMirror, ObservedVm};
+use crate::observed::{Observed, ObservedKind, ObservedLink, ObservedMirror, ObservedVm};
 use crate::state::{Kind, State, StateDir};
 
 use super::HostError;
@@ -89,9 +89,9 @@ impl LocalHost {
                 continue;
             };
             let kind = match l.kind {
-                LinkKind::Bridge => "bridge".to_string(),
-                LinkKind::Tap | LinkKind::Tun => "tun".to_string(),
-                ref other => other.to_string(),
+                LinkKind::Bridge => ObservedKind::Bridge,
+                LinkKind::Tap | LinkKind::Tun => ObservedKind::Tun,
+                ref other => ObservedKind::Other(other.to_string()),
             };
             obs.links.insert(
                 address.to_string(),

@@ -544,7 +544,7 @@ fn plan_resources(
             if prior.resources.contains_key(address) || wanted_set.contains(address.as_str()) {
                 continue;
             }
-            let kind = if link.kind == "bridge" {
+            let kind = if link.kind == crate::observed::ObservedKind::Bridge {
                 Kind::Network
             } else {
                 Kind::Tap

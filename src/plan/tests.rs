@@ -103,7 +103,7 @@ pub(crate) fn simulate(plan: &Plan, prior: &State, prior_obs: &Observed) -> (Sta
                             c.address.clone(),
                             ObservedLink {
                                 name: s("bridge"),
-                                kind: "bridge".into(),
+                                kind: crate::observed::ObservedKind::Bridge,
                                 up: true,
                                 controller: None,
                                 mac: None,
@@ -115,7 +115,7 @@ pub(crate) fn simulate(plan: &Plan, prior: &State, prior_obs: &Observed) -> (Sta
                             c.address.clone(),
                             ObservedLink {
                                 name: s("name"),
-                                kind: "tun".into(),
+                                kind: crate::observed::ObservedKind::Tun,
                                 up: true,
                                 controller: Some(s("bridge")),
                                 mac: Some(s("mac")),
@@ -425,7 +425,7 @@ fn s13_orphan_present() {
         "vm.Z.nic[0]".into(),
         ObservedLink {
             name: "mpt0123456789ab".into(),
-            kind: "tun".into(),
+            kind: crate::observed::ObservedKind::Tun,
             up: true,
             controller: None,
             mac: None,
