@@ -551,18 +551,14 @@ impl super::Host for LocalHost {
         Ok(match action {
             CcActionSpec::Exec(c) | CcActionSpec::Background(c) => {
                 let background = matches!(action, CcActionSpec::Background(_));
-                let r = match client.step_exec(run_id, cmd(c), timeout, background).await {
-                    Ok(r) => r,
-                    // An agent of an older image does not know `step_exec`
-                    // (it refuses the unknown message type): plain exec,
-                    // without the exactly-once guarantee.
-                    Err(e) if agent_lacks_step_exec(&e) => {
-                        old_agent_step(&client, cmd(c), timeout, background)
-                            .await
-                            .map_err(agent_err)?
-                    }
-                    Err(e) => return Err(agent_err(e)),
-                };
+                // An agent of an older image does not announce `step_exec`:
+                // plain exec, without the exactly-once guarantee.
+                let r = if agent_has_step_exec(client.hello().as_ref()) {
+                    client.step_exec(run_id, cmd(c), timeout, background).await
+                } else {
+                    old_agent_step(&client, cmd(c), timeout, background).await
+                }
+                .map_err(agent_err)?;
                 if let Some(error) = r.error {
                     return Err(HostError::StepRefused {
                         vm: vm.to_string(),
@@ -636,10 +632,10 @@ fn runs_with(pid: u32, rt: &Path) -> bool {
         .is_ok_and(|c| !needle.is_empty() && c.windows(needle.len()).any(|w| w == needle))
 }
 
-/// How an agent of an older image answers a `step_exec`: an `error` saying
-/// it could not decode the message (serde's "unknown variant `step_exec`").
-fn agent_lacks_step_exec(e: &crate::agent::AgentError) -> bool {
-    matches!(e, crate::agent::AgentError::Remote(m) if m.contains("unknown variant `step_exec`"))
+/// Does the agent that said this hello run `step_exec`? It says so in its
+/// features; an agent of an older image says nothing.
+fn agent_has_step_exec(hello: Option<&crate::agent::protocol::Hello>) -> bool {
+    hello.is_some_and(|h| h.has(crate::agent::protocol::Feature::StepExec))
 }
 
 /// A step on an agent without `step_exec`: `exec` or `background`, its
@@ -1417,19 +1413,20 @@ mod tests {
         assert!(outside.path().join(".web.qcow2.ext4-1.tmp").exists());
     }
 
-    /// What an agent without `step_exec` answers (its decoder does not know
-    /// the type): the message the current decoder gives for another unknown
-    /// type, with `step_exec` in its place.
+    /// An old agent's hello has no features: it gets plain exec. This
+    /// agent announces `step_exec`; a feature from a newer agent is read,
+    /// not refused.
     #[test]
-    fn an_old_agent_is_recognised_by_its_refusal() {
-        let body = br#"{"type":"step_exec_v0","id":3}"#;
-        let err = serde_json::from_slice::<crate::agent::Message>(body)
-            .unwrap_err()
-            .to_string()
-            .replace("step_exec_v0", "step_exec");
-        let refusal = crate::agent::AgentError::Remote(format!("malformed message: {err}"));
-        assert!(agent_lacks_step_exec(&refusal), "{refusal:?}");
-        let other = crate::agent::AgentError::Remote("cannot run step_exec.sh: ENOENT".into());
-        assert!(!agent_lacks_step_exec(&other));
+    fn an_old_agent_is_recognised_by_its_hello() {
+        use crate::agent::protocol::{Feature, Hello};
+        let old: Hello = serde_json::from_str(r#"{"version":1,"hostname":"g"}"#).unwrap();
+        assert!(!agent_has_step_exec(Some(&old)));
+        assert!(!agent_has_step_exec(None));
+        let now = crate::agent::guest::gather_hello(&Default::default());
+        assert!(agent_has_step_exec(Some(&now)), "{now:?}");
+        let newer: Hello =
+            serde_json::from_str(r#"{"version":1,"features":["step_exec","teleport"]}"#).unwrap();
+        assert_eq!(newer.features, [Feature::StepExec, Feature::Unknown]);
+        assert!(agent_has_step_exec(Some(&newer)));
     }
 }

@@ -725,6 +725,7 @@ impl Guest for MemoryGuest {
             uuid: None,
             hostname: self.vm.clone(),
             interfaces: Vec::new(),
+            features: Vec::new(),
         })
     }
 }
