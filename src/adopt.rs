@@ -224,7 +224,7 @@ vm "B" {
         };
         std::fs::create_dir_all(sd.disks()).unwrap();
         std::fs::write(sd.disks().join("keep.raw"), "user data").unwrap();
-        sd.write_step_result("A", 0, 0, "", "").unwrap();
+        sd.write_step_result("A", 0, 0, "", "", None).unwrap();
         let mut state = State::new("x");
         let mut obs = host(&lab);
         // Before: the plan would replace the VMs and taps and re-create the keep disk.

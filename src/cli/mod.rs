@@ -1318,7 +1318,7 @@ fn cc_cmd(command: CcCommand) -> Result<ExitCode, CliError> {
             }
             let sd = StateDir::for_file(&file, &lab.name, state_dir.as_deref());
             let door = Door::open(&lab)?;
-            for (address, exit, stdout, stderr) in
+            for (address, exit, stdout, stderr, timed_out) in
                 crate::cc::responses(&door.provider, &lab, &sd, vm.as_deref())
             {
                 match exit {
@@ -1327,7 +1327,7 @@ fn cc_cmd(command: CcCommand) -> Result<ExitCode, CliError> {
                         println!(
                             "== {} ({})",
                             crate::diag::escape(&address),
-                            crate::cc::recorded_status(&e, &stderr)
+                            crate::cc::recorded_status(&e, timed_out)
                         );
                         print!("{stdout}");
                         if !stderr.is_empty() {

@@ -621,6 +621,24 @@ impl super::Host for LocalHost {
     }
 }
 
+/// A step's outcome as [`StateDir::write_step_result`] wrote it.
+fn read_step_output(sd: &StateDir, vm: &str, index: usize) -> Option<crate::provider::StoredStep> {
+    if crate::validate::name_problem(vm).is_some() {
+        return None;
+    }
+    let dir = sd.cc().join(vm).join(index.to_string());
+    let read = |f: &str| std::fs::read_to_string(dir.join(f)).ok();
+    Some(crate::provider::StoredStep {
+        exit: read("exit").map(|e| e.trim().to_string()),
+        stdout: read("stdout").unwrap_or_default(),
+        stderr: read("stderr").unwrap_or_default(),
+        // Absent from a record written before megaplan kept it.
+        timed_out: read("timed_out_ms")
+            .and_then(|t| t.trim().parse().ok())
+            .map(Duration::from_millis),
+    })
+}
+
 /// Does process `pid`'s command line name the runtime folder `rt`?
 fn runs_with(pid: u32, rt: &Path) -> bool {
     use std::os::unix::ffi::OsStrExt;
@@ -1130,16 +1148,7 @@ impl Provider for LocalHost {
         vm: &str,
         index: usize,
     ) -> Option<crate::provider::StoredStep> {
-        if crate::validate::name_problem(vm).is_some() {
-            return None;
-        }
-        let dir = sd.cc().join(vm).join(index.to_string());
-        let read = |f: &str| std::fs::read_to_string(dir.join(f)).ok();
-        Some(crate::provider::StoredStep {
-            exit: read("exit").map(|e| e.trim().to_string()),
-            stdout: read("stdout").unwrap_or_default(),
-            stderr: read("stderr").unwrap_or_default(),
-        })
+        read_step_output(sd, vm, index)
     }
 
     fn serial_tail(&self, sd: &StateDir, vm: &str, max: u64) -> String {
@@ -1411,6 +1420,24 @@ mod tests {
         };
         assert!(sweep_disk_temporaries(&sd).is_empty());
         assert!(outside.path().join(".web.qcow2.ext4-1.tmp").exists());
+    }
+
+    /// A timed-out step's record says so as data (its stderr is not read
+    /// for it); a rerun that did not time out clears it; a record from
+    /// before reads with no timeout.
+    #[test]
+    fn a_stored_step_keeps_its_timeout_and_a_rerun_clears_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let sd = StateDir::for_file(&dir.path().join("x.kdl"), "x", None);
+        let t = Some(Duration::from_secs(2));
+        sd.write_step_result("A", 0, 124, "", "", t).unwrap();
+        assert_eq!(read_step_output(&sd, "A", 0).unwrap().timed_out, t);
+        let note = "megaplan: (timed out after 2s)\n";
+        sd.write_step_result("A", 0, 124, "", note, None).unwrap();
+        assert_eq!(read_step_output(&sd, "A", 0).unwrap().timed_out, None);
+        std::fs::remove_file(sd.cc().join("A/0/timed_out_ms")).unwrap();
+        let old = read_step_output(&sd, "A", 0).unwrap();
+        assert_eq!((old.exit.as_deref(), old.timed_out), (Some("124"), None));
     }
 
     /// An old agent's hello has no features: it gets plain exec. This
