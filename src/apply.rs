@@ -53,6 +53,9 @@ pub enum ApplyError {
     /// The state could not be saved after an operation.
     #[error(transparent)]
     State(#[from] StateError),
+    /// The engine answered a batch without the outcome of every op.
+    #[error("the engine did not report the outcome of every operation of {address}")]
+    Incomplete { address: String },
 }
 
 /// How an apply went.
@@ -116,18 +119,86 @@ impl<P: Provider> Executor<'_, P> {
         prior: Option<&Record>,
         vm_gen: Option<u64>,
     ) -> Result<Done, ApplyError> {
+        let effects = self.effects(c, phase, prior)?;
+        if let Some(why) = effects.left_alone {
+            return Ok(Outcome::LeftAlone(why).into());
+        }
+        let results = crate::provider::execute_in_order(self.provider, self.sd, &effects.ops).await;
+        self.absorb(c, vm_gen, &effects.ops, results)
+    }
+
+    /// Carry out one phase each of several changes ready together, as one
+    /// [`Provider::execute_batch`]: the outcome of each, in order.
+    async fn effect_batch(&self, items: &[BatchItem<'_>]) -> Vec<Result<Done, ApplyError>> {
+        let mut out: Vec<Option<Result<Done, ApplyError>>> = Vec::with_capacity(items.len());
+        let mut batch: Vec<Vec<ops::Op>> = Vec::new();
+        let mut which: Vec<usize> = Vec::new();
+        for (i, it) in items.iter().enumerate() {
+            match self.effects(it.change, it.phase, it.prior.as_ref()) {
+                Err(e) => out.push(Some(Err(e))),
+                Ok(ops::Effects {
+                    left_alone: Some(why),
+                    ..
+                }) => out.push(Some(Ok(Outcome::LeftAlone(why).into()))),
+                Ok(e) => {
+                    out.push(None);
+                    which.push(i);
+                    batch.push(e.ops);
+                }
+            }
+        }
+        if !batch.is_empty() {
+            let mut results = self
+                .provider
+                .execute_batch(self.sd, &batch)
+                .await
+                .into_iter();
+            for (i, ops) in which.into_iter().zip(&batch) {
+                let it = &items[i];
+                let r = results.next().unwrap_or_default();
+                out[i] = Some(self.absorb(it.change, it.vm_gen, ops, r));
+            }
+        }
+        out.into_iter()
+            .zip(items)
+            .map(|(r, it)| {
+                r.unwrap_or_else(|| {
+                    Err(ApplyError::Incomplete {
+                        address: it.change.address.clone(),
+                    })
+                })
+            })
+            .collect()
+    }
+
+    /// The ops of one phase of a change.
+    fn effects(
+        &self,
+        c: &Change,
+        phase: Phase,
+        prior: Option<&Record>,
+    ) -> Result<ops::Effects, ApplyError> {
         let cx = ops::Context {
             experiment: &self.experiment,
             lab: self.lab,
             record: prior,
         };
-        let effects = ops::for_change(c, phase, &cx)?;
-        if let Some(why) = effects.left_alone {
-            return Ok(Outcome::LeftAlone(why).into());
-        }
+        Ok(ops::for_change(c, phase, &cx)?)
+    }
+
+    /// What the results of a change's ops (in order, ending at the first
+    /// error or `LeftAlone`) come to.
+    fn absorb(
+        &self,
+        c: &Change,
+        vm_gen: Option<u64>,
+        ops: &[ops::Op],
+        results: Vec<Result<ops::OpOutcome, ProviderError>>,
+    ) -> Result<Done, ApplyError> {
         let mut done = Done::from(Outcome::Done);
-        for op in &effects.ops {
-            let out = match self.provider.execute(self.sd, op).await {
+        let complete = results.len() == ops.len();
+        for (op, r) in ops.iter().zip(results) {
+            let out = match r {
                 Ok(out) => out,
                 // Someone else's object holds the name (we were refused
                 // when creating ours, or ours was replaced): nothing of ours
@@ -160,8 +231,22 @@ impl<P: Provider> Executor<'_, P> {
                 }
             }
         }
+        if !complete {
+            return Err(ApplyError::Incomplete {
+                address: c.address.clone(),
+            });
+        }
         Ok(done)
     }
+}
+
+/// One task of a batch: its change and phase, its record before, the
+/// generation of the VM a step runs on.
+struct BatchItem<'a> {
+    change: &'a Change,
+    phase: Phase,
+    prior: Option<Record>,
+    vm_gen: Option<u64>,
 }
 
 /// What one phase of a change did, and the attributes its engine chose.
@@ -226,8 +311,10 @@ impl Outcome {
 /// Fault injection for the crash tests: `MEGAPLAN_TEST_CRASH_BEFORE=ADDRESS`
 /// kills this process with SIGKILL once ADDRESS is recorded as being created,
 /// before its effect; `MEGAPLAN_TEST_CRASH_AFTER=ADDRESS` once the effect is
-/// done, before the state records it. Unset, it costs one env lookup per step.
-fn crash_point(when: &str, address: &str) {
+/// done, before the state records it; `MEGAPLAN_TEST_CRASH_QUEUED=ADDRESS`
+/// (the minimega provider) once that VM is queued in minimega, before the
+/// batch is launched. Unset, it costs one env lookup per step.
+pub(crate) fn crash_point(when: &str, address: &str) {
     if std::env::var(format!("MEGAPLAN_TEST_CRASH_{when}")).is_ok_and(|a| a == address) {
         // SAFETY: raising a signal on ourselves.
         unsafe { libc::raise(libc::SIGKILL) };

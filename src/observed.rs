@@ -23,6 +23,17 @@ pub struct Observed {
     /// Captures whose recorder runs, by address (`capture.mon`): its pid.
     #[serde(default)]
     pub captures: BTreeMap<String, u32>,
+    /// VMs (by address) whose node did not answer: refresh cannot say
+    /// whether they run (a node of a minimega mesh that is gone).
+    #[serde(default)]
+    pub unreachable: BTreeMap<String, Unreachable>,
+}
+
+/// Why refresh could not see a VM: its node, and what the engine said.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Unreachable {
+    pub node: String,
+    pub error: String,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -330,6 +330,97 @@ fn the_seed_experiment_runs_on_a_two_node_minimega_mesh() {
     // apply repairs it.
     let (code, text) = run.plan();
     assert_eq!(code, Some(0), "a second plan is empty:\n{text}");
+    // The drawing puts each VM in its host's box: A and the monitor in
+    // mm1's, B in mm2's (`graph` reads the nodes recorded in the state).
+    {
+        let svg = run.ok(&["graph", "--format", "svg", "--provider", "minimega"]);
+        // (x, y, width, height) of the first <rect after `start`.
+        let rect = |start: &str| -> [i64; 4] {
+            let at = svg
+                .find(start)
+                .unwrap_or_else(|| panic!("no {start}:\n{svg}"));
+            let r = &svg[at..];
+            let r = &r[r.find("<rect").unwrap()..];
+            let r = &r[..r.find("/>").unwrap()];
+            ["x", "y", "width", "height"].map(|k| {
+                let v = r.split(&format!(" {k}=\"")).nth(1).unwrap();
+                v[..v.find('"').unwrap()].parse().unwrap()
+            })
+        };
+        let inside = |vm: &str, host: &str| {
+            let (v, h) = (
+                rect(&format!("data-vm=\"{vm}\"")),
+                rect(&format!("<g class=\"host\" data-host=\"{host}\"")),
+            );
+            v[0] >= h[0] && v[1] >= h[1] && v[0] + v[2] <= h[0] + h[2] && v[1] + v[3] <= h[1] + h[3]
+        };
+        assert_eq!(svg.matches("<g class=\"host\"").count(), 2, "{svg}");
+        assert!(inside("A", "mm1") && inside("monitor", "mm1"), "{svg}");
+        assert!(inside("B", "mm2") && !inside("B", "mm1"), "{svg}");
+        assert!(!inside("A", "mm2"), "{svg}");
+        // serve, with the same flags, shows each VM's node and draws the same boxes.
+        use std::io::{BufRead, Read, Write};
+        let mut serve = std::process::Command::new(env!("CARGO_BIN_EXE_megaplan"))
+            .arg("serve")
+            .arg(&run.file)
+            .args([
+                "--listen",
+                "127.0.0.1:0",
+                "--provider",
+                "minimega",
+                "--state-dir",
+            ])
+            .arg(run.work.join("state"))
+            .env("MEGAPLAN_RUNTIME_DIR", run.work.join("run"))
+            .env("NO_COLOR", "1")
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        std::io::BufReader::new(serve.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let addr = line
+            .trim()
+            .trim_start_matches("listening on http://")
+            .trim_end_matches('/')
+            .to_string();
+        let reply = std::net::TcpStream::connect(&addr).and_then(|mut sock| {
+            write!(sock, "GET /snapshot.json HTTP/1.1\r\nHost: {addr}\r\n\r\n")?;
+            let mut reply = String::new();
+            sock.read_to_string(&mut reply).map(|_| reply)
+        });
+        // Stopped before anything is asserted, so a failure leaves no server.
+        let _ = serve.kill();
+        let _ = serve.wait();
+        let reply = reply.unwrap_or_else(|e| panic!("serve said {line:?}: {e}"));
+        let snap: serde_json::Value =
+            serde_json::from_str(reply.split_once("\r\n\r\n").unwrap().1).unwrap();
+        let host = |vm: &str| {
+            snap["vms"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|v| v["name"] == vm)
+                .unwrap()["host"]
+                .clone()
+        };
+        assert_eq!(
+            [host("A"), host("B"), host("monitor")],
+            ["mm1", "mm2", "mm1"],
+            "{snap}"
+        );
+        let page_svg = snap["svg"].as_str().unwrap();
+        assert_eq!(
+            page_svg.matches("<g class=\"host\"").count(),
+            2,
+            "{page_svg}"
+        );
+        assert!(
+            page_svg.contains("data-vm=\"B\" data-state=\"running\" data-host=\"mm2\""),
+            "{page_svg}"
+        );
+    }
     head.run_ok(
         &Mm::new("vm")
             .word("kill")
@@ -413,6 +504,27 @@ fn many(n: usize, base: &Path, images: &Path) -> String {
         ));
     }
     s
+}
+
+/// The user+sys CPU time of this process's finished children so far.
+fn children_cpu() -> Duration {
+    // SAFETY: getrusage fills the struct it is given.
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    unsafe { libc::getrusage(libc::RUSAGE_CHILDREN, &mut ru) };
+    let tv = |t: libc::timeval| {
+        Duration::from_secs(t.tv_sec as u64) + Duration::from_micros(t.tv_usec as u64)
+    };
+    tv(ru.ru_utime) + tv(ru.ru_stime)
+}
+
+/// The 1-minute load average, as /proc/loadavg says.
+fn loadavg() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .unwrap_or_default()
+        .split_whitespace()
+        .next()
+        .unwrap_or("?")
+        .to_string()
 }
 
 /// Measures (docs/PERFORMANCE.md, "minimega provider"), not a timed
@@ -510,28 +622,54 @@ fn measure_apply_against_the_exported_script() {
     }
     let min = |v: &[Duration]| v.iter().min().copied().unwrap();
     eprintln!(
-        "MEASURE apply 8 VMs over 2 nodes: megaplan {:?} (runs {ours:?}), minimega reading the exported script {:?} (runs {theirs:?}), ratio {:.2}",
+        "MEASURE apply 8 VMs over 2 nodes: megaplan {:?} (runs {ours:?}), minimega reading the exported script {:?} (runs {theirs:?}), ratio {:.2}, load average {}",
         min(&ours),
         min(&theirs),
-        min(&ours).as_secs_f64() / min(&theirs).as_secs_f64()
+        min(&ours).as_secs_f64() / min(&theirs).as_secs_f64(),
+        loadavg()
     );
 
     // A no-op plan of 16 VMs.
     std::fs::write(&file, many(16, &mm1.base, &images)).unwrap();
     run.ok(&["apply", "--auto-approve"]);
     assert!(running(&mut head, 16));
-    let mut plans = Vec::new();
-    for _ in 0..5 {
-        let t = Instant::now();
-        let (code, text) = run.plan();
-        plans.push(t.elapsed());
-        assert_eq!(code, Some(0), "{text}");
-    }
-    plans.sort();
-    eprintln!(
-        "MEASURE no-op plan of 16 VMs (whole process): median {:?}, all {plans:?}",
-        plans[2]
-    );
+    // Five no-op plans while the 16 TCG guests boot, five once their
+    // miniccc checked in (the guests idle): wall time, the plan's own
+    // user+sys CPU, and the load average.
+    let measure_plans = |when: &str| {
+        let mut plans = Vec::new();
+        let mut cpu = Vec::new();
+        for _ in 0..5 {
+            let c0 = children_cpu();
+            let t = Instant::now();
+            let (code, text) = run.plan();
+            plans.push(t.elapsed());
+            cpu.push(children_cpu() - c0);
+            assert_eq!(code, Some(0), "{text}");
+        }
+        let mut sorted = plans.clone();
+        sorted.sort();
+        eprintln!(
+            "MEASURE no-op plan of 16 VMs ({when}, whole process): median {:?}, all {plans:?}, user+sys {cpu:?}, load average {}",
+            sorted[2],
+            loadavg()
+        );
+    };
+    measure_plans("guests booting");
+    let mut up = 0;
+    wait_for(Duration::from_secs(600), || {
+        up = head
+            .run_ok(&Mm::new("vm").word("info").word("summary").in_namespace(&ns))
+            .map(|r| {
+                r.iter()
+                    .flat_map(|r| r.rows())
+                    .filter(|row| row.contains(&("cc_active", "true")))
+                    .count()
+            })
+            .unwrap_or(0);
+        up >= 16
+    });
+    measure_plans(&format!("{up} of 16 guests' miniccc checked in"));
     run.ok(&["destroy", "--auto-approve"]);
     assert!(gone(&mut head));
     drop(head);

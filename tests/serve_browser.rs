@@ -37,7 +37,7 @@ fn text() -> String {
         )
     };
     format!(
-        "experiment \"tap-mirror\" {{ images \"@IMAGES@\"; accel \"tcg\"; }}\nnetwork \"LAN\"\nnetwork \"mon\"\n{}{}{}",
+        "experiment \"tap-mirror\" {{ images \"@IMAGES@\"; accel \"tcg\"; }}\nnetwork \"LAN\"\nnetwork \"mon\"\n{}{}{}{CHECKS}",
         vm("A", "LAN", &addr("10.0.0.1")),
         vm("B", "LAN", &addr("10.0.0.2")),
         vm(
@@ -47,6 +47,29 @@ fn text() -> String {
         )
     )
 }
+
+/// The seed's captures and checks (examples/tap-mirror.kdl).
+const CHECKS: &str = r#"capture "mon" {
+    tap "monitor" nic=0
+}
+capture "lan" network="LAN"
+check "A reaches B" {
+    from "A"
+    ping "10.0.0.2"
+    retry 3
+}
+check "the monitor sees A's ICMP to B" {
+    capture "mon"
+    match "icmp and src host 10.0.0.1 and dst host 10.0.0.2"
+    at-least 1
+    after "A reaches B"
+}
+check "B's network cannot reach the monitor's" {
+    from "B"
+    ping "10.0.0.3"
+    expect "fail"
+}
+"#;
 
 fn now_ms() -> u64 {
     SystemTime::now()
@@ -176,6 +199,15 @@ impl Browser {
         r["result"]["value"].clone()
     }
 
+    /// What the promise `expr` resolves to.
+    fn eval_await(&mut self, expr: &str) -> Value {
+        let r = self.call(
+            "Runtime.evaluate",
+            json!({ "expression": expr, "returnByValue": true, "awaitPromise": true }),
+        );
+        r["result"]["value"].clone()
+    }
+
     /// Poll the page until `ok` holds for what `expr` evaluates to, or the deadline.
     fn wait_for(&mut self, expr: &str, within: Duration, ok: impl Fn(&Value) -> bool) -> Value {
         let deadline = Instant::now() + within;
@@ -211,6 +243,12 @@ const PAGE: &str = r#"JSON.stringify({
     d.querySelector('summary').textContent, d.querySelector('pre.stdout')?.textContent,
     d.querySelector('pre.stderr')?.textContent]),
   serial: [...document.querySelectorAll('#vms details.serial pre')].map(p => p.textContent.length),
+  checks: [...document.querySelectorAll('#checks tbody tr')].map(r => [r.dataset.check,
+    r.cells[0].textContent, r.querySelector('summary').textContent]),
+  checks_summary: document.getElementById('checks-summary').textContent,
+  captures: [...document.querySelectorAll('#captures tbody tr')].map(r => [r.dataset.capture,
+    r.querySelector('a.download')?.getAttribute('href') ?? null]),
+  capture_marks: [...document.querySelectorAll('#topology svg g.capture')].map(g => g.dataset.capture),
   text: document.body.innerText,
 })"#;
 
@@ -321,6 +359,111 @@ fn the_page_shows_the_experiment_and_a_killed_vm_within_3s() {
     );
     assert!(text.contains("No changes."), "the plan: {text}");
     assert!(serve_err.wait_for("event stream opened", Duration::from_secs(10)));
+    // No checks have run yet; the captures are listed and drawn.
+    assert_eq!(first["checks"], json!([]), "{first}");
+    assert!(
+        first["checks_summary"]
+            .as_str()
+            .unwrap()
+            .starts_with("No checks have run"),
+        "{first}"
+    );
+    assert_eq!(first["capture_marks"], json!(["lan", "mon"]), "{first}");
+
+    // `megaplan check` on the running experiment: its results show without
+    // a reload, as checks.json says, each with its message.
+    let check = lab.run("check", &[]);
+    let report: Value = serde_json::from_slice(
+        &std::fs::read(lab.dir.path().join(".megaplan/tap-mirror/checks.json")).unwrap(),
+    )
+    .unwrap();
+    let want: Vec<Value> = report["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            json!([
+                r["name"],
+                if r["passed"] == true { "pass" } else { "FAIL" },
+                r["message"]
+            ])
+        })
+        .collect();
+    assert_eq!(want.len(), 3, "{report}");
+    let checked = {
+        let v = b.wait_for(PAGE, Duration::from_secs(5), |v| {
+            let p: Value = serde_json::from_str(v.as_str().unwrap_or("{}")).unwrap_or_default();
+            p["checks"].as_array().is_some_and(|c| c.len() == 3)
+        });
+        serde_json::from_str::<Value>(v.as_str().unwrap()).unwrap()
+    };
+    assert_eq!(checked["checks"], json!(want), "{checked}");
+    assert_eq!(checked["loaded"], first["loaded"], "the page reloaded");
+    assert!(
+        check.status.success(),
+        "megaplan check: {}\n{report}",
+        String::from_utf8_lossy(&check.stdout)
+    );
+    assert_eq!(checked["checks"][0][1], "pass", "{checked}");
+    assert!(
+        checked["checks_summary"]
+            .as_str()
+            .unwrap()
+            .starts_with("3 passed, 0 failed"),
+        "{checked}"
+    );
+    // Each capture has a download link; the monitor's is a pcap file.
+    assert_eq!(
+        checked["captures"],
+        json!([["mon", "captures/mon.pcap"], ["lan", "captures/lan.pcap"]]),
+        "{checked}"
+    );
+    let got = b.eval_await(
+        r#"fetch(document.querySelector('#captures tr[data-capture=mon] a.download').href)
+          .then(async r => [r.status, r.headers.get('content-type'), r.headers.get('content-disposition'),
+            [...new Uint8Array(await r.arrayBuffer())].slice(0, 4)])"#,
+    );
+    let magic = &got[3];
+    assert_eq!(got[0], 200, "{got}");
+    assert_eq!(got[1], "application/vnd.tcpdump.pcap", "{got}");
+    assert_eq!(got[2], "attachment; filename=\"mon.pcap\"", "{got}");
+    // pcap's magic, in either byte order (microsecond or nanosecond).
+    assert!(
+        [
+            json!([0xd4, 0xc3, 0xb2, 0xa1]),
+            json!([0xa1, 0xb2, 0xc3, 0xd4]),
+            json!([0x4d, 0x3c, 0xb2, 0xa1]),
+            json!([0xa1, 0xb2, 0x3c, 0x4d])
+        ]
+        .contains(magic),
+        "{got}"
+    );
+    // An address appearing in a guest shows within 3 s, pushed.
+    assert_eq!(checked["vms"][2][3], "", "the monitor has no address yet");
+    let out = lab.megaplan(&[
+        "cc",
+        "exec",
+        lab.f(),
+        "--filter",
+        "name=monitor",
+        "--",
+        "ip addr add 10.0.0.3/24 dev eth0",
+    ]);
+    assert!(out.status.success(), "cc exec");
+    let added_at = Instant::now();
+    let v = b.wait_for(PAGE, Duration::from_secs(3), |v| {
+        let p: Value = serde_json::from_str(v.as_str().unwrap_or("{}")).unwrap_or_default();
+        p["vms"][2][3] == "10.0.0.3/24"
+    });
+    let took = added_at.elapsed();
+    let checked = serde_json::from_str::<Value>(v.as_str().unwrap()).unwrap();
+    assert_eq!(
+        checked["vms"][2][3], "10.0.0.3/24",
+        "after {took:?}: {checked}"
+    );
+    assert!(took <= Duration::from_secs(3), "{took:?}");
+    assert_eq!(checked["loaded"], first["loaded"], "the page reloaded");
+    let first = checked;
 
     if std::env::var_os("MEGAPLAN_UPDATE_SCREENSHOT").is_some() {
         let shot = b.call(

@@ -504,3 +504,239 @@ fn off_loopback_every_request_needs_the_token() {
     );
     drop(srv);
 }
+
+/// (status code, head, body bytes) of one request.
+fn get_bytes(addr: &str, path: &str) -> (u16, String, Vec<u8>) {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    write!(s, "GET {path} HTTP/1.1\r\nHost: {addr}\r\n\r\n").unwrap();
+    let mut out = Vec::new();
+    s.read_to_end(&mut out).unwrap();
+    let end = out
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .unwrap_or_else(|| panic!("no head in {out:?}"));
+    let head = String::from_utf8_lossy(&out[..end]).into_owned();
+    let code = head
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    (code, head, out[end + 4..].to_vec())
+}
+
+/// A pcap file: the global header (Ethernet) and one 60-byte frame.
+fn pcap_bytes() -> Vec<u8> {
+    let mut b = Vec::new();
+    b.extend_from_slice(&0xa1b2_c3d4u32.to_le_bytes());
+    b.extend_from_slice(&2u16.to_le_bytes());
+    b.extend_from_slice(&4u16.to_le_bytes());
+    b.extend_from_slice(&[0; 8]);
+    b.extend_from_slice(&65535u32.to_le_bytes());
+    b.extend_from_slice(&1u32.to_le_bytes());
+    for v in [1_796_139_427u32, 5, 60, 60] {
+        b.extend_from_slice(&v.to_le_bytes());
+    }
+    b.extend((0..60u8).map(|i| i.wrapping_mul(7)));
+    b
+}
+
+fn report(passed: bool, message: &str) -> serde_json::Value {
+    serde_json::json!({
+        "version": 1, "experiment": "web", "started": 1_796_139_427u64, "duration_ms": 12,
+        "passed": usize::from(passed), "failed": usize::from(!passed),
+        "results": [{
+            "name": "A reaches B", "kind": "ping", "from": "A", "expect": "pass",
+            "passed": passed, "message": message, "command": "in A: ping -c 1 -W 3 10.0.0.2",
+            "attempts": 1, "duration_ms": 12, "exit": if passed { 0 } else { 1 },
+        }],
+    })
+}
+
+#[test]
+fn captures_download_by_name_and_check_results_are_in_the_snapshot() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    let captures = state.join("captures");
+    std::fs::create_dir_all(&captures).unwrap();
+    let pcap = pcap_bytes();
+    std::fs::write(captures.join("mon.pcap"), &pcap).unwrap();
+    // A link planted in the state folder is never followed.
+    std::fs::write(dir.path().join("secret"), "not a capture").unwrap();
+    std::os::unix::fs::symlink(dir.path().join("secret"), captures.join("lan.pcap")).unwrap();
+    std::fs::write(
+        state.join("checks.json"),
+        report(true, "A got a reply from 10.0.0.2").to_string(),
+    )
+    .unwrap();
+    let text = format!(
+        "{TEXT}capture \"mon\" {{ tap \"monitor\" nic=0; }}\ncapture \"lan\" network=\"LAN\"\ncapture \"empty\" {{ tap \"A\" nic=0; }}\n"
+    );
+    let srv = serve_text(
+        dir.path(),
+        None,
+        &text,
+        &[
+            "--listen",
+            "127.0.0.1:0",
+            "--token",
+            "tok",
+            "--state-dir",
+            state.to_str().unwrap(),
+        ],
+    )
+    .unwrap();
+    let a = &srv.addr;
+    // The capture's bytes, as a pcap download.
+    let (code, head, body) = get_bytes(a, "/captures/mon.pcap?token=tok");
+    assert_eq!(code, 200, "{head}");
+    assert!(
+        head.contains("Content-Type: application/vnd.tcpdump.pcap\r\n"),
+        "{head}"
+    );
+    assert!(
+        head.contains("Content-Disposition: attachment; filename=\"mon.pcap\"\r\n"),
+        "{head}"
+    );
+    assert_eq!(body, pcap);
+    // The token, as on every route.
+    assert_eq!(get_bytes(a, "/captures/mon.pcap").0, 401);
+    assert_eq!(get_bytes(a, "/captures/mon.pcap?token=nope").0, 401);
+    // Names only: nothing else under captures/, no path from the request.
+    for path in [
+        "/captures/nope.pcap",
+        "/captures/mon",
+        "/captures/mon.pcap/",
+        "/captures/MON.pcap",
+        "/captures/mon%2Epcap",
+        "/captures/../checks.json",
+        "/captures/..%2Fchecks.json",
+        "/captures/..%2F..%2Fsecret.pcap",
+        "/captures/%2e%2e%2fsecret.pcap",
+        "/captures/.%2Fmon.pcap",
+        "/captures//mon.pcap",
+        "/captures/captures%2Fmon.pcap",
+        "/captures/",
+        "/captures",
+    ] {
+        let (code, _, body) = get_bytes(a, &format!("{path}?token=tok"));
+        assert_eq!(code, 404, "{path}");
+        assert_ne!(body, pcap, "{path}");
+    }
+    // A capture without a file yet: 404 with why.
+    let (code, _, body) = get_bytes(a, "/captures/empty.pcap?token=tok");
+    assert_eq!(code, 404);
+    assert!(String::from_utf8_lossy(&body).contains("no file yet"));
+    // The link is refused, not followed.
+    let (code, _, body) = get_bytes(a, "/captures/lan.pcap?token=tok");
+    assert_ne!(code, 200);
+    assert!(!String::from_utf8_lossy(&body).contains("not a capture"));
+
+    // The snapshot: the captures with their links, and the check results.
+    let (_, _, snap) = get(a, "/snapshot.json?token=tok", "");
+    let snap: serde_json::Value = serde_json::from_str(&snap).unwrap();
+    let caps = snap["captures"].as_array().unwrap();
+    let names: Vec<&str> = caps.iter().map(|c| c["name"].as_str().unwrap()).collect();
+    assert_eq!(names, ["mon", "lan", "empty"], "{snap}");
+    assert_eq!(caps[0]["download"], "captures/mon.pcap");
+    assert_eq!(caps[0]["bytes"], pcap.len());
+    assert_eq!(
+        caps[0]["recorder"],
+        serde_json::Value::Null,
+        "no recorder runs"
+    );
+    assert_eq!(caps[1]["records"], "network LAN");
+    assert_eq!(
+        caps[1]["bytes"],
+        serde_json::Value::Null,
+        "a link is no file"
+    );
+    assert_eq!(caps[2]["bytes"], serde_json::Value::Null);
+    assert_eq!(snap["checks"]["passed"], 1, "{snap}");
+    assert_eq!(
+        snap["checks"]["results"][0]["message"],
+        "A got a reply from 10.0.0.2"
+    );
+    // The drawing marks every capture: two nics and a network.
+    let svg = snap["svg"].as_str().unwrap();
+    assert_eq!(svg.matches("<g class=\"capture\"").count(), 3, "{svg}");
+
+    // A new checks.json is pushed without a reload: the event stream carries it.
+    let mut s = TcpStream::connect(a).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    write!(s, "GET /events?token=tok HTTP/1.1\r\nHost: {a}\r\n\r\n").unwrap();
+    let mut r = BufReader::new(s);
+    let mut next = || loop {
+        let mut line = String::new();
+        assert!(r.read_line(&mut line).unwrap() > 0, "stream closed");
+        if let Some(d) = line.strip_prefix("data: ") {
+            return serde_json::from_str::<serde_json::Value>(d).unwrap();
+        }
+    };
+    assert_eq!(next()["checks"]["passed"], 1);
+    let tmp = state.join("checks.json.new");
+    std::fs::write(&tmp, report(false, "no reply from 10.0.0.2").to_string()).unwrap();
+    std::fs::rename(&tmp, state.join("checks.json")).unwrap();
+    let ev = next();
+    assert_eq!(ev["checks"]["failed"], 1, "{ev}");
+    assert_eq!(
+        ev["checks"]["results"][0]["message"],
+        "no reply from 10.0.0.2"
+    );
+    // One that does not parse says so.
+    std::fs::write(state.join("checks.json"), "{").unwrap();
+    let ev = next();
+    assert!(
+        ev["checks"]["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("is not a check report")),
+        "{ev}"
+    );
+}
+
+#[test]
+fn graph_svg_boxes_the_vms_by_the_nodes_recorded_in_the_state() {
+    use megaplan::state::{Attrs, Kind, Record, State, StateDir};
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("web.kdl");
+    std::fs::write(&file, TEXT).unwrap();
+    let graph = || {
+        let out = Command::new(env!("CARGO_BIN_EXE_megaplan"))
+            .args(["graph", "web.kdl", "--format", "svg"])
+            .current_dir(dir.path())
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    };
+    // No state yet: no host boxes.
+    assert_eq!(graph().matches("<g class=\"host\"").count(), 0);
+    // The nodes a provider recorded (what the minimega provider keeps as a
+    // computed attribute), saved through the state store.
+    let sd = StateDir::for_file(&file, "web", None);
+    let mut state = State::new("web");
+    for (vm, node) in [("A", "mm1"), ("B", "mm2"), ("monitor", "mm1")] {
+        let mut attrs = Attrs::new();
+        attrs.insert("node".into(), node.into());
+        state
+            .resources
+            .insert(format!("vm.{vm}"), Record::new(Kind::Vm, attrs));
+    }
+    sd.save(&mut state).unwrap();
+    let svg = graph();
+    assert_eq!(svg.matches("<g class=\"host\"").count(), 2, "{svg}");
+    for (vm, node) in [("A", "mm1"), ("B", "mm2"), ("monitor", "mm1")] {
+        assert!(
+            svg.contains(&format!("data-vm=\"{vm}\" data-host=\"{node}\"")),
+            "{svg}"
+        );
+    }
+    // The host box comes before (holds) its VMs: mm2's box, then B.
+    let mm2 = svg.find("<g class=\"host\" data-host=\"mm2\"").unwrap();
+    assert!(svg.find("data-vm=\"B\"").unwrap() > mm2, "{svg}");
+    assert!(svg.find("data-vm=\"A\"").unwrap() < mm2, "{svg}");
+}

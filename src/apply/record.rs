@@ -27,6 +27,12 @@ impl Recorder<'_> {
         c: &Change,
         vm_gen: Option<u64>,
     ) -> Result<(), StateError> {
+        self.mark(state, c, vm_gen);
+        self.sd.save(state)
+    }
+
+    /// [`Recorder::begin`] without the save (a batch saves once for all).
+    pub fn mark(&self, state: &mut State, c: &Change, vm_gen: Option<u64>) {
         let was = state.resources.get(&c.address).cloned();
         let mut rec = was
             .clone()
@@ -52,7 +58,6 @@ impl Recorder<'_> {
             rec.generation = vm_gen;
         }
         state.resources.insert(c.address.clone(), rec);
-        self.sd.save(state)
     }
 
     /// Record what a task's effect did (not saved: see [`Recorder::save`]).

@@ -865,3 +865,5 @@ async fn computed_attributes_are_recorded_and_kept() {
     assert_ne!(id(&rig), Some(first));
     assert_eq!(rig.changes(&text).await, vec![]);
 }
+
+mod batch;

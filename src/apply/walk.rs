@@ -9,10 +9,13 @@
 //!   error is reported.
 //! - The recorder is called before each create's effect and after every
 //!   task; `MEGAPLAN_TEST_CRASH_BEFORE/AFTER=ADDRESS` kill the process
-//!   between the two.
+//!   between the two. A batch (tasks the provider takes together,
+//!   [`Provider::batches`]) is recorded `Creating` all at once and saved
+//!   once before its effect, and saved once after all its tasks finished.
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
+use futures::FutureExt;
 use futures::stream::{FuturesUnordered, StreamExt};
 
 use crate::plan::Plan;
@@ -22,7 +25,7 @@ use crate::state::{Kind, State};
 
 use super::record::{self, Recorder};
 use super::schedule::{Schedule, schedule};
-use super::{Executor, Outcome, Report, crash_point, done_verb, verb};
+use super::{BatchItem, Executor, Outcome, Report, crash_point, done_verb, verb};
 
 impl<P: Provider> Executor<'_, P> {
     /// Carry out `plan`, updating and saving `state` after every task.
@@ -51,117 +54,195 @@ impl<P: Provider> Executor<'_, P> {
         let mut failed = vec![false; tasks.len()];
         let mut running = FuturesUnordered::new();
         let mut effects_running = 0usize;
+        // Effects not handed to the provider in batches, running now.
+        let mut plain_running = 0usize;
         let mut finished = 0;
         let is_step = |t: &usize| plan.changes[tasks[*t].change].kind == Kind::Step;
+        let batchable = |t: &usize| {
+            let task = tasks[*t];
+            let kind = plan.changes[task.change].kind;
+            kind != Kind::Step && self.provider.batches(kind, task.phase)
+        };
+        let any_batchable = (0..tasks.len()).any(|t| batchable(&t));
         while finished < tasks.len() {
             // Provider effects are bounded by `parallelism`. cc steps are not:
             // they mostly wait for a guest to boot, and counting them would
-            // hold back the launch of the other VMs. Effects go first.
+            // hold back the launch of the other VMs. Effects go first. Tasks
+            // the provider takes in batches wait until no other effect is
+            // ready or running, then every ready one goes as one effect.
             loop {
-                let pick = if effects_running < self.parallelism.max(1) {
-                    ready.iter().rposition(|t| !is_step(t))
+                let room = effects_running < self.parallelism.max(1);
+                let plain = if room {
+                    ready.iter().rposition(|t| !is_step(t) && !batchable(t))
                 } else {
                     None
-                }
-                .or_else(|| ready.iter().rposition(is_step));
-                let Some(i) = pick else { break };
-                let t = ready.remove(i);
-                let task = tasks[t];
-                if !is_step(&t) {
+                };
+                let (group, batched): (Vec<usize>, bool) = if let Some(i) = plain {
+                    (vec![ready.remove(i)], false)
+                } else if room && plain_running == 0 && ready.iter().any(batchable) {
+                    let (mut b, rest): (Vec<usize>, Vec<usize>) =
+                        ready.iter().partition(|t| batchable(t));
+                    ready = rest;
+                    b.sort_unstable();
+                    (b, true)
+                } else if let Some(i) = ready.iter().rposition(is_step) {
+                    (vec![ready.remove(i)], false)
+                } else {
+                    break;
+                };
+                if !is_step(&group[0]) {
                     effects_running += 1;
+                    if !batched {
+                        plain_running += 1;
+                    }
                 }
-                let c = &plan.changes[task.change];
-                let vm_gen = record::vm_generation(c, self.lab, state);
-                // Record intent before the effect.
-                if task.phase == Phase::Create
-                    && let Err(e) = recorder.begin(state, c, vm_gen)
+                // Record intent before the effect (a batch's, saved once).
+                let gens: Vec<Option<u64>> = group
+                    .iter()
+                    .map(|&t| {
+                        record::vm_generation(&plan.changes[tasks[t].change], self.lab, state)
+                    })
+                    .collect();
+                for (&t, &vm_gen) in group.iter().zip(&gens) {
+                    let task = tasks[t];
+                    let c = &plan.changes[task.change];
+                    if task.phase != Phase::Create {
+                        continue;
+                    }
+                    if batched {
+                        recorder.mark(state, c, vm_gen);
+                    } else if let Err(e) = recorder.begin(state, c, vm_gen) {
+                        (self.progress)(&format!("warning: cannot save the state: {e}"));
+                    }
+                }
+                if batched
+                    && group.iter().any(|&t| tasks[t].phase == Phase::Create)
+                    && let Err(e) = recorder.save(state)
                 {
                     (self.progress)(&format!("warning: cannot save the state: {e}"));
                 }
-                let prior = state.resources.get(&c.address).cloned();
-                (self.progress)(&format!("{}: {}…", c.address, verb(c, task.phase)));
-                crash_point("BEFORE", &c.address);
+                let mut items = Vec::with_capacity(group.len());
+                for (&t, &vm_gen) in group.iter().zip(&gens) {
+                    let task = tasks[t];
+                    let c = &plan.changes[task.change];
+                    let prior = state.resources.get(&c.address).cloned();
+                    (self.progress)(&format!("{}: {}…", c.address, verb(c, task.phase)));
+                    crash_point("BEFORE", &c.address);
+                    items.push(BatchItem {
+                        change: c,
+                        phase: task.phase,
+                        prior,
+                        vm_gen,
+                    });
+                }
                 running.push(async move {
                     let started = Instant::now();
-                    let r = self.effect(c, task.phase, prior.as_ref(), vm_gen).await;
-                    (t, r, started.elapsed())
+                    let results = if batched {
+                        self.effect_batch(&items).await
+                    } else {
+                        let it = &items[0];
+                        vec![
+                            self.effect(it.change, it.phase, it.prior.as_ref(), it.vm_gen)
+                                .await,
+                        ]
+                    };
+                    (group, batched, results, started.elapsed())
                 });
             }
-            let Some((t, result, took)) = running.next().await else {
+            let Some(first) = running.next().await else {
                 break;
             };
-            let task = tasks[t];
-            let c = &plan.changes[task.change];
-            crash_point("AFTER", &c.address);
-            finished += 1;
-            if c.kind != Kind::Step {
-                effects_running -= 1;
+            // With batching, take every effect already done before picking
+            // again, so what they release is ready together.
+            let mut done_now = vec![first];
+            while any_batchable && let Some(Some(more)) = running.next().now_or_never() {
+                done_now.push(more);
             }
-            let key = format!(
-                "{} {}",
-                c.kind.as_str(),
-                if task.phase == Phase::Create {
-                    "create"
-                } else {
-                    "delete"
+            for (group, batched, results, took) in done_now {
+                if !is_step(&group[0]) {
+                    effects_running -= 1;
+                    if !batched {
+                        plain_running -= 1;
+                    }
                 }
-            );
-            *report.timings.entry(key).or_default() += took;
-            match result {
-                Ok(done) => {
-                    let failure = done.outcome.failure(c);
-                    let note = match &done.outcome {
+                let len = group.len();
+                for (n, (t, result)) in group.into_iter().zip(results).enumerate() {
+                    let task = tasks[t];
+                    let c = &plan.changes[task.change];
+                    crash_point("AFTER", &c.address);
+                    finished += 1;
+                    let key = format!(
+                        "{} {}",
+                        c.kind.as_str(),
+                        if task.phase == Phase::Create {
+                            "create"
+                        } else {
+                            "delete"
+                        }
+                    );
+                    // A batch's wall time counts once.
+                    *report.timings.entry(key).or_default() +=
+                        if n == 0 { took } else { Duration::ZERO };
+                    match result {
+                        Ok(done) => {
+                            let failure = done.outcome.failure(c);
+                            let note = match &done.outcome {
                         Outcome::LeftAlone(why) => format!(" (record dropped; left alone: {why})"),
                         Outcome::Step { replayed: true, .. } => {
                             " (not run again: the agent had already run it in this boot; its outcome is recorded)".to_string()
                         }
                         _ => String::new(),
                     };
-                    recorder.finish(state, c, task.phase, done);
-                    if let Some(e) = failure {
-                        failed[t] = true;
-                        (self.progress)(&format!("{}: FAILED: {e}", c.address));
-                        report.errors.push((c.address.clone(), e));
-                    } else {
-                        (self.progress)(&format!(
-                            "{}: {} in {:.2}s{note}",
-                            c.address,
-                            done_verb(c, task.phase),
-                            took.as_secs_f64()
-                        ));
-                        report.done.push(c.address.clone());
-                    }
-                }
-                Err(e) => {
-                    failed[t] = true;
-                    recorder.failed(state, c);
-                    (self.progress)(&format!("{}: FAILED: {e}", c.address));
-                    report.errors.push((c.address.clone(), e));
-                }
-            }
-            if let Err(e) = recorder.save(state) {
-                report.errors.push(("state".into(), e.into()));
-            }
-            // Release dependents; skip the ones downstream of a failure.
-            let mut stack = vec![t];
-            while let Some(x) = stack.pop() {
-                for &d in &dependents[x] {
-                    if failed[x] {
-                        if !failed[d] {
-                            failed[d] = true;
-                            finished += 1;
-                            let cd = &plan.changes[tasks[d].change];
-                            (self.progress)(&format!(
-                                "{}: skipped (a dependency failed)",
-                                cd.address
-                            ));
-                            report.skipped.push(cd.address.clone());
-                            stack.push(d);
+                            recorder.finish(state, c, task.phase, done);
+                            if let Some(e) = failure {
+                                failed[t] = true;
+                                (self.progress)(&format!("{}: FAILED: {e}", c.address));
+                                report.errors.push((c.address.clone(), e));
+                            } else {
+                                (self.progress)(&format!(
+                                    "{}: {} in {:.2}s{note}",
+                                    c.address,
+                                    done_verb(c, task.phase),
+                                    took.as_secs_f64()
+                                ));
+                                report.done.push(c.address.clone());
+                            }
                         }
-                    } else {
-                        waiting[d] -= 1;
-                        if waiting[d] == 0 && !failed[d] {
-                            ready.push(d);
+                        Err(e) => {
+                            failed[t] = true;
+                            recorder.failed(state, c);
+                            (self.progress)(&format!("{}: FAILED: {e}", c.address));
+                            report.errors.push((c.address.clone(), e));
+                        }
+                    }
+                    // A batch's tasks finished together: one save for all.
+                    if (!batched || n + 1 == len)
+                        && let Err(e) = recorder.save(state)
+                    {
+                        report.errors.push(("state".into(), e.into()));
+                    }
+                    // Release dependents; skip the ones downstream of a failure.
+                    let mut stack = vec![t];
+                    while let Some(x) = stack.pop() {
+                        for &d in &dependents[x] {
+                            if failed[x] {
+                                if !failed[d] {
+                                    failed[d] = true;
+                                    finished += 1;
+                                    let cd = &plan.changes[tasks[d].change];
+                                    (self.progress)(&format!(
+                                        "{}: skipped (a dependency failed)",
+                                        cd.address
+                                    ));
+                                    report.skipped.push(cd.address.clone());
+                                    stack.push(d);
+                                }
+                            } else {
+                                waiting[d] -= 1;
+                                if waiting[d] == 0 && !failed[d] {
+                                    ready.push(d);
+                                }
+                            }
                         }
                     }
                 }

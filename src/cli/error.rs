@@ -439,7 +439,7 @@ impl From<crate::apply::ApplyError> for CommandError {
             E::Op(_) => CommandError::with_kind(ErrorKind::User, e).with_hint(
                 "the state folder or the saved plan is damaged: make a new plan (megaplan plan FILE)",
             ),
-            E::StepFailed { .. } => CommandError::with_kind(ErrorKind::Host, e),
+            E::StepFailed { .. } | E::Incomplete { .. } => CommandError::with_kind(ErrorKind::Host, e),
             E::StepTimedOut { .. } => CommandError::with_kind(ErrorKind::Host, e).with_hint(
                 "raise the step's timeout in the experiment file if it needs longer",
             ),

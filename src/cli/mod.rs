@@ -134,11 +134,17 @@ pub enum Command {
         #[arg(long, value_enum, default_value = "text")]
         format: DiffFormat,
     },
-    /// The dependency graph as DOT, or the topology drawn as SVG.
+    /// The dependency graph as DOT, or the topology drawn as SVG (VMs in a
+    /// box per host when the state records several).
     Graph {
         file: PathBuf,
         #[arg(long, value_enum, default_value = "dot")]
         format: GraphFormat,
+        /// Where the state is (for the hosts the VMs run on).
+        #[arg(long)]
+        state_dir: Option<PathBuf>,
+        #[command(flatten)]
+        provider: crate::minimega::provider::ProviderArgs,
     },
     /// A live web view of the experiment (loopback unless --token); read-only
     /// unless --allow-actions.
@@ -164,6 +170,8 @@ pub enum Command {
         allow_actions: bool,
         #[arg(long)]
         state_dir: Option<PathBuf>,
+        #[command(flatten)]
+        provider: crate::minimega::provider::ProviderArgs,
     },
     /// The same experiment in the other syntax.
     Convert {
@@ -477,18 +485,30 @@ fn run(cli: Cli) -> Result<ExitCode, CliError> {
             print!("{}", crate::schema::schema_json());
             Ok(ExitCode::SUCCESS)
         }
-        Command::Graph { file, format } => Ok(match load(&file) {
-            Ok((_, lab)) => {
-                match format {
-                    GraphFormat::Dot => print!("{}", crate::graph::to_dot(&lab)),
-                    GraphFormat::Svg => {
-                        print!("{}", crate::serve::draw::svg(&lab, &Default::default()))
-                    }
+        Command::Graph {
+            file,
+            format,
+            state_dir,
+            provider,
+        } => {
+            crate::minimega::provider::set_override(provider);
+            let Ok((_, lab)) = load(&file) else {
+                return Ok(failed());
+            };
+            match format {
+                GraphFormat::Dot => print!("{}", crate::graph::to_dot(&lab)),
+                GraphFormat::Svg => {
+                    // The hosts the provider recorded (none before an apply).
+                    let sd = StateDir::for_file(&file, &lab.name, state_dir.as_deref());
+                    let hosts = crate::serve::draw::hosts(&lab, &sd.load()?);
+                    print!(
+                        "{}",
+                        crate::serve::draw::svg(&lab, &Default::default(), &hosts)
+                    )
                 }
-                ExitCode::SUCCESS
             }
-            Err(code) => code,
-        }),
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Serve {
             file,
             listen,
@@ -496,7 +516,9 @@ fn run(cli: Cli) -> Result<ExitCode, CliError> {
             token_file,
             allow_actions,
             state_dir,
+            provider,
         } => {
+            crate::minimega::provider::set_override(provider);
             let Ok((_, lab)) = load(&file) else {
                 return Ok(failed());
             };

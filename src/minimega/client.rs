@@ -408,6 +408,12 @@ impl std::fmt::Display for Command {
     }
 }
 
+/// Whether `MEGAPLAN_MINIMEGA_TRACE` asks for each command's time (read once).
+fn trace() -> bool {
+    static TRACE: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *TRACE.get_or_init(|| std::env::var_os("MEGAPLAN_MINIMEGA_TRACE").is_some())
+}
+
 /// A connection to one minimega instance's command socket.
 pub struct Client {
     reader: BufReader<UnixStream>,
@@ -448,8 +454,25 @@ impl Client {
         self.timeout = timeout;
     }
 
-    /// Run `cmd` and return every host's answer, errors included.
+    /// Run `cmd` and return every host's answer, errors included. With
+    /// `MEGAPLAN_MINIMEGA_TRACE` set, each command and its time go to
+    /// stderr (how docs/PERFORMANCE.md counts round trips).
     pub fn run(&mut self, cmd: &Command) -> Result<Vec<HostResponse>, ClientError> {
+        if !trace() {
+            return self.run_once(cmd);
+        }
+        let t = Instant::now();
+        let r = self.run_once(cmd);
+        eprintln!(
+            "minimega: {:>8.2} ms  {}{}",
+            t.elapsed().as_secs_f64() * 1000.0,
+            crate::diag::escape(cmd.as_str()),
+            if r.is_err() { "  (failed)" } else { "" }
+        );
+        r
+    }
+
+    fn run_once(&mut self, cmd: &Command) -> Result<Vec<HostResponse>, ClientError> {
         if self.broken {
             return Err(ClientError::Broken);
         }

@@ -45,6 +45,9 @@ use crate::provider::{
 };
 use crate::state::{Kind, State, StateDir};
 
+mod batch;
+mod nodes;
+
 /// How often a wait on minimega (a cc response, a VM leaving) looks again.
 const POLL: Duration = Duration::from_millis(200);
 /// The most a removed VM may take to leave `vm info`.
@@ -72,6 +75,19 @@ pub enum MinimegaError {
     NoTap(String),
     #[error("{0}")]
     Wait(String),
+    /// A failure of a batch of VM launches, reported by each of its VMs.
+    #[error(transparent)]
+    Batch(std::sync::Arc<MinimegaError>),
+    #[error(
+        "VM {vm} was not removed: minimega could not ask every node of the namespace ({errors}); it may still run there"
+    )]
+    NodeSilent { vm: String, errors: String },
+    #[error("minimega did not launch VM {vm}: {why}")]
+    NotLaunched { vm: String, why: String },
+    #[error(
+        "minimega's namespace {ns} has VMs queued for launch that are not this experiment's (`ns queue`); launch them or drop them with `ns flush` first"
+    )]
+    ForeignQueue { ns: String },
     #[error("minimega answered `{command}` with {got:?}, not {want}")]
     Answer {
         command: String,
@@ -88,8 +104,11 @@ pub struct MinimegaHost {
     lab: Option<Lab>,
     /// megaplan's tap name -> (VM, nic index), from the lab.
     taps: BTreeMap<String, (String, usize)>,
-    /// The head node's name (`host name`).
-    head: String,
+    /// The head node's name (`host name`), asked once when first needed.
+    head: std::sync::OnceLock<String>,
+    /// The namespace is known to hold the head node when VMs are placed
+    /// there (asked once per process).
+    joined: std::sync::atomic::AtomicBool,
     qemu: Option<PathBuf>,
 }
 
@@ -109,12 +128,6 @@ impl MinimegaHost {
         let ns = Name::new(&settings.namespace)?;
         let mut client = Client::connect(&settings.base)?;
         client.set_timeout(Duration::from_secs(300));
-        let head = client
-            .run_ok(&Command::new("host").word("name"))?
-            .into_iter()
-            .next()
-            .map(|r| r.response)
-            .unwrap_or_default();
         let mut taps = BTreeMap::new();
         if let Some(lab) = lab {
             for v in &lab.vms {
@@ -129,7 +142,8 @@ impl MinimegaHost {
             experiment: experiment.to_string(),
             lab: lab.cloned(),
             taps,
-            head,
+            head: std::sync::OnceLock::new(),
+            joined: std::sync::atomic::AtomicBool::new(false),
             qemu: which("qemu-system-x86_64"),
         })
     }
@@ -174,9 +188,16 @@ impl MinimegaHost {
     /// Nodes that do not answer are left out (refresh says why); when none
     /// answers, that is an error.
     pub fn vm_info(&self) -> Result<Vec<VmInfo>, MinimegaError> {
-        let cmd = Command::new("vm").word("info");
+        Ok(self.vm_info_nodes()?.0)
+    }
+
+    /// [`MinimegaHost::vm_info`], and the nodes that did not answer (each
+    /// with its error).
+    fn vm_info_nodes(&self) -> Result<(Vec<VmInfo>, nodes::Asked), MinimegaError> {
+        let cmd = Command::new("vm").word("info").word("summary");
         let resps = self.run_on_one(cmd.clone())?;
-        Ok(vm_infos(&cmd.in_namespace(&self.ns), &resps)?)
+        let vms = vm_infos(&cmd.in_namespace(&self.ns), &resps)?;
+        Ok((vms, nodes::Asked::of(&resps)))
     }
 
     /// The address our marker names on a VM, if it is ours.
@@ -207,16 +228,14 @@ impl MinimegaHost {
         }
         // Every node that answers; a node that does not (gone from the
         // mesh) leaves its VMs unseen, and says why.
-        let cmd = Command::new("vm").word("info").in_namespace(&self.ns);
+        let cmd = Command::new("vm")
+            .word("info")
+            .word("summary")
+            .in_namespace(&self.ns);
         let resps = {
             let mut c = self.client.lock().expect("the client lock");
             c.run(&cmd)?
         };
-        let silent: BTreeMap<String, String> = resps
-            .iter()
-            .filter(|r| !r.error.is_empty())
-            .map(|r| (r.host.clone(), r.error.clone()))
-            .collect();
         let vms = vm_infos(&cmd, &resps)?;
         // VLAN aliases of the namespace.
         let mut aliases: BTreeMap<String, i64> = BTreeMap::new();
@@ -305,29 +324,8 @@ impl MinimegaHost {
                 }
             }
         }
-        // A VM recorded on a node that did not answer: seen, not running.
-        for (addr, rec) in &state.resources {
-            if rec.kind != Kind::Vm || obs.vms.contains_key(addr) {
-                continue;
-            }
-            let node = rec.attrs.get("node").and_then(|v| v.as_str());
-            if let (Some(node), Some(crate::graph::Target::Vm { name })) = (node, &rec.target)
-                && let Some(err) = silent.get(node)
-            {
-                obs.vms.insert(
-                    addr.clone(),
-                    ObservedVm {
-                        name: name.clone(),
-                        pid: None,
-                        alive: true,
-                        status: Some(format!(
-                            "unreachable: its node {node} did not answer minimega ({})",
-                            crate::diag::escape(err)
-                        )),
-                    },
-                );
-            }
-        }
+        // A VM recorded on a node that did not answer: unreachable.
+        obs.unreachable = nodes::unreachable_vms(&resps, state, &obs.vms);
         // Mirrors: OVS mirrors named `mirror-DSTTAP` on the node of the
         // destination (minimega keeps no list of them).
         if let Some(lab) = &self.lab
@@ -377,7 +375,7 @@ impl MinimegaHost {
             .arg("--columns=name")?
             .arg("list")?
             .arg("mirror")?;
-        let cmd = if host == self.head {
+        let cmd = if host == self.head()? {
             shell
         } else {
             // `mesh send HOST shell …`: the shell command's words follow.
@@ -398,21 +396,43 @@ impl MinimegaHost {
     /// Make the namespace (and put the head node in it when a VM is
     /// placed there).
     fn ensure_namespace(&self) -> Result<(), MinimegaError> {
+        use std::sync::atomic::Ordering;
+        if self.joined.load(Ordering::Relaxed) {
+            return Ok(());
+        }
+        let head = self.head()?;
         let head_used = self
             .lab
             .as_ref()
-            .is_some_and(|l| l.vms.iter().any(|v| v.host.as_deref() == Some(&self.head)));
-        if head_used && !self.head.is_empty() {
+            .is_some_and(|l| l.vms.iter().any(|v| v.host.as_deref() == Some(head)));
+        if head_used && !head.is_empty() {
             let hosts: Vec<String> = self
                 .run_ok(Command::new("host").word("name"))?
                 .into_iter()
                 .map(|r| r.host)
                 .collect();
-            if !hosts.contains(&self.head) {
-                self.run_ok(Command::new("ns").word("add-hosts").arg(&self.head)?)?;
+            if !hosts.iter().any(|h| h == head) {
+                self.run_ok(Command::new("ns").word("add-hosts").arg(head)?)?;
             }
         }
+        self.joined.store(true, Ordering::Relaxed);
         Ok(())
+    }
+
+    /// The head node's name (`host name` outside any namespace), once.
+    fn head(&self) -> Result<&str, MinimegaError> {
+        if let Some(h) = self.head.get() {
+            return Ok(h);
+        }
+        let name = {
+            let mut c = self.client.lock().expect("the client lock");
+            c.run_ok(&Command::new("host").word("name"))?
+                .into_iter()
+                .next()
+                .map(|r| r.response)
+                .unwrap_or_default()
+        };
+        Ok(self.head.get_or_init(|| name))
     }
 
     fn ensure_alias(&self, alias: &str) -> Result<(), MinimegaError> {
@@ -435,15 +455,15 @@ impl MinimegaHost {
         Ok(())
     }
 
-    /// `vm config …` + `vm launch kvm` + `vm start` for one VM.
+    /// The `vm config …` commands of one VM (after a `clear vm config`);
+    /// [`batch`] queues and launches them.
     fn launch_sync(
         &self,
         experiment: &str,
         accel: Accel,
         vm: &VmSpec,
         disks: &[DiskSpec],
-    ) -> Result<(u32, crate::state::Attrs), MinimegaError> {
-        self.ensure_namespace()?;
+    ) -> Result<Vec<Command>, MinimegaError> {
         let mut cfg: Vec<Command> = vec![Command::new("clear").word("vm").word("config")];
         let c = || Command::new("vm").word("config");
         cfg.push(c().word("uuid").arg(&vm.uuid.to_string())?);
@@ -550,43 +570,7 @@ impl MinimegaHost {
         } else if let Some(other) = &vm.colocate {
             cfg.push(c().word("colocate").arg(other)?);
         }
-        let name = Name::new(&vm.name)?;
-        {
-            // One VM's configuration at a time: `vm config` is shared.
-            let mut cl = self.client.lock().expect("the client lock");
-            for cmd in cfg {
-                cl.run_ok(&cmd.in_namespace(&self.ns))?;
-            }
-            cl.run_ok(
-                &Command::new("vm")
-                    .word("launch")
-                    .word("kvm")
-                    .name(&name)
-                    .in_namespace(&self.ns),
-            )?;
-            cl.run_ok(
-                &Command::new("clear")
-                    .word("vm")
-                    .word("config")
-                    .in_namespace(&self.ns),
-            )?;
-        }
-        self.run_ok(Command::new("vm").word("start").name(&name))?;
-        let info = self
-            .vm_info()?
-            .into_iter()
-            .find(|v| v.name == vm.name && self.ours(v).is_some());
-        let mut computed = crate::state::Attrs::new();
-        let pid = info
-            .as_ref()
-            .map_or(0, |v| u32::try_from(v.pid).unwrap_or(0));
-        if let Some(v) = info {
-            computed.insert("node".into(), v.host.clone().into());
-            let taps: Vec<serde_json::Value> =
-                v.networks.iter().map(|n| n.tap.clone().into()).collect();
-            computed.insert("minimega_taps".into(), taps.into());
-        }
-        Ok((pid, computed))
+        Ok(cfg)
     }
 
     /// Delete megaplan's cc commands for the VM with `uuid`: minimega
@@ -620,7 +604,16 @@ impl MinimegaHost {
         if let Ok(spec) = self.vm_spec(vm) {
             self.forget_commands(&spec.uuid.to_string())?;
         }
-        let Some(info) = self.vm_info()?.into_iter().find(|v| v.name == vm) else {
+        let (vms, silent) = self.vm_info_nodes()?;
+        let Some(info) = vms.into_iter().find(|v| v.name == vm) else {
+            // Not seen: gone, unless a node that did not answer has it.
+            let placed = self.vm_spec(vm).ok().and_then(|s| s.host.as_deref());
+            if let Some(why) = silent.doubt(placed) {
+                return Err(MinimegaError::NodeSilent {
+                    vm: vm.to_string(),
+                    errors: why,
+                });
+            }
             return Ok(());
         };
         if self.ours(&info).is_some() {
@@ -645,7 +638,8 @@ impl MinimegaHost {
             );
         }
         if !matches!(info.state, VmState::Quit | VmState::Error) {
-            self.run_ok(Command::new("vm").word("kill").name(&name))?;
+            // Its node's answer counts (another node may be unreachable).
+            self.run_on_one(Command::new("vm").word("kill").name(&name))?;
         }
         let end = Instant::now() + GONE_WAIT;
         loop {
@@ -688,7 +682,9 @@ impl MinimegaHost {
         if !self.namespace_exists()? {
             return Ok(true);
         }
-        if !self.vm_info()?.is_empty() {
+        let (vms, silent) = self.vm_info_nodes()?;
+        // A node that did not answer may still have VMs in it.
+        if !vms.is_empty() || silent.doubt(None).is_some() {
             return Ok(false);
         }
         let mut c = self.client.lock().expect("the client lock");
@@ -991,6 +987,7 @@ impl Provider for MinimegaHost {
                 }
                 r => r?,
             },
+            // A batch of one (VM creates come in batches: `execute_batch`).
             Op::LaunchVm {
                 experiment,
                 accel,
@@ -998,30 +995,19 @@ impl Provider for MinimegaHost {
                 disks,
                 ..
             } => {
-                for p in vm.kernel.iter().chain(vm.initrd.iter()) {
-                    if !p.exists() {
-                        return Err(PError::MissingBootFile { path: p.clone() });
-                    }
-                }
                 if let Some(other) = &vm.colocate {
-                    // minimega colocates only with a VM it already has.
-                    let end = Instant::now() + GONE_WAIT;
-                    while !self.vm_info()?.iter().any(|v| &v.name == other) {
-                        if Instant::now() >= end {
-                            return Err(MinimegaError::Wait(format!(
-                                "{} waits for {other} (its mirror partner) to launch first",
-                                vm.name
-                            ))
-                            .into());
-                        }
-                        tokio::time::sleep(POLL).await;
-                    }
+                    self.wait_for_partner(&vm.name, other).await?;
                 }
-                let (pid, computed) = self.launch_sync(experiment, *accel, vm, disks)?;
-                return Ok(OpOutcome {
-                    outcome: Outcome::Launched { pid },
-                    computed,
-                });
+                let one = batch::Launch {
+                    experiment,
+                    accel: *accel,
+                    vm,
+                    disks,
+                };
+                return self
+                    .launch_many(&[&one])
+                    .pop()
+                    .unwrap_or_else(|| Ok(OpOutcome::done()));
             }
             Op::AddMirror {
                 source_tap,
@@ -1074,6 +1060,22 @@ impl Provider for MinimegaHost {
 
     fn sweep(&self, _sd: &StateDir) -> Vec<PathBuf> {
         Vec::new()
+    }
+
+    /// VM creates ready together are one batch (see [`batch`]); network
+    /// and tap creates too (they are carried out one by one, but recorded
+    /// together: every op here runs on the one connection in turn anyway).
+    fn batches(&self, kind: Kind, phase: crate::provider::ops::Phase) -> bool {
+        phase == crate::provider::ops::Phase::Create
+            && matches!(kind, Kind::Vm | Kind::Network | Kind::Tap)
+    }
+
+    async fn execute_batch(
+        &self,
+        sd: &StateDir,
+        tasks: &[Vec<Op>],
+    ) -> Vec<Vec<Result<OpOutcome, PError>>> {
+        self.execute_batch_ops(sd, tasks).await
     }
 
     async fn guest(&self, _e: &str, vm: &str, _w: GuestWait) -> Result<Self::Guest, PError> {
@@ -1423,5 +1425,15 @@ impl Provider for Engine {
     }
     fn forget_runtime(&self, experiment: &str) {
         delegate!(self, h => h.forget_runtime(experiment))
+    }
+    fn batches(&self, kind: Kind, phase: crate::provider::ops::Phase) -> bool {
+        delegate!(self, h => h.batches(kind, phase))
+    }
+    async fn execute_batch(
+        &self,
+        sd: &StateDir,
+        tasks: &[Vec<Op>],
+    ) -> Vec<Vec<Result<OpOutcome, PError>>> {
+        delegate!(self, h => h.execute_batch(sd, tasks).await)
     }
 }

@@ -650,6 +650,13 @@ fn live_check(r: &Resource, obs: &Observed, prior: &State) -> (bool, bool, Vec<R
             }
         }
         Spec::Vm(_) => match obs.vms.get(&r.address) {
+            _ if let Some(u) = obs.unreachable.get(&r.address) => {
+                replace = true;
+                why.push(Reason::NodeUnreachable {
+                    node: u.node.clone(),
+                    error: u.error.clone(),
+                });
+            }
             None => {
                 replace = true;
                 why.push(Reason::VmNotRunning { status: None });

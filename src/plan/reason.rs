@@ -71,6 +71,9 @@ pub enum Reason {
     NotOnBridge { bridge: String },
     /// Refresh found its QEMU dead (`status: None`) or not running.
     VmNotRunning { status: Option<String> },
+    /// The node it was placed on did not answer refresh (a minimega node
+    /// gone from the mesh): it may or may not run there.
+    NodeUnreachable { node: String, error: String },
     /// A VM's tap is recreated (`nic` is the tap's short name, `nic[0]`).
     TapRecreated { nic: String },
     /// A VM's disk is recreated.
@@ -110,6 +113,7 @@ impl Reason {
             Reason::LinkDown { .. } => "link_down",
             Reason::NotOnBridge { .. } => "not_on_bridge",
             Reason::VmNotRunning { .. } => "vm_not_running",
+            Reason::NodeUnreachable { .. } => "node_unreachable",
             Reason::TapRecreated { .. }
             | Reason::DiskRecreated { .. }
             | Reason::MirrorRewired { .. }
@@ -139,6 +143,7 @@ impl Reason {
         "link_down",
         "not_on_bridge",
         "vm_not_running",
+        "node_unreachable",
         "dependency_replaced",
         "vm_restarted",
         "not_in_file",
@@ -184,6 +189,11 @@ impl fmt::Display for Reason {
             Reason::VmNotRunning {
                 status: Some(status),
             } => write!(f, "QEMU is {status}"),
+            Reason::NodeUnreachable { node, error } => write!(
+                f,
+                "its node {node} did not answer ({})",
+                crate::diag::escape(error)
+            ),
             Reason::TapRecreated { nic } => write!(f, "its tap {nic} is recreated"),
             Reason::DiskRecreated { disk } => write!(f, "its disk {disk} is recreated"),
             Reason::MirrorRewired {
@@ -258,6 +268,10 @@ mod tests {
                 bridge: "mpb1".into(),
             },
             Reason::VmNotRunning { status: None },
+            Reason::NodeUnreachable {
+                node: "mm2".into(),
+                error: "no such client mm2".into(),
+            },
             Reason::VmReplaced,
             Reason::VmRestarted,
             Reason::NotInFile { step: false },

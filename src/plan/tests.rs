@@ -744,3 +744,34 @@ fn attributes_are_derived_from_the_spec() {
         }
     }
 }
+
+/// A VM whose node did not answer refresh (minimega): its own reason,
+/// with the node and what the engine said, not "QEMU not running".
+#[test]
+fn a_vm_on_an_unreachable_node_is_replaced_with_its_own_reason() {
+    let (s, mut o) = seeded(SEED);
+    o.vms.remove("vm.B");
+    o.unreachable.insert(
+        "vm.B".into(),
+        crate::observed::Unreachable {
+            node: "mm2".into(),
+            error: "no such client mm2".into(),
+        },
+    );
+    let p = replan(SEED, &s, &o);
+    let vm = p.change("vm.B").unwrap();
+    assert_eq!(vm.action, Action::Replace);
+    assert_eq!(
+        vm.reasons[0],
+        Reason::NodeUnreachable {
+            node: "mm2".into(),
+            error: "no such client mm2".into()
+        }
+    );
+    assert_eq!(vm.reasons[0].code(), "node_unreachable");
+    assert_eq!(
+        vm.reasons[0].to_string(),
+        "its node mm2 did not answer (no such client mm2)"
+    );
+    assert_eq!(p.change("vm.A").unwrap().action, Action::NoOp);
+}

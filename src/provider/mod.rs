@@ -206,6 +206,50 @@ pub trait Provider {
 
     /// After a destroy: forget the experiment's runtime folders if empty.
     fn forget_runtime(&self, _experiment: &str) {}
+
+    /// Whether the executor hands this engine the tasks of `kind` in
+    /// `phase` that are ready together as one [`Provider::execute_batch`]
+    /// (one effect against the parallelism cap). Default: no, each task's
+    /// ops go through [`Provider::execute`].
+    fn batches(&self, _kind: Kind, _phase: ops::Phase) -> bool {
+        false
+    }
+
+    /// Carry out several tasks at once: `tasks[i]` is one task's ops, in
+    /// order. The answer has, per task, each op's result in order, ending
+    /// at its first error or its first `LeftAlone`. Default: each task's
+    /// ops through [`Provider::execute`], one task after the other.
+    async fn execute_batch(
+        &self,
+        sd: &StateDir,
+        tasks: &[Vec<Op>],
+    ) -> Vec<Vec<Result<OpOutcome, ProviderError>>> {
+        let mut out = Vec::with_capacity(tasks.len());
+        for ops in tasks {
+            out.push(execute_in_order(self, sd, ops).await);
+        }
+        out
+    }
+}
+
+/// One task's ops through [`Provider::execute`], in order, up to the
+/// first error or `LeftAlone` (what [`Provider::execute_batch`] answers
+/// per task).
+pub async fn execute_in_order<P: Provider + ?Sized>(
+    p: &P,
+    sd: &StateDir,
+    ops: &[Op],
+) -> Vec<Result<OpOutcome, ProviderError>> {
+    let mut out = Vec::with_capacity(ops.len());
+    for op in ops {
+        let r = p.execute(sd, op).await;
+        let stop = !matches!(&r, Ok(o) if !matches!(o.outcome, Outcome::LeftAlone(_)));
+        out.push(r);
+        if stop {
+            break;
+        }
+    }
+    out
 }
 
 /// A recorded step outcome: its exit (as written), stdout and stderr.

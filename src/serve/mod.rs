@@ -4,21 +4,26 @@
 //! A small HTTP/1.1 server on tokio (GET and HEAD; POST only for actions) serves one page whose
 //! assets are compiled into the binary, the drawing (`/graph.svg`, from
 //! [`draw::svg`], the same function as `megaplan graph --format svg`), the
-//! current snapshot (`/snapshot.json`) and a server-sent event stream
-//! (`/events`) that pushes each new snapshot.
+//! current snapshot (`/snapshot.json`), a server-sent event stream
+//! (`/events`) that pushes each new snapshot, and each capture's file
+//! (`/captures/NAME.pcap`, NAME one of the Lab's captures).
 //!
 //! Invariants:
 //! - Read-only without `--allow-actions`: nothing reachable from the page
 //!   changes the host (`/actions/*` is 404). With it, see [`actions`]. The
 //!   snapshot is built with the functions the CLI uses, through the
 //!   provider the CLI built (`Provider::refresh`, `cc::responses`,
-//!   `cc::addresses`, `Provider::serial_tail`; then `show::rows`,
+//!   `cc::addresses`, `Provider::serial_tail`; the state folder's
+//!   `checks.json` through `check::report::load`; then `show::rows`,
 //!   `plan::plan` + `render::text`), each about a second, and is pushed
 //!   only when it changed.
 //! - A non-loopback listen address needs a token; with a token, every
 //!   request carries it (`Authorization: Bearer` or `?token=`), compared in
 //!   constant time. Everything else is 404 (or 401 / 405 / 400).
 //! - No asset refers to another origin: the page works offline.
+//! - A capture is served by a name looked up in the Lab, never by a path
+//!   from the request; its file is opened inside the state folder with no
+//!   link followed ([`open_capture`]).
 
 pub mod actions;
 pub mod draw;
@@ -44,8 +49,9 @@ const STYLE_CSS: &str = include_str!("assets/style.css");
 
 /// How often the server looks at the host.
 pub const REFRESH: Duration = Duration::from_secs(1);
-/// How often it asks running guests for their addresses (an agent session
-/// each, serialised with steps: not every second).
+/// How often it asks every running guest for its addresses (an agent
+/// session each, serialised with steps: not every second). A running VM
+/// with no address yet is asked at every [`REFRESH`].
 pub const ADDRESS_REFRESH: Duration = Duration::from_secs(5);
 /// The serial console tail shown per VM.
 pub const SERIAL_TAIL: u64 = 4096;
@@ -80,6 +86,22 @@ pub enum ServeError {
     },
     #[error(transparent)]
     Io(#[from] std::io::Error),
+}
+
+/// Why a capture file could not be opened for download.
+#[derive(Debug, thiserror::Error)]
+pub enum CaptureFileError {
+    #[error(transparent)]
+    Name(#[from] crate::capture::CaptureError),
+    #[error(transparent)]
+    State(#[from] crate::state::StateError),
+    #[error("cannot open {path}: {source}")]
+    Open {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{0} is not a plain file")]
+    NotPlainFile(PathBuf),
 }
 
 /// Read a token file (one line; not a symlink; at most 4 KiB).
@@ -149,6 +171,41 @@ pub struct Seen {
     pub observed: crate::observed::Observed,
     pub results: Vec<crate::cc::Recorded>,
     pub serial: BTreeMap<String, String>,
+    /// The last `checks.json` (after `megaplan test` or `check`), or why it
+    /// could not be read.
+    pub checks: Result<Option<crate::check::run::Report>, String>,
+    /// Each capture's file size, when it has a file.
+    pub capture_bytes: BTreeMap<String, u64>,
+}
+
+/// Open the capture file of `name` (a name from the Lab, never from a
+/// request): inside the state folder, no component followed as a link, a
+/// regular file. None when it was not recorded yet.
+pub fn open_capture(sd: &StateDir, name: &str) -> Result<Option<std::fs::File>, CaptureFileError> {
+    // The capture module names the file (and refuses a bad name); it is
+    // opened one component at a time from the state folder's handle.
+    let path = crate::capture::file_path(sd, name)?;
+    let (folder, file) = (crate::capture::CAPTURES_DIR, format!("{name}.pcap"));
+    debug_assert_eq!(path, sd.root.join(folder).join(&file));
+    let err = |source| CaptureFileError::Open {
+        path: path.clone(),
+        source,
+    };
+    let Some(root) = sd.open(false)? else {
+        return Ok(None);
+    };
+    let Some(dir) = root.subdir(folder, false).map_err(err)? else {
+        return Ok(None);
+    };
+    let f = match dir.open_file(&file, crate::safefs::Open::Read) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(err(e)),
+    };
+    if !f.metadata().map_err(err)?.is_file() {
+        return Err(CaptureFileError::NotPlainFile(path));
+    }
+    Ok(Some(f))
 }
 
 /// Gather a snapshot's inputs: the state from its folder, everything else
@@ -172,11 +229,22 @@ pub async fn look<P: Provider>(provider: &P, lab: &Lab, sd: &StateDir) -> Result
             )
         })
         .collect();
+    let checks = crate::check::report::load(sd).map_err(|e| e.to_string());
+    let capture_bytes = lab
+        .captures
+        .iter()
+        .filter_map(|c| {
+            let f = open_capture(sd, &c.name).ok()??;
+            Some((c.name.clone(), f.metadata().ok()?.len()))
+        })
+        .collect();
     Ok(Seen {
         state,
         observed,
         results,
         serial,
+        checks,
+        capture_bytes,
     })
 }
 
@@ -191,11 +259,14 @@ pub fn snapshot(
         observed,
         results,
         serial,
+        checks,
+        capture_bytes,
     } = match seen {
         Ok(s) => s,
         Err(e) => return json!({ "experiment": lab.name, "error": e }),
     };
     let rows = crate::show::rows(lab, &state, &observed);
+    let hosts = draw::hosts(lab, &state);
     let mut states = BTreeMap::new();
     let vms: Vec<Value> = lab
         .vms
@@ -208,6 +279,13 @@ pub fn snapshot(
                 .unwrap_or("unknown")
                 .to_string();
             states.insert(vm.name.clone(), st);
+            row.insert(
+                "host".into(),
+                hosts
+                    .get(&vm.name)
+                    .cloned()
+                    .map_or(Value::Null, Value::from),
+            );
             row.insert(
                 "ip".into(),
                 addrs.get(&vm.name).cloned().unwrap_or_default().into(),
@@ -252,6 +330,34 @@ pub fn snapshot(
         })
         .collect();
     let p = crate::plan::plan(Some(lab), &state, Some(&observed), crate::plan::Mode::Apply);
+    let checks = match checks {
+        Ok(Some(r)) => json!(r),
+        Ok(None) => Value::Null,
+        Err(e) => json!({ "error": e }),
+    };
+    let captures: Vec<Value> = lab
+        .captures
+        .iter()
+        .map(|c| {
+            let records = match &c.network {
+                Some(n) => format!("network {n}"),
+                None => c
+                    .taps
+                    .iter()
+                    .map(|t| format!("{} nic {} ({})", t.vm, t.nic, t.tap))
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            };
+            json!({
+                "name": c.name,
+                "records": records,
+                "recorder": observed.captures.get(&c.address),
+                "bytes": capture_bytes.get(&c.name),
+                // Relative to the page; the name is a validated capture name.
+                "download": format!("captures/{}", c.file_name()),
+            })
+        })
+        .collect();
     json!({
         "experiment": lab.name,
         "file": lab.file.display().to_string(),
@@ -265,12 +371,17 @@ pub fn snapshot(
         "vms": vms,
         "plan": crate::plan::render::text(&p),
         "has_changes": p.has_changes(),
-        "svg": draw::svg(lab, &states),
+        "checks": checks,
+        "captures": captures,
+        "hosts": hosts,
+        "svg": draw::svg(lab, &states, &hosts),
     })
 }
 
 struct Shared {
     token: Option<String>,
+    /// The experiment's state folder (capture files are in it).
+    sd: StateDir,
     /// The port listened on (for the `Host` check).
     port: u16,
     /// The latest snapshot, serialised.
@@ -311,11 +422,12 @@ pub async fn run<P: Provider>(
     let (tx, rx) = watch::channel(Arc::new(first.to_string()));
     // Not spawned: the provider's futures need not be Send; the watch runs
     // beside the accept loop in this task.
-    let watch = watch_host(provider, lab.clone(), sd, tx);
+    let watch = watch_host(provider, lab.clone(), sd.clone(), tx);
     let local = listener.local_addr()?;
     let shared = Arc::new(Shared {
         port: local.port(),
         token,
+        sd,
         snap: rx,
         lab,
         actions,
@@ -384,19 +496,47 @@ async fn watch_host<P: Provider>(
     sd: StateDir,
     tx: watch::Sender<Arc<String>>,
 ) {
-    let mut addrs = BTreeMap::new();
+    let mut addrs: BTreeMap<String, Vec<String>> = BTreeMap::new();
     let mut last_addrs: Option<tokio::time::Instant> = None;
+    // The VMs running at the last look.
+    let mut running: std::collections::BTreeSet<String> = Default::default();
     loop {
         tokio::time::sleep(REFRESH).await;
         if last_addrs.is_none_or(|t| t.elapsed() >= ADDRESS_REFRESH) {
             addrs = crate::cc::addresses(provider, &lab).await;
             last_addrs = Some(tokio::time::Instant::now());
+        } else {
+            // A running VM without an address yet is asked every time, so
+            // an address appearing shows within a second or two (and one
+            // lost to a busy agent comes back as soon).
+            let waiting: Vec<_> = lab
+                .vms
+                .iter()
+                .filter(|v| {
+                    running.contains(&v.name) && addrs.get(&v.name).is_none_or(Vec::is_empty)
+                })
+                .cloned()
+                .collect();
+            if !waiting.is_empty() {
+                let some = Lab {
+                    vms: waiting,
+                    ..lab.clone()
+                };
+                addrs.extend(crate::cc::addresses(provider, &some).await);
+            }
         }
         let seen = look(provider, &lab, &sd).await;
         let (l, a) = (lab.clone(), addrs.clone());
         let Ok(snap) = tokio::task::spawn_blocking(move || snapshot(&l, seen, &a)).await else {
             continue;
         };
+        running = snap["vms"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|v| v["state"] == "running")
+            .filter_map(|v| v["name"].as_str().map(str::to_string))
+            .collect();
         let text = snap.to_string();
         tx.send_if_modified(|cur| {
             if **cur == text {
@@ -565,6 +705,9 @@ fn index_html(token: Option<&str>, actions: bool) -> String {
 pub enum Reply {
     Fixed(&'static str, &'static str, String),
     Events,
+    /// `/captures/NAME.pcap`: the capture of this name in the Lab (its
+    /// name, taken from the Lab, not from the request).
+    Capture(String),
 }
 
 /// Route a request (pure but for reading the latest snapshot); actions
@@ -595,6 +738,16 @@ fn route(req: &Request, token: Option<&str>, snap: &str, lab: &Lab, actions: boo
             "this view is read-only\n".into(),
         );
     }
+    // Only the exact name of one of the Lab's captures: the request's path
+    // is compared, never decoded or joined to anything.
+    if let Some(c) = req
+        .path
+        .strip_prefix("/captures/")
+        .and_then(|f| f.strip_suffix(".pcap"))
+        .and_then(|n| lab.captures.iter().find(|c| c.name == n))
+    {
+        return Reply::Capture(c.name.clone());
+    }
     match req.path.as_str() {
         "/" | "/index.html" => Reply::Fixed(
             "200 OK",
@@ -608,7 +761,7 @@ fn route(req: &Request, token: Option<&str>, snap: &str, lab: &Lab, actions: boo
             let svg = serde_json::from_str::<Value>(snap)
                 .ok()
                 .and_then(|v| v.get("svg").and_then(Value::as_str).map(str::to_string))
-                .unwrap_or_else(|| draw::svg(lab, &BTreeMap::new()));
+                .unwrap_or_else(|| draw::svg(lab, &BTreeMap::new(), &BTreeMap::new()));
             Reply::Fixed("200 OK", "image/svg+xml", svg)
         }
         "/events" => Reply::Events,
@@ -688,13 +841,15 @@ async fn handle(mut sock: TcpStream, shared: Arc<Shared>) -> std::io::Result<()>
         return sock.shutdown().await;
     }
     let snap = shared.snap.borrow().clone();
-    match route(
+    let reply = route(
         &req,
         shared.token.as_deref(),
         &snap,
         &shared.lab,
         shared.actions.is_some(),
-    ) {
+    );
+    match reply {
+        Reply::Capture(name) => send_capture(sock, &shared.sd, &name, req.method == "HEAD").await,
         Reply::Fixed(status, ctype, body) => {
             let mut out = format!(
                 "HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\n{HEADERS}Connection: close\r\n\r\n",
@@ -743,6 +898,56 @@ async fn handle(mut sock: TcpStream, shared: Arc<Shared>) -> std::io::Result<()>
             }
         }
     }
+}
+
+/// Stream a capture file as it is now (its length when opened: a recorder
+/// may be appending), or 404 when it was not recorded yet.
+async fn send_capture(
+    mut sock: TcpStream,
+    sd: &StateDir,
+    name: &str,
+    head_only: bool,
+) -> std::io::Result<()> {
+    let plain = |status: &str, body: &str| {
+        format!(
+            "HTTP/1.1 {status}\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: {}\r\n{HEADERS}Connection: close\r\n\r\n{body}",
+            body.len()
+        )
+    };
+    let file = match open_capture(sd, name) {
+        Ok(Some(f)) => f,
+        Ok(None) => {
+            let body = format!("capture '{name}' has no file yet (apply starts its recorder)\n");
+            sock.write_all(plain("404 Not Found", &body).as_bytes())
+                .await?;
+            return sock.shutdown().await;
+        }
+        Err(e) => {
+            eprintln!("capture '{name}': {e}");
+            let body = format!("cannot read capture '{name}'\n");
+            sock.write_all(plain("500 Internal Server Error", &body).as_bytes())
+                .await?;
+            return sock.shutdown().await;
+        }
+    };
+    let len = file.metadata()?.len();
+    sock.write_all(
+        format!(
+            "HTTP/1.1 200 OK\r\nContent-Type: application/vnd.tcpdump.pcap\r\nContent-Disposition: attachment; filename=\"{name}.pcap\"\r\nContent-Length: {len}\r\n{HEADERS}Connection: close\r\n\r\n"
+        )
+        .as_bytes(),
+    )
+    .await?;
+    if !head_only {
+        let mut body = tokio::fs::File::from_std(file).take(len);
+        let sent = tokio::io::copy(&mut body, &mut sock).await?;
+        if sent < len {
+            // Shorter than it was (truncated under us): the length sent was
+            // wrong, so the connection is cut rather than padded.
+            return Err(std::io::Error::other("capture file shrank while sent"));
+        }
+    }
+    sock.shutdown().await
 }
 
 /// The request body: what followed the head plus the rest of
@@ -841,6 +1046,7 @@ mod tests {
         match r {
             Reply::Fixed(s, _, _) => s,
             Reply::Events => "events",
+            Reply::Capture(_) => "capture",
         }
     }
 
@@ -1090,6 +1296,76 @@ mod tests {
     }
 
     #[test]
+    fn a_capture_is_asked_for_by_its_exact_name() {
+        let src = crate::diag::SourceFile::new(
+            "t.kdl",
+            "experiment \"x\"\nnetwork \"LAN\"\nvm \"A\" { kernel \"/k\"; nic \"LAN\"; }\ncapture \"mon\" { tap \"A\" nic=0; }\n",
+        );
+        let l = crate::validate::check(&src).0.unwrap();
+        let ask = |h: &str, t: Option<&str>| match route(&req(h), t, "{}", &l, false) {
+            Reply::Capture(n) => n,
+            r => status(r).to_string(),
+        };
+        assert_eq!(ask("GET /captures/mon.pcap HTTP/1.1", None), "mon");
+        assert_eq!(ask("HEAD /captures/mon.pcap HTTP/1.1", None), "mon");
+        for bad in [
+            "/captures/mon",
+            "/captures/nope.pcap",
+            "/captures/../mon.pcap",
+            "/captures/%6Don.pcap",
+            "/captures/mon.pcap/x",
+            "/captures/x/../mon.pcap",
+        ] {
+            assert_eq!(
+                ask(&format!("GET {bad} HTTP/1.1"), None),
+                "404 Not Found",
+                "{bad}"
+            );
+        }
+        let t = Some("s3cret");
+        assert_eq!(
+            ask("GET /captures/mon.pcap HTTP/1.1", t),
+            "401 Unauthorized"
+        );
+        assert_eq!(
+            ask("GET /captures/mon.pcap?token=s3cret HTTP/1.1", t),
+            "mon"
+        );
+        // Writes are refused before a capture is looked up.
+        assert_eq!(
+            ask("POST /captures/mon.pcap HTTP/1.1", None),
+            "405 Method Not Allowed"
+        );
+    }
+
+    #[test]
+    fn a_capture_file_is_opened_inside_the_state_folder_only() {
+        let d = tempfile::tempdir().unwrap();
+        let sd = StateDir {
+            root: d.path().join("state"),
+            experiment: "x".into(),
+        };
+        assert!(open_capture(&sd, "mon").unwrap().is_none(), "no folder yet");
+        std::fs::create_dir_all(sd.root.join("captures")).unwrap();
+        assert!(open_capture(&sd, "mon").unwrap().is_none(), "no file yet");
+        std::fs::write(sd.root.join("captures/mon.pcap"), "pcap").unwrap();
+        assert!(open_capture(&sd, "mon").unwrap().is_some());
+        std::fs::write(d.path().join("secret"), "x").unwrap();
+        std::os::unix::fs::symlink(d.path().join("secret"), sd.root.join("captures/l.pcap"))
+            .unwrap();
+        assert!(open_capture(&sd, "l").is_err(), "a link is not followed");
+        std::fs::create_dir(sd.root.join("captures/dir.pcap")).unwrap();
+        assert!(open_capture(&sd, "dir").is_err(), "not a plain file");
+        assert!(open_capture(&sd, "../secret").is_err(), "not a name");
+        // A linked captures folder is not followed either.
+        std::fs::remove_dir_all(sd.root.join("captures")).unwrap();
+        std::fs::create_dir(d.path().join("elsewhere")).unwrap();
+        std::fs::write(d.path().join("elsewhere/mon.pcap"), "x").unwrap();
+        std::os::unix::fs::symlink(d.path().join("elsewhere"), sd.root.join("captures")).unwrap();
+        assert!(open_capture(&sd, "mon").is_err());
+    }
+
+    #[test]
     fn no_asset_refers_to_another_origin() {
         for (name, a) in [
             ("index.html", INDEX_HTML),
@@ -1102,7 +1378,7 @@ mod tests {
             );
         }
         // The drawing's only URL is the SVG namespace, which is never fetched.
-        let s = draw::svg(&lab(), &BTreeMap::new());
+        let s = draw::svg(&lab(), &BTreeMap::new(), &BTreeMap::new());
         assert_eq!(s.matches("http").count(), 1, "{s}");
     }
 

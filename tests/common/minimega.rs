@@ -361,6 +361,34 @@ impl Node {
         );
     }
 
+    /// Kill this node's minimega (SIGKILL, as a crash or a lost node), and
+    /// wait until it is gone; its QEMUs run on, orphaned: the caller ends
+    /// them with [`Node::kill_orphans`] once it has looked.
+    #[allow(dead_code)]
+    pub fn kill_minimega(&mut self) {
+        if let Some(mut child) = self.minimega.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Kill what a killed minimega left running in this node (its QEMUs
+    /// and their helpers); what was killed.
+    #[allow(dead_code)]
+    pub fn kill_orphans(&self) -> Vec<String> {
+        let mut killed = Vec::new();
+        for (pid, comm) in self.processes() {
+            if comm.starts_with("ovs") {
+                continue;
+            }
+            // SAFETY: plain kill of a process in our own namespace.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+            wait_for(STEP, || !alive(pid));
+            killed.push(comm);
+        }
+        killed
+    }
+
     /// minimega's output and log, for failure messages.
     pub fn log(&self) -> String {
         let a = std::fs::read_to_string(self.dir.join("minimega.out")).unwrap_or_default();

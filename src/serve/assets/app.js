@@ -49,6 +49,8 @@ function renderVm(vm) {
     field("tags", tags),
     field("cc steps done", vm.cc),
   );
+  // The host it runs on, when the provider records one (minimega's node).
+  if (vm.host) t.prepend(field("host", vm.host));
   d.append(t);
   for (const s of vm.steps || []) {
     const failed = s.exit !== null && s.exit !== "0";
@@ -66,6 +68,57 @@ function renderVm(vm) {
   return d;
 }
 
+function when(seconds) {
+  return new Date(seconds * 1000).toLocaleString();
+}
+
+// The last `megaplan test`/`check` run (checks.json): per check its result,
+// message and when; what it ran and saw in a <details>.
+function renderChecks(report) {
+  const body = $("checks").tBodies[0];
+  const summary = $("checks-summary");
+  $("checks").hidden = !report || !!report.error;
+  if (!report) {
+    summary.textContent = "No checks have run: megaplan test or megaplan check writes the results shown here.";
+    body.replaceChildren();
+    return;
+  }
+  if (report.error) {
+    summary.textContent = "cannot read the check results: " + report.error;
+    body.replaceChildren();
+    return;
+  }
+  summary.textContent = report.passed + " passed, " + report.failed + " failed — run at " +
+    when(report.started) + " (" + report.duration_ms + " ms)";
+  body.replaceChildren(...(report.results || []).map((r) => {
+    const det = el("details", {}, el("summary", {}, r.message));
+    const text = [r.command, r.exit !== undefined ? "exit " + r.exit : "",
+      r.attempts > 1 ? r.attempts + " attempts" : "",
+      r.frames !== undefined ? r.matched + " of " + r.frames + " frames matched" : ""].filter(Boolean).join("\n");
+    det.append(el("pre", {}, text));
+    if (r.stdout) det.append(el("pre", { class: "stdout" }, r.stdout));
+    if (r.stderr) det.append(el("pre", { class: "stderr" }, r.stderr));
+    if (r.excerpt && r.excerpt.length) det.append(el("pre", { class: "excerpt" }, r.excerpt.join("\n")));
+    const tr = el("tr", { class: "check " + (r.passed ? "passed" : "failed"), "data-check": r.name });
+    tr.append(el("td", { class: "result" }, r.passed ? "pass" : "FAIL"), el("td", {}, r.name),
+      el("td", {}, det), el("td", {}, when(report.started) + " (" + r.duration_ms + " ms)"));
+    return tr;
+  }));
+}
+
+function renderCaptures(captures) {
+  $("captures-none").hidden = captures.length > 0;
+  $("captures").hidden = captures.length === 0;
+  $("captures").tBodies[0].replaceChildren(...captures.map((c) => {
+    const link = c.bytes === null || c.bytes === undefined
+      ? "not recorded yet"
+      : el("a", { href: withToken(c.download), download: c.name + ".pcap", class: "download" }, c.name + ".pcap");
+    const tr = row(c.name, c.records, c.recorder ? "pid " + c.recorder : "stopped", c.bytes ?? "", link);
+    tr.dataset.capture = c.name;
+    return tr;
+  }));
+}
+
 function render(snap) {
   updates += 1;
   document.body.dataset.updates = String(updates);
@@ -77,6 +130,8 @@ function render(snap) {
   if (snap.error) return;
   if (typeof snap.svg === "string") $("topology").innerHTML = snap.svg;
   $("plan").textContent = snap.plan || "";
+  renderChecks(snap.checks);
+  renderCaptures(snap.captures || []);
   const nets = $("networks").tBodies[0];
   nets.replaceChildren(...(snap.networks || []).map((n) => row(n.name, n.bridge, n.host_address ?? "")));
   const mirrors = $("mirrors").tBodies[0];
