@@ -42,14 +42,13 @@ pub fn adopt(lab: &Lab, state: &mut State, observed: &mut Observed, sd: &StateDi
         // Filled in only for what is found: most of a big lab is not.
         let mut rec = Record::new(r.kind, Default::default());
         let found = match &r.spec {
-            Spec::Network(n) => observed
-                .links
-                .get(&r.address)
-                .is_some_and(|l| l.kind == ObservedKind::Bridge && l.name == n.bridge),
+            Spec::Network(n) => observed.links.get(&r.address).is_some_and(|l| {
+                l.kind == ObservedKind::Bridge && Some(&l.name) == n.bridge.as_ref()
+            }),
             Spec::Tap(t) => observed
                 .links
                 .get(&r.address)
-                .is_some_and(|l| l.kind == ObservedKind::Tun && l.name == t.name),
+                .is_some_and(|l| l.kind == ObservedKind::Tun && Some(&l.name) == t.name.as_ref()),
             Spec::Disk(d) => sd
                 .disk_file(&d.disk.file_name())
                 .ok()
@@ -64,11 +63,13 @@ pub fn adopt(lab: &Lab, state: &mut State, observed: &mut Observed, sd: &StateDi
                 _ => false,
             },
             Spec::Mirror(want) => {
-                match observed
-                    .mirrors
-                    .iter()
-                    .find(|m| m.source_tap == want.source_tap && m.dest_tap == want.dest_tap)
-                {
+                match observed.mirrors.iter().find(|m| match &m.address {
+                    Some(a) => *a == r.address,
+                    None => {
+                        Some(&m.source_tap) == want.source_tap.as_ref()
+                            && Some(&m.dest_tap) == want.dest_tap.as_ref()
+                    }
+                }) {
                     Some(m) if m.ingress || m.egress => {
                         let wired = match (m.ingress, m.egress) {
                             (true, true) => "both",
@@ -168,7 +169,7 @@ vm "B" {
 
     fn lab() -> Lab {
         let src = SourceFile::new("/lab/x.kdl", LAB);
-        let (lab, diags) = crate::validate::check(&src);
+        let (lab, diags) = crate::provider::names::check_local(&src);
         assert!(!diags.has_errors(), "{}", diags.render_plain(&src));
         lab.unwrap()
     }
@@ -187,11 +188,12 @@ vm "B" {
     fn host(lab: &Lab) -> Observed {
         let mut o = Observed::default();
         let n = &lab.networks[0];
-        o.links.insert(n.address.clone(), link(&n.bridge, "bridge"));
+        let bridge = n.bridge.clone().unwrap();
+        o.links.insert(n.address.clone(), link(&bridge, "bridge"));
         for vm in &lab.vms {
             for nic in &vm.nics {
-                let mut l = link(&nic.tap, "tun");
-                l.controller = Some(n.bridge.clone());
+                let mut l = link(nic.tap.as_deref().unwrap(), "tun");
+                l.controller = Some(bridge.clone());
                 o.links.insert(nic.address.clone(), l);
             }
             o.vms.insert(
@@ -206,8 +208,9 @@ vm "B" {
         }
         let (a, b) = (&lab.vms[0].nics[0].tap, &lab.vms[1].nics[0].tap);
         o.mirrors.insert(ObservedMirror {
-            source_tap: a.clone(),
-            dest_tap: b.clone(),
+            address: None,
+            source_tap: a.clone().unwrap(),
+            dest_tap: b.clone().unwrap(),
             ingress: true,
             egress: true,
         });

@@ -150,6 +150,7 @@ pub enum Spec {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CaptureSpec {
     pub file: String,
+    /// The taps' interface names (those the engine named before apply).
     pub taps: Vec<String>,
     pub network: Option<String>,
 }
@@ -157,8 +158,8 @@ pub struct CaptureSpec {
 /// A network: its bridge.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NetworkSpec {
-    /// The bridge's interface name.
-    pub bridge: String,
+    /// The bridge's interface name, if the engine names it before apply.
+    pub bridge: Option<String>,
     /// `IP/PREFIX` given to the bridge, if any.
     pub host_address: Option<String>,
 }
@@ -175,8 +176,8 @@ pub struct DiskSpec {
 /// A VM's tap: a persistent tun/tap on its network's bridge.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TapSpec {
-    /// The tap's interface name.
-    pub name: String,
+    /// The tap's interface name, if the engine names it before apply.
+    pub name: Option<String>,
     /// The guest's MAC on it.
     pub mac: String,
     /// The network it joins (by name) and that network's bridge.
@@ -240,8 +241,9 @@ pub struct VmSpec {
 /// A mirror: tc mirred from one tap to another.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MirrorSpec {
-    pub source_tap: String,
-    pub dest_tap: String,
+    /// The taps' interface names, if the engine names them before apply.
+    pub source_tap: Option<String>,
+    pub dest_tap: Option<String>,
     pub direction: Direction,
     /// Set when it comes from `mirrors network=NAME`.
     pub network: Option<String>,
@@ -323,7 +325,7 @@ fn path_string(p: &std::path::Path) -> String {
 
 fn network_attrs(n: &NetworkSpec) -> Attrs {
     AttrsBuilder::new()
-        .set("bridge", n.bridge.as_str())
+        .opt("bridge", n.bridge.as_deref())
         .opt("host_address", n.host_address.as_deref())
         .done()
 }
@@ -354,7 +356,7 @@ fn disk_attrs(d: &DiskSpec) -> Attrs {
 
 fn tap_attrs(t: &TapSpec) -> Attrs {
     AttrsBuilder::new()
-        .set("name", t.name.as_str())
+        .opt("name", t.name.as_deref())
         .set("mac", t.mac.as_str())
         .set("network", t.network.as_str())
         .opt("bridge", t.bridge.as_deref())
@@ -385,7 +387,9 @@ fn vm_attrs(v: &VmSpec) -> Attrs {
             .map(|n| {
                 let mut m = serde_json::Map::with_capacity(4);
                 m.insert("network".into(), n.network.as_str().into());
-                m.insert("tap".into(), n.tap.as_str().into());
+                if let Some(tap) = &n.tap {
+                    m.insert("tap".into(), tap.as_str().into());
+                }
                 m.insert("mac".into(), n.mac.as_str().into());
                 m.insert("driver".into(), n.driver.as_str().into());
                 Value::Object(m)
@@ -425,8 +429,8 @@ fn vm_attrs(v: &VmSpec) -> Attrs {
 
 fn mirror_attrs(m: &MirrorSpec) -> Attrs {
     AttrsBuilder::new()
-        .set("source_tap", m.source_tap.as_str())
-        .set("dest_tap", m.dest_tap.as_str())
+        .opt("source_tap", m.source_tap.as_deref())
+        .opt("dest_tap", m.dest_tap.as_deref())
         .set("direction", m.direction.as_str())
         .opt("network", m.network.as_deref())
         .done()
@@ -549,7 +553,7 @@ pub fn resources_with(lab: &Lab, digests: &Digests) -> Vec<Resource> {
         for nic in &vm.nics {
             let bridge = network_by_name
                 .get(nic.network.as_str())
-                .map(|n| n.bridge.clone());
+                .and_then(|n| n.bridge.clone());
             out.push(Resource {
                 address: nic.address.clone(),
                 kind: Kind::Tap,
@@ -688,7 +692,7 @@ pub fn resources_with(lab: &Lab, digests: &Digests) -> Vec<Resource> {
             },
             spec: Spec::Capture(CaptureSpec {
                 file: c.file_name(),
-                taps: c.taps.iter().map(|t| t.tap.clone()).collect(),
+                taps: c.taps.iter().filter_map(|t| t.tap.clone()).collect(),
                 network: c.network.clone(),
             }),
             deps,

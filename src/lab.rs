@@ -5,8 +5,11 @@
 //! - Everything is expanded and checked: VM ranges are individual VMs, network
 //!   mirrors are one mirror per source tap, paths are absolute (`$images` and
 //!   relative paths resolved against the experiment file), sizes are bytes,
-//!   durations are milliseconds, identities (UUID, MAC, tap and bridge names)
-//!   are filled in.
+//!   durations are milliseconds, megaplan's own identities (UUID, MAC) are
+//!   filled in. The names an engine chooses (a network's bridge, a nic's tap)
+//!   are the provider's: `None` after validation, filled in by
+//!   `Provider::assign_names` before planning (the local engine names them
+//!   all; minimega chooses its own when it creates them: known after apply).
 //! - Every name is safe to use in an interface alias, a file name and a QEMU
 //!   argument (`validate` refuses the rest).
 //! - No spans: a lab is plain data, serialisable, and the planner needs no source.
@@ -115,7 +118,9 @@ pub struct NetworkSpec {
     pub name: String,
     /// `network.NAME`
     pub address: String,
-    pub bridge: String,
+    /// The bridge's interface name, if the engine names it before creating
+    /// it (`Provider::assign_names`).
+    pub bridge: Option<String>,
     pub host_address: Option<String>,
 }
 
@@ -161,7 +166,9 @@ pub struct NicSpec {
     /// `vm.NAME.nic[i]`
     pub address: String,
     pub network: String,
-    pub tap: String,
+    /// The tap's interface name, if the engine names it before creating it
+    /// (`Provider::assign_names`).
+    pub tap: Option<String>,
     pub mac: String,
     pub driver: String,
 }
@@ -301,8 +308,8 @@ impl MirrorSpec {
 pub struct CaptureTap {
     pub vm: String,
     pub nic: usize,
-    /// The tap's interface name (`NicSpec::tap`).
-    pub tap: String,
+    /// The tap's interface name (`NicSpec::tap`, when the engine names it).
+    pub tap: Option<String>,
 }
 
 /// `capture NAME`: the host records the frames of these taps into

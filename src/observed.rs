@@ -82,6 +82,11 @@ impl From<ObservedKind> for String {
 
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct ObservedMirror {
+    /// The mirror's address, when the engine knows it (minimega: its taps
+    /// are minimega's names, not planned ones); otherwise the planner finds
+    /// a mirror by its taps.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub address: Option<String>,
     pub source_tap: String,
     pub dest_tap: String,
     pub ingress: bool,

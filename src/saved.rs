@@ -225,7 +225,7 @@ mod tests {
 
     fn network_lab() -> crate::lab::Lab {
         let src = crate::diag::SourceFile::new("/lab/x.kdl", "experiment \"x\"\nnetwork \"LAN\"\n");
-        crate::validate::check(&src).0.unwrap()
+        crate::provider::names::check_local(&src).0.unwrap()
     }
 
     #[test]
@@ -244,7 +244,7 @@ mod tests {
         obs.links.insert(
             "network.LAN".into(),
             ObservedLink {
-                name: lab.networks[0].bridge.clone(),
+                name: lab.networks[0].bridge.clone().unwrap(),
                 kind: crate::observed::ObservedKind::Bridge,
                 up: true,
                 controller: None,

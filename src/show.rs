@@ -56,7 +56,8 @@ pub fn rows(lab: &Lab, state: &State, obs: &Observed) -> Vec<Row> {
                 .iter()
                 .map(|n| {
                     lab.network(&n.network)
-                        .map_or_else(String::new, |b| b.bridge.clone())
+                        .and_then(|b| b.bridge.clone())
+                        .unwrap_or_default()
                 })
                 .collect();
             let steps_done = vm

@@ -380,3 +380,58 @@ fn the_checker_finds_a_planted_use() {
         .is_empty()
     );
 }
+
+/// What the CLI may name of the minimega provider: the engine enum the door
+/// opens, the `--provider` arguments and their override, and the error type
+/// its hints look at. Anything else (a hook after destroy, the engine's
+/// rules or names) is asked of the provider through the trait.
+const CLI_MINIMEGA: &[&str] = &[
+    "Engine",
+    "ProviderArgs",
+    "set_override",
+    "apply_override",
+    "MinimegaError",
+];
+
+/// The CLI's calls into the minimega provider that are not in [`CLI_MINIMEGA`].
+pub fn engine_calls(path: &str, text: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    for (n, line) in non_test(text) {
+        for (i, _) in line.match_indices("minimega::provider::") {
+            let rest = &line[i + "minimega::provider::".len()..];
+            let name: String = rest
+                .chars()
+                .take_while(|c| c.is_alphanumeric() || *c == '_')
+                .collect();
+            if !CLI_MINIMEGA.contains(&name.as_str()) {
+                out.push(format!("{path}:{n}: {name}: {}", line.trim()));
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn the_cli_asks_the_provider_not_an_engine() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut files = Vec::new();
+    sources(&root.join("src/cli"), &mut files);
+    assert!(!files.is_empty());
+    let mut bad = Vec::new();
+    for f in &files {
+        let rel = f.strip_prefix(root).unwrap().to_string_lossy().into_owned();
+        bad.extend(engine_calls(&rel, &std::fs::read_to_string(f).unwrap()));
+    }
+    assert!(
+        bad.is_empty(),
+        "the CLI calls an engine directly (add a `Provider` method instead):\n{}",
+        bad.join("\n")
+    );
+    // The checker sees a planted call.
+    let planted = "fn f(lab: &Lab) {\n    crate::minimega::provider::after_destroy(lab)?;\n}\n";
+    assert_eq!(
+        engine_calls("src/cli/x.rs", planted),
+        ["src/cli/x.rs:2: after_destroy: crate::minimega::provider::after_destroy(lab)?;"]
+    );
+    assert!(engine_calls("src/cli/x.rs", "use crate::minimega::provider::Engine;\n").is_empty());
+}

@@ -436,7 +436,7 @@ async fn replacement_on_request() {
 async fn destroy_drops_the_record_of_a_refused_foreign_interface() {
     let rig = Rig::new();
     let lab = rig.lab(LAB);
-    let tap = lab.vms[0].nics[0].tap.clone();
+    let tap = lab.vms[0].nics[0].tap.clone().expect("named");
     rig.host.world_mut().links.insert(
         tap.clone(),
         Link {

@@ -62,6 +62,9 @@ pub enum CaptureError {
     Start { name: String, why: String },
     #[error("capture-record: {0}")]
     Usage(String),
+    /// The engine gave the tap no name this recorder can open.
+    #[error("nic {nic} of VM {vm} has no tap name to record")]
+    Unnamed { vm: String, nic: usize },
 }
 
 fn check_name(name: &str) -> Result<(), CaptureError> {
@@ -216,7 +219,11 @@ pub fn start(
         .arg("--marker")
         .arg(marker(experiment, &spec.address));
     for t in &spec.taps {
-        cmd.arg("--iface").arg(&t.tap);
+        let tap = t.tap.as_deref().ok_or_else(|| CaptureError::Unnamed {
+            vm: t.vm.clone(),
+            nic: t.nic,
+        })?;
+        cmd.arg("--iface").arg(tap);
     }
     if spec.taps.len() > 1 {
         cmd.arg("--dedupe");

@@ -22,12 +22,13 @@ fn write_out(path: &Path, body: &str) -> Result<(), CliError> {
 /// Run every check against the experiment as it runs now; write checks.json
 /// (and the JUnit/markdown files asked for); print one line per check.
 fn run_and_report(
-    lab: &Lab,
+    lab: &mut Lab,
     sd: &StateDir,
     junit: Option<&Path>,
     markdown: Option<&Path>,
 ) -> Result<Report, CliError> {
     let door = crate::cli::door::Door::open(lab)?;
+    let lab = &*lab;
     let r = door.block_on(run::run_all(&door.provider, lab, sd, &|r| {
         println!("{}", report::line(r))
     }));
@@ -67,12 +68,12 @@ pub fn check_cmd(
     markdown: Option<PathBuf>,
     state_dir: Option<PathBuf>,
 ) -> Result<ExitCode, CliError> {
-    let Ok((_, lab)) = load(&file) else {
+    let Ok((_, mut lab)) = load(&file) else {
         return Ok(ExitCode::from(1));
     };
     let sd = StateDir::for_file(&file, &lab.name, state_dir.as_deref());
     crate::owners::check(&lab.name, &sd.root)?;
-    let r = run_and_report(&lab, &sd, junit.as_deref(), markdown.as_deref())?;
+    let r = run_and_report(&mut lab, &sd, junit.as_deref(), markdown.as_deref())?;
     Ok(if r.all_passed() {
         ExitCode::SUCCESS
     } else {
@@ -95,7 +96,7 @@ pub struct TestArgs {
 /// unless `--keep`; exit 0 only when every check passed (and the lab came
 /// up and went away).
 pub fn test_cmd(a: TestArgs) -> Result<ExitCode, CliError> {
-    let Ok((_, lab)) = load(&a.file) else {
+    let Ok((_, mut lab)) = load(&a.file) else {
         return Ok(ExitCode::from(1));
     };
     let sd = StateDir::for_file(&a.file, &lab.name, a.state_dir.as_deref());
@@ -115,7 +116,7 @@ pub fn test_cmd(a: TestArgs) -> Result<ExitCode, CliError> {
             a.file.display(),
             lab.checks.len()
         );
-        run_and_report(&lab, &sd, a.junit.as_deref(), a.markdown.as_deref())
+        run_and_report(&mut lab, &sd, a.junit.as_deref(), a.markdown.as_deref())
     } else {
         let why = match &applied {
             Err(e) => format!("apply failed: {e}"),

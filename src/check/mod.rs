@@ -64,7 +64,7 @@ pub fn diff_lines(old: &[crate::lab::CheckSpec], new: &[crate::lab::CheckSpec]) 
 mod tests {
     fn checks(src: &str) -> Vec<crate::lab::CheckSpec> {
         let f = crate::diag::SourceFile::new("x.kdl", src);
-        let (lab, d) = crate::validate::check(&f);
+        let (lab, d) = crate::provider::names::check_local(&f);
         lab.unwrap_or_else(|| panic!("{}", d.render_plain(&f)))
             .checks
     }

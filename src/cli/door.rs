@@ -20,10 +20,13 @@ pub struct Door {
 
 impl Door {
     /// The provider for `lab`: the local engine, or minimega when the file
-    /// (or `--provider minimega`) says so.
-    pub fn open(lab: &Lab) -> Result<Door, CommandError> {
+    /// (or `--provider minimega`) says so. It names what it chooses the
+    /// names of (`Provider::assign_names`: the local engine every bridge and
+    /// tap; minimega none, they are known after apply) before anything plans.
+    pub fn open(lab: &mut Lab) -> Result<Door, CommandError> {
         let rt = super::runtime()?;
         let provider = rt.block_on(async { Engine::connect(Some(lab), &lab.name) })?;
+        provider.assign_names(lab)?;
         Ok(Door { rt, provider })
     }
 

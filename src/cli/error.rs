@@ -198,8 +198,14 @@ pub enum Problem {
     },
     #[error("refresh failed: {0}")]
     Refresh(#[source] crate::provider::ProviderError),
-    #[error("clearing the minimega namespace: {0}")]
-    ClearNamespace(#[source] crate::provider::ProviderError),
+    /// The provider's clean-up after a destroy failed (minimega: clearing
+    /// the namespace).
+    #[error("cleaning up after the destroy ({provider}): {source}")]
+    AfterDestroy {
+        provider: &'static str,
+        #[source]
+        source: crate::provider::ProviderError,
+    },
     #[error("{0}")]
     Host(#[from] crate::host::HostError),
     #[error("unknown column '{0}'")]
@@ -312,7 +318,7 @@ impl From<Problem> for CommandError {
                 )),
             ),
             Problem::Refresh(_)
-            | Problem::ClearNamespace(_)
+            | Problem::AfterDestroy { .. }
             | Problem::Host(_)
             | Problem::Extract(_) => (Host, None),
             Problem::UnknownColumn(_) => (
@@ -404,6 +410,10 @@ impl From<crate::provider::ProviderError> for CommandError {
             ),
             E::KeepDiskExists { .. } => (ErrorKind::User, None),
             E::Unsupported { .. } => (ErrorKind::User, None),
+            E::NameCollision(_) => (
+                ErrorKind::User,
+                Some("rename one of them: their derived interface names collide".into()),
+            ),
             E::Minimega(m) => {
                 use crate::minimega::provider::MinimegaError as M;
                 match m {
@@ -455,7 +465,9 @@ impl From<crate::capture::CaptureError> for CommandError {
                 let E::State(inner) = e else { unreachable!() };
                 return inner.into();
             }
-            E::NoInterface(_) | E::Os { .. } | E::File(_) | E::Start { .. } => ErrorKind::Host,
+            E::NoInterface(_) | E::Os { .. } | E::File(_) | E::Start { .. } | E::Unnamed { .. } => {
+                ErrorKind::Host
+            }
             E::Format(_) | E::BadName(_) | E::Usage(_) => ErrorKind::User,
         };
         CommandError::with_kind(kind, e)

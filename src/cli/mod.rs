@@ -492,9 +492,10 @@ fn run(cli: Cli) -> Result<ExitCode, CliError> {
             provider,
         } => {
             crate::minimega::provider::set_override(provider);
-            let Ok((_, lab)) = load(&file) else {
+            let Ok((_, mut lab)) = load(&file) else {
                 return Ok(failed());
             };
+            name_offline(&mut lab)?;
             match format {
                 GraphFormat::Dot => print!("{}", crate::graph::to_dot(&lab)),
                 GraphFormat::Svg => {
@@ -519,7 +520,7 @@ fn run(cli: Cli) -> Result<ExitCode, CliError> {
             provider,
         } => {
             crate::minimega::provider::set_override(provider);
-            let Ok((_, lab)) = load(&file) else {
+            let Ok((_, mut lab)) = load(&file) else {
                 return Ok(failed());
             };
             let token = match token_file {
@@ -540,7 +541,7 @@ fn run(cli: Cli) -> Result<ExitCode, CliError> {
                     state_dir: sd.root.clone(),
                 }),
             };
-            let door = Door::open(&lab)?;
+            let door = Door::open(&mut lab)?;
             door.block_on(crate::serve::run(
                 &door.provider,
                 lab,
@@ -552,9 +553,11 @@ fn run(cli: Cli) -> Result<ExitCode, CliError> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Diff { old, new, format } => {
-            let (Ok((_, old_lab)), Ok((_, new_lab))) = (load(&old), load(&new)) else {
+            let (Ok((_, mut old_lab)), Ok((_, mut new_lab))) = (load(&old), load(&new)) else {
                 return Ok(failed());
             };
+            name_offline(&mut old_lab)?;
+            name_offline(&mut new_lab)?;
             let p = diff(&old_lab, &new_lab);
             match format {
                 DiffFormat::Text => {
@@ -710,15 +713,15 @@ fn run(cli: Cli) -> Result<ExitCode, CliError> {
             provider,
         } => {
             crate::minimega::provider::set_override(provider);
-            let Ok((_, lab)) = load(&file) else {
+            let Ok((_, mut lab)) = load(&file) else {
                 return Ok(failed());
             };
             let sd = StateDir::for_file(&file, &lab.name, state_dir.as_deref());
             let _lock = sd.lock(&format!("megaplan plan {}", file.display()))?;
             crate::owners::check(&lab.name, &sd.root)?;
             let mut state = sd.load()?;
-            let opts = plan_options(&file, &lab, &sd, &state, replace.clone())?;
-            let door = Door::open(&lab)?;
+            let door = Door::open(&mut lab)?;
+            let opts = plan_options(&door, &file, &lab, &sd, &state, replace.clone())?;
             let (_, observed) = refresh_and_adopt(&door, &lab, &sd, &mut state)?;
             // Checks are listed, not planned (they change nothing).
             let check_lines = crate::check::plan_lines(&lab);
@@ -940,7 +943,7 @@ pub(crate) fn apply_cmd(
             return Ok(failed());
         };
         lab.accel = resolve_accel(lab.accel, env_accel.as_deref(), accel)?;
-        let door = Door::open(&lab)?;
+        let door = Door::open(&mut lab)?;
         preflight(&door, Some(&lab))?;
         let sd = StateDir::for_file(&saved.file, &lab.name, state_dir.as_deref());
         let _lock = sd.lock(&format!("megaplan apply {}", file.display()))?;
@@ -956,7 +959,7 @@ pub(crate) fn apply_cmd(
         }
         // The plan's assumptions about the host, checked again: what runs is
         // this fresh plan, which must do what the saved one said.
-        let opts = plan_options(&saved.file, &lab, &sd, &state, saved.replace.clone())?;
+        let opts = plan_options(&door, &saved.file, &lab, &sd, &state, saved.replace.clone())?;
         let (adopted, fresh) = refresh_and_plan(&door, &lab, &sd, &mut state, &opts)?;
         let drift = crate::saved::drift(&saved.plan, &fresh);
         if !drift.is_empty() {
@@ -984,13 +987,13 @@ pub(crate) fn apply_cmd(
         return Ok(failed());
     };
     lab.accel = resolve_accel(lab.accel, env_accel.as_deref(), accel)?;
-    let door = Door::open(&lab)?;
+    let door = Door::open(&mut lab)?;
     preflight(&door, Some(&lab))?;
     let sd = StateDir::for_file(&file, &lab.name, state_dir.as_deref());
     let _lock = sd.lock(&format!("megaplan apply {}", file.display()))?;
     claim(&lab.name, &sd)?;
     let mut state = sd.load()?;
-    let opts = plan_options(&file, &lab, &sd, &state, replace)?;
+    let opts = plan_options(&door, &file, &lab, &sd, &state, replace)?;
     let (adopted, p) = refresh_and_plan(&door, &lab, &sd, &mut state, &opts)?;
     if adopted {
         sd.save(&mut state)?;
@@ -1048,6 +1051,7 @@ fn refresh_and_adopt(
 /// something of the file or the state: refused before anything changes)
 /// and the content digests of the lab's files, read now, before planning.
 fn plan_options(
+    door: &Door,
     file: &Path,
     lab: &Lab,
     sd: &StateDir,
@@ -1055,7 +1059,10 @@ fn plan_options(
     replace: Vec<String>,
 ) -> Result<plan::Options, CliError> {
     let mut opts = plan::Options {
-        rules: crate::minimega::provider::rules(lab),
+        rules: {
+            use crate::provider::Provider as _;
+            door.provider.rules()
+        },
         replace: replace.into_iter().collect(),
         ..Default::default()
     };
@@ -1080,10 +1087,10 @@ pub(crate) fn destroy_cmd(
     parallelism: usize,
     state_dir: Option<PathBuf>,
 ) -> Result<ExitCode, CliError> {
-    let Ok((_, lab)) = load(&file) else {
+    let Ok((_, mut lab)) = load(&file) else {
         return Ok(failed());
     };
-    let door = Door::open(&lab)?;
+    let door = Door::open(&mut lab)?;
     if !dry_run {
         preflight(&door, None)?;
     }
@@ -1125,10 +1132,12 @@ pub(crate) fn destroy_cmd(
     }
     {
         use crate::provider::Provider as _;
-        door.provider.forget_runtime(&lab.name);
-    }
-    if state.resources.is_empty() {
-        crate::minimega::provider::after_destroy(&lab).map_err(Problem::ClearNamespace)?;
+        door.provider
+            .after_destroy(&lab.name, state.resources.is_empty())
+            .map_err(|source| Problem::AfterDestroy {
+                provider: door.provider.name(),
+                source,
+            })?;
     }
     // Nothing recorded any more (keep disks stay recorded): the name is free.
     if state.resources.is_empty() {
@@ -1143,14 +1152,14 @@ fn show_cmd(
     json: bool,
     state_dir: Option<PathBuf>,
 ) -> Result<ExitCode, CliError> {
-    let Ok((_, lab)) = load(&file) else {
+    let Ok((_, mut lab)) = load(&file) else {
         return Ok(failed());
     };
     let sd = StateDir::for_file(&file, &lab.name, state_dir.as_deref());
     crate::owners::check(&lab.name, &sd.root)?;
     let state = sd.load()?;
     let columns = crate::show::columns(&columns, json).map_err(Problem::UnknownColumn)?;
-    let door = Door::open(&lab)?;
+    let door = Door::open(&mut lab)?;
     let observed = door.refresh(&lab.name, &state, &sd)?;
     let mut rows = crate::show::rows(&lab, &state, &observed);
     if columns.iter().any(|c| c == "ip") {
@@ -1183,11 +1192,11 @@ fn console_cmd(
     follow: bool,
     state_dir: Option<PathBuf>,
 ) -> Result<ExitCode, CliError> {
-    let Ok((_, lab)) = load(&file) else {
+    let Ok((_, mut lab)) = load(&file) else {
         return Ok(failed());
     };
     // Paths come from the lab's (validated) name, not from the argument.
-    let Some(spec) = lab.vms.iter().find(|v| v.name == vm) else {
+    let Some(spec) = lab.vms.iter().find(|v| v.name == vm).cloned() else {
         return Err(Problem::NoSuchVm {
             names: lab.vms.iter().map(|v| v.name.clone()).collect(),
             vm,
@@ -1198,7 +1207,7 @@ fn console_cmd(
     let sd = StateDir::for_file(&file, &lab.name, state_dir.as_deref());
     // Where the console and its log are is the provider's to say.
     use crate::provider::Provider as _;
-    let door = Door::open(&lab)?;
+    let door = Door::open(&mut lab)?;
     let log = door.provider.serial_log(&sd, &spec.name);
     let sock = door.provider.console_socket(&lab.name, &spec.name);
     crate::console::run(sock.as_deref(), log.as_deref(), &spec.name, follow)?;
@@ -1259,7 +1268,7 @@ fn cc_cmd(command: CcCommand) -> Result<ExitCode, CliError> {
             max_output,
             command,
         } => {
-            let Ok((_, lab)) = load(&file) else {
+            let Ok((_, mut lab)) = load(&file) else {
                 return Ok(failed());
             };
             let filters: Vec<crate::cc::Filter> = filter
@@ -1282,7 +1291,7 @@ fn cc_cmd(command: CcCommand) -> Result<ExitCode, CliError> {
                     _ => return Err(Problem::BadMaxOutput(m).into()),
                 },
             };
-            let door = Door::open(&lab)?;
+            let door = Door::open(&mut lab)?;
             let responses = door.block_on(crate::cc::exec(
                 &door.provider,
                 &lab,
@@ -1325,7 +1334,7 @@ fn cc_cmd(command: CcCommand) -> Result<ExitCode, CliError> {
             vm,
             state_dir,
         } => {
-            let Ok((_, lab)) = load(&file) else {
+            let Ok((_, mut lab)) = load(&file) else {
                 return Ok(failed());
             };
             if let Some(v) = &vm
@@ -1339,7 +1348,7 @@ fn cc_cmd(command: CcCommand) -> Result<ExitCode, CliError> {
                 .into());
             }
             let sd = StateDir::for_file(&file, &lab.name, state_dir.as_deref());
-            let door = Door::open(&lab)?;
+            let door = Door::open(&mut lab)?;
             for (address, exit, stdout, stderr, timed_out) in
                 crate::cc::responses(&door.provider, &lab, &sd, vm.as_deref())
             {
@@ -1372,18 +1381,21 @@ fn disk_cmd(command: DiskCommand) -> Result<ExitCode, CliError> {
         to,
         state_dir,
     } = command;
-    let Ok((_, lab)) = load(&file) else {
+    let Ok((_, mut lab)) = load(&file) else {
         return Ok(failed());
     };
-    let spec = lab.disk(&disk).ok_or_else(|| Problem::NoSuchDisk {
-        disk: disk.clone(),
-        file: file.clone(),
-        names: lab.disks.iter().map(|d| d.name.clone()).collect(),
-    })?;
+    let spec = &lab
+        .disk(&disk)
+        .cloned()
+        .ok_or_else(|| Problem::NoSuchDisk {
+            disk: disk.clone(),
+            file: file.clone(),
+            names: lab.disks.iter().map(|d| d.name.clone()).collect(),
+        })?;
     let sd = StateDir::for_file(&file, &lab.name, state_dir.as_deref());
     crate::owners::check(&lab.name, &sd.root)?;
     let state = sd.load()?;
-    let door = Door::open(&lab)?;
+    let door = Door::open(&mut lab)?;
     let observed = door.refresh(&lab.name, &state, &sd)?;
     for vm in &lab.vms {
         let uses = vm
@@ -1411,6 +1423,16 @@ fn disk_cmd(command: DiskCommand) -> Result<ExitCode, CliError> {
     }
     println!("Copied {gp} of disk '{disk}' to {}", to.display());
     Ok(ExitCode::SUCCESS)
+}
+
+/// For a view of the file that reaches no engine (`graph`, `diff`): the
+/// local engine's names are pure, so a local lab gets them; another
+/// engine's are known after apply and stay unset.
+fn name_offline(lab: &mut Lab) -> Result<(), CommandError> {
+    if lab.provider.is_local() {
+        crate::provider::names::local(lab).map_err(crate::provider::ProviderError::from)?;
+    }
+    Ok(())
 }
 
 /// The plan that would turn an applied `old` into `new`, with no live state.

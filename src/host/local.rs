@@ -130,6 +130,7 @@ impl LocalHost {
             .into_iter()
             .map(
                 |((source_tap, dest_tap), (ingress, egress))| ObservedMirror {
+                    address: None,
                     source_tap,
                     dest_tap,
                     ingress,
@@ -433,7 +434,10 @@ impl super::Host for LocalHost {
         }
         cfg.append = Some(append.join(" "));
         for n in &vm.nics {
-            let mut nic = NicConfig::new(&n.tap, &n.mac);
+            let tap = n.tap.as_deref().ok_or_else(|| HostError::Unnamed {
+                what: n.address.clone(),
+            })?;
+            let mut nic = NicConfig::new(tap, &n.mac);
             nic.driver = n.driver.clone();
             cfg.nics.push(nic);
         }
@@ -987,6 +991,11 @@ impl Provider for LocalHost {
         "local"
     }
 
+    /// Every bridge and tap, named from the experiment and its address.
+    fn assign_names(&self, lab: &mut crate::lab::Lab) -> Result<(), ProviderError> {
+        Ok(crate::provider::names::local(lab)?)
+    }
+
     async fn preflight(&self, lab: Option<&crate::lab::Lab>) -> Result<(), ProviderError> {
         preflight(lab)
     }
@@ -1176,8 +1185,11 @@ impl Provider for LocalHost {
         )
     }
 
-    fn forget_runtime(&self, experiment: &str) {
+    fn after_destroy(&self, experiment: &str, _nothing_left: bool) -> Result<(), ProviderError> {
+        // Only if empty: a VM of the experiment that is still recorded
+        // (a failed stop) keeps its folder, and that is not an error.
         let _ = std::fs::remove_dir(super::runtime_root(experiment));
+        Ok(())
     }
 }
 

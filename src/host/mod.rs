@@ -111,6 +111,10 @@ pub enum HostError {
         path.display()
     )]
     KeepDiskExists { disk: String, path: PathBuf },
+    /// An interface the op needs has no name: the lab was not named by the
+    /// local engine (`Provider::assign_names`) before planning.
+    #[error("{what} has no interface name (the lab was planned without the local engine's names)")]
+    Unnamed { what: String },
     /// A VM uses a disk of the experiment the op did not carry.
     #[error("unknown disk {0}")]
     UnknownDisk(String),

@@ -71,8 +71,8 @@ pub enum MinimegaError {
     },
     #[error("no VM {0} in the experiment")]
     NoVm(String),
-    #[error("tap {0} is no nic of the experiment")]
-    NoTap(String),
+    #[error("{0} names no nic of the experiment")]
+    NoNic(String),
     #[error("{0}")]
     Wait(String),
     /// A failure of a batch of VM launches, reported by each of its VMs.
@@ -102,8 +102,6 @@ pub struct MinimegaHost {
     ns: Name,
     experiment: String,
     lab: Option<Lab>,
-    /// megaplan's tap name -> (VM, nic index), from the lab.
-    taps: BTreeMap<String, (String, usize)>,
     /// The head node's name (`host name`), asked once when first needed.
     head: std::sync::OnceLock<String>,
     /// The namespace is known to hold the head node when VMs are placed
@@ -128,20 +126,11 @@ impl MinimegaHost {
         let ns = Name::new(&settings.namespace)?;
         let mut client = Client::connect(&settings.base)?;
         client.set_timeout(Duration::from_secs(300));
-        let mut taps = BTreeMap::new();
-        if let Some(lab) = lab {
-            for v in &lab.vms {
-                for n in &v.nics {
-                    taps.insert(n.tap.clone(), (v.name.clone(), n.index));
-                }
-            }
-        }
         Ok(MinimegaHost {
             client: Mutex::new(client),
             ns,
             experiment: experiment.to_string(),
             lab: lab.cloned(),
-            taps,
             head: std::sync::OnceLock::new(),
             joined: std::sync::atomic::AtomicBool::new(false),
             qemu: which("qemu-system-x86_64"),
@@ -313,11 +302,9 @@ impl MinimegaHost {
                             name: n.tap.clone(),
                             kind: crate::observed::ObservedKind::Tun,
                             up: true,
-                            controller: Some(
-                                lab.network(&spec.network)
-                                    .map(|n| n.bridge.clone())
-                                    .unwrap_or_default(),
-                            ),
+                            // minimega keeps no bridge per network: the tap
+                            // is on its network when it is on the VLAN.
+                            controller: lab.network(&spec.network).and_then(|n| n.bridge.clone()),
                             mac: Some(n.mac.clone()),
                         },
                     );
@@ -345,16 +332,17 @@ impl MinimegaHost {
                         p
                     }
                 };
-                let (Some(src), Some(dst)) = (
-                    lab.vm(&m.source_vm).and_then(|v| v.nics.get(m.source_nic)),
-                    lab.vm(&m.dest_vm).and_then(|v| v.nics.get(m.dest_nic)),
-                ) else {
+                let Some((source_tap, _)) = minimega_tap.get(&(m.source_vm.clone(), m.source_nic))
+                else {
                     continue;
                 };
                 if present {
+                    // Keyed by address: the taps are minimega's names, which
+                    // the plan (megaplan names no tap here) does not hold.
                     obs.mirrors.insert(ObservedMirror {
-                        source_tap: src.tap.clone(),
-                        dest_tap: dst.tap.clone(),
+                        address: Some(m.address.clone()),
+                        source_tap: source_tap.clone(),
+                        dest_tap: tap.clone(),
                         ingress: true,
                         egress: true,
                     });
@@ -668,12 +656,17 @@ impl MinimegaHost {
             .ok_or_else(|| MinimegaError::NoVm(vm.to_string()))
     }
 
-    fn nic_of_tap(&self, tap: &str) -> Result<(Name, usize), MinimegaError> {
-        let (vm, nic) = self
-            .taps
-            .get(tap)
-            .ok_or_else(|| MinimegaError::NoTap(tap.to_string()))?;
-        Ok((Name::new(vm)?, *nic))
+    /// A mirror end as minimega names it: the nic the op's typed target
+    /// names (minimega chose the tap's name itself).
+    fn nic_of(
+        &self,
+        nic: Option<&crate::provider::ops::NicRef>,
+        address: &str,
+    ) -> Result<(Name, usize), MinimegaError> {
+        let nic = nic
+            .filter(|n| self.vm_spec(&n.vm).is_ok_and(|v| n.nic < v.nics.len()))
+            .ok_or_else(|| MinimegaError::NoNic(address.to_string()))?;
+        Ok((Name::new(&nic.vm)?, nic.nic))
     }
 
     /// Remove everything of the namespace that is ours, then the namespace
@@ -939,6 +932,26 @@ impl Provider for MinimegaHost {
         RULES
     }
 
+    /// minimega names its taps when it launches a VM (recorded as the VM's
+    /// computed `minimega_taps`) and keeps no bridge per network (a VLAN
+    /// alias): those names stay unset, known after apply. Only a network's
+    /// host-address interface is megaplan's to name.
+    fn assign_names(&self, lab: &mut Lab) -> Result<(), PError> {
+        crate::provider::names::host_interfaces_only(lab);
+        Ok(())
+    }
+
+    /// Once nothing is recorded any more: clear the namespace if nothing
+    /// else is left in it, and then the boot files and disks megaplan
+    /// placed in minimega's file path.
+    fn after_destroy(&self, _experiment: &str, nothing_left: bool) -> Result<(), PError> {
+        if nothing_left && self.clear_namespace_if_empty()? {
+            let mut c = self.client.lock().expect("the client lock");
+            super::disks::forget(&mut c, &self.experiment).map_err(MinimegaError::from)?;
+        }
+        Ok(())
+    }
+
     async fn preflight(&self, lab: Option<&Lab>) -> Result<(), PError> {
         preflight_files(lab)
     }
@@ -1010,8 +1023,9 @@ impl Provider for MinimegaHost {
                     .unwrap_or_else(|| Ok(OpOutcome::done()));
             }
             Op::AddMirror {
-                source_tap,
-                dest_tap,
+                address,
+                source,
+                dest,
                 direction,
                 ..
             } => {
@@ -1021,8 +1035,8 @@ impl Provider for MinimegaHost {
                         direction.as_str()
                     )));
                 }
-                let (svm, snic) = self.nic_of_tap(source_tap)?;
-                let (dvm, dnic) = self.nic_of_tap(dest_tap)?;
+                let (svm, snic) = self.nic_of(source.as_ref(), address)?;
+                let (dvm, dnic) = self.nic_of(dest.as_ref(), address)?;
                 self.run_ok(
                     Command::new("tap")
                         .word("mirror")
@@ -1032,9 +1046,9 @@ impl Provider for MinimegaHost {
                         .num(dnic as u64),
                 )?;
             }
-            Op::RemoveMirror { dest_tap, .. } => {
+            Op::RemoveMirror { address, dest, .. } => {
                 // Gone with its VM already, or never made: nothing to clear.
-                if let Ok((dvm, dnic)) = self.nic_of_tap(dest_tap) {
+                if let Ok((dvm, dnic)) = self.nic_of(dest.as_ref(), address) {
                     self.run(
                         Command::new("clear")
                             .word("tap")
@@ -1104,11 +1118,18 @@ fn unsupported(what: &str) -> PError {
     }
 }
 
-/// The minimega engine's rules: the local engine's replacements, and the
-/// node a VM landed on and its minimega tap names as computed attributes.
+/// The minimega engine's rules: the local engine's replacements, and as
+/// computed attributes the node a VM landed on, its minimega tap names, and
+/// the interface names megaplan leaves to minimega (`assign_names`).
 pub const RULES: Rules = Rules {
     replaces: crate::graph::forces_replacement,
-    computed: |kind, key| kind == Kind::Vm && matches!(key, "node" | "minimega_taps"),
+    computed: |kind, key| match kind {
+        Kind::Vm => matches!(key, "node" | "minimega_taps"),
+        Kind::Network => key == "bridge",
+        Kind::Tap => key == "name",
+        Kind::Mirror => matches!(key, "source_tap" | "dest_tap"),
+        _ => false,
+    },
 };
 
 /// What a minimega apply needs here: the boot files it names (megaplan
@@ -1143,14 +1164,6 @@ pub fn preflight(lab: Option<&Lab>) -> Result<(), PError> {
     match lab.and_then(settings) {
         Some(_) => preflight_files(lab),
         None => crate::host::local::preflight(lab),
-    }
-}
-
-/// The planner's rules for the lab's engine.
-pub fn rules(lab: &Lab) -> Rules {
-    match settings(lab) {
-        Some(_) => RULES,
-        None => Rules::LOCAL,
     }
 }
 
@@ -1323,19 +1336,6 @@ pub fn settings(lab: &Lab) -> Option<Settings> {
     }
 }
 
-/// After a destroy: clear the namespace once nothing is left in it (and
-/// then the boot files and disks megaplan placed in minimega's file path).
-pub fn after_destroy(lab: &Lab) -> Result<(), PError> {
-    if let Some(s) = settings(lab) {
-        let h = MinimegaHost::connect(&s, &lab.name, Some(lab))?;
-        if h.clear_namespace_if_empty()? {
-            let mut c = h.client.lock().expect("the client lock");
-            super::disks::forget(&mut c, &lab.name).map_err(MinimegaError::from)?;
-        }
-    }
-    Ok(())
-}
-
 /// The engine an apply or destroy runs on.
 pub enum Engine {
     Local(crate::host::LocalHost),
@@ -1369,6 +1369,9 @@ impl Provider for Engine {
     }
     fn rules(&self) -> Rules {
         delegate!(self, h => h.rules())
+    }
+    fn assign_names(&self, lab: &mut Lab) -> Result<(), PError> {
+        delegate!(self, h => h.assign_names(lab))
     }
     async fn preflight(&self, lab: Option<&Lab>) -> Result<(), PError> {
         delegate!(self, h => h.preflight(lab).await)
@@ -1423,8 +1426,8 @@ impl Provider for Engine {
     ) -> Result<crate::drivers::qemu_img::ExtractReport, PError> {
         delegate!(self, h => h.extract_disk(sd, disk, guest_path, to).await)
     }
-    fn forget_runtime(&self, experiment: &str) {
-        delegate!(self, h => h.forget_runtime(experiment))
+    fn after_destroy(&self, experiment: &str, nothing_left: bool) -> Result<(), PError> {
+        delegate!(self, h => h.after_destroy(experiment, nothing_left))
     }
     fn batches(&self, kind: Kind, phase: crate::provider::ops::Phase) -> bool {
         delegate!(self, h => h.batches(kind, phase))

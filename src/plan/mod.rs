@@ -674,7 +674,7 @@ fn live_check(r: &Resource, obs: &Observed, prior: &State) -> (bool, bool, Vec<R
             Some(_) => {}
         },
         Spec::Mirror(m) => {
-            let (src, dst) = (m.source_tap.as_str(), m.dest_tap.as_str());
+            let (src, dst) = (m.source_tap.as_deref(), m.dest_tap.as_deref());
             let dir = m.direction.as_str();
             let want_in = dir != "egress";
             let want_out = dir != "ingress";
@@ -686,11 +686,10 @@ fn live_check(r: &Resource, obs: &Observed, prior: &State) -> (bool, bool, Vec<R
                 .and_then(Value::as_str)
                 .unwrap_or(dir);
             let (had_in, had_out) = (wired != "egress", wired != "ingress");
-            match obs
-                .mirrors
-                .iter()
-                .find(|m| m.source_tap == src && m.dest_tap == dst)
-            {
+            match obs.mirrors.iter().find(|o| match &o.address {
+                Some(a) => *a == r.address,
+                None => src == Some(o.source_tap.as_str()) && dst == Some(o.dest_tap.as_str()),
+            }) {
                 None => {
                     replace = true;
                     why.push(missing(Missing::Mirror));

@@ -45,9 +45,10 @@ vm "monitor" {
 }
 "#;
 
+/// A lab validated and named as the local engine names it.
 pub(crate) fn lab(text: &str) -> Lab {
     let src = SourceFile::new("/lab/exp.kdl", text);
-    let (lab, diags) = crate::validate::check(&src);
+    let (lab, diags) = crate::provider::names::check_local(&src);
     assert!(!diags.has_errors(), "{}", diags.render_plain(&src));
     lab.expect("valid")
 }
@@ -58,120 +59,50 @@ fn empty_state(name: &str) -> State {
     s
 }
 
-/// What an executor that succeeds at everything would leave: the new state and
-/// the host as refresh would then see it. Only a quick way to set up the
-/// snapshot scenarios; convergence is checked on the real executor and the
-/// strict in-memory provider (`applying_a_plan_converges`).
-pub(crate) fn simulate(plan: &Plan, prior: &State, prior_obs: &Observed) -> (State, Observed) {
-    let mut state = prior.clone();
-    state.serial += 1;
-    let mut obs = prior_obs.clone();
-    let gen_of = |s: &State, a: &str| s.resources.get(a).and_then(|r| r.generation).unwrap_or(0);
-    for c in &plan.changes {
-        match c.action {
-            Action::NoOp => {}
-            Action::Delete => {
-                state.resources.remove(&c.address);
-                obs.links.remove(&c.address);
-                obs.vms.remove(&c.address);
-                obs.disks.remove(&c.address);
-                if let Some(b) = &c.before
-                    && c.kind == Kind::Mirror
-                {
-                    let (s, d) = (
-                        b["source_tap"].as_str().unwrap(),
-                        b["dest_tap"].as_str().unwrap(),
-                    );
-                    obs.mirrors
-                        .retain(|m| !(m.source_tap == s && m.dest_tap == d));
-                }
-            }
-            Action::Create | Action::Update | Action::Replace => {
-                let after = c.after().expect("create has after");
-                let mut rec = Record::new(c.kind, after.clone());
-                rec.deps = c.deps.clone();
-                let s = |k: &str| {
-                    after
-                        .get(k)
-                        .and_then(Value::as_str)
-                        .unwrap_or_default()
-                        .to_string()
-                };
-                match c.kind {
-                    Kind::Network => {
-                        obs.links.insert(
-                            c.address.clone(),
-                            ObservedLink {
-                                name: s("bridge"),
-                                kind: crate::observed::ObservedKind::Bridge,
-                                up: true,
-                                controller: None,
-                                mac: None,
-                            },
-                        );
-                    }
-                    Kind::Tap => {
-                        obs.links.insert(
-                            c.address.clone(),
-                            ObservedLink {
-                                name: s("name"),
-                                kind: crate::observed::ObservedKind::Tun,
-                                up: true,
-                                controller: Some(s("bridge")),
-                                mac: Some(s("mac")),
-                            },
-                        );
-                    }
-                    Kind::Disk => {
-                        obs.disks.insert(c.address.clone());
-                    }
-                    Kind::Vm => {
-                        let g = gen_of(&state, &c.address) + u64::from(c.action != Action::Update);
-                        rec.generation = Some(g);
-                        rec.pid = Some(1000 + g as u32);
-                        obs.vms.insert(
-                            c.address.clone(),
-                            ObservedVm {
-                                name: String::new(),
-                                pid: rec.pid,
-                                alive: true,
-                                status: Some("running".into()),
-                            },
-                        );
-                    }
-                    Kind::Capture => {
-                        obs.captures.insert(c.address.clone(), 1000);
-                    }
-                    Kind::Mirror => {
-                        let d = s("direction");
-                        obs.mirrors.retain(|m| {
-                            !(m.source_tap == s("source_tap") && m.dest_tap == s("dest_tap"))
-                        });
-                        obs.mirrors.insert(ObservedMirror {
-                            source_tap: s("source_tap"),
-                            dest_tap: s("dest_tap"),
-                            ingress: d != "egress",
-                            egress: d != "ingress",
-                        });
-                    }
-                    Kind::Step => {
-                        rec.exit = Some(0);
-                        rec.generation = Some(gen_of(&state, &c.deps[0]));
-                    }
-                }
-                state.resources.insert(c.address.clone(), rec);
+/// Apply `text` from nothing: the real executor on the strict in-memory
+/// provider (src/provider/memory.rs), then what its refresh sees. The
+/// state's lineage and serial are pinned (the executor saves once per op,
+/// and a new state draws a random lineage) so the snapshots show the plan,
+/// not how many saves it took.
+fn seeded(text: &str) -> (State, Observed) {
+    use crate::provider::Provider;
+    let l = lab(text);
+    let dir = tempfile::tempdir().expect("a temp folder");
+    let sd = crate::state::StateDir {
+        root: dir.path().join("state"),
+        experiment: l.name.clone(),
+    };
+    let mem = crate::provider::memory::MemoryProvider::new(&l.name);
+    for vm in &l.vms {
+        for f in vm.kernel.iter().chain(vm.initrd.iter()) {
+            mem.add_file(f.clone());
+        }
+        for d in &vm.disks {
+            if let crate::lab::DiskSource::Path(p) = &d.source {
+                mem.add_file(p.clone());
             }
         }
     }
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .expect("a runtime");
+    let (mut state, obs) = rt.block_on(async {
+        let s = sd.load().expect("the state loads");
+        let o = mem.refresh(&l.name, &s, &sd).await.expect("refresh");
+        let p = plan(Some(&l), &s, Some(&o), Mode::Apply);
+        let r = apply_in_memory(&mem, &sd, &l, &p).await;
+        assert!(r.ok(), "{r:?}");
+        let s = sd.load().expect("the state loads");
+        let o = mem.refresh(&l.name, &s, &sd).await.expect("refresh");
+        (s, o)
+    });
+    assert!(
+        !plan(Some(&l), &state, Some(&obs), Mode::Apply).has_changes(),
+        "the seed converged"
+    );
+    state.lineage = Uuid::from_u128(0x1234);
+    state.serial = 1;
     (state, obs)
-}
-
-/// Apply `text` from nothing: the state and host afterwards.
-fn seeded(text: &str) -> (State, Observed) {
-    let l = lab(text);
-    let s = empty_state(&l.name);
-    let p = plan(Some(&l), &s, Some(&Observed::default()), Mode::Apply);
-    simulate(&p, &s, &Observed::default())
 }
 
 fn snap(name: &str, p: &Plan) {
@@ -717,7 +648,7 @@ fn attributes_are_derived_from_the_spec() {
         let after = c.after().unwrap();
         match spec {
             Spec::Tap(t) => {
-                assert_eq!(after["name"], t.name.as_str());
+                assert_eq!(after["name"], t.name.as_deref().unwrap());
                 assert_eq!(after["mac"], t.mac.as_str());
                 assert_eq!(after["bridge"], t.bridge.as_deref().unwrap());
             }
@@ -727,7 +658,7 @@ fn attributes_are_derived_from_the_spec() {
                 assert_eq!(after["nics"].as_array().unwrap().len(), v.nics.len());
             }
             Spec::Mirror(m) => {
-                assert_eq!(after["source_tap"], m.source_tap.as_str());
+                assert_eq!(after["source_tap"], m.source_tap.as_deref().unwrap());
                 assert_eq!(after["direction"], "both");
             }
             Spec::Step(st) => {
@@ -735,7 +666,7 @@ fn attributes_are_derived_from_the_spec() {
                 assert!(after.contains_key("exec"));
                 assert!(!after.contains_key("allow_failure"));
             }
-            Spec::Network(n) => assert_eq!(after["bridge"], n.bridge.as_str()),
+            Spec::Network(n) => assert_eq!(after["bridge"], n.bridge.as_deref().unwrap()),
             Spec::Disk(_) => unreachable!("the seed has no disk"),
             Spec::Capture(k) => {
                 assert_eq!(after["file"], k.file.as_str());
@@ -774,4 +705,115 @@ fn a_vm_on_an_unreachable_node_is_replaced_with_its_own_reason() {
         "its node mm2 did not answer (no such client mm2)"
     );
     assert_eq!(p.change("vm.A").unwrap().action, Action::NoOp);
+}
+
+/// An engine that names its own taps and bridges (minimega): the plan
+/// holds none of those names, the mirror's ops name its nics, and a mirror
+/// its refresh reports by address is found although its taps are the
+/// engine's names.
+#[test]
+fn engine_chosen_names_are_known_after_apply() {
+    use crate::provider::ops::{Context, NicRef, Op, Phase, for_change};
+    let text = r#"
+experiment "mm" { images "/img" }
+network "LAN"
+network "mon"
+vm "A" { kernel "/img/k"; nic "LAN" }
+vm "monitor" { kernel "/img/k"; nic "mon"; mirrors "A" }
+"#;
+    let src = SourceFile::new("/lab/mm.kdl", text);
+    let mut l = crate::validate::check(&src).0.expect("valid");
+    crate::provider::names::host_interfaces_only(&mut l);
+    let opts = Options {
+        rules: crate::minimega::provider::RULES,
+        ..Default::default()
+    };
+    let s = empty_state("mm");
+    let p = plan_with(Some(&l), &s, Some(&Observed::default()), Mode::Apply, &opts);
+    for c in &p.changes {
+        let a = c.after().expect("a create");
+        for k in ["bridge", "name", "source_tap", "dest_tap"] {
+            assert!(!a.contains_key(k), "{}: {k} planned", c.address);
+        }
+        if let Some(nics) = a.get("nics") {
+            assert!(
+                nics.as_array()
+                    .unwrap()
+                    .iter()
+                    .all(|n| n.get("tap").is_none())
+            );
+        }
+    }
+    let m = p.change("mirror.A[0]->monitor[0]").unwrap();
+    let cx = Context {
+        experiment: "mm",
+        lab: Some(&l),
+        record: None,
+    };
+    let ops = for_change(m, Phase::Create, &cx).unwrap().ops;
+    let nic = |vm: &str| {
+        Some(NicRef {
+            vm: vm.into(),
+            nic: 0,
+        })
+    };
+    assert!(
+        matches!(&ops[..], [Op::AddMirror { source, dest, .. }] if *source == nic("A") && *dest == nic("monitor")),
+        "{ops:?}"
+    );
+
+    // Applied: the records are the plan's, refresh sees the engine's names.
+    let mut applied = s.clone();
+    let mut obs = Observed::default();
+    for c in &p.changes {
+        let mut rec = Record::new(c.kind, c.after().unwrap());
+        rec.deps = c.deps.clone();
+        applied.resources.insert(c.address.clone(), rec);
+        let link = |name: &str, kind: &str| ObservedLink {
+            name: name.into(),
+            kind: kind.into(),
+            up: true,
+            controller: None,
+            mac: None,
+        };
+        match c.kind {
+            Kind::Network => drop(obs.links.insert(c.address.clone(), link("LAN", "vlan"))),
+            Kind::Tap => drop(
+                obs.links
+                    .insert(c.address.clone(), link("mega_tap0", "tun")),
+            ),
+            Kind::Vm => drop(obs.vms.insert(
+                c.address.clone(),
+                ObservedVm {
+                    name: String::new(),
+                    pid: Some(7),
+                    alive: true,
+                    status: Some("running".into()),
+                },
+            )),
+            _ => {}
+        }
+    }
+    let mirror = |address: Option<&str>| ObservedMirror {
+        address: address.map(str::to_string),
+        source_tap: "mega_tap0".into(),
+        dest_tap: "mega_tap1".into(),
+        ingress: true,
+        egress: true,
+    };
+    obs.mirrors.insert(mirror(Some("mirror.A[0]->monitor[0]")));
+    let again = plan_with(Some(&l), &applied, Some(&obs), Mode::Apply, &opts);
+    assert!(!again.has_changes(), "{}", render::text(&again));
+    // Another mirror's report is not this one's.
+    obs.mirrors.clear();
+    obs.mirrors.insert(mirror(Some("mirror.B[0]->monitor[0]")));
+    let p = plan_with(Some(&l), &applied, Some(&obs), Mode::Apply, &opts);
+    let m = p.change("mirror.A[0]->monitor[0]").unwrap();
+    assert_eq!(m.action, Action::Replace);
+    assert_eq!(
+        m.reasons,
+        [Reason::MissingOnHost {
+            what: Missing::Mirror
+        }]
+    );
 }

@@ -392,14 +392,18 @@ impl MemoryProvider {
                 let mut taps = Vec::new();
                 for n in &vm.nics {
                     let marker = identity::marker(experiment, &n.address);
-                    if !w
-                        .links
-                        .get(&n.tap)
-                        .is_some_and(|l| !l.bridge && l.marker == marker)
-                    {
-                        return Err(missing(format!("tap {} of VM {}", n.tap, vm.name)));
-                    }
-                    taps.push(n.tap.clone());
+                    let Some(tap) = n.tap.as_ref().filter(|t| {
+                        w.links
+                            .get(*t)
+                            .is_some_and(|l| !l.bridge && l.marker == marker)
+                    }) else {
+                        return Err(missing(format!(
+                            "tap {} of VM {}",
+                            n.tap.as_deref().unwrap_or(&n.address),
+                            vm.name
+                        )));
+                    };
+                    taps.push(tap.clone());
                 }
                 for d in &vm.disks {
                     let there = match &d.source {
@@ -515,6 +519,11 @@ impl Provider for MemoryProvider {
         self.rules
     }
 
+    /// As the local engine names them.
+    fn assign_names(&self, lab: &mut crate::lab::Lab) -> Result<(), ProviderError> {
+        Ok(super::names::local(lab)?)
+    }
+
     /// Every boot file, base image and file to send must be declared.
     async fn preflight(&self, lab: Option<&crate::lab::Lab>) -> Result<(), ProviderError> {
         let Some(lab) = lab else { return Ok(()) };
@@ -580,6 +589,7 @@ impl Provider for MemoryProvider {
         }
         for ((s, d), dir) in &w.mirrors {
             obs.mirrors.insert(ObservedMirror {
+                address: None,
                 source_tap: s.clone(),
                 dest_tap: d.clone(),
                 ingress: *dir != Direction::Egress,
@@ -787,7 +797,7 @@ mod tests {
                     index: 0,
                     address: "vm.A.nic[0]".into(),
                     network: "LAN".into(),
-                    tap: tap.into(),
+                    tap: Some(tap.into()),
                     mac: "52:54:00:00:00:01".into(),
                     driver: "virtio-net-pci".into(),
                 }],

@@ -16,6 +16,7 @@
 //!   the ownership marker the op names.
 
 pub mod memory;
+pub mod names;
 pub mod ops;
 
 use std::path::{Path, PathBuf};
@@ -121,6 +122,14 @@ pub trait Provider {
         Rules::LOCAL
     }
 
+    /// Fill in the names this engine chooses for the lab's objects (each
+    /// network's `bridge`, each nic's `tap`), after validation and before
+    /// planning. An engine that names an object only when it creates it
+    /// leaves the name unset and marks it computed in its [`Rules`] (known
+    /// after apply). megaplan's own identities (UUIDs, MACs) are the lab's,
+    /// not the engine's: validation fills and checks them.
+    fn assign_names(&self, lab: &mut Lab) -> Result<(), ProviderError>;
+
     /// What changing things needs, checked before anything changes (tools,
     /// privileges, the lab's boot files, files its steps and disks read):
     /// `Err(ProviderError::Preflight)` names every missing piece. `lab` is
@@ -204,8 +213,15 @@ pub trait Provider {
         })
     }
 
-    /// After a destroy: forget the experiment's runtime folders if empty.
-    fn forget_runtime(&self, _experiment: &str) {}
+    /// After a destroy ran (successfully or not): forget what the engine
+    /// keeps for the experiment between runs. `nothing_left` says the state
+    /// records nothing any more (keep disks stay recorded). The local engine
+    /// removes the experiment's runtime folder if it is empty; minimega
+    /// clears the namespace once nothing is left in it. The default keeps
+    /// nothing, so does nothing.
+    fn after_destroy(&self, _experiment: &str, _nothing_left: bool) -> Result<(), ProviderError> {
+        Ok(())
+    }
 
     /// Whether the executor hands this engine the tasks of `kind` in
     /// `phase` that are ready together as one [`Provider::execute_batch`]
@@ -315,6 +331,9 @@ pub enum ProviderError {
     /// A minimega cluster refused or failed (its command socket, a node's error).
     #[error(transparent)]
     Minimega(#[from] crate::minimega::provider::MinimegaError),
+    /// Two objects of the lab would share an interface name.
+    #[error(transparent)]
+    NameCollision(#[from] names::NameCollision),
     /// A failure injected by a test engine.
     #[error("injected failure of {0}")]
     Injected(String),

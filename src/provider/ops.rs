@@ -30,6 +30,36 @@ pub enum Phase {
     Create,
 }
 
+/// A VM's nic, by VM name and index: how an engine that names its own taps
+/// finds the ends of a mirror.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct NicRef {
+    pub vm: String,
+    pub nic: usize,
+}
+
+/// The ends of a mirror its typed target names: (source, destination).
+fn mirror_ends(target: &Option<Target>) -> (Option<NicRef>, Option<NicRef>) {
+    match target {
+        Some(Target::Mirror {
+            src_vm,
+            src_nic,
+            dst_vm,
+            dst_nic,
+        }) => (
+            Some(NicRef {
+                vm: src_vm.clone(),
+                nic: *src_nic,
+            }),
+            Some(NicRef {
+                vm: dst_vm.clone(),
+                nic: *dst_nic,
+            }),
+        ),
+        _ => (None, None),
+    }
+}
+
 /// One thing a provider does. Each is idempotent where it can be.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 #[serde(tag = "op", rename_all = "kebab-case")]
@@ -89,18 +119,25 @@ pub enum Op {
         vm: Box<VmSpec>,
         disks: Vec<DiskSpec>,
     },
-    /// Mirror `source_tap`'s traffic to `dest_tap`.
+    /// Mirror `source_tap`'s traffic to `dest_tap`. The tap names are
+    /// the engine's (empty when it chose none before apply); `source` and
+    /// `dest` are the nics, from the change's typed target.
     AddMirror {
         address: String,
         source_tap: String,
         dest_tap: String,
+        source: Option<NicRef>,
+        dest: Option<NicRef>,
         direction: Direction,
     },
-    /// Remove the mirror of `source_tap` to `dest_tap`.
+    /// Remove the mirror of `source_tap` to `dest_tap` (the nics as in
+    /// [`Op::AddMirror`]; `None` for a record with no target).
     RemoveMirror {
         address: String,
         source_tap: String,
         dest_tap: String,
+        source: Option<NicRef>,
+        dest: Option<NicRef>,
     },
     /// Start the recorder of a capture (a no-op when it runs already): when
     /// this returns, every tap of it is being recorded.
@@ -423,27 +460,37 @@ pub fn for_change(c: &Change, phase: Phase, cx: &Context<'_>) -> Result<Effects,
             }]
         }
         (Kind::Mirror, Phase::Create) => {
+            let (source, dest) = mirror_ends(&c.target);
             let mut ops = Vec::new();
             if c.action == Action::Update {
                 ops.push(Op::RemoveMirror {
                     address: address.clone(),
                     source_tap: s(before, "source_tap"),
                     dest_tap: s(before, "dest_tap"),
+                    source: source.clone(),
+                    dest: dest.clone(),
                 });
             }
             ops.push(Op::AddMirror {
                 address,
                 source_tap: s(after, "source_tap"),
                 dest_tap: s(after, "dest_tap"),
+                source,
+                dest,
                 direction: direction(&s(after, "direction")),
             });
             ops
         }
-        (Kind::Mirror, Phase::Delete) => vec![Op::RemoveMirror {
-            address,
-            source_tap: s(before, "source_tap"),
-            dest_tap: s(before, "dest_tap"),
-        }],
+        (Kind::Mirror, Phase::Delete) => {
+            let (source, dest) = mirror_ends(&c.target);
+            vec![Op::RemoveMirror {
+                address,
+                source_tap: s(before, "source_tap"),
+                dest_tap: s(before, "dest_tap"),
+                source,
+                dest,
+            }]
+        }
         (Kind::Step, Phase::Create) => {
             let Some(Target::Step { vm: vm_name, index }) = &c.target else {
                 return Err(no_target());

@@ -108,7 +108,7 @@ fn bands_of<'a>(lab: &'a Lab, vms: &[usize], all: bool) -> Vec<Band<'a>> {
         .iter()
         .map(|n| Band {
             network: Some(&n.name),
-            bridge: n.bridge.clone(),
+            bridge: n.bridge.clone().unwrap_or_default(),
             vms: Vec::new(),
             top: 0,
         })
@@ -396,7 +396,7 @@ fn draw_band(
                 "<title>{} nic[{}] {} on {}</title>",
                 esc(&vm.name),
                 nic.index,
-                esc(&nic.tap),
+                esc(nic.tap.as_deref().unwrap_or_default()),
                 esc(&nic.network)
             );
             if k == 0 && b.network.is_some() {
@@ -404,7 +404,7 @@ fn draw_band(
                 let _ = writeln!(
                     o,
                     "<line class=\"nic\" stroke=\"#546e7a\" stroke-width=\"1.5\" data-tap=\"{}\" x1=\"{nx}\" y1=\"{vy}\" x2=\"{nx}\" y2=\"{}\">{title}</line>",
-                    esc(&nic.tap),
+                    esc(nic.tap.as_deref().unwrap_or_default()),
                     up_to
                 );
             } else if lab.network(&nic.network).is_some() {
@@ -413,7 +413,7 @@ fn draw_band(
                 let _ = writeln!(
                     o,
                     "<line class=\"nic extra\" stroke=\"#546e7a\" stroke-width=\"1.5\" stroke-dasharray=\"3 2\" data-tap=\"{}\" data-network=\"{}\" x1=\"{nx}\" y1=\"{vy}\" x2=\"{nx}\" y2=\"{}\">{title}</line><text class=\"nic-label\" fill=\"#546e7a\" font-size=\"10\" x=\"{}\" y=\"{}\">{}</text>",
-                    esc(&nic.tap),
+                    esc(nic.tap.as_deref().unwrap_or_default()),
                     esc(&nic.network),
                     vy - 14,
                     nx + 3,
@@ -430,14 +430,14 @@ fn draw_band(
                     o,
                     "<g class=\"capture\" data-capture=\"{}\" data-tap=\"{}\"><circle cx=\"{nx}\" cy=\"{vy}\" r=\"6\" fill=\"{CAPTURE_FILL}\" stroke=\"{CAPTURE_STROKE}\" stroke-width=\"1.5\"/><text x=\"{}\" y=\"{}\" fill=\"{CAPTURE_STROKE}\" font-size=\"10\" text-anchor=\"end\">{}</text><title>capture {}: {} nic[{}] ({})</title></g>",
                     esc(&c.name),
-                    esc(&nic.tap),
+                    esc(nic.tap.as_deref().unwrap_or_default()),
                     nx - 9,
                     vy - 6,
                     esc(&fit(&c.name, 10)),
                     esc(&c.name),
                     esc(&vm.name),
                     nic.index,
-                    esc(&nic.tap)
+                    esc(nic.tap.as_deref().unwrap_or_default())
                 );
             }
         }
@@ -492,7 +492,7 @@ mod tests {
 
     fn lab(text: &str) -> Lab {
         let src = crate::diag::SourceFile::new("t.kdl", text);
-        let (lab, d) = crate::validate::check(&src);
+        let (lab, d) = crate::provider::names::check_local(&src);
         lab.unwrap_or_else(|| panic!("{}", d.render_plain(&src)))
     }
 

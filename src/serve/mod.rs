@@ -344,7 +344,11 @@ pub fn snapshot(
                 None => c
                     .taps
                     .iter()
-                    .map(|t| format!("{} nic {} ({})", t.vm, t.nic, t.tap))
+                    .map(|t| match &t.tap {
+                        Some(tap) => format!("{} nic {} ({tap})", t.vm, t.nic),
+                        // The engine names it when it makes it.
+                        None => format!("{} nic {}", t.vm, t.nic),
+                    })
                     .collect::<Vec<_>>()
                     .join(", "),
             };
@@ -1035,7 +1039,7 @@ mod tests {
             "t.kdl",
             "experiment \"x\"\nnetwork \"LAN\"\nvm \"A\" { kernel \"/k\"; nic \"LAN\"; }\n",
         );
-        crate::validate::check(&src).0.unwrap()
+        crate::provider::names::check_local(&src).0.unwrap()
     }
 
     fn req(head: &str) -> Request {
@@ -1075,6 +1079,9 @@ mod tests {
         type Guest = crate::host::local::LocalGuest;
         fn name(&self) -> &'static str {
             "fake"
+        }
+        fn assign_names(&self, lab: &mut Lab) -> Result<(), crate::provider::ProviderError> {
+            Ok(crate::provider::names::local(lab)?)
         }
         async fn preflight(&self, _: Option<&Lab>) -> Result<(), crate::provider::ProviderError> {
             Ok(())
@@ -1165,7 +1172,7 @@ mod tests {
             "t.kdl",
             "experiment \"x\"\nnetwork \"LAN\"\nvm \"A\" { kernel \"/k\"; nic \"LAN\"; cc { exec \"true\"; } }\n",
         );
-        let lab = crate::validate::check(&src).0.unwrap();
+        let lab = crate::provider::names::check_local(&src).0.unwrap();
         let d = tempfile::tempdir().unwrap();
         let sd = StateDir {
             root: d.path().join("state"),

@@ -15,11 +15,11 @@
 //! | shared disks | `vm_disks.rs` | a disk written directly by one VM is used by no other |
 //! | mirrors | `mirrors.rs` | sources, indexes, loops; expands network mirrors |
 //! | `after` cycles | `after.rs` | names the whole cycle |
-//! | interface names | `ifnames.rs` | no two bridges/taps share a derived name |
 //!
 //! Value parsers shared with other modules (names, ranges, sizes, durations,
 //! MACs, CIDRs) are in `values.rs`; path resolution and "file not found"
-//! warnings in `paths.rs`. A new kind of node gets its own pass file, called
+//! warnings in `paths.rs`. Interface names are not validation's: the engine chooses
+//! them (`Provider::assign_names`, after validation). A new kind of node gets its own pass file, called
 //! from [`Validator::run`] after the passes whose results it needs.
 //!
 //! Invariants:
@@ -42,7 +42,6 @@ mod after;
 mod bounds;
 mod disks;
 mod experiment;
-mod ifnames;
 mod mirrors;
 mod names;
 mod networks;
@@ -197,7 +196,7 @@ impl Validator {
         self.check_nul(doc);
         let exp = self.experiment(doc);
         let ename = exp.name.as_deref().unwrap_or_default();
-        let networks = self.networks(doc, ename);
+        let networks = self.networks(doc);
         let disks = self.disks(doc);
         let insts = self.vm_names(doc);
         let known = names::Known::new(doc, &insts);
@@ -206,7 +205,6 @@ impl Validator {
         let mut vms = vm_pass.vms;
         let mirrors = self.mirrors(&insts, &vms, &known);
         self.after_cycles(&insts, &vms);
-        self.ifname_collisions(&networks, &vms);
         let provider = crate::minimega::placement::check(
             doc.experiment().and_then(|e| e.provider.as_ref()),
             ename,

@@ -7,12 +7,11 @@ use miette::SourceSpan;
 use super::Validator;
 use super::values::parse_cidr;
 use crate::diag::{Code, Diag};
-use crate::identity;
 use crate::lab::NetworkSpec;
 use crate::model::Document;
 
 impl Validator {
-    pub(super) fn networks(&mut self, doc: &Document, ename: &str) -> Vec<NetworkSpec> {
+    pub(super) fn networks(&mut self, doc: &Document) -> Vec<NetworkSpec> {
         let mut networks = Vec::new();
         let mut seen: HashMap<String, SourceSpan> = HashMap::new();
         for n in &doc.networks {
@@ -44,7 +43,8 @@ impl Validator {
             let address = format!("network.{}", n.name.value);
             networks.push(NetworkSpec {
                 name: n.name.value.clone(),
-                bridge: identity::bridge_name(ename, &address),
+                // The engine's to choose (Provider::assign_names).
+                bridge: None,
                 address,
                 host_address: n.host_address.as_ref().map(|h| h.value.clone()),
             });

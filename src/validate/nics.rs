@@ -127,7 +127,8 @@ impl Validator {
             }
             nics.push(NicSpec {
                 index: i,
-                tap: identity::tap_name(ename, &naddr),
+                // The engine's to choose (Provider::assign_names).
+                tap: None,
                 address: naddr,
                 network: nic.network.value.clone(),
                 mac,

@@ -25,6 +25,9 @@ impl Provider for Batching<'_> {
     fn rules(&self) -> crate::provider::Rules {
         self.inner.rules()
     }
+    fn assign_names(&self, lab: &mut Lab) -> Result<(), ProviderError> {
+        self.inner.assign_names(lab)
+    }
     async fn preflight(&self, lab: Option<&Lab>) -> Result<(), ProviderError> {
         self.inner.preflight(lab).await
     }
