@@ -6,8 +6,10 @@
 //!   of examples/tap-mirror.kdl with A placed on one node and B on the
 //!   other, read by minimega on a fresh two-node mesh, gives the `vm info`
 //!   megaplan expects (names, UUIDs, MACs, VLANs, hosts; the monitor kept
-//!   with A, its mirror on A's node), and the teardown the script ends with
-//!   leaves nothing on either node.
+//!   with A, its mirror on A's node; disks, kernel and initrd in megaplan's
+//!   folder of minimega's file path, a disk minimega creates and an ext4
+//!   disk `export --stage` makes, fetched by the other node), and the
+//!   teardown the script ends with leaves nothing on either node.
 
 #[path = "common/lab.rs"]
 mod lab;
@@ -103,7 +105,8 @@ fn the_imported_article_applies_and_the_monitor_sees_a_ping() {
 
 #[test]
 fn the_exported_seed_with_placement_builds_what_megaplan_expects_on_a_fresh_mesh() {
-    let Some(mesh) = minimega::Mesh::start("minimega_e2e export") else {
+    // One -filepath on both nodes: iomeshage serves mm1's files to mm2.
+    let Some(mesh) = minimega::Mesh::start_same_filepath("minimega_e2e export") else {
         return;
     };
     let (mm1, mm2) = (&mesh.nodes[0], &mesh.nodes[1]);
@@ -115,11 +118,11 @@ fn the_exported_seed_with_placement_builds_what_megaplan_expects_on_a_fresh_mesh
     let placed = seed
         .replace(
             "vm \"A\" {\n",
-            "vm \"A\" {\n    host \"mm1\"\n    memory \"256M\"\n",
+            "vm \"A\" {\n    host \"mm1\"\n    memory \"256M\"\n    disk \"data\"\n",
         )
         .replace(
             "vm \"B\" {\n",
-            "vm \"B\" {\n    host \"mm2\"\n    memory \"256M\"\n",
+            "vm \"B\" {\n    host \"mm2\"\n    memory \"256M\"\n    disk \"etc\" mount=\"/data\"\n",
         )
         .replace(
             "vm \"monitor\" {\n",
@@ -130,7 +133,17 @@ fn the_exported_seed_with_placement_builds_what_megaplan_expects_on_a_fresh_mesh
             &format!("images {:?}", lab::image_dir()),
         );
     assert_eq!(placed.matches("memory").count(), 3, "{placed}");
+    assert_eq!(placed.matches("    disk ").count(), 2, "{placed}");
     let dir = tempfile::tempdir().unwrap();
+    // Disks: one minimega creates from the script, one megaplan's mkfs
+    // makes with a file in it (staged, as the script's header says).
+    let motd = dir.path().join("motd");
+    std::fs::write(&motd, "staged by export\n").unwrap();
+    let placed = format!(
+        "{placed}\ndisk \"data\" size=\"64M\"\ndisk \"etc\" size=\"16M\" filesystem=\"ext4\" {{\n    inject {:?} \"/motd\"\n}}\n",
+        motd.to_str().unwrap()
+    );
+    let files = mm1.dir.join("files");
     let file = dir.path().join("tap-mirror.kdl");
     std::fs::write(&file, &placed).unwrap();
     let o = std::process::Command::new(env!("CARGO_BIN_EXE_megaplan"))
@@ -140,6 +153,8 @@ fn the_exported_seed_with_placement_builds_what_megaplan_expects_on_a_fresh_mesh
             file.to_str().unwrap(),
             "--accel",
             "tcg",
+            "--stage",
+            files.to_str().unwrap(),
         ])
         .output()
         .unwrap();
@@ -196,6 +211,65 @@ fn the_exported_seed_with_placement_builds_what_megaplan_expects_on_a_fresh_mesh
     }
     assert_eq!(vlan_of.len(), 2);
     assert_ne!(vlan_of["LAN"], vlan_of["mon"]);
+    // Disks, kernel and initrd as the provider names them: in megaplan's
+    // folder of minimega's file path, by digest for the boot files.
+    let sha = |p: &std::path::Path| {
+        use sha2::Digest;
+        sha2::Sha256::digest(std::fs::read(p).unwrap())
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect::<String>()
+    };
+    let exp = format!("{}/megaplan/tap-mirror", files.display());
+    let a = lab.vm("A").unwrap();
+    let (kernel, initrd) = (a.kernel.as_deref().unwrap(), a.initrd.as_deref().unwrap());
+    let cols = head.run_ok(&cmd).unwrap();
+    let rows: Vec<_> = cols.iter().flat_map(|r| r.rows()).collect();
+    for (vm, disks) in [
+        ("A", format!("{exp}/disks/data.qcow2,virtio")),
+        ("B", format!("{exp}/disks/etc.qcow2,virtio")),
+        ("monitor", String::new()),
+    ] {
+        let row = rows
+            .iter()
+            .find(|r| r.iter().any(|(k, v)| *k == "name" && *v == vm))
+            .unwrap_or_else(|| panic!("no row for {vm}: {rows:?}"));
+        let col = |c: &str| {
+            row.iter()
+                .find(|(k, _)| *k == c)
+                .map(|(_, v)| v.to_string())
+                .unwrap_or_else(|| panic!("no {c} column: {row:?}"))
+        };
+        assert_eq!(col("disks"), disks, "{vm}: disks");
+        assert_eq!(
+            col("kernel"),
+            format!("{exp}/boot/{}", sha(kernel)),
+            "{vm}: kernel"
+        );
+        assert_eq!(
+            col("initrd"),
+            format!("{exp}/boot/{}", sha(initrd)),
+            "{vm}: initrd"
+        );
+    }
+    // The staged ext4 disk holds its file; mm2 got it through iomeshage
+    // (its own files/, seen at the same path in its mount namespace).
+    let etc = files.join("megaplan/tap-mirror/disks/etc.qcow2");
+    assert!(etc.is_file(), "{}", etc.display());
+    let on_mm2 = mm2.dir.join("files/megaplan/tap-mirror/disks/etc.qcow2");
+    assert!(
+        minimega::wait_for(Duration::from_secs(60), || on_mm2.is_file()),
+        "{} not fetched by mm2",
+        on_mm2.display()
+    );
+    assert!(
+        script.contains("#   megaplan/tap-mirror/disks/etc.qcow2  <- disk etc: mkfs.ext4"),
+        "{script}"
+    );
+    assert!(
+        script.contains("disk create qcow2 \"megaplan/tap-mirror/disks/data.qcow2\" 67108864\n"),
+        "{script}"
+    );
     let monitor = vms.iter().find(|v| v.name == "monitor").unwrap();
     assert_eq!(monitor.host, "mm1", "the monitor is kept with its source");
     // The mirror is on A's node: an OVS mirror into the monitor's tap.

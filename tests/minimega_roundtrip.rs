@@ -299,7 +299,8 @@ fn assert_same(experiment: &str, orig: &Seen, exp: &Seen, fixed: &Fixed) {
 }
 
 /// `megaplan export minimega` of `megaplan import minimega` of SCRIPT.
-fn import_export(dir: &Path, name: &str, script: &str) -> String {
+/// The files the export names in minimega's file path go to `files`.
+fn import_export(dir: &Path, name: &str, script: &str, files: &Path) -> String {
     let mm = dir.join(format!("{name}.mm"));
     std::fs::write(&mm, script).unwrap();
     let kdl = dir.join(format!("{name}.kdl"));
@@ -321,7 +322,13 @@ fn import_export(dir: &Path, name: &str, script: &str) -> String {
         !err.contains("no megaplan equivalent"),
         "import {name}: {err}"
     );
-    megaplan(&["export", "minimega", kdl.to_str().unwrap()])
+    megaplan(&[
+        "export",
+        "minimega",
+        kdl.to_str().unwrap(),
+        "--stage",
+        files.to_str().unwrap(),
+    ])
 }
 
 /// Kill and forget a namespace's VMs, its mirrors, taps and the namespace.
@@ -462,7 +469,7 @@ fn import_then_export_runs_on_minimega_like_the_original_script() {
         "mega_tap0 -> mega_tap2 on a fresh minimega"
     );
     clear(&mut c, node, &ns);
-    let exported = import_export(work.path(), "seed", &seed);
+    let exported = import_export(work.path(), "seed", &seed, &node.dir.join("files"));
     assert!(
         exported.contains("tap mirror A 0 monitor 0\n"),
         "{exported}"
@@ -528,7 +535,7 @@ clear cc filter
     assert_eq!(orig.vms["web1"].nics[2].vlan, 100);
     clear(&mut c, node, &ns);
     std::fs::remove_file(node.dir.join("files/data.qcow2")).unwrap();
-    let exported = import_export(work.path(), "rich", &rich);
+    let exported = import_export(work.path(), "rich", &rich, &node.dir.join("files"));
     read(
         &mut c,
         node,

@@ -50,6 +50,12 @@ pub enum ExportCommand {
         /// (default: qemu-system-x86_64 on this PATH, else /usr/bin's).
         #[arg(long)]
         qemu: Option<PathBuf>,
+        /// Write the files the script names in minimega's file path (boot
+        /// files and base images by digest, disks megaplan's mkfs makes)
+        /// under this folder: minimega's -filepath on the node reading the
+        /// script, or a folder to copy there.
+        #[arg(long, value_name = "DIR")]
+        stage: Option<PathBuf>,
     },
 }
 
@@ -252,6 +258,7 @@ pub fn export_cmd(cmd: ExportCommand) -> Result<ExitCode, CliError> {
         out,
         accel,
         qemu,
+        stage,
     } = cmd;
     // minimega resolves paths against its own folders: give it absolute ones.
     let file = std::path::absolute(&file).unwrap_or(file);
@@ -282,7 +289,26 @@ pub fn export_cmd(cmd: ExportCommand) -> Result<ExitCode, CliError> {
         crate::minimega::export::on_path(crate::drivers::qemu::QEMU_BINARY)
             .unwrap_or_else(|| PathBuf::from(super::export::DEFAULT_QEMU))
     });
-    let script = super::export_with(&lab, &super::export::Options { tcg, qemu });
+    let exported = super::export::exported(&lab, &super::export::Options { tcg, qemu });
+    if let Some(dir) = &stage {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| CliError::new(format!("cannot start the runtime: {e}")))?;
+        rt.block_on(super::disks::stage(dir, &lab.name, &exported.files))
+            .map_err(|e| {
+                CliError::new(format!("--stage {}: {e}", dir.display())).with_hint(
+                    "give an existing folder: minimega's -filepath on the node that reads the script",
+                )
+            })?;
+        eprintln!(
+            "Staged {} file{} under {}",
+            exported.files.len(),
+            if exported.files.len() == 1 { "" } else { "s" },
+            dir.display()
+        );
+    }
+    let script = exported.script;
     match &out {
         Some(o) => write_out(o, &script)?,
         None => print!("{script}"),

@@ -37,7 +37,7 @@ use std::sync::Mutex;
 use sha2::{Digest, Sha256};
 
 use super::client::{Client, ClientError, Command, Name};
-use crate::lab::{DiskFormat, DiskSpec};
+use crate::lab::{DiskFormat, DiskSource, DiskSpec, VmSpec};
 use crate::safefs::{Dir, Open};
 
 /// megaplan's folder in minimega's file path.
@@ -47,6 +47,8 @@ pub const TOP: &str = "megaplan";
 pub enum FilesError {
     #[error(transparent)]
     Client(#[from] ClientError),
+    #[error("no disk '{0}' in the experiment")]
+    UnknownDisk(String),
     #[error("'{name}' cannot name a file in minimega's file path: {why}")]
     BadName { name: String, why: &'static str },
     #[error("minimega's file path, as minimega reports it ({0:?}), is not an absolute path")]
@@ -430,69 +432,50 @@ pub async fn create(
     };
     let dir = folder(&root, experiment, "disks")?;
     if spec.filesystem.is_some() {
-        // megaplan's own mkfs.ext4 -d: minimega's `disk inject` needs a
-        // partition with a filesystem already (and nbd), `disk create`
-        // makes neither.
-        // The files to inject, staged in a fresh folder of ours beside it.
-        let stage_name = format!(".stage-{file}");
-        let stage_path = dir.path.join(&stage_name);
-        let _ = std::fs::remove_dir_all(&stage_path);
-        let stage = dir
-            .subdir(&stage_name, true)
-            .map_err(io(&stage_path))?
-            .ok_or_else(|| FilesError::Io {
-                path: stage_path.clone(),
-                source: std::io::ErrorKind::NotFound.into(),
-            })?;
-        let tmp = format!(".part-{file}");
-        let _ = dir.unlink(&tmp);
-        let made = async {
-            for (src, dst) in &spec.inject {
-                let target = stage.path.join(dst.trim_start_matches('/'));
-                if let Some(p) = target.parent() {
-                    std::fs::create_dir_all(p).map_err(io(p))?;
-                }
-                crate::host::local::copy_tree(src, &target).map_err(io(src))?;
-            }
-            // The guest's folders: 0755, whatever megaplan's umask.
-            crate::host::local::dirs_0755(&stage.path).map_err(io(&stage.path))?;
-            crate::drivers::qemu_img::make_ext4(
-                &dir.path.join(&tmp),
-                crate::host::local::fmt_of(spec.format),
-                spec.size_bytes.unwrap_or(1 << 30),
-                Some(&stage.path),
-            )
-            .await
-            .map_err(|source| FilesError::Image {
-                disk: spec.name.clone(),
-                source,
-            })?;
-            dir.rename(&tmp, &file).map_err(io(&dir.path))
-        }
-        .await;
-        let _ = std::fs::remove_dir_all(&stage_path);
-        if made.is_err() {
-            let _ = dir.unlink(&tmp);
-        }
-        return made;
+        return make_filesystem(&dir, spec).await;
     }
     let mut c = client.lock().expect("the client lock");
-    if let Some(base) = &spec.from {
-        let base_rel = place(&root, experiment, "bases", base)?;
-        // minimega writes the backing path relative to the new disk, and a
-        // node fetching the disk fetches its backing image with it.
-        c.run_ok(
-            &Command::new("disk")
-                .word("snapshot")
-                .arg(&base_rel)?
-                .arg(&rel)?,
-        )?;
-        if let Some(size) = spec.size_bytes {
-            c.run_ok(&Command::new("disk").word("resize").arg(&rel)?.num(size))?;
+    let base_rel = match &spec.from {
+        Some(base) => Some(place(&root, experiment, "bases", base)?),
+        None => None,
+    };
+    for cmd in disk_commands(experiment, spec, base_rel.as_deref())? {
+        c.run_ok(&cmd)?;
+    }
+    Ok(())
+}
+
+/// The commands that make a disk in `megaplan/EXP/disks/` on the head node,
+/// as the provider sends them and `export minimega` writes them: `disk
+/// create`, or `disk snapshot` of its base (placed at `base_rel`) and `disk
+/// resize`. None for a disk with a filesystem: megaplan's own mkfs makes
+/// that one ([`make_filesystem`]).
+pub fn disk_commands(
+    experiment: &str,
+    spec: &DiskSpec,
+    base_rel: Option<&str>,
+) -> Result<Vec<Command>, FilesError> {
+    if spec.filesystem.is_some() {
+        return Ok(Vec::new());
+    }
+    let rel = disk_rel(experiment, &spec.file_name())?;
+    let mut out = Vec::new();
+    match base_rel {
+        Some(base_rel) => {
+            // minimega writes the backing path relative to the new disk, and a
+            // node fetching the disk fetches its backing image with it.
+            out.push(
+                Command::new("disk")
+                    .word("snapshot")
+                    .arg(base_rel)?
+                    .arg(&rel)?,
+            );
+            if let Some(size) = spec.size_bytes {
+                out.push(Command::new("disk").word("resize").arg(&rel)?.num(size));
+            }
         }
-    } else {
-        c.run_ok(
-            &Command::new("disk")
+        None => out.push(
+            Command::new("disk")
                 .word("create")
                 .word(match spec.format {
                     DiskFormat::Qcow2 => "qcow2",
@@ -500,7 +483,184 @@ pub async fn create(
                 })
                 .arg(&rel)?
                 .num(spec.size_bytes.unwrap_or(1 << 30)),
-        )?;
+        ),
+    }
+    Ok(out)
+}
+
+/// A disk with a filesystem, made by megaplan's own `mkfs.ext4 -d` with its
+/// injected files, as `dir/NAME.FORMAT` (`dir` is `megaplan/EXP/disks/`).
+/// minimega's `disk inject` needs a partition with a filesystem already
+/// (and nbd), and `disk create` makes neither.
+pub async fn make_filesystem(dir: &Dir, spec: &DiskSpec) -> Result<(), FilesError> {
+    let file = spec.file_name();
+    component(&file)?;
+    // The files to inject, staged in a fresh folder of ours beside it.
+    let stage_name = format!(".stage-{file}");
+    let stage_path = dir.path.join(&stage_name);
+    let _ = std::fs::remove_dir_all(&stage_path);
+    let stage = dir
+        .subdir(&stage_name, true)
+        .map_err(io(&stage_path))?
+        .ok_or_else(|| FilesError::Io {
+            path: stage_path.clone(),
+            source: std::io::ErrorKind::NotFound.into(),
+        })?;
+    let tmp = format!(".part-{file}");
+    let _ = dir.unlink(&tmp);
+    let made = async {
+        for (src, dst) in &spec.inject {
+            let target = stage.path.join(dst.trim_start_matches('/'));
+            if let Some(p) = target.parent() {
+                std::fs::create_dir_all(p).map_err(io(p))?;
+            }
+            crate::host::local::copy_tree(src, &target).map_err(io(src))?;
+        }
+        // The guest's folders: 0755, whatever megaplan's umask.
+        crate::host::local::dirs_0755(&stage.path).map_err(io(&stage.path))?;
+        crate::drivers::qemu_img::make_ext4(
+            &dir.path.join(&tmp),
+            crate::host::local::fmt_of(spec.format),
+            spec.size_bytes.unwrap_or(1 << 30),
+            Some(&stage.path),
+        )
+        .await
+        .map_err(|source| FilesError::Image {
+            disk: spec.name.clone(),
+            source,
+        })?;
+        dir.rename(&tmp, &file).map_err(io(&dir.path))
+    }
+    .await;
+    let _ = std::fs::remove_dir_all(&stage_path);
+    if made.is_err() {
+        let _ = dir.unlink(&tmp);
+    }
+    made
+}
+
+/// `megaplan/EXP/SUB/SHA256` for a file (read to hash it, not copied):
+/// where [`place`] puts it.
+pub fn digest_rel(experiment: &str, sub: &str, src: &Path) -> Result<String, FilesError> {
+    let sub = sub_name(sub)?;
+    Ok(format!(
+        "{}/{sub}/{}",
+        experiment_rel(experiment)?,
+        digest_file(src)?
+    ))
+}
+
+/// The `vm config disk` values of a VM, as the provider sends them and
+/// export writes them: an experiment disk by its path in `disks/`; a
+/// `disk "PATH"` of a VM with `snapshot` (the default) by digest in
+/// `bases/`, where `base` puts it (minimega writes an overlay and only
+/// reads the image, so the copy iomeshage serves to the VM's node is the
+/// same disk). Without `snapshot` the VM writes to the user's own file,
+/// which a copy would silently divert: that one stays by absolute path
+/// (every node the VM may land on needs it there).
+pub fn vm_disks(
+    experiment: &str,
+    vm: &VmSpec,
+    disks: &[DiskSpec],
+    mut base: impl FnMut(&Path) -> Result<String, FilesError>,
+) -> Result<Vec<String>, FilesError> {
+    let mut out = Vec::new();
+    for d in &vm.disks {
+        let path = match &d.source {
+            DiskSource::Named(n) => {
+                let spec = disks
+                    .iter()
+                    .find(|s| &s.name == n)
+                    .ok_or_else(|| FilesError::UnknownDisk(n.clone()))?;
+                disk_rel(experiment, &spec.file_name())?
+            }
+            DiskSource::Path(p) if vm.snapshot => base(p)?,
+            DiskSource::Path(p) => p.to_string_lossy().into_owned(),
+        };
+        out.push(diskspec(&path));
+    }
+    Ok(out)
+}
+
+/// A VM's `vm config append`: megaplan's `megaplan.mounts=vdX:/PATH` for
+/// the disks its init mounts (as on megaplan's own engine), then the VM's
+/// own `append`.
+pub fn vm_append(vm: &VmSpec) -> Option<String> {
+    let mounts: Vec<String> = vm
+        .disks
+        .iter()
+        .enumerate()
+        .filter_map(|(i, d)| {
+            Some(format!(
+                "vd{}:{}",
+                (b'a' + i as u8) as char,
+                d.mount.as_ref()?
+            ))
+        })
+        .collect();
+    let append: Vec<String> = (!mounts.is_empty())
+        .then(|| format!("megaplan.mounts={}", mounts.join(",")))
+        .into_iter()
+        .chain(vm.append.clone())
+        .collect();
+    (!append.is_empty()).then(|| append.join(" "))
+}
+
+/// A file megaplan puts into minimega's file path for an experiment.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Needed {
+    /// A copy of this file at `rel` (a boot file or base image, by digest).
+    Copy { rel: String, src: PathBuf },
+    /// This disk, made by megaplan's mkfs with its injected files.
+    Mkfs { rel: String, spec: DiskSpec },
+    /// The folder `megaplan/EXP/disks/`: minimega's `disk create` and
+    /// `disk snapshot` make no folder.
+    Folder { rel: String },
+}
+
+impl Needed {
+    /// Its path relative to the file path.
+    pub fn rel(&self) -> &str {
+        match self {
+            Needed::Copy { rel, .. } | Needed::Mkfs { rel, .. } | Needed::Folder { rel } => rel,
+        }
+    }
+}
+
+/// Write `files` under `root` (a minimega file path, or a folder to copy
+/// into one) as the provider places them: the same names, the same
+/// no-link and rename-into-place rules. A `keep` disk already there is
+/// refused, not overwritten.
+pub async fn stage(root: &Path, experiment: &str, files: &[Needed]) -> Result<(), FilesError> {
+    for f in files {
+        match f {
+            Needed::Copy { rel, src } => {
+                let sub = rel
+                    .strip_prefix(&format!("{}/", experiment_rel(experiment)?))
+                    .and_then(|r| r.split('/').next())
+                    .unwrap_or_default();
+                let placed = place(root, experiment, sub, src)?;
+                if placed != *rel {
+                    return Err(FilesError::Io {
+                        path: src.clone(),
+                        source: std::io::Error::other("it changed while the script was written"),
+                    });
+                }
+            }
+            Needed::Folder { .. } => {
+                folder(root, experiment, "disks")?;
+            }
+            Needed::Mkfs { rel, spec } => {
+                let dir = folder(root, experiment, "disks")?;
+                if spec.keep && dir.open_file(&spec.file_name(), Open::Read).is_ok() {
+                    return Err(FilesError::KeepDiskExists {
+                        disk: spec.name.clone(),
+                        rel: rel.clone(),
+                    });
+                }
+                make_filesystem(&dir, spec).await?;
+            }
+        }
     }
     Ok(())
 }

@@ -14,6 +14,7 @@
 use std::collections::{BTreeMap, HashSet};
 use std::path::Path;
 
+use super::disks;
 use super::import::shell_safe;
 use super::lex::{self, quote};
 use super::{MARKER_TAG, MINICCC_FILES, RECV_DIR};
@@ -133,13 +134,103 @@ pub fn export(lab: &Lab) -> String {
 
 /// The experiment as a minimega script.
 pub fn export_with(lab: &Lab, opts: &Options) -> String {
-    guard_preprocessor(script(lab, opts))
+    exported(lab, opts).script
 }
 
-fn script(lab: &Lab, opts: &Options) -> String {
-    let mut out = String::new();
+/// A script and the files it names in minimega's file path.
+#[derive(Clone, Debug)]
+pub struct Exported {
+    pub script: String,
+    /// What megaplan places there before the script runs, and the script
+    /// cannot: boot files and base images by digest, disks made by mkfs
+    /// ([`disks::stage`] writes them, `export --stage DIR`).
+    pub files: Vec<disks::Needed>,
+}
+
+/// The experiment as a minimega script, and the files it needs.
+pub fn exported(lab: &Lab, opts: &Options) -> Exported {
+    let (body, files) = script(lab, opts);
+    let mut head = String::new();
+    intro(&mut head, lab);
+    if !files.is_empty() {
+        comment(
+            &mut head,
+            "Files this script names in minimega's file path (-filepath, default BASE/files) on the node",
+        );
+        comment(
+            &mut head,
+            "reading it; minimega's iomeshage serves them to the other nodes, which need the same -filepath.",
+        );
+        comment(
+            &mut head,
+            "Place them there first (`megaplan export minimega FILE --stage FILEPATH` writes them):",
+        );
+        for f in &files {
+            match f {
+                disks::Needed::Copy { rel, src } => comment(
+                    &mut head,
+                    &format!("  {rel}  <- a copy of {}", src.display()),
+                ),
+                disks::Needed::Folder { rel } => comment(
+                    &mut head,
+                    &format!("  {rel}  <- a folder (minimega's `disk create` makes none)"),
+                ),
+                disks::Needed::Mkfs { rel, spec } => comment(
+                    &mut head,
+                    &format!(
+                        "  {rel}  <- disk {}: mkfs.{} of {} bytes with its injected files",
+                        spec.name,
+                        spec.filesystem.as_deref().unwrap_or("ext4"),
+                        spec.size_bytes.unwrap_or(1 << 30)
+                    ),
+                ),
+            }
+        }
+    }
+    Exported {
+        script: guard_preprocessor(head + &body),
+        files,
+    }
+}
+
+/// Where a kernel, initrd or image goes in the file path (`SUB/SHA256`, as
+/// the provider places it), recorded in `files`; a file that cannot be read
+/// here keeps its absolute path, with a comment saying so.
+fn boot_or_base(
+    out: &mut String,
+    files: &mut Vec<disks::Needed>,
+    experiment: &str,
+    sub: &str,
+    src: &Path,
+    owner: &str,
+) -> String {
+    match disks::digest_rel(experiment, sub, src) {
+        Ok(rel) => {
+            let n = disks::Needed::Copy {
+                rel: rel.clone(),
+                src: src.to_path_buf(),
+            };
+            if !files.contains(&n) {
+                files.push(n);
+            }
+            rel
+        }
+        Err(e) => {
+            comment(
+                out,
+                &format!(
+                    "{owner}: {} by absolute path (every node needs it there): cannot name it in the file path: {e}",
+                    src.display()
+                ),
+            );
+            src.to_string_lossy().into_owned()
+        }
+    }
+}
+
+fn intro(out: &mut String, lab: &Lab) {
     comment(
-        &mut out,
+        out,
         &format!(
             "minimega script for the megaplan experiment '{}' ({}), written by `megaplan export minimega`.",
             lab.name,
@@ -147,11 +238,16 @@ fn script(lab: &Lab, opts: &Options) -> String {
         ),
     );
     comment(
-        &mut out,
+        out,
         &format!(
             "Each VM carries megaplan's ownership marker as the tag `{MARKER_TAG}` = EXPERIMENT:ADDRESS."
         ),
     );
+}
+
+fn script(lab: &Lab, opts: &Options) -> (String, Vec<disks::Needed>) {
+    let mut out = String::new();
+    let mut files = Vec::new();
     let namespace = match &lab.provider {
         crate::lab::ProviderSpec::Minimega { namespace, .. } => namespace.as_str(),
         crate::lab::ProviderSpec::Local => lab.name.as_str(),
@@ -177,52 +273,63 @@ fn script(lab: &Lab, opts: &Options) -> String {
         }
     }
 
-    // Disks: minimega makes them in its files folder, named NAME.FORMAT.
+    // Disks: in megaplan's folder of minimega's file path, made by the
+    // commands the provider sends (disks.rs), or by megaplan's mkfs.
     for d in &lab.disks {
         out.push('\n');
-        let file = quote(&d.file_name());
-        match (&d.from, d.size_bytes) {
-            (Some(_), _) if d.format != crate::lab::DiskFormat::Qcow2 => comment(
+        if d.from.is_some() && d.format != crate::lab::DiskFormat::Qcow2 {
+            comment(
                 &mut out,
                 &format!(
                     "disk {}: a {} disk with `from` is not exported (minimega's snapshots are qcow2)",
                     d.name,
                     d.format.as_str()
                 ),
-            ),
-            (Some(from), _) => {
-                out.push_str(&format!("disk snapshot {} {file}\n", path(from)));
-                if d.size_bytes.is_some() {
-                    comment(
-                        &mut out,
-                        &format!("disk {}: size is not exported with `from`", d.name),
-                    );
-                }
-            }
-            (None, Some(size)) => {
-                out.push_str(&format!(
-                    "disk create {} {file} {size}\n",
-                    d.format.as_str()
-                ));
-            }
-            (None, None) => comment(&mut out, &format!("disk {}: no size; not created", d.name)),
+            );
+            continue;
         }
-        if d.filesystem.is_some() && d.inject.is_empty() {
+        let rel = match disks::disk_rel(&lab.name, &d.file_name()) {
+            Ok(r) => r,
+            Err(e) => {
+                comment(&mut out, &format!("disk {}: not exported: {e}", d.name));
+                continue;
+            }
+        };
+        if d.filesystem.is_some() {
             comment(
                 &mut out,
                 &format!(
-                    "disk {}: filesystem is not exported (minimega makes blank disks)",
-                    d.name
+                    "disk {}: {rel} is made by megaplan (mkfs.{} with its files), not by a minimega command: see the files above",
+                    d.name,
+                    d.filesystem.as_deref().unwrap_or("ext4")
                 ),
             );
-        }
-        if !d.inject.is_empty() {
-            let files: Vec<String> = d
-                .inject
-                .iter()
-                .map(|(s, t)| quote(&format!("{}:{t}", s.to_string_lossy())))
-                .collect();
-            out.push_str(&format!("disk inject {file} files {}\n", files.join(" ")));
+            files.push(disks::Needed::Mkfs {
+                rel,
+                spec: d.clone(),
+            });
+        } else {
+            let base = d
+                .from
+                .as_deref()
+                .map(|f| boot_or_base(&mut out, &mut files, &lab.name, "bases", f, &d.name));
+            match disks::disk_commands(&lab.name, d, base.as_deref()) {
+                Ok(cmds) => {
+                    if let Ok(exp) = disks::experiment_rel(&lab.name) {
+                        let n = disks::Needed::Folder {
+                            rel: format!("{exp}/disks/"),
+                        };
+                        if !files.contains(&n) {
+                            files.push(n);
+                        }
+                    }
+                    for c in cmds {
+                        out.push_str(c.as_str());
+                        out.push('\n');
+                    }
+                }
+                Err(e) => comment(&mut out, &format!("disk {}: not exported: {e}", d.name)),
+            }
         }
         if d.keep {
             comment(
@@ -238,38 +345,49 @@ fn script(lab: &Lab, opts: &Options) -> String {
     for v in &lab.vms {
         out.push('\n');
         out.push_str("clear vm config\n");
-        if let Some(k) = &v.kernel {
-            out.push_str(&format!("vm config kernel {}\n", path(k)));
+        for (kw, p) in [("kernel", &v.kernel), ("initrd", &v.initrd)] {
+            if let Some(p) = p {
+                let rel = boot_or_base(&mut out, &mut files, &lab.name, "boot", p, &v.name);
+                out.push_str(&format!("vm config {kw} {}\n", quote(&rel)));
+            }
         }
-        if let Some(i) = &v.initrd {
-            out.push_str(&format!("vm config initrd {}\n", path(i)));
-        }
-        if let Some(a) = &v.append {
-            out.push_str(&format!("vm config append {}\n", quote(a)));
+        if let Some(a) = disks::vm_append(v) {
+            out.push_str(&format!("vm config append {}\n", quote(&a)));
         }
         out.push_str(&format!("vm config memory {}\n", v.memory_mib));
         out.push_str(&format!("vm config vcpus {}\n", v.vcpus));
         out.push_str(&format!("vm config uuid {}\n", v.uuid));
         out.push_str(&format!("vm config snapshot {}\n", v.snapshot));
         if !v.disks.is_empty() {
-            let disks: Vec<String> = v
-                .disks
-                .iter()
-                .map(|d| match &d.source {
-                    DiskSource::Named(n) => {
-                        quote(&lab.disk(n).map_or_else(|| n.clone(), |d| d.file_name()))
-                    }
-                    DiskSource::Path(p) => path(p),
-                })
-                .collect();
-            out.push_str(&format!("vm config disk {}\n", disks.join(" ")));
-            for d in &v.disks {
-                if let Some(m) = &d.mount {
-                    comment(
-                        &mut out,
-                        &format!("vm {}: mount {m} is not exported", v.name),
-                    );
+            let mut placed = Vec::new();
+            let values = disks::vm_disks(&lab.name, v, &lab.disks, |p| {
+                let mut notes = String::new();
+                let rel = boot_or_base(&mut notes, &mut files, &lab.name, "bases", p, &v.name);
+                placed.push(notes);
+                Ok(rel)
+            });
+            for n in placed {
+                out.push_str(&n);
+            }
+            match values {
+                Ok(values) => {
+                    let q: Vec<String> = values.iter().map(|d| quote(d)).collect();
+                    out.push_str(&format!("vm config disk {}\n", q.join(" ")));
                 }
+                Err(e) => comment(&mut out, &format!("vm {}: disks not exported: {e}", v.name)),
+            }
+            if !v.snapshot
+                && v.disks
+                    .iter()
+                    .any(|d| matches!(d.source, DiskSource::Path(_)))
+            {
+                comment(
+                    &mut out,
+                    &format!(
+                        "vm {}: snapshot false: its disk image by absolute path, on every node it may run on",
+                        v.name
+                    ),
+                );
             }
         }
         if !v.nics.is_empty() {
@@ -420,7 +538,7 @@ fn script(lab: &Lab, opts: &Options) -> String {
     comment(&mut out, &format!("  namespace {ns} vm kill all"));
     comment(&mut out, &format!("  namespace {ns} vm flush"));
     comment(&mut out, &format!("  clear namespace {ns}"));
-    out
+    (out, files)
 }
 
 /// The first `name` in a folder of `PATH` (an absolute path), if any.
@@ -430,4 +548,154 @@ pub fn on_path(name: &str) -> Option<std::path::PathBuf> {
         .filter(|d| d.is_absolute())
         .map(|d| d.join(name))
         .find(|p| p.is_file())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sha2::{Digest, Sha256};
+
+    fn sha(bytes: &[u8]) -> String {
+        Sha256::digest(bytes)
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect()
+    }
+
+    fn lab_at(dir: &Path, text: &str) -> Lab {
+        let src = crate::diag::SourceFile::new(dir.join("e.kdl"), text.to_string());
+        let (lab, d) = crate::validate::check(&src);
+        lab.unwrap_or_else(|| panic!("{}", d.render_plain(&src)))
+    }
+
+    /// A lab whose boot files and images exist, as export reads them.
+    fn fixture() -> (tempfile::TempDir, Lab) {
+        let t = tempfile::tempdir().unwrap();
+        for (f, bytes) in [
+            ("vmlinuz", &b"kernel"[..]),
+            ("initrd", b"initrd"),
+            ("base.qcow2", b"base"),
+            ("own.img", b"own"),
+            ("motd", b"hello"),
+        ] {
+            std::fs::write(t.path().join(f), bytes).unwrap();
+        }
+        let lab = lab_at(
+            t.path(),
+            r#"experiment "e"
+disk "b" size="2G" { from "base.qcow2"; }
+disk "fs" size="16M" filesystem="ext4" { inject "motd" "/etc/motd"; }
+vm "A" {
+    kernel "vmlinuz"
+    initrd "initrd"
+    disk "b"
+    disk "own.img"
+    disk "fs" mount="/data"
+}
+vm "B" {
+    kernel "vmlinuz"
+    snapshot #false
+    disk "own.img"
+}
+"#,
+        );
+        (t, lab)
+    }
+
+    #[test]
+    fn boot_files_and_images_are_named_by_digest_in_the_file_path_as_the_provider_places_them() {
+        let (t, lab) = fixture();
+        let ex = exported(&lab, &Options::of(&lab));
+        let s = &ex.script;
+        let (k, i, b, own) = (sha(b"kernel"), sha(b"initrd"), sha(b"base"), sha(b"own"));
+        for want in [
+            format!(
+                "vm config kernel megaplan/e/boot/{k}\nvm config initrd megaplan/e/boot/{i}\nvm config append megaplan.mounts=vdc:/data\n"
+            ),
+            format!(
+                "disk snapshot \"megaplan/e/bases/{b}\" \"megaplan/e/disks/b.qcow2\"\ndisk resize \"megaplan/e/disks/b.qcow2\" 2147483648\n"
+            ),
+            format!(
+                "vm config disk megaplan/e/disks/b.qcow2,virtio megaplan/e/bases/{own},virtio megaplan/e/disks/fs.qcow2,virtio\n"
+            ),
+            // snapshot #false: the VM writes the user's own file.
+            format!(
+                "vm config disk {},virtio\n# vm B: snapshot false",
+                t.path().join("own.img").display()
+            ),
+            "# disk fs: megaplan/e/disks/fs.qcow2 is made by megaplan".into(),
+            format!(
+                "#   megaplan/e/boot/{k}  <- a copy of {}\n",
+                t.path().join("vmlinuz").display()
+            ),
+            "#   megaplan/e/disks/fs.qcow2  <- disk fs: mkfs.ext4 of 16777216 bytes".into(),
+        ] {
+            assert!(s.contains(&want), "missing:\n{want}\nin:\n{s}");
+        }
+        // No command makes the mkfs disk; no absolute kernel path.
+        assert!(!s.contains("\ndisk create"), "{s}");
+        assert!(!s.contains("\ndisk inject"), "{s}");
+        assert!(
+            !s.contains(&format!("kernel {}", t.path().display())),
+            "{s}"
+        );
+        // The files, once each, in the order the script names them.
+        let rels: Vec<&str> = ex.files.iter().map(disks::Needed::rel).collect();
+        assert_eq!(
+            rels,
+            [
+                format!("megaplan/e/bases/{b}"),
+                "megaplan/e/disks/".into(),
+                "megaplan/e/disks/fs.qcow2".into(),
+                format!("megaplan/e/boot/{k}"),
+                format!("megaplan/e/boot/{i}"),
+                format!("megaplan/e/bases/{own}"),
+            ],
+            "{s}"
+        );
+        // The header lists every file before the first command.
+        let first = s.find("\nnamespace ").unwrap();
+        for r in &rels {
+            assert!(s[..first].contains(&format!("#   {r}  <- ")), "{r}:\n{s}");
+        }
+    }
+
+    #[test]
+    fn stage_writes_the_copies_where_the_script_names_them() {
+        let (t, lab) = fixture();
+        let ex = exported(&lab, &Options::of(&lab));
+        let root = t.path().join("files");
+        std::fs::create_dir(&root).unwrap();
+        // The copies (mkfs is exercised end to end in tests/minimega_e2e.rs).
+        let copies: Vec<disks::Needed> = ex
+            .files
+            .iter()
+            .filter(|f| !matches!(f, disks::Needed::Mkfs { .. }))
+            .cloned()
+            .collect();
+        assert_eq!(copies.len(), 5);
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        rt.block_on(disks::stage(&root, &lab.name, &copies))
+            .unwrap();
+        assert!(root.join("megaplan/e/disks").is_dir());
+        for f in &copies {
+            let disks::Needed::Copy { rel, src } = f else {
+                continue;
+            };
+            assert_eq!(
+                std::fs::read(root.join(rel)).unwrap(),
+                std::fs::read(src).unwrap(),
+                "{rel}"
+            );
+        }
+        // A file changed since the script was written is refused, not
+        // staged under a name the script does not use.
+        std::fs::write(t.path().join("vmlinuz"), b"other kernel").unwrap();
+        assert!(
+            rt.block_on(disks::stage(&root, &lab.name, &copies))
+                .is_err()
+        );
+    }
 }

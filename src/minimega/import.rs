@@ -743,7 +743,9 @@ impl Importer<'_> {
                 for w in values {
                     let mut parts = w.text.split(',');
                     let path = parts.next().unwrap_or("").to_string();
-                    if parts.next().is_some() {
+                    // `,virtio` is how megaplan attaches every disk (export writes it).
+                    let opts: Vec<&str> = parts.collect();
+                    if !opts.is_empty() && opts != ["virtio"] {
                         self.unmapped(
                             std::slice::from_ref(w),
                             1,

@@ -38,7 +38,7 @@ use std::time::{Duration, Instant};
 use super::MARKER_TAG;
 use super::client::{Client, ClientError, Command, HostResponse, Name, VmInfo, VmState, vm_infos};
 use crate::host::StepOutcome;
-use crate::lab::{Accel, CcActionSpec, CommandSpec, DiskSource, DiskSpec, Lab, VmSpec};
+use crate::lab::{Accel, CcActionSpec, CommandSpec, DiskSpec, Lab, VmSpec};
 use crate::observed::{Observed, ObservedLink, ObservedMirror, ObservedVm};
 use crate::provider::{
     GuestWait, Op, OpOutcome, Outcome, Provider, ProviderError as PError, Rules,
@@ -477,46 +477,30 @@ impl MinimegaHost {
             super::disks::prune_boot(&self.client, experiment, &sources)?;
         }
         // ext4 disks the guest's init mounts, as on megaplan's own engine.
-        let mounts: Vec<String> = vm
-            .disks
-            .iter()
-            .enumerate()
-            .filter_map(|(i, d)| {
-                Some(format!(
-                    "vd{}:{}",
-                    (b'a' + i as u8) as char,
-                    d.mount.as_ref()?
-                ))
-            })
-            .collect();
-        let append: Vec<String> = (!mounts.is_empty())
-            .then(|| format!("megaplan.mounts={}", mounts.join(",")))
-            .into_iter()
-            .chain(vm.append.clone())
-            .collect();
-        if !append.is_empty() {
-            cfg.push(c().word("append").arg(&append.join(" "))?);
+        if let Some(append) = super::disks::vm_append(vm) {
+            cfg.push(c().word("append").arg(&append)?);
         }
         cfg.push(
             c().word("snapshot")
                 .word(if vm.snapshot { "true" } else { "false" }),
         );
         if !vm.disks.is_empty() {
-            let mut d = c().word("disk");
-            for disk in &vm.disks {
-                d = match &disk.source {
-                    DiskSource::Named(n) => {
-                        let spec = disks
-                            .iter()
-                            .find(|d| &d.name == n)
-                            .ok_or_else(|| MinimegaError::NoVm(n.clone()))?;
-                        d.arg(&super::disks::diskspec(&super::disks::disk_rel(
-                            experiment,
-                            &spec.file_name(),
-                        )?))?
+            // Shared with export (disks.rs): a `disk "PATH"` under snapshot
+            // goes by digest into the file path's bases/.
+            let mut root = None;
+            let values = super::disks::vm_disks(experiment, vm, disks, |p| {
+                let r = match &root {
+                    Some(r) => r,
+                    None => {
+                        let mut cl = self.client.lock().expect("the client lock");
+                        root.insert(super::disks::head_filepath(&mut cl, &self.ns)?)
                     }
-                    DiskSource::Path(p) => d.arg(&super::disks::diskspec(&path_text(p)))?,
                 };
+                super::disks::place(r, experiment, "bases", p)
+            })?;
+            let mut d = c().word("disk");
+            for v in &values {
+                d = d.arg(v)?;
             }
             cfg.push(d);
         }

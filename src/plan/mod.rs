@@ -19,7 +19,7 @@ pub mod render;
 pub use reason::Reason;
 use reason::{Link, Missing};
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -270,159 +270,62 @@ fn plan_resources(
     opts: &Options,
 ) -> Plan {
     let tainted = tainted_vms(prior);
-    let mut changes: Vec<Change> = Vec::with_capacity(wanted.len());
-    let mut action_of: BTreeMap<String, Action> = BTreeMap::new();
+    let n = wanted.len();
+    let mut changes: Vec<Change> = Vec::with_capacity(n);
+    // Each change's address and target, moved out of its resource; they go
+    // into the change once the maps below, which borrow them, are dropped.
+    let mut addresses: Vec<String> = Vec::with_capacity(n);
+    let mut targets: Vec<Target> = Vec::with_capacity(n);
 
-    for r in &mut wanted {
-        let prior_rec = prior.resources.get(&r.address);
-        let mut c = Change {
-            address: r.address.clone(),
-            kind: r.kind,
-            target: Some(r.target.clone()),
-            action: Action::NoOp,
-            before: prior_rec.map(|p| p.attrs.clone()),
-            spec: None,
-            reasons: Vec::new(),
-            replace_paths: Vec::new(),
-            deps: Vec::new(),
-            prior_deps: prior_rec.map(|p| p.deps.clone()).unwrap_or_default(),
-        };
-        match prior_rec {
-            None => {
-                c.action = Action::Create;
-                c.reasons.push(Reason::New {
-                    step: r.kind == Kind::Step,
-                });
-                // Something of ours already there (a crash before the state was written)?
-                if let Some(obs) = observed
-                    && (obs.links.contains_key(&r.address) || obs.vms.contains_key(&r.address))
-                {
-                    c.action = Action::Replace;
-                    c.reasons = vec![Reason::FoundOnHost];
-                }
-            }
-            Some(rec) => {
-                let mut replace = false;
-                let mut update = false;
-                match rec.status {
-                    Status::Creating => {
-                        replace = true;
-                        c.reasons.push(Reason::CreationInterrupted);
-                    }
-                    Status::Failed => {
-                        replace = true;
-                        c.reasons.push(if r.kind == Kind::Step {
-                            Reason::StepFailed
-                        } else {
-                            Reason::CreationFailed
-                        });
-                    }
-                    Status::Ready => {}
-                }
-                // The desired attributes, derived for the comparison only.
-                let after = r.spec.attrs();
-                let keys: BTreeSet<&String> = rec.attrs.keys().chain(after.keys()).collect();
-                for k in keys {
-                    let (b, a) = (rec.attrs.get(k), after.get(k));
-                    if b == a || (k == "hash" && r.kind == Kind::Step) {
-                        continue;
-                    }
-                    // Known after apply: the engine chose it, the file does not say.
-                    if a.is_none() && opts.rules.is_computed(r.kind, k) {
-                        continue;
-                    }
-                    // A digest counts only where both sides know it (a state
-                    // written before digests were recorded, an unreadable file).
-                    let digest_of = k.strip_suffix("_sha256");
-                    if digest_of.is_some() && (a.is_none() || b.is_none()) {
-                        continue;
-                    }
-                    let text = if let Some(what) = digest_of {
-                        Reason::ContentChanged {
-                            what: what.to_string(),
-                        }
-                    } else if r.kind == Kind::Step && k != "timeout_ms" && k != "allow_failure" {
-                        Reason::StepChanged
-                    } else {
-                        let values = match (b, a) {
-                            (Some(Value::Array(_) | Value::Object(_)), _)
-                            | (_, Some(Value::Array(_) | Value::Object(_))) => None,
-                            _ => Some((show_opt(b), show_opt(a))),
-                        };
-                        Reason::AttributeChanged {
-                            key: k.clone(),
-                            values,
-                        }
-                    };
-                    if !c.reasons.contains(&text) {
-                        c.reasons.push(text);
-                    }
-                    if opts.rules.forces_replacement(r.kind, k) {
-                        replace = true;
-                        c.replace_paths.push(k.clone());
-                    } else {
-                        update = true;
-                    }
-                }
-                if let Spec::Step(step) = &r.spec
-                    && rec.status == Status::Ready
-                    && let Some(exit) = rec.exit.filter(|&e| e != 0)
-                    && !step.allow_failure
-                {
-                    replace = true;
-                    c.reasons.push(Reason::StepExited { exit });
-                }
-                if let Target::Vm { name } = &r.target
-                    && let Some(step) = tainted.get(name)
-                {
-                    replace = true;
-                    c.reasons.push(Reason::Tainted { step: step.clone() });
-                }
-                if opts.replace.contains(&r.address) {
-                    replace = true;
-                    c.reasons.push(Reason::ReplaceRequested);
-                }
-                if let Some(obs) = observed
-                    && rec.status == Status::Ready
-                {
-                    let (r2, u2, why) = live_check(r, obs, prior);
-                    replace |= r2;
-                    update |= u2;
-                    c.reasons.extend(why);
-                }
-                c.action = if replace {
-                    Action::Replace
-                } else if update {
-                    Action::Update
-                } else {
-                    Action::NoOp
-                };
-            }
+    // The resources are consumed as the changes are made, and their buffer
+    // shrinks as it empties: the two lists are never both whole (at 10^5
+    // VMs each is ~150-200 MB).
+    while !wanted.is_empty() {
+        let take = wanted.len() - wanted.len() / 3;
+        for r in wanted.drain(..take) {
+            let c = change_for(&r, prior, observed, opts, &tainted);
+            let Resource {
+                address,
+                target,
+                spec,
+                deps,
+                ..
+            } = r;
+            addresses.push(address);
+            targets.push(target);
+            changes.push(Change {
+                // The desired spec and deps move into the change: no copies of 10^5 specs.
+                spec: Some(spec),
+                deps,
+                ..c
+            });
         }
-        action_of.insert(c.address.clone(), c.action);
-        // The desired spec and deps move into the change: no copies of 10^5 specs.
-        c.spec = Some(std::mem::replace(
-            &mut r.spec,
-            Spec::Network(graph::NetworkSpec::default()),
-        ));
-        c.deps = std::mem::take(&mut r.deps);
-        changes.push(c);
+        wanted.shrink_to_fit();
     }
-    let wanted_set: HashSet<&str> = wanted.iter().map(|r| r.address.as_str()).collect();
+    drop(wanted);
+
+    // Per address: the index whose action counts (the last, as a map
+    // insert in order would keep); the same set as "the file wants it".
+    let mut index_of: HashMap<&str, usize> = HashMap::with_capacity(n);
+    for (i, a) in addresses.iter().enumerate() {
+        index_of.insert(a.as_str(), i);
+    }
+    let mut actions: Vec<Action> = changes.iter().map(|c| c.action).collect();
+    let action_of = |actions: &[Action], a: &str| index_of.get(a).map(|&j| actions[j]);
 
     // Target of each wanted address, first wins (as a linear `find` over `changes` would).
-    let mut target_of: HashMap<&str, &Target> = HashMap::with_capacity(wanted.len());
-    for r in &wanted {
-        target_of.entry(r.address.as_str()).or_insert(&r.target);
+    let mut target_of: HashMap<&str, &Target> = HashMap::with_capacity(n);
+    for (a, t) in addresses.iter().zip(&targets) {
+        target_of.entry(a.as_str()).or_insert(t);
     }
-    // Cascades, in dependency order (`wanted` is topologically sorted).
-    for c in &mut changes {
+    // Cascades, in dependency order (`wanted` was topologically sorted).
+    for (i, c) in changes.iter_mut().enumerate() {
         if matches!(c.action, Action::Create | Action::Delete) {
             continue;
         }
         let mut why: Vec<Reason> = Vec::new();
         for d in &c.deps {
-            let Some(&da) = action_of.get(d) else {
+            let Some(da) = action_of(&actions, d) else {
                 continue;
             };
             let recreated = matches!(da, Action::Create | Action::Replace);
@@ -461,28 +364,31 @@ fn plan_resources(
                     c.reasons.push(w);
                 }
             }
-            action_of.insert(c.address.clone(), Action::Replace);
+            actions[index_of[addresses[i].as_str()]] = Action::Replace;
         }
     }
 
     // Steps on a VM whose generation moved on since they ran (restarted outside megaplan).
     // (The VM record's generation is bumped by each launch.)
-    let vm_address: HashMap<&str, &str> = wanted
+    let vm_address: HashMap<&str, &str> = targets
         .iter()
-        .filter_map(|r| match &r.target {
-            Target::Vm { name } => Some((name.as_str(), r.address.as_str())),
+        .zip(&addresses)
+        .filter_map(|(t, a)| match t {
+            Target::Vm { name } => Some((name.as_str(), a.as_str())),
             _ => None,
         })
         .collect();
-    for c in changes
+    for ((c, target), address) in changes
         .iter_mut()
-        .filter(|c| c.kind == Kind::Step && c.action == Action::NoOp)
+        .zip(&targets)
+        .zip(&addresses)
+        .filter(|((c, _), _)| c.kind == Kind::Step && c.action == Action::NoOp)
     {
-        let Some(Target::Step { vm, .. }) = &c.target else {
+        let Target::Step { vm, .. } = target else {
             continue;
         };
         let (Some(step), Some(vm)) = (
-            prior.resources.get(&c.address),
+            prior.resources.get(address),
             vm_address
                 .get(vm.as_str())
                 .and_then(|a| prior.resources.get(*a)),
@@ -499,7 +405,7 @@ fn plan_resources(
     // Removed from the file (or everything, when destroying), in reverse order.
     let mut deletes: Vec<Change> = Vec::new();
     for (address, rec) in &prior.resources {
-        if wanted_set.contains(address.as_str()) {
+        if index_of.contains_key(address.as_str()) {
             continue;
         }
         let keep = rec.kind == Kind::Disk && rec.attrs.get("keep") == Some(&Value::Bool(true));
@@ -541,7 +447,7 @@ fn plan_resources(
     // Orphans: our marker on the host, no record in the state.
     if let Some(obs) = observed {
         for (address, link) in &obs.links {
-            if prior.resources.contains_key(address) || wanted_set.contains(address.as_str()) {
+            if prior.resources.contains_key(address) || index_of.contains_key(address.as_str()) {
                 continue;
             }
             let kind = if link.kind == crate::observed::ObservedKind::Bridge {
@@ -557,7 +463,7 @@ fn plan_resources(
             ));
         }
         for (address, vm) in &obs.vms {
-            if prior.resources.contains_key(address) || wanted_set.contains(address.as_str()) {
+            if prior.resources.contains_key(address) || index_of.contains_key(address.as_str()) {
                 continue;
             }
             let pid = vm.pid.map_or(Value::Null, Value::from);
@@ -566,6 +472,11 @@ fn plan_resources(
             };
             deletes.push(orphan(address, Kind::Vm, Some(target), [("pid", pid)]));
         }
+    }
+    drop((index_of, target_of, vm_address));
+    for ((c, address), target) in changes.iter_mut().zip(addresses).zip(targets) {
+        c.address = address;
+        c.target = Some(target);
     }
     // Reverse dependency order: steps, mirrors, VMs, taps, disks, networks.
     deletes.sort_by(|a, b| b.kind.cmp(&a.kind).then_with(|| a.address.cmp(&b.address)));
@@ -578,6 +489,144 @@ fn plan_resources(
         serial: prior.serial,
         changes,
     }
+}
+
+/// The change for one wanted resource, before cascades: its action and
+/// reasons from the state and what refresh saw. Address, target, spec and
+/// deps are left empty (the caller moves them in).
+fn change_for(
+    r: &Resource,
+    prior: &State,
+    observed: Option<&Observed>,
+    opts: &Options,
+    tainted: &HashMap<String, String>,
+) -> Change {
+    let prior_rec = prior.resources.get(&r.address);
+    let mut c = Change {
+        address: String::new(),
+        kind: r.kind,
+        target: None,
+        action: Action::NoOp,
+        before: prior_rec.map(|p| p.attrs.clone()),
+        spec: None,
+        reasons: Vec::new(),
+        replace_paths: Vec::new(),
+        deps: Vec::new(),
+        prior_deps: prior_rec.map(|p| p.deps.clone()).unwrap_or_default(),
+    };
+    match prior_rec {
+        None => {
+            c.action = Action::Create;
+            c.reasons.push(Reason::New {
+                step: r.kind == Kind::Step,
+            });
+            // Something of ours already there (a crash before the state was written)?
+            if let Some(obs) = observed
+                && (obs.links.contains_key(&r.address) || obs.vms.contains_key(&r.address))
+            {
+                c.action = Action::Replace;
+                c.reasons = vec![Reason::FoundOnHost];
+            }
+        }
+        Some(rec) => {
+            let mut replace = false;
+            let mut update = false;
+            match rec.status {
+                Status::Creating => {
+                    replace = true;
+                    c.reasons.push(Reason::CreationInterrupted);
+                }
+                Status::Failed => {
+                    replace = true;
+                    c.reasons.push(if r.kind == Kind::Step {
+                        Reason::StepFailed
+                    } else {
+                        Reason::CreationFailed
+                    });
+                }
+                Status::Ready => {}
+            }
+            // The desired attributes, derived for the comparison only.
+            let after = r.spec.attrs();
+            let keys: BTreeSet<&String> = rec.attrs.keys().chain(after.keys()).collect();
+            for k in keys {
+                let (b, a) = (rec.attrs.get(k), after.get(k));
+                if b == a || (k == "hash" && r.kind == Kind::Step) {
+                    continue;
+                }
+                // Known after apply: the engine chose it, the file does not say.
+                if a.is_none() && opts.rules.is_computed(r.kind, k) {
+                    continue;
+                }
+                // A digest counts only where both sides know it (a state
+                // written before digests were recorded, an unreadable file).
+                let digest_of = k.strip_suffix("_sha256");
+                if digest_of.is_some() && (a.is_none() || b.is_none()) {
+                    continue;
+                }
+                let text = if let Some(what) = digest_of {
+                    Reason::ContentChanged {
+                        what: what.to_string(),
+                    }
+                } else if r.kind == Kind::Step && k != "timeout_ms" && k != "allow_failure" {
+                    Reason::StepChanged
+                } else {
+                    let values = match (b, a) {
+                        (Some(Value::Array(_) | Value::Object(_)), _)
+                        | (_, Some(Value::Array(_) | Value::Object(_))) => None,
+                        _ => Some((show_opt(b), show_opt(a))),
+                    };
+                    Reason::AttributeChanged {
+                        key: k.clone(),
+                        values,
+                    }
+                };
+                if !c.reasons.contains(&text) {
+                    c.reasons.push(text);
+                }
+                if opts.rules.forces_replacement(r.kind, k) {
+                    replace = true;
+                    c.replace_paths.push(k.clone());
+                } else {
+                    update = true;
+                }
+            }
+            if let Spec::Step(step) = &r.spec
+                && rec.status == Status::Ready
+                && let Some(exit) = rec.exit.filter(|&e| e != 0)
+                && !step.allow_failure
+            {
+                replace = true;
+                c.reasons.push(Reason::StepExited { exit });
+            }
+            if let Target::Vm { name } = &r.target
+                && let Some(step) = tainted.get(name)
+            {
+                replace = true;
+                c.reasons.push(Reason::Tainted { step: step.clone() });
+            }
+            if opts.replace.contains(&r.address) {
+                replace = true;
+                c.reasons.push(Reason::ReplaceRequested);
+            }
+            if let Some(obs) = observed
+                && rec.status == Status::Ready
+            {
+                let (r2, u2, why) = live_check(r, obs, prior);
+                replace |= r2;
+                update |= u2;
+                c.reasons.extend(why);
+            }
+            c.action = if replace {
+                Action::Replace
+            } else if update {
+                Action::Update
+            } else {
+                Action::NoOp
+            };
+        }
+    }
+    c
 }
 
 fn orphan<const N: usize>(

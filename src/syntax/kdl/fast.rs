@@ -25,16 +25,19 @@ use miette::SourceSpan;
 
 use super::raw::{MAX_DEPTH, RawChildren, RawEntry, RawName, RawNode, RawValue};
 
-/// The top-level nodes of `text`, or `None` when the text is outside the
-/// subset read here (or is not valid KDL).
-pub(super) fn parse(text: &str) -> Option<Vec<RawNode>> {
+/// Reads `text`, handing each top-level node to `each` as soon as it is read
+/// (so the caller can map and free it: the whole raw tree of a large file
+/// never exists at once). `None` when the text is outside the subset read
+/// here (or is not valid KDL); `each` may then have seen some of the nodes,
+/// whose results the caller must discard.
+pub(super) fn parse(text: &str, each: &mut dyn FnMut(RawNode)) -> Option<()> {
     let mut r = Reader {
         text,
         b: text.as_bytes(),
         pos: 0,
         depth: 0,
     };
-    r.nodes(false).map(|(nodes, _)| nodes)
+    r.top(each)
 }
 
 struct Reader<'t> {
@@ -77,25 +80,39 @@ impl Reader<'_> {
         self.b[self.pos..].starts_with(s)
     }
 
-    /// `nodes`: up to the end of the text, or in a block up to its `}` (not
-    /// consumed). The span runs from the first node to the end of the last.
-    fn nodes(&mut self, in_block: bool) -> Option<(Vec<RawNode>, SourceSpan)> {
+    /// The top level: `nodes` up to the end of the text, each handed to
+    /// `each` once read (before its terminator is checked).
+    fn top(&mut self, each: &mut dyn FnMut(RawNode)) -> Option<()> {
+        self.line_space()?;
+        loop {
+            match self.peek() {
+                None => return Some(()),
+                Some(b'}' | b';') => return None,
+                _ => {}
+            }
+            each(self.node()?);
+            self.terminator(false)?;
+            self.line_space()?;
+        }
+    }
+
+    /// `nodes` of a block, up to its `}` (not consumed). The span runs from
+    /// the first node to the end of the last.
+    fn nodes(&mut self) -> Option<(Vec<RawNode>, SourceSpan)> {
         self.line_space()?;
         let start = self.pos;
         let mut end = start;
         let mut nodes = Vec::new();
         loop {
             match self.peek() {
-                None if in_block => return None,
-                None => break,
-                Some(b'}') if in_block => break,
-                Some(b'}' | b';') => return None,
+                None | Some(b';') => return None,
+                Some(b'}') => break,
                 _ => {}
             }
             let node = self.node()?;
             end = node.span.offset() + node.span.len();
             nodes.push(node);
-            self.terminator(in_block)?;
+            self.terminator(true)?;
             self.line_space()?;
         }
         Some((nodes, (start..end).into()))
@@ -140,7 +157,7 @@ impl Reader<'_> {
             return None;
         }
         self.pos += 1; // '{'
-        let (nodes, span) = self.nodes(true)?;
+        let (nodes, span) = self.nodes()?;
         self.pos += 1; // '}'
         self.depth -= 1;
         Some(RawChildren { nodes, span })

@@ -478,38 +478,38 @@ impl<'t> Parser<'t> {
 
     // -- the experiment language ----------------------------------------------
 
-    pub(super) fn document(&mut self, nodes: Vec<RawNode>, doc: &mut Document) {
-        for node in nodes {
-            let node = &node;
-            match node.name().value() {
-                "experiment" => doc.experiments.push(self.experiment(node)),
-                "network" => {
-                    if let Some(n) = self.network(node) {
-                        doc.networks.push(n);
-                    }
+    /// Maps one top-level node into `doc`. By value: the caller hands nodes
+    /// over one at a time and each raw tree is freed once mapped.
+    pub(super) fn node(&mut self, node: RawNode, doc: &mut Document) {
+        let node = &node;
+        match node.name().value() {
+            "experiment" => doc.experiments.push(self.experiment(node)),
+            "network" => {
+                if let Some(n) = self.network(node) {
+                    doc.networks.push(n);
                 }
-                "disk" => {
-                    if let Some(d) = self.disk(node) {
-                        doc.disks.push(d);
-                    }
-                }
-                "vm" => {
-                    if let Some(v) = self.vm(node) {
-                        doc.vms.push(v);
-                    }
-                }
-                "capture" => {
-                    if let Some(c) = self.capture(node) {
-                        doc.captures.push(c);
-                    }
-                }
-                "check" => {
-                    if let Some(c) = self.check(node) {
-                        doc.checks.push(c);
-                    }
-                }
-                _ => self.unknown_node(node, None, lang::top_names(), &[]),
             }
+            "disk" => {
+                if let Some(d) = self.disk(node) {
+                    doc.disks.push(d);
+                }
+            }
+            "vm" => {
+                if let Some(v) = self.vm(node) {
+                    doc.vms.push(v);
+                }
+            }
+            "capture" => {
+                if let Some(c) = self.capture(node) {
+                    doc.captures.push(c);
+                }
+            }
+            "check" => {
+                if let Some(c) = self.check(node) {
+                    doc.checks.push(c);
+                }
+            }
+            _ => self.unknown_node(node, None, lang::top_names(), &[]),
         }
     }
 
