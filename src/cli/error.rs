@@ -264,6 +264,12 @@ pub enum Problem {
     ExtensionMismatch { out: PathBuf, to: &'static str },
     #[error("--qemu {}: not an absolute path", path.display())]
     RelativeQemu { path: PathBuf },
+    #[error("--stage {}: {source}", dir.display())]
+    Stage {
+        dir: PathBuf,
+        #[source]
+        source: crate::minimega::disks::FilesError,
+    },
     #[error("there is no capture '{}' in {}", crate::diag::escape(name), file.display())]
     NoSuchCapture {
         name: String,
@@ -359,6 +365,13 @@ impl From<Problem> for CommandError {
             Problem::RelativeQemu { .. } => (
                 User,
                 Some("minimega reads a relative qemu path as a file in its files folder".into()),
+            ),
+            Problem::Stage { .. } => (
+                User,
+                Some(
+                    "give an existing folder: minimega's -filepath on the node that reads the script"
+                        .into(),
+                ),
             ),
             Problem::NoSuchCapture { names, .. } => (
                 User,

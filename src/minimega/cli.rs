@@ -294,12 +294,11 @@ pub fn export_cmd(cmd: ExportCommand) -> Result<ExitCode, CliError> {
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
-            .map_err(|e| CliError::new(format!("cannot start the runtime: {e}")))?;
+            .map_err(Problem::Runtime)?;
         rt.block_on(super::disks::stage(dir, &lab.name, &exported.files))
-            .map_err(|e| {
-                CliError::new(format!("--stage {}: {e}", dir.display())).with_hint(
-                    "give an existing folder: minimega's -filepath on the node that reads the script",
-                )
+            .map_err(|source| Problem::Stage {
+                dir: dir.clone(),
+                source,
             })?;
         eprintln!(
             "Staged {} file{} under {}",
