@@ -20,7 +20,7 @@
 
 use crate::graph::{self, Spec};
 use crate::lab::Lab;
-use crate::observed::Observed;
+use crate::observed::{Observed, ObservedKind};
 use crate::state::{Kind, Record, State, StateDir};
 
 /// The generation given to an adopted VM (and the steps adopted on it).
@@ -42,14 +42,13 @@ pub fn adopt(lab: &Lab, state: &mut State, observed: &mut Observed, sd: &StateDi
         // Filled in only for what is found: most of a big lab is not.
         let mut rec = Record::new(r.kind, Default::default());
         let found = match &r.spec {
-            Spec::Network(n) => observed
-                .links
-                .get(&r.address)
-                .is_some_and(|l| l.kind == "bridge" && Some(&l.name) == n.bridge.as_ref()),
+            Spec::Network(n) => observed.links.get(&r.address).is_some_and(|l| {
+                l.kind == ObservedKind::Bridge && Some(&l.name) == n.bridge.as_ref()
+            }),
             Spec::Tap(t) => observed
                 .links
                 .get(&r.address)
-                .is_some_and(|l| l.kind == "tun" && Some(&l.name) == t.name.as_ref()),
+                .is_some_and(|l| l.kind == ObservedKind::Tun && Some(&l.name) == t.name.as_ref()),
             Spec::Disk(d) => sd
                 .disk_file(&d.disk.file_name())
                 .ok()
@@ -178,7 +177,7 @@ vm "B" {
     fn link(name: &str, kind: &str) -> ObservedLink {
         ObservedLink {
             name: name.into(),
-            kind: kind.into(),
+            kind: ObservedKind::from(kind.to_string()),
             up: true,
             controller: None,
             mac: None,
@@ -228,7 +227,7 @@ vm "B" {
         };
         std::fs::create_dir_all(sd.disks()).unwrap();
         std::fs::write(sd.disks().join("keep.raw"), "user data").unwrap();
-        sd.write_step_result("A", 0, 0, "", "").unwrap();
+        sd.write_step_result("A", 0, 0, "", "", None).unwrap();
         let mut state = State::new("x");
         let mut obs = host(&lab);
         // Before: the plan would replace the VMs and taps and re-create the keep disk.

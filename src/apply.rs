@@ -29,7 +29,7 @@ use crate::lab::Lab;
 use crate::plan::{Action, Change};
 use crate::provider::ops::{self, OpError, Phase};
 use crate::provider::{Provider, ProviderError};
-use crate::state::{Attrs, Kind, Record, StateDir};
+use crate::state::{Attrs, Kind, Record, StateDir, StateError};
 
 /// Why one operation of an apply failed.
 #[derive(Debug, thiserror::Error)]
@@ -40,6 +40,19 @@ pub enum ApplyError {
     /// The engine failed or refused.
     #[error(transparent)]
     Provider(#[from] ProviderError),
+    /// A guest step exited non-zero (and was not allowed to fail).
+    #[error("{address} exited {exit}: {stderr}")]
+    StepFailed {
+        address: String,
+        exit: i32,
+        stderr: String,
+    },
+    /// A guest step ran past its timeout.
+    #[error("{address} {}", crate::cc::timed_out_after(*after))]
+    StepTimedOut { address: String, after: Duration },
+    /// The state could not be saved after an operation.
+    #[error(transparent)]
+    State(#[from] StateError),
     /// The engine answered a batch without the outcome of every op.
     #[error("the engine did not report the outcome of every operation of {address}")]
     Incomplete { address: String },
@@ -49,7 +62,8 @@ pub enum ApplyError {
 #[derive(Debug, Default)]
 pub struct Report {
     pub done: Vec<String>,
-    pub errors: Vec<(String, String)>,
+    /// Each failed operation's address (or "state") and its typed error.
+    pub errors: Vec<(String, ApplyError)>,
     pub skipped: Vec<String>,
     /// Wall time per kind and phase, for the summary.
     pub timings: BTreeMap<String, Duration>,
@@ -271,7 +285,7 @@ enum Outcome {
 impl Outcome {
     /// A step that exited non-zero without `allow-failure` is a failure
     /// (recorded with its exit code: it taints its VM).
-    fn failure(&self, c: &Change) -> Option<String> {
+    fn failure(&self, c: &Change) -> Option<ApplyError> {
         match self {
             Outcome::Step {
                 exit,
@@ -279,8 +293,15 @@ impl Outcome {
                 timed_out,
                 ..
             } if *exit != 0 && !c.allows_failure() => Some(match timed_out {
-                Some(t) => format!("{} {}", c.address, crate::cc::timed_out_after(*t)),
-                None => format!("{} exited {exit}: {}", c.address, stderr.trim()),
+                Some(t) => ApplyError::StepTimedOut {
+                    address: c.address.clone(),
+                    after: *t,
+                },
+                None => ApplyError::StepFailed {
+                    address: c.address.clone(),
+                    exit: *exit,
+                    stderr: stderr.trim().to_string(),
+                },
             }),
             _ => None,
         }

@@ -151,17 +151,18 @@ pub fn step_outcome(r: ExecResult, timeout: Option<Duration>) -> (i32, String, S
 }
 
 /// How a recorded step ended, for `cc responses`: `exit 3`, or `timed out
-/// after 30s` when its stderr ends with the note [`step_outcome`] adds.
-pub fn recorded_status(exit: &str, stderr: &str) -> String {
-    let last = stderr.lines().next_back().unwrap_or("");
-    match last
-        .strip_prefix("megaplan: (")
-        .and_then(|l| l.strip_suffix(')'))
-    {
-        Some(note) if exit == "124" && note.starts_with("timed out") => note.to_string(),
-        _ => format!("exit {exit}"),
+/// after 30s` when the record says it timed out (a record written before
+/// megaplan kept that reads as its exit code).
+pub fn recorded_status(exit: &str, timed_out: Option<Duration>) -> String {
+    match timed_out {
+        Some(t) => timed_out_after(t),
+        None => format!("exit {exit}"),
     }
 }
+
+/// One step's recorded outcome: address, exit (None: not run), stdout,
+/// stderr, and the timeout it ran past.
+pub type Recorded = (String, Option<String>, String, String, Option<Duration>);
 
 /// The recorded stdout of a `send` step.
 pub fn sent(t: &Transfer) -> String {
@@ -299,7 +300,7 @@ pub fn responses<P: Provider>(
     lab: &Lab,
     sd: &StateDir,
     vm: Option<&str>,
-) -> Vec<(String, Option<String>, String, String)> {
+) -> Vec<Recorded> {
     let mut out = Vec::new();
     for v in lab.vms.iter().filter(|v| vm.is_none_or(|n| n == v.name)) {
         for step in &v.cc {
@@ -308,9 +309,16 @@ pub fn responses<P: Provider>(
                     exit: None,
                     stdout: String::new(),
                     stderr: String::new(),
+                    timed_out: None,
                 },
             );
-            out.push((step.address.clone(), s.exit, s.stdout, s.stderr));
+            out.push((
+                step.address.clone(),
+                s.exit,
+                s.stdout,
+                s.stderr,
+                s.timed_out,
+            ));
         }
     }
     out
@@ -393,13 +401,14 @@ mod tests {
 
     #[test]
     fn recorded_timeouts_read_as_such() {
-        let (exit, _, err) = step_outcome(result(true, false), Some(Duration::from_secs(1)));
+        // From the record's timeout, not its stderr: a step that printed the
+        // note itself did not time out.
         assert_eq!(
-            recorded_status(&exit.to_string(), &err),
+            recorded_status("124", Some(Duration::from_secs(1))),
             "timed out after 1s"
         );
-        assert_eq!(recorded_status("124", "plain\n"), "exit 124");
-        assert_eq!(recorded_status("0", ""), "exit 0");
+        assert_eq!(recorded_status("124", None), "exit 124");
+        assert_eq!(recorded_status("0", None), "exit 0");
     }
 
     #[test]

@@ -39,12 +39,45 @@ pub struct Unreachable {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ObservedLink {
     pub name: String,
-    /// "bridge", "tun" or another kernel kind.
-    pub kind: String,
+    /// A bridge, a tun-driver device (tap or tun), or another kernel kind.
+    pub kind: ObservedKind,
     pub up: bool,
     /// The bridge it is enslaved to.
     pub controller: Option<String>,
     pub mac: Option<String>,
+}
+
+/// What kind of link refresh saw. Serialized as the kernel's word
+/// (`"bridge"`, `"tun"`, or the other kind as it was), as it was when this
+/// was a string, so saved plans made before still read.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(from = "String", into = "String")]
+pub enum ObservedKind {
+    Bridge,
+    /// A tun-driver device, in tap or tun mode.
+    Tun,
+    /// Any other kind, as the kernel names it.
+    Other(String),
+}
+
+impl From<String> for ObservedKind {
+    fn from(s: String) -> Self {
+        match s.as_str() {
+            "bridge" => ObservedKind::Bridge,
+            "tun" => ObservedKind::Tun,
+            _ => ObservedKind::Other(s),
+        }
+    }
+}
+
+impl From<ObservedKind> for String {
+    fn from(k: ObservedKind) -> Self {
+        match k {
+            ObservedKind::Bridge => "bridge".into(),
+            ObservedKind::Tun => "tun".into(),
+            ObservedKind::Other(s) => s,
+        }
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
@@ -75,5 +108,31 @@ pub struct ObservedVm {
 impl ObservedVm {
     pub fn running(&self) -> bool {
         self.alive && self.status.as_deref().is_none_or(|s| s == "running")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn link_kinds_keep_their_serialized_names() {
+        let link = |kind| ObservedLink {
+            name: "b".into(),
+            kind,
+            up: true,
+            controller: None,
+            mac: None,
+        };
+        for (kind, word) in [
+            (ObservedKind::Bridge, "bridge"),
+            (ObservedKind::Tun, "tun"),
+            (ObservedKind::Other("veth".into()), "veth"),
+        ] {
+            let json = serde_json::to_value(link(kind.clone())).unwrap();
+            assert_eq!(json["kind"], word);
+            let back: ObservedLink = serde_json::from_value(json).unwrap();
+            assert_eq!(back.kind, kind);
+        }
     }
 }

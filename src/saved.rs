@@ -245,7 +245,7 @@ mod tests {
             "network.LAN".into(),
             ObservedLink {
                 name: lab.networks[0].bridge.clone().unwrap(),
-                kind: "bridge".into(),
+                kind: crate::observed::ObservedKind::Bridge,
                 up: true,
                 controller: None,
                 mac: None,

@@ -476,6 +476,7 @@ impl StateDir {
         exit: i32,
         stdout: &str,
         stderr: &str,
+        timed_out: Option<std::time::Duration>,
     ) -> Result<(), StateError> {
         if crate::validate::name_problem(vm).is_some() {
             return Err(StateError::BadName {
@@ -497,6 +498,10 @@ impl StateDir {
             .expect("created");
         s.write_atomic("stdout", stdout.as_bytes()).map_err(werr)?;
         s.write_atomic("stderr", stderr.as_bytes()).map_err(werr)?;
+        // Empty when it did not time out, so a rerun clears an old timeout.
+        let ms = timed_out.map_or(String::new(), |t| format!("{}\n", t.as_millis()));
+        s.write_atomic("timed_out_ms", ms.as_bytes())
+            .map_err(werr)?;
         s.write_atomic("exit", format!("{exit}\n").as_bytes())
             .map_err(werr)?;
         Ok(())
@@ -1022,7 +1027,7 @@ mod tests {
         sd.save(&mut s).unwrap();
         written(&sd.root, false);
         sd.save(&mut s).unwrap();
-        sd.write_step_result("A", 0, 0, "out", "err").unwrap();
+        sd.write_step_result("A", 0, 0, "out", "err", None).unwrap();
         sd.private_subdir("disks").unwrap();
         let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode(&sd.root), 0o700);

@@ -28,6 +28,7 @@ fn sample_messages() -> Vec<Message> {
             mac: Some("02:00:00:00:00:01".into()),
             addrs: vec!["10.0.0.1/24".into(), "fe80::1/64".into()],
         }],
+        features: vec![protocol::Feature::StepExec],
     };
     vec![
         Message::Hello(hello.clone()),
@@ -631,6 +632,7 @@ async fn connect_waits_for_the_socket_and_is_bounded() {
         uuid: None,
         hostname: "h".into(),
         interfaces: vec![],
+        features: vec![],
     });
     protocol::write_message(&mut s, &hello).await.unwrap();
     assert_eq!(client.wait_hello(T).await.unwrap().hostname, "h");

@@ -514,6 +514,7 @@ pub fn gather_hello(opts: &Options) -> Hello {
         uuid,
         hostname: hostname(),
         interfaces: interfaces(),
+        features: vec![crate::agent::protocol::Feature::StepExec],
     }
 }
 

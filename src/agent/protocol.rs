@@ -44,6 +44,27 @@ pub struct Hello {
     pub hostname: String,
     #[serde(default)]
     pub interfaces: Vec<Interface>,
+    /// The messages beyond version 1's first set this agent understands.
+    /// An agent of an older image sends none: the host then does without.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub features: Vec<Feature>,
+}
+
+impl Hello {
+    pub fn has(&self, f: Feature) -> bool {
+        self.features.contains(&f)
+    }
+}
+
+/// A capability an agent announces in its [`Hello`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Feature {
+    /// `step_exec`/`step_result`: steps exactly once per boot.
+    StepExec,
+    /// One a newer agent announces that this host does not know.
+    #[serde(other)]
+    Unknown,
 }
 
 /// One guest network interface.

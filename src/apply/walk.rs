@@ -212,14 +212,14 @@ impl<P: Provider> Executor<'_, P> {
                             failed[t] = true;
                             recorder.failed(state, c);
                             (self.progress)(&format!("{}: FAILED: {e}", c.address));
-                            report.errors.push((c.address.clone(), e.to_string()));
+                            report.errors.push((c.address.clone(), e));
                         }
                     }
                     // A batch's tasks finished together: one save for all.
                     if (!batched || n + 1 == len)
                         && let Err(e) = recorder.save(state)
                     {
-                        report.errors.push(("state".into(), e.to_string()));
+                        report.errors.push(("state".into(), e.into()));
                     }
                     // Release dependents; skip the ones downstream of a failure.
                     let mut stack = vec![t];

@@ -48,8 +48,7 @@ pub fn capture_cmd(command: CaptureCommand) -> Result<ExitCode, CliError> {
                         .collect::<Vec<_>>()
                         .join(", "),
                 };
-                let path =
-                    super::file_path(&sd, &c.name).map_err(|e| CliError::new(e.to_string()))?;
+                let path = super::file_path(&sd, &c.name)?;
                 let size = path
                     .symlink_metadata()
                     .ok()
@@ -95,21 +94,16 @@ pub fn capture_cmd(command: CaptureCommand) -> Result<ExitCode, CliError> {
             }
             // The path comes from the lab's (validated) name, not the argument.
             let Some(c) = lab.captures.iter().find(|c| c.name == name) else {
-                let names: Vec<&str> = lab.captures.iter().map(|c| c.name.as_str()).collect();
-                return Err(CliError::new(format!(
-                    "there is no capture '{}' in {}",
-                    crate::diag::escape(&name),
-                    file.display()
-                ))
-                .with_hint(if names.is_empty() {
-                    "the file defines no capture".to_string()
-                } else {
-                    format!("captures: {}", names.join(", "))
-                }));
+                return Err(crate::cli::error::Problem::NoSuchCapture {
+                    name,
+                    file,
+                    names: lab.captures.iter().map(|c| c.name.clone()).collect(),
+                }
+                .into());
             };
             // On minimega: the file, fetched from the VM's node.
             crate::minimega::captures::fetch_for_cli(&lab, c, &sd)?;
-            let path = super::file_path(&sd, &c.name).map_err(|e| CliError::new(e.to_string()))?;
+            let path = super::file_path(&sd, &c.name)?;
             let path = std::path::absolute(&path).unwrap_or(path);
             println!("{}", path.display());
             Ok(ExitCode::SUCCESS)
@@ -119,6 +113,6 @@ pub fn capture_cmd(command: CaptureCommand) -> Result<ExitCode, CliError> {
 
 /// The hidden recorder process (started by apply, never by hand).
 pub fn record_cmd(iface: Vec<String>, dedupe: bool) -> Result<ExitCode, CliError> {
-    super::record_main(&iface, dedupe).map_err(|e| CliError::new(e.to_string()))?;
+    super::record_main(&iface, dedupe)?;
     Ok(ExitCode::SUCCESS)
 }

@@ -10,8 +10,13 @@ use crate::lab::Lab;
 use crate::state::StateDir;
 
 fn write_out(path: &Path, body: &str) -> Result<(), CliError> {
-    std::fs::write(path, body)
-        .map_err(|e| CliError::new(format!("cannot write {}: {e}", path.display())))
+    std::fs::write(path, body).map_err(|source| {
+        crate::cli::error::Problem::Write {
+            path: path.to_path_buf(),
+            source,
+        }
+        .into()
+    })
 }
 
 /// Run every check against the experiment as it runs now; write checks.json
@@ -38,7 +43,7 @@ fn finish(
     junit: Option<&Path>,
     markdown: Option<&Path>,
 ) -> Result<(), CliError> {
-    report::save(sd, r).map_err(|e| CliError::new(e.to_string()))?;
+    report::save(sd, r)?;
     if let Some(p) = junit {
         write_out(p, &report::junit(r))?;
     }

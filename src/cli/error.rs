@@ -67,6 +67,30 @@ impl ErrorKind {
     }
 }
 
+impl ErrorKind {
+    /// How much a failure of this kind outweighs others when one command
+    /// failed several ways (a failed apply): a broken machine or megaplan
+    /// before a conflict or drift, those before an operation that failed.
+    fn severity(self) -> u8 {
+        match self {
+            ErrorKind::Internal => 5,
+            ErrorKind::Config => 4,
+            ErrorKind::Conflict => 3,
+            ErrorKind::Drift => 2,
+            ErrorKind::User => 1,
+            ErrorKind::Host => 0,
+        }
+    }
+}
+
+/// The most severe of several errors (the first among equals).
+pub fn most_severe(errors: impl IntoIterator<Item = CommandError>) -> Option<CommandError> {
+    errors.into_iter().fold(None, |worst, e| match worst {
+        Some(w) if w.kind.severity() >= e.kind.severity() => Some(w),
+        _ => Some(e),
+    })
+}
+
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// A failed command: its kind, the error, and what the user can do.
@@ -87,12 +111,6 @@ impl CommandError {
             error: error.into(),
             hints: Vec::new(),
         }
-    }
-
-    /// A [`ErrorKind::User`] error with this message (a wrong argument or
-    /// input the caller describes itself).
-    pub fn new(message: impl Into<String>) -> Self {
-        Self::with_kind(ErrorKind::User, message.into())
     }
 
     pub fn internal(error: impl Into<BoxError>) -> Self {
@@ -224,6 +242,40 @@ pub enum Problem {
         #[source]
         source: std::io::Error,
     },
+    #[error("cannot read {}: {source}", path.display())]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot read {}: {why}", path.display())]
+    NotAScript { path: PathBuf, why: String },
+    #[error("cannot write {}: not a file name", path.display())]
+    NotAFileName { path: PathBuf },
+    #[error("{flag} '{}': {why}", value.escape_default())]
+    BadName {
+        flag: &'static str,
+        value: String,
+        why: &'static str,
+    },
+    #[error("-o {} is the script itself", out.display())]
+    OutputIsInput { out: PathBuf },
+    #[error("-o {} and --to {to}: megaplan reads a file by its extension", out.display())]
+    ExtensionMismatch { out: PathBuf, to: &'static str },
+    #[error("--qemu {}: not an absolute path", path.display())]
+    RelativeQemu { path: PathBuf },
+    #[error("--stage {}: {source}", dir.display())]
+    Stage {
+        dir: PathBuf,
+        #[source]
+        source: crate::minimega::disks::FilesError,
+    },
+    #[error("there is no capture '{}' in {}", crate::diag::escape(name), file.display())]
+    NoSuchCapture {
+        name: String,
+        file: PathBuf,
+        names: Vec<String>,
+    },
 }
 
 impl From<Problem> for CommandError {
@@ -298,6 +350,37 @@ impl From<Problem> for CommandError {
             Problem::BadDuration(_) => (User, Some("write 30s, 5m or 500ms".into())),
             Problem::BadMaxOutput(_) => (User, Some("write --max-output 256K".into())),
             Problem::Action { .. } => (Host, None),
+            Problem::Read { .. } | Problem::NotAFileName { .. } | Problem::OutputIsInput { .. } => {
+                (User, None)
+            }
+            Problem::NotAScript { .. } => (
+                User,
+                Some("a minimega script is a text file of commands".into()),
+            ),
+            Problem::BadName { .. } => (User, None),
+            Problem::ExtensionMismatch { .. } => (
+                User,
+                Some("name the output .toml for TOML, anything else for KDL".into()),
+            ),
+            Problem::RelativeQemu { .. } => (
+                User,
+                Some("minimega reads a relative qemu path as a file in its files folder".into()),
+            ),
+            Problem::Stage { .. } => (
+                User,
+                Some(
+                    "give an existing folder: minimega's -filepath on the node that reads the script"
+                        .into(),
+                ),
+            ),
+            Problem::NoSuchCapture { names, .. } => (
+                User,
+                Some(if names.is_empty() {
+                    "the file defines no capture".to_string()
+                } else {
+                    format!("captures: {}", names.join(", "))
+                }),
+            ),
         };
         CommandError::with_kind(kind, p).hinted(hint)
     }
@@ -382,6 +465,52 @@ impl From<crate::minimega::recorded::EngineError> for CommandError {
     fn from(e: crate::minimega::recorded::EngineError) -> Self {
         let hint = e.hint();
         CommandError::with_kind(ErrorKind::User, e).with_hint(hint)
+    }
+}
+
+impl From<crate::apply::ApplyError> for CommandError {
+    fn from(e: crate::apply::ApplyError) -> Self {
+        use crate::apply::ApplyError as E;
+        match e {
+            E::Provider(p) => p.into(),
+            E::State(s) => s.into(),
+            E::Op(_) => CommandError::with_kind(ErrorKind::User, e).with_hint(
+                "the state folder or the saved plan is damaged: make a new plan (megaplan plan FILE)",
+            ),
+            E::StepFailed { .. } | E::Incomplete { .. } => CommandError::with_kind(ErrorKind::Host, e),
+            E::StepTimedOut { .. } => CommandError::with_kind(ErrorKind::Host, e).with_hint(
+                "raise the step's timeout in the experiment file if it needs longer",
+            ),
+        }
+    }
+}
+
+impl From<crate::capture::CaptureError> for CommandError {
+    fn from(e: crate::capture::CaptureError) -> Self {
+        use crate::capture::CaptureError as E;
+        let kind = match &e {
+            E::State(_) => {
+                let E::State(inner) = e else { unreachable!() };
+                return inner.into();
+            }
+            E::NoInterface(_) | E::Os { .. } | E::File(_) | E::Start { .. } | E::Unnamed { .. } => {
+                ErrorKind::Host
+            }
+            E::Format(_) | E::BadName(_) | E::Usage(_) => ErrorKind::User,
+        };
+        CommandError::with_kind(kind, e)
+    }
+}
+
+impl From<crate::check::report::ReportError> for CommandError {
+    fn from(e: crate::check::report::ReportError) -> Self {
+        use crate::check::report::ReportError as E;
+        match e {
+            E::State(s) => s.into(),
+            E::Write { .. } => CommandError::with_kind(ErrorKind::Host, e),
+            E::Bad { .. } => CommandError::with_kind(ErrorKind::User, e)
+                .with_hint("run `megaplan check FILE` again to write a new report"),
+        }
     }
 }
 
@@ -588,5 +717,87 @@ mod tests {
         assert_eq!(e.kind, ErrorKind::Host);
         assert!(e.error.source().is_some());
         assert_eq!(e.to_string(), "refresh failed: netlink went away");
+    }
+
+    #[test]
+    fn a_failed_apply_takes_its_kind_and_hint_from_the_worst_typed_error() {
+        use crate::apply::ApplyError;
+        let step = ApplyError::StepFailed {
+            address: "vm.A.cc[0]".into(),
+            exit: 3,
+            stderr: "boom".into(),
+        };
+        let preflight = ApplyError::Provider(crate::provider::ProviderError::Preflight {
+            missing: vec!["root".into()],
+            not_root: true,
+            only_files: false,
+        });
+        let worst = most_severe([step.into(), preflight.into()]).unwrap();
+        assert_eq!(worst.kind, ErrorKind::Config);
+        assert_eq!(worst.exit_code(), exit::CONFIG);
+        assert_eq!(worst.hint(), Some("run it as root: sudo megaplan ..."));
+        let locked = ApplyError::State(crate::state::StateError::Locked {
+            experiment: "x".into(),
+            pid: "42".into(),
+            command: "megaplan apply x.kdl".into(),
+        });
+        let only: CommandError = locked.into();
+        assert_eq!(only.exit_code(), exit::CONFLICT);
+        let timed_out = CommandError::from(ApplyError::StepTimedOut {
+            address: "vm.A.cc[0]".into(),
+            after: std::time::Duration::from_secs(30),
+        });
+        assert_eq!(timed_out.kind, ErrorKind::Host);
+        assert!(
+            timed_out.hint().unwrap().contains("timeout"),
+            "{timed_out:?}"
+        );
+        assert_eq!(timed_out.to_string(), "vm.A.cc[0] timed out after 30s");
+        assert!(most_severe(std::iter::empty()).is_none());
+    }
+
+    #[test]
+    fn module_errors_that_were_strings_keep_their_kind_and_type() {
+        // A capture file error is a host failure with its source kept; a
+        // bad capture name is the user's.
+        let file: CommandError =
+            crate::capture::CaptureError::File(std::io::Error::other("disk full")).into();
+        assert_eq!(file.kind, ErrorKind::Host);
+        assert!(file.error.source().is_some());
+        let name: CommandError = crate::capture::CaptureError::BadName("../x".into()).into();
+        assert_eq!(name.kind, ErrorKind::User);
+        // A lock held while saving a check report stays a conflict.
+        let locked: CommandError =
+            crate::check::report::ReportError::State(crate::state::StateError::Locked {
+                experiment: "x".into(),
+                pid: "7".into(),
+                command: "megaplan apply x.kdl".into(),
+            })
+            .into();
+        assert_eq!(locked.exit_code(), exit::CONFLICT);
+        // The CLI's own refusals carry their hint from the variant.
+        let q: CommandError = Problem::RelativeQemu {
+            path: "qemu".into(),
+        }
+        .into();
+        assert_eq!(q.to_string(), "--qemu qemu: not an absolute path");
+        assert!(q.hint().unwrap().contains("files folder"));
+        let none: CommandError = Problem::NoSuchCapture {
+            name: "c".into(),
+            file: "x.kdl".into(),
+            names: vec![],
+        }
+        .into();
+        assert_eq!(none.hint(), Some("the file defines no capture"));
+        let big: CommandError = Problem::NotAScript {
+            path: "s.mm".into(),
+            why: "larger than 16 MiB".into(),
+        }
+        .into();
+        assert_eq!(
+            big.render(),
+            "error: cannot read s.mm: larger than 16 MiB\n\
+             hint: a minimega script is a text file of commands\n"
+        );
     }
 }

@@ -871,10 +871,16 @@ fn execute(
         for addr in &report.skipped {
             println!("  skipped: {addr}");
         }
+        // The kind (so the exit code) and the hints come from the most
+        // severe error's type; the last hint is true of every failed apply.
+        let worst = error::most_severe(report.errors.into_iter().map(|(_, e)| e.into()));
+        for h in worst.iter().flat_map(|w| &w.hints) {
+            println!("hint: {h}");
+        }
         println!(
             "hint: fix the cause and run apply again; what was done is recorded and will not be redone"
         );
-        Ok(failed())
+        Ok(worst.map_or_else(failed, |w| ExitCode::from(w.exit_code())))
     }
 }
 
@@ -1145,7 +1151,7 @@ pub(crate) fn destroy_cmd(
     };
     if all && code == ExitCode::SUCCESS {
         // `destroy --all`: the capture files go too (plain destroy keeps them).
-        crate::capture::remove_files(&sd).map_err(|e| CliError::new(e.to_string()))?;
+        crate::capture::remove_files(&sd)?;
     }
     {
         use crate::provider::Provider as _;
@@ -1368,7 +1374,7 @@ fn cc_cmd(command: CcCommand) -> Result<ExitCode, CliError> {
             }
             let sd = StateDir::for_file(&file, &lab.name, state_dir.as_deref());
             let door = Door::open(&mut lab)?;
-            for (address, exit, stdout, stderr) in
+            for (address, exit, stdout, stderr, timed_out) in
                 crate::cc::responses(&door.provider, &lab, &sd, vm.as_deref())
             {
                 match exit {
@@ -1377,7 +1383,7 @@ fn cc_cmd(command: CcCommand) -> Result<ExitCode, CliError> {
                         println!(
                             "== {} ({})",
                             crate::diag::escape(&address),
-                            crate::cc::recorded_status(&e, &stderr)
+                            crate::cc::recorded_status(&e, timed_out)
                         );
                         print!("{stdout}");
                         if !stderr.is_empty() {

@@ -11,7 +11,7 @@ use crate::drivers::process::process_alive;
 use crate::drivers::qmp::Qmp;
 use crate::drivers::tc::{Direction as TcDirection, Tc};
 use crate::identity;
-use crate::observed::{Observed, ObservedLink, ObservedMirror, ObservedVm};
+use crate::observed::{Observed, ObservedKind, ObservedLink, ObservedMirror, ObservedVm};
 use crate::state::{Kind, State, StateDir};
 
 use super::HostError;
@@ -89,9 +89,9 @@ impl LocalHost {
                 continue;
             };
             let kind = match l.kind {
-                LinkKind::Bridge => "bridge".to_string(),
-                LinkKind::Tap | LinkKind::Tun => "tun".to_string(),
-                ref other => other.to_string(),
+                LinkKind::Bridge => ObservedKind::Bridge,
+                LinkKind::Tap | LinkKind::Tun => ObservedKind::Tun,
+                ref other => ObservedKind::Other(other.to_string()),
             };
             obs.links.insert(
                 address.to_string(),
@@ -555,18 +555,14 @@ impl super::Host for LocalHost {
         Ok(match action {
             CcActionSpec::Exec(c) | CcActionSpec::Background(c) => {
                 let background = matches!(action, CcActionSpec::Background(_));
-                let r = match client.step_exec(run_id, cmd(c), timeout, background).await {
-                    Ok(r) => r,
-                    // An agent of an older image does not know `step_exec`
-                    // (it refuses the unknown message type): plain exec,
-                    // without the exactly-once guarantee.
-                    Err(e) if agent_lacks_step_exec(&e) => {
-                        old_agent_step(&client, cmd(c), timeout, background)
-                            .await
-                            .map_err(agent_err)?
-                    }
-                    Err(e) => return Err(agent_err(e)),
-                };
+                // An agent of an older image does not announce `step_exec`:
+                // plain exec, without the exactly-once guarantee.
+                let r = if agent_has_step_exec(client.hello().as_ref()) {
+                    client.step_exec(run_id, cmd(c), timeout, background).await
+                } else {
+                    old_agent_step(&client, cmd(c), timeout, background).await
+                }
+                .map_err(agent_err)?;
                 if let Some(error) = r.error {
                     return Err(HostError::StepRefused {
                         vm: vm.to_string(),
@@ -629,6 +625,24 @@ impl super::Host for LocalHost {
     }
 }
 
+/// A step's outcome as [`StateDir::write_step_result`] wrote it.
+fn read_step_output(sd: &StateDir, vm: &str, index: usize) -> Option<crate::provider::StoredStep> {
+    if crate::validate::name_problem(vm).is_some() {
+        return None;
+    }
+    let dir = sd.cc().join(vm).join(index.to_string());
+    let read = |f: &str| std::fs::read_to_string(dir.join(f)).ok();
+    Some(crate::provider::StoredStep {
+        exit: read("exit").map(|e| e.trim().to_string()),
+        stdout: read("stdout").unwrap_or_default(),
+        stderr: read("stderr").unwrap_or_default(),
+        // Absent from a record written before megaplan kept it.
+        timed_out: read("timed_out_ms")
+            .and_then(|t| t.trim().parse().ok())
+            .map(Duration::from_millis),
+    })
+}
+
 /// Does process `pid`'s command line name the runtime folder `rt`?
 fn runs_with(pid: u32, rt: &Path) -> bool {
     use std::os::unix::ffi::OsStrExt;
@@ -640,10 +654,10 @@ fn runs_with(pid: u32, rt: &Path) -> bool {
         .is_ok_and(|c| !needle.is_empty() && c.windows(needle.len()).any(|w| w == needle))
 }
 
-/// How an agent of an older image answers a `step_exec`: an `error` saying
-/// it could not decode the message (serde's "unknown variant `step_exec`").
-fn agent_lacks_step_exec(e: &crate::agent::AgentError) -> bool {
-    matches!(e, crate::agent::AgentError::Remote(m) if m.contains("unknown variant `step_exec`"))
+/// Does the agent that said this hello run `step_exec`? It says so in its
+/// features; an agent of an older image says nothing.
+fn agent_has_step_exec(hello: Option<&crate::agent::protocol::Hello>) -> bool {
+    hello.is_some_and(|h| h.has(crate::agent::protocol::Feature::StepExec))
 }
 
 /// A step on an agent without `step_exec`: `exec` or `background`, its
@@ -1143,16 +1157,7 @@ impl Provider for LocalHost {
         vm: &str,
         index: usize,
     ) -> Option<crate::provider::StoredStep> {
-        if crate::validate::name_problem(vm).is_some() {
-            return None;
-        }
-        let dir = sd.cc().join(vm).join(index.to_string());
-        let read = |f: &str| std::fs::read_to_string(dir.join(f)).ok();
-        Some(crate::provider::StoredStep {
-            exit: read("exit").map(|e| e.trim().to_string()),
-            stdout: read("stdout").unwrap_or_default(),
-            stderr: read("stderr").unwrap_or_default(),
-        })
+        read_step_output(sd, vm, index)
     }
 
     fn serial_tail(&self, sd: &StateDir, vm: &str, max: u64) -> String {
@@ -1429,19 +1434,38 @@ mod tests {
         assert!(outside.path().join(".web.qcow2.ext4-1.tmp").exists());
     }
 
-    /// What an agent without `step_exec` answers (its decoder does not know
-    /// the type): the message the current decoder gives for another unknown
-    /// type, with `step_exec` in its place.
+    /// A timed-out step's record says so as data (its stderr is not read
+    /// for it); a rerun that did not time out clears it; a record from
+    /// before reads with no timeout.
     #[test]
-    fn an_old_agent_is_recognised_by_its_refusal() {
-        let body = br#"{"type":"step_exec_v0","id":3}"#;
-        let err = serde_json::from_slice::<crate::agent::Message>(body)
-            .unwrap_err()
-            .to_string()
-            .replace("step_exec_v0", "step_exec");
-        let refusal = crate::agent::AgentError::Remote(format!("malformed message: {err}"));
-        assert!(agent_lacks_step_exec(&refusal), "{refusal:?}");
-        let other = crate::agent::AgentError::Remote("cannot run step_exec.sh: ENOENT".into());
-        assert!(!agent_lacks_step_exec(&other));
+    fn a_stored_step_keeps_its_timeout_and_a_rerun_clears_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let sd = StateDir::for_file(&dir.path().join("x.kdl"), "x", None);
+        let t = Some(Duration::from_secs(2));
+        sd.write_step_result("A", 0, 124, "", "", t).unwrap();
+        assert_eq!(read_step_output(&sd, "A", 0).unwrap().timed_out, t);
+        let note = "megaplan: (timed out after 2s)\n";
+        sd.write_step_result("A", 0, 124, "", note, None).unwrap();
+        assert_eq!(read_step_output(&sd, "A", 0).unwrap().timed_out, None);
+        std::fs::remove_file(sd.cc().join("A/0/timed_out_ms")).unwrap();
+        let old = read_step_output(&sd, "A", 0).unwrap();
+        assert_eq!((old.exit.as_deref(), old.timed_out), (Some("124"), None));
+    }
+
+    /// An old agent's hello has no features: it gets plain exec. This
+    /// agent announces `step_exec`; a feature from a newer agent is read,
+    /// not refused.
+    #[test]
+    fn an_old_agent_is_recognised_by_its_hello() {
+        use crate::agent::protocol::{Feature, Hello};
+        let old: Hello = serde_json::from_str(r#"{"version":1,"hostname":"g"}"#).unwrap();
+        assert!(!agent_has_step_exec(Some(&old)));
+        assert!(!agent_has_step_exec(None));
+        let now = crate::agent::guest::gather_hello(&Default::default());
+        assert!(agent_has_step_exec(Some(&now)), "{now:?}");
+        let newer: Hello =
+            serde_json::from_str(r#"{"version":1,"features":["step_exec","teleport"]}"#).unwrap();
+        assert_eq!(newer.features, [Feature::StepExec, Feature::Unknown]);
+        assert!(agent_has_step_exec(Some(&newer)));
     }
 }

@@ -212,24 +212,6 @@ pub fn private_dir(path: &Path) -> std::io::Result<()> {
     crate::safefs::Dir::open(path, true).map(drop)
 }
 
-/// Read the live state of an experiment from this machine (sync wrapper
-/// for the CLI): the local provider's refresh.
-pub fn refresh(
-    experiment: &str,
-    state: &State,
-    sd: &StateDir,
-) -> Result<Observed, crate::provider::ProviderError> {
-    use crate::provider::Provider;
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(HostError::from)?;
-    rt.block_on(async {
-        let host = LocalHost::connect()?;
-        host.refresh(experiment, state, sd).await
-    })
-}
-
 /// Connect to a VM's guest agent through its cc socket and wait for its
 /// hello: the one way every caller (steps, `cc exec`, `show`, graceful stop)
 /// reaches a guest.

@@ -7,6 +7,7 @@ use std::process::ExitCode;
 
 use clap::Subcommand;
 
+use crate::cli::error::Problem;
 use crate::cli::{CliError, SyntaxArg, load, print_diagnostics};
 use crate::diag::{SourceFile, Syntax};
 
@@ -67,35 +68,55 @@ fn errors_found(what: &Path, n: usize) {
 }
 
 fn read_script(path: &Path) -> Result<SourceFile, CliError> {
-    let cannot =
-        |e: &dyn std::fmt::Display| CliError::new(format!("cannot read {}: {e}", path.display()));
-    let f = std::fs::File::open(path).map_err(|e| cannot(&e))?;
-    let meta = f.metadata().map_err(|e| cannot(&e))?;
+    let cannot = |source: std::io::Error| -> CliError {
+        Problem::Read {
+            path: path.to_path_buf(),
+            source,
+        }
+        .into()
+    };
+    let not_a_script = |why: String| -> CliError {
+        Problem::NotAScript {
+            path: path.to_path_buf(),
+            why,
+        }
+        .into()
+    };
+    let f = std::fs::File::open(path).map_err(cannot)?;
+    let meta = f.metadata().map_err(cannot)?;
     if !meta.is_file() {
-        return Err(cannot(&"not a regular file"));
+        return Err(not_a_script("not a regular file".into()));
     }
     if meta.len() > MAX_SCRIPT {
-        return Err(cannot(&format!("larger than {} MiB", MAX_SCRIPT >> 20))
-            .with_hint("a minimega script is a text file of commands"));
+        return Err(not_a_script(format!(
+            "larger than {} MiB",
+            MAX_SCRIPT >> 20
+        )));
     }
     let mut bytes = Vec::new();
     std::io::Read::read_to_end(&mut std::io::Read::take(f, MAX_SCRIPT + 1), &mut bytes)
-        .map_err(|e| cannot(&e))?;
-    let text = String::from_utf8(bytes).map_err(|_| cannot(&"not UTF-8 text"))?;
+        .map_err(cannot)?;
+    let text = String::from_utf8(bytes).map_err(|_| not_a_script("not UTF-8 text".into()))?;
     Ok(SourceFile::new(path, text))
 }
 
 /// Write `text` to `out` through a new temporary file and a rename, so a
 /// link at `out` is replaced, never followed, and a reader never sees half.
 fn write_out(out: &Path, text: &str) -> Result<(), CliError> {
-    let fail = |e: std::io::Error| CliError::new(format!("cannot write {}: {e}", out.display()));
+    let fail = |source: std::io::Error| -> CliError {
+        Problem::Write {
+            path: out.to_path_buf(),
+            source,
+        }
+        .into()
+    };
     let dir = match out.parent() {
         Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
         _ => PathBuf::from("."),
     };
-    let name = out
-        .file_name()
-        .ok_or_else(|| CliError::new(format!("cannot write {}: not a file name", out.display())))?;
+    let name = out.file_name().ok_or_else(|| Problem::NotAFileName {
+        path: out.to_path_buf(),
+    })?;
     let tmp = dir.join(format!(
         ".{}.{}.tmp",
         name.to_string_lossy(),
@@ -128,19 +149,18 @@ pub fn import_cmd(cmd: ImportCommand) -> Result<ExitCode, CliError> {
     if let Some(n) = &name
         && let Some(p) = crate::validate::name_problem(n)
     {
-        return Err(CliError::new(format!(
-            "--name '{}': {p}",
-            n.escape_default()
-        )));
+        return Err(Problem::BadName {
+            flag: "--name",
+            value: n.clone(),
+            why: p,
+        }
+        .into());
     }
     if let Some(o) = &out
         && std::fs::canonicalize(o).ok() == std::fs::canonicalize(&script).ok()
         && o.exists()
     {
-        return Err(CliError::new(format!(
-            "-o {} is the script itself",
-            o.display()
-        )));
+        return Err(Problem::OutputIsInput { out: o.clone() }.into());
     }
     let src = read_script(&script)?;
     let imported = super::import(&src, &super::Options { name, strict });
@@ -158,16 +178,15 @@ pub fn import_cmd(cmd: ImportCommand) -> Result<ExitCode, CliError> {
     if let Some(o) = &out
         && SourceFile::new(o, "").syntax() != syntax
     {
-        return Err(CliError::new(format!(
-            "-o {} and --to {}: megaplan reads a file by its extension",
-            o.display(),
-            if syntax == Syntax::Toml {
+        return Err(Problem::ExtensionMismatch {
+            out: o.clone(),
+            to: if syntax == Syntax::Toml {
                 "toml"
             } else {
                 "kdl"
-            }
-        ))
-        .with_hint("name the output .toml for TOML, anything else for KDL"));
+            },
+        }
+        .into());
     }
     let text = imported.render(syntax);
     // Validate what we write, where it will be read from.
@@ -246,19 +265,14 @@ pub fn export_cmd(cmd: ExportCommand) -> Result<ExitCode, CliError> {
     if let Some(q) = &qemu
         && !q.is_absolute()
     {
-        return Err(
-            CliError::new(format!("--qemu {}: not an absolute path", q.display()))
-                .with_hint("minimega reads a relative qemu path as a file in its files folder"),
-        );
+        return Err(Problem::RelativeQemu { path: q.clone() }.into());
     }
     let env = std::env::var(crate::drivers::qemu::ACCEL_ENV).ok();
     let env = crate::drivers::qemu::parse_accel_env(env.as_deref()).map_err(|_| {
-        CliError::new(format!(
-            "{}={:?} is not an accelerator",
-            crate::drivers::qemu::ACCEL_ENV,
-            crate::diag::escape(env.as_deref().unwrap_or_default())
-        ))
-        .with_hint("set it to auto, kvm or tcg, or unset it")
+        Problem::BadAccelEnv {
+            var: crate::drivers::qemu::ACCEL_ENV,
+            value: crate::diag::escape(env.as_deref().unwrap_or_default()).to_string(),
+        }
     })?;
     let Ok((_, lab)) = load(&file) else {
         return Ok(ExitCode::from(1));
@@ -280,12 +294,11 @@ pub fn export_cmd(cmd: ExportCommand) -> Result<ExitCode, CliError> {
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
-            .map_err(|e| CliError::new(format!("cannot start the runtime: {e}")))?;
+            .map_err(Problem::Runtime)?;
         rt.block_on(super::disks::stage(dir, &lab.name, &exported.files))
-            .map_err(|e| {
-                CliError::new(format!("--stage {}: {e}", dir.display())).with_hint(
-                    "give an existing folder: minimega's -filepath on the node that reads the script",
-                )
+            .map_err(|source| Problem::Stage {
+                dir: dir.clone(),
+                source,
             })?;
         eprintln!(
             "Staged {} file{} under {}",

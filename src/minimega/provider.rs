@@ -277,7 +277,7 @@ impl MinimegaHost {
                     addr.clone(),
                     ObservedLink {
                         name: name.clone(),
-                        kind: "bridge".into(),
+                        kind: crate::observed::ObservedKind::Bridge,
                         up: true,
                         controller: None,
                         mac: None,
@@ -321,7 +321,7 @@ impl MinimegaHost {
                         spec.address.clone(),
                         ObservedLink {
                             name: n.tap.clone(),
-                            kind: "tun".into(),
+                            kind: crate::observed::ObservedKind::Tun,
                             up: true,
                             // minimega keeps no bridge per network: the tap
                             // is on its network when it is on the VLAN.
@@ -1307,14 +1307,6 @@ pub fn settings(lab: &Lab) -> Option<Settings> {
             namespace: namespace.clone(),
         }),
         crate::lab::ProviderSpec::Local => None,
-    }
-}
-
-/// Refresh through the lab's provider (the CLI's one call).
-pub fn refresh(lab: &Lab, state: &State, sd: &StateDir) -> Result<Observed, PError> {
-    match settings(lab) {
-        None => Ok(crate::host::refresh(&lab.name, state, sd)?),
-        Some(s) => Ok(MinimegaHost::connect(&s, &lab.name, Some(lab))?.observe_sync(state)?),
     }
 }
 

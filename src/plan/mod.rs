@@ -450,7 +450,7 @@ fn plan_resources(
             if prior.resources.contains_key(address) || index_of.contains_key(address.as_str()) {
                 continue;
             }
-            let kind = if link.kind == "bridge" {
+            let kind = if link.kind == crate::observed::ObservedKind::Bridge {
                 Kind::Network
             } else {
                 Kind::Tap

@@ -356,7 +356,7 @@ fn s13_orphan_present() {
         "vm.Z.nic[0]".into(),
         ObservedLink {
             name: "mpt0123456789ab".into(),
-            kind: "tun".into(),
+            kind: crate::observed::ObservedKind::Tun,
             up: true,
             controller: None,
             mac: None,
@@ -771,7 +771,7 @@ vm "monitor" { kernel "/img/k"; nic "mon"; mirrors "A" }
         applied.resources.insert(c.address.clone(), rec);
         let link = |name: &str, kind: &str| ObservedLink {
             name: name.into(),
-            kind: kind.into(),
+            kind: crate::observed::ObservedKind::from(kind.to_string()),
             up: true,
             controller: None,
             mac: None,

@@ -29,7 +29,7 @@ use std::time::Duration;
 use crate::agent::{Command, ExecResult, Exit, Hello, Transfer};
 use crate::identity;
 use crate::lab::{CcActionSpec, Direction, DiskSource};
-use crate::observed::{Observed, ObservedLink, ObservedMirror, ObservedVm};
+use crate::observed::{Observed, ObservedKind, ObservedLink, ObservedMirror, ObservedVm};
 use crate::state::{Kind, State, StateDir, Status};
 
 use super::ops::{Op, OpOutcome, Outcome};
@@ -575,7 +575,11 @@ impl Provider for MemoryProvider {
                     a.to_string(),
                     ObservedLink {
                         name: name.clone(),
-                        kind: if l.bridge { "bridge" } else { "tun" }.into(),
+                        kind: if l.bridge {
+                            ObservedKind::Bridge
+                        } else {
+                            ObservedKind::Tun
+                        },
                         up: true,
                         controller: l.controller.clone(),
                         mac: l.mac.clone(),
@@ -731,6 +735,7 @@ impl Guest for MemoryGuest {
             uuid: None,
             hostname: self.vm.clone(),
             interfaces: Vec::new(),
+            features: Vec::new(),
         })
     }
 }

@@ -171,7 +171,7 @@ pub trait Provider {
         index: usize,
         out: &StepOutcome,
     ) -> Result<(), ProviderError> {
-        Ok(sd.write_step_result(vm, index, out.exit, &out.stdout, &out.stderr)?)
+        Ok(sd.write_step_result(vm, index, out.exit, &out.stdout, &out.stderr, out.timed_out)?)
     }
 
     /// The VM's serial console log on this machine, if the engine keeps one here.
@@ -274,6 +274,9 @@ pub struct StoredStep {
     pub exit: Option<String>,
     pub stdout: String,
     pub stderr: String,
+    /// The timeout it ran past, when it timed out (None for a record
+    /// written before megaplan kept this).
+    pub timed_out: Option<std::time::Duration>,
 }
 
 /// Why an engine could not do what it was asked.

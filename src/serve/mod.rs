@@ -169,7 +169,7 @@ pub fn check_listen(addr: SocketAddr, token: Option<&str>) -> Result<(), ServeEr
 pub struct Seen {
     pub state: crate::state::State,
     pub observed: crate::observed::Observed,
-    pub results: Vec<(String, Option<String>, String, String)>,
+    pub results: Vec<crate::cc::Recorded>,
     pub serial: BTreeMap<String, String>,
     /// The last `checks.json` (after `megaplan test` or `check`), or why it
     /// could not be read.
@@ -303,12 +303,12 @@ pub fn snapshot(
                 .iter()
                 .map(|step| {
                     let r = results.iter().find(|r| r.0 == step.address);
-                    let (exit, stdout, stderr) = match r {
-                        Some((_, e, o, er)) => (e.clone(), o.clone(), er.clone()),
-                        None => (None, String::new(), String::new()),
+                    let (exit, stdout, stderr, timed_out) = match r {
+                        Some((_, e, o, er, t)) => (e.clone(), o.clone(), er.clone(), *t),
+                        None => (None, String::new(), String::new(), None),
                     };
                     let status = match &exit {
-                        Some(e) => crate::cc::recorded_status(e, &stderr),
+                        Some(e) => crate::cc::recorded_status(e, timed_out),
                         None => "not run".to_string(),
                     };
                     json!({
@@ -1157,6 +1157,7 @@ mod tests {
                 exit: Some("0".into()),
                 stdout: "from the provider\n".into(),
                 stderr: String::new(),
+                timed_out: None,
             })
         }
         fn serial_tail(&self, _: &StateDir, vm: &str, _: u64) -> String {
