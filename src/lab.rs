@@ -81,6 +81,9 @@ pub struct Lab {
     /// Where the experiment is built (`provider` in `experiment`).
     #[serde(default, skip_serializing_if = "ProviderSpec::is_local")]
     pub provider: ProviderSpec,
+    /// Who chose `provider` (the file, a flag, the state's record).
+    #[serde(skip)]
+    pub provider_origin: crate::minimega::recorded::Origin,
 }
 
 /// The engine that builds the experiment.

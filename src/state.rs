@@ -248,6 +248,9 @@ pub struct State {
     pub serial: u64,
     pub experiment: String,
     pub resources: BTreeMap<String, Record>,
+    /// The engine that built it (crate::minimega::recorded); absent: local.
+    #[serde(default, skip_serializing_if = "crate::lab::ProviderSpec::is_local")]
+    pub provider: crate::lab::ProviderSpec,
 }
 
 impl State {
@@ -258,6 +261,7 @@ impl State {
             serial: 0,
             experiment: experiment.to_string(),
             resources: BTreeMap::new(),
+            provider: crate::lab::ProviderSpec::Local,
         }
     }
 }
@@ -816,6 +820,7 @@ impl State {
         if let Some(p) = crate::validate::name_problem(&self.experiment) {
             return Err(("experiment".into(), p.to_string()));
         }
+        crate::minimega::recorded::check(&self.provider).map_err(|why| ("provider".into(), why))?;
         for (address, rec) in &self.resources {
             let at = |why: String| (address.escape_debug().to_string(), why);
             check_record(address, rec.kind, Some(&rec.attrs)).map_err(at)?;

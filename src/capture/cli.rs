@@ -84,9 +84,14 @@ pub fn capture_cmd(command: CaptureCommand) -> Result<ExitCode, CliError> {
             name,
             state_dir,
         } => {
-            let Ok((_, lab)) = load(&file) else {
+            let Ok((_, mut lab)) = load(&file) else {
                 return Ok(ExitCode::from(1));
             };
+            let sd = StateDir::for_file(&file, &lab.name, state_dir.as_deref());
+            // The engine the state records (crate::minimega::recorded).
+            if let Ok(state) = sd.load() {
+                crate::minimega::recorded::reconcile(&mut lab, &state, &sd.state_file())?;
+            }
             // The path comes from the lab's (validated) name, not the argument.
             let Some(c) = lab.captures.iter().find(|c| c.name == name) else {
                 return Err(crate::cli::error::Problem::NoSuchCapture {
@@ -96,7 +101,8 @@ pub fn capture_cmd(command: CaptureCommand) -> Result<ExitCode, CliError> {
                 }
                 .into());
             };
-            let sd = StateDir::for_file(&file, &lab.name, state_dir.as_deref());
+            // On minimega: the file, fetched from the VM's node.
+            crate::minimega::captures::fetch_for_cli(&lab, c, &sd)?;
             let path = super::file_path(&sd, &c.name)?;
             let path = std::path::absolute(&path).unwrap_or(path);
             println!("{}", path.display());

@@ -438,6 +438,14 @@ impl From<crate::provider::ProviderError> for CommandError {
                         Some("start minimega (or pass --minimega-base DIR naming its -base)".into()),
                     ),
                     M::Unsupported { .. } => (ErrorKind::User, None),
+                    M::Cc(crate::minimega::cc::CcError::FilesDir { .. }) => (
+                        ErrorKind::Config,
+                        Some("run megaplan on minimega's head node, as a user who may write in minimega's files folder (its -filepath)".into()),
+                    ),
+                    M::Cc(crate::minimega::cc::CcError::BadPath { .. })
+                    | M::Cc(crate::minimega::cc::CcError::TooLarge { .. }) => {
+                        (ErrorKind::User, None)
+                    }
                     _ => (ErrorKind::Host, None),
                 }
             }
@@ -450,6 +458,13 @@ impl From<crate::provider::ProviderError> for CommandError {
             | E::Capture(_) => (ErrorKind::Host, None),
         };
         CommandError::with_kind(kind, e).hinted(hint)
+    }
+}
+
+impl From<crate::minimega::recorded::EngineError> for CommandError {
+    fn from(e: crate::minimega::recorded::EngineError) -> Self {
+        let hint = e.hint();
+        CommandError::with_kind(ErrorKind::User, e).with_hint(hint)
     }
 }
 

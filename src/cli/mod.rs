@@ -520,7 +520,7 @@ fn run(cli: Cli) -> Result<ExitCode, CliError> {
             provider,
         } => {
             crate::minimega::provider::set_override(provider);
-            let Ok((_, mut lab)) = load(&file) else {
+            let Ok((_, lab)) = load(&file) else {
                 return Ok(failed());
             };
             let token = match token_file {
@@ -530,6 +530,8 @@ fn run(cli: Cli) -> Result<ExitCode, CliError> {
             crate::serve::check_listen(listen, token.as_deref())?;
             crate::serve::check_actions(allow_actions, token.as_deref())?;
             let sd = StateDir::for_file(&file, &lab.name, state_dir.as_deref());
+            let mut lab = lab;
+            recorded_engine(&mut lab, &sd)?;
             let actions = match allow_actions {
                 false => None,
                 true => Some(crate::serve::actions::Actions {
@@ -713,13 +715,15 @@ fn run(cli: Cli) -> Result<ExitCode, CliError> {
             provider,
         } => {
             crate::minimega::provider::set_override(provider);
-            let Ok((_, mut lab)) = load(&file) else {
+            let Ok((_, lab)) = load(&file) else {
                 return Ok(failed());
             };
             let sd = StateDir::for_file(&file, &lab.name, state_dir.as_deref());
             let _lock = sd.lock(&format!("megaplan plan {}", file.display()))?;
             crate::owners::check(&lab.name, &sd.root)?;
             let mut state = sd.load()?;
+            let mut lab = lab;
+            crate::minimega::recorded::reconcile(&mut lab, &state, &sd.state_file())?;
             let door = Door::open(&mut lab)?;
             let opts = plan_options(&door, &file, &lab, &sd, &state, replace.clone())?;
             let (_, observed) = refresh_and_adopt(&door, &lab, &sd, &mut state)?;
@@ -943,12 +947,15 @@ pub(crate) fn apply_cmd(
             return Ok(failed());
         };
         lab.accel = resolve_accel(lab.accel, env_accel.as_deref(), accel)?;
+        let sd = StateDir::for_file(&saved.file, &lab.name, state_dir.as_deref());
+        recorded_engine(&mut lab, &sd)?;
         let door = Door::open(&mut lab)?;
         preflight(&door, Some(&lab))?;
-        let sd = StateDir::for_file(&saved.file, &lab.name, state_dir.as_deref());
         let _lock = sd.lock(&format!("megaplan apply {}", file.display()))?;
         claim(&lab.name, &sd)?;
         let mut state = sd.load()?;
+        crate::minimega::recorded::recheck(&lab, &state, &sd.state_file())?;
+        crate::minimega::recorded::record(&lab, &mut state);
         if let Some(why) = saved.stale_because(&state) {
             return Err(Problem::Stale {
                 plan: file,
@@ -987,12 +994,15 @@ pub(crate) fn apply_cmd(
         return Ok(failed());
     };
     lab.accel = resolve_accel(lab.accel, env_accel.as_deref(), accel)?;
+    let sd = StateDir::for_file(&file, &lab.name, state_dir.as_deref());
+    recorded_engine(&mut lab, &sd)?;
     let door = Door::open(&mut lab)?;
     preflight(&door, Some(&lab))?;
-    let sd = StateDir::for_file(&file, &lab.name, state_dir.as_deref());
     let _lock = sd.lock(&format!("megaplan apply {}", file.display()))?;
     claim(&lab.name, &sd)?;
     let mut state = sd.load()?;
+    crate::minimega::recorded::recheck(&lab, &state, &sd.state_file())?;
+    crate::minimega::recorded::record(&lab, &mut state);
     let opts = plan_options(&door, &file, &lab, &sd, &state, replace)?;
     let (adopted, p) = refresh_and_plan(&door, &lab, &sd, &mut state, &opts)?;
     if adopted {
@@ -1015,6 +1025,17 @@ pub(crate) fn apply_cmd(
         &mut state,
         parallelism,
     )
+}
+
+/// The engine the state records decides when the file and flags say
+/// nothing (crate::minimega::recorded). Read before the lock, to open the
+/// right engine; the command checks it again on the state it reads under
+/// the lock, and a state that does not load is reported there.
+fn recorded_engine(lab: &mut Lab, sd: &StateDir) -> Result<(), CliError> {
+    if let Ok(state) = sd.load() {
+        crate::minimega::recorded::reconcile(lab, &state, &sd.state_file())?;
+    }
+    Ok(())
 }
 
 /// Refresh, rebuild a lost state from the host (crate::adopt), and plan an
@@ -1090,11 +1111,12 @@ pub(crate) fn destroy_cmd(
     let Ok((_, mut lab)) = load(&file) else {
         return Ok(failed());
     };
+    let sd = StateDir::for_file(&file, &lab.name, state_dir.as_deref());
+    recorded_engine(&mut lab, &sd)?;
     let door = Door::open(&mut lab)?;
     if !dry_run {
         preflight(&door, None)?;
     }
-    let sd = StateDir::for_file(&file, &lab.name, state_dir.as_deref());
     let _lock = sd.lock(&format!("megaplan destroy {}", file.display()))?;
     if dry_run {
         crate::owners::check(&lab.name, &sd.root)?;
@@ -1102,6 +1124,7 @@ pub(crate) fn destroy_cmd(
         claim(&lab.name, &sd)?;
     }
     let mut state = sd.load()?;
+    crate::minimega::recorded::recheck(&lab, &state, &sd.state_file())?;
     let observed = door.refresh(&lab.name, &state, &sd)?;
     let mode = if all { Mode::DestroyAll } else { Mode::Destroy };
     let p = plan::plan(None, &state, Some(&observed), mode);
@@ -1152,12 +1175,14 @@ fn show_cmd(
     json: bool,
     state_dir: Option<PathBuf>,
 ) -> Result<ExitCode, CliError> {
-    let Ok((_, mut lab)) = load(&file) else {
+    let Ok((_, lab)) = load(&file) else {
         return Ok(failed());
     };
     let sd = StateDir::for_file(&file, &lab.name, state_dir.as_deref());
     crate::owners::check(&lab.name, &sd.root)?;
     let state = sd.load()?;
+    let mut lab = lab;
+    crate::minimega::recorded::reconcile(&mut lab, &state, &sd.state_file())?;
     let columns = crate::show::columns(&columns, json).map_err(Problem::UnknownColumn)?;
     let door = Door::open(&mut lab)?;
     let observed = door.refresh(&lab.name, &state, &sd)?;

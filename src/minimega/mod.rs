@@ -11,6 +11,8 @@
 //!   `import(export(lab))` validates to the same lab.
 //! - Import never panics; every problem is a diagnostic located in the script.
 
+pub mod captures;
+pub mod cc;
 pub mod cli;
 pub mod client;
 pub mod disks;
@@ -19,6 +21,8 @@ pub mod import;
 pub mod lex;
 pub mod placement;
 pub mod provider;
+pub mod recorded;
+pub mod taps;
 
 pub use export::{export, export_with};
 pub use import::{Imported, Options, import};

@@ -75,6 +75,10 @@ pub enum MinimegaError {
     NoNic(String),
     #[error("{0}")]
     Wait(String),
+    #[error(transparent)]
+    Cc(#[from] super::cc::CcError),
+    #[error(transparent)]
+    Tap(#[from] super::taps::TapError),
     /// A failure of a batch of VM launches, reported by each of its VMs.
     #[error(transparent)]
     Batch(std::sync::Arc<MinimegaError>),
@@ -98,10 +102,10 @@ pub enum MinimegaError {
 
 /// One experiment on one minimega cluster.
 pub struct MinimegaHost {
-    client: Mutex<Client>,
-    ns: Name,
+    pub(super) client: Mutex<Client>,
+    pub(super) ns: Name,
     experiment: String,
-    lab: Option<Lab>,
+    pub(super) lab: Option<Lab>,
     /// The head node's name (`host name`), asked once when first needed.
     head: std::sync::OnceLock<String>,
     /// The namespace is known to hold the head node when VMs are placed
@@ -137,12 +141,12 @@ impl MinimegaHost {
         })
     }
 
-    fn run(&self, cmd: Command) -> Result<Vec<HostResponse>, MinimegaError> {
+    pub(super) fn run(&self, cmd: Command) -> Result<Vec<HostResponse>, MinimegaError> {
         let mut c = self.client.lock().expect("the client lock");
         Ok(c.run(&cmd.in_namespace(&self.ns))?)
     }
 
-    fn run_ok(&self, cmd: Command) -> Result<Vec<HostResponse>, MinimegaError> {
+    pub(super) fn run_ok(&self, cmd: Command) -> Result<Vec<HostResponse>, MinimegaError> {
         let mut c = self.client.lock().expect("the client lock");
         Ok(c.run_ok(&cmd.in_namespace(&self.ns))?)
     }
@@ -250,8 +254,25 @@ impl MinimegaHost {
                 networks.insert(n.address.clone(), n.name.clone());
             }
         }
+        // A network with a host-address needs its host tap too.
+        let host_taps = match &self.lab {
+            Some(l) if l.networks.iter().any(|n| n.host_address.is_some()) => {
+                super::taps::host_taps(self)?
+            }
+            _ => BTreeSet::new(),
+        };
+        let tap_missing = |addr: &str| {
+            self.lab
+                .as_ref()
+                .and_then(|l| l.networks.iter().find(|n| n.address == addr))
+                .is_some_and(|n| {
+                    n.host_address.is_some()
+                        && !host_taps
+                            .contains(&super::taps::host_tap_of(&self.experiment, &n.address))
+                })
+        };
         for (addr, name) in &networks {
-            if aliases.contains_key(name) {
+            if aliases.contains_key(name) && !tap_missing(addr) {
                 obs.links.insert(
                     addr.clone(),
                     ObservedLink {
@@ -313,6 +334,10 @@ impl MinimegaHost {
         }
         // A VM recorded on a node that did not answer: unreachable.
         obs.unreachable = nodes::unreachable_vms(&resps, state, &obs.vms);
+        // Captures minimega records (super::captures).
+        if let Some(lab) = &self.lab {
+            obs.captures = super::captures::observe(self, lab)?;
+        }
         // Mirrors: OVS mirrors named `mirror-DSTTAP` on the node of the
         // destination (minimega keeps no list of them).
         if let Some(lab) = &self.lab
@@ -408,7 +433,7 @@ impl MinimegaHost {
     }
 
     /// The head node's name (`host name` outside any namespace), once.
-    fn head(&self) -> Result<&str, MinimegaError> {
+    pub(super) fn head(&self) -> Result<&str, MinimegaError> {
         if let Some(h) = self.head.get() {
             return Ok(h);
         }
@@ -633,7 +658,12 @@ impl MinimegaHost {
         }
     }
 
-    fn vm_spec(&self, vm: &str) -> Result<&VmSpec, MinimegaError> {
+    /// The experiment's name as a name in minimega's files folder.
+    pub(super) fn experiment_name(&self) -> Result<Name, MinimegaError> {
+        Ok(Name::new(&self.experiment)?)
+    }
+
+    pub(super) fn vm_spec(&self, vm: &str) -> Result<&VmSpec, MinimegaError> {
         self.lab
             .as_ref()
             .and_then(|l| l.vm(vm))
@@ -664,6 +694,8 @@ impl MinimegaHost {
         if !vms.is_empty() || silent.doubt(None).is_some() {
             return Ok(false);
         }
+        // The files cc send and captures put in minimega's files folder.
+        super::cc::forget_experiment(self)?;
         let mut c = self.client.lock().expect("the client lock");
         c.run_ok(&Command::new("clear").word("namespace").name(&self.ns))?;
         Ok(true)
@@ -682,17 +714,7 @@ impl MinimegaHost {
             CcActionSpec::Exec(c) => ("exec", argv(c)),
             CcActionSpec::Background(c) => ("background", argv(c)),
             CcActionSpec::Send { .. } | CcActionSpec::Recv { .. } => {
-                return Err(MinimegaError::Unsupported {
-                    what: format!(
-                        "cc {}",
-                        if matches!(action, CcActionSpec::Send { .. }) {
-                            "send"
-                        } else {
-                            "recv"
-                        }
-                    ),
-                    why: "minimega moves cc files only from and to its own -filepath folder; not mapped yet (docs/minimega.md)",
-                });
+                return super::cc::transfer(self, spec, action, timeout, run_id).await;
             }
         };
         if words.first().is_some_and(|w| {
@@ -705,25 +727,7 @@ impl MinimegaHost {
                 why: "minimega reads it as plumbing",
             });
         }
-        // Wait for the guest's miniccc to check in (boot-timeout).
-        let boot = Duration::from_millis(spec.boot_timeout_ms);
-        let end = Instant::now() + boot;
-        loop {
-            let r = self.run_ok(Command::new("cc").word("clients"))?;
-            if r.iter().any(|r| {
-                r.rows()
-                    .iter()
-                    .any(|row| row.contains(&("uuid", uuid.as_str())))
-            }) {
-                break;
-            }
-            if Instant::now() >= end {
-                return Err(MinimegaError::Wait(format!(
-                    "miniccc of {vm} did not check in with minimega within {boot:?} (boot-timeout); does its image start miniccc (`image build --miniccc`)?"
-                )));
-            }
-            tokio::time::sleep(POLL).await;
-        }
+        super::cc::wait_for_client(self, spec).await?;
         // The run's prefix: the same run id finds the same command again.
         let prefix = run_prefix(run_id);
         let mut ids: BTreeMap<String, i64> = BTreeMap::new();
@@ -846,7 +850,7 @@ impl MinimegaHost {
 
 /// A cc prefix naming one run of a step (its run id hashed): the same run
 /// id finds the same command again after an interruption.
-fn run_prefix(run_id: &str) -> String {
+pub(super) fn run_prefix(run_id: &str) -> String {
     use sha2::{Digest, Sha256};
     let h = Sha256::digest(run_id.as_bytes());
     let hex: String = h.iter().take(8).map(|b| format!("{b:02x}")).collect();
@@ -918,10 +922,10 @@ impl Provider for MinimegaHost {
 
     /// minimega names its taps when it launches a VM (recorded as the VM's
     /// computed `minimega_taps`) and keeps no bridge per network (a VLAN
-    /// alias): those names stay unset, known after apply. Only a network's
-    /// host-address interface is megaplan's to name.
-    fn assign_names(&self, lab: &mut Lab) -> Result<(), PError> {
-        crate::provider::names::host_interfaces_only(lab);
+    /// alias): those names stay unset, known after apply. A network's
+    /// host-address tap is named by `taps::host_tap_of` and recorded as the
+    /// computed `host_tap`; it is no bridge, so the plan names none.
+    fn assign_names(&self, _lab: &mut Lab) -> Result<(), PError> {
         Ok(())
     }
 
@@ -947,25 +951,34 @@ impl Provider for MinimegaHost {
     async fn execute(&self, _sd: &StateDir, op: &Op) -> Result<OpOutcome, PError> {
         match op {
             Op::CreateNetwork {
-                name, host_address, ..
+                address,
+                name,
+                host_address,
+                ..
             } => {
-                if host_address.is_some() {
-                    return Err(unsupported(
-                        "give a network a host-address (a host tap on a minimega VLAN is not mapped yet)",
-                    ));
-                }
                 self.ensure_alias(name)?;
+                // host-address: a host tap on the head (super::taps).
+                let bridge = &super::taps::host_tap_of(&self.experiment, address);
+                match host_address {
+                    Some(a) => {
+                        let computed = super::taps::create(self, name, bridge, a)?;
+                        return Ok(OpOutcome {
+                            outcome: Outcome::Done,
+                            computed,
+                        });
+                    }
+                    None => super::taps::delete(self, bridge)?,
+                }
             }
-            // A tap is made and removed with its VM, an alias with the namespace.
-            Op::DeleteNetwork { .. } | Op::CreateTap { .. } | Op::DeleteTap { .. } => {}
-            Op::StartCapture { spec, .. } => {
-                return Err(unsupported(&format!(
-                    "record capture {} (host-side captures are the local engine's; on minimega use `capture` of minimega itself)",
-                    spec.name
-                )));
+            // An alias goes with the namespace; its host tap, if any, now.
+            Op::DeleteNetwork { address, .. } => {
+                super::taps::delete(self, &super::taps::host_tap_of(&self.experiment, address))?
             }
-            // Nothing was started for it (see StartCapture).
-            Op::StopCapture { .. } => {}
+            // A tap is made and removed with its VM.
+            Op::CreateTap { .. } | Op::DeleteTap { .. } => {}
+            // minimega's `capture pcap vm` (super::captures).
+            Op::StartCapture { spec, .. } => super::captures::start(self, spec).await?,
+            Op::StopCapture { name, .. } => super::captures::stop_named(self, name)?,
             Op::CreateDisk { spec, .. } => {
                 super::disks::create(&self.client, &self.ns, &self.experiment, spec)
                     .await
@@ -1065,7 +1078,7 @@ impl Provider for MinimegaHost {
     /// together: every op here runs on the one connection in turn anyway).
     fn batches(&self, kind: Kind, phase: crate::provider::ops::Phase) -> bool {
         phase == crate::provider::ops::Phase::Create
-            && matches!(kind, Kind::Vm | Kind::Network | Kind::Tap)
+            && matches!(kind, Kind::Vm | Kind::Network | Kind::Tap | Kind::Capture)
     }
 
     async fn execute_batch(
@@ -1109,7 +1122,7 @@ pub const RULES: Rules = Rules {
     replaces: crate::graph::forces_replacement,
     computed: |kind, key| match kind {
         Kind::Vm => matches!(key, "node" | "minimega_taps"),
-        Kind::Network => key == "bridge",
+        Kind::Network => matches!(key, "bridge" | "node" | super::taps::HOST_TAP),
         Kind::Tap => key == "name",
         Kind::Mirror => matches!(key, "source_tap" | "dest_tap"),
         _ => false,
@@ -1212,6 +1225,9 @@ pub fn set_override(args: ProviderArgs) {
 pub fn apply_override(lab: &mut Lab) -> Result<(), Vec<String>> {
     use crate::lab::ProviderSpec;
     let args = OVERRIDE.get().cloned().unwrap_or_default();
+    if args.provider.is_some() || args.minimega_base.is_some() {
+        lab.provider_origin = super::recorded::Origin::Flags;
+    }
     let minimega = match args.provider {
         Some(ProviderArg::Local) => {
             if args.minimega_base.is_some() {
@@ -1262,14 +1278,6 @@ pub fn apply_override(lab: &mut Lab) -> Result<(), Vec<String>> {
 /// before planning, so nothing is half made.
 pub fn unmapped(lab: &Lab) -> Vec<String> {
     let mut out = Vec::new();
-    for n in &lab.networks {
-        if n.host_address.is_some() {
-            out.push(format!(
-                "{}: host-address (a host tap on a minimega VLAN) is not mapped yet",
-                n.address
-            ));
-        }
-    }
     for d in &lab.disks {
         if d.from.is_some() && d.format == crate::lab::DiskFormat::Raw {
             out.push(format!(
@@ -1278,12 +1286,7 @@ pub fn unmapped(lab: &Lab) -> Vec<String> {
             ));
         }
     }
-    for c in &lab.captures {
-        out.push(format!(
-            "{}: host-side captures are the local engine's; minimega's own `capture` is not mapped yet",
-            c.address
-        ));
-    }
+    out.extend(super::captures::unmapped(lab));
     for m in &lab.mirrors {
         if m.direction != crate::lab::Direction::Both {
             out.push(format!(
@@ -1291,19 +1294,6 @@ pub fn unmapped(lab: &Lab) -> Vec<String> {
                 m.address,
                 m.direction.as_str()
             ));
-        }
-    }
-    for v in &lab.vms {
-        for s in &v.cc {
-            if matches!(
-                s.action,
-                CcActionSpec::Send { .. } | CcActionSpec::Recv { .. }
-            ) {
-                out.push(format!(
-                    "{}: cc send/recv through minimega (files only from and to its -filepath) is not mapped yet",
-                    s.address
-                ));
-            }
         }
     }
     out

@@ -205,8 +205,9 @@ impl Validator {
         let mut vms = vm_pass.vms;
         let mirrors = self.mirrors(&insts, &vms, &known);
         self.after_cycles(&insts, &vms);
+        let provider_node = doc.experiment().and_then(|e| e.provider.as_ref());
         let provider = crate::minimega::placement::check(
-            doc.experiment().and_then(|e| e.provider.as_ref()),
+            provider_node,
             ename,
             &doc.vms,
             &mut vms,
@@ -222,6 +223,10 @@ impl Validator {
         }
         Some(Lab {
             provider,
+            provider_origin: match provider_node {
+                Some(_) => crate::minimega::recorded::Origin::File,
+                None => crate::minimega::recorded::Origin::Default,
+            },
             captures,
             checks,
             name: exp.name?,

@@ -53,7 +53,14 @@ impl MinimegaHost {
     pub(super) async fn execute_batch_ops(&self, sd: &StateDir, tasks: &[Vec<Op>]) -> Vec<Results> {
         let mut out: Vec<Results> = (0..tasks.len()).map(|_| Vec::new()).collect();
         let mut creates: Vec<(usize, Launch<'_>)> = Vec::new();
+        // A capture waits for its VM, which may be in this very batch: the
+        // batch's captures start after its launches.
+        let mut captures: Vec<usize> = Vec::new();
         for (i, ops) in tasks.iter().enumerate() {
+            if matches!(ops.first(), Some(Op::StartCapture { .. })) {
+                captures.push(i);
+                continue;
+            }
             match ops.as_slice() {
                 [
                     Op::StopVm {
@@ -78,9 +85,18 @@ impl MinimegaHost {
                 _ => out[i] = execute_in_order(self, sd, ops).await,
             }
         }
-        if creates.is_empty() {
-            return out;
+        if !creates.is_empty() {
+            self.launch_creates(&mut out, creates).await;
         }
+        for i in captures {
+            out[i] = execute_in_order(self, sd, &tasks[i]).await;
+        }
+        out
+    }
+
+    /// Steps 1 to 4 for the VM creates of a batch, each VM's results pushed
+    /// to `out[i]`.
+    async fn launch_creates<'a>(&self, out: &mut [Results], creates: Vec<(usize, Launch<'a>)>) {
         // 1. Leftovers of an interrupted launch.
         let names: Vec<&str> = creates.iter().map(|(_, l)| l.vm.name.as_str()).collect();
         let present = match self.leftovers(&creates) {
@@ -90,7 +106,7 @@ impl MinimegaHost {
                 for (i, _) in &creates {
                     out[*i].push(Err(shared(&e)));
                 }
-                return out;
+                return;
             }
         };
         let mut go: Vec<(usize, Launch<'_>)> = Vec::new();
@@ -129,7 +145,6 @@ impl MinimegaHost {
         for ((i, _), r) in ready.iter().zip(self.launch_many(&launches)) {
             out[*i].push(r);
         }
-        out
     }
 
     /// The VMs of `creates` minimega has already (an interrupted launch),
