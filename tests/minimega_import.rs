@@ -250,10 +250,9 @@ fn export_then_import_keeps_every_resource() {
                 .replace(&format!("{n} disk,"), "N disks,")
         };
         let want_disks = |s: &str| {
-            let n = (0..64)
+            (0..64)
                 .find(|n| s.contains(&format!(" {n} disk")))
-                .unwrap_or(0);
-            n
+                .unwrap_or(0)
         };
         let w = counts(&want);
         let n = want_disks(&w);
