@@ -53,6 +53,10 @@ pub enum ApplyError {
     /// The state could not be saved after an operation.
     #[error(transparent)]
     State(#[from] StateError),
+    /// Its intent (`Creating`) could not be saved, so it was not started:
+    /// an effect the state does not know of would be lost in a crash.
+    #[error("{address} was not started: the state could not record it first")]
+    NotRecorded { address: String },
     /// The engine answered a batch without the outcome of every op.
     #[error("the engine did not report the outcome of every operation of {address}")]
     Incomplete { address: String },

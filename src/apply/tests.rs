@@ -867,3 +867,38 @@ async fn computed_attributes_are_recorded_and_kept() {
 }
 
 mod batch;
+
+/// A create whose intent (`Creating`) cannot be saved does not start: a
+/// crash after it would leave something no record knows of. It fails with
+/// the save's error, and what depends on it is skipped.
+#[tokio::test]
+async fn an_effect_whose_intent_cannot_be_saved_does_not_start() {
+    let rig = Rig::new();
+    let p = rig.plan(Some(LAB), Mode::Apply, &Options::default()).await;
+    // Block the state's temporary name with a folder: every save fails.
+    let file = rig.sd.state_file();
+    let name = file.file_name().unwrap().to_str().unwrap();
+    let blocker = file
+        .parent()
+        .unwrap()
+        .join(format!(".{name}.{}.tmp", std::process::id()));
+    std::fs::create_dir_all(blocker.join("x")).unwrap();
+    let r = rig.run(Some(LAB), &p, 4).await;
+    assert!(
+        rig.host.calls().is_empty(),
+        "effects ran without a saved intent: {:#?}",
+        rig.host.calls()
+    );
+    assert!(!r.errors.is_empty(), "{r:?}");
+    assert!(
+        r.errors
+            .iter()
+            .all(|(_, e)| matches!(e, ApplyError::State(_) | ApplyError::NotRecorded { .. })),
+        "{r:?}"
+    );
+    assert!(r.done.is_empty(), "{r:?}");
+    // Once the state folder takes writes again, apply converges.
+    std::fs::remove_dir_all(&blocker).unwrap();
+    assert!(rig.apply(LAB).await.1.ok());
+    assert_eq!(rig.changes(LAB).await, vec![]);
+}

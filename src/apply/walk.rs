@@ -21,11 +21,11 @@ use futures::stream::{FuturesUnordered, StreamExt};
 use crate::plan::Plan;
 use crate::provider::Provider;
 use crate::provider::ops::Phase;
-use crate::state::{Kind, State};
+use crate::state::{Kind, State, StateError};
 
 use super::record::{self, Recorder};
 use super::schedule::{Schedule, schedule};
-use super::{BatchItem, Executor, Outcome, Report, crash_point, done_verb, verb};
+use super::{ApplyError, BatchItem, Done, Executor, Outcome, Report, crash_point, done_verb, verb};
 
 impl<P: Provider> Executor<'_, P> {
     /// Carry out `plan`, updating and saving `state` after every task.
@@ -103,6 +103,10 @@ impl<P: Provider> Executor<'_, P> {
                         record::vm_generation(&plan.changes[tasks[t].change], self.lab, state)
                     })
                     .collect();
+                // An effect whose intent is not saved does not start (a crash
+                // would leave something the state does not know of): the
+                // task fails with the save's error and its dependents skip.
+                let mut unsaved: Option<StateError> = None;
                 for (&t, &vm_gen) in group.iter().zip(&gens) {
                     let task = tasks[t];
                     let c = &plan.changes[task.change];
@@ -112,14 +116,29 @@ impl<P: Provider> Executor<'_, P> {
                     if batched {
                         recorder.mark(state, c, vm_gen);
                     } else if let Err(e) = recorder.begin(state, c, vm_gen) {
-                        (self.progress)(&format!("warning: cannot save the state: {e}"));
+                        unsaved = Some(e);
                     }
                 }
                 if batched
                     && group.iter().any(|&t| tasks[t].phase == Phase::Create)
                     && let Err(e) = recorder.save(state)
                 {
-                    (self.progress)(&format!("warning: cannot save the state: {e}"));
+                    unsaved = Some(e);
+                }
+                if let Some(e) = unsaved {
+                    let mut first = Some(ApplyError::State(e));
+                    let results: Vec<Result<Done, ApplyError>> = group
+                        .iter()
+                        .map(|&t| {
+                            Err(first.take().unwrap_or_else(|| ApplyError::NotRecorded {
+                                address: plan.changes[tasks[t].change].address.clone(),
+                            }))
+                        })
+                        .collect();
+                    running.push(
+                        async move { (group, batched, results, Duration::ZERO) }.boxed_local(),
+                    );
+                    continue;
                 }
                 let mut items = Vec::with_capacity(group.len());
                 for (&t, &vm_gen) in group.iter().zip(&gens) {
@@ -135,19 +154,22 @@ impl<P: Provider> Executor<'_, P> {
                         vm_gen,
                     });
                 }
-                running.push(async move {
-                    let started = Instant::now();
-                    let results = if batched {
-                        self.effect_batch(&items).await
-                    } else {
-                        let it = &items[0];
-                        vec![
-                            self.effect(it.change, it.phase, it.prior.as_ref(), it.vm_gen)
-                                .await,
-                        ]
-                    };
-                    (group, batched, results, started.elapsed())
-                });
+                running.push(
+                    async move {
+                        let started = Instant::now();
+                        let results = if batched {
+                            self.effect_batch(&items).await
+                        } else {
+                            let it = &items[0];
+                            vec![
+                                self.effect(it.change, it.phase, it.prior.as_ref(), it.vm_gen)
+                                    .await,
+                            ]
+                        };
+                        (group, batched, results, started.elapsed())
+                    }
+                    .boxed_local(),
+                );
             }
             let Some(first) = running.next().await else {
                 break;

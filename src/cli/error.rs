@@ -481,6 +481,9 @@ impl From<crate::apply::ApplyError> for CommandError {
             E::StepTimedOut { .. } => CommandError::with_kind(ErrorKind::Host, e).with_hint(
                 "raise the step's timeout in the experiment file if it needs longer",
             ),
+            E::NotRecorded { .. } => CommandError::with_kind(ErrorKind::Host, e).with_hint(
+                "free space in, or fix the permissions of, the state folder, then apply again",
+            ),
         }
     }
 }
