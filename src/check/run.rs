@@ -14,6 +14,10 @@ use crate::state::StateDir;
 pub const EXCERPT_FRAMES: usize = 10;
 /// How long to wait between two attempts of a check with `retry`.
 const RETRY_PAUSE: Duration = Duration::from_secs(1);
+/// How long a capture check short of its `at-least` waits for the recorder
+/// to write what it has already seen, and how often it looks again.
+const CAPTURE_SETTLE: Duration = Duration::from_secs(2);
+const CAPTURE_POLL: Duration = Duration::from_millis(100);
 /// The longest one ping waits for its echo reply.
 pub const PING_WAIT_SECS: u64 = 3;
 /// How much of a command's output a result keeps.
@@ -257,7 +261,7 @@ async fn attempt<P: Provider>(provider: &P, lab: &Lab, sd: &StateDir, c: &CheckS
             filter,
             at_least,
             at_most,
-        } => match capture_count(sd, capture, filter) {
+        } => match settled_count(sd, capture, filter, *at_least).await {
             Err(e) => Attempt::error(e),
             Ok((matched, total, excerpt)) => {
                 let low = at_least.is_none_or(|l| matched >= l);
@@ -288,6 +292,26 @@ fn bounds_text(at_least: Option<u64>, at_most: Option<u64>) -> String {
         (Some(l), None) => format!("expected at least {l}"),
         (None, Some(m)) => format!("expected at most {m}"),
         (None, None) => "any number expected".to_string(),
+    }
+}
+
+/// [`capture_count`], read again while it is short of `at_least`, for up to
+/// [`CAPTURE_SETTLE`]: the recorder is another process, and the frame a
+/// guest's reply has just proven sent may still be in its socket, not yet
+/// in the file (seen under load with three TCG guests on two cores).
+async fn settled_count(
+    sd: &StateDir,
+    name: &str,
+    filter: &str,
+    at_least: Option<u64>,
+) -> Result<(u64, u64, Vec<String>), String> {
+    let end = std::time::Instant::now() + CAPTURE_SETTLE;
+    loop {
+        let r = capture_count(sd, name, filter)?;
+        if at_least.is_none_or(|l| r.0 >= l) || std::time::Instant::now() >= end {
+            return Ok(r);
+        }
+        tokio::time::sleep(CAPTURE_POLL).await;
     }
 }
 
