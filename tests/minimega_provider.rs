@@ -592,6 +592,20 @@ fn measure_apply_against_the_exported_script() {
         run.ok(&["destroy", "--auto-approve"]);
         assert!(gone(&mut head));
 
+        // The files the script names in the file path, placed beforehand
+        // as a script's user does (`export --stage`; destroy removed them).
+        let staged = std::process::Command::new(env!("CARGO_BIN_EXE_megaplan"))
+            .args(["export", "minimega"])
+            .arg(&file)
+            .args(["--accel", "tcg", "--stage"])
+            .arg(mm1.dir.join("files"))
+            .output()
+            .unwrap();
+        assert!(
+            staged.status.success(),
+            "{}",
+            String::from_utf8_lossy(&staged.stderr)
+        );
         // The head joins the namespace as the provider makes it do.
         head.run_ok(
             &Mm::new("ns")
