@@ -133,7 +133,7 @@ pub(super) async fn transfer(
 /// Run `cmds` under `cc filter uuid=U` and the run's prefix, holding the
 /// connection (the filter and prefix are the namespace's shared state);
 /// the command ids of the last one, per node.
-fn under_filter(
+pub(super) fn under_filter(
     h: &MinimegaHost,
     uuid: &str,
     prefix: &str,

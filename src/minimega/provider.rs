@@ -748,37 +748,9 @@ impl MinimegaHost {
             for w in &words {
                 cmd = cmd.arg(w)?;
             }
-            let mut c = self.client.lock().expect("the client lock");
-            let ns = &self.ns;
-            c.run_ok(
-                &Command::new("cc")
-                    .word("filter")
-                    .arg(&format!("uuid={uuid}"))?
-                    .in_namespace(ns),
-            )?;
-            c.run_ok(
-                &Command::new("cc")
-                    .word("prefix")
-                    .arg(&prefix)?
-                    .in_namespace(ns),
-            )?;
-            let sent = c.run_ok(&cmd.clone().in_namespace(ns));
-            let _ = c.run(
-                &Command::new("clear")
-                    .word("cc")
-                    .word("filter")
-                    .in_namespace(ns),
-            );
-            let _ = c.run(
-                &Command::new("clear")
-                    .word("cc")
-                    .word("prefix")
-                    .in_namespace(ns),
-            );
-            for r in sent? {
-                if let Some(id) = r.data.as_i64() {
-                    ids.insert(r.host, id);
-                }
+            // Sent under a UUID filter and the run's prefix, both cleared after.
+            for (host, id) in super::cc::under_filter(self, &uuid, &prefix, &[cmd])? {
+                ids.insert(host, i64::try_from(id).unwrap_or(i64::MAX));
             }
         }
         if kw == "background" {
