@@ -1586,23 +1586,28 @@ mod tests {
         assert_eq!(local(Accel::Tcg).unwrap(), Run::Tcg);
         let probed = crate::drivers::qemu::resolve_accel(crate::drivers::qemu::AccelChoice::Auto);
         assert_eq!(local(Accel::Auto).unwrap(), probed);
-        let kvm_here = crate::drivers::qemu::kvm_opens(std::path::Path::new("/dev/kvm"));
-        match local(Accel::Kvm) {
-            Ok(a) => assert!(kvm_here && a == Run::Kvm),
-            Err(e) => {
-                assert!(!kvm_here);
-                let e = CommandError::from(e);
-                assert_eq!(
-                    e.to_string(),
-                    "the accelerator is kvm, but /dev/kvm does not open"
-                );
-                assert_eq!(e.kind, ErrorKind::Config);
-                assert_eq!(
-                    e.hint(),
-                    Some("run with --accel tcg (or accel \"auto\"), or load the kvm module")
-                );
-            }
-        }
+        // kvm asked for: it must open (read-write); where it does not, the
+        // error's kind and hint come from the one error table.
+        let at = crate::host::local::resolve_accel_at;
+        assert_eq!(
+            at(Accel::Kvm, std::path::Path::new("/dev/null")).unwrap(),
+            Run::Kvm
+        );
+        let t = tempfile::tempdir().unwrap();
+        let e = at(Accel::Kvm, &t.path().join("kvm")).unwrap_err();
+        assert!(matches!(e, crate::provider::ProviderError::NoKvm));
+        let e = CommandError::from(e);
+        assert_eq!(
+            e.to_string(),
+            "the accelerator is kvm, but /dev/kvm does not open"
+        );
+        assert_eq!(e.kind, ErrorKind::Config);
+        assert_eq!(e.exit_code(), 5);
+        assert_eq!(
+            e.hint(),
+            Some("run with --accel tcg (or accel \"auto\"), or load the kvm module")
+        );
+        assert_eq!(at(Accel::Tcg, &t.path().join("kvm")).unwrap(), Run::Tcg);
         let mm = crate::minimega::provider::accel_for;
         assert_eq!(mm(Accel::Auto), Run::Kvm);
         assert_eq!(mm(Accel::Kvm), Run::Kvm);

@@ -973,11 +973,19 @@ pub fn preflight(needs: &crate::provider::Requirements) -> Result<(), ProviderEr
 /// when /dev/kvm opens for ordinary guests (not a PVM-only KVM), TCG
 /// otherwise; `kvm` must open.
 pub fn resolve_accel(asked: crate::lab::Accel) -> Result<qemu::Accel, ProviderError> {
+    resolve_accel_at(asked, Path::new(qemu::DEV_KVM))
+}
+
+/// [`resolve_accel`] with the KVM device at `dev_kvm`.
+pub fn resolve_accel_at(
+    asked: crate::lab::Accel,
+    dev_kvm: &Path,
+) -> Result<qemu::Accel, ProviderError> {
     use crate::lab::Accel;
     match asked {
         Accel::Tcg => Ok(qemu::Accel::Tcg),
         Accel::Auto => Ok(qemu::resolve_accel(qemu::AccelChoice::Auto)),
-        Accel::Kvm if qemu::kvm_opens(Path::new(qemu::DEV_KVM)) => Ok(qemu::Accel::Kvm),
+        Accel::Kvm if qemu::kvm_opens(dev_kvm) => Ok(qemu::Accel::Kvm),
         Accel::Kvm => Err(ProviderError::NoKvm),
     }
 }
