@@ -357,7 +357,7 @@ impl super::Host for LocalHost {
         disks: &[DiskSpec],
         sd: &StateDir,
     ) -> Result<u32, HostError> {
-        // `apply` resolves flag, MEGAPLAN_ACCEL and file up front (cli::resolve_accel).
+        // `apply` resolves flag, MEGAPLAN_ACCEL and file up front (`Provider::resolve_accel`).
         let accel = match accel {
             crate::lab::Accel::Kvm => qemu::Accel::Kvm,
             crate::lab::Accel::Tcg => qemu::Accel::Tcg,
