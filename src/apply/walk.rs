@@ -59,7 +59,7 @@ impl<P: Provider> Executor<'_, P> {
         let mut ready: Vec<usize> = (0..tasks.len()).filter(|&t| waiting[t] == 0).collect();
         ready.reverse();
         let mut failed = vec![false; tasks.len()];
-        // Finished, failed or skipped: everything but not started or running.
+        // Finished, failed or skipped: neither waiting nor running.
         let mut settled = vec![false; tasks.len()];
         // A save failed: start nothing new.
         let mut halted = false;
