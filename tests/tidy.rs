@@ -459,6 +459,16 @@ use tokio::{
     assert_eq!(v.len(), 2, "{v:?}");
     assert!(v[0].starts_with("src/apply/walk.rs:1: std::fs:"), "{v:?}");
     assert!(v[1].starts_with("src/apply/walk.rs:2: tokio::fs:"), "{v:?}");
+    // A group below the root: `std::os::unix::{fs::symlink}` and
+    // `std::{fs::{File}}` are `std::os::unix::fs` and `std::fs`.
+    let deep = "use std::os::unix::{ffi::OsStrExt, fs::symlink};\nuse std::{fs::{File}, io};\n";
+    let v = violations("src/validate/mod.rs", deep);
+    assert_eq!(v.len(), 2, "{v:?}");
+    assert!(
+        v[0].starts_with("src/validate/mod.rs:1: std::os::unix::fs:"),
+        "{v:?}"
+    );
+    assert!(v[1].starts_with("src/validate/mod.rs:2: std::fs:"), "{v:?}");
     // File facts without `std::fs` in sight are file access too.
     for planted in [
         "let m = p.metadata();",

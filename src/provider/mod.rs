@@ -8,8 +8,10 @@
 //!   exists ([`Provider::refresh`], typed observations keyed by address), how
 //!   an effect is carried out ([`Provider::execute`] of an [`Op`]), how a
 //!   guest is reached ([`Provider::guest`]), where its files live (the
-//!   layout methods) and what it needs before anything changes
-//!   ([`Provider::preflight`]).
+//!   layout methods, [`Provider::disk_present`]), what it needs before
+//!   anything changes ([`Provider::preflight`] of a [`Requirements`]),
+//!   what accelerator a run gets ([`Provider::resolve_accel`]) and what
+//!   bounds its layout puts on a lab ([`Provider::check_lab`]).
 //! - An [`Op`] is a plain value: it carries the spec values it needs; no
 //!   `Lab`, no address to re-parse, crosses the seam.
 //! - A provider refuses to change or remove an object that does not carry
