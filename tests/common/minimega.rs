@@ -773,6 +773,19 @@ pub fn cc_sh(c: &mut Client, ns: &Name, uuid: &str, cmd: &str, limit: Duration) 
 }
 
 impl Node {
+    /// The names of the OVS mirrors on the node, one a line.
+    pub fn mirror_names(&self) -> String {
+        self.exec(&[
+            "ovs-vsctl",
+            "--timeout=30",
+            "--data=bare",
+            "--no-headings",
+            "--columns=name",
+            "list",
+            "mirror",
+        ])
+    }
+
     /// After a destroy: no QEMU left on the node and only the trunk on its
     /// bridge (minimega removes a VM's tap once it has reaped its QEMU),
     /// each waited for at most 30 s.

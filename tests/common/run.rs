@@ -15,11 +15,29 @@ use std::process::{Command, Output};
 
 /// `megaplan ARGS…`, no colour, not echoed (its output is the test's subject).
 pub fn megaplan(args: &[&str]) -> Output {
+    megaplan_env(args, &[])
+}
+
+/// [`megaplan`] with `env` added to its environment.
+pub fn megaplan_env(args: &[&str], env: &[(&str, &str)]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_megaplan"))
         .args(args)
+        .envs(env.iter().copied())
         .env("NO_COLOR", "1")
         .output()
         .unwrap()
+}
+
+/// `ip netns exec NS megaplan ARGS…` with `runtime` as its runtime (and
+/// owners) folder and no colour; the caller adds to it and runs it.
+pub fn in_netns(ns: &str, runtime: &Path, args: &[&str]) -> Command {
+    let mut cmd = Command::new("ip");
+    cmd.args(["netns", "exec", ns])
+        .arg(env!("CARGO_BIN_EXE_megaplan"))
+        .args(args)
+        .env("MEGAPLAN_RUNTIME_DIR", runtime)
+        .env("NO_COLOR", "1");
+    cmd
 }
 
 /// Run `cmd` (a megaplan invocation whose arguments are `args`) to
@@ -43,6 +61,12 @@ pub fn lossy(b: &[u8]) -> String {
 /// stdout then stderr, as text.
 pub fn text(out: &Output) -> String {
     format!("{}{}", lossy(&out.stdout), lossy(&out.stderr))
+}
+
+/// Assert that the command succeeded (failing with its stderr): its stdout.
+pub fn stdout(out: &Output) -> String {
+    assert!(out.status.success(), "{}", lossy(&out.stderr));
+    String::from_utf8(out.stdout.clone()).unwrap()
 }
 
 /// Assert that `megaplan ARGS…` succeeded: its stdout.
