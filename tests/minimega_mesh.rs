@@ -14,6 +14,8 @@ mod lab;
 mod minimega;
 #[path = "common/netns.rs"]
 mod netns;
+#[path = "common/run.rs"]
+mod run;
 
 use std::time::{Duration, Instant};
 

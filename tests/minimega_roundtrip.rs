@@ -20,6 +20,8 @@ mod lab;
 mod minimega;
 #[path = "common/netns.rs"]
 mod netns;
+#[path = "common/run.rs"]
+mod run;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
