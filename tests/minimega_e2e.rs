@@ -66,14 +66,7 @@ fn the_imported_article_applies_and_the_monitor_sees_a_ping() {
     lab.wait_capture("monitor", "/tmp/cap.pcap");
     lab.cc_exec("A", "ping -c 3 -W 5 10.0.0.2");
     let seen = lab.cc_exec("monitor", "tcpdump -n -r /tmp/cap.pcap");
-    assert!(
-        seen.contains("10.0.0.1 > 10.0.0.2: ICMP echo request"),
-        "{seen}"
-    );
-    assert!(
-        seen.contains("10.0.0.2 > 10.0.0.1: ICMP echo reply"),
-        "{seen}"
-    );
+    lab::assert_ping_seen(&seen, "10.0.0.1", "10.0.0.2");
     lab.ok("destroy", &["--auto-approve"]);
     lab.assert_clean();
 }

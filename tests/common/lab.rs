@@ -254,6 +254,19 @@ impl Lab {
     }
 }
 
+/// tcpdump's text `seen` has an ICMP echo request from `a` to `b` and `b`'s
+/// reply.
+pub fn assert_ping_seen(seen: &str, a: &str, b: &str) {
+    assert!(
+        seen.contains(&format!("{a} > {b}: ICMP echo request")),
+        "{seen}"
+    );
+    assert!(
+        seen.contains(&format!("{b} > {a}: ICMP echo reply")),
+        "{seen}"
+    );
+}
+
 pub fn alive(pid: i32) -> bool {
     std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| !c.is_empty())
 }
