@@ -292,7 +292,7 @@ fn the_minimega_corpus_imports_or_fails_with_located_messages() {
         let counts = by_folder.entry(folder).or_default();
         counts[0] += 1;
         let out = out_dir.path().join(format!("{i}.kdl"));
-        let o = convert_to("import", &f, &out);
+        let o = convert_to("import", f, &out);
         let err = text(&o.stderr);
         assert!(!err.contains("panicked"), "{}: {err}", f.display());
         match o.status.code() {
