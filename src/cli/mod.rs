@@ -1162,12 +1162,16 @@ pub(crate) fn destroy_cmd(
     }
     {
         use crate::provider::Provider as _;
-        door.provider
-            .after_destroy(&lab.name, state.resources.is_empty())
+        let notes = door
+            .provider
+            .after_destroy(&lab.name, crate::provider::Left::of(&state))
             .map_err(|source| Problem::AfterDestroy {
                 provider: door.provider.name(),
                 source,
             })?;
+        for n in notes {
+            println!("{n}");
+        }
     }
     // Nothing recorded any more (keep disks stay recorded): the name is free.
     if state.resources.is_empty() {

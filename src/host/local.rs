@@ -1253,11 +1253,15 @@ impl Provider for LocalHost {
         )
     }
 
-    fn after_destroy(&self, experiment: &str, _nothing_left: bool) -> Result<(), ProviderError> {
+    fn after_destroy(
+        &self,
+        experiment: &str,
+        _left: crate::provider::Left,
+    ) -> Result<Vec<String>, ProviderError> {
         // Only if empty: a VM of the experiment that is still recorded
         // (a failed stop) keeps its folder, and that is not an error.
         let _ = std::fs::remove_dir(super::runtime_root(experiment));
-        Ok(())
+        Ok(Vec::new())
     }
 }
 

@@ -680,8 +680,11 @@ pub fn observe(c: &mut Client, experiment: &str) -> Result<BTreeSet<String>, Fil
         .collect())
 }
 
-/// After the experiment's last VM is gone: its boot files go from every
-/// node, and its whole folder when no disk (a `keep` one) is left in it.
+/// After the experiment's last VM is gone (a destroy that left nothing, or
+/// only `keep` disks, recorded): its boot files go from every node, and its
+/// whole folder when no disk (a `keep` one) is left in it. With a keep
+/// disk, `disks/` and `bases/` stay: a keep disk made from a base image is
+/// a qcow2 overlay whose backing file is in `bases/`.
 pub fn forget(c: &mut Client, experiment: &str) -> Result<(), FilesError> {
     let exp = experiment_rel(experiment)?;
     if observe(c, experiment)?.is_empty() {

@@ -41,11 +41,12 @@ use crate::host::StepOutcome;
 use crate::lab::{Accel, CcActionSpec, CommandSpec, DiskSpec, Lab, VmSpec};
 use crate::observed::{Observed, ObservedLink, ObservedMirror, ObservedVm};
 use crate::provider::{
-    GuestWait, Op, OpOutcome, Outcome, Provider, ProviderError as PError, Requirements, Rules,
+    GuestWait, Left, Op, OpOutcome, Outcome, Provider, ProviderError as PError, Requirements, Rules,
 };
 use crate::state::{Kind, State, StateDir};
 
 mod batch;
+mod namespace;
 mod nodes;
 
 /// How often a wait on minimega (a cc response, a VM leaving) looks again.
@@ -684,21 +685,22 @@ impl MinimegaHost {
     }
 
     /// Remove everything of the namespace that is ours, then the namespace
-    /// itself when nothing else is left in it.
-    pub fn clear_namespace_if_empty(&self) -> Result<bool, MinimegaError> {
+    /// itself when nothing else is left in it: what kept it (a VM, a host
+    /// tap or a cc command that is not megaplan's, a node that did not
+    /// answer), empty when it was cleared or was not there.
+    pub fn clear_namespace_if_empty(&self) -> Result<Vec<namespace::Foreign>, MinimegaError> {
         if !self.namespace_exists()? {
-            return Ok(true);
+            return Ok(Vec::new());
         }
-        let (vms, silent) = self.vm_info_nodes()?;
-        // A node that did not answer may still have VMs in it.
-        if !vms.is_empty() || silent.doubt(None).is_some() {
-            return Ok(false);
+        let foreign = namespace::foreign(self)?;
+        if !foreign.is_empty() {
+            return Ok(foreign);
         }
         // The files cc send and captures put in minimega's files folder.
         super::cc::forget_experiment(self)?;
         let mut c = self.client.lock().expect("the client lock");
         c.run_ok(&Command::new("clear").word("namespace").name(&self.ns))?;
-        Ok(true)
+        Ok(Vec::new())
     }
 
     async fn step(
@@ -829,6 +831,28 @@ pub(super) fn run_prefix(run_id: &str) -> String {
     format!("mp{hex}")
 }
 
+/// A `clear tap mirror VM NIC` answer: done when every node either
+/// cleared it or answered minimega's "not found" (the VM is on another
+/// node, `vm not found`; or its tap has no mirror, `not a valid mirror`).
+/// Any other error (a node that failed to remove it) fails the op, so the
+/// mirror stays recorded.
+fn mirror_cleared(r: Result<Vec<HostResponse>, MinimegaError>) -> Result<(), MinimegaError> {
+    match r {
+        Ok(_) => Ok(()),
+        Err(MinimegaError::Client(ClientError::Host { command, errors })) => {
+            let gone = |e: &str| e.starts_with("vm not found") || e == "not a valid mirror";
+            let errors: Vec<(String, String)> =
+                errors.into_iter().filter(|(_, e)| !gone(e)).collect();
+            if errors.is_empty() {
+                Ok(())
+            } else {
+                Err(ClientError::Host { command, errors }.into())
+            }
+        }
+        Err(e) => Err(e),
+    }
+}
+
 /// The words miniccc runs: a string under `sh -c`, a list as it is.
 fn argv(c: &CommandSpec) -> Vec<String> {
     match c {
@@ -901,15 +925,34 @@ impl Provider for MinimegaHost {
         Ok(())
     }
 
-    /// Once nothing is recorded any more: clear the namespace if nothing
-    /// else is left in it, and then the boot files and disks megaplan
-    /// placed in minimega's file path.
-    fn after_destroy(&self, _experiment: &str, nothing_left: bool) -> Result<(), PError> {
-        if nothing_left && self.clear_namespace_if_empty()? {
-            let mut c = self.client.lock().expect("the client lock");
-            super::disks::forget(&mut c, &self.experiment).map_err(MinimegaError::from)?;
+    /// Once nothing but `keep` disks is recorded: clear the namespace if
+    /// nothing that is not megaplan's is left in it, and then the boot
+    /// files (and, when no keep disk is left, all the files) megaplan
+    /// placed in minimega's file path. A namespace kept is said in the
+    /// destroy output, with what kept it; megaplan's files stay with it
+    /// (a destroy once those are gone removes them).
+    fn after_destroy(&self, _experiment: &str, left: Left) -> Result<Vec<String>, PError> {
+        if left == Left::Other {
+            return Ok(Vec::new());
         }
-        Ok(())
+        let kept = self.clear_namespace_if_empty()?;
+        if !kept.is_empty() {
+            let what: Vec<String> = kept.iter().map(ToString::to_string).collect();
+            return Ok(vec![format!(
+                "minimega: namespace {} kept: it holds what megaplan did not make ({}); megaplan's files in minimega's file path stay with it until a destroy finds it empty",
+                self.ns,
+                what.join(", ")
+            )]);
+        }
+        let mut c = self.client.lock().expect("the client lock");
+        super::disks::forget(&mut c, &self.experiment).map_err(MinimegaError::from)?;
+        Ok(match left {
+            Left::KeptDisks => vec![format!(
+                "minimega: keep disks stay in {}/disks of minimega's file path (`destroy --all` removes them)",
+                super::disks::experiment_rel(&self.experiment).map_err(MinimegaError::from)?
+            )],
+            _ => Vec::new(),
+        })
     }
 
     async fn preflight(&self, needs: &Requirements) -> Result<(), PError> {
@@ -1025,13 +1068,12 @@ impl Provider for MinimegaHost {
             Op::RemoveMirror { address, dest, .. } => {
                 // Gone with its VM already, or never made: nothing to clear.
                 if let Ok((dvm, dnic)) = self.nic_of(dest.as_ref(), address) {
-                    self.run(
-                        Command::new("clear")
-                            .word("tap")
-                            .word("mirror")
-                            .name(&dvm)
-                            .num(dnic as u64),
-                    )?;
+                    let cmd = Command::new("clear")
+                        .word("tap")
+                        .word("mirror")
+                        .name(&dvm)
+                        .num(dnic as u64);
+                    mirror_cleared(self.run_ok(cmd))?;
                 }
             }
             Op::RunStep {
@@ -1145,6 +1187,44 @@ pub fn accel_for(asked: crate::lab::Accel) -> crate::provider::Accel {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_mirror_is_cleared_only_when_every_node_cleared_it_or_has_none() {
+        let host = |errors: &[(&str, &str)]| -> Result<Vec<HostResponse>, MinimegaError> {
+            Err(ClientError::Host {
+                command: "clear tap mirror monitor 0".into(),
+                errors: errors
+                    .iter()
+                    .map(|(h, e)| (h.to_string(), e.to_string()))
+                    .collect(),
+            }
+            .into())
+        };
+        assert!(mirror_cleared(Ok(Vec::new())).is_ok());
+        assert!(mirror_cleared(host(&[("mm2", "vm not found: monitor")])).is_ok());
+        assert!(
+            mirror_cleared(host(&[
+                ("mm1", "not a valid mirror"),
+                ("mm2", "vm not found: monitor")
+            ]))
+            .is_ok()
+        );
+        let e = mirror_cleared(host(&[
+            (
+                "mm1",
+                "ovs-vsctl: unix:/run/db.sock: database connection failed",
+            ),
+            ("mm2", "vm not found: monitor"),
+        ]))
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("mm1") && e.contains("database connection failed"),
+            "{e}"
+        );
+        assert!(!e.contains("mm2"), "{e}");
+        assert!(mirror_cleared(Err(ClientError::Broken.into())).is_err());
+    }
 
     #[test]
     fn responses_split_into_stdout_and_stderr() {
@@ -1391,8 +1471,12 @@ impl Provider for Engine {
     ) -> Result<crate::drivers::qemu_img::ExtractReport, PError> {
         delegate!(self, h => h.extract_disk(sd, disk, guest_path, to).await)
     }
-    fn after_destroy(&self, experiment: &str, nothing_left: bool) -> Result<(), PError> {
-        delegate!(self, h => h.after_destroy(experiment, nothing_left))
+    fn after_destroy(
+        &self,
+        experiment: &str,
+        left: crate::provider::Left,
+    ) -> Result<Vec<String>, PError> {
+        delegate!(self, h => h.after_destroy(experiment, left))
     }
     fn batches(&self, kind: Kind, phase: crate::provider::ops::Phase) -> bool {
         delegate!(self, h => h.batches(kind, phase))

@@ -111,6 +111,35 @@ pub trait Guest {
     async fn info(&self, timeout: Duration) -> Result<Hello, ProviderError>;
 }
 
+/// What a destroy left recorded in the state, as [`Provider::after_destroy`] sees it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Left {
+    /// Nothing is recorded any more.
+    Nothing,
+    /// Only `keep` disks (a plain destroy keeps them; `destroy --all` removes them).
+    KeptDisks,
+    /// Something else: a delete failed, or the destroy did not run.
+    Other,
+}
+
+impl Left {
+    /// What `state` still records.
+    pub fn of(state: &State) -> Left {
+        use serde_json::Value;
+        if state.resources.is_empty() {
+            Left::Nothing
+        } else if state
+            .resources
+            .values()
+            .all(|r| r.kind == Kind::Disk && r.attrs.get("keep") == Some(&Value::Bool(true)))
+        {
+            Left::KeptDisks
+        } else {
+            Left::Other
+        }
+    }
+}
+
 /// An engine megaplan drives. Methods taking a [`StateDir`] act for that
 /// experiment's state folder; the engine decides what, if anything, it keeps
 /// there (the local engine keeps disks, overlays, logs and step outputs).
@@ -249,13 +278,14 @@ pub trait Provider {
     }
 
     /// After a destroy ran (successfully or not): forget what the engine
-    /// keeps for the experiment between runs. `nothing_left` says the state
-    /// records nothing any more (keep disks stay recorded). The local engine
-    /// removes the experiment's runtime folder if it is empty; minimega
-    /// clears the namespace once nothing is left in it. The default keeps
-    /// nothing, so does nothing.
-    fn after_destroy(&self, _experiment: &str, _nothing_left: bool) -> Result<(), ProviderError> {
-        Ok(())
+    /// keeps for the experiment between runs. `left` says what the state
+    /// still records ([`Left::of`]). The local engine removes the
+    /// experiment's runtime folder if it is empty; minimega clears the
+    /// namespace once nothing but `keep` disks is left (their files stay).
+    /// The answer: lines for the destroy output, saying what was left in
+    /// place and why. The default keeps nothing, so does nothing.
+    fn after_destroy(&self, _experiment: &str, _left: Left) -> Result<Vec<String>, ProviderError> {
+        Ok(Vec::new())
     }
 
     /// Whether the executor hands this engine the tasks of `kind` in
