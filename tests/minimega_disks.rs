@@ -10,8 +10,10 @@
 //! 2. a second plan is empty; a disk deleted behind megaplan's back shows
 //!    in the next plan, and apply brings it back; another initrd replaces
 //!    the VM, and the old one goes from both nodes' file paths;
-//! 3. destroy removes megaplan's files from both nodes' file paths, and
-//!    leaves no VM, QEMU or namespace.
+//! 3. destroy keeps the `keep` disk's file (and the base image it may be
+//!    an overlay of), clears the namespace and the boot files on both
+//!    nodes; `destroy --all` then removes megaplan's files from both nodes'
+//!    file paths, and leaves no VM, QEMU or namespace.
 //!
 //! Needs root, QEMU, Open vSwitch, mkfs.ext4 and scripts/minimega.sh's
 //! build; skips with the reason otherwise, and fails instead when CI or
@@ -56,6 +58,7 @@ disk "root" {{
 disk "data" size="32M" filesystem="ext4" {{
     inject "{seed}" "/hello.txt"
 }}
+disk "kept" size="8M" keep=#true
 
 vm "V" {{
     host "mm2"
@@ -183,9 +186,13 @@ fn disks_and_boot_files_reach_the_vm_on_another_node_and_go_with_destroy() {
         "disks/root.qcow2".to_string(),
     ];
     want.sort();
+    // The keep disk no VM uses is on the head only.
+    let mut want1 = want.clone();
+    want1.push("disks/kept.qcow2".into());
+    want1.sort();
     assert_eq!(
         files_under(&ours(&files1)),
-        want,
+        want1,
         "megaplan's files in the head's file path"
     );
     assert_eq!(
@@ -261,8 +268,37 @@ fn disks_and_boot_files_reach_the_vm_on_another_node_and_go_with_destroy() {
     let (code, text) = run.plan();
     assert_eq!(code, Some(0), "converged on the new initrd:\n{text}");
 
-    // 3. Destroy: megaplan's files go from both nodes, and nothing is left.
-    run.ok(&["destroy", "--auto-approve"]);
+    // 3. Destroy: the keep disk stays, and only it (and the base image a
+    // keep disk may be an overlay of); the namespace and boot files go
+    // from both nodes.
+    let out = run.ok(&["destroy", "--auto-approve"]);
+    assert!(
+        out.contains("disk.kept") && out.contains("keep disks stay in megaplan/mm-disks/disks"),
+        "{out}"
+    );
+    assert_eq!(
+        files_under(&ours(&files1)),
+        [format!("bases/{base}"), "disks/kept.qcow2".to_string()],
+        "the head's file path after destroy"
+    );
+    assert_eq!(
+        files_under(&ours(&files2)),
+        [format!("bases/{base}")],
+        "mm2's file path after destroy"
+    );
+    for node in [mm1, mm2] {
+        let mut c = node.client();
+        assert!(
+            !namespace_listed(&mut c, NS),
+            "namespace {NS} still on {} with only a keep disk left",
+            node.name
+        );
+    }
+
+    // 3b. destroy --all: the keep disk and megaplan's files go from both
+    // nodes, and nothing is left.
+    let out = run.ok(&["destroy", "--all", "--auto-approve"]);
+    assert!(out.contains("disk.kept"), "{out}");
     for (node, files) in [(mm1, &files1), (mm2, &files2)] {
         assert!(
             !ours(files).exists(),

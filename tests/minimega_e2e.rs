@@ -10,6 +10,10 @@
 //!   folder of minimega's file path, a disk minimega creates and an ext4
 //!   disk `export --stage` makes, fetched by the other node), and the
 //!   teardown the script ends with leaves nothing on either node.
+//! - On the same mesh, megaplan's own apply of a small mirror experiment:
+//!   a mirror cleared through minimega shows in the next plan ("mirror
+//!   missing") and apply repairs it; a VM launched in the namespace by hand
+//!   survives megaplan's destroy, which keeps the namespace and says so.
 
 #[path = "common/lab.rs"]
 mod lab;
@@ -270,5 +274,160 @@ fn the_exported_seed_with_placement_builds_what_megaplan_expects_on_a_fresh_mesh
         );
     }
     drop(head);
+    own_experiment_refresh_and_ownership(&mesh, dir.path());
     mesh.stop();
+}
+
+/// The same mesh, megaplan's own apply (issue 14, "Refresh from minimega"
+/// and "Destroy leaves nothing"): a mirror cleared through minimega shows
+/// in the next plan with its reason and apply repairs it; a VM launched in
+/// the namespace by hand (no marker) survives megaplan's destroy, which
+/// keeps the namespace and says so; once the user removed it, destroy
+/// clears the namespace and megaplan's files.
+fn own_experiment_refresh_and_ownership(mesh: &minimega::Mesh, work: &std::path::Path) {
+    const EXP: &str = "mm-e2e-own";
+    let mm1 = &mesh.nodes[0];
+    let images = lab::image_dir();
+    let file = work.join("own.kdl");
+    std::fs::write(
+        &file,
+        format!(
+            r#"experiment "{EXP}" {{
+    images "{images}"
+    provider "minimega" {{
+        base "{base}"
+    }}
+}}
+network "LAN"
+network "mon"
+vm "A" {{
+    host "mm1"
+    kernel "$images/miniccc.kernel"
+    initrd "$images/miniccc.initrd"
+    memory "256M"
+    nic "LAN"
+}}
+vm "monitor" {{
+    kernel "$images/miniccc.kernel"
+    initrd "$images/miniccc.initrd"
+    memory "256M"
+    nic "mon"
+    mirrors "A"
+}}
+"#,
+            images = images.display(),
+            base = mm1.base.display(),
+        ),
+    )
+    .unwrap();
+    let run = run::Run::new(&file, work);
+    let ns = Name::new(EXP).unwrap();
+    let mut head = mm1.client();
+    run.ok(&["apply", "--auto-approve"]);
+    let (code, text) = run.plan();
+    assert_eq!(code, Some(0), "converged:\n{text}");
+    assert!(
+        mm1.mirror_names().contains("mirror-"),
+        "the mirror is on mm1: {}",
+        mm1.mirror_names()
+    );
+
+    // (a) The mirror cleared through minimega: the plan names it and why.
+    head.run_ok(
+        &Mm::new("clear")
+            .word("tap")
+            .word("mirror")
+            .in_namespace(&ns),
+    )
+    .expect("clear tap mirror");
+    assert!(
+        !mm1.mirror_names().contains("mirror-"),
+        "minimega cleared it: {}",
+        mm1.mirror_names()
+    );
+    let (code, text) = run.plan();
+    assert_eq!(code, Some(2), "the cleared mirror shows:\n{text}");
+    assert!(
+        text.lines()
+            .any(|l| l.contains("mirror.") && l.contains("mirror missing")),
+        "the plan names the mirror and its reason:\n{text}"
+    );
+    run.ok(&["apply", "--auto-approve"]);
+    let (code, text) = run.plan();
+    assert_eq!(code, Some(0), "repaired:\n{text}");
+    assert!(
+        mm1.mirror_names().contains("mirror-"),
+        "the mirror is back on mm1: {}",
+        mm1.mirror_names()
+    );
+
+    // (b) A VM of the user's own in the namespace (no megaplan marker).
+    let qemu = minimega::which("qemu-system-x86_64").unwrap();
+    for cmd in [
+        Mm::new("vm")
+            .word("config")
+            .word("qemu")
+            .arg(qemu.to_str().unwrap())
+            .unwrap(),
+        Mm::new("vm").word("config").word("cpu").word("qemu64"),
+        Mm::new("vm").word("config").word("memory").num(128),
+        Mm::new("vm").word("config").word("schedule").word("mm1"),
+        Mm::new("vm").word("launch").word("kvm").word("stray"),
+        Mm::new("clear").word("vm").word("config"),
+    ] {
+        head.run_ok(&cmd.in_namespace(&ns))
+            .unwrap_or_else(|e| panic!("the user's VM: {e}"));
+    }
+    let out = run.ok(&["destroy", "--auto-approve"]);
+    assert!(
+        out.contains(&format!("namespace {EXP} kept")) && out.contains("VM stray on mm1"),
+        "destroy says why the namespace stays:\n{out}"
+    );
+    let left: Vec<String> = minimega::vm_info(&mut head, &ns)
+        .into_iter()
+        .map(|v| v.name)
+        .collect();
+    assert_eq!(left, ["stray"], "only the user's VM is left");
+    assert!(
+        minimega::namespace_listed(&mut head, EXP),
+        "the namespace is kept"
+    );
+
+    // The user removes their VM; a destroy then finds the namespace empty.
+    for cmd in [
+        Mm::new("vm").word("kill").word("stray"),
+        Mm::new("vm").word("flush"),
+    ] {
+        head.run_ok(&cmd.in_namespace(&ns))
+            .unwrap_or_else(|e| panic!("removing the user's VM: {e}"));
+    }
+    assert!(
+        minimega::wait_for(Duration::from_secs(30), || minimega::vm_info(
+            &mut head, &ns
+        )
+        .is_empty()),
+        "the user's VM is gone"
+    );
+    let out = run.ok(&["destroy", "--auto-approve"]);
+    assert!(!out.contains("kept"), "{out}");
+    let files = mm1.dir.join("files/megaplan").join(EXP);
+    assert!(
+        !files.exists(),
+        "megaplan's files left: {}",
+        files.display()
+    );
+    for node in &mesh.nodes {
+        let mut c = node.client();
+        assert!(
+            !minimega::namespace_listed(&mut c, EXP),
+            "namespace {EXP} still on {}",
+            node.name
+        );
+        let mut ports = Vec::new();
+        let bare = minimega::wait_for(Duration::from_secs(60), || {
+            ports = node.bridge_ports();
+            ports == [minimega::TRUNK] && node.qemus().is_empty()
+        });
+        assert!(bare, "{}: left {ports:?} {:?}", node.name, node.processes());
+    }
 }

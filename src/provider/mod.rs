@@ -425,3 +425,30 @@ impl ProviderError {
         }
     }
 }
+
+#[cfg(test)]
+mod left_tests {
+    use super::Left;
+    use crate::state::{Attrs, Kind, Record, State};
+
+    #[test]
+    fn what_a_destroy_left_is_nothing_only_keep_disks_or_other() {
+        let mut s = State::new("x");
+        assert_eq!(Left::of(&s), Left::Nothing);
+        let mut kept = Attrs::new();
+        kept.insert("keep".into(), true.into());
+        s.resources
+            .insert("disk.k".into(), Record::new(Kind::Disk, kept.clone()));
+        assert_eq!(Left::of(&s), Left::KeptDisks);
+        let mut plain = Attrs::new();
+        plain.insert("keep".into(), false.into());
+        s.resources
+            .insert("disk.p".into(), Record::new(Kind::Disk, plain));
+        assert_eq!(Left::of(&s), Left::Other, "a disk without keep");
+        s.resources.remove("disk.p");
+        // keep on anything but a disk is no keep disk.
+        s.resources
+            .insert("vm.v".into(), Record::new(Kind::Vm, kept));
+        assert_eq!(Left::of(&s), Left::Other);
+    }
+}

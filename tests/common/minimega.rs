@@ -718,11 +718,16 @@ pub fn namespace_listed(c: &mut Client, ns: &str) -> bool {
 /// Run `sh -c CMD` in the VM with `uuid` through minimega's cc (the test's
 /// own use of it, independent of the provider's), waiting at most `limit`
 /// for its exit code: (exit code, stdout). Every node answers the exit code
-/// query; the VM's node has the response.
+/// query; the VM's node has the response. The command is sent under the
+/// prefix `test-cc-sh` and deleted after (a cc command megaplan did not
+/// send keeps the namespace at destroy).
 pub fn cc_sh(c: &mut Client, ns: &Name, uuid: &str, cmd: &str, limit: Duration) -> (i32, String) {
+    const PREFIX: &str = "test-cc-sh";
     let filter = format!("uuid={uuid}");
     let on = |m: Mm| m.in_namespace(ns);
     c.run_ok(&on(Mm::new("cc").word("filter").arg(&filter).unwrap()))
+        .unwrap();
+    c.run_ok(&on(Mm::new("cc").word("prefix").arg(PREFIX).unwrap()))
         .unwrap();
     let sent = c
         .run_ok(&on(Mm::new("cc")
@@ -735,6 +740,8 @@ pub fn cc_sh(c: &mut Client, ns: &Name, uuid: &str, cmd: &str, limit: Duration) 
             .unwrap()))
         .unwrap();
     c.run_ok(&on(Mm::new("clear").word("cc").word("filter")))
+        .unwrap();
+    c.run_ok(&on(Mm::new("clear").word("cc").word("prefix")))
         .unwrap();
     let ids: Vec<(String, u64)> = sent
         .iter()
@@ -769,6 +776,21 @@ pub fn cc_sh(c: &mut Client, ns: &Name, uuid: &str, cmd: &str, limit: Duration) 
         .find(|r| r.host == host)
         .map(|r| r.response.clone())
         .unwrap_or_default();
+    let deleted = c
+        .run(&on(Mm::new("cc")
+            .word("delete")
+            .word("command")
+            .arg(PREFIX)
+            .unwrap()))
+        .unwrap();
+    for r in &deleted {
+        assert!(
+            r.error.is_empty() || r.error.starts_with("no such prefix"),
+            "cc delete command {PREFIX} on {}: {}",
+            r.host,
+            r.error
+        );
+    }
     (exit, out)
 }
 
