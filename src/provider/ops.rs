@@ -16,12 +16,11 @@
 //!   reads the record only through its typed, checked view
 //!   ([`super::recorded`]): a field of the wrong type or a bad interface or
 //!   file name is an [`OpError`] naming the address and the field.
-//! - Two creates still read the lab, by the typed target's name: a VM launch
-//!   (the engines launch from the lab's `VmSpec` with its name, cc steps,
-//!   colocation and disk sources, and the specs of the disks it uses, none of
-//!   which `graph::VmSpec` holds; drivers/qemu.rs takes the lab's type) and a
-//!   capture start (the engines record by VM nic, the lab's `CaptureTap`,
-//!   while `graph::CaptureSpec` holds only the tap names its attributes show).
+//! - One create still reads the lab, by the typed target's name: a VM
+//!   launch. The engines launch from the lab's `VmSpec` (its name, cc steps,
+//!   colocation and disk sources) and the specs of the disks it uses, none
+//!   of which `graph::VmSpec` holds, and drivers/qemu.rs takes the lab's
+//!   type. Everything else is built from the spec and the target alone.
 
 use std::time::Duration;
 
@@ -524,20 +523,26 @@ fn create(c: &Change, cx: &Context<'_>) -> Result<Effects, OpError> {
                 run_id,
             }]
         }
-        Spec::Capture(_) => {
+        Spec::Capture(k) => {
             let Some(Target::Capture { name }) = &c.target else {
                 return Err(no_target(c));
             };
-            // The engines record by VM nic (see the invariants).
-            let spec = lab()?
-                .captures
-                .iter()
-                .find(|k| &k.name == name)
-                .ok_or_else(|| not_in_lab("capture", name))?;
+            let spec = CaptureSpec {
+                name: name.clone(),
+                address: c.address.clone(),
+                taps: k.taps.clone(),
+                network: k.network.clone(),
+            };
+            if spec.file_name() != k.file {
+                return Err(OpError::BadTarget {
+                    address,
+                    why: format!("its spec records into {:?}", k.file),
+                });
+            }
             vec![Op::StartCapture {
                 address,
                 experiment: cx.experiment.to_string(),
-                spec: spec.clone(),
+                spec,
                 append: c.action != Action::Create,
             }]
         }
@@ -771,7 +776,7 @@ capture "lan" network="LAN"
             panic!()
         };
         assert_eq!(spec.size_bytes, Some(2 << 20));
-        // A VM launch and a capture read the lab by the target's name.
+        // A VM launch reads the lab by the target's name.
         let vm = change(&p, "vm.A");
         assert!(matches!(
             for_change(vm, Phase::Create, &cx(None, None)),
@@ -785,7 +790,7 @@ capture "lan" network="LAN"
         );
         let capture = change(&p, "capture.lan");
         assert_eq!(
-            create(capture, &cx(Some(&lab), None)),
+            create(capture, &cx(None, None)),
             [Op::StartCapture {
                 address: "capture.lan".into(),
                 experiment: "exp".into(),
