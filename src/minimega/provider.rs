@@ -74,8 +74,25 @@ pub enum MinimegaError {
     NoVm(String),
     #[error("{0} names no nic of the experiment")]
     NoNic(String),
-    #[error("{0}")]
-    Wait(String),
+    /// A guest's miniccc did not check in within its boot-timeout.
+    #[error(
+        "miniccc of {vm} did not check in with minimega within {after:?} (boot-timeout); does its image start miniccc (`image build --miniccc`)?"
+    )]
+    NoCcClient { vm: String, after: Duration },
+    /// A VM placed with its mirror partner waited for that one's launch.
+    #[error("{vm} waits for {partner} (its mirror partner) to launch first (waited {after:?})")]
+    NoPartner {
+        vm: String,
+        partner: String,
+        after: Duration,
+    },
+    /// A killed VM did not leave the namespace in time.
+    #[error("VM {vm} is still in minimega's namespace {ns} after {after:?}")]
+    StillThere {
+        vm: String,
+        ns: String,
+        after: Duration,
+    },
     #[error(transparent)]
     Cc(#[from] super::cc::CcError),
     #[error(transparent)]
@@ -268,8 +285,7 @@ impl MinimegaHost {
                 .and_then(|l| l.networks.iter().find(|n| n.address == addr))
                 .is_some_and(|n| {
                     n.host_address.is_some()
-                        && !host_taps
-                            .contains(&super::taps::host_tap_of(&self.experiment, &n.address))
+                        && !host_taps.contains(&super::taps::host_tap_of(&self.experiment, &n.name))
                 })
         };
         for (addr, name) in &networks {
@@ -650,10 +666,11 @@ impl MinimegaHost {
                 Some(_) => {}
             }
             if Instant::now() >= end {
-                return Err(MinimegaError::Wait(format!(
-                    "VM {vm} is still in minimega's namespace {} after {GONE_WAIT:?}",
-                    self.ns
-                )));
+                return Err(MinimegaError::StillThere {
+                    vm: vm.to_string(),
+                    ns: self.ns.to_string(),
+                    after: GONE_WAIT,
+                });
             }
             std::thread::sleep(POLL);
         }
@@ -931,7 +948,15 @@ impl Provider for MinimegaHost {
     /// placed in minimega's file path. A namespace kept is said in the
     /// destroy output, with what kept it; megaplan's files stay with it
     /// (a destroy once those are gone removes them).
-    fn after_destroy(&self, _experiment: &str, left: Left) -> Result<Vec<String>, PError> {
+    fn after_destroy(
+        &self,
+        sd: &StateDir,
+        _experiment: &str,
+        left: Left,
+        all: bool,
+    ) -> Result<Vec<String>, PError> {
+        // The captures fetched into the state folder (super::captures).
+        crate::provider::remove_captures(sd, all)?;
         if left == Left::Other {
             return Ok(Vec::new());
         }
@@ -955,6 +980,15 @@ impl Provider for MinimegaHost {
         })
     }
 
+    /// Fetched from the VM's node into the state folder (super::captures).
+    async fn capture_file(
+        &self,
+        sd: &StateDir,
+        capture: &crate::lab::CaptureSpec,
+    ) -> Result<PathBuf, PError> {
+        Ok(super::captures::fetch(self, capture, sd).await?)
+    }
+
     async fn preflight(&self, needs: &Requirements) -> Result<(), PError> {
         preflight_files(needs)
     }
@@ -973,14 +1007,12 @@ impl Provider for MinimegaHost {
     async fn execute(&self, _sd: &StateDir, op: &Op) -> Result<OpOutcome, PError> {
         match op {
             Op::CreateNetwork {
-                address,
-                name,
-                host_address,
-                ..
+                name, host_address, ..
             } => {
                 self.ensure_alias(name)?;
-                // host-address: a host tap on the head (super::taps).
-                let bridge = &super::taps::host_tap_of(&self.experiment, address);
+                // host-address: a host tap on the head (super::taps), named
+                // from the network's typed name.
+                let bridge = &super::taps::host_tap_of(&self.experiment, name);
                 match host_address {
                     Some(a) => {
                         let computed = super::taps::create(self, name, bridge, a)?;
@@ -993,9 +1025,14 @@ impl Provider for MinimegaHost {
                 }
             }
             // An alias goes with the namespace; its host tap, if any, now.
-            Op::DeleteNetwork { address, .. } => {
-                super::taps::delete(self, &super::taps::host_tap_of(&self.experiment, address))?
-            }
+            // The op names neither the network nor its recorded `host_tap`:
+            // its address is the only identity it has, and `network.NAME`
+            // hashes to the name `host_tap_of(NAME)` gave it (the record's
+            // address is the lab's validated one).
+            Op::DeleteNetwork { address, .. } => super::taps::delete(
+                self,
+                &crate::identity::bridge_name(&self.experiment, address),
+            )?,
             // A tap is made and removed with its VM.
             Op::CreateTap { .. } | Op::DeleteTap { .. } => {}
             // minimega's `capture pcap vm` (super::captures).
@@ -1473,10 +1510,19 @@ impl Provider for Engine {
     }
     fn after_destroy(
         &self,
+        sd: &StateDir,
         experiment: &str,
         left: crate::provider::Left,
+        all: bool,
     ) -> Result<Vec<String>, PError> {
-        delegate!(self, h => h.after_destroy(experiment, left))
+        delegate!(self, h => h.after_destroy(sd, experiment, left, all))
+    }
+    async fn capture_file(
+        &self,
+        sd: &StateDir,
+        capture: &crate::lab::CaptureSpec,
+    ) -> Result<PathBuf, PError> {
+        delegate!(self, h => h.capture_file(sd, capture).await)
     }
     fn batches(&self, kind: Kind, phase: crate::provider::ops::Phase) -> bool {
         delegate!(self, h => h.batches(kind, phase))
