@@ -1094,6 +1094,7 @@ impl Provider for LocalHost {
                 address,
                 bridge,
                 marker,
+                ..
             } => {
                 self.delete_link(named(address, "bridge", bridge)?, marker)
                     .await?

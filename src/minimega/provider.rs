@@ -981,15 +981,13 @@ impl Provider for MinimegaHost {
                     None => super::taps::delete(self, bridge)?,
                 }
             }
-            // An alias goes with the namespace; its host tap, if any, now.
-            // The op names neither the network nor its recorded `host_tap`:
-            // its address is the only identity it has, and `network.NAME`
-            // hashes to the name `host_tap_of(NAME)` gave it (the record's
-            // address is the lab's validated one).
-            Op::DeleteNetwork { address, .. } => super::taps::delete(
-                self,
-                &crate::identity::bridge_name(&self.experiment, address),
-            )?,
+            // An alias goes with the namespace; its host tap, as the
+            // record names it (checked), now. A record without one had none.
+            Op::DeleteNetwork { host_tap, .. } => {
+                if let Some(tap) = host_tap {
+                    super::taps::delete(self, tap)?
+                }
+            }
             // A tap is made and removed with its VM.
             Op::CreateTap { .. } | Op::DeleteTap { .. } => {}
             // minimega's `capture pcap vm` (super::captures).

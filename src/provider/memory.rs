@@ -963,6 +963,7 @@ mod tests {
             Op::DeleteNetwork {
                 address: "network.LAN".into(),
                 bridge: Some("theirs".into()),
+                host_tap: None,
                 marker: identity::marker("x", "network.LAN"),
             },
         )
