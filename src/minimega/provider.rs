@@ -46,6 +46,7 @@ use crate::provider::{
 use crate::state::{Kind, State, StateDir};
 
 mod batch;
+mod clients;
 mod nodes;
 
 /// How often a wait on minimega (a cc response, a VM leaving) looks again.
@@ -285,6 +286,10 @@ impl MinimegaHost {
                 );
             }
         }
+        // cc clients, when a step that ran makes their absence count (clients.rs).
+        let ccs = clients::Clients::wanted(state)
+            .then(|| clients::Clients::ask(self))
+            .transpose()?;
         // VMs (ours only) and their taps.
         let mut minimega_tap: BTreeMap<(String, usize), (String, String)> = BTreeMap::new();
         for v in &vms {
@@ -307,6 +312,11 @@ impl MinimegaHost {
                     // record, not running, so the reason names its state.
                     alive: alive || matches!(v.state, VmState::Quit | VmState::Error),
                     status: Some(status),
+                    cc: ccs
+                        .as_ref()
+                        .map_or(crate::observed::CcClient::NotAsked, |c| {
+                            c.client(&v.host, &v.uuid)
+                        }),
                 },
             );
             for (i, n) in v.networks.iter().enumerate() {

@@ -1101,6 +1101,7 @@ mod tests {
                     pid: Some(4242),
                     alive: true,
                     status: Some("running".into()),
+                    cc: crate::observed::CcClient::NotAsked,
                 },
             );
             Ok(o)
