@@ -201,7 +201,7 @@ impl fmt::Display for Reason {
                 crate::diag::escape(error)
             ),
             Reason::CcClientLost => f.write_str(
-                "its cc client is gone (its steps ran, but minimega's `cc clients` no longer lists it)",
+                "its cc client is gone: its steps ran, but minimega's `cc clients` no longer lists it",
             ),
             Reason::TapRecreated { nic } => write!(f, "its tap {nic} is recreated"),
             Reason::DiskRecreated { disk } => write!(f, "its disk {disk} is recreated"),
