@@ -12,6 +12,8 @@
 //! 3. B's miniccc killed in the guest (minimega runs B on): once minimega
 //!    drops the client, the plan replaces B (`cc_client_lost`), apply
 //!    repairs it (its steps run again) and minimega lists its client again;
+//!    `megaplan cc exec --filter name=B` runs in B through minimega's cc
+//!    (its hostname and UUID, an exit code and both streams);
 //! 4. a second plan (no flags) is empty; `plan --provider local` is refused;
 //! 5. `megaplan destroy FILE` with no flags leaves nothing: no VM, no QEMU,
 //!    no tap on either node's bridge, no file under megaplan's folder in
@@ -411,6 +413,68 @@ fn send_recv_host_address_and_a_flagless_destroy_on_a_minimega_mesh() {
     );
     let back = std::fs::read(work.path().join("received/back.bin")).expect("the received file");
     assert!(back == payload, "B's steps ran again");
+
+    // `megaplan cc exec` on a minimega VM: through minimega's cc (B on
+    // mm2). Its hostname is the one miniccc reports to minimega.
+    let cc_exec = |cmd: &str| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_megaplan"))
+            .args(["cc", "exec"])
+            .arg(&run.file)
+            .args(["--minimega-base", base, "--filter", "name=B", "--", cmd])
+            .env("NO_COLOR", "1")
+            .output()
+            .unwrap();
+        eprintln!(
+            "$ megaplan cc exec --filter name=B -- {cmd}\n{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        out
+    };
+    let hostname = head
+        .run_ok(&Mm::new("cc").word("clients").in_namespace(&ns))
+        .unwrap()
+        .iter()
+        .flat_map(|r| r.rows())
+        .find(|row| row.contains(&("uuid", B)))
+        .and_then(|row| {
+            row.iter()
+                .find(|(k, _)| *k == "hostname")
+                .map(|(_, v)| v.to_string())
+        })
+        .expect("B's hostname in cc clients");
+    let out = cc_exec("hostname");
+    assert!(out.status.success(), "cc exec hostname in B");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        format!("== B (exit 0)\n{hostname}\n")
+    );
+    // ...and it ran in B, not in another guest of the same image.
+    let out = cc_exec("cat /sys/class/dmi/id/product_uuid");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).to_ascii_lowercase(),
+        format!("== b (exit 0)\n{B}\n")
+    );
+    let out = cc_exec("echo out; echo err >&2; exit 3");
+    assert_eq!(out.status.code(), Some(1), "a failed command fails cc exec");
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "== B (exit 3)\nout\n");
+    assert_eq!(String::from_utf8_lossy(&out.stderr), "err\n");
+    let left: Vec<String> = head
+        .run_ok(&Mm::new("cc").word("commands").in_namespace(&ns))
+        .unwrap()
+        .iter()
+        .flat_map(|r| r.rows())
+        .filter_map(|row| {
+            row.iter()
+                .find(|(k, _)| *k == "command")
+                .map(|(_, v)| v.to_string())
+        })
+        .filter(|c| c.contains("hostname") || c.contains("echo out"))
+        .collect();
+    assert!(
+        left.is_empty(),
+        "cc exec left its commands in minimega: {left:?}"
+    );
 
     // 4. No flags: the recorded engine; converged. A disagreeing flag is refused.
     let out = run.megaplan(&["plan", "--detailed-exitcode"]);

@@ -103,7 +103,8 @@ pub enum MinimegaError {
 
 /// One experiment on one minimega cluster.
 pub struct MinimegaHost {
-    pub(super) client: Mutex<Client>,
+    /// Shared with the guests handed out ([`super::guest`]).
+    pub(super) client: std::sync::Arc<Mutex<Client>>,
     pub(super) ns: Name,
     experiment: String,
     pub(super) lab: Option<Lab>,
@@ -132,7 +133,7 @@ impl MinimegaHost {
         let mut client = Client::connect(&settings.base)?;
         client.set_timeout(Duration::from_secs(300));
         Ok(MinimegaHost {
-            client: Mutex::new(client),
+            client: std::sync::Arc::new(Mutex::new(client)),
             ns,
             experiment: experiment.to_string(),
             lab: lab.cloned(),
@@ -759,7 +760,9 @@ impl MinimegaHost {
                 cmd = cmd.arg(w)?;
             }
             // Sent under a UUID filter and the run's prefix, both cleared after.
-            for (host, id) in super::cc::under_filter(self, &uuid, &prefix, &[cmd])? {
+            for (host, id) in
+                super::cc::under_filter(&self.client, &self.ns, &uuid, &prefix, &[cmd])?
+            {
                 ids.insert(host, i64::try_from(id).unwrap_or(i64::MAX));
             }
         }
@@ -773,53 +776,22 @@ impl MinimegaHost {
             });
         }
         // The exit code, from the node whose miniccc answered.
-        let started = Instant::now();
-        let (host, id, exit) = loop {
-            let mut found = None;
-            for (host, id) in &ids {
-                let cmd = Command::new("cc")
-                    .word("exitcode")
-                    .num(u64::try_from(*id).unwrap_or_default())
-                    .arg(&uuid)?;
-                for r in self.run(cmd)? {
-                    if r.host == *host && r.error.is_empty() {
-                        let code = r.response.trim().parse::<i32>().map_err(|_| {
-                            MinimegaError::Answer {
-                                command: "cc exitcode".into(),
-                                got: r.response.clone(),
-                                want: "an exit code",
-                            }
-                        })?;
-                        found = Some((host.clone(), *id, code));
-                    }
-                }
-            }
-            if let Some(f) = found {
-                break f;
-            }
-            if let Some(t) = timeout
-                && started.elapsed() >= t
-            {
-                return Ok(StepOutcome {
-                    exit: -1,
-                    stdout: String::new(),
-                    stderr: String::new(),
-                    timed_out: Some(t),
-                    replayed,
-                });
-            }
-            tokio::time::sleep(POLL).await;
+        let ids: Vec<(String, u64)> = ids
+            .into_iter()
+            .map(|(h, id)| (h, u64::try_from(id).unwrap_or_default()))
+            .collect();
+        let Some((host, id, exit)) =
+            super::cc::wait_exit(&self.client, &self.ns, &ids, &uuid, timeout).await?
+        else {
+            return Ok(StepOutcome {
+                exit: -1,
+                stdout: String::new(),
+                stderr: String::new(),
+                timed_out: timeout,
+                replayed,
+            });
         };
-        let mut stdout = String::new();
-        let mut stderr = String::new();
-        let cmd = Command::new("cc")
-            .word("responses")
-            .num(u64::try_from(id).unwrap_or_default());
-        for r in self.run(cmd)? {
-            if r.host == host && r.error.is_empty() {
-                (stdout, stderr) = split_responses(&r.response, id, &uuid);
-            }
-        }
+        let (stdout, stderr) = super::cc::exec_output(&self.client, &self.ns, &host, id, &uuid)?;
         Ok(StepOutcome {
             exit,
             stdout,
@@ -849,7 +821,7 @@ fn argv(c: &CommandSpec) -> Vec<String> {
 
 /// `cc responses ID` (not raw) is `ID/UUID/stderr:` and `ID/UUID/stdout:`
 /// headers, each followed by that file's text and a newline.
-fn split_responses(text: &str, id: i64, uuid: &str) -> (String, String) {
+pub(super) fn split_responses(text: &str, id: i64, uuid: &str) -> (String, String) {
     let (out_h, err_h) = (
         format!("{id}/{uuid}/stdout:"),
         format!("{id}/{uuid}/stderr:"),
@@ -892,7 +864,7 @@ fn which(tool: &str) -> Option<PathBuf> {
 }
 
 impl Provider for MinimegaHost {
-    type Guest = crate::host::local::LocalGuest;
+    type Guest = super::guest::MinimegaGuest;
 
     fn name(&self) -> &'static str {
         "minimega"
@@ -1071,10 +1043,25 @@ impl Provider for MinimegaHost {
         self.execute_batch_ops(sd, tasks).await
     }
 
-    async fn guest(&self, _e: &str, vm: &str, _w: GuestWait) -> Result<Self::Guest, PError> {
-        Err(unsupported(&format!(
-            "reach {vm}'s megaplan agent (its guest talks to minimega's cc; use minimega's `cc` commands)"
-        )))
+    /// The VM's cc through minimega (super::guest): once its miniccc is
+    /// listed by `cc clients` (within `w.hello`).
+    async fn guest(&self, _e: &str, vm: &str, w: GuestWait) -> Result<Self::Guest, PError> {
+        let uuid = self.vm_spec(vm)?.uuid.to_string();
+        if !self.namespace_exists()?
+            || !super::cc::wait_listed(&self.client, &self.ns, &uuid, w.hello).await?
+        {
+            return Err(MinimegaError::Wait(format!(
+                "{vm}'s miniccc is not connected to minimega (not in `cc clients` of namespace {} within {:?})",
+                self.ns, w.hello
+            ))
+            .into());
+        }
+        Ok(super::guest::MinimegaGuest {
+            client: self.client.clone(),
+            ns: self.ns.clone(),
+            vm: vm.to_string(),
+            uuid,
+        })
     }
 
     fn serial_log(&self, _sd: &StateDir, _vm: &str) -> Option<PathBuf> {
@@ -1319,7 +1306,7 @@ macro_rules! delegate {
 }
 
 impl Provider for Engine {
-    type Guest = crate::host::local::LocalGuest;
+    type Guest = super::guest::EngineGuest;
     fn name(&self) -> &'static str {
         delegate!(self, h => h.name())
     }
@@ -1342,7 +1329,11 @@ impl Provider for Engine {
         delegate!(self, h => h.sweep(sd))
     }
     async fn guest(&self, e: &str, vm: &str, w: GuestWait) -> Result<Self::Guest, PError> {
-        delegate!(self, h => h.guest(e, vm, w).await)
+        use super::guest::EngineGuest;
+        match self {
+            Engine::Local(h) => h.guest(e, vm, w).await.map(EngineGuest::Local),
+            Engine::Minimega(h) => h.guest(e, vm, w).await.map(EngineGuest::Minimega),
+        }
     }
     fn store_step_output(
         &self,
