@@ -582,29 +582,22 @@ impl Provider for MemoryProvider {
     }
 
     /// Every boot file, base image and file to send must be declared.
-    async fn preflight(&self, lab: Option<&crate::lab::Lab>) -> Result<(), ProviderError> {
-        let Some(lab) = lab else { return Ok(()) };
+    async fn preflight(&self, needs: &super::Requirements) -> Result<(), ProviderError> {
         let w = self.world.borrow();
         let mut missing = Vec::new();
-        for vm in &lab.vms {
-            for p in vm.kernel.iter().chain(vm.initrd.iter()) {
-                if !w.files.contains(p) {
-                    missing.push(format!("{} (vm {})", p.display(), vm.name));
-                }
-            }
-            for step in &vm.cc {
-                if let CcActionSpec::Send { src, .. } = &step.action
-                    && !w.files.contains(src)
-                {
-                    missing.push(format!("{} ({})", src.display(), step.address));
-                }
+        for b in &needs.boot_files {
+            if !w.files.contains(&b.path) {
+                missing.push(format!("{} (vm {})", b.path.display(), b.vm));
             }
         }
-        for d in &lab.disks {
-            for p in d.from.iter().chain(d.inject.iter().map(|(p, _)| p)) {
-                if !w.files.contains(p) {
-                    missing.push(format!("{} ({})", p.display(), d.address));
-                }
+        for (step, src) in &needs.sends {
+            if !w.files.contains(src) {
+                missing.push(format!("{} ({step})", src.display()));
+            }
+        }
+        for d in &needs.disk_sources {
+            if !w.files.contains(&d.path) {
+                missing.push(format!("{} ({})", d.path.display(), d.address));
             }
         }
         if missing.is_empty() {
@@ -728,6 +721,11 @@ impl Provider for MemoryProvider {
 
     fn disk_file(&self, sd: &StateDir, file: &str) -> Result<PathBuf, ProviderError> {
         Ok(sd.disk_file(file)?)
+    }
+
+    /// A disk image the world holds under that file name.
+    fn disk_present(&self, _sd: &StateDir, file: &str) -> bool {
+        self.world.borrow().disks.contains_key(file)
     }
 }
 
