@@ -21,6 +21,7 @@ pub mod memory;
 pub mod names;
 pub mod needs;
 pub mod ops;
+pub mod recorded;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -378,6 +379,12 @@ pub enum ProviderError {
     /// A capture's recorder could not start or stop.
     #[error(transparent)]
     Capture(#[from] crate::capture::CaptureError),
+    /// An op names no interface where this engine does not choose one
+    /// itself (see [`ops::named`]).
+    #[error(
+        "{address}: the plan or state names no {what}, and this engine does not choose one (a damaged saved plan or state?)"
+    )]
+    Unnamed { address: String, what: &'static str },
 }
 
 impl ProviderError {
