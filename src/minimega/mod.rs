@@ -17,6 +17,7 @@ pub mod cli;
 pub mod client;
 pub mod disks;
 pub mod export;
+pub mod guest;
 pub mod import;
 pub mod lex;
 pub mod placement;

@@ -46,6 +46,7 @@ use crate::provider::{
 use crate::state::{Kind, State, StateDir};
 
 mod batch;
+mod clients;
 mod nodes;
 
 /// How often a wait on minimega (a cc response, a VM leaving) looks again.
@@ -78,6 +79,15 @@ pub enum MinimegaError {
         "miniccc of {vm} did not check in with minimega within {after:?} (boot-timeout); does its image start miniccc (`image build --miniccc`)?"
     )]
     NoCcClient { vm: String, after: Duration },
+    /// `cc exec` from megaplan found the VM's miniccc not connected.
+    #[error(
+        "{vm}'s miniccc is not connected to minimega (not in `cc clients` of namespace {ns} within {after:?})"
+    )]
+    NotConnected {
+        vm: String,
+        ns: String,
+        after: Duration,
+    },
     /// A VM placed with its mirror partner waited for that one's launch.
     #[error("{vm} waits for {partner} (its mirror partner) to launch first (waited {after:?})")]
     NoPartner {
@@ -119,7 +129,8 @@ pub enum MinimegaError {
 
 /// One experiment on one minimega cluster.
 pub struct MinimegaHost {
-    pub(super) client: Mutex<Client>,
+    /// Shared with the guests handed out ([`super::guest`]).
+    pub(super) client: std::sync::Arc<Mutex<Client>>,
     pub(super) ns: Name,
     experiment: String,
     pub(super) lab: Option<Lab>,
@@ -148,7 +159,7 @@ impl MinimegaHost {
         let mut client = Client::connect(&settings.base)?;
         client.set_timeout(Duration::from_secs(300));
         Ok(MinimegaHost {
-            client: Mutex::new(client),
+            client: std::sync::Arc::new(Mutex::new(client)),
             ns,
             experiment: experiment.to_string(),
             lab: lab.cloned(),
@@ -301,6 +312,10 @@ impl MinimegaHost {
                 );
             }
         }
+        // cc clients, when a step that ran makes their absence count (clients.rs).
+        let ccs = clients::Clients::wanted(state)
+            .then(|| clients::Clients::ask(self))
+            .transpose()?;
         // VMs (ours only) and their taps.
         let mut minimega_tap: BTreeMap<(String, usize), (String, String)> = BTreeMap::new();
         for v in &vms {
@@ -323,6 +338,11 @@ impl MinimegaHost {
                     // record, not running, so the reason names its state.
                     alive: alive || matches!(v.state, VmState::Quit | VmState::Error),
                     status: Some(status),
+                    cc: ccs
+                        .as_ref()
+                        .map_or(crate::observed::CcClient::NotAsked, |c| {
+                            c.client(&v.host, &v.uuid)
+                        }),
                 },
             );
             for (i, n) in v.networks.iter().enumerate() {
@@ -766,7 +786,9 @@ impl MinimegaHost {
                 cmd = cmd.arg(w)?;
             }
             // Sent under a UUID filter and the run's prefix, both cleared after.
-            for (host, id) in super::cc::under_filter(self, &uuid, &prefix, &[cmd])? {
+            for (host, id) in
+                super::cc::under_filter(&self.client, &self.ns, &uuid, &prefix, &[cmd])?
+            {
                 ids.insert(host, i64::try_from(id).unwrap_or(i64::MAX));
             }
         }
@@ -780,53 +802,22 @@ impl MinimegaHost {
             });
         }
         // The exit code, from the node whose miniccc answered.
-        let started = Instant::now();
-        let (host, id, exit) = loop {
-            let mut found = None;
-            for (host, id) in &ids {
-                let cmd = Command::new("cc")
-                    .word("exitcode")
-                    .num(u64::try_from(*id).unwrap_or_default())
-                    .arg(&uuid)?;
-                for r in self.run(cmd)? {
-                    if r.host == *host && r.error.is_empty() {
-                        let code = r.response.trim().parse::<i32>().map_err(|_| {
-                            MinimegaError::Answer {
-                                command: "cc exitcode".into(),
-                                got: r.response.clone(),
-                                want: "an exit code",
-                            }
-                        })?;
-                        found = Some((host.clone(), *id, code));
-                    }
-                }
-            }
-            if let Some(f) = found {
-                break f;
-            }
-            if let Some(t) = timeout
-                && started.elapsed() >= t
-            {
-                return Ok(StepOutcome {
-                    exit: -1,
-                    stdout: String::new(),
-                    stderr: String::new(),
-                    timed_out: Some(t),
-                    replayed,
-                });
-            }
-            tokio::time::sleep(POLL).await;
+        let ids: Vec<(String, u64)> = ids
+            .into_iter()
+            .map(|(h, id)| (h, u64::try_from(id).unwrap_or_default()))
+            .collect();
+        let Some((host, id, exit)) =
+            super::cc::wait_exit(&self.client, &self.ns, &ids, &uuid, timeout).await?
+        else {
+            return Ok(StepOutcome {
+                exit: -1,
+                stdout: String::new(),
+                stderr: String::new(),
+                timed_out: timeout,
+                replayed,
+            });
         };
-        let mut stdout = String::new();
-        let mut stderr = String::new();
-        let cmd = Command::new("cc")
-            .word("responses")
-            .num(u64::try_from(id).unwrap_or_default());
-        for r in self.run(cmd)? {
-            if r.host == host && r.error.is_empty() {
-                (stdout, stderr) = split_responses(&r.response, id, &uuid);
-            }
-        }
+        let (stdout, stderr) = super::cc::exec_output(&self.client, &self.ns, &host, id, &uuid)?;
         Ok(StepOutcome {
             exit,
             stdout,
@@ -856,7 +847,7 @@ fn argv(c: &CommandSpec) -> Vec<String> {
 
 /// `cc responses ID` (not raw) is `ID/UUID/stderr:` and `ID/UUID/stdout:`
 /// headers, each followed by that file's text and a newline.
-fn split_responses(text: &str, id: i64, uuid: &str) -> (String, String) {
+pub(super) fn split_responses(text: &str, id: i64, uuid: &str) -> (String, String) {
     let (out_h, err_h) = (
         format!("{id}/{uuid}/stdout:"),
         format!("{id}/{uuid}/stderr:"),
@@ -899,7 +890,7 @@ fn which(tool: &str) -> Option<PathBuf> {
 }
 
 impl Provider for MinimegaHost {
-    type Guest = crate::host::local::LocalGuest;
+    type Guest = super::guest::MinimegaGuest;
 
     fn name(&self) -> &'static str {
         "minimega"
@@ -1103,10 +1094,26 @@ impl Provider for MinimegaHost {
         self.execute_batch_ops(sd, tasks).await
     }
 
-    async fn guest(&self, _e: &str, vm: &str, _w: GuestWait) -> Result<Self::Guest, PError> {
-        Err(unsupported(&format!(
-            "reach {vm}'s megaplan agent (its guest talks to minimega's cc; use minimega's `cc` commands)"
-        )))
+    /// The VM's cc through minimega (super::guest): once its miniccc is
+    /// listed by `cc clients` (within `w.hello`).
+    async fn guest(&self, _e: &str, vm: &str, w: GuestWait) -> Result<Self::Guest, PError> {
+        let uuid = self.vm_spec(vm)?.uuid.to_string();
+        if !self.namespace_exists()?
+            || !super::cc::wait_listed(&self.client, &self.ns, &uuid, w.hello).await?
+        {
+            return Err(MinimegaError::NotConnected {
+                vm: vm.to_string(),
+                ns: self.ns.to_string(),
+                after: w.hello,
+            }
+            .into());
+        }
+        Ok(super::guest::MinimegaGuest {
+            client: self.client.clone(),
+            ns: self.ns.clone(),
+            vm: vm.to_string(),
+            uuid,
+        })
     }
 
     fn serial_log(&self, _sd: &StateDir, _vm: &str) -> Option<PathBuf> {
@@ -1350,7 +1357,7 @@ macro_rules! delegate {
 }
 
 impl Provider for Engine {
-    type Guest = crate::host::local::LocalGuest;
+    type Guest = super::guest::EngineGuest;
     fn name(&self) -> &'static str {
         delegate!(self, h => h.name())
     }
@@ -1383,7 +1390,11 @@ impl Provider for Engine {
         delegate!(self, h => h.sweep(sd))
     }
     async fn guest(&self, e: &str, vm: &str, w: GuestWait) -> Result<Self::Guest, PError> {
-        delegate!(self, h => h.guest(e, vm, w).await)
+        use super::guest::EngineGuest;
+        match self {
+            Engine::Local(h) => h.guest(e, vm, w).await.map(EngineGuest::Local),
+            Engine::Minimega(h) => h.guest(e, vm, w).await.map(EngineGuest::Minimega),
+        }
     }
     fn store_step_output(
         &self,

@@ -683,6 +683,7 @@ impl Provider for MemoryProvider {
                     pid: Some(vm.pid),
                     alive: vm.alive,
                     status: vm.alive.then(|| "running".into()),
+                    cc: crate::observed::CcClient::NotAsked,
                 },
             );
         }
