@@ -421,6 +421,10 @@ impl From<crate::provider::ProviderError> for CommandError {
             ),
             E::KeepDiskExists { .. } => (ErrorKind::User, None),
             E::Unsupported { .. } => (ErrorKind::User, None),
+            E::Unnamed { .. } => (
+                ErrorKind::User,
+                Some("the state folder or the saved plan is damaged: make a new plan (megaplan plan FILE)".into()),
+            ),
             E::NameCollision(_) => (
                 ErrorKind::User,
                 Some("rename one of them: their derived interface names collide".into()),

@@ -1075,25 +1075,51 @@ impl Provider for LocalHost {
 
     async fn execute(&self, sd: &StateDir, op: &Op) -> Result<OpOutcome, ProviderError> {
         use super::Host as _;
+        use crate::provider::ops::named;
         match op {
+            // This engine names its interfaces before apply: an op without
+            // a name is refused (`ops::named`).
             Op::CreateNetwork {
+                address,
                 bridge,
                 host_address,
                 marker,
                 ..
             } => {
+                let bridge = named(address, "bridge", bridge)?;
                 self.ensure_bridge(bridge, marker, host_address.as_deref())
                     .await?
             }
-            Op::DeleteNetwork { bridge, marker, .. } => self.delete_link(bridge, marker).await?,
+            Op::DeleteNetwork {
+                address,
+                bridge,
+                marker,
+            } => {
+                self.delete_link(named(address, "bridge", bridge)?, marker)
+                    .await?
+            }
             Op::CreateTap {
+                address,
                 name,
                 mac,
                 bridge,
                 marker,
                 ..
-            } => self.ensure_tap(name, mac, marker, bridge).await?,
-            Op::DeleteTap { name, marker, .. } => self.delete_link(name, marker).await?,
+            } => {
+                let (name, bridge) = (
+                    named(address, "tap", name)?,
+                    named(address, "bridge", bridge)?,
+                );
+                self.ensure_tap(name, mac, marker, bridge).await?
+            }
+            Op::DeleteTap {
+                address,
+                name,
+                marker,
+            } => {
+                self.delete_link(named(address, "tap", name)?, marker)
+                    .await?
+            }
             Op::CreateDisk { spec, .. } => {
                 self.create_disk(spec, &sd.disk_file(&spec.file_name())?)
                     .await?
@@ -1122,19 +1148,30 @@ impl Provider for LocalHost {
                 return Ok(Outcome::Launched { pid }.into());
             }
             Op::AddMirror {
+                address,
                 source_tap,
                 dest_tap,
                 direction,
                 ..
             } => {
-                self.add_mirror(source_tap, dest_tap, direction.as_str())
-                    .await?
+                let (src, dst) = (
+                    named(address, "source tap", source_tap)?,
+                    named(address, "destination tap", dest_tap)?,
+                );
+                self.add_mirror(src, dst, direction.as_str()).await?
             }
             Op::RemoveMirror {
+                address,
                 source_tap,
                 dest_tap,
                 ..
-            } => self.remove_mirror(source_tap, dest_tap).await?,
+            } => {
+                let (src, dst) = (
+                    named(address, "source tap", source_tap)?,
+                    named(address, "destination tap", dest_tap)?,
+                );
+                self.remove_mirror(src, dst).await?
+            }
             Op::RunStep {
                 experiment,
                 vm,
@@ -1253,11 +1290,26 @@ impl Provider for LocalHost {
         )
     }
 
-    fn after_destroy(&self, experiment: &str, _nothing_left: bool) -> Result<(), ProviderError> {
+    /// The recorder (crate::capture) writes the file in place.
+    async fn capture_file(
+        &self,
+        sd: &StateDir,
+        capture: &crate::lab::CaptureSpec,
+    ) -> Result<PathBuf, ProviderError> {
+        Ok(crate::capture::file_path(sd, &capture.name)?)
+    }
+
+    fn after_destroy(
+        &self,
+        sd: &StateDir,
+        experiment: &str,
+        _nothing_left: bool,
+        all: bool,
+    ) -> Result<(), ProviderError> {
         // Only if empty: a VM of the experiment that is still recorded
         // (a failed stop) keeps its folder, and that is not an error.
         let _ = std::fs::remove_dir(super::runtime_root(experiment));
-        Ok(())
+        crate::provider::remove_captures(sd, all)
     }
 }
 
