@@ -99,7 +99,7 @@ fn built(c: &mut Client, ns: &Name) -> BTreeMap<String, Built> {
             let row = Built {
                 uuid: v.uuid.clone(),
                 host: v.host.clone(),
-                state: v.state.clone(),
+                state: v.state,
                 memory: col("memory"),
                 vcpus: col("vcpus"),
                 snapshot: col("snapshot"),
