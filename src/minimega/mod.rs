@@ -15,6 +15,7 @@ pub mod captures;
 pub mod cc;
 pub mod cli;
 pub mod client;
+pub mod config;
 pub mod disks;
 pub mod export;
 pub mod guest;

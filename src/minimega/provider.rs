@@ -504,7 +504,8 @@ impl MinimegaHost {
         Ok(())
     }
 
-    /// The `vm config …` commands of one VM (after a `clear vm config`);
+    /// The `vm config …` commands of one VM (config.rs, as export writes
+    /// them), from `clear vm config` on, its files placed;
     /// [`batch`] queues and launches them.
     fn launch_sync(
         &self,
@@ -513,11 +514,18 @@ impl MinimegaHost {
         vm: &VmSpec,
         disks: &[DiskSpec],
     ) -> Result<Vec<Command>, MinimegaError> {
-        let mut cfg: Vec<Command> = vec![Command::new("clear").word("vm").word("config")];
-        let c = || Command::new("vm").word("config");
-        cfg.push(c().word("uuid").arg(&vm.uuid.to_string())?);
-        cfg.push(c().word("memory").num(vm.memory_mib));
-        cfg.push(c().word("vcpus").num(u64::from(vm.vcpus)));
+        // minimega takes a relative qemu as a file in its -filepath.
+        let tcg_qemu = match accel {
+            Accel::Tcg => Some(self.qemu.as_deref().ok_or(MinimegaError::Unsupported {
+                what: "accel \"tcg\"".into(),
+                why: "qemu-system-x86_64 is not on this machine's PATH (minimega needs its absolute path)",
+            })?),
+            _ => None,
+        };
+        let mut files = super::config::Files {
+            tcg_qemu,
+            ..Default::default()
+        };
         // Kernel and initrd go into the head's file path, named relative to
         // it: the VM's node fetches them through iomeshage (disks.rs).
         if vm.kernel.is_some() || vm.initrd.is_some() {
@@ -525,11 +533,11 @@ impl MinimegaHost {
                 let mut cl = self.client.lock().expect("the client lock");
                 super::disks::head_filepath(&mut cl, &self.ns)?
             };
-            for (kw, p) in [("kernel", &vm.kernel), ("initrd", &vm.initrd)] {
-                if let Some(p) = p {
-                    let rel = super::disks::place_boot(&root, experiment, p)?;
-                    cfg.push(c().word(kw).arg(&rel)?);
-                }
+            if let Some(p) = &vm.kernel {
+                files.kernel = Some(super::disks::place_boot(&root, experiment, p)?);
+            }
+            if let Some(p) = &vm.initrd {
+                files.initrd = Some(super::disks::place_boot(&root, experiment, p)?);
             }
             let sources: Vec<&Path> = (self.lab.iter().flat_map(|l| l.vms.iter()))
                 .flat_map(|v| v.kernel.iter().chain(v.initrd.iter()))
@@ -537,19 +545,11 @@ impl MinimegaHost {
                 .collect();
             super::disks::prune_boot(&self.client, experiment, &sources)?;
         }
-        // ext4 disks the guest's init mounts, as on megaplan's own engine.
-        if let Some(append) = super::disks::vm_append(vm) {
-            cfg.push(c().word("append").arg(&append)?);
-        }
-        cfg.push(
-            c().word("snapshot")
-                .word(if vm.snapshot { "true" } else { "false" }),
-        );
         if !vm.disks.is_empty() {
             // Shared with export (disks.rs): a `disk "PATH"` under snapshot
             // goes by digest into the file path's bases/.
             let mut root = None;
-            let values = super::disks::vm_disks(experiment, vm, disks, |p| {
+            files.disks = super::disks::vm_disks(experiment, vm, disks, |p| {
                 let r = match &root {
                     Some(r) => r,
                     None => {
@@ -559,50 +559,12 @@ impl MinimegaHost {
                 };
                 super::disks::place(r, experiment, "bases", p)
             })?;
-            let mut d = c().word("disk");
-            for v in &values {
-                d = d.arg(v)?;
-            }
-            cfg.push(d);
         }
-        if !vm.nics.is_empty() {
-            let mut n = c().word("net");
-            for nic in &vm.nics {
-                n = n.arg(&format!("{},{},{}", nic.network, nic.mac, nic.driver))?;
-            }
-            cfg.push(n);
-        }
-        let mut tags: BTreeMap<&str, String> = BTreeMap::new();
-        tags.insert(MARKER_TAG, format!("{experiment}:{}", vm.address));
-        for (k, v) in &vm.tags {
-            if k != MARKER_TAG {
-                tags.insert(k, v.clone());
-            }
-        }
-        for (k, v) in &tags {
-            cfg.push(c().word("tags").arg(k)?.arg(v)?);
-        }
-        if !vm.qemu_args.is_empty() {
-            let mut q = c().word("qemu-append");
-            for a in &vm.qemu_args {
-                q = q.arg(a)?;
-            }
-            cfg.push(q);
-        }
-        if accel == Accel::Tcg {
-            // minimega takes a relative qemu as a file in its -filepath.
-            let qemu = self.qemu.as_ref().ok_or(MinimegaError::Unsupported {
-                what: "accel \"tcg\"".into(),
-                why: "qemu-system-x86_64 is not on this machine's PATH (minimega needs its absolute path)",
-            })?;
-            cfg.push(c().word("qemu").arg(&path_text(qemu))?);
-            cfg.push(c().word("cpu").arg("qemu64")?);
-        }
-        if let Some(h) = &vm.host {
-            cfg.push(c().word("schedule").name(&Name::new(h)?));
-        } else if let Some(other) = &vm.colocate {
-            cfg.push(c().word("colocate").arg(other)?);
-        }
+        // The commands export writes too (config.rs).
+        let cfg = super::config::vm_config(experiment, vm, &files)
+            .iter()
+            .map(super::config::ConfigCommand::command)
+            .collect::<Result<Vec<Command>, ClientError>>()?;
         Ok(cfg)
     }
 
@@ -875,10 +837,6 @@ pub(super) fn split_responses(text: &str, id: i64, uuid: &str) -> (String, Strin
         }
     }
     (out, err)
-}
-
-fn path_text(p: &Path) -> String {
-    p.to_string_lossy().into_owned()
 }
 
 fn which(tool: &str) -> Option<PathBuf> {
