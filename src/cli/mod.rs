@@ -1272,6 +1272,8 @@ pub enum CcCommand {
         /// The command: one word runs under `sh -c`, several run as an argv.
         #[arg(last = true, required = true)]
         command: Vec<String>,
+        #[command(flatten)]
+        provider: crate::minimega::provider::ProviderArgs,
     },
     /// The recorded results of the cc steps.
     Responses {
@@ -1306,7 +1308,9 @@ fn cc_cmd(command: CcCommand) -> Result<ExitCode, CliError> {
             timeout,
             max_output,
             command,
+            provider,
         } => {
+            crate::minimega::provider::set_override(provider);
             let Ok((_, mut lab)) = load(&file) else {
                 return Ok(failed());
             };
