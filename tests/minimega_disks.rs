@@ -29,7 +29,7 @@ use std::process::Output;
 use std::time::{Duration, Instant};
 
 use megaplan::minimega::client::{Client, Command as Mm, Name, VmInfo, VmState, vm_infos};
-use minimega::{Mesh, TRUNK, wait_for};
+use minimega::{Mesh, wait_for};
 
 const NS: &str = "mm-disks";
 const UUID: &str = "44444444-4444-4444-4444-444444444444";
@@ -377,33 +377,13 @@ fn disks_and_boot_files_reach_the_vm_on_another_node_and_go_with_destroy() {
 
     // 3. Destroy: megaplan's files go from both nodes, and nothing is left.
     run.ok(&["destroy", "--auto-approve"]);
+    minimega::assert_nothing_left(&mesh, NS);
     for (node, files) in [(mm1, &files1), (mm2, &files2)] {
-        assert!(
-            !ours(files).exists(),
-            "left in {}'s file path: {:?}",
-            node.name,
-            files_under(files)
-        );
         // (minimega keeps its own cc responses there too.)
         assert_eq!(
             files_under(&files.join("megaplan")),
             Vec::<String>::new(),
             "megaplan's folder in {}'s file path",
-            node.name
-        );
-        assert!(
-            wait_for(Duration::from_secs(30), || node.qemus().is_empty()),
-            "QEMU left on {}: {:?}",
-            node.name,
-            node.processes()
-        );
-        assert_eq!(node.bridge_ports(), [TRUNK], "{}'s bridge", node.name);
-        let mut c = node.client();
-        let r = c.run_ok(&Mm::new("namespace")).unwrap();
-        assert!(
-            !r.iter()
-                .any(|r| r.rows().iter().any(|row| row.contains(&("namespace", NS)))),
-            "namespace {NS} still on {}",
             node.name
         );
     }
