@@ -662,3 +662,52 @@ fn measure_apply_against_the_exported_script() {
     drop(head);
     mesh.stop();
 }
+
+/// Measures (docs/PERFORMANCE.md, "minimega provider: destroy"), not a
+/// timed assertion: `megaplan destroy` of 8 VMs over two nodes (the
+/// experiment of [`measure_apply_against_the_exported_script`]), three
+/// times, each after a fresh apply with every guest running.
+/// `cargo test --test minimega_provider measure_destroy -- --ignored --nocapture`.
+#[test]
+#[ignore = "a measurement: run by hand, figures go to docs/PERFORMANCE.md"]
+fn measure_destroy_of_8_vms() {
+    let Some(mesh) = Mesh::start("minimega_provider_measure_destroy") else {
+        return;
+    };
+    let mm1 = &mesh.nodes[0];
+    let work = tempfile::tempdir().unwrap();
+    let images = work.path().join("images");
+    let mut opts = megaplan::image::ImageOptions::new(&images);
+    opts.kernel = megaplan::image::KernelSource::Dir(lab::guest_kernel_dir());
+    opts.agent = Some(PathBuf::from(env!("CARGO_BIN_EXE_megaplan-agent")));
+    opts.miniccc = Some(mesh.bin.join("miniccc"));
+    megaplan::image::build(&opts).expect("image build --miniccc");
+    let file = work.path().join("mm-scale.kdl");
+    std::fs::write(&file, many(8, &mm1.base, &images)).unwrap();
+    let run = Run {
+        file,
+        work: work.path().to_owned(),
+    };
+    let ns = Name::new("mm-scale").unwrap();
+    let mut head = mm1.client();
+    let mut took = Vec::new();
+    let mut loads = Vec::new();
+    for _ in 0..3 {
+        run.ok(&["apply", "--auto-approve"]);
+        assert!(wait_for(Duration::from_secs(120), || {
+            let v = vm_info(&mut head, &ns);
+            v.len() == 8 && v.iter().all(|v| v.state == VmState::Running)
+        }));
+        loads.push(loadavg());
+        let t = Instant::now();
+        run.ok(&["destroy", "--auto-approve"]);
+        took.push(t.elapsed());
+        minimega::assert_nothing_left(&mesh, "mm-scale");
+    }
+    eprintln!(
+        "MEASURE destroy 8 VMs over 2 nodes (whole process): best {:?}, runs {took:?}, load average before each {loads:?}",
+        took.iter().min().unwrap()
+    );
+    drop(head);
+    mesh.stop();
+}
