@@ -309,6 +309,219 @@ pub(super) fn stop_outcome(r: Result<(), MinimegaError>) -> Result<OpOutcome, PE
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::io::{BufRead, BufReader, Write};
+    use std::os::unix::net::UnixListener;
+
+    use serde_json::{Value, json};
+
+    /// A VM of the fake minimega.
+    struct Fake {
+        name: &'static str,
+        host: &'static str,
+        ours: bool,
+        /// `vm kill` fails on it (minimega's "unleash the zombie VM").
+        zombie: bool,
+        state: i64,
+    }
+
+    fn answer(resps: Vec<Value>) -> String {
+        format!(
+            "{}\n",
+            json!({"Resp": resps, "Rendered": "", "More": false, "Status": false})
+        )
+    }
+
+    fn host(h: &str, error: &str) -> Value {
+        json!({"Host": h, "Response": "", "Header": null, "Tabular": null, "Error": error, "Data": null})
+    }
+
+    /// A fake two-node minimega with `vms` in namespace `lab` (mm2 does not
+    /// answer when `silent`): it kills, flushes and lists as minimega does
+    /// for a target list, and hands back every command it was sent.
+    fn fake(
+        mut vms: Vec<Fake>,
+        silent: bool,
+    ) -> (tempfile::TempDir, std::thread::JoinHandle<Vec<String>>) {
+        let dir = tempfile::tempdir().unwrap();
+        let l = UnixListener::bind(dir.path().join(crate::minimega::client::SOCKET)).unwrap();
+        let h = std::thread::spawn(move || {
+            let (s, _) = l.accept().unwrap();
+            let mut r = BufReader::new(s.try_clone().unwrap());
+            let mut w = s;
+            let mut seen = Vec::new();
+            loop {
+                let mut line = String::new();
+                if r.read_line(&mut line).unwrap() == 0 {
+                    break;
+                }
+                let v: Value = serde_json::from_str(&line).unwrap();
+                let full = v["Command"].as_str().unwrap().to_owned();
+                let cmd = full
+                    .strip_prefix("namespace \"lab\" ")
+                    .unwrap_or(&full)
+                    .to_string();
+                seen.push(cmd.clone());
+                let list = |verb: &str| -> Vec<String> {
+                    let rest = cmd.strip_prefix(&format!("vm {verb} ")).unwrap();
+                    rest.trim_matches('"')
+                        .split(',')
+                        .map(str::to_owned)
+                        .collect()
+                };
+                let nodes: &[&str] = if silent { &["mm1"] } else { &["mm1", "mm2"] };
+                let resps = if cmd == "namespace" {
+                    vec![
+                        json!({"Host": "mm1", "Header": ["namespace", "vms"], "Tabular": [["lab", "5"]], "Error": ""}),
+                    ]
+                } else if cmd == "vm info summary" {
+                    let mut out: Vec<Value> = nodes
+                        .iter()
+                        .map(|n| {
+                            let data: Vec<Value> = vms
+                                .iter()
+                                .filter(|f| f.host == *n)
+                                .enumerate()
+                                .map(|(i, f)| {
+                                    let tags = if f.ours {
+                                        json!({"megaplan": format!("lab:vm.{}", f.name)})
+                                    } else {
+                                        json!({"owner": "someone"})
+                                    };
+                                    json!({"ID": i, "Name": f.name, "Namespace": "lab", "Host": f.host,
+                                        "UUID": format!("u-{}", f.name), "State": f.state, "Pid": 7,
+                                        "Networks": null, "Tags": tags})
+                                })
+                                .collect();
+                            json!({"Host": n, "Error": "", "Data": data})
+                        })
+                        .collect();
+                    if silent {
+                        out.push(host("mm1", "no such client mm2"));
+                    }
+                    out
+                } else if cmd.starts_with("vm kill ") {
+                    let names = list("kill");
+                    assert!(!names.iter().any(|n| n == "all"), "{cmd}");
+                    let mut errors = Vec::new();
+                    for f in vms.iter_mut().filter(|f| names.iter().any(|n| n == f.name)) {
+                        if f.zombie {
+                            errors.push(host(f.host, "unleash the zombie VM: boom"));
+                        } else {
+                            f.state = 8;
+                        }
+                    }
+                    let mut out: Vec<Value> = nodes.iter().map(|n| host(n, "")).collect();
+                    out.extend(errors);
+                    out
+                } else if cmd.starts_with("vm flush ") {
+                    let names = list("flush");
+                    vms.retain(|f| !(f.state == 8 && names.iter().any(|n| n == f.name)));
+                    nodes.iter().map(|n| host(n, "")).collect()
+                } else {
+                    // `cc commands`, `clear tap mirror NAME all`.
+                    nodes.iter().map(|n| host(n, "")).collect()
+                };
+                w.write_all(answer(resps).as_bytes()).unwrap();
+            }
+            seen
+        });
+        (dir, h)
+    }
+
+    fn vm(name: &'static str, host: &'static str) -> Fake {
+        Fake {
+            name,
+            host,
+            ours: true,
+            zombie: false,
+            state: 2,
+        }
+    }
+
+    fn stop(dir: &Path, batch: &[&str]) -> Outcomes {
+        let settings = Settings {
+            base: dir.to_path_buf(),
+            namespace: "lab".into(),
+        };
+        let h = MinimegaHost::connect(&settings, "lab", None).unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .unwrap();
+        rt.block_on(h.stop_many(batch))
+    }
+
+    #[test]
+    fn one_kill_and_one_flush_for_the_batch_and_each_vm_its_own_outcome() {
+        let (dir, h) = fake(
+            vec![
+                vm("a", "mm1"),
+                vm("b", "mm2"),
+                Fake {
+                    ours: false,
+                    ..vm("c", "mm1")
+                },
+                Fake {
+                    zombie: true,
+                    ..vm("z", "mm2")
+                },
+                Fake {
+                    state: 8,
+                    ..vm("q", "mm1")
+                },
+            ],
+            false,
+        );
+        let out = stop(dir.path(), &["a", "b", "c", "z", "gone", "q"]);
+        let seen = h.join().unwrap();
+        assert!(out[0].is_ok() && out[1].is_ok(), "{out:?}");
+        assert!(
+            matches!(&out[2], Err(MinimegaError::NotOurs { name, .. }) if name == "c"),
+            "{out:?}"
+        );
+        match &out[3] {
+            Err(MinimegaError::Client(ClientError::Host { command, errors })) => {
+                assert!(command.contains("vm kill"), "{command}");
+                assert_eq!(
+                    errors,
+                    &[("mm2".to_string(), "unleash the zombie VM: boom".to_string())]
+                );
+            }
+            r => panic!("z does not die: {r:?}"),
+        }
+        // Not there: nothing to do; already quit: flushed, not killed.
+        assert!(out[4].is_ok() && out[5].is_ok(), "{out:?}");
+        let kills: Vec<&String> = seen.iter().filter(|c| c.starts_with("vm kill")).collect();
+        assert_eq!(kills, [r#"vm kill "a,b,z""#], "{seen:?}");
+        let flushes: Vec<&String> = seen.iter().filter(|c| c.starts_with("vm flush")).collect();
+        assert_eq!(flushes, [r#"vm flush "a,b,q""#], "{seen:?}");
+        // Nothing of c, the VM that is not ours, was named.
+        assert!(
+            !seen.iter().any(|c| c.contains("\"c\"") || c.contains(",c")),
+            "{seen:?}"
+        );
+        assert_eq!(
+            seen.iter().filter(|c| *c == "vm info summary").count(),
+            3,
+            "one look before, one after the kill, one after the flush: {seen:?}"
+        );
+    }
+
+    #[test]
+    fn a_vm_a_silent_node_may_have_is_not_called_gone() {
+        let (dir, h) = fake(vec![vm("a", "mm1"), vm("b", "mm2")], true);
+        let out = stop(dir.path(), &["a", "b"]);
+        let seen = h.join().unwrap();
+        assert!(
+            out[0].is_ok(),
+            "a, on the node that answered, goes: {out:?}"
+        );
+        assert!(
+            matches!(&out[1], Err(MinimegaError::NodeSilent { vm, .. }) if vm == "b"),
+            "{out:?}"
+        );
+        assert!(seen.contains(&r#"vm kill "a""#.to_string()), "{seen:?}");
+    }
 
     #[test]
     fn a_target_list_is_the_checked_names_joined() {
