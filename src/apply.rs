@@ -19,6 +19,7 @@
 //!   `parallelism`, cc steps (which mostly wait for guests) without a bound,
 //!   effects first; a failure skips what depends on it, lets the rest
 //!   finish, and every error is reported.
+//! - Once a save of the state fails, nothing new starts (see `walk`).
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -62,13 +63,33 @@ pub enum ApplyError {
     Incomplete { address: String },
 }
 
+/// Why a task was not started.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Skip {
+    /// Something it waits for failed or was skipped.
+    DependencyFailed,
+    /// A save of the state failed earlier in the run: nothing new starts
+    /// after that, so nothing is made that the saved state does not know of.
+    StateUnsaved,
+}
+
+impl std::fmt::Display for Skip {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Skip::DependencyFailed => "a dependency failed",
+            Skip::StateUnsaved => "not started: the state could not be saved",
+        })
+    }
+}
+
 /// How an apply went.
 #[derive(Debug, Default)]
 pub struct Report {
     pub done: Vec<String>,
     /// Each failed operation's address (or "state") and its typed error.
     pub errors: Vec<(String, ApplyError)>,
-    pub skipped: Vec<String>,
+    /// Each task not started: its address and why.
+    pub skipped: Vec<(String, Skip)>,
     /// Wall time per kind and phase, for the summary.
     pub timings: BTreeMap<String, Duration>,
     pub total: Duration,

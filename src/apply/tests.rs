@@ -98,6 +98,49 @@ impl Rig {
         (report, lines.into_inner().unwrap())
     }
 
+    /// [`Rig::run_logged`] with `driver` alongside on the same task (it
+    /// opens gates, blocks the state folder...): `lines` are the run's
+    /// progress lines as they come.
+    async fn run_driven(
+        &self,
+        text: Option<&str>,
+        plan: &Plan,
+        parallelism: usize,
+        lines: &std::sync::Mutex<Vec<String>>,
+        driver: impl std::future::Future<Output = ()>,
+    ) -> Report {
+        let lab = text.map(|t| self.lab(t));
+        let mut state = self.state();
+        let progress = |l: &str| lines.lock().unwrap().push(l.to_string());
+        let ex = Executor {
+            provider: &self.host,
+            lab: lab.as_ref(),
+            sd: &self.sd,
+            experiment: "fx".into(),
+            parallelism,
+            progress: &progress,
+        };
+        futures::join!(ex.run(plan, &mut state), driver).0
+    }
+
+    /// Make every save of the state fail from now on (a folder holds the
+    /// name of its temporary file) until [`Rig::unblock_saves`].
+    fn block_saves(&self) {
+        std::fs::create_dir_all(self.save_blocker().join("x")).unwrap();
+    }
+
+    fn unblock_saves(&self) {
+        std::fs::remove_dir_all(self.save_blocker()).unwrap();
+    }
+
+    fn save_blocker(&self) -> std::path::PathBuf {
+        let file = self.sd.state_file();
+        let name = file.file_name().unwrap().to_str().unwrap();
+        file.parent()
+            .unwrap()
+            .join(format!(".{name}.{}.tmp", std::process::id()))
+    }
+
     /// Run `plan` until the provider has entered `hung` hung ops, then drop
     /// the run where it stands: what a SIGKILL at that point leaves.
     async fn run_until_hung(&self, text: &str, plan: &Plan, hung: usize) {
@@ -242,7 +285,13 @@ async fn a_failure_skips_only_its_dependents() {
     let (_, r) = rig.apply(LAB).await;
     assert_eq!(r.errors.len(), 1, "{r:?}");
     assert_eq!(r.errors[0].0, "vm.A.nic[0]");
-    let skipped: BTreeSet<&str> = r.skipped.iter().map(String::as_str).collect();
+    assert!(
+        r.skipped
+            .iter()
+            .all(|(_, why)| *why == Skip::DependencyFailed),
+        "{r:?}"
+    );
+    let skipped: BTreeSet<&str> = r.skipped.iter().map(|(a, _)| a.as_str()).collect();
     assert_eq!(
         skipped,
         BTreeSet::from(["vm.A", "vm.A.cc[0]", "vm.A.cc[1]", "mirror.A[0]->B[0]"])
@@ -867,6 +916,7 @@ async fn computed_attributes_are_recorded_and_kept() {
 }
 
 mod batch;
+mod walk;
 
 /// A create whose intent (`Creating`) cannot be saved does not start: a
 /// crash after it would leave something no record knows of. It fails with
@@ -875,14 +925,7 @@ mod batch;
 async fn an_effect_whose_intent_cannot_be_saved_does_not_start() {
     let rig = Rig::new();
     let p = rig.plan(Some(LAB), Mode::Apply, &Options::default()).await;
-    // Block the state's temporary name with a folder: every save fails.
-    let file = rig.sd.state_file();
-    let name = file.file_name().unwrap().to_str().unwrap();
-    let blocker = file
-        .parent()
-        .unwrap()
-        .join(format!(".{name}.{}.tmp", std::process::id()));
-    std::fs::create_dir_all(blocker.join("x")).unwrap();
+    rig.block_saves();
     let r = rig.run(Some(LAB), &p, 4).await;
     assert!(
         rig.host.calls().is_empty(),
@@ -897,8 +940,15 @@ async fn an_effect_whose_intent_cannot_be_saved_does_not_start() {
         "{r:?}"
     );
     assert!(r.done.is_empty(), "{r:?}");
+    // Everything else waits for the network, whose intent was not saved.
+    let tasks = p
+        .changes
+        .iter()
+        .filter(|c| c.action != Action::NoOp)
+        .count();
+    assert_eq!(r.skipped.len(), tasks - 1, "{r:?}");
     // Once the state folder takes writes again, apply converges.
-    std::fs::remove_dir_all(&blocker).unwrap();
+    rig.unblock_saves();
     assert!(rig.apply(LAB).await.1.ok());
     assert_eq!(rig.changes(LAB).await, vec![]);
 }

@@ -12,6 +12,11 @@
 //!   between the two. A batch (tasks the provider takes together,
 //!   [`Provider::batches`]) is recorded `Creating` all at once and saved
 //!   once before its effect, and saved once after all its tasks finished.
+//! - Once a save fails (before an effect or after a task), nothing new
+//!   starts: what runs already finishes and is recorded in memory, one
+//!   final save is tried, and every task not started is reported skipped
+//!   ([`Skip::StateUnsaved`]). Going on would make things the saved state
+//!   does not know of.
 
 use std::time::{Duration, Instant};
 
@@ -25,7 +30,9 @@ use crate::state::{Kind, State, StateError};
 
 use super::record::{self, Recorder};
 use super::schedule::{Schedule, schedule};
-use super::{ApplyError, BatchItem, Done, Executor, Outcome, Report, crash_point, done_verb, verb};
+use super::{
+    ApplyError, BatchItem, Done, Executor, Outcome, Report, Skip, crash_point, done_verb, verb,
+};
 
 impl<P: Provider> Executor<'_, P> {
     /// Carry out `plan`, updating and saving `state` after every task.
@@ -52,6 +59,10 @@ impl<P: Provider> Executor<'_, P> {
         let mut ready: Vec<usize> = (0..tasks.len()).filter(|&t| waiting[t] == 0).collect();
         ready.reverse();
         let mut failed = vec![false; tasks.len()];
+        // Finished, failed or skipped: neither waiting nor running.
+        let mut settled = vec![false; tasks.len()];
+        // A save failed: start nothing new.
+        let mut halted = false;
         let mut running = FuturesUnordered::new();
         let mut effects_running = 0usize;
         // Effects not handed to the provider in batches, running now.
@@ -70,7 +81,7 @@ impl<P: Provider> Executor<'_, P> {
             // hold back the launch of the other VMs. Effects go first. Tasks
             // the provider takes in batches wait until no other effect is
             // ready or running, then every ready one goes as one effect.
-            loop {
+            while !halted {
                 let room = effects_running < self.parallelism.max(1);
                 let plain = if room {
                     ready.iter().rposition(|t| !is_step(t) && !batchable(t))
@@ -138,6 +149,7 @@ impl<P: Provider> Executor<'_, P> {
                     running.push(
                         async move { (group, batched, results, Duration::ZERO) }.boxed_local(),
                     );
+                    halted = true;
                     continue;
                 }
                 let mut items = Vec::with_capacity(group.len());
@@ -193,6 +205,7 @@ impl<P: Provider> Executor<'_, P> {
                     let c = &plan.changes[task.change];
                     crash_point("AFTER", &c.address);
                     finished += 1;
+                    settled[t] = true;
                     let key = format!(
                         "{} {}",
                         c.kind.as_str(),
@@ -238,10 +251,17 @@ impl<P: Provider> Executor<'_, P> {
                         }
                     }
                     // A batch's tasks finished together: one save for all.
-                    if (!batched || n + 1 == len)
+                    // Once a save failed, what still finishes is recorded in
+                    // memory only, until the final save.
+                    if !halted
+                        && (!batched || n + 1 == len)
                         && let Err(e) = recorder.save(state)
                     {
+                        (self.progress)(&format!(
+                            "state: could not be saved ({e}): starting nothing new"
+                        ));
                         report.errors.push(("state".into(), e.into()));
+                        halted = true;
                     }
                     // Release dependents; skip the ones downstream of a failure.
                     let mut stack = vec![t];
@@ -250,13 +270,12 @@ impl<P: Provider> Executor<'_, P> {
                             if failed[x] {
                                 if !failed[d] {
                                     failed[d] = true;
+                                    settled[d] = true;
                                     finished += 1;
                                     let cd = &plan.changes[tasks[d].change];
-                                    (self.progress)(&format!(
-                                        "{}: skipped (a dependency failed)",
-                                        cd.address
-                                    ));
-                                    report.skipped.push(cd.address.clone());
+                                    let why = Skip::DependencyFailed;
+                                    (self.progress)(&format!("{}: skipped ({why})", cd.address));
+                                    report.skipped.push((cd.address.clone(), why));
                                     stack.push(d);
                                 }
                             } else {
@@ -268,6 +287,19 @@ impl<P: Provider> Executor<'_, P> {
                         }
                     }
                 }
+            }
+        }
+        if halted {
+            for t in (0..tasks.len()).filter(|&t| !settled[t]) {
+                let c = &plan.changes[tasks[t].change];
+                let why = Skip::StateUnsaved;
+                (self.progress)(&format!("{}: skipped ({why})", c.address));
+                report.skipped.push((c.address.clone(), why));
+            }
+            // What finished after the failed save, if the folder takes
+            // writes again.
+            if let Err(e) = recorder.save(state) {
+                report.errors.push(("state".into(), e.into()));
             }
         }
         report.total = started.elapsed();

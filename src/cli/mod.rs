@@ -868,8 +868,8 @@ fn execute(
         for (addr, e) in &report.errors {
             println!("  error: {addr}: {e}");
         }
-        for addr in &report.skipped {
-            println!("  skipped: {addr}");
+        for (addr, why) in &report.skipped {
+            println!("  skipped: {addr} ({why})");
         }
         // The kind (so the exit code) and the hints come from the most
         // severe error's type; the last hint is true of every failed apply.

@@ -3,7 +3,8 @@
 //!
 //! It records every call (with the status the state file gave the call's
 //! address at that moment, so tests can check record-before-effect), refuses
-//! what a real engine would refuse, and can fail, delay or hang chosen ops.
+//! what a real engine would refuse, and can fail, delay, hang or hold chosen
+//! ops (a [`Gate`] the test opens when it has seen what it waits for).
 //!
 //! Strict, as the local engine is:
 //! - a link whose name is held by an object without the op's marker is
@@ -100,6 +101,45 @@ pub enum Hang {
     AfterEffect,
 }
 
+/// Holds the ops of one label (see [`MemoryProvider::gate`]) once they
+/// started (logged and in flight) until the test opens it: a test orders
+/// events by what it has seen, never by time.
+#[derive(Clone, Debug, Default)]
+pub struct Gate(std::sync::Arc<GateState>);
+
+#[derive(Debug, Default)]
+struct GateState {
+    open: std::sync::atomic::AtomicBool,
+    /// Ops that reached the gate (held, or passed since it opened).
+    reached: std::sync::atomic::AtomicUsize,
+}
+
+impl Gate {
+    /// Let the ops held here (and any that come later) go on.
+    pub fn open(&self) {
+        self.0.open.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    pub fn is_open(&self) -> bool {
+        self.0.open.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// How many ops reached the gate so far.
+    pub fn reached(&self) -> usize {
+        self.0.reached.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Wait here until the gate is open.
+    async fn pass(&self) {
+        self.0
+            .reached
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        while !self.is_open() {
+            tokio::task::yield_now().await;
+        }
+    }
+}
+
 /// The in-memory engine. Configure the pub fields, then run.
 #[derive(Default)]
 pub struct MemoryProvider {
@@ -120,6 +160,8 @@ pub struct MemoryProvider {
     /// The rules it reports. With `computed(Kind::Vm, "engine_id")`, a
     /// launch returns the id it chose for the VM as a computed attribute.
     pub rules: super::Rules,
+    /// Gates by op label (see [`MemoryProvider::gate`]).
+    gates: RefCell<HashMap<String, Gate>>,
 }
 
 fn missing(what: impl Into<String>) -> ProviderError {
@@ -193,6 +235,17 @@ impl MemoryProvider {
         }
     }
 
+    /// The gate that holds the ops labelled `what` (see [`Call::what`])
+    /// once they started, until it is opened; the same gate for a label
+    /// asked twice.
+    pub fn gate(&self, what: &str) -> Gate {
+        self.gates
+            .borrow_mut()
+            .entry(what.to_string())
+            .or_default()
+            .clone()
+    }
+
     /// The label of `op` (see [`Call::what`]); a step's depends on whether
     /// its agent already ran it.
     fn label(&self, op: &Op) -> String {
@@ -250,6 +303,10 @@ impl MemoryProvider {
             });
             w.in_flight += 1;
             w.max_in_flight = w.max_in_flight.max(w.in_flight);
+        }
+        let gate = self.gates.borrow().get(label).cloned();
+        if let Some(g) = gate {
+            g.pass().await;
         }
         let polls = self.delay_polls + self.delays.get(label).copied().unwrap_or(0);
         for _ in 0..polls {
@@ -903,6 +960,23 @@ mod tests {
             ProviderError::State(_)
         ));
         assert!(p.world().disks.contains_key("data.raw"));
+    }
+
+    #[tokio::test]
+    async fn a_gate_holds_its_op_until_opened() {
+        let (_t, sd) = sd();
+        let p = MemoryProvider::new("x");
+        let g = p.gate("bridge network.LAN");
+        let op = bridge("network.LAN", "mpb1");
+        let mut run = std::pin::pin!(p.execute(&sd, &op));
+        for _ in 0..100 {
+            assert!(futures::poll!(&mut run).is_pending());
+        }
+        assert_eq!((g.reached(), p.calls().len()), (1, 1));
+        assert!(p.world().links.is_empty(), "held before its effect");
+        g.open();
+        run.await.unwrap();
+        assert!(p.world().links.contains_key("mpb1"));
     }
 
     #[tokio::test]

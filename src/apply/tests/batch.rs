@@ -130,8 +130,17 @@ async fn ready_vm_creates_go_as_one_batch_recorded_creating_then_ready() {
         batches: RefCell::new(Vec::new()),
     };
     let p = rig.plan(Some(FOUR), Mode::Apply, &Options::default()).await;
+    let serial = rig.state().serial;
     let r = rig.run_batching(FOUR, &p, &b).await;
     assert!(r.ok(), "{r:?}");
+    // Every save bumps the serial: two per other create (intent, outcome),
+    // two for the batch (once before, once after all its VMs), not two per VM.
+    let others = p
+        .changes
+        .iter()
+        .filter(|c| c.action != Action::NoOp && c.kind != Kind::Vm)
+        .count() as u64;
+    assert_eq!(rig.state().serial - serial, 2 * others + 2);
     let batches = b.batches.into_inner();
     let names = |bt: &Vec<(String, Status)>| bt.iter().map(|x| x.0.clone()).collect::<Vec<_>>();
     assert_eq!(
