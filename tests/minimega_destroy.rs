@@ -4,7 +4,8 @@
 //! 1. a destroy killed in the middle of its batch, after the one `vm kill`
 //!    of all four and before their flush (`MEGAPLAN_TEST_CRASH_KILLED`),
 //!    leaves all four killed in minimega and recorded; the next destroy
-//!    finishes them and leaves nothing on either node;
+//!    finishes them and leaves nothing on either node (not even the tap of
+//!    a mirror made by hand, that megaplan does not record);
 //! 2. a VM of the experiment's name that does not carry megaplan's marker
 //!    (someone else's, launched by hand in the namespace) is left alone by
 //!    destroy, record dropped, while the others of the batch are removed.
@@ -134,6 +135,22 @@ fn a_batched_destroy_converges_after_a_crash_and_leaves_what_is_not_ours() {
         2,
         "two VMs on each node: {vms:?}"
     );
+    // A mirror megaplan did not make (v0 to v2, both on mm1): destroy
+    // clears it with its VMs, or minimega would leave v2's tap on the bridge.
+    head.run_ok(
+        &Mm::new("tap")
+            .word("mirror")
+            .arg("v0")
+            .unwrap()
+            .num(0)
+            .arg("v2")
+            .unwrap()
+            .num(0)
+            .in_namespace(&ns),
+    )
+    .unwrap();
+    let mirrors = mm1.exec(&["ovs-vsctl", "--timeout=30", "list", "mirror"]);
+    assert!(!mirrors.trim().is_empty(), "the mirror is on mm1's bridge");
     let out = run.megaplan(
         &["destroy", "--auto-approve"],
         &[("MEGAPLAN_TEST_CRASH_KILLED", "vm.v1")],
