@@ -9,6 +9,8 @@
 mod lab;
 #[path = "common/netns.rs"]
 mod netns;
+#[path = "common/run.rs"]
+mod run;
 
 use std::process::Command;
 

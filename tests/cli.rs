@@ -1,25 +1,13 @@
 //! The commands that need no root, through the real binary: convert round
 //! trips, graph, diff in three formats, schema.
 
+#[path = "common/run.rs"]
+mod run;
+
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Command;
 
-fn megaplan(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_megaplan"))
-        .args(args)
-        .env("NO_COLOR", "1")
-        .output()
-        .unwrap()
-}
-
-fn stdout(out: &Output) -> String {
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout.clone()).unwrap()
-}
+use run::{megaplan, megaplan_env, stdout, write_file};
 
 fn ex_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("examples")
@@ -164,24 +152,22 @@ fn validate_of_a_missing_file_says_so() {
 #[test]
 fn show_defaults_have_the_address_and_json_has_every_field() {
     let dir = tempfile::tempdir().unwrap();
-    let file = dir.path().join("show.kdl");
-    std::fs::write(
-        &file,
+    let file = write_file(
+        dir.path(),
+        "show.kdl",
         "experiment \"show-defaults\"\nnetwork \"LAN\"\nvm \"A\" { kernel \"k\"; nic \"LAN\"; cc { exec \"true\"; }; }\n",
-    )
-    .unwrap();
+    );
     let file = file.to_str().unwrap();
     let state = dir.path().join("state");
     let state = state.to_str().unwrap();
     let run = |extra: &[&str]| {
         let mut args = vec!["show", file, "--state-dir", state];
         args.extend_from_slice(extra);
-        let out = Command::new(env!("CARGO_BIN_EXE_megaplan"))
-            .args(&args)
-            .env("NO_COLOR", "1")
-            .env("MEGAPLAN_RUNTIME_DIR", dir.path().join("run"))
-            .output()
-            .unwrap();
+        let run_dir = dir.path().join("run");
+        let out = megaplan_env(
+            &args,
+            &[("MEGAPLAN_RUNTIME_DIR", run_dir.to_str().unwrap())],
+        );
         stdout(&out)
     };
     let table = run(&[]);
@@ -295,12 +281,11 @@ fn man_pages_from_the_cli() {
 #[test]
 fn replacing_an_unknown_address_is_refused_before_anything() {
     let dir = tempfile::tempdir().unwrap();
-    let file = dir.path().join("r.kdl");
-    std::fs::write(
-        &file,
+    let file = write_file(
+        dir.path(),
+        "r.kdl",
         "experiment \"r\"\nnetwork \"LAN\"\nvm \"A\" { kernel \"k\"; nic \"LAN\"; }\n",
-    )
-    .unwrap();
+    );
     let f = file.to_str().unwrap();
     for args in [
         vec!["plan", f, "-replace", "vm.B"],
@@ -330,8 +315,7 @@ fn replacing_an_unknown_address_is_refused_before_anything() {
 #[test]
 fn exit_codes_follow_the_kind_of_error() {
     let dir = tempfile::tempdir().unwrap();
-    let file = dir.path().join("l.kdl");
-    std::fs::write(&file, "experiment \"l\"\nnetwork \"LAN\"\n").unwrap();
+    let file = write_file(dir.path(), "l.kdl", "experiment \"l\"\nnetwork \"LAN\"\n");
     let f = file.to_str().unwrap();
     let st = dir.path().join("state");
     let sd = megaplan::state::StateDir {
@@ -339,12 +323,7 @@ fn exit_codes_follow_the_kind_of_error() {
         experiment: "l".into(),
     };
     let run = |args: &[&str], env: &[(&str, &str)]| {
-        let out = Command::new(env!("CARGO_BIN_EXE_megaplan"))
-            .args(args)
-            .envs(env.iter().copied())
-            .env("NO_COLOR", "1")
-            .output()
-            .unwrap();
+        let out = megaplan_env(args, env);
         (
             out.status.code(),
             String::from_utf8_lossy(&out.stderr).into_owned(),

@@ -6,6 +6,8 @@
 mod lab;
 #[path = "common/netns.rs"]
 mod netns;
+#[path = "common/run.rs"]
+mod run;
 
 use std::os::unix::process::ExitStatusExt;
 

@@ -24,13 +24,15 @@ mod lab;
 mod minimega;
 #[path = "common/netns.rs"]
 mod netns;
+#[path = "common/run.rs"]
+mod run;
 
-use std::path::{Path, PathBuf};
-use std::process::Output;
+use std::path::Path;
 use std::time::{Duration, Instant};
 
-use megaplan::minimega::client::{Client, Command as Mm, Name, VmInfo, vm_infos};
-use minimega::{Mesh, wait_for};
+use megaplan::minimega::client::Name;
+use minimega::{Mesh, cc_sh, vm_info};
+use run::Run;
 
 const NS: &str = "mm-cc";
 const A: &str = "11111111-1111-1111-1111-111111111111";
@@ -80,89 +82,6 @@ capture "b" {{ tap "B" nic=0; }}
     )
 }
 
-struct Run {
-    file: PathBuf,
-    work: PathBuf,
-}
-
-impl Run {
-    fn megaplan(&self, args: &[&str]) -> Output {
-        let out = std::process::Command::new(env!("CARGO_BIN_EXE_megaplan"))
-            .args(args)
-            .arg(&self.file)
-            .arg("--state-dir")
-            .arg(self.work.join("state"))
-            .env("MEGAPLAN_RUNTIME_DIR", self.work.join("run"))
-            .env("MEGAPLAN_ACCEL", "tcg")
-            .env("NO_COLOR", "1")
-            .output()
-            .unwrap();
-        eprintln!(
-            "$ megaplan {}\n{}{}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        out
-    }
-
-    fn ok(&self, args: &[&str]) -> String {
-        let out = self.megaplan(args);
-        assert!(out.status.success(), "megaplan {} failed", args.join(" "));
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    }
-}
-
-fn vm_info(c: &mut Client, ns: &Name) -> Vec<VmInfo> {
-    let cmd = Mm::new("vm").word("info").in_namespace(ns);
-    let resps = c.run_ok(&cmd).expect("vm info");
-    vm_infos(&cmd, &resps).expect("vm info data")
-}
-
-/// `sh -c CMD` in the VM with `uuid` through minimega's cc (the test's own
-/// use of it): its exit code.
-fn cc_sh(c: &mut Client, ns: &Name, uuid: &str, cmd: &str) -> i32 {
-    let filter = format!("uuid={uuid}");
-    let on = |m: Mm| m.in_namespace(ns);
-    c.run_ok(&on(Mm::new("cc").word("filter").arg(&filter).unwrap()))
-        .unwrap();
-    let sent = c
-        .run_ok(&on(Mm::new("cc")
-            .word("exec")
-            .arg("sh")
-            .unwrap()
-            .arg("-c")
-            .unwrap()
-            .arg(cmd)
-            .unwrap()))
-        .unwrap();
-    c.run_ok(&on(Mm::new("clear").word("cc").word("filter")))
-        .unwrap();
-    let ids: Vec<(String, u64)> = sent
-        .iter()
-        .filter_map(|r| Some((r.host.clone(), r.data.as_u64()?)))
-        .collect();
-    let mut exit = None;
-    let done = wait_for(Duration::from_secs(60), || {
-        for (host, id) in &ids {
-            let r = c
-                .run(&on(Mm::new("cc")
-                    .word("exitcode")
-                    .num(*id)
-                    .arg(uuid)
-                    .unwrap()))
-                .unwrap();
-            if let Some(r) = r.iter().find(|r| &r.host == host && r.error.is_empty()) {
-                exit = r.response.trim().parse::<i32>().ok();
-                return true;
-            }
-        }
-        false
-    });
-    assert!(done, "no answer from {uuid} to `{cmd}`");
-    exit.expect("an exit code")
-}
-
 #[test]
 fn send_recv_host_address_and_a_flagless_destroy_on_a_minimega_mesh() {
     let t0 = Instant::now();
@@ -172,11 +91,7 @@ fn send_recv_host_address_and_a_flagless_destroy_on_a_minimega_mesh() {
     let mm1 = &mesh.nodes[0];
     let work = tempfile::tempdir().unwrap();
     let images = work.path().join("images");
-    let mut opts = megaplan::image::ImageOptions::new(&images);
-    opts.kernel = megaplan::image::KernelSource::Dir(lab::guest_kernel_dir());
-    opts.agent = Some(PathBuf::from(env!("CARGO_BIN_EXE_megaplan-agent")));
-    opts.miniccc = Some(mesh.bin.join("miniccc"));
-    megaplan::image::build(&opts).expect("image build --miniccc");
+    mesh.build_miniccc_image(&images);
     // Bytes of every value, more than one of ron's file parts.
     let payload: Vec<u8> = (0..300_000u32)
         .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
@@ -184,10 +99,7 @@ fn send_recv_host_address_and_a_flagless_destroy_on_a_minimega_mesh() {
     std::fs::write(work.path().join("payload.bin"), &payload).unwrap();
     let file = work.path().join("mm-cc.kdl");
     std::fs::write(&file, experiment(&images)).unwrap();
-    let run = Run {
-        file,
-        work: work.path().to_owned(),
-    };
+    let run = Run::new(&file, work.path());
     let ns = Name::new(NS).unwrap();
     let mut head = mm1.client();
     let base = mm1.base.to_str().unwrap();
@@ -243,7 +155,14 @@ fn send_recv_host_address_and_a_flagless_destroy_on_a_minimega_mesh() {
     let addrs = mm1.exec(&["ip", "-o", "addr", "show", "dev", &tap]);
     assert!(addrs.contains("10.0.0.254/24"), "{addrs}");
     assert_eq!(
-        cc_sh(&mut head, &ns, A, "ping -c 3 -i 0.2 -W 5 10.0.0.254"),
+        cc_sh(
+            &mut head,
+            &ns,
+            A,
+            "ping -c 3 -i 0.2 -W 5 10.0.0.254",
+            Duration::from_secs(60)
+        )
+        .0,
         0,
         "the host-address does not answer A"
     );

@@ -20,14 +20,16 @@ mod lab;
 mod minimega;
 #[path = "common/netns.rs"]
 mod netns;
+#[path = "common/run.rs"]
+mod run;
 
-use std::path::{Path, PathBuf};
-use std::process::Output;
+use std::path::Path;
 use std::time::Duration;
 
 use megaplan::minimega::MARKER_TAG;
-use megaplan::minimega::client::{Client, Command as Mm, Name, VmInfo, VmState, vm_infos};
-use minimega::{Mesh, wait_for};
+use megaplan::minimega::client::{Client, Command as Mm, Name, VmInfo, VmState};
+use minimega::{Mesh, vm_info, wait_for};
+use run::Run;
 
 const NS: &str = "mm-destroy";
 const VMS: [&str; 4] = ["v0", "v1", "v2", "v3"];
@@ -48,51 +50,12 @@ fn experiment(base: &Path, images: &Path) -> String {
     s
 }
 
-struct Run {
-    file: PathBuf,
-    work: PathBuf,
-}
-
-impl Run {
-    fn megaplan(&self, args: &[&str], env: &[(&str, &str)]) -> Output {
-        let out = std::process::Command::new(env!("CARGO_BIN_EXE_megaplan"))
-            .args(args)
-            .envs(env.iter().copied())
-            .arg(&self.file)
-            .arg("--state-dir")
-            .arg(self.work.join("state"))
-            .env("MEGAPLAN_RUNTIME_DIR", self.work.join("run"))
-            .env("MEGAPLAN_ACCEL", "tcg")
-            .env("NO_COLOR", "1")
-            .output()
-            .unwrap();
-        eprintln!("$ megaplan {}\n{}", args.join(" "), Run::text(&out));
-        out
-    }
-
-    fn ok(&self, args: &[&str]) -> String {
-        let out = self.megaplan(args, &[]);
-        assert!(
-            out.status.success(),
-            "megaplan {}: {}",
-            args.join(" "),
-            Run::text(&out)
-        );
-        Run::text(&out)
-    }
-
-    fn text(out: &Output) -> String {
-        format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        )
-    }
-}
-
-fn vm_info(c: &mut Client, ns: &Name) -> Vec<VmInfo> {
-    let cmd = Mm::new("vm").word("info").word("summary").in_namespace(ns);
-    vm_infos(&cmd, &c.run(&cmd).unwrap()).unwrap()
+/// `megaplan ARGS…` must succeed: its stdout and stderr (the progress lines).
+fn ok(run: &Run, args: &[&str]) -> String {
+    let out = run.megaplan(args);
+    let text = run::text(&out);
+    assert!(out.status.success(), "megaplan {}: {text}", args.join(" "));
+    text
 }
 
 fn names(vms: &[VmInfo]) -> Vec<&str> {
@@ -109,22 +72,15 @@ fn a_batched_destroy_converges_after_a_crash_and_leaves_what_is_not_ours() {
     let mm1 = &mesh.nodes[0];
     let work = tempfile::tempdir().unwrap();
     let images = work.path().join("images");
-    let mut opts = megaplan::image::ImageOptions::new(&images);
-    opts.kernel = megaplan::image::KernelSource::Dir(lab::guest_kernel_dir());
-    opts.agent = Some(PathBuf::from(env!("CARGO_BIN_EXE_megaplan-agent")));
-    opts.miniccc = Some(mesh.bin.join("miniccc"));
-    megaplan::image::build(&opts).expect("image build --miniccc");
+    mesh.build_miniccc_image(&images);
     let file = work.path().join(format!("{NS}.kdl"));
     std::fs::write(&file, experiment(&mm1.base, &images)).unwrap();
-    let run = Run {
-        file,
-        work: work.path().to_owned(),
-    };
+    let run = Run::new(&file, work.path());
     let ns = Name::new(NS).unwrap();
     let mut head = mm1.client();
 
     // 1. Killed after the batch's `vm kill`, before its flush.
-    run.ok(&["apply", "--auto-approve"]);
+    ok(&run, &["apply", "--auto-approve"]);
     let vms = vm_info(&mut head, &ns);
     assert_eq!(names(&vms), VMS, "{vms:?}");
     assert_eq!(
@@ -151,7 +107,7 @@ fn a_batched_destroy_converges_after_a_crash_and_leaves_what_is_not_ours() {
     .unwrap();
     let mirrors = mm1.exec(&["ovs-vsctl", "--timeout=30", "list", "mirror"]);
     assert!(!mirrors.trim().is_empty(), "the mirror is on mm1's bridge");
-    let out = run.megaplan(
+    let out = run.megaplan_env(
         &["destroy", "--auto-approve"],
         &[("MEGAPLAN_TEST_CRASH_KILLED", "vm.v1")],
     );
@@ -159,7 +115,7 @@ fn a_batched_destroy_converges_after_a_crash_and_leaves_what_is_not_ours() {
         std::os::unix::process::ExitStatusExt::signal(&out.status),
         Some(libc::SIGKILL),
         "the destroy was killed at the crash point: {}",
-        Run::text(&out)
+        run::text(&out)
     );
     // One `vm kill` of the four: all of them are killed, none flushed.
     let vms = vm_info(&mut head, &ns);
@@ -169,14 +125,14 @@ fn a_batched_destroy_converges_after_a_crash_and_leaves_what_is_not_ours() {
         "all four killed by the batch's one kill: {vms:?}"
     );
     // Still recorded: the plan of a destroy names all four.
-    let text = run.ok(&["destroy", "--dry-run"]);
+    let text = ok(&run, &["destroy", "--dry-run"]);
     for vm in VMS {
         assert!(
             text.contains(&format!("# vm.{vm} will be destroyed")),
             "vm.{vm} is still recorded: {text}"
         );
     }
-    let text = run.ok(&["destroy", "--auto-approve"]);
+    let text = ok(&run, &["destroy", "--auto-approve"]);
     for vm in VMS {
         assert!(
             text.lines()
@@ -187,7 +143,7 @@ fn a_batched_destroy_converges_after_a_crash_and_leaves_what_is_not_ours() {
     minimega::assert_nothing_left(&mesh, NS);
 
     // 2. v2 replaced by hand with a VM of the same name and no marker.
-    run.ok(&["apply", "--auto-approve"]);
+    ok(&run, &["apply", "--auto-approve"]);
     // `vm flush` goes to every node: one without the VM says "not found".
     let kill = |c: &mut Client, vm: &str| {
         let cmd = |verb| Mm::new("vm").word(verb).arg(vm).unwrap().in_namespace(&ns);
@@ -243,7 +199,7 @@ fn a_batched_destroy_converges_after_a_crash_and_leaves_what_is_not_ours() {
         "the hand-made v2 runs: {:?}",
         vm_info(&mut head, &ns)
     );
-    let text = run.ok(&["destroy", "--auto-approve"]);
+    let text = ok(&run, &["destroy", "--auto-approve"]);
     assert!(
         text.lines()
             .any(|l| l.starts_with("vm.v2: destroyed") && l.contains("left alone")),
@@ -267,9 +223,9 @@ fn a_batched_destroy_converges_after_a_crash_and_leaves_what_is_not_ours() {
         Some(VmState::Running),
         "and it runs on: {vms:?}"
     );
-    let out = run.megaplan(&["plan", "--json"], &[]);
+    let out = run.megaplan(&["plan", "--json"]);
     let json: serde_json::Value =
-        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", Run::text(&out)));
+        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", run::text(&out)));
     for vm in VMS {
         let addr = format!("vm.{vm}");
         let c = json["resource_changes"]
@@ -284,7 +240,7 @@ fn a_batched_destroy_converges_after_a_crash_and_leaves_what_is_not_ours() {
     // recorded then clears the namespace and megaplan's files.
     kill(&mut head, "v2");
     drop(head);
-    run.ok(&["destroy", "--auto-approve"]);
+    ok(&run, &["destroy", "--auto-approve"]);
     minimega::assert_nothing_left(&mesh, NS);
     mesh.stop();
 }

@@ -23,18 +23,22 @@ mod lab;
 mod minimega;
 #[path = "common/netns.rs"]
 mod netns;
+#[path = "common/run.rs"]
+mod run;
 
 use std::path::{Path, PathBuf};
-use std::process::Output;
 use std::time::{Duration, Instant};
 
-use megaplan::minimega::client::{Client, Command as Mm, Name, VmInfo, VmState, vm_infos};
-use minimega::{Mesh, wait_for};
+use megaplan::minimega::client::{Command as Mm, Name, VmState};
+use minimega::{Mesh, cc_sh, vm_info};
+use run::Run;
 
 const NS: &str = "mm-disks";
 const UUID: &str = "44444444-4444-4444-4444-444444444444";
 const INJECTED: &str = "injected-by-megaplan";
 const IN_BASE: &str = "from-the-base-image";
+/// How long the test's own `cc exec` waits for the guest's answer.
+const LIMIT: Duration = Duration::from_secs(120);
 
 fn experiment(base: &Path, images: &Path, base_img: &Path, seed: &Path, initrd: &str) -> String {
     format!(
@@ -71,123 +75,6 @@ vm "V" {{
         base_img = base_img.display(),
         seed = seed.display(),
     )
-}
-
-struct Run {
-    file: PathBuf,
-    work: PathBuf,
-}
-
-impl Run {
-    fn megaplan(&self, args: &[&str]) -> Output {
-        let out = std::process::Command::new(env!("CARGO_BIN_EXE_megaplan"))
-            .args(args)
-            .arg(&self.file)
-            .arg("--state-dir")
-            .arg(self.work.join("state"))
-            .env("MEGAPLAN_RUNTIME_DIR", self.work.join("run"))
-            .env("MEGAPLAN_ACCEL", "tcg")
-            .env("NO_COLOR", "1")
-            .output()
-            .unwrap();
-        eprintln!(
-            "$ megaplan {}\n{}{}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        out
-    }
-
-    fn ok(&self, args: &[&str]) -> String {
-        let out = self.megaplan(args);
-        assert!(out.status.success(), "megaplan {} failed", args.join(" "));
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    }
-
-    fn plan(&self) -> (Option<i32>, String) {
-        let out = self.megaplan(&["plan", "--detailed-exitcode"]);
-        (
-            out.status.code(),
-            String::from_utf8_lossy(&out.stdout).into_owned(),
-        )
-    }
-}
-
-fn vm_info(c: &mut Client, ns: &Name) -> Vec<VmInfo> {
-    let cmd = Mm::new("vm").word("info").in_namespace(ns);
-    let resps = c.run_ok(&cmd).expect("vm info");
-    vm_infos(&cmd, &resps).expect("vm info data")
-}
-
-/// `sh -c CMD` in the VM through minimega's cc (the test's own use of it);
-/// (exit code, stdout).
-fn cc_sh(c: &mut Client, ns: &Name, cmd: &str) -> (i32, String) {
-    let filter = format!("uuid={UUID}");
-    c.run_ok(
-        &Mm::new("cc")
-            .word("filter")
-            .arg(&filter)
-            .unwrap()
-            .in_namespace(ns),
-    )
-    .unwrap();
-    let sent = c
-        .run_ok(
-            &Mm::new("cc")
-                .word("exec")
-                .arg("sh")
-                .unwrap()
-                .arg("-c")
-                .unwrap()
-                .arg(cmd)
-                .unwrap()
-                .in_namespace(ns),
-        )
-        .unwrap();
-    c.run_ok(&Mm::new("clear").word("cc").word("filter").in_namespace(ns))
-        .unwrap();
-    let ids: Vec<(String, u64)> = sent
-        .iter()
-        .filter_map(|r| Some((r.host.clone(), r.data.as_u64()?)))
-        .collect();
-    let mut answer = None;
-    let done = wait_for(Duration::from_secs(120), || {
-        for (host, id) in &ids {
-            let r = c
-                .run(
-                    &Mm::new("cc")
-                        .word("exitcode")
-                        .num(*id)
-                        .arg(UUID)
-                        .unwrap()
-                        .in_namespace(ns),
-                )
-                .unwrap();
-            if let Some(r) = r.iter().find(|r| &r.host == host && r.error.is_empty()) {
-                answer = Some((host.clone(), *id, r.response.trim().parse::<i32>().unwrap()));
-                return true;
-            }
-        }
-        false
-    });
-    assert!(done, "no answer from the VM to `{cmd}`");
-    let (host, id, exit) = answer.unwrap();
-    let r = c
-        .run(
-            &Mm::new("cc")
-                .word("responses")
-                .num(id)
-                .word("raw")
-                .in_namespace(ns),
-        )
-        .unwrap();
-    let out = r
-        .iter()
-        .find(|r| r.host == host)
-        .map(|r| r.response.clone())
-        .unwrap_or_default();
-    (exit, out)
 }
 
 /// Every file (not folder) under `dir`, relative to it, sorted.
@@ -252,11 +139,7 @@ fn disks_and_boot_files_reach_the_vm_on_another_node_and_go_with_destroy() {
         return;
     };
     let images = work.path().join("images");
-    let mut opts = megaplan::image::ImageOptions::new(&images);
-    opts.kernel = megaplan::image::KernelSource::Dir(lab::guest_kernel_dir());
-    opts.agent = Some(PathBuf::from(env!("CARGO_BIN_EXE_megaplan-agent")));
-    opts.miniccc = Some(mesh.bin.join("miniccc"));
-    megaplan::image::build(&opts).expect("image build --miniccc");
+    mesh.build_miniccc_image(&images);
     let seed = work.path().join("hello.txt");
     std::fs::write(&seed, format!("{INJECTED}\n")).unwrap();
     let file = work.path().join("mm-disks.kdl");
@@ -268,10 +151,7 @@ fn disks_and_boot_files_reach_the_vm_on_another_node_and_go_with_destroy() {
         .unwrap()
     };
     write("miniccc.initrd");
-    let run = Run {
-        file: file.clone(),
-        work: work.path().to_owned(),
-    };
+    let run = Run::new(&file, work.path());
     let ns = Name::new(NS).unwrap();
     let mut head = mm1.client();
     // Each node's own file path, as seen from here.
@@ -325,7 +205,13 @@ fn disks_and_boot_files_reach_the_vm_on_another_node_and_go_with_destroy() {
         );
     }
     // The guest reads the base's file and the injected one.
-    let (exit, out) = cc_sh(&mut head, &ns, "cat /base/marker.txt /data/hello.txt");
+    let (exit, out) = cc_sh(
+        &mut head,
+        &ns,
+        UUID,
+        "cat /base/marker.txt /data/hello.txt",
+        LIMIT,
+    );
     assert_eq!(exit, 0, "{out}");
     // (minimega ends a raw response with a newline of its own.)
     assert_eq!(out.trim_end(), format!("{IN_BASE}\n{INJECTED}"));
@@ -351,7 +237,7 @@ fn disks_and_boot_files_reach_the_vm_on_another_node_and_go_with_destroy() {
     let (code, text) = run.plan();
     assert_eq!(code, Some(0), "repaired:\n{text}");
     assert!(ours(&files1).join("disks/data.qcow2").is_file());
-    let (exit, out) = cc_sh(&mut head, &ns, "cat /data/hello.txt");
+    let (exit, out) = cc_sh(&mut head, &ns, UUID, "cat /data/hello.txt", LIMIT);
     assert_eq!((exit, out.trim_end()), (0, INJECTED));
 
     // 2b. Another initrd (the same archive with zero padding after it, which

@@ -17,25 +17,13 @@ mod lab;
 mod minimega;
 #[path = "common/netns.rs"]
 mod netns;
+#[path = "common/run.rs"]
+mod run;
 
 use std::time::Duration;
 
 use lab::Lab;
 use megaplan::minimega::client::{Command as Mm, Name, vm_infos};
-
-fn cc(lab: &Lab, vm: &str, cmd: &str) -> String {
-    let out = lab.megaplan(&[
-        "cc",
-        "exec",
-        lab.f(),
-        "--filter",
-        &format!("name={vm}"),
-        "--",
-        cmd,
-    ]);
-    assert!(out.status.success(), "cc exec on {vm} failed: {cmd}");
-    String::from_utf8_lossy(&out.stdout).to_string()
-}
 
 #[test]
 fn the_imported_article_applies_and_the_monitor_sees_a_ping() {
@@ -60,22 +48,13 @@ fn the_imported_article_applies_and_the_monitor_sees_a_ping() {
     let dir = tempfile::tempdir().unwrap();
     let mm = dir.path().join("tap-mirror.mm");
     std::fs::write(&mm, script).unwrap();
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_megaplan"))
-        .args([
-            "import",
-            "minimega",
-            mm.to_str().unwrap(),
-            "--name",
-            "mm-import-e2e",
-        ])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let kdl = String::from_utf8(out.stdout).unwrap();
+    let kdl = run::stdout(&run::megaplan(&[
+        "import",
+        "minimega",
+        mm.to_str().unwrap(),
+        "--name",
+        "mm-import-e2e",
+    ]));
     assert!(kdl.contains("images \"images\""), "{kdl}");
     let lab = Lab::new(
         "imported.kdl",
@@ -84,21 +63,10 @@ fn the_imported_article_applies_and_the_monitor_sees_a_ping() {
     );
     lab.ok("apply", &["--auto-approve"]);
     // tcpdump is capturing once its file exists (bounded wait in the guest).
-    cc(
-        &lab,
-        "monitor",
-        "i=0; while [ ! -s /tmp/cap.pcap ] && [ $i -lt 200 ]; do i=$((i+1)); sleep 0.05; done; test -s /tmp/cap.pcap",
-    );
-    cc(&lab, "A", "ping -c 3 -W 5 10.0.0.2");
-    let seen = cc(&lab, "monitor", "tcpdump -n -r /tmp/cap.pcap");
-    assert!(
-        seen.contains("10.0.0.1 > 10.0.0.2: ICMP echo request"),
-        "{seen}"
-    );
-    assert!(
-        seen.contains("10.0.0.2 > 10.0.0.1: ICMP echo reply"),
-        "{seen}"
-    );
+    lab.wait_capture("monitor", "/tmp/cap.pcap");
+    lab.cc_exec("A", "ping -c 3 -W 5 10.0.0.2");
+    let seen = lab.cc_exec("monitor", "tcpdump -n -r /tmp/cap.pcap");
+    lab::assert_ping_seen(&seen, "10.0.0.1", "10.0.0.2");
     lab.ok("destroy", &["--auto-approve"]);
     lab.assert_clean();
 }
@@ -146,20 +114,15 @@ fn the_exported_seed_with_placement_builds_what_megaplan_expects_on_a_fresh_mesh
     let files = mm1.dir.join("files");
     let file = dir.path().join("tap-mirror.kdl");
     std::fs::write(&file, &placed).unwrap();
-    let o = std::process::Command::new(env!("CARGO_BIN_EXE_megaplan"))
-        .args([
-            "export",
-            "minimega",
-            file.to_str().unwrap(),
-            "--accel",
-            "tcg",
-            "--stage",
-            files.to_str().unwrap(),
-        ])
-        .output()
-        .unwrap();
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    let script = String::from_utf8(o.stdout).unwrap();
+    let script = run::stdout(&run::megaplan(&[
+        "export",
+        "minimega",
+        file.to_str().unwrap(),
+        "--accel",
+        "tcg",
+        "--stage",
+        files.to_str().unwrap(),
+    ]));
     let qemu = minimega::which("qemu-system-x86_64").unwrap();
     for want in [
         "ns add-hosts mm1,mm2\n".to_string(),
@@ -273,15 +236,7 @@ fn the_exported_seed_with_placement_builds_what_megaplan_expects_on_a_fresh_mesh
     let monitor = vms.iter().find(|v| v.name == "monitor").unwrap();
     assert_eq!(monitor.host, "mm1", "the monitor is kept with its source");
     // The mirror is on A's node: an OVS mirror into the monitor's tap.
-    let mirrors = mm1.exec(&[
-        "ovs-vsctl",
-        "--timeout=30",
-        "--data=bare",
-        "--no-headings",
-        "--columns=name",
-        "list",
-        "mirror",
-    ]);
+    let mirrors = mm1.mirror_names();
     assert_eq!(
         mirrors.trim(),
         format!("mirror-{}", monitor.networks[0].tap),
@@ -307,15 +262,7 @@ fn the_exported_seed_with_placement_builds_what_megaplan_expects_on_a_fresh_mesh
             ports == [minimega::TRUNK] && node.qemus().is_empty()
         });
         assert!(bare, "{}: left {ports:?} {:?}", node.name, node.processes());
-        let left = node.exec(&[
-            "ovs-vsctl",
-            "--timeout=30",
-            "--data=bare",
-            "--no-headings",
-            "--columns=name",
-            "list",
-            "mirror",
-        ]);
+        let left = node.mirror_names();
         assert!(
             left.trim().is_empty(),
             "{}: mirrors left: {left}",

@@ -2,23 +2,33 @@
 //! binary, and the minimega corpus (its own tests and articles' scripts) when
 //! `MEGAPLAN_MINIMEGA_CORPUS` names a folder of them.
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+#[path = "common/run.rs"]
+mod run;
 
-fn megaplan(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_megaplan"))
-        .args(args)
-        .env("NO_COLOR", "1")
-        .output()
-        .unwrap()
-}
+use std::path::{Path, PathBuf};
+use std::process::Output;
+
+use run::{lossy as text, megaplan, write_file};
 
 fn root() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
 }
 
-fn text(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).into_owned()
+/// `megaplan import|export minimega FROM -o TO`.
+fn convert_to(verb: &str, from: &Path, to: &Path) -> Output {
+    megaplan(&[
+        verb,
+        "minimega",
+        from.to_str().unwrap(),
+        "-o",
+        to.to_str().unwrap(),
+    ])
+}
+
+/// The command's stderr says `want`.
+fn assert_stderr(o: &Output, want: &str) {
+    let err = text(&o.stderr);
+    assert!(err.contains(want), "{err}");
 }
 
 #[test]
@@ -27,13 +37,7 @@ fn the_articles_script_imports_to_a_file_that_validates() {
     let script = root().join("examples/minimega/tap-mirror.mm");
     for ext in ["kdl", "toml"] {
         let out = dir.path().join(format!("tap-mirror.{ext}"));
-        let o = megaplan(&[
-            "import",
-            "minimega",
-            script.to_str().unwrap(),
-            "-o",
-            out.to_str().unwrap(),
-        ]);
+        let o = convert_to("import", &script, &out);
         assert!(o.status.success(), "{}", text(&o.stderr));
         let written = std::fs::read_to_string(&out).unwrap();
         let lead = if ext == "kdl" { "//" } else { "#" };
@@ -58,12 +62,11 @@ fn the_articles_script_imports_to_a_file_that_validates() {
 #[test]
 fn unmapped_commands_are_located_warnings_and_strict_refuses_them() {
     let dir = tempfile::tempdir().unwrap();
-    let script = dir.path().join("t.mm");
-    std::fs::write(
-        &script,
+    let script = write_file(
+        dir.path(),
+        "t.mm",
         "vm config kernel /k\nvm launch kvm a\n  qos add a 0 loss 0.5\n",
-    )
-    .unwrap();
+    );
     let s = script.to_str().unwrap();
     let o = megaplan(&["import", "minimega", s]);
     assert!(o.status.success(), "{}", text(&o.stderr));
@@ -86,27 +89,16 @@ fn unmapped_commands_are_located_warnings_and_strict_refuses_them() {
         out.to_str().unwrap(),
     ]);
     assert_eq!(o.status.code(), Some(1), "{}", text(&o.stderr));
-    assert!(
-        text(&o.stderr).contains("1 error found"),
-        "{}",
-        text(&o.stderr)
-    );
+    assert_stderr(&o, "1 error found");
     assert!(!out.exists(), "nothing is written when the import fails");
 }
 
 #[test]
 fn a_syntax_error_points_at_its_line_and_writes_nothing() {
     let dir = tempfile::tempdir().unwrap();
-    let script = dir.path().join("bad.mm");
-    std::fs::write(&script, "vm launch kvm a\ncc exec 'echo hi\n").unwrap();
+    let script = write_file(dir.path(), "bad.mm", "vm launch kvm a\ncc exec 'echo hi\n");
     let out = dir.path().join("bad.kdl");
-    let o = megaplan(&[
-        "import",
-        "minimega",
-        script.to_str().unwrap(),
-        "-o",
-        out.to_str().unwrap(),
-    ]);
+    let o = convert_to("import", &script, &out);
     assert_eq!(o.status.code(), Some(1));
     let err = text(&o.stderr);
     assert!(
@@ -163,7 +155,7 @@ fn bad_names_and_the_script_as_output_are_refused() {
     let s = script.to_str().unwrap();
     let o = megaplan(&["import", "minimega", s, "--name", "../x"]);
     assert_eq!(o.status.code(), Some(1));
-    assert!(text(&o.stderr).contains("--name"), "{}", text(&o.stderr));
+    assert_stderr(&o, "--name");
     let dir = tempfile::tempdir().unwrap();
     let kdl = dir.path().join("x.kdl");
     let o = megaplan(&[
@@ -176,19 +168,11 @@ fn bad_names_and_the_script_as_output_are_refused() {
         kdl.to_str().unwrap(),
     ]);
     assert_eq!(o.status.code(), Some(1));
-    assert!(
-        text(&o.stderr).contains("reads a file by its extension"),
-        "{}",
-        text(&o.stderr)
-    );
+    assert_stderr(&o, "reads a file by its extension");
     assert!(!kdl.exists());
     let o = megaplan(&["import", "minimega", s, "-o", s]);
     assert_eq!(o.status.code(), Some(1));
-    assert!(
-        text(&o.stderr).contains("is the script itself"),
-        "{}",
-        text(&o.stderr)
-    );
+    assert_stderr(&o, "is the script itself");
 }
 
 #[test]
@@ -197,24 +181,12 @@ fn export_then_import_keeps_every_resource() {
     for ex in ["tap-mirror.kdl", "bro-capture.kdl", "lab.kdl"] {
         let file = root().join("examples").join(ex);
         let mm = dir.path().join(format!("{ex}.mm"));
-        let o = megaplan(&[
-            "export",
-            "minimega",
-            file.to_str().unwrap(),
-            "-o",
-            mm.to_str().unwrap(),
-        ]);
+        let o = convert_to("export", &file, &mm);
         assert!(o.status.success(), "{ex}: {}", text(&o.stderr));
         let script = std::fs::read_to_string(&mm).unwrap();
         assert!(script.contains("\nvm start all\n"), "{script}");
         let back = dir.path().join(format!("{ex}.back.kdl"));
-        let o = megaplan(&[
-            "import",
-            "minimega",
-            mm.to_str().unwrap(),
-            "-o",
-            back.to_str().unwrap(),
-        ]);
+        let o = convert_to("import", &mm, &back);
         assert!(o.status.success(), "{ex}: {}\n{script}", text(&o.stderr));
         // The same numbers of resources (the unit round trip in
         // src/minimega/tests.rs compares whole labs).
@@ -320,13 +292,7 @@ fn the_minimega_corpus_imports_or_fails_with_located_messages() {
         let counts = by_folder.entry(folder).or_default();
         counts[0] += 1;
         let out = out_dir.path().join(format!("{i}.kdl"));
-        let o = megaplan(&[
-            "import",
-            "minimega",
-            f.to_str().unwrap(),
-            "-o",
-            out.to_str().unwrap(),
-        ]);
+        let o = convert_to("import", f, &out);
         let err = text(&o.stderr);
         assert!(!err.contains("panicked"), "{}: {err}", f.display());
         match o.status.code() {
@@ -375,26 +341,15 @@ fn the_minimega_corpus_imports_or_fails_with_located_messages() {
 #[test]
 fn export_refuses_an_invalid_experiment_and_writes_nothing() {
     let dir = tempfile::tempdir().unwrap();
-    let file = dir.path().join("bad.kdl");
-    std::fs::write(
-        &file,
+    let file = write_file(
+        dir.path(),
+        "bad.kdl",
         "experiment \"e\"\nvm \"a\" { kernel \"/k\"; nic \"nowhere\"; }\n",
-    )
-    .unwrap();
-    let out = dir.path().join("bad.mm");
-    let o = megaplan(&[
-        "export",
-        "minimega",
-        file.to_str().unwrap(),
-        "-o",
-        out.to_str().unwrap(),
-    ]);
-    assert_eq!(o.status.code(), Some(1));
-    assert!(
-        text(&o.stderr).contains("1 error found"),
-        "{}",
-        text(&o.stderr)
     );
+    let out = dir.path().join("bad.mm");
+    let o = convert_to("export", &file, &out);
+    assert_eq!(o.status.code(), Some(1));
+    assert_stderr(&o, "1 error found");
     assert!(!out.exists());
     // To stdout when there is no -o.
     let good = root().join("examples/tap-mirror.kdl");

@@ -14,24 +14,18 @@ mod lab;
 mod minimega;
 #[path = "common/netns.rs"]
 mod netns;
+#[path = "common/run.rs"]
+mod run;
 
 use std::time::{Duration, Instant};
 
-use megaplan::minimega::client::{
-    Client, ClientError, Command as Mm, Name, VmInfo, VmState, vm_infos,
-};
-use minimega::{Mesh, TRUNK, wait_for};
+use megaplan::minimega::client::{Client, ClientError, Command as Mm, Name, VmState};
+use minimega::{Mesh, TRUNK, by_name, namespace_listed, vm_info, wait_for};
 
 const NS: &str = "mp-mesh";
 /// Host tap addresses on the VMs' VLAN, one per node.
 const TAP_ADDRS: [&str; 2] = ["10.77.0.1", "10.77.0.2"];
 const TAPS: [&str; 2] = ["mmh1", "mmh2"];
-
-fn vm_info(c: &mut Client, ns: &Name) -> Vec<VmInfo> {
-    let cmd = Mm::new("vm").word("info").in_namespace(ns);
-    let resps = c.run_ok(&cmd).expect("vm info");
-    vm_infos(&cmd, &resps).expect("vm info data")
-}
 
 /// From `node`'s host tap to mm2's, COUNT pings within DEADLINE seconds.
 fn ping(node: &minimega::Node, count: u32, deadline: u32) -> std::process::Output {
@@ -52,12 +46,6 @@ fn ping(node: &minimega::Node, count: u32, deadline: u32) -> std::process::Outpu
         TAPS[0],
         TAP_ADDRS[1],
     ])
-}
-
-fn by_name<'a>(vms: &'a [VmInfo], name: &str) -> &'a VmInfo {
-    vms.iter()
-        .find(|v| v.name == name)
-        .unwrap_or_else(|| panic!("no VM {name} in {vms:?}"))
 }
 
 #[test]
@@ -318,11 +306,7 @@ fn a_two_node_mesh_runs_vms_on_both_nodes_and_cleans_up() {
         mm2.processes()
     );
 
-    let listed = |c: &mut Client| {
-        let r = c.run_ok(&Mm::new("namespace")).unwrap();
-        r.iter()
-            .any(|r| r.rows().iter().any(|row| row.contains(&("namespace", NS))))
-    };
+    let listed = |c: &mut Client| namespace_listed(c, NS);
     assert!(
         listed(&mut head),
         "namespace {NS} not listed on the head node"
@@ -343,19 +327,7 @@ fn a_two_node_mesh_runs_vms_on_both_nodes_and_cleans_up() {
     head.run_ok(&Mm::new("clear").word("namespace").name(&ns))
         .unwrap();
     for node in [mm1, mm2] {
-        assert!(
-            wait_for(Duration::from_secs(30), || node.qemus().is_empty()),
-            "QEMU left on {}: {:?}",
-            node.name,
-            node.processes()
-        );
-        // minimega removes a VM's tap once it has reaped its QEMU.
-        let mut ports = Vec::new();
-        let bare = wait_for(Duration::from_secs(30), || {
-            ports = node.bridge_ports();
-            ports == [TRUNK]
-        });
-        assert!(bare, "ports left on {}'s bridge: {ports:?}", node.name);
+        node.assert_bare();
     }
     assert!(
         !listed(&mut head),

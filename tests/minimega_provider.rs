@@ -22,13 +22,15 @@ mod lab;
 mod minimega;
 #[path = "common/netns.rs"]
 mod netns;
+#[path = "common/run.rs"]
+mod run;
 
-use std::path::{Path, PathBuf};
-use std::process::Output;
+use std::path::Path;
 use std::time::{Duration, Instant};
 
-use megaplan::minimega::client::{Client, Command as Mm, Name, VmInfo, VmState, vm_infos};
-use minimega::{Mesh, wait_for};
+use megaplan::minimega::client::{Client, Command as Mm, Name, VmState};
+use minimega::{Mesh, by_name, cc_sh, namespace_listed, vm_info, wait_for};
+use run::Run;
 
 const NS: &str = "tap-mirror";
 
@@ -91,131 +93,6 @@ vm "monitor" {{
     )
 }
 
-struct Run {
-    file: PathBuf,
-    work: PathBuf,
-}
-
-impl Run {
-    fn megaplan(&self, args: &[&str]) -> Output {
-        let out = std::process::Command::new(env!("CARGO_BIN_EXE_megaplan"))
-            .args(args)
-            .arg(&self.file)
-            .arg("--state-dir")
-            .arg(self.work.join("state"))
-            .env("MEGAPLAN_RUNTIME_DIR", self.work.join("run"))
-            .env("MEGAPLAN_ACCEL", "tcg")
-            .env("NO_COLOR", "1")
-            .output()
-            .unwrap();
-        eprintln!(
-            "$ megaplan {}\n{}{}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        out
-    }
-
-    fn ok(&self, args: &[&str]) -> String {
-        let out = self.megaplan(args);
-        assert!(out.status.success(), "megaplan {} failed", args.join(" "));
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    }
-
-    /// `plan --detailed-exitcode`: its exit code and text.
-    fn plan(&self) -> (Option<i32>, String) {
-        let out = self.megaplan(&["plan", "--detailed-exitcode"]);
-        (
-            out.status.code(),
-            String::from_utf8_lossy(&out.stdout).into_owned(),
-        )
-    }
-}
-
-fn vm_info(c: &mut Client, ns: &Name) -> Vec<VmInfo> {
-    let cmd = Mm::new("vm").word("info").in_namespace(ns);
-    let resps = c.run_ok(&cmd).expect("vm info");
-    vm_infos(&cmd, &resps).expect("vm info data")
-}
-
-fn by_name<'a>(vms: &'a [VmInfo], name: &str) -> &'a VmInfo {
-    vms.iter()
-        .find(|v| v.name == name)
-        .unwrap_or_else(|| panic!("no VM {name} in {vms:?}"))
-}
-
-/// Run `sh -c CMD` in the VM with `uuid` through minimega's cc (the test's
-/// own use of it, independent of the provider's); (exit code, stdout).
-fn cc_sh(c: &mut Client, ns: &Name, uuid: &str, cmd: &str) -> (i32, String) {
-    let filter = format!("uuid={uuid}");
-    c.run_ok(
-        &Mm::new("cc")
-            .word("filter")
-            .arg(&filter)
-            .unwrap()
-            .in_namespace(ns),
-    )
-    .unwrap();
-    let sent = c
-        .run_ok(
-            &Mm::new("cc")
-                .word("exec")
-                .arg("sh")
-                .unwrap()
-                .arg("-c")
-                .unwrap()
-                .arg(cmd)
-                .unwrap()
-                .in_namespace(ns),
-        )
-        .unwrap();
-    c.run_ok(&Mm::new("clear").word("cc").word("filter").in_namespace(ns))
-        .unwrap();
-    let ids: Vec<(String, u64)> = sent
-        .iter()
-        .filter_map(|r| Some((r.host.clone(), r.data.as_u64()?)))
-        .collect();
-    let mut answer = None;
-    let done = wait_for(Duration::from_secs(60), || {
-        for (host, id) in &ids {
-            let r = c
-                .run(
-                    &Mm::new("cc")
-                        .word("exitcode")
-                        .num(*id)
-                        .arg(uuid)
-                        .unwrap()
-                        .in_namespace(ns),
-                )
-                .unwrap();
-            if let Some(r) = r.iter().find(|r| &r.host == host && r.error.is_empty()) {
-                answer = Some((host.clone(), *id, r.response.trim().parse::<i32>().unwrap()));
-                return true;
-            }
-        }
-        false
-    });
-    assert!(done, "no answer from {uuid} to `{cmd}`");
-    let (host, id, exit) = answer.unwrap();
-    // Every node answers; the VM's node has the response.
-    let r = c
-        .run(
-            &Mm::new("cc")
-                .word("responses")
-                .num(id)
-                .word("raw")
-                .in_namespace(ns),
-        )
-        .unwrap();
-    let out = r
-        .iter()
-        .find(|r| r.host == host)
-        .map(|r| r.response.clone())
-        .unwrap_or_default();
-    (exit, out)
-}
-
 /// The monitor's received-frame count.
 fn rx_packets(c: &mut Client, ns: &Name) -> u64 {
     let (exit, out) = cc_sh(
@@ -223,6 +100,7 @@ fn rx_packets(c: &mut Client, ns: &Name) -> u64 {
         ns,
         "33333333-3333-3333-3333-333333333333",
         "cat /sys/class/net/eth0/statistics/rx_packets",
+        Duration::from_secs(60),
     );
     assert_eq!(exit, 0, "{out}");
     out.trim()
@@ -237,6 +115,7 @@ fn a_pings_b(c: &mut Client, ns: &Name) -> (i32, String) {
         ns,
         "11111111-1111-1111-1111-111111111111",
         "ping -c 5 -i 0.2 -W 5 10.0.0.2",
+        Duration::from_secs(60),
     )
 }
 
@@ -249,17 +128,10 @@ fn the_seed_experiment_runs_on_a_two_node_minimega_mesh() {
     let mm1 = &mesh.nodes[0];
     let work = tempfile::tempdir().unwrap();
     let images = work.path().join("images");
-    let mut opts = megaplan::image::ImageOptions::new(&images);
-    opts.kernel = megaplan::image::KernelSource::Dir(lab::guest_kernel_dir());
-    opts.agent = Some(PathBuf::from(env!("CARGO_BIN_EXE_megaplan-agent")));
-    opts.miniccc = Some(mesh.bin.join("miniccc"));
-    megaplan::image::build(&opts).expect("image build --miniccc");
+    mesh.build_miniccc_image(&images);
     let file = work.path().join("tap-mirror.kdl");
     std::fs::write(&file, experiment(&mm1.base, &images)).unwrap();
-    let run = Run {
-        file,
-        work: work.path().to_owned(),
-    };
+    let run = Run::new(&file, work.path());
     let ns = Name::new(NS).unwrap();
     let mut head = mm1.client();
     eprintln!("mesh and image ready after {:?}", t0.elapsed());
@@ -513,16 +385,9 @@ fn measure_apply_against_the_exported_script() {
     let mm1 = &mesh.nodes[0];
     let work = tempfile::tempdir().unwrap();
     let images = work.path().join("images");
-    let mut opts = megaplan::image::ImageOptions::new(&images);
-    opts.kernel = megaplan::image::KernelSource::Dir(lab::guest_kernel_dir());
-    opts.agent = Some(PathBuf::from(env!("CARGO_BIN_EXE_megaplan-agent")));
-    opts.miniccc = Some(mesh.bin.join("miniccc"));
-    megaplan::image::build(&opts).expect("image build --miniccc");
+    mesh.build_miniccc_image(&images);
     let file = work.path().join("mm-scale.kdl");
-    let run = Run {
-        file: file.clone(),
-        work: work.path().to_owned(),
-    };
+    let run = Run::new(&file, work.path());
     let ns = Name::new("mm-scale").unwrap();
     let mut head = mm1.client();
     let running = |c: &mut Client, n: usize| {
@@ -533,11 +398,7 @@ fn measure_apply_against_the_exported_script() {
     };
     let gone = |c: &mut Client| {
         wait_for(Duration::from_secs(120), || {
-            !c.run_ok(&Mm::new("namespace")).unwrap().iter().any(|r| {
-                r.rows()
-                    .iter()
-                    .any(|row| row.contains(&("namespace", "mm-scale")))
-            })
+            !namespace_listed(c, "mm-scale")
         })
     };
 
@@ -677,17 +538,10 @@ fn measure_destroy_of_8_vms() {
     let mm1 = &mesh.nodes[0];
     let work = tempfile::tempdir().unwrap();
     let images = work.path().join("images");
-    let mut opts = megaplan::image::ImageOptions::new(&images);
-    opts.kernel = megaplan::image::KernelSource::Dir(lab::guest_kernel_dir());
-    opts.agent = Some(PathBuf::from(env!("CARGO_BIN_EXE_megaplan-agent")));
-    opts.miniccc = Some(mesh.bin.join("miniccc"));
-    megaplan::image::build(&opts).expect("image build --miniccc");
+    mesh.build_miniccc_image(&images);
     let file = work.path().join("mm-scale.kdl");
     std::fs::write(&file, many(8, &mm1.base, &images)).unwrap();
-    let run = Run {
-        file,
-        work: work.path().to_owned(),
-    };
+    let run = Run::new(&file, work.path());
     let ns = Name::new("mm-scale").unwrap();
     let mut head = mm1.client();
     let mut took = Vec::new();

@@ -21,13 +21,15 @@ mod lab;
 mod minimega;
 #[path = "common/netns.rs"]
 mod netns;
+#[path = "common/run.rs"]
+mod run;
 
-use std::path::{Path, PathBuf};
-use std::process::Output;
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use megaplan::minimega::client::{Command as Mm, Name, vm_infos};
 use minimega::{Mesh, wait_for};
+use run::Run;
 
 fn experiment(base: &Path, images: &Path) -> String {
     let vm = |name: &str, host: &str| {
@@ -44,46 +46,6 @@ fn experiment(base: &Path, images: &Path) -> String {
     )
 }
 
-struct Run {
-    file: PathBuf,
-    work: PathBuf,
-}
-
-impl Run {
-    fn megaplan(&self, args: &[&str]) -> Output {
-        self.megaplan_env(args, &[])
-    }
-
-    fn megaplan_env(&self, args: &[&str], env: &[(&str, &str)]) -> Output {
-        let out = std::process::Command::new(env!("CARGO_BIN_EXE_megaplan"))
-            .args(args)
-            .envs(env.iter().copied())
-            .arg(&self.file)
-            .arg("--state-dir")
-            .arg(self.work.join("state"))
-            .env("MEGAPLAN_RUNTIME_DIR", self.work.join("run"))
-            .env("MEGAPLAN_ACCEL", "tcg")
-            .env("NO_COLOR", "1")
-            .output()
-            .unwrap();
-        eprintln!(
-            "$ megaplan {}\n{}{}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        out
-    }
-
-    fn text(out: &Output) -> String {
-        format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        )
-    }
-}
-
 #[test]
 fn a_crash_mid_batch_converges_and_a_vm_on_a_dead_node_is_named() {
     let Some(mut mesh) = Mesh::start("minimega_recovery") else {
@@ -91,17 +53,10 @@ fn a_crash_mid_batch_converges_and_a_vm_on_a_dead_node_is_named() {
     };
     let work = tempfile::tempdir().unwrap();
     let images = work.path().join("images");
-    let mut opts = megaplan::image::ImageOptions::new(&images);
-    opts.kernel = megaplan::image::KernelSource::Dir(lab::guest_kernel_dir());
-    opts.agent = Some(PathBuf::from(env!("CARGO_BIN_EXE_megaplan-agent")));
-    opts.miniccc = Some(mesh.bin.join("miniccc"));
-    megaplan::image::build(&opts).expect("image build --miniccc");
+    mesh.build_miniccc_image(&images);
     let file = work.path().join("mm-dead.kdl");
     std::fs::write(&file, experiment(&mesh.nodes[0].base, &images)).unwrap();
-    let run = Run {
-        file,
-        work: work.path().to_owned(),
-    };
+    let run = Run::new(&file, work.path());
     let ns = Name::new("mm-dead").unwrap();
 
     let mut head = mesh.nodes[0].client();
@@ -115,7 +70,7 @@ fn a_crash_mid_batch_converges_and_a_vm_on_a_dead_node_is_named() {
         std::os::unix::process::ExitStatusExt::signal(&out.status),
         Some(libc::SIGKILL),
         "the apply was killed at the crash point: {}",
-        Run::text(&out)
+        run::text(&out)
     );
     let queue = head
         .run_ok(&Mm::new("ns").word("queue").in_namespace(&ns))
@@ -139,7 +94,7 @@ fn a_crash_mid_batch_converges_and_a_vm_on_a_dead_node_is_named() {
         assert_eq!(c["action_reason"], "creation_interrupted", "{c}");
     }
     let out = run.megaplan(&["apply", "--auto-approve"]);
-    assert!(out.status.success(), "apply: {}", Run::text(&out));
+    assert!(out.status.success(), "apply: {}", run::text(&out));
     let queue = head
         .run_ok(&Mm::new("ns").word("queue").in_namespace(&ns))
         .unwrap();
@@ -152,7 +107,7 @@ fn a_crash_mid_batch_converges_and_a_vm_on_a_dead_node_is_named() {
     names.sort();
     assert_eq!(names, ["A", "B"], "each VM once: {vms:?}");
     let out = run.megaplan(&["plan", "--detailed-exitcode"]);
-    assert_eq!(out.status.code(), Some(0), "{}", Run::text(&out));
+    assert_eq!(out.status.code(), Some(0), "{}", run::text(&out));
     assert_eq!(mesh.nodes[1].qemus().len(), 1, "B's QEMU runs on mm2");
 
     // mm2 is lost: its minimega dies, B's QEMU runs on there, unreachable.
@@ -161,7 +116,7 @@ fn a_crash_mid_batch_converges_and_a_vm_on_a_dead_node_is_named() {
     let t = Instant::now();
     let out = run.megaplan(&["plan", "--detailed-exitcode"]);
     let took = t.elapsed();
-    let text = Run::text(&out);
+    let text = run::text(&out);
     assert_eq!(out.status.code(), Some(2), "{text}");
     assert!(
         took < Duration::from_secs(60),
@@ -188,7 +143,7 @@ fn a_crash_mid_batch_converges_and_a_vm_on_a_dead_node_is_named() {
 
     // Destroy removes A and says it could not remove B, naming mm2.
     let out = run.megaplan(&["destroy", "--auto-approve"]);
-    let text = Run::text(&out);
+    let text = run::text(&out);
     assert!(!out.status.success(), "destroy cannot remove B: {text}");
     assert!(
         text.lines()

@@ -20,9 +20,11 @@ mod lab;
 mod minimega;
 #[path = "common/netns.rs"]
 mod netns;
+#[path = "common/run.rs"]
+mod run;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
@@ -428,11 +430,7 @@ fn import_then_export_runs_on_minimega_like_the_original_script() {
 
     // The image: megaplan's, with minimega's miniccc.
     let images = work.path().join("images");
-    let mut opts = megaplan::image::ImageOptions::new(&images);
-    opts.kernel = megaplan::image::KernelSource::Dir(lab::guest_kernel_dir());
-    opts.agent = Some(PathBuf::from(env!("CARGO_BIN_EXE_megaplan-agent")));
-    opts.miniccc = Some(mesh.bin.join("miniccc"));
-    megaplan::image::build(&opts).expect("image build --miniccc");
+    mesh.build_miniccc_image(&images);
 
     let qemu = minimega::which("qemu-system-x86_64").unwrap();
     // What a minimega user adds to run without KVM, small.

@@ -5,6 +5,8 @@
 mod lab;
 #[path = "common/netns.rs"]
 mod netns;
+#[path = "common/run.rs"]
+mod run;
 
 use lab::Lab;
 
@@ -21,28 +23,6 @@ fn addr(ip: &str) -> String {
 }
 
 const MONITOR_CC: &str = "    mirrors \"A\"\n    cc {\n        exec \"ip link set eth0 up\"\n        background \"tcpdump -U -n -i eth0 -w /tmp/cap.pcap\"\n    }\n";
-
-/// Wait (bounded) until the monitor's capture file exists: tcpdump is capturing.
-fn wait_capture(lab: &Lab, vm: &str, path: &str) {
-    let script = format!(
-        "i=0; while [ ! -s {path} ] && [ $i -lt 200 ]; do i=$((i+1)); sleep 0.05; done; test -s {path}"
-    );
-    cc(lab, vm, &script);
-}
-
-fn cc(lab: &Lab, vm: &str, cmd: &str) -> String {
-    let out = lab.megaplan(&[
-        "cc",
-        "exec",
-        lab.f(),
-        "--filter",
-        &format!("name={vm}"),
-        "--",
-        cmd,
-    ]);
-    assert!(out.status.success(), "cc exec on {vm} failed: {cmd}");
-    String::from_utf8_lossy(&out.stdout).to_string()
-}
 
 fn seed_text(extra: &str) -> String {
     format!(
@@ -69,18 +49,11 @@ fn mirror_shows_a_and_b_but_not_another_network() {
         &seed_text(&other).replace("{NAME}", "seed-mirror"),
     );
     lab.ok("apply", &["--auto-approve"]);
-    wait_capture(&lab, "monitor", "/tmp/cap.pcap");
-    cc(&lab, "A", "ping -c 3 -W 5 10.0.0.2");
-    cc(&lab, "C", "ping -c 3 -W 5 10.0.1.4");
-    let seen = cc(&lab, "monitor", "tcpdump -n -r /tmp/cap.pcap");
-    assert!(
-        seen.contains("10.0.0.1 > 10.0.0.2: ICMP echo request"),
-        "{seen}"
-    );
-    assert!(
-        seen.contains("10.0.0.2 > 10.0.0.1: ICMP echo reply"),
-        "{seen}"
-    );
+    lab.wait_capture("monitor", "/tmp/cap.pcap");
+    lab.cc_exec("A", "ping -c 3 -W 5 10.0.0.2");
+    lab.cc_exec("C", "ping -c 3 -W 5 10.0.1.4");
+    let seen = lab.cc_exec("monitor", "tcpdump -n -r /tmp/cap.pcap");
+    lab::assert_ping_seen(&seen, "10.0.0.1", "10.0.0.2");
     assert!(
         !seen.contains("10.0.1."),
         "the monitor saw the other network:\n{seen}"
@@ -110,8 +83,8 @@ fn capture_on_a_keep_disk_survives_destroy_and_extracts() {
     );
     let lab = Lab::new("bro.kdl", "bro-e2e", &text);
     lab.ok("apply", &["--auto-approve"]);
-    wait_capture(&lab, "monitor", "/bro/capture.pcap");
-    cc(&lab, "A", "ping -c 3 -W 5 10.0.0.2");
+    lab.wait_capture("monitor", "/bro/capture.pcap");
+    lab.cc_exec("A", "ping -c 3 -W 5 10.0.0.2");
     // Refused while the VM using the disk runs.
     let to = lab.dir.path().join("extracted");
     let extract = || {
@@ -177,7 +150,7 @@ fn rerun_reproduces_identities_and_drift_is_repaired() {
             .collect()
     };
     let first = ids(&lab);
-    let live_uuid = cc(&lab, "A", "cat /sys/class/dmi/id/product_uuid");
+    let live_uuid = lab.cc_exec("A", "cat /sys/class/dmi/id/product_uuid");
     assert_eq!(
         live_uuid.lines().nth(1).unwrap_or_default().to_lowercase(),
         first[0]
@@ -205,9 +178,9 @@ fn rerun_reproduces_identities_and_drift_is_repaired() {
     assert!(plan.contains("# vm.monitor.cc[1] will run again"), "{plan}");
     lab.ok("apply", &["--auto-approve"]);
     lab.assert_converged("plan after apply");
-    wait_capture(&lab, "monitor", "/tmp/cap.pcap");
-    cc(&lab, "A", "ping -c 2 -W 5 10.0.0.2");
-    let seen = cc(&lab, "monitor", "tcpdump -n -r /tmp/cap.pcap");
+    lab.wait_capture("monitor", "/tmp/cap.pcap");
+    lab.cc_exec("A", "ping -c 2 -W 5 10.0.0.2");
+    let seen = lab.cc_exec("monitor", "tcpdump -n -r /tmp/cap.pcap");
     assert!(
         seen.contains("10.0.0.1 > 10.0.0.2: ICMP echo request"),
         "{seen}"

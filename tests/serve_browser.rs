@@ -13,6 +13,8 @@
 mod lab;
 #[path = "common/netns.rs"]
 mod netns;
+#[path = "common/run.rs"]
+mod run;
 
 use std::fs::File;
 use std::io::{BufRead, BufReader, Write};

@@ -5,6 +5,8 @@
 
 #[path = "common/netns.rs"]
 mod netns;
+#[path = "common/run.rs"]
+mod run;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
@@ -24,6 +26,36 @@ impl Drop for Server {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// `GET /events` on `addr`: the stream, read up to its first event, and
+/// that event's `data: ` line.
+fn events(addr: &str) -> (BufReader<TcpStream>, String) {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    write!(s, "GET /events HTTP/1.1\r\nHost: {addr}\r\n\r\n").unwrap();
+    let mut r = BufReader::new(s);
+    let mut line = String::new();
+    while !line.starts_with("data: ") {
+        line.clear();
+        assert!(r.read_line(&mut line).unwrap() > 0, "stream closed");
+    }
+    (r, line)
+}
+
+/// `serve` refused to start: it exited 1 saying `why`.
+fn assert_refused(started: Result<Server, String>, why: &str) {
+    let Err(err) = started else {
+        panic!("serve started, but should have refused: {why}");
+    };
+    assert!(err.starts_with("Some(1)") && err.contains(why), "{err}");
+}
+
+/// A token file holding `token` in `dir`: its path.
+fn write_token(dir: &std::path::Path, token: &str) -> std::path::PathBuf {
+    let f = dir.join("token");
+    std::fs::write(&f, token).unwrap();
+    f
 }
 
 fn serve(dir: &std::path::Path, netns: Option<&str>, args: &[&str]) -> Result<Server, String> {
@@ -178,15 +210,7 @@ fn the_page_its_assets_and_nothing_else() {
         "{snap}"
     );
     // The event stream starts with the current snapshot.
-    let mut s = TcpStream::connect(&srv.addr).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
-    write!(s, "GET /events HTTP/1.1\r\nHost: {}\r\n\r\n", srv.addr).unwrap();
-    let mut r = BufReader::new(s);
-    let mut line = String::new();
-    while !line.starts_with("data: ") {
-        line.clear();
-        assert!(r.read_line(&mut line).unwrap() > 0, "stream closed");
-    }
+    let (_stream, line) = events(&srv.addr);
     let ev: serde_json::Value = serde_json::from_str(line.trim_start_matches("data: ")).unwrap();
     assert_eq!(ev["experiment"], "web");
     // Writes are refused: the view is read-only.
@@ -249,20 +273,16 @@ fn actions_apply_and_destroy_through_the_page() {
     let dir = tempfile::tempdir().unwrap();
     let text = "experiment \"webact\"\nnetwork \"LAN\"\n";
     // Actions need the token even on loopback.
-    let err = serve_text(
-        dir.path(),
-        Some(&ns.name),
-        text,
-        &["--listen", "127.0.0.1:0", "--allow-actions"],
-    )
-    .err()
-    .expect("--allow-actions without a token must fail");
-    assert!(
-        err.starts_with("Some(1)") && err.contains("--allow-actions needs --token"),
-        "{err}"
+    assert_refused(
+        serve_text(
+            dir.path(),
+            Some(&ns.name),
+            text,
+            &["--listen", "127.0.0.1:0", "--allow-actions"],
+        ),
+        "--allow-actions needs --token",
     );
-    let token_file = dir.path().join("token");
-    std::fs::write(&token_file, "act-token\n").unwrap();
+    let token_file = write_token(dir.path(), "act-token\n");
     let srv = serve_text(
         dir.path(),
         Some(&ns.name),
@@ -404,15 +424,7 @@ fn connections_beyond_the_limit_are_turned_away() {
     // 64 event streams hold every slot (each has had its first event).
     let mut held = Vec::new();
     for _ in 0..64 {
-        let mut s = TcpStream::connect(&srv.addr).unwrap();
-        s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
-        write!(s, "GET /events HTTP/1.1\r\nHost: {}\r\n\r\n", srv.addr).unwrap();
-        let mut r = BufReader::new(s);
-        let mut line = String::new();
-        while !line.starts_with("data: ") {
-            line.clear();
-            assert!(r.read_line(&mut line).unwrap() > 0, "stream closed");
-        }
+        let (r, _) = events(&srv.addr);
         held.push(r);
     }
     assert_eq!(get(&srv.addr, "/", "").0, 503);
@@ -450,15 +462,11 @@ fn off_loopback_every_request_needs_the_token() {
     }
     let dir = tempfile::tempdir().unwrap();
     // Without a token, binding off loopback is refused.
-    let err = serve(dir.path(), Some(&ns.name), &["--listen", "10.203.0.1:0"])
-        .err()
-        .expect("serve without a token off loopback must fail");
-    assert!(
-        err.starts_with("Some(1)") && err.contains("needs --token"),
-        "{err}"
+    assert_refused(
+        serve(dir.path(), Some(&ns.name), &["--listen", "10.203.0.1:0"]),
+        "needs --token",
     );
-    let token_file = dir.path().join("token");
-    std::fs::write(&token_file, "s3cret-token\n").unwrap();
+    let token_file = write_token(dir.path(), "s3cret-token\n");
     let srv = serve(
         dir.path(),
         Some(&ns.name),
@@ -706,12 +714,7 @@ fn graph_svg_boxes_the_vms_by_the_nodes_recorded_in_the_state() {
             .current_dir(dir.path())
             .output()
             .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8(out.stdout).unwrap()
+        run::stdout(&out)
     };
     // No state yet: no host boxes.
     assert_eq!(graph().matches("<g class=\"host\"").count(), 0);

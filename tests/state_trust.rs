@@ -5,6 +5,8 @@
 
 #[path = "common/netns.rs"]
 mod netns;
+#[path = "common/run.rs"]
+mod run;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -49,27 +51,14 @@ impl Host {
     }
 
     fn run(&self, args: &[&str]) -> Output {
-        let out = Command::new("ip")
-            .args(["netns", "exec", &self.ns.name])
-            .arg(env!("CARGO_BIN_EXE_megaplan"))
-            .args(args)
-            .env("MEGAPLAN_RUNTIME_DIR", self.dir.path().join("run"))
-            .env("NO_COLOR", "1")
-            .output()
-            .unwrap();
-        eprintln!(
-            "$ megaplan {}\n{}{}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        out
+        run::logged(
+            &mut run::in_netns(&self.ns.name, &self.dir.path().join("run"), args),
+            args,
+        )
     }
 
     fn ok(&self, args: &[&str]) -> String {
-        let out = self.run(args);
-        assert!(out.status.success(), "megaplan {args:?} failed");
-        String::from_utf8_lossy(&out.stdout).into_owned()
+        run::succeeded(&self.run(args), args)
     }
 
     /// Fails with this exit code (docs/cli.md), and says so on stderr: the stderr.

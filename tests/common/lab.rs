@@ -8,6 +8,7 @@ use std::process::{Command, Output};
 use std::sync::OnceLock;
 
 use super::netns::NetnsGuard;
+use super::run;
 
 /// True when this machine can run guests: root, QEMU, the guest kernel.
 pub fn can_boot(test: &str) -> bool {
@@ -97,38 +98,27 @@ impl Lab {
     }
 
     pub fn megaplan_env(&self, args: &[&str], env: &[(&str, &str)]) -> Output {
-        let out = Command::new("ip")
-            .args(["netns", "exec", &self.ns.name])
-            .arg(env!("CARGO_BIN_EXE_megaplan"))
-            .args(args)
-            .env("MEGAPLAN_RUNTIME_DIR", self.dir.path().join("run"))
-            .env("MEGAPLAN_ACCEL", "tcg")
-            .env("NO_COLOR", "1")
-            .envs(env.iter().copied())
-            .output()
-            .unwrap();
-        eprintln!(
-            "$ megaplan {}\n{}{}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        out
+        run::logged(
+            self.command(args)
+                .env("MEGAPLAN_ACCEL", "tcg")
+                .envs(env.iter().copied()),
+            args,
+        )
+    }
+
+    /// `megaplan ARGS…` in the lab's namespace with its runtime folder.
+    fn command(&self, args: &[&str]) -> Command {
+        run::in_netns(&self.ns.name, &self.dir.path().join("run"), args)
     }
 
     /// Start `megaplan SUB FILE ARGS…` with the lab's environment and piped
     /// stdin, stdout and stderr; the caller waits for (or kills) it.
     pub fn spawn(&self, sub: &str, args: &[&str]) -> std::process::Child {
         use std::process::Stdio;
-        Command::new("ip")
-            .args(["netns", "exec", &self.ns.name])
-            .arg(env!("CARGO_BIN_EXE_megaplan"))
-            .arg(sub)
-            .arg(self.f())
-            .args(args)
-            .env("MEGAPLAN_RUNTIME_DIR", self.dir.path().join("run"))
+        let mut all = vec![sub, self.f()];
+        all.extend_from_slice(args);
+        self.command(&all)
             .env("MEGAPLAN_ACCEL", "tcg")
-            .env("NO_COLOR", "1")
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -144,9 +134,24 @@ impl Lab {
     }
 
     pub fn ok(&self, sub: &str, args: &[&str]) -> String {
-        let out = self.run(sub, args);
-        assert!(out.status.success(), "megaplan {sub} failed");
-        String::from_utf8_lossy(&out.stdout).to_string()
+        run::succeeded(&self.run(sub, args), &[sub])
+    }
+
+    /// Wait (bounded, in the guest) until `vm`'s capture file `path` is not
+    /// empty: its tcpdump is capturing.
+    pub fn wait_capture(&self, vm: &str, path: &str) {
+        let script = format!(
+            "i=0; while [ ! -s {path} ] && [ $i -lt 200 ]; do i=$((i+1)); sleep 0.05; done; test -s {path}"
+        );
+        self.cc_exec(vm, &script);
+    }
+
+    /// `megaplan cc exec FILE --filter name=VM -- CMD` must succeed: its stdout.
+    pub fn cc_exec(&self, vm: &str, cmd: &str) -> String {
+        let filter = format!("name={vm}");
+        let out = self.megaplan(&["cc", "exec", self.f(), "--filter", &filter, "--", cmd]);
+        assert!(out.status.success(), "cc exec on {vm} failed: {cmd}");
+        run::lossy(&out.stdout)
     }
 
     /// `plan --detailed-exitcode` must find changes (exit 2); its text.
@@ -247,6 +252,19 @@ impl Lab {
             "overlays left"
         );
     }
+}
+
+/// tcpdump's text `seen` has an ICMP echo request from `a` to `b` and `b`'s
+/// reply.
+pub fn assert_ping_seen(seen: &str, a: &str, b: &str) {
+    assert!(
+        seen.contains(&format!("{a} > {b}: ICMP echo request")),
+        "{seen}"
+    );
+    assert!(
+        seen.contains(&format!("{b} > {a}: ICMP echo reply")),
+        "{seen}"
+    );
 }
 
 pub fn alive(pid: i32) -> bool {

@@ -32,7 +32,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use megaplan::minimega::client::{Client, Command as Mm, HostResponse};
+use megaplan::minimega::client::{Client, Command as Mm, HostResponse, Name, VmInfo, vm_infos};
 
 use super::netns::NetnsGuard;
 
@@ -462,6 +462,28 @@ pub struct Mesh {
     dir: Option<tempfile::TempDir>,
 }
 
+impl Node {
+    /// Node `i` (`NAMES[i]`) in its own namespace, its folders made under
+    /// `root`; nothing started yet.
+    fn new(root: &Path, i: usize) -> Node {
+        let ndir = root.join(NAMES[i]);
+        let node = Node {
+            name: NAMES[i],
+            addr: ADDRS[i],
+            veth: VETHS[i],
+            ns: NetnsGuard::new(),
+            base: ndir.join("base"),
+            ovs: ndir.join("ovs"),
+            dir: ndir,
+            minimega: None,
+        };
+        for d in [&node.dir, &node.base, &node.ovs, &node.dir.join("files")] {
+            std::fs::create_dir_all(d).unwrap();
+        }
+        node
+    }
+}
+
 impl Mesh {
     /// Build and start the mesh; None (after printing why) when the test
     /// should skip.
@@ -489,20 +511,7 @@ impl Mesh {
             dir: Some(dir),
         };
         for i in 0..2 {
-            let ndir = mesh.dir.as_ref().unwrap().path().join(NAMES[i]);
-            let node = Node {
-                name: NAMES[i],
-                addr: ADDRS[i],
-                veth: VETHS[i],
-                ns: NetnsGuard::new(),
-                base: ndir.join("base"),
-                ovs: ndir.join("ovs"),
-                dir: ndir,
-                minimega: None,
-            };
-            for d in [&node.dir, &node.base, &node.ovs, &node.dir.join("files")] {
-                std::fs::create_dir_all(d).unwrap();
-            }
+            let node = Node::new(mesh.dir.as_ref().unwrap().path(), i);
             mesh.nodes.push(node);
         }
         // From here on, Drop cleans up whatever a failing step left.
@@ -587,20 +596,7 @@ impl Mesh {
             .tempdir()
             .unwrap();
         let context = format!("megaplan-test-{}", std::process::id());
-        let ndir = dir.path().join(NAMES[0]);
-        let node = Node {
-            name: NAMES[0],
-            addr: ADDRS[0],
-            veth: VETHS[0],
-            ns: NetnsGuard::new(),
-            base: ndir.join("base"),
-            ovs: ndir.join("ovs"),
-            dir: ndir,
-            minimega: None,
-        };
-        for d in [&node.dir, &node.base, &node.ovs, &node.dir.join("files")] {
-            std::fs::create_dir_all(d).unwrap();
-        }
+        let node = Node::new(dir.path(), 0);
         let mut mesh = Mesh {
             nodes: vec![node],
             bin,
@@ -616,6 +612,17 @@ impl Mesh {
 
     pub fn head(&self) -> &Node {
         &self.nodes[0]
+    }
+
+    /// `image build --miniccc` into `images`: the test guest's kernel and
+    /// initrd with megaplan's agent and this mesh's miniccc, so minimega's
+    /// cc talks to the guests.
+    pub fn build_miniccc_image(&self, images: &Path) {
+        let mut opts = megaplan::image::ImageOptions::new(images);
+        opts.kernel = megaplan::image::KernelSource::Dir(super::lab::guest_kernel_dir());
+        opts.agent = Some(PathBuf::from(env!("CARGO_BIN_EXE_megaplan-agent")));
+        opts.miniccc = Some(self.bin.join("miniccc"));
+        megaplan::image::build(&opts).expect("image build --miniccc");
     }
 
     /// Tear down now (Drop does the same) and fail if anything was left.
@@ -687,17 +694,128 @@ pub fn cell<'a>(resps: &'a [HostResponse], col: &str) -> Option<&'a str> {
     r.tabular.first()?.get(i).map(String::as_str)
 }
 
+/// `vm info` in namespace `ns`, parsed.
+pub fn vm_info(c: &mut Client, ns: &Name) -> Vec<VmInfo> {
+    let cmd = Mm::new("vm").word("info").in_namespace(ns);
+    let resps = c.run_ok(&cmd).expect("vm info");
+    vm_infos(&cmd, &resps).expect("vm info data")
+}
+
+/// The VM called `name`; panics naming what there is when there is none.
+pub fn by_name<'a>(vms: &'a [VmInfo], name: &str) -> &'a VmInfo {
+    vms.iter()
+        .find(|v| v.name == name)
+        .unwrap_or_else(|| panic!("no VM {name} in {vms:?}"))
+}
+
+/// Whether minimega's `namespace` lists `ns` on the node behind `c`.
+pub fn namespace_listed(c: &mut Client, ns: &str) -> bool {
+    let r = c.run_ok(&Mm::new("namespace")).unwrap();
+    r.iter()
+        .any(|r| r.rows().iter().any(|row| row.contains(&("namespace", ns))))
+}
+
+/// Run `sh -c CMD` in the VM with `uuid` through minimega's cc (the test's
+/// own use of it, independent of the provider's), waiting at most `limit`
+/// for its exit code: (exit code, stdout). Every node answers the exit code
+/// query; the VM's node has the response.
+pub fn cc_sh(c: &mut Client, ns: &Name, uuid: &str, cmd: &str, limit: Duration) -> (i32, String) {
+    let filter = format!("uuid={uuid}");
+    let on = |m: Mm| m.in_namespace(ns);
+    c.run_ok(&on(Mm::new("cc").word("filter").arg(&filter).unwrap()))
+        .unwrap();
+    let sent = c
+        .run_ok(&on(Mm::new("cc")
+            .word("exec")
+            .arg("sh")
+            .unwrap()
+            .arg("-c")
+            .unwrap()
+            .arg(cmd)
+            .unwrap()))
+        .unwrap();
+    c.run_ok(&on(Mm::new("clear").word("cc").word("filter")))
+        .unwrap();
+    let ids: Vec<(String, u64)> = sent
+        .iter()
+        .filter_map(|r| Some((r.host.clone(), r.data.as_u64()?)))
+        .collect();
+    let mut answer = None;
+    let done = wait_for(limit, || {
+        for (host, id) in &ids {
+            let r = c
+                .run(&on(Mm::new("cc")
+                    .word("exitcode")
+                    .num(*id)
+                    .arg(uuid)
+                    .unwrap()))
+                .unwrap();
+            if let Some(r) = r.iter().find(|r| &r.host == host && r.error.is_empty()) {
+                let exit = r.response.trim().parse::<i32>();
+                let exit = exit.unwrap_or_else(|e| panic!("exit code {:?}: {e}", r.response));
+                answer = Some((host.clone(), *id, exit));
+                return true;
+            }
+        }
+        false
+    });
+    assert!(done, "no answer from {uuid} to `{cmd}`");
+    let (host, id, exit) = answer.unwrap();
+    let r = c
+        .run(&on(Mm::new("cc").word("responses").num(id).word("raw")))
+        .unwrap();
+    let out = r
+        .iter()
+        .find(|r| r.host == host)
+        .map(|r| r.response.clone())
+        .unwrap_or_default();
+    (exit, out)
+}
+
+impl Node {
+    /// The names of the OVS mirrors on the node, one a line.
+    pub fn mirror_names(&self) -> String {
+        self.exec(&[
+            "ovs-vsctl",
+            "--timeout=30",
+            "--data=bare",
+            "--no-headings",
+            "--columns=name",
+            "list",
+            "mirror",
+        ])
+    }
+
+    /// After a destroy: no QEMU left on the node and only the trunk on its
+    /// bridge (minimega removes a VM's tap once it has reaped its QEMU),
+    /// each waited for at most 30 s.
+    pub fn assert_bare(&self) {
+        assert!(
+            wait_for(Duration::from_secs(30), || self.qemus().is_empty()),
+            "QEMU left on {}: {:?}",
+            self.name,
+            self.processes()
+        );
+        let mut ports = Vec::new();
+        let bare = wait_for(Duration::from_secs(30), || {
+            ports = self.bridge_ports();
+            ports == [TRUNK]
+        });
+        assert!(bare, "ports left on {}'s bridge: {ports:?}", self.name);
+    }
+}
+
 /// After `megaplan destroy` of `experiment` (its namespace has the same
 /// name): nothing of it is left on any node of `mesh` (issue 14, "Destroy
 /// leaves nothing on any node"). On every node: the namespace is gone
 /// (`namespace`), no VM with the experiment's marker in any namespace
-/// still listed (`vm info`), no QEMU, no mirror (`ovs-vsctl list mirror`),
-/// no port on `mega_bridge` but the trunk (minimega's taps, a host tap),
-/// and no `megaplan/EXPERIMENT` folder in the node's file path (its disks
-/// and boot files; an experiment with `keep` disks asserts those itself).
+/// still listed (`vm info`), no QEMU and no port on `mega_bridge` but the
+/// trunk ([`Node::assert_bare`]: minimega's taps, a host tap), no mirror
+/// (`ovs-vsctl list mirror`), and no `megaplan/EXPERIMENT` folder in the
+/// node's file path (its disks and boot files; an experiment with `keep`
+/// disks asserts those itself).
 pub fn assert_nothing_left(mesh: &Mesh, experiment: &str) {
     use megaplan::minimega::MARKER_TAG;
-    use megaplan::minimega::client::{Name, vm_infos};
     let marker = format!("{experiment}:");
     for node in &mesh.nodes {
         let mut c = node.client();
@@ -720,16 +838,14 @@ pub fn assert_nothing_left(mesh: &Mesh, experiment: &str) {
         );
         for ns in &listed {
             let ns = Name::new(ns).unwrap();
-            let cmd = Mm::new("vm").word("info").word("summary").in_namespace(&ns);
-            let vms = vm_infos(&cmd, &c.run(&cmd).unwrap()).unwrap();
-            let ours: Vec<&str> = vms
-                .iter()
+            let ours: Vec<String> = vm_info(&mut c, &ns)
+                .into_iter()
                 .filter(|v| {
                     v.tags
                         .get(MARKER_TAG)
                         .is_some_and(|m| m.starts_with(&marker))
                 })
-                .map(|v| v.name.as_str())
+                .map(|v| v.name)
                 .collect();
             assert!(
                 ours.is_empty(),
@@ -737,24 +853,13 @@ pub fn assert_nothing_left(mesh: &Mesh, experiment: &str) {
                 node.name
             );
         }
-        assert!(
-            wait_for(STEP, || node.qemus().is_empty()),
-            "QEMU left on {}: {:?}",
-            node.name,
-            node.processes()
-        );
+        node.assert_bare();
         let mirrors = node.exec(&["ovs-vsctl", "--timeout=30", "list", "mirror"]);
         assert!(
             mirrors.trim().is_empty(),
             "mirrors left on {}: {mirrors}",
             node.name
         );
-        let mut ports = Vec::new();
-        let bare = wait_for(STEP, || {
-            ports = node.bridge_ports();
-            ports == [TRUNK]
-        });
-        assert!(bare, "ports left on {}'s bridge: {ports:?}", node.name);
         let folder = node.dir.join("files/megaplan").join(experiment);
         assert!(
             !folder.exists(),
