@@ -12,7 +12,8 @@
 //!   exist are never changed.
 //! - Only what refresh saw under this experiment's marker (links, QEMUs in
 //!   this experiment's runtime folder, mirrors between its taps) and disk
-//!   files at the file's own names in `disks/` (plain files, not links) is
+//!   files the provider has at the file's own names (`disk_present`: the
+//!   local engine's are plain files in `disks/`, not links) is
 //!   adopted, each with the attributes the file gives it today; steps only
 //!   with a recorded exit in `cc/VM/STEP/exit` on a VM adopted at the same time.
 //! - Adopted objects are `Ready`: the planner's live checks still replace
@@ -21,15 +22,23 @@
 use crate::graph::{self, Spec};
 use crate::lab::Lab;
 use crate::observed::{Observed, ObservedKind};
+use crate::provider::Provider;
 use crate::state::{Kind, Record, State, StateDir};
 
 /// The generation given to an adopted VM (and the steps adopted on it).
 const ADOPTED_GENERATION: u64 = 1;
 
 /// Fill the records `state` lacks from what `observed` and the state folder
-/// hold; the adopted addresses (empty when there was nothing to do). Disks
-/// adopted are added to `observed.disks` (refresh lists only recorded ones).
-pub fn adopt(lab: &Lab, state: &mut State, observed: &mut Observed, sd: &StateDir) -> Vec<String> {
+/// hold, and the disk files `provider` has (`Provider::disk_present`); the
+/// adopted addresses (empty when there was nothing to do). Disks adopted
+/// are added to `observed.disks` (refresh lists only recorded ones).
+pub fn adopt<P: Provider>(
+    provider: &P,
+    lab: &Lab,
+    state: &mut State,
+    observed: &mut Observed,
+    sd: &StateDir,
+) -> Vec<String> {
     if lab.name != state.experiment {
         return Vec::new();
     }
@@ -49,11 +58,7 @@ pub fn adopt(lab: &Lab, state: &mut State, observed: &mut Observed, sd: &StateDi
                 .links
                 .get(&r.address)
                 .is_some_and(|l| l.kind == ObservedKind::Tun && Some(&l.name) == t.name.as_ref()),
-            Spec::Disk(d) => sd
-                .disk_file(&d.disk.file_name())
-                .ok()
-                .and_then(|p| p.symlink_metadata().ok())
-                .is_some_and(|m| m.file_type().is_file()),
+            Spec::Disk(d) => provider.disk_present(sd, &d.disk.file_name()),
             Spec::Vm(_) => match observed.vms.get(&r.address) {
                 Some(v) if v.alive => {
                     rec.pid = v.pid;
@@ -146,6 +151,7 @@ mod tests {
     use crate::diag::SourceFile;
     use crate::observed::{ObservedLink, ObservedMirror, ObservedVm};
     use crate::plan::{self, Action, Mode};
+    use crate::provider::memory::MemoryProvider;
 
     const LAB: &str = r#"experiment "x"
 network "LAN"
@@ -182,6 +188,13 @@ vm "B" {
             controller: None,
             mac: None,
         }
+    }
+
+    /// An engine holding the keep disk's file (the user's data).
+    fn with_keep_disk() -> MemoryProvider {
+        let mem = MemoryProvider::new("x");
+        mem.world_mut().disks.insert("keep.raw".into(), true);
+        mem
     }
 
     /// The host of an applied `lab` whose state.json was lost.
@@ -225,8 +238,7 @@ vm "B" {
             root: t.path().join("s"),
             experiment: "x".into(),
         };
-        std::fs::create_dir_all(sd.disks()).unwrap();
-        std::fs::write(sd.disks().join("keep.raw"), "user data").unwrap();
+        let mem = with_keep_disk();
         sd.write_step_result("A", 0, 0, "", "", None).unwrap();
         let mut state = State::new("x");
         let mut obs = host(&lab);
@@ -238,7 +250,7 @@ vm "B" {
                 .iter()
                 .any(|c| c.address == "vm.A" && c.action == Action::Replace)
         );
-        let adopted = adopt(&lab, &mut state, &mut obs, &sd);
+        let adopted = adopt(&mem, &lab, &mut state, &mut obs, &sd);
         assert_eq!(adopted.len(), 8, "{adopted:?}");
         let p = plan::plan(Some(&lab), &state, Some(&obs), Mode::Apply);
         assert!(
@@ -253,7 +265,7 @@ vm "B" {
         assert_eq!(state.resources["vm.A.cc[0]"].exit, Some(0));
         assert!(notice(&sd, &adopted).contains("adopted 8 objects"));
         // Adopting again (everything recorded) does nothing.
-        assert!(adopt(&lab, &mut state, &mut obs, &sd).is_empty());
+        assert!(adopt(&mem, &lab, &mut state, &mut obs, &sd).is_empty());
     }
 
     /// A state restored from its backup lacks what the last command made:
@@ -266,8 +278,7 @@ vm "B" {
             root: t.path().join("s"),
             experiment: "x".into(),
         };
-        std::fs::create_dir_all(sd.disks()).unwrap();
-        std::fs::write(sd.disks().join("keep.raw"), "user data").unwrap();
+        let mem = with_keep_disk();
         let mut obs = host(&lab);
         let mut state = State::new("x");
         state.serial = 7;
@@ -277,7 +288,7 @@ vm "B" {
         net.attrs
             .insert("host_address".into(), "10.9.9.9/24".into());
         state.resources.insert("network.LAN".into(), net.clone());
-        let adopted = adopt(&lab, &mut state, &mut obs, &sd);
+        let adopted = adopt(&mem, &lab, &mut state, &mut obs, &sd);
         assert!(adopted.contains(&"vm.A".to_string()), "{adopted:?}");
         assert!(!adopted.contains(&"network.LAN".to_string()));
         assert_eq!(
@@ -301,15 +312,16 @@ vm "B" {
             root: t.path().join("s"),
             experiment: "x".into(),
         };
-        std::fs::create_dir_all(sd.disks()).unwrap();
-        // The keep disk's name as a link: not adopted (and not followed).
-        std::os::unix::fs::symlink("/etc/hostname", sd.disks().join("keep.raw")).unwrap();
+        // The engine has no file for the keep disk (the local engine: none,
+        // or a link at its name, `host::local::disk_present`): not adopted.
+        let mem = MemoryProvider::new("x");
+        mem.world_mut().disks.insert("other.raw".into(), true);
         let mut obs = host(&lab);
         // B's QEMU died; A's tap has another name than the file gives it.
         obs.vms.get_mut("vm.B").unwrap().alive = false;
         obs.links.get_mut("vm.A.nic[0]").unwrap().name = "mptother".into();
         let mut state = State::new("x");
-        let adopted = adopt(&lab, &mut state, &mut obs, &sd);
+        let adopted = adopt(&mem, &lab, &mut state, &mut obs, &sd);
         assert!(!adopted.contains(&"disk.keep".to_string()), "{adopted:?}");
         assert!(!adopted.contains(&"vm.B".to_string()));
         assert!(!adopted.contains(&"vm.A.nic[0]".to_string()));

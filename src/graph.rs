@@ -150,8 +150,9 @@ pub enum Spec {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CaptureSpec {
     pub file: String,
-    /// The taps' interface names (those the engine named before apply).
-    pub taps: Vec<String>,
+    /// The nics it records, each with its tap's interface name if the
+    /// engine named it before apply (the `taps` attribute lists those names).
+    pub taps: Vec<crate::lab::CaptureTap>,
     pub network: Option<String>,
 }
 
@@ -286,7 +287,10 @@ impl Spec {
             Spec::Step(s) => step_attrs(s),
             Spec::Capture(c) => AttrsBuilder::new()
                 .set("file", c.file.as_str())
-                .set("taps", strings(&c.taps))
+                .set(
+                    "taps",
+                    strings(c.taps.iter().filter_map(|t| t.tap.as_ref())),
+                )
                 .opt("network", c.network.as_deref())
                 .done(),
         }
@@ -692,7 +696,7 @@ pub fn resources_with(lab: &Lab, digests: &Digests) -> Vec<Resource> {
             },
             spec: Spec::Capture(CaptureSpec {
                 file: c.file_name(),
-                taps: c.taps.iter().filter_map(|t| t.tap.clone()).collect(),
+                taps: c.taps.clone(),
                 network: c.network.clone(),
             }),
             deps,

@@ -688,7 +688,7 @@ pub struct Lock {
 
 /// Is `s` an interface name megaplan could have made (1..=15 bytes, no `/`,
 /// no space or control character, not `.` or `..`)?
-fn ifname_problem(s: &str) -> Option<&'static str> {
+pub(crate) fn ifname_problem(s: &str) -> Option<&'static str> {
     if s.is_empty() || s.len() > 15 {
         return Some("an interface name has 1 to 15 bytes");
     }

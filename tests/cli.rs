@@ -357,3 +357,57 @@ fn exit_codes_follow_the_kind_of_error() {
     assert_eq!(code, Some(1), "{err}");
     assert!(err.contains("hint: the addresses are listed by"), "{err}");
 }
+
+/// The local engine's sockets must fit `sun_path` in its runtime folder:
+/// a bound of the engine (not of validation), reported by `validate` at
+/// the VM's name; a shorter runtime folder fits, and a minimega lab (whose
+/// sockets are minimega's) is not held to it.
+#[test]
+fn a_socket_path_over_sun_path_is_the_local_engines_bound() {
+    let dir = tempfile::tempdir().unwrap();
+    let (e, v) = ("e".repeat(45), "v".repeat(45));
+    let file = dir.path().join("s.kdl");
+    std::fs::write(
+        &file,
+        format!("experiment \"{e}\"\nvm \"{v}\" {{ kernel \"/k\"; }}\n"),
+    )
+    .unwrap();
+    let run = |runtime: &str, file: &Path| {
+        let out = Command::new(env!("CARGO_BIN_EXE_megaplan"))
+            .args(["validate", file.to_str().unwrap()])
+            .env("NO_COLOR", "1")
+            .env("MEGAPLAN_RUNTIME_DIR", runtime)
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    // /run/megaplan/E/V/qmp.sock: 13 + 1 + 45 + 1 + 45 + 1 + 8 = 114 bytes.
+    let (code, err) = run("/run/megaplan", &file);
+    assert_eq!(code, Some(1), "{err}");
+    // The report wraps long lines: compare words.
+    let err = err.replace('│', " ");
+    let err = err.split_whitespace().collect::<Vec<_>>().join(" ");
+    assert!(
+        err.contains("socket_path_too_long")
+            && err.contains(&format!("VM '{v}' would have a socket path of 114 bytes"))
+            && err.contains("s.kdl:2:4")
+            && err.contains("set MEGAPLAN_RUNTIME_DIR to a shorter folder")
+            && err.contains("1 error found"),
+        "{err}"
+    );
+    let (code, err) = run("/r", &file);
+    assert_eq!(code, Some(0), "{err}");
+    let mm = dir.path().join("m.kdl");
+    std::fs::write(
+        &mm,
+        format!(
+            "experiment \"{e}\" {{ provider \"minimega\" {{ base \"/tmp/mm\"; }}; }}\nvm \"{v}\" {{ kernel \"/k\"; }}\n"
+        ),
+    )
+    .unwrap();
+    let (code, err) = run("/run/megaplan", &mm);
+    assert_eq!(code, Some(0), "{err}");
+}

@@ -36,6 +36,7 @@ const DOORS: &[&str] = &[
 /// What reaches the machine: files, processes, sockets, the kernel.
 const FORBIDDEN: &[&str] = &[
     "std::fs",
+    "tokio::fs",
     "std::os::unix::fs",
     "File::open",
     "File::create",
@@ -44,6 +45,10 @@ const FORBIDDEN: &[&str] = &[
     ".exists()",
     ".is_file()",
     ".is_dir()",
+    ".metadata()",
+    "symlink_metadata",
+    "canonicalize",
+    "read_link",
     "std::process",
     "tokio::process",
     "std::net",
@@ -80,6 +85,7 @@ const EXCEPTIONS: &[(&str, &[&str], &str)] = &[
             "libc::",
             ".is_file()",
             ".is_dir()",
+            ".metadata()",
         ],
         "reads the experiment file (a regular file, bounded)",
     ),
@@ -96,13 +102,14 @@ const EXCEPTIONS: &[(&str, &[&str], &str)] = &[
             "File::open",
             "OpenOptions",
             ".is_file()",
+            ".metadata()",
         ],
         "hashes the files the experiment names (on this controller) and caches the digests in the state folder",
     ),
     (
         "src/saved.rs",
-        &["std::fs", "File::open"],
-        "reads and writes the plan file the user names (`plan --out`)",
+        &["std::fs", "File::open", "canonicalize"],
+        "reads and writes the plan file the user names (`plan --out`), in its folder found without links",
     ),
     (
         "src/image.rs",
@@ -113,6 +120,8 @@ const EXCEPTIONS: &[(&str, &[&str], &str)] = &[
             "read_dir",
             ".is_file()",
             ".is_dir()",
+            ".metadata()",
+            "canonicalize",
             "std::process",
         ],
         "`image build` is a tool that makes files from files (and runs helpers: busybox --list-full, ldd)",
@@ -125,8 +134,10 @@ const EXCEPTIONS: &[(&str, &[&str], &str)] = &[
             "OpenOptions",
             ".exists()",
             ".is_file()",
+            ".metadata()",
+            "canonicalize",
         ],
-        "`import`/`export minimega` read a script and write a file the user names",
+        "`import`/`export minimega` read a script and write a file the user names (never over the script)",
     ),
     (
         "src/minimega/export.rs",
@@ -159,18 +170,15 @@ const EXCEPTIONS: &[(&str, &[&str], &str)] = &[
             ".is_file()",
             "tokio::process",
             "std::process",
+            ".metadata()",
+            "tokio::fs",
         ],
-        "is an HTTP server; reads its token file; an action runs this megaplan binary, whose provider is the door",
+        "is an HTTP server; reads its token file and serves capture files; an action runs this megaplan binary, whose provider is the door",
     ),
     (
         "src/cli/mod.rs",
-        &["libc::", "std::fs", "OpenOptions"],
-        "getrusage for its own CPU time; `--accel kvm` checks /dev/kvm opens before any provider is chosen",
-    ),
-    (
-        "src/adopt.rs",
-        &[".is_file()"],
-        "a lost state's disk files (at paths from validated names): refresh does not report unrecorded disks yet",
+        &["libc::"],
+        "getrusage for its own CPU time",
     ),
     (
         "src/apply.rs",
@@ -183,6 +191,8 @@ const EXCEPTIONS: &[(&str, &[&str], &str)] = &[
             "std::fs",
             "read_dir",
             ".is_file()",
+            ".metadata()",
+            "symlink_metadata",
             "std::process",
             "libc::",
         ],
@@ -221,22 +231,90 @@ fn non_test(text: &str) -> Vec<(usize, &str)> {
     out
 }
 
-/// `use std::{fs, process::Command}` names `std::fs` and `std::process`.
-fn expand_groups(line: &str) -> String {
-    let mut s = line.to_string();
-    for root in ["std::", "tokio::"] {
-        let open = format!("{root}{{");
-        if let Some(a) = line.find(&open) {
-            let inner = &line[a + open.len()..];
-            let inner = inner.split('}').next().unwrap_or(inner);
-            for item in inner.split(',') {
-                s.push(' ');
-                s.push_str(root);
-                s.push_str(item.trim());
+/// Split `s` at its top-level commas (not inside `{}`).
+fn top_level_items(s: &str) -> Vec<&str> {
+    let mut out = Vec::new();
+    let (mut depth, mut start) = (0usize, 0usize);
+    for (i, c) in s.char_indices() {
+        match c {
+            '{' => depth += 1,
+            '}' => depth = depth.saturating_sub(1),
+            ',' if depth == 0 => {
+                out.push(&s[start..i]);
+                start = i + 1;
             }
+            _ => {}
         }
     }
-    s
+    out.push(&s[start..]);
+    out
+}
+
+/// Every path a use tree names, with `prefix` before it:
+/// `std::{fs, os::unix::{fs::PermissionsExt, net}}` names `std::fs`,
+/// `std::os::unix::fs::PermissionsExt` and `std::os::unix::net`.
+fn use_paths(prefix: &str, tree: &str, out: &mut Vec<String>) {
+    let tree = tree.trim();
+    if tree.is_empty() {
+        return;
+    }
+    if let Some(inner) = tree.strip_prefix('{') {
+        let inner = inner.strip_suffix('}').unwrap_or(inner);
+        for item in top_level_items(inner) {
+            use_paths(prefix, item, out);
+        }
+    } else if let Some(at) = tree.find("::{") {
+        let head = &tree[..at];
+        use_paths(&format!("{prefix}{head}::"), &tree[at + 2..], out);
+    } else {
+        let leaf = tree.split(" as ").next().unwrap_or(tree).trim();
+        // `fs::{self}` names `fs` itself.
+        let leaf = leaf.strip_suffix("::self").unwrap_or(leaf);
+        if leaf == "self" {
+            out.push(prefix.trim_end_matches("::").to_string());
+        } else {
+            out.push(format!("{prefix}{leaf}"));
+        }
+    }
+}
+
+/// The code to check, one entry per statement line: a `use` split over
+/// lines is joined (at its first line) and followed by every path it
+/// names, so `use std::{\n    fs,\n};` names `std::fs`.
+fn logical_lines(text: &str) -> Vec<(usize, String, String)> {
+    let mut out = Vec::new();
+    let lines = non_test(text);
+    let mut i = 0;
+    while i < lines.len() {
+        let (n, line) = lines[i];
+        let t = line.trim();
+        let is_use = ["use ", "pub use ", "pub(crate) use ", "pub(super) use "]
+            .iter()
+            .any(|p| t.starts_with(p));
+        if !is_use {
+            out.push((n, t.to_string(), t.to_string()));
+            i += 1;
+            continue;
+        }
+        let mut stmt = t.to_string();
+        while !stmt.contains(';') && i + 1 < lines.len() {
+            i += 1;
+            stmt.push(' ');
+            stmt.push_str(lines[i].1.trim());
+        }
+        i += 1;
+        let tree = stmt.split_once("use ").map_or("", |(_, r)| r);
+        let tree = tree.split(';').next().unwrap_or(tree);
+        let mut paths = Vec::new();
+        use_paths("", tree, &mut paths);
+        let mut checked = stmt.clone();
+        for p in paths {
+            checked.push(' ');
+            checked.push_str(&p);
+        }
+        out.push((n, stmt, checked));
+    }
+    out
 }
 
 /// `needle` in `hay` where it starts a path (`nix::` is not in `unix::`).
@@ -262,18 +340,24 @@ pub fn violations(path: &str, text: &str) -> Vec<String> {
         .flat_map(|(_, uses, _)| uses.iter().copied())
         .collect();
     let mut out = Vec::new();
-    for (n, line) in non_test(text) {
-        let mut l = expand_groups(line);
-        for h in HARMLESS {
-            l = l.replace(h, "");
-        }
+    for (n, line, checked) in logical_lines(text) {
+        let l = harmless_removed(&checked);
         for f in FORBIDDEN {
             if uses(&l, f) && !allowed.contains(f) {
-                out.push(format!("{path}:{n}: {f}: {}", line.trim()));
+                out.push(format!("{path}:{n}: {f}: {line}"));
             }
         }
     }
     out
+}
+
+/// `line` without the plain values [`HARMLESS`] names.
+fn harmless_removed(line: &str) -> String {
+    let mut l = line.to_string();
+    for h in HARMLESS {
+        l = l.replace(h, "");
+    }
+    l
 }
 
 fn sources(dir: &Path, out: &mut Vec<PathBuf>) {
@@ -330,13 +414,9 @@ fn every_exception_is_still_needed() {
         }
         for u in *names {
             let used = texts.iter().any(|t| {
-                non_test(t).iter().any(|(_, l)| {
-                    let mut l = expand_groups(l);
-                    for h in HARMLESS {
-                        l = l.replace(h, "");
-                    }
-                    uses(&l, u)
-                })
+                logical_lines(t)
+                    .iter()
+                    .any(|(_, _, l)| uses(&harmless_removed(l), u))
             });
             assert!(used, "{prefix}: `{u}` is no longer used ({why}): drop it");
         }
@@ -357,6 +437,60 @@ fn the_checker_finds_a_planted_use() {
     assert_eq!(v.len(), 4, "{v:?}");
     assert!(v[0].contains("std::fs") && v[1].contains("tokio::net") && v[2].contains("UnixStream"));
     assert!(v[3].contains("tokio::process"));
+    // A group split over lines, nested groups and `self` are seen through,
+    // at the line the `use` starts on.
+    let multi = "use std::{\n    collections::HashMap,\n    fs,\n};\nfn f() {}\n";
+    assert_eq!(
+        violations("src/plan/mod.rs", multi),
+        ["src/plan/mod.rs:1: std::fs: use std::{ collections::HashMap, fs, };"]
+    );
+    let nested = "pub use std::{io::{self, Read}, os::unix::{ffi::OsStrExt, net::UnixStream as S}};
+";
+    let v = violations("src/plan/mod.rs", nested);
+    assert_eq!(v.len(), 2, "{v:?}");
+    assert!(v[0].contains(": std::os::unix::net:") && v[1].contains(": UnixStream:"));
+    let selfs = "use std::fs::{self as f};
+use tokio::{
+    fs,
+    sync::Mutex,
+};
+";
+    let v = violations("src/apply/walk.rs", selfs);
+    assert_eq!(v.len(), 2, "{v:?}");
+    assert!(v[0].starts_with("src/apply/walk.rs:1: std::fs:"), "{v:?}");
+    assert!(v[1].starts_with("src/apply/walk.rs:2: tokio::fs:"), "{v:?}");
+    // A group below the root: `std::os::unix::{fs::symlink}` and
+    // `std::{fs::{File}}` are `std::os::unix::fs` and `std::fs`.
+    let deep = "use std::os::unix::{ffi::OsStrExt, fs::symlink};\nuse std::{fs::{File}, io};\n";
+    let v = violations("src/validate/mod.rs", deep);
+    assert_eq!(v.len(), 2, "{v:?}");
+    assert!(
+        v[0].starts_with("src/validate/mod.rs:1: std::os::unix::fs:"),
+        "{v:?}"
+    );
+    assert!(v[1].starts_with("src/validate/mod.rs:2: std::fs:"), "{v:?}");
+    // File facts without `std::fs` in sight are file access too.
+    for planted in [
+        "let m = p.metadata();",
+        "let m = p.symlink_metadata();",
+        "let c = p.canonicalize();",
+        "let t = p.read_link();",
+        "let b = tokio::fs::read(p).await;",
+    ] {
+        assert_eq!(
+            violations("src/cli/mod.rs", &format!("{planted}\n")).len(),
+            1,
+            "{planted}"
+        );
+    }
+    // Plain `use` lines that name nothing of the machine pass.
+    assert!(
+        violations(
+            "src/plan/mod.rs",
+            "use std::{\n    io::Write,\n    path::Path,\n};\n"
+        )
+        .is_empty()
+    );
     // The CLI's exceptions are narrow: libc for getrusage, but no sockets.
     assert!(violations("src/cli/mod.rs", "let r = libc::getrusage(0, p);\n").is_empty());
     assert_eq!(

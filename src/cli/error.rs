@@ -159,8 +159,6 @@ impl std::fmt::Display for CommandError {
 pub enum Problem {
     #[error("{var}={value:?} is not an accelerator")]
     BadAccelEnv { var: &'static str, value: String },
-    #[error("the accelerator is kvm, but /dev/kvm does not open")]
-    NoKvm,
     #[error("refusing to {what} without confirmation: stdin is not a terminal")]
     NoTerminal { what: String },
     #[error("cannot read the answer: {0}")]
@@ -285,10 +283,6 @@ impl From<Problem> for CommandError {
             Problem::BadAccelEnv { var, .. } => (
                 Config,
                 Some(format!("set {var} to auto, kvm or tcg, or unset it")),
-            ),
-            Problem::NoKvm => (
-                Config,
-                Some("run with --accel tcg (or accel \"auto\"), or load the kvm module".into()),
             ),
             Problem::NoTerminal { .. } => (User, Some("pass --auto-approve".into())),
             Problem::Answer(_) => (User, None),
@@ -421,8 +415,16 @@ impl From<crate::provider::ProviderError> for CommandError {
                         .map_or(".".into(), |d| d.display().to_string())
                 )),
             ),
+            E::NoKvm => (
+                ErrorKind::Config,
+                Some("run with --accel tcg (or accel \"auto\"), or load the kvm module".into()),
+            ),
             E::KeepDiskExists { .. } => (ErrorKind::User, None),
             E::Unsupported { .. } => (ErrorKind::User, None),
+            E::Unnamed { .. } => (
+                ErrorKind::User,
+                Some("the state folder or the saved plan is damaged: make a new plan (megaplan plan FILE)".into()),
+            ),
             E::NameCollision(_) => (
                 ErrorKind::User,
                 Some("rename one of them: their derived interface names collide".into()),

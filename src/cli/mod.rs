@@ -420,22 +420,31 @@ pub fn load(file: &Path) -> Result<(SourceFile, Lab), ExitCode> {
             return Err(ExitCode::from(e.exit_code()));
         }
     };
-    let (lab, diags) = crate::validate::check(&src);
+    let (lab, mut diags) = crate::validate::check(&src);
+    let lab = lab.map(|mut l| crate::minimega::provider::apply_override(&mut l).map(|()| l));
+    if let Some(Ok(l)) = &lab {
+        // The chosen engine's bounds on the valid lab (nothing connected),
+        // at the names in the file.
+        use crate::provider::Provider as _;
+        let problems = crate::minimega::provider::Engine::check_lab(l);
+        diags
+            .items
+            .extend(crate::validate::locate(&src, &problems).items);
+        diags.sort();
+    }
     print_diagnostics(&diags, &src);
     match lab {
-        Some(mut l) => match crate::minimega::provider::apply_override(&mut l) {
-            Ok(()) => Ok((src, l)),
-            Err(problems) => {
-                for p in problems {
-                    eprintln!("error: {}", crate::diag::escape(&p));
-                }
-                eprintln!(
-                    "hint: the minimega provider builds the rest (docs/minimega.md); run it with --provider local"
-                );
-                Err(ExitCode::from(1))
+        Some(Ok(l)) if !diags.has_errors() => Ok((src, l)),
+        Some(Err(problems)) => {
+            for p in problems {
+                eprintln!("error: {}", crate::diag::escape(&p));
             }
-        },
-        None => {
+            eprintln!(
+                "hint: the minimega provider builds the rest (docs/minimega.md); run it with --provider local"
+            );
+            Err(ExitCode::from(1))
+        }
+        _ => {
             let n = diags.errors().count();
             eprintln!(
                 "{}: {n} error{} found",
@@ -783,10 +792,12 @@ fn own_cpu() -> std::time::Duration {
 }
 
 /// Check what changing the host needs, naming each missing piece (the
-/// provider's preflight; its error chooses kind and hint).
+/// provider's preflight of what the lab reads, `None` for a destroy; its
+/// error chooses kind and hint).
 fn preflight(door: &Door, lab: Option<&Lab>) -> Result<(), CliError> {
-    use crate::provider::Provider as _;
-    Ok(door.block_on(door.provider.preflight(lab))?)
+    use crate::provider::{Provider as _, Requirements};
+    let needs = Requirements::of(lab);
+    Ok(door.block_on(door.provider.preflight(&needs))?)
 }
 
 fn confirm(what: &str) -> Result<bool, CliError> {
@@ -884,11 +895,11 @@ fn execute(
     }
 }
 
-/// The accelerator of this run, resolved before anything changes: `--accel`
-/// wins over `MEGAPLAN_ACCEL`, which wins over the file's `accel`; `auto`
-/// probes /dev/kvm here, once. A bad `MEGAPLAN_ACCEL`, or kvm asked for on a
-/// host where /dev/kvm does not open, is an error.
-pub fn resolve_accel(
+/// The accelerator asked for this run: `--accel` wins over `MEGAPLAN_ACCEL`,
+/// which wins over the file's `accel`. A bad `MEGAPLAN_ACCEL` is an error
+/// (even under a flag). What `auto` means, and whether kvm can be had, is
+/// the engine's decision: [`resolve_accel`] asks the provider.
+pub fn asked_accel(
     file: crate::lab::Accel,
     env: Option<&str>,
     flag: Option<AccelArg>,
@@ -899,30 +910,24 @@ pub fn resolve_accel(
         var: qemu::ACCEL_ENV,
         value: crate::diag::escape(env.unwrap_or_default()).into_owned(),
     })?;
-    let env_set = env != AccelChoice::Auto;
-    let choice = match (flag, file) {
-        (Some(AccelArg::Kvm), _) => AccelChoice::Kvm,
-        (Some(AccelArg::Tcg), _) => AccelChoice::Tcg,
-        (Some(AccelArg::Auto), _) => AccelChoice::Auto,
-        (None, _) if env_set => env,
-        (None, Accel::Kvm) => AccelChoice::Kvm,
-        (None, Accel::Tcg) => AccelChoice::Tcg,
-        (None, Accel::Auto) => AccelChoice::Auto,
-    };
-    let resolved = qemu::resolve_accel(choice);
-    if resolved == qemu::Accel::Kvm
-        && choice == AccelChoice::Kvm
-        && std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open("/dev/kvm")
-            .is_err()
-    {
-        return Err(Problem::NoKvm.into());
-    }
-    Ok(match resolved {
-        qemu::Accel::Kvm => Accel::Kvm,
-        qemu::Accel::Tcg => Accel::Tcg,
+    Ok(match (flag, env) {
+        (Some(AccelArg::Kvm), _) => Accel::Kvm,
+        (Some(AccelArg::Tcg), _) => Accel::Tcg,
+        (Some(AccelArg::Auto), _) => Accel::Auto,
+        (None, AccelChoice::Kvm) => Accel::Kvm,
+        (None, AccelChoice::Tcg) => Accel::Tcg,
+        (None, AccelChoice::Auto) => file,
+    })
+}
+
+/// The accelerator of this run, resolved once by the door's engine before
+/// anything changes (never left `auto` for launch time); kvm asked for where
+/// the engine cannot have it is an error (`ProviderError::NoKvm`).
+fn resolve_accel(door: &Door, asked: crate::lab::Accel) -> Result<crate::lab::Accel, CliError> {
+    use crate::provider::{Accel, Provider as _};
+    Ok(match door.provider.resolve_accel(asked)? {
+        Accel::Kvm => crate::lab::Accel::Kvm,
+        Accel::Tcg => crate::lab::Accel::Tcg,
     })
 }
 
@@ -946,10 +951,11 @@ pub(crate) fn apply_cmd(
         let Ok((_, mut lab)) = load(&saved.file) else {
             return Ok(failed());
         };
-        lab.accel = resolve_accel(lab.accel, env_accel.as_deref(), accel)?;
+        let asked = asked_accel(lab.accel, env_accel.as_deref(), accel)?;
         let sd = StateDir::for_file(&saved.file, &lab.name, state_dir.as_deref());
         recorded_engine(&mut lab, &sd)?;
         let door = Door::open(&mut lab)?;
+        lab.accel = resolve_accel(&door, asked)?;
         preflight(&door, Some(&lab))?;
         let _lock = sd.lock(&format!("megaplan apply {}", file.display()))?;
         claim(&lab.name, &sd)?;
@@ -993,10 +999,11 @@ pub(crate) fn apply_cmd(
     let Ok((_, mut lab)) = load(&file) else {
         return Ok(failed());
     };
-    lab.accel = resolve_accel(lab.accel, env_accel.as_deref(), accel)?;
+    let asked = asked_accel(lab.accel, env_accel.as_deref(), accel)?;
     let sd = StateDir::for_file(&file, &lab.name, state_dir.as_deref());
     recorded_engine(&mut lab, &sd)?;
     let door = Door::open(&mut lab)?;
+    lab.accel = resolve_accel(&door, asked)?;
     preflight(&door, Some(&lab))?;
     let _lock = sd.lock(&format!("megaplan apply {}", file.display()))?;
     claim(&lab.name, &sd)?;
@@ -1061,7 +1068,7 @@ fn refresh_and_adopt(
     state: &mut State,
 ) -> Result<(bool, crate::observed::Observed), CliError> {
     let mut observed = door.refresh(&lab.name, state, sd)?;
-    let adopted = crate::adopt::adopt(lab, state, &mut observed, sd);
+    let adopted = crate::adopt::adopt(&door.provider, lab, state, &mut observed, sd);
     if !adopted.is_empty() {
         eprintln!("notice: {}", crate::adopt::notice(sd, &adopted));
     }
@@ -1557,7 +1564,7 @@ mod tests {
 
     #[test]
     fn the_flag_wins_over_the_env_which_wins_over_the_file() {
-        let r = |file, env, flag| resolve_accel(file, env, flag).map_err(|e| e.to_string());
+        let r = |file, env, flag| asked_accel(file, env, flag).map_err(|e| e.to_string());
         assert_eq!(r(Accel::Kvm, Some("tcg"), None), Ok(Accel::Tcg));
         assert_eq!(r(Accel::Tcg, None, None), Ok(Accel::Tcg));
         assert_eq!(r(Accel::Auto, Some("tcg"), None), Ok(Accel::Tcg));
@@ -1566,13 +1573,50 @@ mod tests {
             Ok(Accel::Tcg)
         );
         assert_eq!(r(Accel::Tcg, Some(""), None), Ok(Accel::Tcg));
-        // auto is resolved here, once: never left for launch time.
-        assert_ne!(r(Accel::Auto, None, None), Ok(Accel::Auto));
+        assert_eq!(r(Accel::Kvm, Some("auto"), None), Ok(Accel::Kvm));
+        assert_eq!(r(Accel::Tcg, None, Some(AccelArg::Auto)), Ok(Accel::Auto));
+    }
+
+    /// What `auto` and `kvm` become is the engine's: the local engine
+    /// probes this machine (never leaving auto), minimega's nodes have KVM.
+    #[test]
+    fn the_engine_resolves_the_accelerator_asked() {
+        use crate::provider::Accel as Run;
+        let local = crate::host::local::resolve_accel;
+        assert_eq!(local(Accel::Tcg).unwrap(), Run::Tcg);
+        let probed = crate::drivers::qemu::resolve_accel(crate::drivers::qemu::AccelChoice::Auto);
+        assert_eq!(local(Accel::Auto).unwrap(), probed);
+        // kvm asked for: it must open (read-write); where it does not, the
+        // error's kind and hint come from the one error table.
+        let at = crate::host::local::resolve_accel_at;
+        assert_eq!(
+            at(Accel::Kvm, std::path::Path::new("/dev/null")).unwrap(),
+            Run::Kvm
+        );
+        let t = tempfile::tempdir().unwrap();
+        let e = at(Accel::Kvm, &t.path().join("kvm")).unwrap_err();
+        assert!(matches!(e, crate::provider::ProviderError::NoKvm));
+        let e = CommandError::from(e);
+        assert_eq!(
+            e.to_string(),
+            "the accelerator is kvm, but /dev/kvm does not open"
+        );
+        assert_eq!(e.kind, ErrorKind::Config);
+        assert_eq!(e.exit_code(), 5);
+        assert_eq!(
+            e.hint(),
+            Some("run with --accel tcg (or accel \"auto\"), or load the kvm module")
+        );
+        assert_eq!(at(Accel::Tcg, &t.path().join("kvm")).unwrap(), Run::Tcg);
+        let mm = crate::minimega::provider::accel_for;
+        assert_eq!(mm(Accel::Auto), Run::Kvm);
+        assert_eq!(mm(Accel::Kvm), Run::Kvm);
+        assert_eq!(mm(Accel::Tcg), Run::Tcg);
     }
 
     #[test]
     fn a_bad_env_accelerator_is_refused_up_front() {
-        let e = resolve_accel(Accel::Tcg, Some("warp9"), None).unwrap_err();
+        let e = asked_accel(Accel::Tcg, Some("warp9"), None).unwrap_err();
         assert_eq!(
             e.to_string(),
             "MEGAPLAN_ACCEL=\"warp9\" is not an accelerator"
@@ -1580,7 +1624,7 @@ mod tests {
         assert_eq!(e.kind, ErrorKind::Config);
         assert!(e.hint().unwrap().contains("auto, kvm or tcg"));
         // Even when the flag would override it: a typo in the env is not ignored.
-        assert!(resolve_accel(Accel::Tcg, Some("warp9"), Some(AccelArg::Tcg)).is_err());
+        assert!(asked_accel(Accel::Tcg, Some("warp9"), Some(AccelArg::Tcg)).is_err());
     }
 }
 

@@ -121,15 +121,22 @@ impl FromStr for AccelChoice {
 /// The environment variable that overrides the accelerator.
 pub const ACCEL_ENV: &str = "MEGAPLAN_ACCEL";
 
-/// KVM when `dev_kvm` opens read-write and `pvm_marker` does not exist (a PVM-only
-/// KVM, `/sys/module/kvm_pvm`, cannot run ordinary guests); TCG otherwise.
-pub fn probe_accel(dev_kvm: &Path, pvm_marker: &Path) -> Accel {
-    let kvm_opens = std::fs::OpenOptions::new()
+/// The KVM device.
+pub const DEV_KVM: &str = "/dev/kvm";
+
+/// Whether `dev_kvm` opens read-write (what QEMU's `-enable-kvm` needs).
+pub fn kvm_opens(dev_kvm: &Path) -> bool {
+    std::fs::OpenOptions::new()
         .read(true)
         .write(true)
         .open(dev_kvm)
-        .is_ok();
-    if kvm_opens && !pvm_marker.exists() {
+        .is_ok()
+}
+
+/// KVM when `dev_kvm` opens read-write and `pvm_marker` does not exist (a PVM-only
+/// KVM, `/sys/module/kvm_pvm`, cannot run ordinary guests); TCG otherwise.
+pub fn probe_accel(dev_kvm: &Path, pvm_marker: &Path) -> Accel {
+    if kvm_opens(dev_kvm) && !pvm_marker.exists() {
         Accel::Kvm
     } else {
         Accel::Tcg
@@ -141,7 +148,7 @@ pub fn resolve_accel(choice: AccelChoice) -> Accel {
     match choice {
         AccelChoice::Kvm => Accel::Kvm,
         AccelChoice::Tcg => Accel::Tcg,
-        AccelChoice::Auto => probe_accel(Path::new("/dev/kvm"), Path::new("/sys/module/kvm_pvm")),
+        AccelChoice::Auto => probe_accel(Path::new(DEV_KVM), Path::new("/sys/module/kvm_pvm")),
     }
 }
 

@@ -357,7 +357,7 @@ impl super::Host for LocalHost {
         disks: &[DiskSpec],
         sd: &StateDir,
     ) -> Result<u32, HostError> {
-        // `apply` resolves flag, MEGAPLAN_ACCEL and file up front (cli::resolve_accel).
+        // `apply` resolves flag, MEGAPLAN_ACCEL and file up front (`Provider::resolve_accel`).
         let accel = match accel {
             crate::lab::Accel::Kvm => qemu::Accel::Kvm,
             crate::lab::Accel::Tcg => qemu::Accel::Tcg,
@@ -897,13 +897,12 @@ impl Guest for LocalGuest {
 }
 
 /// What changing this host needs, every missing piece named: root, the tun
-/// device, QEMU and qemu-img, and (with a lab) its VMs' kernels and initrds
-/// and the files its steps send and its disks are made from.
-pub fn preflight(lab: Option<&crate::lab::Lab>) -> Result<(), ProviderError> {
+/// device, QEMU and qemu-img, and the files in `needs` (its VMs' kernels and
+/// initrds, the files its steps send and its disks are made from).
+pub fn preflight(needs: &crate::provider::Requirements) -> Result<(), ProviderError> {
     let mut missing: Vec<String> = Vec::new();
     // SAFETY: geteuid has no preconditions.
     let root = unsafe { libc::geteuid() } == 0;
-    let mut only_files = false;
     if !root {
         missing.push("root (or CAP_NET_ADMIN): run megaplan apply/destroy as root".into());
     }
@@ -924,55 +923,41 @@ pub fn preflight(lab: Option<&crate::lab::Lab>) -> Result<(), ProviderError> {
             ));
         }
     }
-    if let Some(lab) = lab {
-        for vm in &lab.vms {
-            for p in vm.kernel.iter().chain(vm.initrd.iter()) {
-                if !p.exists() {
-                    missing.push(format!(
-                        "{} (vm {}): build it with `megaplan image build --out {}`",
-                        p.display(),
-                        vm.name,
-                        p.parent().map_or(".".into(), |d| d.display().to_string())
-                    ));
-                }
-            }
+    for b in &needs.boot_files {
+        let p = &b.path;
+        if !p.exists() {
+            missing.push(format!(
+                "{} (vm {}): build it with `megaplan image build --out {}`",
+                p.display(),
+                b.vm,
+                p.parent().map_or(".".into(), |d| d.display().to_string())
+            ));
         }
-        // Files the steps and disks read: missing ones would fail mid-apply.
-        let mut files: Vec<String> = Vec::new();
-        for vm in &lab.vms {
-            for step in &vm.cc {
-                if let CcActionSpec::Send { src, .. } = &step.action
-                    && !src.exists()
-                {
-                    files.push(format!(
-                        "{} ({}: the file to send does not exist)",
-                        crate::diag::escape(&src.display().to_string()),
-                        step.address
-                    ));
-                }
-            }
-        }
-        for d in &lab.disks {
-            for (what, p) in d
-                .from
-                .iter()
-                .map(|p| ("base image", p))
-                .chain(d.inject.iter().map(|(p, _)| ("file to inject", p)))
-            {
-                if !p.exists() {
-                    files.push(format!(
-                        "{} ({}: the {what} does not exist)",
-                        crate::diag::escape(&p.display().to_string()),
-                        d.address
-                    ));
-                }
-            }
-        }
-        files.dedup();
-        only_files = !files.is_empty() && missing.is_empty();
-        missing.extend(files);
-        missing.dedup();
     }
+    // Files the steps and disks read: missing ones would fail mid-apply.
+    let mut files: Vec<String> = Vec::new();
+    for (step, src) in &needs.sends {
+        if !src.exists() {
+            files.push(format!(
+                "{} ({step}: the file to send does not exist)",
+                crate::diag::escape(&src.display().to_string()),
+            ));
+        }
+    }
+    for d in &needs.disk_sources {
+        if !d.path.exists() {
+            files.push(format!(
+                "{} ({}: the {} does not exist)",
+                crate::diag::escape(&d.path.display().to_string()),
+                d.address,
+                d.what.as_str()
+            ));
+        }
+    }
+    files.dedup();
+    let only_files = !files.is_empty() && missing.is_empty();
+    missing.extend(files);
+    missing.dedup();
     if missing.is_empty() {
         Ok(())
     } else {
@@ -982,6 +967,77 @@ pub fn preflight(lab: Option<&crate::lab::Lab>) -> Result<(), ProviderError> {
             only_files,
         })
     }
+}
+
+/// The accelerator the local engine gives for the one asked: `auto` is KVM
+/// when /dev/kvm opens for ordinary guests (not a PVM-only KVM), TCG
+/// otherwise; `kvm` must open.
+pub fn resolve_accel(asked: crate::lab::Accel) -> Result<qemu::Accel, ProviderError> {
+    resolve_accel_at(asked, Path::new(qemu::DEV_KVM))
+}
+
+/// [`resolve_accel`] with the KVM device at `dev_kvm`.
+pub fn resolve_accel_at(
+    asked: crate::lab::Accel,
+    dev_kvm: &Path,
+) -> Result<qemu::Accel, ProviderError> {
+    use crate::lab::Accel;
+    match asked {
+        Accel::Tcg => Ok(qemu::Accel::Tcg),
+        Accel::Auto => Ok(qemu::resolve_accel(qemu::AccelChoice::Auto)),
+        Accel::Kvm if qemu::kvm_opens(dev_kvm) => Ok(qemu::Accel::Kvm),
+        Accel::Kvm => Err(ProviderError::NoKvm),
+    }
+}
+
+/// The local engine's bound on a lab: each VM's sockets (QMP, cc) live in
+/// its runtime folder, and a unix socket path holds at most
+/// [`runtime::MAX_SOCKET_PATH`] bytes. Reads the environment (the runtime
+/// base), no file.
+///
+/// [`runtime::MAX_SOCKET_PATH`]: crate::drivers::runtime::MAX_SOCKET_PATH
+pub fn check_lab(lab: &crate::lab::Lab) -> Vec<crate::provider::LabProblem> {
+    use crate::drivers::runtime;
+    let longest = [runtime::QMP_SOCKET_NAME, runtime::CC_SOCKET_NAME]
+        .into_iter()
+        .max_by_key(|n| n.len())
+        .expect("two names");
+    let base_len = super::runtime_dir("", "").as_os_str().len();
+    let root = super::runtime_root(&lab.name);
+    let mut out = Vec::new();
+    for vm in &lab.vms {
+        let sock = root.join(&vm.name).join(longest);
+        let len = sock.as_os_str().len();
+        if len > runtime::MAX_SOCKET_PATH {
+            out.push(crate::provider::LabProblem {
+                address: vm.address.clone(),
+                code: crate::diag::Code::SocketPathTooLong,
+                message: format!(
+                    "VM '{}' would have a socket path of {len} bytes: a unix socket path holds at most {}",
+                    vm.name,
+                    runtime::MAX_SOCKET_PATH
+                ),
+                label: sock.display().to_string(),
+                help: format!(
+                    "the path is the runtime folder ({} bytes: MEGAPLAN_RUNTIME_DIR or /run/megaplan), /EXPERIMENT ({} bytes), /VM ({} bytes) and /{longest}: shorten the experiment or VM name by {} bytes, or set MEGAPLAN_RUNTIME_DIR to a shorter folder",
+                    base_len.saturating_sub(1),
+                    lab.name.len() + 1,
+                    vm.name.len() + 1,
+                    len - runtime::MAX_SOCKET_PATH
+                ),
+            });
+        }
+    }
+    out
+}
+
+/// A disk file at a name from the file in the state's `disks/`, as a plain
+/// file (a link there is not followed, and not ours).
+pub fn disk_present(sd: &StateDir, file: &str) -> bool {
+    sd.disk_file(file)
+        .ok()
+        .and_then(|p| p.symlink_metadata().ok())
+        .is_some_and(|m| m.file_type().is_file())
 }
 
 impl Provider for LocalHost {
@@ -996,8 +1052,16 @@ impl Provider for LocalHost {
         Ok(crate::provider::names::local(lab)?)
     }
 
-    async fn preflight(&self, lab: Option<&crate::lab::Lab>) -> Result<(), ProviderError> {
-        preflight(lab)
+    async fn preflight(&self, needs: &crate::provider::Requirements) -> Result<(), ProviderError> {
+        preflight(needs)
+    }
+
+    fn resolve_accel(&self, asked: crate::lab::Accel) -> Result<qemu::Accel, ProviderError> {
+        resolve_accel(asked)
+    }
+
+    fn check_lab(lab: &crate::lab::Lab) -> Vec<crate::provider::LabProblem> {
+        check_lab(lab)
     }
 
     async fn refresh(
@@ -1011,25 +1075,51 @@ impl Provider for LocalHost {
 
     async fn execute(&self, sd: &StateDir, op: &Op) -> Result<OpOutcome, ProviderError> {
         use super::Host as _;
+        use crate::provider::ops::named;
         match op {
+            // This engine names its interfaces before apply: an op without
+            // a name is refused (`ops::named`).
             Op::CreateNetwork {
+                address,
                 bridge,
                 host_address,
                 marker,
                 ..
             } => {
+                let bridge = named(address, "bridge", bridge)?;
                 self.ensure_bridge(bridge, marker, host_address.as_deref())
                     .await?
             }
-            Op::DeleteNetwork { bridge, marker, .. } => self.delete_link(bridge, marker).await?,
+            Op::DeleteNetwork {
+                address,
+                bridge,
+                marker,
+            } => {
+                self.delete_link(named(address, "bridge", bridge)?, marker)
+                    .await?
+            }
             Op::CreateTap {
+                address,
                 name,
                 mac,
                 bridge,
                 marker,
                 ..
-            } => self.ensure_tap(name, mac, marker, bridge).await?,
-            Op::DeleteTap { name, marker, .. } => self.delete_link(name, marker).await?,
+            } => {
+                let (name, bridge) = (
+                    named(address, "tap", name)?,
+                    named(address, "bridge", bridge)?,
+                );
+                self.ensure_tap(name, mac, marker, bridge).await?
+            }
+            Op::DeleteTap {
+                address,
+                name,
+                marker,
+            } => {
+                self.delete_link(named(address, "tap", name)?, marker)
+                    .await?
+            }
             Op::CreateDisk { spec, .. } => {
                 self.create_disk(spec, &sd.disk_file(&spec.file_name())?)
                     .await?
@@ -1058,19 +1148,30 @@ impl Provider for LocalHost {
                 return Ok(Outcome::Launched { pid }.into());
             }
             Op::AddMirror {
+                address,
                 source_tap,
                 dest_tap,
                 direction,
                 ..
             } => {
-                self.add_mirror(source_tap, dest_tap, direction.as_str())
-                    .await?
+                let (src, dst) = (
+                    named(address, "source tap", source_tap)?,
+                    named(address, "destination tap", dest_tap)?,
+                );
+                self.add_mirror(src, dst, direction.as_str()).await?
             }
             Op::RemoveMirror {
+                address,
                 source_tap,
                 dest_tap,
                 ..
-            } => self.remove_mirror(source_tap, dest_tap).await?,
+            } => {
+                let (src, dst) = (
+                    named(address, "source tap", source_tap)?,
+                    named(address, "destination tap", dest_tap)?,
+                );
+                self.remove_mirror(src, dst).await?
+            }
             Op::RunStep {
                 experiment,
                 vm,
@@ -1149,6 +1250,10 @@ impl Provider for LocalHost {
 
     fn disk_file(&self, sd: &StateDir, file: &str) -> Result<PathBuf, ProviderError> {
         Ok(sd.disk_file(file)?)
+    }
+
+    fn disk_present(&self, sd: &StateDir, file: &str) -> bool {
+        disk_present(sd, file)
     }
 
     fn step_output(
@@ -1467,5 +1572,26 @@ mod tests {
             serde_json::from_str(r#"{"version":1,"features":["step_exec","teleport"]}"#).unwrap();
         assert_eq!(newer.features, [Feature::StepExec, Feature::Unknown]);
         assert!(agent_has_step_exec(Some(&newer)));
+    }
+
+    /// What `adopt` asks of a lost state's disks: a plain file at the
+    /// name, never a link there (not followed), nothing for a bad name.
+    #[test]
+    fn a_disk_is_present_only_as_a_plain_file() {
+        let t = tempfile::tempdir().unwrap();
+        let sd = StateDir {
+            root: t.path().join("s"),
+            experiment: "x".into(),
+        };
+        assert!(!disk_present(&sd, "keep.raw"), "no state folder yet");
+        std::fs::create_dir_all(sd.disks()).unwrap();
+        std::fs::write(sd.disks().join("keep.raw"), "user data").unwrap();
+        std::os::unix::fs::symlink("/etc/hostname", sd.disks().join("link.raw")).unwrap();
+        std::fs::create_dir(sd.disks().join("dir.raw")).unwrap();
+        assert!(disk_present(&sd, "keep.raw"));
+        assert!(!disk_present(&sd, "link.raw"));
+        assert!(!disk_present(&sd, "dir.raw"));
+        assert!(!disk_present(&sd, "gone.raw"));
+        assert!(!disk_present(&sd, "../s/disks/keep.raw"));
     }
 }

@@ -41,7 +41,7 @@ use crate::host::StepOutcome;
 use crate::lab::{Accel, CcActionSpec, CommandSpec, DiskSpec, Lab, VmSpec};
 use crate::observed::{Observed, ObservedLink, ObservedMirror, ObservedVm};
 use crate::provider::{
-    GuestWait, Op, OpOutcome, Outcome, Provider, ProviderError as PError, Rules,
+    GuestWait, Op, OpOutcome, Outcome, Provider, ProviderError as PError, Requirements, Rules,
 };
 use crate::state::{Kind, State, StateDir};
 
@@ -825,8 +825,15 @@ impl Provider for MinimegaHost {
         Ok(())
     }
 
-    async fn preflight(&self, lab: Option<&Lab>) -> Result<(), PError> {
-        preflight_files(lab)
+    async fn preflight(&self, needs: &Requirements) -> Result<(), PError> {
+        preflight_files(needs)
+    }
+
+    /// minimega's own rule: its nodes run the VMs, so nothing is probed
+    /// here; `auto` is minimega's default (`vm launch kvm`, as `export
+    /// minimega` writes it), `tcg` adds `vm config qemu`/`cpu qemu64`.
+    fn resolve_accel(&self, asked: crate::lab::Accel) -> Result<crate::provider::Accel, PError> {
+        Ok(accel_for(asked))
     }
 
     async fn refresh(&self, _e: &str, state: &State, _sd: &StateDir) -> Result<Observed, PError> {
@@ -1017,17 +1024,15 @@ pub const RULES: Rules = Rules {
 
 /// What a minimega apply needs here: the boot files it names (megaplan
 /// copies them into minimega's file path; docs/minimega.md).
-fn preflight_files(lab: Option<&Lab>) -> Result<(), PError> {
+fn preflight_files(needs: &Requirements) -> Result<(), PError> {
     let mut missing = Vec::new();
-    for v in lab.iter().flat_map(|l| l.vms.iter()) {
-        for p in v.kernel.iter().chain(v.initrd.iter()) {
-            if !p.exists() {
-                missing.push(format!(
-                    "{} ({}: boot file)",
-                    crate::diag::escape(&p.display().to_string()),
-                    v.address
-                ));
-            }
+    for b in &needs.boot_files {
+        if !b.path.exists() {
+            missing.push(format!(
+                "{} ({}: boot file)",
+                crate::diag::escape(&b.path.display().to_string()),
+                b.address
+            ));
         }
     }
     missing.dedup();
@@ -1042,11 +1047,12 @@ fn preflight_files(lab: Option<&Lab>) -> Result<(), PError> {
     }
 }
 
-/// The preflight of the lab's engine.
-pub fn preflight(lab: Option<&Lab>) -> Result<(), PError> {
-    match lab.and_then(settings) {
-        Some(_) => preflight_files(lab),
-        None => crate::host::local::preflight(lab),
+/// The accelerator minimega's nodes get for the one asked: `tcg` is TCG,
+/// `auto` and `kvm` minimega's own KVM (its nodes, not this machine, have it).
+pub fn accel_for(asked: crate::lab::Accel) -> crate::provider::Accel {
+    match asked {
+        crate::lab::Accel::Tcg => crate::provider::Accel::Tcg,
+        crate::lab::Accel::Auto | crate::lab::Accel::Kvm => crate::provider::Accel::Kvm,
     }
 }
 
@@ -1233,8 +1239,18 @@ impl Provider for Engine {
     fn assign_names(&self, lab: &mut Lab) -> Result<(), PError> {
         delegate!(self, h => h.assign_names(lab))
     }
-    async fn preflight(&self, lab: Option<&Lab>) -> Result<(), PError> {
-        delegate!(self, h => h.preflight(lab).await)
+    async fn preflight(&self, needs: &Requirements) -> Result<(), PError> {
+        delegate!(self, h => h.preflight(needs).await)
+    }
+    fn resolve_accel(&self, asked: crate::lab::Accel) -> Result<crate::provider::Accel, PError> {
+        delegate!(self, h => h.resolve_accel(asked))
+    }
+    /// The chosen engine's bounds, by the lab's provider (nothing connected).
+    fn check_lab(lab: &Lab) -> Vec<crate::provider::LabProblem> {
+        match settings(lab) {
+            None => crate::host::LocalHost::check_lab(lab),
+            Some(_) => MinimegaHost::check_lab(lab),
+        }
     }
     async fn refresh(&self, e: &str, state: &State, sd: &StateDir) -> Result<Observed, PError> {
         delegate!(self, h => h.refresh(e, state, sd).await)
@@ -1265,6 +1281,9 @@ impl Provider for Engine {
     }
     fn disk_file(&self, sd: &StateDir, file: &str) -> Result<PathBuf, PError> {
         delegate!(self, h => h.disk_file(sd, file))
+    }
+    fn disk_present(&self, sd: &StateDir, file: &str) -> bool {
+        delegate!(self, h => h.disk_present(sd, file))
     }
     fn step_output(
         &self,

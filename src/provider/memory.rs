@@ -33,7 +33,7 @@ use crate::lab::{CcActionSpec, Direction, DiskSource};
 use crate::observed::{Observed, ObservedKind, ObservedLink, ObservedMirror, ObservedVm};
 use crate::state::{Kind, State, StateDir, Status};
 
-use super::ops::{Op, OpOutcome, Outcome};
+use super::ops::{Op, OpOutcome, Outcome, named};
 use super::{Guest, GuestWait, Provider, ProviderError, StepOutcome};
 
 /// One call the executor made.
@@ -164,6 +164,11 @@ pub struct MemoryProvider {
     gates: RefCell<HashMap<String, Gate>>,
 }
 
+/// An interface name in a call's label (`-`: the op names none).
+fn shown(name: &Option<String>) -> &str {
+    name.as_deref().unwrap_or("-")
+}
+
 fn missing(what: impl Into<String>) -> ProviderError {
     ProviderError::Missing { what: what.into() }
 }
@@ -265,12 +270,12 @@ impl MemoryProvider {
                 source_tap,
                 dest_tap,
                 ..
-            } => format!("mirror {source_tap}->{dest_tap}"),
+            } => format!("mirror {}->{}", shown(source_tap), shown(dest_tap)),
             Op::RemoveMirror {
                 source_tap,
                 dest_tap,
                 ..
-            } => format!("unmirror {source_tap}->{dest_tap}"),
+            } => format!("unmirror {}->{}", shown(source_tap), shown(dest_tap)),
             Op::RunStep {
                 vm, action, run_id, ..
             } => {
@@ -323,46 +328,54 @@ impl MemoryProvider {
         Ok(())
     }
 
-    /// The effect of `op` on the world.
+    /// The effect of `op` on the world. Like the local engine, it names
+    /// its interfaces before apply: an op without a name is refused.
     fn apply(&self, op: &Op) -> Result<OpOutcome, ProviderError> {
         let mut w = self.world.borrow_mut();
         let w = &mut *w;
+        let address = op.address();
         match op {
             // The memory engine records no frames: a recorder is a no-op here.
             Op::StartCapture { .. } | Op::StopCapture { .. } => {}
-            Op::CreateNetwork { bridge, marker, .. } => match w.links.get(bridge) {
-                Some(l) if &l.marker != marker => return Err(not_ours(bridge)),
-                Some(l) if !l.bridge => {
-                    return Err(ProviderError::Unsupported {
-                        provider: "memory",
-                        what: format!("make a bridge of tap {bridge}"),
-                    });
+            Op::CreateNetwork { bridge, marker, .. } => {
+                let bridge = named(address, "bridge", bridge)?;
+                match w.links.get(bridge) {
+                    Some(l) if &l.marker != marker => return Err(not_ours(bridge)),
+                    Some(l) if !l.bridge => {
+                        return Err(ProviderError::Unsupported {
+                            provider: "memory",
+                            what: format!("make a bridge of tap {bridge}"),
+                        });
+                    }
+                    Some(_) => {}
+                    None => {
+                        w.links.insert(
+                            bridge.to_string(),
+                            Link {
+                                marker: marker.clone(),
+                                bridge: true,
+                                controller: None,
+                                mac: None,
+                            },
+                        );
+                    }
                 }
-                Some(_) => {}
-                None => {
-                    w.links.insert(
-                        bridge.clone(),
-                        Link {
-                            marker: marker.clone(),
-                            bridge: true,
-                            controller: None,
-                            mac: None,
-                        },
-                    );
-                }
-            },
-            Op::DeleteNetwork { bridge, marker, .. } => match w.links.get(bridge) {
-                None => {}
-                Some(l) if &l.marker != marker => return Err(not_ours(bridge)),
-                Some(_) => {
-                    w.links.remove(bridge);
-                    for l in w.links.values_mut() {
-                        if l.controller.as_deref() == Some(bridge) {
-                            l.controller = None;
+            }
+            Op::DeleteNetwork { bridge, marker, .. } => {
+                let bridge = named(address, "bridge", bridge)?;
+                match w.links.get(bridge) {
+                    None => {}
+                    Some(l) if &l.marker != marker => return Err(not_ours(bridge)),
+                    Some(_) => {
+                        w.links.remove(bridge);
+                        for l in w.links.values_mut() {
+                            if l.controller.as_deref() == Some(bridge) {
+                                l.controller = None;
+                            }
                         }
                     }
                 }
-            },
+            }
             Op::CreateTap {
                 name,
                 mac,
@@ -370,6 +383,10 @@ impl MemoryProvider {
                 marker,
                 ..
             } => {
+                let (name, bridge) = (
+                    named(address, "tap", name)?,
+                    named(address, "bridge", bridge)?,
+                );
                 match w.links.get(bridge) {
                     Some(b) if b.bridge => {}
                     _ => return Err(missing(format!("bridge {bridge}"))),
@@ -378,34 +395,38 @@ impl MemoryProvider {
                     Some(l) if &l.marker != marker => return Err(not_ours(name)),
                     _ => {
                         w.links.insert(
-                            name.clone(),
+                            name.to_string(),
                             Link {
                                 marker: marker.clone(),
                                 bridge: false,
-                                controller: Some(bridge.clone()),
+                                controller: Some(bridge.to_string()),
                                 mac: Some(mac.clone()),
                             },
                         );
                     }
                 }
             }
-            Op::DeleteTap { name, marker, .. } => match w.links.get(name) {
-                None => {}
-                Some(l) if &l.marker != marker => return Err(not_ours(name)),
-                Some(_) => {
-                    if let Some((vm, _)) =
-                        w.vms.iter().find(|(_, v)| v.alive && v.taps.contains(name))
-                    {
-                        return Err(ProviderError::Unsupported {
-                            provider: "memory",
-                            what: format!("delete tap {name}: running VM {vm} uses it"),
-                        });
+            Op::DeleteTap { name, marker, .. } => {
+                let name = named(address, "tap", name)?;
+                match w.links.get(name) {
+                    None => {}
+                    Some(l) if &l.marker != marker => return Err(not_ours(name)),
+                    Some(_) => {
+                        if let Some((vm, _)) = w
+                            .vms
+                            .iter()
+                            .find(|(_, v)| v.alive && v.taps.iter().any(|t| t == name))
+                        {
+                            return Err(ProviderError::Unsupported {
+                                provider: "memory",
+                                what: format!("delete tap {name}: running VM {vm} uses it"),
+                            });
+                        }
+                        w.links.remove(name);
+                        w.mirrors.retain(|(s, d), _| s != name && d != name);
                     }
-                    w.links.remove(name);
-                    w.mirrors
-                        .retain(|(s, d), _| s != name.as_str() && d != name.as_str());
                 }
-            },
+            }
             Op::CreateDisk { spec, .. } => {
                 let file = spec.file_name();
                 if spec.keep && w.disks.contains_key(&file) {
@@ -498,20 +519,28 @@ impl MemoryProvider {
                 direction,
                 ..
             } => {
-                for t in [source_tap, dest_tap] {
+                let (src, dst) = (
+                    named(address, "source tap", source_tap)?,
+                    named(address, "destination tap", dest_tap)?,
+                );
+                for t in [src, dst] {
                     if w.links.get(t).is_none_or(|l| l.bridge) {
                         return Err(missing(format!("tap {t}")));
                     }
                 }
                 w.mirrors
-                    .insert((source_tap.clone(), dest_tap.clone()), *direction);
+                    .insert((src.to_string(), dst.to_string()), *direction);
             }
             Op::RemoveMirror {
                 source_tap,
                 dest_tap,
                 ..
             } => {
-                w.mirrors.remove(&(source_tap.clone(), dest_tap.clone()));
+                let (src, dst) = (
+                    named(address, "source tap", source_tap)?,
+                    named(address, "destination tap", dest_tap)?,
+                );
+                w.mirrors.remove(&(src.to_string(), dst.to_string()));
             }
             Op::RunStep {
                 vm, action, run_id, ..
@@ -582,29 +611,22 @@ impl Provider for MemoryProvider {
     }
 
     /// Every boot file, base image and file to send must be declared.
-    async fn preflight(&self, lab: Option<&crate::lab::Lab>) -> Result<(), ProviderError> {
-        let Some(lab) = lab else { return Ok(()) };
+    async fn preflight(&self, needs: &super::Requirements) -> Result<(), ProviderError> {
         let w = self.world.borrow();
         let mut missing = Vec::new();
-        for vm in &lab.vms {
-            for p in vm.kernel.iter().chain(vm.initrd.iter()) {
-                if !w.files.contains(p) {
-                    missing.push(format!("{} (vm {})", p.display(), vm.name));
-                }
-            }
-            for step in &vm.cc {
-                if let CcActionSpec::Send { src, .. } = &step.action
-                    && !w.files.contains(src)
-                {
-                    missing.push(format!("{} ({})", src.display(), step.address));
-                }
+        for b in &needs.boot_files {
+            if !w.files.contains(&b.path) {
+                missing.push(format!("{} (vm {})", b.path.display(), b.vm));
             }
         }
-        for d in &lab.disks {
-            for p in d.from.iter().chain(d.inject.iter().map(|(p, _)| p)) {
-                if !w.files.contains(p) {
-                    missing.push(format!("{} ({})", p.display(), d.address));
-                }
+        for (step, src) in &needs.sends {
+            if !w.files.contains(src) {
+                missing.push(format!("{} ({step})", src.display()));
+            }
+        }
+        for d in &needs.disk_sources {
+            if !w.files.contains(&d.path) {
+                missing.push(format!("{} ({})", d.path.display(), d.address));
             }
         }
         if missing.is_empty() {
@@ -728,6 +750,11 @@ impl Provider for MemoryProvider {
     fn disk_file(&self, sd: &StateDir, file: &str) -> Result<PathBuf, ProviderError> {
         Ok(sd.disk_file(file)?)
     }
+
+    /// A disk image the world holds under that file name.
+    fn disk_present(&self, _sd: &StateDir, file: &str) -> bool {
+        self.world.borrow().disks.contains_key(file)
+    }
 }
 
 /// A guest of the memory engine: commands exit as `exits` says.
@@ -815,7 +842,7 @@ mod tests {
         Op::CreateNetwork {
             address: address.into(),
             name: "LAN".into(),
-            bridge: name.into(),
+            bridge: Some(name.into()),
             host_address: None,
             marker: identity::marker("x", address),
         }
@@ -826,9 +853,9 @@ mod tests {
             address: "vm.A.nic[0]".into(),
             vm: "A".into(),
             nic: 0,
-            name: name.into(),
+            name: Some(name.into()),
             mac: "52:54:00:00:00:01".into(),
-            bridge: bridge.into(),
+            bridge: Some(bridge.into()),
             marker: identity::marker("x", "vm.A.nic[0]"),
         }
     }
@@ -877,6 +904,17 @@ mod tests {
     async fn it_refuses_what_a_real_engine_refuses() {
         let (_t, sd) = sd();
         let p = MemoryProvider::new("x");
+        // This engine names its interfaces before apply: an op naming none is refused.
+        let mut unnamed = bridge("network.LAN", "mpb1");
+        if let Op::CreateNetwork { bridge, .. } = &mut unnamed {
+            *bridge = None;
+        }
+        let e = run(&p, &sd, unnamed).await.unwrap_err();
+        assert!(
+            matches!(e, ProviderError::Unnamed { what: "bridge", .. }),
+            "{e}"
+        );
+        assert!(p.world().links.is_empty());
         // A tap needs its bridge; a VM its boot files and its taps.
         let e = run(&p, &sd, tap("mpt1", "mpb1")).await.unwrap_err();
         assert!(matches!(e, ProviderError::Missing { .. }), "{e}");
@@ -893,7 +931,7 @@ mod tests {
         assert!(run(&p, &sd, launch("mpt1")).await.is_err());
         let del = Op::DeleteTap {
             address: "vm.A.nic[0]".into(),
-            name: "mpt1".into(),
+            name: Some("mpt1".into()),
             marker: identity::marker("x", "vm.A.nic[0]"),
         };
         let e = run(&p, &sd, del.clone()).await.unwrap_err();
@@ -924,7 +962,7 @@ mod tests {
             &sd,
             Op::DeleteNetwork {
                 address: "network.LAN".into(),
-                bridge: "theirs".into(),
+                bridge: Some("theirs".into()),
                 marker: identity::marker("x", "network.LAN"),
             },
         )

@@ -8,8 +8,10 @@
 //!   exists ([`Provider::refresh`], typed observations keyed by address), how
 //!   an effect is carried out ([`Provider::execute`] of an [`Op`]), how a
 //!   guest is reached ([`Provider::guest`]), where its files live (the
-//!   layout methods) and what it needs before anything changes
-//!   ([`Provider::preflight`]).
+//!   layout methods, [`Provider::disk_present`]), what it needs before
+//!   anything changes ([`Provider::preflight`] of a [`Requirements`]),
+//!   what accelerator a run gets ([`Provider::resolve_accel`]) and what
+//!   bounds its layout puts on a lab ([`Provider::check_lab`]).
 //! - An [`Op`] is a plain value: it carries the spec values it needs; no
 //!   `Lab`, no address to re-parse, crosses the seam.
 //! - A provider refuses to change or remove an object that does not carry
@@ -17,7 +19,9 @@
 
 pub mod memory;
 pub mod names;
+pub mod needs;
 pub mod ops;
+pub mod recorded;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -27,7 +31,9 @@ use crate::lab::Lab;
 use crate::observed::Observed;
 use crate::state::{Kind, State, StateDir};
 
+pub use crate::drivers::qemu::Accel;
 pub use crate::host::StepOutcome;
+pub use needs::{LabProblem, Requirements};
 pub use ops::{Op, OpOutcome, Outcome};
 
 /// What an engine decides about attributes, as plain data the pure planner
@@ -131,10 +137,33 @@ pub trait Provider {
     fn assign_names(&self, lab: &mut Lab) -> Result<(), ProviderError>;
 
     /// What changing things needs, checked before anything changes (tools,
-    /// privileges, the lab's boot files, files its steps and disks read):
-    /// `Err(ProviderError::Preflight)` names every missing piece. `lab` is
-    /// None for a destroy.
-    async fn preflight(&self, lab: Option<&Lab>) -> Result<(), ProviderError>;
+    /// privileges, and the files in `needs`: the lab's boot files, files its
+    /// steps and disks read, empty for a destroy):
+    /// `Err(ProviderError::Preflight)` names every missing piece.
+    async fn preflight(&self, needs: &Requirements) -> Result<(), ProviderError>;
+
+    /// The accelerator this run's VMs get for the one asked (`auto`, `kvm`
+    /// or `tcg`): the engine decides what `auto` means and whether `kvm`
+    /// can be had (the local engine opens /dev/kvm; `ProviderError::NoKvm`
+    /// when asked for kvm that does not open). Default: an engine that runs
+    /// no QEMU here takes what is asked, and `auto` is TCG.
+    fn resolve_accel(&self, asked: crate::lab::Accel) -> Result<Accel, ProviderError> {
+        Ok(match asked {
+            crate::lab::Accel::Kvm => Accel::Kvm,
+            crate::lab::Accel::Tcg | crate::lab::Accel::Auto => Accel::Tcg,
+        })
+    }
+
+    /// The bounds this engine's layout puts on a lab validation accepted
+    /// (the local engine: a VM's socket paths fit `sun_path`), each located
+    /// by address. Pure, and asked before the engine is connected (`megaplan
+    /// validate` reaches no engine): an associated function.
+    fn check_lab(_lab: &Lab) -> Vec<LabProblem>
+    where
+        Self: Sized,
+    {
+        Vec::new()
+    }
 
     /// Refresh: what exists of this experiment, keyed by address.
     async fn refresh(
@@ -183,6 +212,13 @@ pub trait Provider {
     /// The file of a disk of this experiment on this machine (`file` a name
     /// the state recorded, checked), if the engine keeps disks here.
     fn disk_file(&self, sd: &StateDir, file: &str) -> Result<PathBuf, ProviderError>;
+
+    /// Whether a disk file named `file` (a name from the file, checked) is
+    /// here as a plain file, never through a link: what `adopt` asks of a
+    /// lost state's unrecorded disks. Default: the engine keeps none here.
+    fn disk_present(&self, _sd: &StateDir, _file: &str) -> bool {
+        false
+    }
 
     // What the CLI, `cc` and `serve` read or do through the provider (the
     // only door; tests/tidy.rs). The defaults are an engine that keeps
@@ -307,6 +343,9 @@ pub enum ProviderError {
         /// Only files the lab reads are missing (no tools).
         only_files: bool,
     },
+    /// The accelerator asked for is kvm, and this machine's /dev/kvm does not open.
+    #[error("the accelerator is kvm, but /dev/kvm does not open")]
+    NoKvm,
     /// A boot file of a VM is not there.
     #[error("{} does not exist (build one with `megaplan image build`)", path.display())]
     MissingBootFile { path: PathBuf },
@@ -340,6 +379,12 @@ pub enum ProviderError {
     /// A capture's recorder could not start or stop.
     #[error(transparent)]
     Capture(#[from] crate::capture::CaptureError),
+    /// An op names no interface where this engine does not choose one
+    /// itself (see [`ops::named`]).
+    #[error(
+        "{address}: the plan or state names no {what}, and this engine does not choose one (a damaged saved plan or state?)"
+    )]
+    Unnamed { address: String, what: &'static str },
 }
 
 impl ProviderError {

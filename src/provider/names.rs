@@ -80,20 +80,6 @@ pub fn local(lab: &mut Lab) -> Result<(), NameCollision> {
     Ok(())
 }
 
-/// The names megaplan chooses on an engine that names its own taps and
-/// keeps no bridge per network (minimega): only the host's interface of a
-/// network with a `host-address` (the host tap megaplan creates on it,
-/// named as the local engine names the bridge that would carry the
-/// address). Every other bridge and every tap stays unset: known after apply.
-pub fn host_interfaces_only(lab: &mut Lab) {
-    for n in &mut lab.networks {
-        n.bridge = n
-            .host_address
-            .as_ref()
-            .map(|_| identity::bridge_name(&lab.name, &n.address));
-    }
-}
-
 /// Validate a file and name it as the local engine does: what a pure
 /// planning test, or a view that reaches no engine, starts from. A
 /// collision is an error diagnostic (and no lab).
@@ -214,31 +200,6 @@ capture "all" network="LAN"
         assert_eq!(e.second, "network.LAN");
         assert_eq!(e.name, identity::bridge_name("names", "network.LAN"));
         assert!(lab.networks.iter().all(|n| n.bridge.is_none()));
-        assert!(
-            lab.vms
-                .iter()
-                .flat_map(|v| &v.nics)
-                .all(|n| n.tap.is_none())
-        );
-    }
-
-    #[test]
-    fn an_engine_naming_its_own_taps_gets_only_host_interfaces() {
-        let src = SourceFile::new(
-            "/lab/h.kdl",
-            LAB.replace(
-                "network \"mon\"",
-                "network \"mon\" { host-address \"10.9.0.254/24\"; }",
-            ),
-        );
-        let (lab, d) = crate::validate::check(&src);
-        let mut lab = lab.unwrap_or_else(|| panic!("{}", d.render_plain(&src)));
-        host_interfaces_only(&mut lab);
-        assert_eq!(lab.networks[0].bridge, None);
-        assert_eq!(
-            lab.networks[1].bridge.as_deref(),
-            Some(identity::bridge_name("names", "network.mon").as_str())
-        );
         assert!(
             lab.vms
                 .iter()

@@ -1083,7 +1083,10 @@ mod tests {
         fn assign_names(&self, lab: &mut Lab) -> Result<(), crate::provider::ProviderError> {
             Ok(crate::provider::names::local(lab)?)
         }
-        async fn preflight(&self, _: Option<&Lab>) -> Result<(), crate::provider::ProviderError> {
+        async fn preflight(
+            &self,
+            _: &crate::provider::Requirements,
+        ) -> Result<(), crate::provider::ProviderError> {
             Ok(())
         }
         async fn refresh(

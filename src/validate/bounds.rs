@@ -1,8 +1,8 @@
-//! Pass (per VM): what must fit a fixed-size slot on the host or in the
-//! protocol: a VM's socket paths (`sun_path`) and each cc command (one
-//! protocol frame).
+//! Pass (per VM): what must fit a fixed-size slot in the protocol: each cc
+//! command (one protocol frame). Bounds that depend on where an engine puts
+//! things (the local engine's socket paths in its runtime folder) are the
+//! engine's: `Provider::check_lab`, reported by the CLI (`validate::locate`).
 
-use std::path::PathBuf;
 use std::sync::OnceLock;
 
 use miette::SourceSpan;
@@ -16,56 +16,7 @@ use crate::model;
 /// newer agent protocol may add, such as a step id).
 const FRAME_MARGIN: usize = 4096;
 
-/// The runtime folders a socket path is made of: the length of the bare
-/// base (`runtime_dir("", "")`) and the experiment's folder.
-pub(super) struct RuntimeRoot {
-    base_len: usize,
-    experiment: PathBuf,
-}
-
 impl Validator {
-    /// A VM's sockets (QMP, cc) live in its runtime folder; a unix socket
-    /// path holds at most [`runtime::MAX_SOCKET_PATH`] bytes.
-    ///
-    /// [`runtime::MAX_SOCKET_PATH`]: crate::drivers::runtime::MAX_SOCKET_PATH
-    pub(super) fn check_socket_path(&mut self, experiment: &str, vc: &mut VmCheck) {
-        use crate::drivers::runtime;
-        let longest = [runtime::QMP_SOCKET_NAME, runtime::CC_SOCKET_NAME]
-            .into_iter()
-            .max_by_key(|n| n.len())
-            .expect("two names");
-        // The environment is read once per run, not once per VM.
-        let root = self.runtime_root.get_or_insert_with(|| RuntimeRoot {
-            base_len: crate::host::runtime_dir("", "").as_os_str().len(),
-            experiment: crate::host::runtime_root(experiment),
-        });
-        let sock = root.experiment.join(vc.name).join(longest);
-        let base_len = root.base_len;
-        let len = sock.as_os_str().len();
-        if len > runtime::MAX_SOCKET_PATH {
-            let vm_name = vc.name;
-            self.once(
-                vc,
-                Diag::error(
-                    Code::SocketPathTooLong,
-                    format!(
-                        "VM '{vm_name}' would have a socket path of {len} bytes: a unix socket path holds at most {}",
-                        runtime::MAX_SOCKET_PATH
-                    ),
-                )
-                .label(vc.vm.name.span, format!("{}", sock.display()))
-                .help(format!(
-                    "the path is the runtime folder ({} bytes: MEGAPLAN_RUNTIME_DIR or /run/megaplan), /EXPERIMENT ({} bytes), /VM ({} bytes) and /{longest}: shorten the experiment or VM name by {} bytes, or set MEGAPLAN_RUNTIME_DIR to a shorter folder",
-                    base_len.saturating_sub(1),
-                    experiment.len() + 1,
-                    vm_name.len() + 1,
-                    len - runtime::MAX_SOCKET_PATH
-                )),
-                "sockpath",
-            );
-        }
-    }
-
     /// A cc command travels in one protocol frame: refuse one that cannot fit.
     pub(super) fn check_command_size(
         &mut self,

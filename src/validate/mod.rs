@@ -11,7 +11,7 @@
 //! | networks | `networks.rs` | names, duplicates, `host-address` |
 //! | disks | `disks.rs` | names, duplicates, size, format, filesystem, `from`, `inject` |
 //! | VM names | `names.rs` | ranges expand, names are safe, duplicates |
-//! | VMs | `vms.rs` | per VM, in this order: UUID, memory and vcpus (`sizes.rs`), socket path (`bounds.rs`), boot files, disks (`vm_disks.rs`), nics (`nics.rs`), tags, `after` references (`after.rs`), QEMU arguments, boot timeout, cc steps (`steps.rs`) |
+//! | VMs | `vms.rs` | per VM, in this order: UUID, memory and vcpus (`sizes.rs`), boot files, disks (`vm_disks.rs`), nics (`nics.rs`), tags, `after` references (`after.rs`), QEMU arguments, boot timeout, cc steps (`steps.rs`) |
 //! | shared disks | `vm_disks.rs` | a disk written directly by one VM is used by no other |
 //! | mirrors | `mirrors.rs` | sources, indexes, loops; expands network mirrors |
 //! | `after` cycles | `after.rs` | names the whole cycle |
@@ -42,6 +42,7 @@ mod after;
 mod bounds;
 mod disks;
 mod experiment;
+mod locate;
 mod mirrors;
 mod names;
 mod networks;
@@ -57,6 +58,7 @@ mod vms;
 #[cfg(test)]
 mod tests;
 
+pub use locate::locate;
 pub use values::{
     expand_range, name_problem, parse_cidr, parse_duration_ms, parse_mac, parse_size,
 };
@@ -146,7 +148,6 @@ pub fn validate(doc: &Document, src: &SourceFile) -> (Option<Lab>, Diagnostics) 
         exists: HashMap::new(),
         warned: HashSet::new(),
         nic_manifests: HashMap::new(),
-        runtime_root: None,
     };
     let lab = v.run(doc, src);
     (lab, v.d)
@@ -166,8 +167,6 @@ struct Validator {
     warned: HashSet<PathBuf>,
     /// The nic models of an initrd's manifest, read once per initrd.
     nic_manifests: HashMap<PathBuf, Option<Vec<String>>>,
-    /// Where VM sockets go (read from the environment once).
-    runtime_root: Option<bounds::RuntimeRoot>,
 }
 
 /// The nic models `driver=` accepts: those `image build` has guest drivers

@@ -1,6 +1,6 @@
 //! Pass: VMs. Each VM of the file (a range is one VM per name) is checked
 //! by the per-VM passes in a fixed order and becomes a [`VmSpec`]: UUID,
-//! memory and vcpus (`sizes.rs`), socket path (`bounds.rs`), boot files,
+//! memory and vcpus (`sizes.rs`), boot files,
 //! disks (`vm_disks.rs`), nics (`nics.rs`), tags, `after` (`after.rs`),
 //! QEMU arguments, boot timeout and cc steps (`steps.rs`).
 
@@ -73,7 +73,6 @@ impl Validator {
             let uuid = self.vm_uuid(ename, &mut vc, &mut uuids);
             let memory_mib = self.memory(&mut vc);
             let vcpus = self.vcpus(&mut vc);
-            self.check_socket_path(ename, &mut vc);
             let snapshot = vm.snapshot.as_ref().is_none_or(|s| s.value);
             let (kernel, initrd) = self.boot_files(&mut vc);
             let disks = self.vm_disks(&mut vc, snapshot, known, &mut disk_users);

@@ -28,8 +28,8 @@ impl Provider for Batching<'_> {
     fn assign_names(&self, lab: &mut Lab) -> Result<(), ProviderError> {
         self.inner.assign_names(lab)
     }
-    async fn preflight(&self, lab: Option<&Lab>) -> Result<(), ProviderError> {
-        self.inner.preflight(lab).await
+    async fn preflight(&self, needs: &crate::provider::Requirements) -> Result<(), ProviderError> {
+        self.inner.preflight(needs).await
     }
     async fn refresh(
         &self,
