@@ -6,7 +6,9 @@ use std::process::ExitCode;
 
 use clap::Subcommand;
 
+use crate::cli::door::Door;
 use crate::cli::{CliError, load};
+use crate::provider::Provider as _;
 use crate::state::StateDir;
 
 #[derive(Subcommand, Debug)]
@@ -89,11 +91,9 @@ pub fn capture_cmd(command: CaptureCommand) -> Result<ExitCode, CliError> {
             };
             let sd = StateDir::for_file(&file, &lab.name, state_dir.as_deref());
             // The engine the state records (crate::minimega::recorded).
-            if let Ok(state) = sd.load() {
-                crate::minimega::recorded::reconcile(&mut lab, &state, &sd.state_file())?;
-            }
+            crate::cli::recorded_engine(&mut lab, &sd)?;
             // The path comes from the lab's (validated) name, not the argument.
-            let Some(c) = lab.captures.iter().find(|c| c.name == name) else {
+            let Some(c) = lab.captures.iter().find(|c| c.name == name).cloned() else {
                 return Err(crate::cli::error::Problem::NoSuchCapture {
                     name,
                     file,
@@ -101,9 +101,10 @@ pub fn capture_cmd(command: CaptureCommand) -> Result<ExitCode, CliError> {
                 }
                 .into());
             };
-            // On minimega: the file, fetched from the VM's node.
-            crate::minimega::captures::fetch_for_cli(&lab, c, &sd)?;
-            let path = super::file_path(&sd, &c.name)?;
+            // The engine brings the file up to date (minimega fetches it
+            // from the VM's node) and names it.
+            let door = Door::open(&mut lab)?;
+            let path = door.block_on(door.provider.capture_file(&sd, &c))?;
             let path = std::path::absolute(&path).unwrap_or(path);
             println!("{}", path.display());
             Ok(ExitCode::SUCCESS)

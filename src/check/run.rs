@@ -261,7 +261,7 @@ async fn attempt<P: Provider>(provider: &P, lab: &Lab, sd: &StateDir, c: &CheckS
             filter,
             at_least,
             at_most,
-        } => match settled_count(sd, capture, filter, *at_least).await {
+        } => match settled_count(provider, lab, sd, capture, filter, *at_least).await {
             Err(e) => Attempt::error(e),
             Ok((matched, total, excerpt)) => {
                 let low = at_least.is_none_or(|l| matched >= l);
@@ -299,14 +299,27 @@ fn bounds_text(at_least: Option<u64>, at_most: Option<u64>) -> String {
 /// [`CAPTURE_SETTLE`]: the recorder is another process, and the frame a
 /// guest's reply has just proven sent may still be in its socket, not yet
 /// in the file (seen under load with three TCG guests on two cores).
-async fn settled_count(
+/// The file is the provider's (`Provider::capture_file`: minimega fetches
+/// it from the VM's node), asked again before every read.
+async fn settled_count<P: Provider>(
+    provider: &P,
+    lab: &Lab,
     sd: &StateDir,
     name: &str,
     filter: &str,
     at_least: Option<u64>,
 ) -> Result<(u64, u64, Vec<String>), String> {
+    let Some(spec) = lab.captures.iter().find(|c| c.name == name) else {
+        return Err(format!(
+            "capture '{name}': the file defines no such capture"
+        ));
+    };
     let end = std::time::Instant::now() + CAPTURE_SETTLE;
     loop {
+        provider
+            .capture_file(sd, spec)
+            .await
+            .map_err(|e| format!("capture '{name}': {e}"))?;
         let r = capture_count(sd, name, filter)?;
         if at_least.is_none_or(|l| r.0 >= l) || std::time::Instant::now() >= end {
             return Ok(r);

@@ -1038,7 +1038,7 @@ pub(crate) fn apply_cmd(
 /// nothing (crate::minimega::recorded). Read before the lock, to open the
 /// right engine; the command checks it again on the state it reads under
 /// the lock, and a state that does not load is reported there.
-fn recorded_engine(lab: &mut Lab, sd: &StateDir) -> Result<(), CliError> {
+pub(crate) fn recorded_engine(lab: &mut Lab, sd: &StateDir) -> Result<(), CliError> {
     if let Ok(state) = sd.load() {
         crate::minimega::recorded::reconcile(lab, &state, &sd.state_file())?;
     }
@@ -1156,14 +1156,17 @@ pub(crate) fn destroy_cmd(
     } else {
         ExitCode::SUCCESS
     };
-    if all && code == ExitCode::SUCCESS {
-        // `destroy --all`: the capture files go too (plain destroy keeps them).
-        crate::capture::remove_files(&sd)?;
-    }
     {
         use crate::provider::Provider as _;
+        // `destroy --all` that succeeded: the capture files go too (plain
+        // destroy keeps them).
         door.provider
-            .after_destroy(&lab.name, state.resources.is_empty())
+            .after_destroy(
+                &sd,
+                &lab.name,
+                state.resources.is_empty(),
+                all && code == ExitCode::SUCCESS,
+            )
             .map_err(|source| Problem::AfterDestroy {
                 provider: door.provider.name(),
                 source,

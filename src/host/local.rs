@@ -1290,11 +1290,26 @@ impl Provider for LocalHost {
         )
     }
 
-    fn after_destroy(&self, experiment: &str, _nothing_left: bool) -> Result<(), ProviderError> {
+    /// The recorder (crate::capture) writes the file in place.
+    async fn capture_file(
+        &self,
+        sd: &StateDir,
+        capture: &crate::lab::CaptureSpec,
+    ) -> Result<PathBuf, ProviderError> {
+        Ok(crate::capture::file_path(sd, &capture.name)?)
+    }
+
+    fn after_destroy(
+        &self,
+        sd: &StateDir,
+        experiment: &str,
+        _nothing_left: bool,
+        all: bool,
+    ) -> Result<(), ProviderError> {
         // Only if empty: a VM of the experiment that is still recorded
         // (a failed stop) keeps its folder, and that is not an error.
         let _ = std::fs::remove_dir(super::runtime_root(experiment));
-        Ok(())
+        crate::provider::remove_captures(sd, all)
     }
 }
 

@@ -129,9 +129,11 @@ pub(super) async fn start(h: &MinimegaHost, spec: &CaptureSpec) -> Result<(), Mi
                 break;
             }
             if Instant::now() >= end {
-                return Err(CcError::Wait(format!(
-                    "minimega did not make {FOLDER}/{exp}/{CAPTURES} on {node} within {WAIT:?}"
-                ))
+                return Err(CcError::NoFolder {
+                    folder: format!("{FOLDER}/{exp}/{CAPTURES}"),
+                    node,
+                    after: WAIT,
+                }
                 .into());
             }
             tokio::time::sleep(POLL).await;
@@ -268,10 +270,7 @@ pub async fn fetch(
         src: spec.name.clone(),
         why: "not a capture name",
     })?;
-    let root = sd
-        .open(true)
-        .map_err(|e| CcError::Wait(e.to_string()))?
-        .expect("created");
+    let root = sd.open(true).map_err(CcError::State)?.expect("created");
     let dir = cc::sub(&root, crate::capture::CAPTURES_DIR, true)?;
     let part = format!(".{file}.fetch");
     let _ = dir.unlink(&part);
@@ -291,25 +290,6 @@ pub async fn fetch(
     }
     dir.rename(&part, &file).map_err(cc::io("rename", &dest))?;
     Ok(dest)
-}
-
-/// `megaplan capture path`: on a lab built on minimega, fetch the capture's
-/// file first; the local engine's recorder writes it in place already.
-pub fn fetch_for_cli(
-    lab: &Lab,
-    spec: &CaptureSpec,
-    sd: &StateDir,
-) -> Result<(), crate::provider::ProviderError> {
-    let Some(settings) = super::provider::settings(lab) else {
-        return Ok(());
-    };
-    let h = MinimegaHost::connect(&settings, &lab.name, Some(lab))?;
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_time()
-        .build()
-        .map_err(|e| MinimegaError::from(CcError::Wait(format!("cannot start a runtime: {e}"))))?;
-    rt.block_on(fetch(&h, spec, sd))?;
-    Ok(())
 }
 
 #[cfg(test)]

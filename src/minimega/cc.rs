@@ -74,8 +74,35 @@ pub enum CcError {
         exit: i32,
         stderr: String,
     },
-    #[error("{0}")]
-    Wait(String),
+    /// minimega did not make megaplan's folder on a VM's node in time.
+    #[error("minimega did not make {folder} on {node} within {after:?}")]
+    NoFolder {
+        folder: String,
+        node: String,
+        after: Duration,
+    },
+    /// minimega's cc did not answer a transfer's command in time.
+    #[error("no answer from minimega's cc to {doing} {src} (VM {vm}) within {after:?}")]
+    NoAnswer {
+        vm: String,
+        /// "sending" or "receiving".
+        doing: &'static str,
+        src: String,
+        after: Duration,
+    },
+    /// iomeshage did not bring a file to the head in time.
+    #[error("minimega's `file get {file}` did not finish within {after:?}")]
+    FileGet { file: String, after: Duration },
+    /// The experiment's cc or captures folder could not be removed.
+    #[error("removing {folder}: {source}")]
+    Forget {
+        folder: String,
+        #[source]
+        source: Box<super::disks::FilesError>,
+    },
+    /// The state folder refused (a link, a failed create).
+    #[error(transparent)]
+    State(#[from] crate::state::StateError),
 }
 
 pub(super) fn io(
@@ -101,10 +128,10 @@ pub(super) async fn wait_for_client(h: &MinimegaHost, spec: &VmSpec) -> Result<(
             return Ok(());
         }
         if Instant::now() >= end {
-            return Err(MinimegaError::Wait(format!(
-                "miniccc of {} did not check in with minimega within {boot:?} (boot-timeout); does its image start miniccc (`image build --miniccc`)?",
-                spec.name
-            )));
+            return Err(MinimegaError::NoCcClient {
+                vm: spec.name.clone(),
+                after: boot,
+            });
         }
         tokio::time::sleep(POLL).await;
     }
@@ -190,7 +217,7 @@ pub(super) fn under_filter(
 async fn answered(
     h: &MinimegaHost,
     ids: &[(String, u64)],
-    what: &str,
+    (vm, doing, src): (&str, &'static str, String),
     limit: Duration,
 ) -> Result<(String, u64), MinimegaError> {
     let end = Instant::now() + limit;
@@ -210,9 +237,12 @@ async fn answered(
             }
         }
         if Instant::now() >= end {
-            return Err(CcError::Wait(format!(
-                "no answer from minimega's cc to {what} within {limit:?}"
-            ))
+            return Err(CcError::NoAnswer {
+                vm: vm.to_string(),
+                doing,
+                src,
+                after: limit,
+            }
             .into());
         }
         tokio::time::sleep(POLL).await;
@@ -291,7 +321,13 @@ async fn send(
     }
     let send = Command::new("cc").word("send").arg(&rel)?;
     let ids = under_filter(h, &spec.uuid.to_string(), &prefix, &[send, place])?;
-    let (node, id) = answered(h, &ids, &format!("sending {}", src.display()), limit).await?;
+    let (node, id) = answered(
+        h,
+        &ids,
+        (&spec.name, "sending", src.display().to_string()),
+        limit,
+    )
+    .await?;
     let (exit, stderr) = exit_and_stderr(h, &node, id, &spec.uuid.to_string())?;
     if exit != 0 {
         return Err(CcError::Place {
@@ -366,7 +402,7 @@ async fn recv(
     let files = files_dir(h)?;
     let recv = Command::new("cc").word("recv").arg(src)?;
     let ids = under_filter(h, &uuid, &prefix, &[recv])?;
-    let (node, id) = answered(h, &ids, &format!("receiving {src}"), limit).await?;
+    let (node, id) = answered(h, &ids, (&spec.name, "receiving", src.to_string()), limit).await?;
     let ns = h.ns.as_str();
     let id_s = id.to_string();
     let mut rel: Vec<&str> = vec![ns, "miniccc_responses", &id_s, &uuid];
@@ -482,9 +518,10 @@ pub(super) async fn fetch(
             return Ok(());
         }
         if Instant::now() >= end {
-            return Err(CcError::Wait(format!(
-                "minimega's `file get {rel_text}` did not finish within {limit:?}"
-            ))
+            return Err(CcError::FileGet {
+                file: rel_text.to_string(),
+                after: limit,
+            }
             .into());
         }
         tokio::time::sleep(POLL).await;
@@ -513,8 +550,11 @@ pub(super) fn forget_experiment(h: &MinimegaHost) -> Result<(), MinimegaError> {
     let exp = h.experiment_name()?;
     let mut c = h.client.lock().expect("the client lock");
     for sub in [SENT, super::captures::CAPTURES] {
-        super::disks::delete_everywhere(&mut c, &format!("{FOLDER}/{exp}/{sub}"))
-            .map_err(|e| CcError::Wait(format!("removing {FOLDER}/{exp}/{sub}: {e}")))?;
+        let folder = format!("{FOLDER}/{exp}/{sub}");
+        super::disks::delete_everywhere(&mut c, &folder).map_err(|e| CcError::Forget {
+            folder: folder.clone(),
+            source: Box::new(e),
+        })?;
     }
     Ok(())
 }

@@ -74,8 +74,25 @@ pub enum MinimegaError {
     NoVm(String),
     #[error("{0} names no nic of the experiment")]
     NoNic(String),
-    #[error("{0}")]
-    Wait(String),
+    /// A guest's miniccc did not check in within its boot-timeout.
+    #[error(
+        "miniccc of {vm} did not check in with minimega within {after:?} (boot-timeout); does its image start miniccc (`image build --miniccc`)?"
+    )]
+    NoCcClient { vm: String, after: Duration },
+    /// A VM placed with its mirror partner waited for that one's launch.
+    #[error("{vm} waits for {partner} (its mirror partner) to launch first (waited {after:?})")]
+    NoPartner {
+        vm: String,
+        partner: String,
+        after: Duration,
+    },
+    /// A killed VM did not leave the namespace in time.
+    #[error("VM {vm} is still in minimega's namespace {ns} after {after:?}")]
+    StillThere {
+        vm: String,
+        ns: String,
+        after: Duration,
+    },
     #[error(transparent)]
     Cc(#[from] super::cc::CcError),
     #[error(transparent)]
@@ -268,8 +285,7 @@ impl MinimegaHost {
                 .and_then(|l| l.networks.iter().find(|n| n.address == addr))
                 .is_some_and(|n| {
                     n.host_address.is_some()
-                        && !host_taps
-                            .contains(&super::taps::host_tap_of(&self.experiment, &n.address))
+                        && !host_taps.contains(&super::taps::host_tap_of(&self.experiment, &n.name))
                 })
         };
         for (addr, name) in &networks {
@@ -817,12 +833,29 @@ impl Provider for MinimegaHost {
     /// Once nothing is recorded any more: clear the namespace if nothing
     /// else is left in it, and then the boot files and disks megaplan
     /// placed in minimega's file path.
-    fn after_destroy(&self, _experiment: &str, nothing_left: bool) -> Result<(), PError> {
+    fn after_destroy(
+        &self,
+        sd: &StateDir,
+        _experiment: &str,
+        nothing_left: bool,
+        all: bool,
+    ) -> Result<(), PError> {
+        // The captures fetched into the state folder (super::captures).
+        crate::provider::remove_captures(sd, all)?;
         if nothing_left && self.clear_namespace_if_empty()? {
             let mut c = self.client.lock().expect("the client lock");
             super::disks::forget(&mut c, &self.experiment).map_err(MinimegaError::from)?;
         }
         Ok(())
+    }
+
+    /// Fetched from the VM's node into the state folder (super::captures).
+    async fn capture_file(
+        &self,
+        sd: &StateDir,
+        capture: &crate::lab::CaptureSpec,
+    ) -> Result<PathBuf, PError> {
+        Ok(super::captures::fetch(self, capture, sd).await?)
     }
 
     async fn preflight(&self, needs: &Requirements) -> Result<(), PError> {
@@ -843,14 +876,12 @@ impl Provider for MinimegaHost {
     async fn execute(&self, _sd: &StateDir, op: &Op) -> Result<OpOutcome, PError> {
         match op {
             Op::CreateNetwork {
-                address,
-                name,
-                host_address,
-                ..
+                name, host_address, ..
             } => {
                 self.ensure_alias(name)?;
-                // host-address: a host tap on the head (super::taps).
-                let bridge = &super::taps::host_tap_of(&self.experiment, address);
+                // host-address: a host tap on the head (super::taps), named
+                // from the network's typed name.
+                let bridge = &super::taps::host_tap_of(&self.experiment, name);
                 match host_address {
                     Some(a) => {
                         let computed = super::taps::create(self, name, bridge, a)?;
@@ -863,9 +894,14 @@ impl Provider for MinimegaHost {
                 }
             }
             // An alias goes with the namespace; its host tap, if any, now.
-            Op::DeleteNetwork { address, .. } => {
-                super::taps::delete(self, &super::taps::host_tap_of(&self.experiment, address))?
-            }
+            // The op names neither the network nor its recorded `host_tap`:
+            // its address is the only identity it has, and `network.NAME`
+            // hashes to the name `host_tap_of(NAME)` gave it (the record's
+            // address is the lab's validated one).
+            Op::DeleteNetwork { address, .. } => super::taps::delete(
+                self,
+                &crate::identity::bridge_name(&self.experiment, address),
+            )?,
             // A tap is made and removed with its VM.
             Op::CreateTap { .. } | Op::DeleteTap { .. } => {}
             // minimega's `capture pcap vm` (super::captures).
@@ -1305,8 +1341,21 @@ impl Provider for Engine {
     ) -> Result<crate::drivers::qemu_img::ExtractReport, PError> {
         delegate!(self, h => h.extract_disk(sd, disk, guest_path, to).await)
     }
-    fn after_destroy(&self, experiment: &str, nothing_left: bool) -> Result<(), PError> {
-        delegate!(self, h => h.after_destroy(experiment, nothing_left))
+    fn after_destroy(
+        &self,
+        sd: &StateDir,
+        experiment: &str,
+        nothing_left: bool,
+        all: bool,
+    ) -> Result<(), PError> {
+        delegate!(self, h => h.after_destroy(sd, experiment, nothing_left, all))
+    }
+    async fn capture_file(
+        &self,
+        sd: &StateDir,
+        capture: &crate::lab::CaptureSpec,
+    ) -> Result<PathBuf, PError> {
+        delegate!(self, h => h.capture_file(sd, capture).await)
     }
     fn batches(&self, kind: Kind, phase: crate::provider::ops::Phase) -> bool {
         delegate!(self, h => h.batches(kind, phase))

@@ -27,11 +27,13 @@ pub enum TapError {
 /// The computed attribute that records a network's host tap.
 pub const HOST_TAP: &str = "host_tap";
 
-/// The name of the host tap of network `address` in `experiment`: the name
-/// megaplan's own engine gives that network's bridge (deterministic, from
-/// validated identities), so one file names the same interface on both.
-pub fn host_tap_of(experiment: &str, address: &str) -> String {
-    crate::identity::bridge_name(experiment, address)
+/// The name of the host tap of network `network` (its validated name, as
+/// the op's typed `name` carries it) in `experiment`: the name megaplan's
+/// own engine gives that network's bridge (`identity::bridge_name` of the
+/// network's identity `network.NAME`, built here from the name, never read
+/// from an op's address), so one file names the same interface on both.
+pub fn host_tap_of(experiment: &str, network: &str) -> String {
+    crate::identity::bridge_name(experiment, &format!("network.{network}"))
 }
 
 /// The host tap of the network whose (local-engine) bridge is `bridge`.
@@ -101,6 +103,19 @@ pub(super) fn delete(h: &MinimegaHost, bridge: &str) -> Result<(), MinimegaError
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_host_tap_is_named_as_the_local_bridge_of_the_network() {
+        // From the network's name: the local engine's bridge of the same
+        // network (names.rs hashes its address), and no other network's.
+        assert_eq!(
+            host_tap_of("x", "LAN"),
+            crate::identity::bridge_name("x", "network.LAN")
+        );
+        assert_ne!(host_tap_of("x", "LAN"), host_tap_of("x", "WAN"));
+        assert_ne!(host_tap_of("x", "LAN"), host_tap_of("y", "LAN"));
+        assert!(tap_name(&host_tap_of("x", "LAN")).is_ok());
+    }
 
     #[test]
     fn only_megaplans_names_are_host_taps() {

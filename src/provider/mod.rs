@@ -10,10 +10,13 @@
 //!   guest is reached ([`Provider::guest`]), where its files live (the
 //!   layout methods, [`Provider::disk_present`]), what it needs before
 //!   anything changes ([`Provider::preflight`] of a [`Requirements`]),
-//!   what accelerator a run gets ([`Provider::resolve_accel`]) and what
-//!   bounds its layout puts on a lab ([`Provider::check_lab`]).
+//!   what accelerator a run gets ([`Provider::resolve_accel`]), what
+//!   bounds its layout puts on a lab ([`Provider::check_lab`]) and where a
+//!   capture's file is ([`Provider::capture_file`]).
 //! - An [`Op`] is a plain value: it carries the spec values it needs; no
-//!   `Lab`, no address to re-parse, crosses the seam.
+//!   `Lab`, no address to re-parse, crosses the seam in an op (the minimega
+//!   engine still holds a clone of the lab for refresh and steps:
+//!   docs/ARCHITECTURE.md says where and why).
 //! - A provider refuses to change or remove an object that does not carry
 //!   the ownership marker the op names.
 
@@ -249,13 +252,36 @@ pub trait Provider {
         })
     }
 
+    /// The file of capture `capture` (a capture of the lab) in the state
+    /// folder, `captures/NAME.pcap`, brought up to date: what `capture path`
+    /// prints and capture checks read. The local engine's recorder writes
+    /// it there itself; minimega fetches it from the VM's node first.
+    async fn capture_file(
+        &self,
+        _sd: &StateDir,
+        _capture: &crate::lab::CaptureSpec,
+    ) -> Result<PathBuf, ProviderError> {
+        Err(ProviderError::Unsupported {
+            provider: self.name(),
+            what: "record captures".into(),
+        })
+    }
+
     /// After a destroy ran (successfully or not): forget what the engine
     /// keeps for the experiment between runs. `nothing_left` says the state
-    /// records nothing any more (keep disks stay recorded). The local engine
-    /// removes the experiment's runtime folder if it is empty; minimega
-    /// clears the namespace once nothing is left in it. The default keeps
-    /// nothing, so does nothing.
-    fn after_destroy(&self, _experiment: &str, _nothing_left: bool) -> Result<(), ProviderError> {
+    /// records nothing any more (keep disks stay recorded); `all` that it
+    /// was `destroy --all`, after which the capture files in the state
+    /// folder go too ([`remove_captures`]; a plain destroy keeps them). The
+    /// local engine removes the experiment's runtime folder if it is empty;
+    /// minimega clears the namespace once nothing is left in it. The default
+    /// keeps nothing, so does nothing.
+    fn after_destroy(
+        &self,
+        _sd: &StateDir,
+        _experiment: &str,
+        _nothing_left: bool,
+        _all: bool,
+    ) -> Result<(), ProviderError> {
         Ok(())
     }
 
@@ -302,6 +328,16 @@ pub async fn execute_in_order<P: Provider + ?Sized>(
         }
     }
     out
+}
+
+/// What `after_destroy` does with the state folder's capture files for
+/// an engine that keeps them there (both real engines): after `destroy
+/// --all` they go, a plain destroy keeps them.
+pub fn remove_captures(sd: &StateDir, all: bool) -> Result<(), ProviderError> {
+    if all {
+        crate::capture::remove_files(sd)?;
+    }
+    Ok(())
 }
 
 /// A recorded step outcome: its exit (as written), stdout and stderr.
@@ -400,5 +436,28 @@ impl ProviderError {
             })) => Some(format!("interface {name}")),
             _ => None,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn capture_files_go_only_after_destroy_all() {
+        let t = tempfile::tempdir().unwrap();
+        let sd = StateDir {
+            root: t.path().join("state"),
+            experiment: "x".into(),
+        };
+        // No state folder yet: nothing to remove, and no error.
+        remove_captures(&sd, true).unwrap();
+        let dir = sd.root.join(crate::capture::CAPTURES_DIR);
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("a.pcap"), b"pcap").unwrap();
+        remove_captures(&sd, false).unwrap();
+        assert!(dir.join("a.pcap").is_file(), "a plain destroy keeps them");
+        remove_captures(&sd, true).unwrap();
+        assert!(!dir.join("a.pcap").exists(), "destroy --all removes them");
     }
 }

@@ -183,9 +183,11 @@ impl MinimegaHost {
         let end = Instant::now() + GONE_WAIT;
         while !self.vm_info()?.iter().any(|v| v.name == other) {
             if Instant::now() >= end {
-                return Err(MinimegaError::Wait(format!(
-                    "{vm} waits for {other} (its mirror partner) to launch first"
-                ))
+                return Err(MinimegaError::NoPartner {
+                    vm: vm.to_string(),
+                    partner: other.to_string(),
+                    after: GONE_WAIT,
+                }
                 .into());
             }
             tokio::time::sleep(POLL).await;

@@ -249,10 +249,11 @@ impl MinimegaHost {
             }
             if Instant::now() >= end {
                 for t in pending {
-                    out[t.at] = Some(Err(MinimegaError::Wait(format!(
-                        "VM {} is still in minimega's namespace {} after {GONE_WAIT:?}",
-                        t.name, self.ns
-                    ))));
+                    out[t.at] = Some(Err(MinimegaError::StillThere {
+                        vm: t.name.to_string(),
+                        ns: self.ns.to_string(),
+                        after: GONE_WAIT,
+                    }));
                 }
                 break;
             }
