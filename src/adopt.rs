@@ -216,6 +216,7 @@ vm "B" {
                     pid: Some(4242),
                     alive: true,
                     status: Some("running".into()),
+                    cc: crate::observed::CcClient::NotAsked,
                 },
             );
         }

@@ -103,6 +103,30 @@ pub struct ObservedVm {
     pub alive: bool,
     /// QMP's `query-status`, when it answered ("running", "paused", "shutdown"...).
     pub status: Option<String>,
+    /// Whether the guest's cc client is connected to the engine (minimega's
+    /// `cc clients`); `NotAsked` where the engine has no such list.
+    #[serde(default, skip_serializing_if = "CcClient::is_not_asked")]
+    pub cc: CcClient,
+}
+
+/// What refresh knows of a VM's cc client (minimega's miniccc).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CcClient {
+    /// Not asked: the engine keeps no list of clients (megaplan's own), the
+    /// experiment has no step, or the VM's node did not answer.
+    #[default]
+    NotAsked,
+    /// Listed by the engine (`cc clients`) now.
+    Connected,
+    /// The VM's node answered and does not list it.
+    Absent,
+}
+
+impl CcClient {
+    pub fn is_not_asked(&self) -> bool {
+        *self == CcClient::NotAsked
+    }
 }
 
 impl ObservedVm {

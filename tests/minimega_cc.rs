@@ -9,8 +9,13 @@
 //!    engine records;
 //! 2. the network's `host-address` is a host tap on the head (mm1) that
 //!    answers A's ping;
-//! 3. a second plan (no flags) is empty; `plan --provider local` is refused;
-//! 4. `megaplan destroy FILE` with no flags leaves nothing: no VM, no QEMU,
+//! 3. B's miniccc killed in the guest (minimega runs B on): once minimega
+//!    drops the client, the plan replaces B (`cc_client_lost`), apply
+//!    repairs it (its steps run again) and minimega lists its client again;
+//!    `megaplan cc exec --filter name=B` runs in B through minimega's cc
+//!    (its hostname and UUID, an exit code and both streams);
+//! 4. a second plan (no flags) is empty; `plan --provider local` is refused;
+//! 5. `megaplan destroy FILE` with no flags leaves nothing: no VM, no QEMU,
 //!    no tap on either node's bridge, no file under megaplan's folder in
 //!    either node's files folder, no namespace.
 //!
@@ -30,12 +35,13 @@ mod run;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use megaplan::minimega::client::Name;
-use minimega::{Mesh, cc_sh, vm_info};
+use megaplan::minimega::client::{Client, Command as Mm, Name, VmState};
+use minimega::{Mesh, cc_sh, vm_info, wait_for};
 use run::Run;
 
 const NS: &str = "mm-cc";
 const A: &str = "11111111-1111-1111-1111-111111111111";
+const B: &str = "22222222-2222-2222-2222-222222222222";
 
 fn experiment(images: &Path) -> String {
     format!(
@@ -63,7 +69,7 @@ vm "A" {{
 
 vm "B" {{
     host "mm2"
-    uuid "22222222-2222-2222-2222-222222222222"
+    uuid "{B}"
     kernel "$images/miniccc.kernel"
     initrd "$images/miniccc.initrd"
     memory "256M"
@@ -80,6 +86,20 @@ capture "b" {{ tap "B" nic=0; }}
 "#,
         images = images.display(),
     )
+}
+
+/// The UUIDs of the cc clients every node of the namespace lists.
+fn cc_clients(c: &mut Client, ns: &Name) -> Vec<String> {
+    c.run_ok(&Mm::new("cc").word("clients").in_namespace(ns))
+        .expect("cc clients")
+        .iter()
+        .flat_map(|r| r.rows())
+        .filter_map(|row| {
+            row.iter()
+                .find(|(k, _)| *k == "uuid")
+                .map(|(_, v)| v.to_ascii_lowercase())
+        })
+        .collect()
 }
 
 #[test]
@@ -207,7 +227,169 @@ fn send_recv_host_address_and_a_flagless_destroy_on_a_minimega_mesh() {
         );
     }
 
-    // 3. No flags: the recorded engine; converged. A disagreeing flag is refused.
+    // 3. cc clients in refresh: B's miniccc is killed in the guest while
+    // minimega runs B on (init would respawn it at once, so its wrapper
+    // now sleeps instead: a client that stays gone). Sent as `cc
+    // background` under a prefix of the test's own, deleted once the
+    // client is gone: minimega would send an unanswered command to B's
+    // replacement (the same UUID) too.
+    assert!(
+        cc_clients(&mut head, &ns).iter().any(|u| u == B),
+        "B's miniccc is listed before the kill"
+    );
+    let on = |m: Mm| m.in_namespace(&ns);
+    head.run_ok(&on(Mm::new("cc")
+        .word("filter")
+        .arg(&format!("uuid={B}"))
+        .unwrap()))
+        .unwrap();
+    head.run_ok(&on(Mm::new("cc").word("prefix").arg("testkill").unwrap()))
+        .unwrap();
+    let kill = "sed -i 's|^exec .*|exec sleep 1000000|' /etc/megaplan/miniccc && killall miniccc";
+    head.run_ok(&on(Mm::new("cc")
+        .word("background")
+        .arg("sh")
+        .unwrap()
+        .arg("-c")
+        .unwrap()
+        .arg(kill)
+        .unwrap()))
+        .unwrap();
+    head.run_ok(&on(Mm::new("clear").word("cc").word("filter")))
+        .unwrap();
+    head.run_ok(&on(Mm::new("clear").word("cc").word("prefix")))
+        .unwrap();
+    // minimega's reaper drops a client 30 to 60 s after its last heartbeat.
+    let killed = Instant::now();
+    let dropped = wait_for(Duration::from_secs(120), || {
+        !cc_clients(&mut head, &ns).iter().any(|u| u == B)
+    });
+    assert!(
+        dropped,
+        "minimega still lists B's client 120 s after the kill"
+    );
+    eprintln!(
+        "minimega dropped B's cc client {:?} after the kill",
+        killed.elapsed()
+    );
+    head.run_ok(&on(Mm::new("cc")
+        .word("delete")
+        .word("command")
+        .arg("testkill")
+        .unwrap()))
+        .unwrap();
+    assert!(
+        cc_clients(&mut head, &ns).iter().any(|u| u == A),
+        "A's client is still listed"
+    );
+    let b_running = vm_info(&mut head, &ns)
+        .iter()
+        .any(|v| v.name == "B" && v.state == VmState::Running);
+    assert!(b_running, "minimega still runs B");
+    let out = run.megaplan(&["plan", "--detailed-exitcode"]);
+    assert_eq!(out.status.code(), Some(2), "the plan names B");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.lines()
+            .any(|l| l.contains("vm.B") && l.contains("its cc client is gone")),
+        "{text}"
+    );
+    let json: serde_json::Value =
+        serde_json::from_str(&run.ok(&["plan", "--json"])).expect("plan --json");
+    let change = |addr: &str| {
+        json["resource_changes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["address"] == addr)
+            .unwrap_or_else(|| panic!("{addr} in the plan"))
+            .clone()
+    };
+    assert_eq!(
+        change("vm.B")["action_reason"],
+        "cc_client_lost",
+        "{}",
+        change("vm.B")
+    );
+    assert_eq!(change("vm.B.cc[0]")["action_reason"], "dependency_replaced");
+    assert_eq!(
+        change("vm.A")["change"]["actions"][0],
+        "no-op",
+        "{}",
+        change("vm.A")
+    );
+    std::fs::remove_file(work.path().join("received/back.bin")).unwrap();
+    run.ok(&["apply", "--auto-approve"]);
+    assert!(
+        cc_clients(&mut head, &ns).iter().any(|u| u == B),
+        "B's new miniccc is listed after apply"
+    );
+    let back = std::fs::read(work.path().join("received/back.bin")).expect("the received file");
+    assert!(back == payload, "B's steps ran again");
+
+    // `megaplan cc exec` on a minimega VM: through minimega's cc (B on
+    // mm2). Its hostname is the one miniccc reports to minimega.
+    let cc_exec = |cmd: &str| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_megaplan"))
+            .args(["cc", "exec"])
+            .arg(&run.file)
+            .args(["--minimega-base", base, "--filter", "name=B", "--", cmd])
+            .env("NO_COLOR", "1")
+            .output()
+            .unwrap();
+        eprintln!(
+            "$ megaplan cc exec --filter name=B -- {cmd}\n{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        out
+    };
+    let hostname = head
+        .run_ok(&Mm::new("cc").word("clients").in_namespace(&ns))
+        .unwrap()
+        .iter()
+        .flat_map(|r| r.rows())
+        .find(|row| row.contains(&("uuid", B)))
+        .and_then(|row| {
+            row.iter()
+                .find(|(k, _)| *k == "hostname")
+                .map(|(_, v)| v.to_string())
+        })
+        .expect("B's hostname in cc clients");
+    let out = cc_exec("hostname");
+    assert!(out.status.success(), "cc exec hostname in B");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        format!("== B (exit 0)\n{hostname}\n")
+    );
+    // ...and it ran in B, not in another guest of the same image.
+    let out = cc_exec("cat /sys/class/dmi/id/product_uuid");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).to_ascii_lowercase(),
+        format!("== b (exit 0)\n{B}\n")
+    );
+    let out = cc_exec("echo out; echo err >&2; exit 3");
+    assert_eq!(out.status.code(), Some(1), "a failed command fails cc exec");
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "== B (exit 3)\nout\n");
+    assert_eq!(String::from_utf8_lossy(&out.stderr), "err\n");
+    let left: Vec<String> = head
+        .run_ok(&Mm::new("cc").word("commands").in_namespace(&ns))
+        .unwrap()
+        .iter()
+        .flat_map(|r| r.rows())
+        .filter_map(|row| {
+            row.iter()
+                .find(|(k, _)| *k == "command")
+                .map(|(_, v)| v.to_string())
+        })
+        .filter(|c| c.contains("hostname") || c.contains("echo out"))
+        .collect();
+    assert!(
+        left.is_empty(),
+        "cc exec left its commands in minimega: {left:?}"
+    );
+
+    // 4. No flags: the recorded engine; converged. A disagreeing flag is refused.
     let out = run.megaplan(&["plan", "--detailed-exitcode"]);
     assert_eq!(out.status.code(), Some(0), "a second plan is empty");
     let out = run.megaplan(&["plan", "--provider", "local"]);
@@ -224,7 +406,7 @@ fn send_recv_host_address_and_a_flagless_destroy_on_a_minimega_mesh() {
         "show reads minimega: {out}"
     );
 
-    // 4. destroy FILE, no flags: nothing left.
+    // 5. destroy FILE, no flags: nothing left.
     run.ok(&["destroy", "--auto-approve"]);
     minimega::assert_nothing_left(&mesh, NS);
     drop(head);

@@ -1268,6 +1268,8 @@ pub enum CcCommand {
         /// The command: one word runs under `sh -c`, several run as an argv.
         #[arg(last = true, required = true)]
         command: Vec<String>,
+        #[command(flatten)]
+        provider: crate::minimega::provider::ProviderArgs,
     },
     /// The recorded results of the cc steps.
     Responses {
@@ -1302,7 +1304,9 @@ fn cc_cmd(command: CcCommand) -> Result<ExitCode, CliError> {
             timeout,
             max_output,
             command,
+            provider,
         } => {
+            crate::minimega::provider::set_override(provider);
             let Ok((_, mut lab)) = load(&file) else {
                 return Ok(failed());
             };

@@ -55,6 +55,8 @@ async fn observe_vm(rt: &Path) -> ObservedVm {
         pid,
         alive,
         status,
+        // megaplan's agent is reached per call, not listed: nothing to ask.
+        cc: crate::observed::CcClient::NotAsked,
     }
 }
 
@@ -1094,6 +1096,7 @@ impl Provider for LocalHost {
                 address,
                 bridge,
                 marker,
+                ..
             } => {
                 self.delete_link(named(address, "bridge", bridge)?, marker)
                     .await?

@@ -31,7 +31,9 @@ use std::time::{Duration, Instant};
 use sha2::{Digest, Sha256};
 
 use super::MINICCC_FILES;
-use super::client::{Command, Name};
+use std::sync::Mutex;
+
+use super::client::{Client, Command, HostResponse, Name};
 use super::provider::{MinimegaError, MinimegaHost};
 use crate::host::StepOutcome;
 use crate::lab::{CcActionSpec, VmSpec};
@@ -115,26 +117,113 @@ pub(super) fn io(
 
 /// Wait for the guest's miniccc to check in (its boot-timeout).
 pub(super) async fn wait_for_client(h: &MinimegaHost, spec: &VmSpec) -> Result<(), MinimegaError> {
-    let uuid = spec.uuid.to_string();
     let boot = Duration::from_millis(spec.boot_timeout_ms);
-    let end = Instant::now() + boot;
+    if wait_listed(&h.client, &h.ns, &spec.uuid.to_string(), boot).await? {
+        return Ok(());
+    }
+    Err(MinimegaError::NoCcClient {
+        vm: spec.name.clone(),
+        after: boot,
+    })
+}
+
+/// Whether the cc client of `uuid` is listed (`cc clients`) within `limit`.
+pub(super) async fn wait_listed(
+    client: &Mutex<Client>,
+    ns: &Name,
+    uuid: &str,
+    limit: Duration,
+) -> Result<bool, MinimegaError> {
+    let end = Instant::now() + limit;
     loop {
-        let r = h.run_ok(Command::new("cc").word("clients"))?;
-        if r.iter().any(|r| {
-            r.rows()
-                .iter()
-                .any(|row| row.contains(&("uuid", uuid.as_str())))
-        }) {
-            return Ok(());
+        let r = run(client, ns, Command::new("cc").word("clients"), true)?;
+        if r.iter()
+            .any(|r| r.rows().iter().any(|row| row.contains(&("uuid", uuid))))
+        {
+            return Ok(true);
         }
         if Instant::now() >= end {
-            return Err(MinimegaError::NoCcClient {
-                vm: spec.name.clone(),
-                after: boot,
-            });
+            return Ok(false);
         }
         tokio::time::sleep(POLL).await;
     }
+}
+
+/// One command in the namespace (`ok`: every node must succeed).
+fn run(
+    client: &Mutex<Client>,
+    ns: &Name,
+    cmd: Command,
+    ok: bool,
+) -> Result<Vec<HostResponse>, MinimegaError> {
+    let mut c = client.lock().expect("the client lock");
+    let cmd = cmd.in_namespace(ns);
+    Ok(if ok { c.run_ok(&cmd)? } else { c.run(&cmd)? })
+}
+
+/// The exit code of command `ids` (per node) in the VM with `uuid`, from
+/// the node whose miniccc answered: (node, id, exit), or None when
+/// `timeout` passed first.
+pub(super) async fn wait_exit(
+    client: &Mutex<Client>,
+    ns: &Name,
+    ids: &[(String, u64)],
+    uuid: &str,
+    timeout: Option<Duration>,
+) -> Result<Option<(String, u64, i32)>, MinimegaError> {
+    let started = Instant::now();
+    loop {
+        for (host, id) in ids {
+            let cmd = Command::new("cc").word("exitcode").num(*id).arg(uuid)?;
+            for r in run(client, ns, cmd, false)? {
+                if r.host == *host && r.error.is_empty() {
+                    let code =
+                        r.response
+                            .trim()
+                            .parse::<i32>()
+                            .map_err(|_| MinimegaError::Answer {
+                                command: "cc exitcode".into(),
+                                got: r.response.clone(),
+                                want: "an exit code",
+                            })?;
+                    return Ok(Some((host.clone(), *id, code)));
+                }
+            }
+        }
+        if let Some(t) = timeout
+            && started.elapsed() >= t
+        {
+            return Ok(None);
+        }
+        tokio::time::sleep(POLL).await;
+    }
+}
+
+/// The stdout and stderr of command `id` in the VM with `uuid`, as `node`
+/// (the one whose miniccc answered) keeps them.
+pub(super) fn exec_output(
+    client: &Mutex<Client>,
+    ns: &Name,
+    node: &str,
+    id: u64,
+    uuid: &str,
+) -> Result<(String, String), MinimegaError> {
+    let mut out = (String::new(), String::new());
+    for r in run(
+        client,
+        ns,
+        Command::new("cc").word("responses").num(id),
+        false,
+    )? {
+        if r.host == node && r.error.is_empty() {
+            out = super::provider::split_responses(
+                &r.response,
+                i64::try_from(id).unwrap_or(i64::MAX),
+                uuid,
+            );
+        }
+    }
+    Ok(out)
 }
 
 /// A `send` or `recv` step.
@@ -161,13 +250,13 @@ pub(super) async fn transfer(
 /// connection (the filter and prefix are the namespace's shared state);
 /// the command ids of the last one, per node.
 pub(super) fn under_filter(
-    h: &MinimegaHost,
+    client: &Mutex<Client>,
+    ns: &Name,
     uuid: &str,
     prefix: &str,
     cmds: &[Command],
 ) -> Result<Vec<(String, u64)>, MinimegaError> {
-    let mut c = h.client.lock().expect("the client lock");
-    let ns = &h.ns;
+    let mut c = client.lock().expect("the client lock");
     c.run_ok(
         &Command::new("cc")
             .word("filter")
@@ -320,7 +409,13 @@ async fn send(
         place = place.arg(w)?;
     }
     let send = Command::new("cc").word("send").arg(&rel)?;
-    let ids = under_filter(h, &spec.uuid.to_string(), &prefix, &[send, place])?;
+    let ids = under_filter(
+        &h.client,
+        &h.ns,
+        &spec.uuid.to_string(),
+        &prefix,
+        &[send, place],
+    )?;
     let (node, id) = answered(
         h,
         &ids,
@@ -401,7 +496,7 @@ async fn recv(
     let prefix = super::provider::run_prefix(run_id);
     let files = files_dir(h)?;
     let recv = Command::new("cc").word("recv").arg(src)?;
-    let ids = under_filter(h, &uuid, &prefix, &[recv])?;
+    let ids = under_filter(&h.client, &h.ns, &uuid, &prefix, &[recv])?;
     let (node, id) = answered(h, &ids, (&spec.name, "receiving", src.to_string()), limit).await?;
     let ns = h.ns.as_str();
     let id_s = id.to_string();

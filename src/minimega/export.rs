@@ -11,9 +11,10 @@
 //! - What minimega cannot express is written as a `#` comment where it
 //!   would go, never silently dropped.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{HashMap, HashSet};
 use std::path::Path;
 
+use super::config::{self, Key};
 use super::disks;
 use super::import::shell_safe;
 use super::lex::{self, quote};
@@ -344,85 +345,81 @@ fn script(lab: &Lab, opts: &Options) -> (String, Vec<disks::Needed>) {
 
     for v in &lab.vms {
         out.push('\n');
-        out.push_str("clear vm config\n");
-        for (kw, p) in [("kernel", &v.kernel), ("initrd", &v.initrd)] {
-            if let Some(p) = p {
-                let rel = boot_or_base(&mut out, &mut files, &lab.name, "boot", p, &v.name);
-                out.push_str(&format!("vm config {kw} {}\n", quote(&rel)));
-            }
-        }
-        if let Some(a) = disks::vm_append(v) {
-            out.push_str(&format!("vm config append {}\n", quote(&a)));
-        }
-        out.push_str(&format!("vm config memory {}\n", v.memory_mib));
-        out.push_str(&format!("vm config vcpus {}\n", v.vcpus));
-        out.push_str(&format!("vm config uuid {}\n", v.uuid));
-        out.push_str(&format!("vm config snapshot {}\n", v.snapshot));
-        if !v.disks.is_empty() {
-            let mut placed = Vec::new();
-            let values = disks::vm_disks(&lab.name, v, &lab.disks, |p| {
+        // The provider's own commands (config.rs), with export's notes
+        // where they belong: before a command (`before`) or after it.
+        let mut before: HashMap<Key, String> = HashMap::new();
+        let mut after: HashMap<Key, String> = HashMap::new();
+        let mut boot = |kw: Key, p: &Option<std::path::PathBuf>| {
+            p.as_ref().map(|p| {
                 let mut notes = String::new();
-                let rel = boot_or_base(&mut notes, &mut files, &lab.name, "bases", p, &v.name);
-                placed.push(notes);
-                Ok(rel)
+                let rel = boot_or_base(&mut notes, &mut files, &lab.name, "boot", p, &v.name);
+                before.insert(kw, notes);
+                rel
+            })
+        };
+        let kernel = boot(Key::Kernel, &v.kernel);
+        let initrd = boot(Key::Initrd, &v.initrd);
+        let mut disk_values = Vec::new();
+        if !v.disks.is_empty() {
+            let mut placed = String::new();
+            let values = disks::vm_disks(&lab.name, v, &lab.disks, |p| {
+                Ok(boot_or_base(
+                    &mut placed,
+                    &mut files,
+                    &lab.name,
+                    "bases",
+                    p,
+                    &v.name,
+                ))
             });
-            for n in placed {
-                out.push_str(&n);
-            }
-            match values {
-                Ok(values) => {
-                    let q: Vec<String> = values.iter().map(|d| quote(d)).collect();
-                    out.push_str(&format!("vm config disk {}\n", q.join(" ")));
-                }
-                Err(e) => comment(&mut out, &format!("vm {}: disks not exported: {e}", v.name)),
-            }
+            let mut notes = String::new();
             if !v.snapshot
                 && v.disks
                     .iter()
                     .any(|d| matches!(d.source, DiskSource::Path(_)))
             {
                 comment(
-                    &mut out,
+                    &mut notes,
                     &format!(
                         "vm {}: snapshot false: its disk image by absolute path, on every node it may run on",
                         v.name
                     ),
                 );
             }
-        }
-        if !v.nics.is_empty() {
-            let nets: Vec<String> = v
-                .nics
-                .iter()
-                .map(|n| quote(&format!("{},{},{}", n.network, n.mac, n.driver)))
-                .collect();
-            out.push_str(&format!("vm config net {}\n", nets.join(" ")));
-        }
-        let mut tags: BTreeMap<&str, String> = BTreeMap::new();
-        tags.insert(MARKER_TAG, format!("{}:{}", lab.name, v.address));
-        for (k, val) in &v.tags {
-            if k != MARKER_TAG {
-                tags.insert(k, val.clone());
+            match values {
+                Ok(values) => {
+                    disk_values = values;
+                    before.insert(Key::Disk, placed);
+                    after.insert(Key::Disk, notes);
+                }
+                Err(e) => {
+                    comment(
+                        &mut placed,
+                        &format!("vm {}: disks not exported: {e}", v.name),
+                    );
+                    after.insert(Key::Snapshot, placed + &notes);
+                }
             }
         }
-        for (k, val) in &tags {
-            out.push_str(&format!("vm config tags {} {}\n", quote(k), quote(val)));
-        }
-        if !v.qemu_args.is_empty() {
-            let a: Vec<String> = v.qemu_args.iter().map(|a| quote(a)).collect();
-            out.push_str(&format!("vm config qemu-append {}\n", a.join(" ")));
-        }
-        if opts.tcg {
-            out.push_str(&format!(
-                "vm config qemu {}\nvm config cpu qemu64\n",
-                path(&opts.qemu)
-            ));
-        }
-        // Placement, as the provider sends it (`host`, or a mirror partner's).
-        if let Some(h) = &v.host {
-            out.push_str(&format!("vm config schedule {}\n", quote(h)));
-        } else if let Some(c) = &v.colocate {
-            out.push_str(&format!("vm config colocate {}\n", quote(c)));
+        let cfg = config::vm_config(
+            &lab.name,
+            v,
+            &config::Files {
+                kernel,
+                initrd,
+                disks: disk_values,
+                tcg_qemu: opts.tcg.then_some(opts.qemu.as_path()),
+            },
+        );
+        for c in &cfg {
+            if let Some(n) = before.remove(&c.key) {
+                out.push_str(&n);
+            }
+            out.push_str(&c.script_line());
+            out.push('\n');
+            if let Some(n) = after.remove(&c.key) {
+                out.push_str(&n);
+            }
         }
         out.push_str(&format!("vm launch kvm {}\n", quote(&v.name)));
     }

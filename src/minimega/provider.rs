@@ -46,6 +46,7 @@ use crate::provider::{
 use crate::state::{Kind, State, StateDir};
 
 mod batch;
+mod clients;
 mod nodes;
 mod stop;
 
@@ -79,6 +80,15 @@ pub enum MinimegaError {
         "miniccc of {vm} did not check in with minimega within {after:?} (boot-timeout); does its image start miniccc (`image build --miniccc`)?"
     )]
     NoCcClient { vm: String, after: Duration },
+    /// `cc exec` from megaplan found the VM's miniccc not connected.
+    #[error(
+        "{vm}'s miniccc is not connected to minimega (not in `cc clients` of namespace {ns} within {after:?})"
+    )]
+    NotConnected {
+        vm: String,
+        ns: String,
+        after: Duration,
+    },
     /// A VM placed with its mirror partner waited for that one's launch.
     #[error("{vm} waits for {partner} (its mirror partner) to launch first (waited {after:?})")]
     NoPartner {
@@ -120,7 +130,8 @@ pub enum MinimegaError {
 
 /// One experiment on one minimega cluster.
 pub struct MinimegaHost {
-    pub(super) client: Mutex<Client>,
+    /// Shared with the guests handed out ([`super::guest`]).
+    pub(super) client: std::sync::Arc<Mutex<Client>>,
     pub(super) ns: Name,
     experiment: String,
     pub(super) lab: Option<Lab>,
@@ -149,7 +160,7 @@ impl MinimegaHost {
         let mut client = Client::connect(&settings.base)?;
         client.set_timeout(Duration::from_secs(300));
         Ok(MinimegaHost {
-            client: Mutex::new(client),
+            client: std::sync::Arc::new(Mutex::new(client)),
             ns,
             experiment: experiment.to_string(),
             lab: lab.cloned(),
@@ -302,6 +313,10 @@ impl MinimegaHost {
                 );
             }
         }
+        // cc clients, when a step that ran makes their absence count (clients.rs).
+        let ccs = clients::Clients::wanted(state)
+            .then(|| clients::Clients::ask(self))
+            .transpose()?;
         // VMs (ours only) and their taps.
         let mut minimega_tap: BTreeMap<(String, usize), (String, String)> = BTreeMap::new();
         for v in &vms {
@@ -324,6 +339,11 @@ impl MinimegaHost {
                     // record, not running, so the reason names its state.
                     alive: alive || matches!(v.state, VmState::Quit | VmState::Error),
                     status: Some(status),
+                    cc: ccs
+                        .as_ref()
+                        .map_or(crate::observed::CcClient::NotAsked, |c| {
+                            c.client(&v.host, &v.uuid)
+                        }),
                 },
             );
             for (i, n) in v.networks.iter().enumerate() {
@@ -485,7 +505,8 @@ impl MinimegaHost {
         Ok(())
     }
 
-    /// The `vm config …` commands of one VM (after a `clear vm config`);
+    /// The `vm config …` commands of one VM (config.rs, as export writes
+    /// them), from `clear vm config` on, its files placed;
     /// [`batch`] queues and launches them.
     fn launch_sync(
         &self,
@@ -494,11 +515,18 @@ impl MinimegaHost {
         vm: &VmSpec,
         disks: &[DiskSpec],
     ) -> Result<Vec<Command>, MinimegaError> {
-        let mut cfg: Vec<Command> = vec![Command::new("clear").word("vm").word("config")];
-        let c = || Command::new("vm").word("config");
-        cfg.push(c().word("uuid").arg(&vm.uuid.to_string())?);
-        cfg.push(c().word("memory").num(vm.memory_mib));
-        cfg.push(c().word("vcpus").num(u64::from(vm.vcpus)));
+        // minimega takes a relative qemu as a file in its -filepath.
+        let tcg_qemu = match accel {
+            Accel::Tcg => Some(self.qemu.as_deref().ok_or(MinimegaError::Unsupported {
+                what: "accel \"tcg\"".into(),
+                why: "qemu-system-x86_64 is not on this machine's PATH (minimega needs its absolute path)",
+            })?),
+            _ => None,
+        };
+        let mut files = super::config::Files {
+            tcg_qemu,
+            ..Default::default()
+        };
         // Kernel and initrd go into the head's file path, named relative to
         // it: the VM's node fetches them through iomeshage (disks.rs).
         if vm.kernel.is_some() || vm.initrd.is_some() {
@@ -506,11 +534,11 @@ impl MinimegaHost {
                 let mut cl = self.client.lock().expect("the client lock");
                 super::disks::head_filepath(&mut cl, &self.ns)?
             };
-            for (kw, p) in [("kernel", &vm.kernel), ("initrd", &vm.initrd)] {
-                if let Some(p) = p {
-                    let rel = super::disks::place_boot(&root, experiment, p)?;
-                    cfg.push(c().word(kw).arg(&rel)?);
-                }
+            if let Some(p) = &vm.kernel {
+                files.kernel = Some(super::disks::place_boot(&root, experiment, p)?);
+            }
+            if let Some(p) = &vm.initrd {
+                files.initrd = Some(super::disks::place_boot(&root, experiment, p)?);
             }
             let sources: Vec<&Path> = (self.lab.iter().flat_map(|l| l.vms.iter()))
                 .flat_map(|v| v.kernel.iter().chain(v.initrd.iter()))
@@ -518,19 +546,11 @@ impl MinimegaHost {
                 .collect();
             super::disks::prune_boot(&self.client, experiment, &sources)?;
         }
-        // ext4 disks the guest's init mounts, as on megaplan's own engine.
-        if let Some(append) = super::disks::vm_append(vm) {
-            cfg.push(c().word("append").arg(&append)?);
-        }
-        cfg.push(
-            c().word("snapshot")
-                .word(if vm.snapshot { "true" } else { "false" }),
-        );
         if !vm.disks.is_empty() {
             // Shared with export (disks.rs): a `disk "PATH"` under snapshot
             // goes by digest into the file path's bases/.
             let mut root = None;
-            let values = super::disks::vm_disks(experiment, vm, disks, |p| {
+            files.disks = super::disks::vm_disks(experiment, vm, disks, |p| {
                 let r = match &root {
                     Some(r) => r,
                     None => {
@@ -540,50 +560,12 @@ impl MinimegaHost {
                 };
                 super::disks::place(r, experiment, "bases", p)
             })?;
-            let mut d = c().word("disk");
-            for v in &values {
-                d = d.arg(v)?;
-            }
-            cfg.push(d);
         }
-        if !vm.nics.is_empty() {
-            let mut n = c().word("net");
-            for nic in &vm.nics {
-                n = n.arg(&format!("{},{},{}", nic.network, nic.mac, nic.driver))?;
-            }
-            cfg.push(n);
-        }
-        let mut tags: BTreeMap<&str, String> = BTreeMap::new();
-        tags.insert(MARKER_TAG, format!("{experiment}:{}", vm.address));
-        for (k, v) in &vm.tags {
-            if k != MARKER_TAG {
-                tags.insert(k, v.clone());
-            }
-        }
-        for (k, v) in &tags {
-            cfg.push(c().word("tags").arg(k)?.arg(v)?);
-        }
-        if !vm.qemu_args.is_empty() {
-            let mut q = c().word("qemu-append");
-            for a in &vm.qemu_args {
-                q = q.arg(a)?;
-            }
-            cfg.push(q);
-        }
-        if accel == Accel::Tcg {
-            // minimega takes a relative qemu as a file in its -filepath.
-            let qemu = self.qemu.as_ref().ok_or(MinimegaError::Unsupported {
-                what: "accel \"tcg\"".into(),
-                why: "qemu-system-x86_64 is not on this machine's PATH (minimega needs its absolute path)",
-            })?;
-            cfg.push(c().word("qemu").arg(&path_text(qemu))?);
-            cfg.push(c().word("cpu").arg("qemu64")?);
-        }
-        if let Some(h) = &vm.host {
-            cfg.push(c().word("schedule").name(&Name::new(h)?));
-        } else if let Some(other) = &vm.colocate {
-            cfg.push(c().word("colocate").arg(other)?);
-        }
+        // The commands export writes too (config.rs).
+        let cfg = super::config::vm_config(experiment, vm, &files)
+            .iter()
+            .map(super::config::ConfigCommand::command)
+            .collect::<Result<Vec<Command>, ClientError>>()?;
         Ok(cfg)
     }
 
@@ -678,7 +660,9 @@ impl MinimegaHost {
                 cmd = cmd.arg(w)?;
             }
             // Sent under a UUID filter and the run's prefix, both cleared after.
-            for (host, id) in super::cc::under_filter(self, &uuid, &prefix, &[cmd])? {
+            for (host, id) in
+                super::cc::under_filter(&self.client, &self.ns, &uuid, &prefix, &[cmd])?
+            {
                 ids.insert(host, i64::try_from(id).unwrap_or(i64::MAX));
             }
         }
@@ -692,53 +676,22 @@ impl MinimegaHost {
             });
         }
         // The exit code, from the node whose miniccc answered.
-        let started = Instant::now();
-        let (host, id, exit) = loop {
-            let mut found = None;
-            for (host, id) in &ids {
-                let cmd = Command::new("cc")
-                    .word("exitcode")
-                    .num(u64::try_from(*id).unwrap_or_default())
-                    .arg(&uuid)?;
-                for r in self.run(cmd)? {
-                    if r.host == *host && r.error.is_empty() {
-                        let code = r.response.trim().parse::<i32>().map_err(|_| {
-                            MinimegaError::Answer {
-                                command: "cc exitcode".into(),
-                                got: r.response.clone(),
-                                want: "an exit code",
-                            }
-                        })?;
-                        found = Some((host.clone(), *id, code));
-                    }
-                }
-            }
-            if let Some(f) = found {
-                break f;
-            }
-            if let Some(t) = timeout
-                && started.elapsed() >= t
-            {
-                return Ok(StepOutcome {
-                    exit: -1,
-                    stdout: String::new(),
-                    stderr: String::new(),
-                    timed_out: Some(t),
-                    replayed,
-                });
-            }
-            tokio::time::sleep(POLL).await;
+        let ids: Vec<(String, u64)> = ids
+            .into_iter()
+            .map(|(h, id)| (h, u64::try_from(id).unwrap_or_default()))
+            .collect();
+        let Some((host, id, exit)) =
+            super::cc::wait_exit(&self.client, &self.ns, &ids, &uuid, timeout).await?
+        else {
+            return Ok(StepOutcome {
+                exit: -1,
+                stdout: String::new(),
+                stderr: String::new(),
+                timed_out: timeout,
+                replayed,
+            });
         };
-        let mut stdout = String::new();
-        let mut stderr = String::new();
-        let cmd = Command::new("cc")
-            .word("responses")
-            .num(u64::try_from(id).unwrap_or_default());
-        for r in self.run(cmd)? {
-            if r.host == host && r.error.is_empty() {
-                (stdout, stderr) = split_responses(&r.response, id, &uuid);
-            }
-        }
+        let (stdout, stderr) = super::cc::exec_output(&self.client, &self.ns, &host, id, &uuid)?;
         Ok(StepOutcome {
             exit,
             stdout,
@@ -768,7 +721,7 @@ fn argv(c: &CommandSpec) -> Vec<String> {
 
 /// `cc responses ID` (not raw) is `ID/UUID/stderr:` and `ID/UUID/stdout:`
 /// headers, each followed by that file's text and a newline.
-fn split_responses(text: &str, id: i64, uuid: &str) -> (String, String) {
+pub(super) fn split_responses(text: &str, id: i64, uuid: &str) -> (String, String) {
     let (out_h, err_h) = (
         format!("{id}/{uuid}/stdout:"),
         format!("{id}/{uuid}/stderr:"),
@@ -798,10 +751,6 @@ fn split_responses(text: &str, id: i64, uuid: &str) -> (String, String) {
     (out, err)
 }
 
-fn path_text(p: &Path) -> String {
-    p.to_string_lossy().into_owned()
-}
-
 fn which(tool: &str) -> Option<PathBuf> {
     let path = std::env::var("PATH").unwrap_or_default();
     path.split(':')
@@ -811,7 +760,7 @@ fn which(tool: &str) -> Option<PathBuf> {
 }
 
 impl Provider for MinimegaHost {
-    type Guest = crate::host::local::LocalGuest;
+    type Guest = super::guest::MinimegaGuest;
 
     fn name(&self) -> &'static str {
         "minimega"
@@ -893,15 +842,13 @@ impl Provider for MinimegaHost {
                     None => super::taps::delete(self, bridge)?,
                 }
             }
-            // An alias goes with the namespace; its host tap, if any, now.
-            // The op names neither the network nor its recorded `host_tap`:
-            // its address is the only identity it has, and `network.NAME`
-            // hashes to the name `host_tap_of(NAME)` gave it (the record's
-            // address is the lab's validated one).
-            Op::DeleteNetwork { address, .. } => super::taps::delete(
-                self,
-                &crate::identity::bridge_name(&self.experiment, address),
-            )?,
+            // An alias goes with the namespace; its host tap, as the
+            // record names it (checked), now. A record without one had none.
+            Op::DeleteNetwork { host_tap, .. } => {
+                if let Some(tap) = host_tap {
+                    super::taps::delete(self, tap)?
+                }
+            }
             // A tap is made and removed with its VM.
             Op::CreateTap { .. } | Op::DeleteTap { .. } => {}
             // minimega's `capture pcap vm` (super::captures).
@@ -1018,10 +965,26 @@ impl Provider for MinimegaHost {
         self.execute_batch_ops(sd, tasks).await
     }
 
-    async fn guest(&self, _e: &str, vm: &str, _w: GuestWait) -> Result<Self::Guest, PError> {
-        Err(unsupported(&format!(
-            "reach {vm}'s megaplan agent (its guest talks to minimega's cc; use minimega's `cc` commands)"
-        )))
+    /// The VM's cc through minimega (super::guest): once its miniccc is
+    /// listed by `cc clients` (within `w.hello`).
+    async fn guest(&self, _e: &str, vm: &str, w: GuestWait) -> Result<Self::Guest, PError> {
+        let uuid = self.vm_spec(vm)?.uuid.to_string();
+        if !self.namespace_exists()?
+            || !super::cc::wait_listed(&self.client, &self.ns, &uuid, w.hello).await?
+        {
+            return Err(MinimegaError::NotConnected {
+                vm: vm.to_string(),
+                ns: self.ns.to_string(),
+                after: w.hello,
+            }
+            .into());
+        }
+        Ok(super::guest::MinimegaGuest {
+            client: self.client.clone(),
+            ns: self.ns.clone(),
+            vm: vm.to_string(),
+            uuid,
+        })
     }
 
     fn serial_log(&self, _sd: &StateDir, _vm: &str) -> Option<PathBuf> {
@@ -1265,7 +1228,7 @@ macro_rules! delegate {
 }
 
 impl Provider for Engine {
-    type Guest = crate::host::local::LocalGuest;
+    type Guest = super::guest::EngineGuest;
     fn name(&self) -> &'static str {
         delegate!(self, h => h.name())
     }
@@ -1298,7 +1261,11 @@ impl Provider for Engine {
         delegate!(self, h => h.sweep(sd))
     }
     async fn guest(&self, e: &str, vm: &str, w: GuestWait) -> Result<Self::Guest, PError> {
-        delegate!(self, h => h.guest(e, vm, w).await)
+        use super::guest::EngineGuest;
+        match self {
+            Engine::Local(h) => h.guest(e, vm, w).await.map(EngineGuest::Local),
+            Engine::Minimega(h) => h.guest(e, vm, w).await.map(EngineGuest::Minimega),
+        }
     }
     fn store_step_output(
         &self,

@@ -87,10 +87,10 @@ pub(super) fn create(
     Ok(computed)
 }
 
-/// Remove the host tap of the network whose bridge is `bridge`, if the
-/// namespace has it.
-pub(super) fn delete(h: &MinimegaHost, bridge: &str) -> Result<(), MinimegaError> {
-    let Ok(tap) = tap_name(bridge) else {
+/// Remove host tap `recorded` (the network record's `host_tap`), if the
+/// namespace has it and it is a name megaplan makes.
+pub(super) fn delete(h: &MinimegaHost, recorded: &str) -> Result<(), MinimegaError> {
+    let Ok(tap) = tap_name(recorded) else {
         // Not a name megaplan makes: nothing of ours to remove.
         return Ok(());
     };

@@ -27,7 +27,7 @@ use uuid::Uuid;
 
 use crate::graph::{self, Resource, Spec, Target};
 use crate::lab::Lab;
-use crate::observed::Observed;
+use crate::observed::{CcClient, Observed};
 use crate::state::{Attrs, Kind, State, Status};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, PartialOrd, Ord, Hash)]
@@ -225,6 +225,54 @@ fn tainted_vms(prior: &State) -> HashMap<String, String> {
     out
 }
 
+/// The VMs (by name) whose cc client refresh found absent although steps
+/// the file still wants ran on their current boot (the step's generation is
+/// the VM record's): their client checked in once and is gone. A VM still
+/// booting has no step run on this boot, so it is not among them. Empty
+/// without refresh or when no client is absent (megaplan's own engine
+/// never reports one), so the common plan pays one scan of `obs.vms`.
+fn cc_lost_vms(prior: &State, observed: Option<&Observed>, wanted: &[Resource]) -> HashSet<String> {
+    let Some(obs) = observed else {
+        return HashSet::new();
+    };
+    let absent: HashSet<&str> = obs
+        .vms
+        .values()
+        .filter(|v| v.cc == CcClient::Absent)
+        .map(|v| v.name.as_str())
+        .collect();
+    if absent.is_empty() {
+        return HashSet::new();
+    }
+    let mut generation: HashMap<&str, Option<u64>> = HashMap::new();
+    for rec in prior.resources.values() {
+        if rec.kind == Kind::Vm
+            && let Some(Target::Vm { name }) = &rec.target
+            && absent.contains(name.as_str())
+        {
+            generation.insert(name.as_str(), rec.generation);
+        }
+    }
+    let mut out = HashSet::new();
+    for r in wanted {
+        let Target::Step { vm, .. } = &r.target else {
+            continue;
+        };
+        let (Some(vm_gen), Some(rec)) =
+            (generation.get(vm.as_str()), prior.resources.get(&r.address))
+        else {
+            continue;
+        };
+        if rec.kind == Kind::Step
+            && rec.status == Status::Ready
+            && (rec.generation.is_none() || vm_gen.is_none() || rec.generation == *vm_gen)
+        {
+            out.insert(vm.clone());
+        }
+    }
+    out
+}
+
 /// [`plan`], with the user's options.
 pub fn plan_with(
     desired: Option<&Lab>,
@@ -270,6 +318,7 @@ fn plan_resources(
     opts: &Options,
 ) -> Plan {
     let tainted = tainted_vms(prior);
+    let cc_lost = cc_lost_vms(prior, observed, &wanted);
     let n = wanted.len();
     let mut changes: Vec<Change> = Vec::with_capacity(n);
     // Each change's address and target, moved out of its resource; they go
@@ -283,7 +332,7 @@ fn plan_resources(
     while !wanted.is_empty() {
         let take = wanted.len() - wanted.len() / 3;
         for r in wanted.drain(..take) {
-            let c = change_for(&r, prior, observed, opts, &tainted);
+            let c = change_for(&r, prior, observed, opts, &tainted, &cc_lost);
             let Resource {
                 address,
                 target,
@@ -500,6 +549,7 @@ fn change_for(
     observed: Option<&Observed>,
     opts: &Options,
     tainted: &HashMap<String, String>,
+    cc_lost: &HashSet<String>,
 ) -> Change {
     let prior_rec = prior.resources.get(&r.address);
     let mut c = Change {
@@ -612,7 +662,7 @@ fn change_for(
             if let Some(obs) = observed
                 && rec.status == Status::Ready
             {
-                let (r2, u2, why) = live_check(r, obs, prior);
+                let (r2, u2, why) = live_check(r, obs, prior, cc_lost);
                 replace |= r2;
                 update |= u2;
                 c.reasons.extend(why);
@@ -656,7 +706,12 @@ fn orphan<const N: usize>(
 }
 
 /// Compare one resource with what refresh saw: (replace, update, reasons).
-fn live_check(r: &Resource, obs: &Observed, prior: &State) -> (bool, bool, Vec<Reason>) {
+fn live_check(
+    r: &Resource,
+    obs: &Observed,
+    prior: &State,
+    cc_lost: &HashSet<String>,
+) -> (bool, bool, Vec<Reason>) {
     let mut why = Vec::new();
     let (mut replace, mut update) = (false, false);
     let missing = |what| Reason::MissingOnHost { what };
@@ -719,6 +774,10 @@ fn live_check(r: &Resource, obs: &Observed, prior: &State) -> (bool, bool, Vec<R
                 why.push(Reason::VmNotRunning {
                     status: Some(v.status.clone().unwrap_or_else(|| "stopped".into())),
                 });
+            }
+            Some(v) if v.cc == CcClient::Absent && cc_lost.contains(&v.name) => {
+                replace = true;
+                why.push(Reason::CcClientLost);
             }
             Some(_) => {}
         },

@@ -74,6 +74,10 @@ pub enum Reason {
     /// The node it was placed on did not answer refresh (a minimega node
     /// gone from the mesh): it may or may not run there.
     NodeUnreachable { node: String, error: String },
+    /// A running VM whose steps ran (its cc client checked in then) and
+    /// whose cc client the engine no longer lists (minimega's miniccc gone
+    /// from `cc clients`): its steps cannot reach it.
+    CcClientLost,
     /// A VM's tap is recreated (`nic` is the tap's short name, `nic[0]`).
     TapRecreated { nic: String },
     /// A VM's disk is recreated.
@@ -114,6 +118,7 @@ impl Reason {
             Reason::NotOnBridge { .. } => "not_on_bridge",
             Reason::VmNotRunning { .. } => "vm_not_running",
             Reason::NodeUnreachable { .. } => "node_unreachable",
+            Reason::CcClientLost => "cc_client_lost",
             Reason::TapRecreated { .. }
             | Reason::DiskRecreated { .. }
             | Reason::MirrorRewired { .. }
@@ -144,6 +149,7 @@ impl Reason {
         "not_on_bridge",
         "vm_not_running",
         "node_unreachable",
+        "cc_client_lost",
         "dependency_replaced",
         "vm_restarted",
         "not_in_file",
@@ -193,6 +199,9 @@ impl fmt::Display for Reason {
                 f,
                 "its node {node} did not answer ({})",
                 crate::diag::escape(error)
+            ),
+            Reason::CcClientLost => f.write_str(
+                "its cc client is gone: its steps ran, but minimega's `cc clients` no longer lists it",
             ),
             Reason::TapRecreated { nic } => write!(f, "its tap {nic} is recreated"),
             Reason::DiskRecreated { disk } => write!(f, "its disk {disk} is recreated"),
@@ -272,6 +281,7 @@ mod tests {
                 node: "mm2".into(),
                 error: "no such client mm2".into(),
             },
+            Reason::CcClientLost,
             Reason::VmReplaced,
             Reason::VmRestarted,
             Reason::NotInFile { step: false },

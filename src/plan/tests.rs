@@ -369,6 +369,7 @@ fn s13_orphan_present() {
             pid: Some(4242),
             alive: true,
             status: Some("running".into()),
+            cc: crate::observed::CcClient::NotAsked,
         },
     );
     let p = replan(SEED, &s, &o);
@@ -710,6 +711,52 @@ fn a_vm_on_an_unreachable_node_is_replaced_with_its_own_reason() {
     assert_eq!(p.change("vm.A").unwrap().action, Action::NoOp);
 }
 
+/// A running VM whose cc client the engine no longer lists, after its
+/// steps ran on this boot: replaced with its own reason, its steps run
+/// again. The same VM while it boots (no step run on this boot), a VM
+/// without steps, and a client refresh did not ask about are left alone.
+#[test]
+fn a_vm_whose_cc_client_is_gone_after_its_steps_ran_is_replaced() {
+    use crate::observed::CcClient;
+    let (s, mut o) = seeded(SEED);
+    for v in o.vms.values_mut() {
+        v.cc = CcClient::Connected;
+    }
+    assert!(!replan(SEED, &s, &o).has_changes(), "connected: converged");
+    o.vms.get_mut("vm.B").unwrap().cc = CcClient::Absent;
+    o.vms.get_mut("vm.monitor").unwrap().cc = CcClient::Absent;
+    let p = replan(SEED, &s, &o);
+    let vm = p.change("vm.B").unwrap();
+    assert_eq!(vm.action, Action::Replace);
+    assert_eq!(vm.reasons, [Reason::CcClientLost]);
+    assert_eq!(vm.reasons[0].code(), "cc_client_lost");
+    for step in ["vm.B.cc[0]", "vm.B.cc[1]"] {
+        let c = p.change(step).unwrap();
+        assert_eq!(c.action, Action::Replace, "{step}");
+        assert!(c.reasons.contains(&Reason::VmReplaced), "{step}: {c:?}");
+    }
+    // The monitor has no step: nothing needs its client.
+    assert_eq!(p.change("vm.monitor").unwrap().action, Action::NoOp);
+    assert_eq!(p.change("vm.A").unwrap().action, Action::NoOp);
+    // B rebooted since its steps ran (its record's generation moved on, its
+    // steps' did not): still booting, not lost.
+    let mut booting = s.clone();
+    let b = booting.resources.get_mut("vm.B").unwrap();
+    b.generation = Some(b.generation.unwrap_or(0) + 1);
+    let p = replan(SEED, &booting, &o);
+    assert!(
+        !p.change("vm.B")
+            .unwrap()
+            .reasons
+            .contains(&Reason::CcClientLost),
+        "{:?}",
+        p.change("vm.B")
+    );
+    // Not asked (megaplan's own engine): nothing.
+    o.vms.get_mut("vm.B").unwrap().cc = CcClient::NotAsked;
+    assert!(!replan(SEED, &s, &o).has_changes());
+}
+
 /// An engine that names its own taps and bridges (minimega): the plan
 /// holds none of those names, the mirror's ops name its nics, and a mirror
 /// its refresh reports by address is found although its taps are the
@@ -793,6 +840,7 @@ vm "monitor" { kernel "/img/k"; nic "mon"; mirrors "A" }
                     pid: Some(7),
                     alive: true,
                     status: Some("running".into()),
+                    cc: crate::observed::CcClient::NotAsked,
                 },
             )),
             _ => {}

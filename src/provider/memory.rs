@@ -683,6 +683,7 @@ impl Provider for MemoryProvider {
                     pid: Some(vm.pid),
                     alive: vm.alive,
                     status: vm.alive.then(|| "running".into()),
+                    cc: crate::observed::CcClient::NotAsked,
                 },
             );
         }
@@ -963,6 +964,7 @@ mod tests {
             Op::DeleteNetwork {
                 address: "network.LAN".into(),
                 bridge: Some("theirs".into()),
+                host_tap: None,
                 marker: identity::marker("x", "network.LAN"),
             },
         )

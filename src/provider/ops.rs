@@ -93,6 +93,9 @@ pub enum Op {
     DeleteNetwork {
         address: String,
         bridge: Option<String>,
+        /// The host's interface on the network as the record names it
+        /// (checked), for an engine that made one of its own.
+        host_tap: Option<String>,
         marker: String,
     },
     /// A VM nic's tap with our marker, enslaved to `bridge` (the names are
@@ -560,6 +563,7 @@ fn delete(c: &Change, cx: &Context<'_>) -> Result<Effects, OpError> {
             vec![Op::DeleteNetwork {
                 address,
                 bridge: r.bridge().map(String::from),
+                host_tap: r.host_tap.map(String::from),
                 marker,
             }]
         }
@@ -839,9 +843,31 @@ capture "lan" network="LAN"
             [Op::DeleteNetwork {
                 address: "network.LAN".into(),
                 bridge: Some("mpb1".into()),
+                host_tap: None,
                 marker: marker.clone(),
             }]
         );
+        // An engine's host interface travels as recorded, checked.
+        let minimega = deleting(
+            "network.LAN",
+            Kind::Network,
+            net.clone(),
+            json!({"host_address": "10.0.0.1/24", "host_tap": "mpb0123456789ab"}),
+        );
+        assert!(matches!(
+            &delete(&minimega).unwrap()[..],
+            [Op::DeleteNetwork { bridge: None, host_tap: Some(t), .. }] if t == "mpb0123456789ab"
+        ));
+        let hostile = deleting(
+            "network.LAN",
+            Kind::Network,
+            net.clone(),
+            json!({"host_tap": "../../etc"}),
+        );
+        assert!(matches!(
+            delete(&hostile),
+            Err(OpError::BadRecord { field, .. }) if field == "host_tap"
+        ));
         // An orphan link's record names the link; an engine that names its
         // own bridges records none (and says so: `None`, not "").
         let orphan = deleting("network.LAN", Kind::Network, None, json!({"name": "mpb2"}));

@@ -78,12 +78,16 @@ pub struct RecordedNetwork {
     bridge: Option<IfName>,
     #[serde(default)]
     name: Option<IfName>,
+    /// The interface an engine made for the host on this network, as it
+    /// recorded it (minimega's host tap, a computed attribute).
+    #[serde(default)]
+    pub host_tap: Option<IfName>,
 }
 
 impl RecordedNetwork {
     /// The bridge to delete: the recorded bridge, or an orphan's link name.
-    pub fn bridge(self) -> Option<IfName> {
-        self.bridge.or(self.name)
+    pub fn bridge(&self) -> Option<IfName> {
+        self.bridge.clone().or_else(|| self.name.clone())
     }
 }
 

@@ -1104,6 +1104,7 @@ mod tests {
                     pid: Some(4242),
                     alive: true,
                     status: Some("running".into()),
+                    cc: crate::observed::CcClient::NotAsked,
                 },
             );
             Ok(o)

@@ -146,6 +146,7 @@ mod tests {
                 pid: Some(1),
                 alive: true,
                 status: None,
+                cc: crate::observed::CcClient::NotAsked,
             },
         );
         // What minimega 3.0.1 answers when mm2 has left the mesh: the
