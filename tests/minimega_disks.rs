@@ -32,7 +32,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use megaplan::minimega::client::{Command as Mm, Name, VmState};
-use minimega::{Mesh, TRUNK, cc_sh, namespace_listed, vm_info, wait_for};
+use minimega::{Mesh, cc_sh, vm_info};
 use run::Run;
 
 const NS: &str = "mm-disks";
@@ -289,7 +289,7 @@ fn disks_and_boot_files_reach_the_vm_on_another_node_and_go_with_destroy() {
     for node in [mm1, mm2] {
         let mut c = node.client();
         assert!(
-            !namespace_listed(&mut c, NS),
+            !minimega::namespace_listed(&mut c, NS),
             "namespace {NS} still on {} with only a keep disk left",
             node.name
         );
@@ -299,31 +299,13 @@ fn disks_and_boot_files_reach_the_vm_on_another_node_and_go_with_destroy() {
     // nodes, and nothing is left.
     let out = run.ok(&["destroy", "--all", "--auto-approve"]);
     assert!(out.contains("disk.kept"), "{out}");
+    minimega::assert_nothing_left(&mesh, NS);
     for (node, files) in [(mm1, &files1), (mm2, &files2)] {
-        assert!(
-            !ours(files).exists(),
-            "left in {}'s file path: {:?}",
-            node.name,
-            files_under(files)
-        );
         // (minimega keeps its own cc responses there too.)
         assert_eq!(
             files_under(&files.join("megaplan")),
             Vec::<String>::new(),
             "megaplan's folder in {}'s file path",
-            node.name
-        );
-        assert!(
-            wait_for(Duration::from_secs(30), || node.qemus().is_empty()),
-            "QEMU left on {}: {:?}",
-            node.name,
-            node.processes()
-        );
-        assert_eq!(node.bridge_ports(), [TRUNK], "{}'s bridge", node.name);
-        let mut c = node.client();
-        assert!(
-            !namespace_listed(&mut c, NS),
-            "namespace {NS} still on {}",
             node.name
         );
     }

@@ -49,6 +49,7 @@ mod batch;
 mod clients;
 mod namespace;
 mod nodes;
+mod stop;
 
 /// How often a wait on minimega (a cc response, a VM leaving) looks again.
 const POLL: Duration = Duration::from_millis(200);
@@ -569,95 +570,6 @@ impl MinimegaHost {
         Ok(cfg)
     }
 
-    /// Delete megaplan's cc commands for the VM with `uuid`: minimega
-    /// sends every command a client has not run to a new client of that
-    /// UUID, so a replaced VM would run its old steps again.
-    fn forget_commands(&self, uuid: &str) -> Result<(), MinimegaError> {
-        let want = format!("uuid={uuid}");
-        let mut prefixes = BTreeSet::new();
-        for r in self.run(Command::new("cc").word("commands"))? {
-            for row in r.rows() {
-                let get = |k: &str| row.iter().find(|(c, _)| *c == k).map(|(_, v)| *v);
-                if let (Some(p), Some(f)) = (get("prefix"), get("filter"))
-                    && p.starts_with("mp")
-                    && f.split_whitespace().any(|w| w == want)
-                {
-                    prefixes.insert(p.to_string());
-                }
-            }
-        }
-        for p in prefixes {
-            self.run(Command::new("cc").word("delete").word("command").arg(&p)?)?;
-        }
-        Ok(())
-    }
-
-    /// Kill and forget a VM of ours (nothing if minimega has no such VM).
-    fn stop_sync(&self, vm: &str) -> Result<(), MinimegaError> {
-        if !self.namespace_exists()? {
-            return Ok(());
-        }
-        if let Ok(spec) = self.vm_spec(vm) {
-            self.forget_commands(&spec.uuid.to_string())?;
-        }
-        let (vms, silent) = self.vm_info_nodes()?;
-        let Some(info) = vms.into_iter().find(|v| v.name == vm) else {
-            // Not seen: gone, unless a node that did not answer has it.
-            let placed = self.vm_spec(vm).ok().and_then(|s| s.host.as_deref());
-            if let Some(why) = silent.doubt(placed) {
-                return Err(MinimegaError::NodeSilent {
-                    vm: vm.to_string(),
-                    errors: why,
-                });
-            }
-            return Ok(());
-        };
-        if self.ours(&info).is_some() {
-            self.forget_commands(&info.uuid)?;
-        }
-        if self.ours(&info).is_none() {
-            return Err(MinimegaError::NotOurs {
-                name: vm.to_string(),
-                ns: self.ns.to_string(),
-                address: format!("vm.{vm}"),
-            });
-        }
-        let name = Name::new(vm)?;
-        // Its mirrors go first, or minimega leaves the monitor's tap behind.
-        for (i, _) in info.networks.iter().enumerate() {
-            let _ = self.run(
-                Command::new("clear")
-                    .word("tap")
-                    .word("mirror")
-                    .name(&name)
-                    .num(i as u64),
-            );
-        }
-        if !matches!(info.state, VmState::Quit | VmState::Error) {
-            // Its node's answer counts (another node may be unreachable).
-            self.run_on_one(Command::new("vm").word("kill").name(&name))?;
-        }
-        let end = Instant::now() + GONE_WAIT;
-        loop {
-            let now = self.vm_info()?.into_iter().find(|v| v.name == vm);
-            match now {
-                None => return Ok(()),
-                Some(v) if matches!(v.state, VmState::Quit | VmState::Error) => {
-                    self.run_on_one(Command::new("vm").word("flush").name(&name))?;
-                }
-                Some(_) => {}
-            }
-            if Instant::now() >= end {
-                return Err(MinimegaError::StillThere {
-                    vm: vm.to_string(),
-                    ns: self.ns.to_string(),
-                    after: GONE_WAIT,
-                });
-            }
-            std::thread::sleep(POLL);
-        }
-    }
-
     /// The experiment's name as a name in minimega's files folder.
     pub(super) fn experiment_name(&self) -> Result<Name, MinimegaError> {
         Ok(Name::new(&self.experiment)?)
@@ -995,14 +907,8 @@ impl Provider for MinimegaHost {
                 super::disks::remove(&mut c, &self.experiment, file)
                     .map_err(MinimegaError::from)?;
             }
-            Op::StopVm { name, .. } => match self.stop_sync(name) {
-                Err(MinimegaError::NotOurs { name, ns, .. }) => {
-                    return Err(PError::NotOurs {
-                        what: format!("VM {name} in minimega's namespace {ns}"),
-                    });
-                }
-                r => r?,
-            },
+            // A batch of one (VM deletes come in batches: `execute_batch`).
+            Op::StopVm { name, .. } => return stop::stop_outcome(self.stop_one(name).await),
             // A batch of one (VM creates come in batches: `execute_batch`).
             Op::LaunchVm {
                 experiment,
@@ -1078,12 +984,19 @@ impl Provider for MinimegaHost {
         Vec::new()
     }
 
-    /// VM creates ready together are one batch (see [`batch`]); network
-    /// and tap creates too (they are carried out one by one, but recorded
-    /// together: every op here runs on the one connection in turn anyway).
+    /// VM creates ready together are one batch (see [`batch`]), and so are
+    /// VM deletes ([`stop`]); network, tap, mirror and capture changes too
+    /// (they are carried out one by one, but recorded together: every op
+    /// here runs on the one connection in turn anyway).
     fn batches(&self, kind: Kind, phase: crate::provider::ops::Phase) -> bool {
-        phase == crate::provider::ops::Phase::Create
-            && matches!(kind, Kind::Vm | Kind::Network | Kind::Tap | Kind::Capture)
+        use crate::provider::ops::Phase;
+        match phase {
+            Phase::Create => matches!(kind, Kind::Vm | Kind::Network | Kind::Tap | Kind::Capture),
+            Phase::Delete => matches!(
+                kind,
+                Kind::Vm | Kind::Network | Kind::Tap | Kind::Mirror | Kind::Capture
+            ),
+        }
     }
 
     async fn execute_batch(

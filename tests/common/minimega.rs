@@ -826,3 +826,68 @@ impl Node {
         assert!(bare, "ports left on {}'s bridge: {ports:?}", self.name);
     }
 }
+
+/// After `megaplan destroy` of `experiment` (its namespace has the same
+/// name): nothing of it is left on any node of `mesh` (issue 14, "Destroy
+/// leaves nothing on any node"). On every node: the namespace is gone
+/// (`namespace`), no VM with the experiment's marker in any namespace
+/// still listed (`vm info`), no QEMU and no port on `mega_bridge` but the
+/// trunk ([`Node::assert_bare`]: minimega's taps, a host tap), no mirror
+/// (`ovs-vsctl list mirror`), and no `megaplan/EXPERIMENT` folder in the
+/// node's file path (its disks and boot files; an experiment with `keep`
+/// disks asserts those itself).
+pub fn assert_nothing_left(mesh: &Mesh, experiment: &str) {
+    use megaplan::minimega::MARKER_TAG;
+    let marker = format!("{experiment}:");
+    for node in &mesh.nodes {
+        let mut c = node.client();
+        // Each listed namespace exists: asking in it makes nothing.
+        let listed: Vec<String> = c
+            .run_ok(&Mm::new("namespace"))
+            .unwrap()
+            .iter()
+            .flat_map(|r| r.rows())
+            .filter_map(|row| {
+                row.iter()
+                    .find(|(k, _)| *k == "namespace")
+                    .map(|(_, v)| v.to_string())
+            })
+            .collect();
+        assert!(
+            !listed.iter().any(|n| n == experiment),
+            "namespace {experiment} is still on {}: {listed:?}",
+            node.name
+        );
+        for ns in &listed {
+            let ns = Name::new(ns).unwrap();
+            let ours: Vec<String> = vm_info(&mut c, &ns)
+                .into_iter()
+                .filter(|v| {
+                    v.tags
+                        .get(MARKER_TAG)
+                        .is_some_and(|m| m.starts_with(&marker))
+                })
+                .map(|v| v.name)
+                .collect();
+            assert!(
+                ours.is_empty(),
+                "VMs of {experiment} still in namespace {ns} on {}: {ours:?}",
+                node.name
+            );
+        }
+        node.assert_bare();
+        let mirrors = node.exec(&["ovs-vsctl", "--timeout=30", "list", "mirror"]);
+        assert!(
+            mirrors.trim().is_empty(),
+            "mirrors left on {}: {mirrors}",
+            node.name
+        );
+        let folder = node.dir.join("files/megaplan").join(experiment);
+        assert!(
+            !folder.exists(),
+            "{} is left on {}",
+            folder.display(),
+            node.name
+        );
+    }
+}

@@ -29,6 +29,7 @@
 
 use std::sync::Arc;
 
+use super::stop;
 use super::*;
 use crate::provider::execute_in_order;
 
@@ -56,6 +57,8 @@ impl MinimegaHost {
         // A capture waits for its VM, which may be in this very batch: the
         // batch's captures start after its launches.
         let mut captures: Vec<usize> = Vec::new();
+        // VM deletes: one `vm kill` and one `vm flush` for all (super::stop).
+        let mut stops: Vec<(usize, &str)> = Vec::new();
         for (i, ops) in tasks.iter().enumerate() {
             if matches!(ops.first(), Some(Op::StartCapture { .. })) {
                 captures.push(i);
@@ -82,7 +85,14 @@ impl MinimegaHost {
                         disks,
                     },
                 )),
+                [Op::StopVm { name, .. }] => stops.push((i, name)),
                 _ => out[i] = execute_in_order(self, sd, ops).await,
+            }
+        }
+        if !stops.is_empty() {
+            let names: Vec<&str> = stops.iter().map(|(_, n)| *n).collect();
+            for ((i, _), r) in stops.iter().zip(self.stop_many(&names).await) {
+                out[*i].push(stop::stop_outcome(r));
             }
         }
         if !creates.is_empty() {
@@ -109,21 +119,23 @@ impl MinimegaHost {
                 return;
             }
         };
+        // The ones minimega has already are stopped together (rare).
+        let old: Vec<&str> = names
+            .iter()
+            .copied()
+            .filter(|n| present.iter().any(|v| v.name == *n))
+            .collect();
+        let mut stopped: BTreeMap<&str, Result<(), MinimegaError>> = BTreeMap::new();
+        if !old.is_empty() {
+            stopped.extend(old.iter().copied().zip(self.stop_many(&old).await));
+        }
         let mut go: Vec<(usize, Launch<'_>)> = Vec::new();
         for (i, l) in creates {
-            let stopped = match present.iter().find(|v| v.name == l.vm.name) {
-                None => Ok(()),
-                Some(_) => self.stop_sync(&l.vm.name),
-            };
-            match stopped {
-                Ok(()) => {
-                    out[i].push(Ok(OpOutcome::done()));
-                    go.push((i, l));
-                }
-                Err(MinimegaError::NotOurs { name, ns, .. }) => out[i].push(Err(PError::NotOurs {
-                    what: format!("VM {name} in minimega's namespace {ns}"),
-                })),
-                Err(e) => out[i].push(Err(e.into())),
+            let r = stopped.remove(l.vm.name.as_str()).unwrap_or(Ok(()));
+            let ok = r.is_ok();
+            out[i].push(stop::stop_outcome(r));
+            if ok {
+                go.push((i, l));
             }
         }
         // A mirror partner outside this batch must be in minimega first.
@@ -154,25 +166,8 @@ impl MinimegaHost {
         if !self.namespace_exists()? {
             return Ok(Vec::new());
         }
-        let uuids: BTreeSet<String> = creates
-            .iter()
-            .map(|(_, l)| format!("uuid={}", l.vm.uuid))
-            .collect();
-        let mut prefixes = BTreeSet::new();
-        for r in self.run(Command::new("cc").word("commands"))? {
-            for row in r.rows() {
-                let get = |k: &str| row.iter().find(|(c, _)| *c == k).map(|(_, v)| *v);
-                if let (Some(p), Some(f)) = (get("prefix"), get("filter"))
-                    && p.starts_with("mp")
-                    && f.split_whitespace().any(|w| uuids.contains(w))
-                {
-                    prefixes.insert(p.to_string());
-                }
-            }
-        }
-        for p in prefixes {
-            self.run(Command::new("cc").word("delete").word("command").arg(&p)?)?;
-        }
+        let uuids: BTreeSet<String> = creates.iter().map(|(_, l)| l.vm.uuid.to_string()).collect();
+        self.forget_uuids(&uuids)?;
         let mine: BTreeSet<&str> = creates.iter().map(|(_, l)| l.vm.name.as_str()).collect();
         Ok(self
             .vm_info()?
