@@ -19,7 +19,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use super::cc::{self, CcError, FOLDER};
-use super::client::{Command, Name};
+use super::client::{Command, Name, column};
 use super::provider::{MinimegaError, MinimegaHost};
 use crate::lab::{CaptureSpec, Lab};
 use crate::safefs::Open;
@@ -167,13 +167,8 @@ pub(super) fn stop_named(h: &MinimegaHost, name: &str) -> Result<(), MinimegaErr
     let mut rows = Vec::new();
     for r in h.run(Command::new("capture"))? {
         for row in r.rows() {
-            let get = |k: &str| {
-                row.iter()
-                    .find(|(c, _)| *c == k)
-                    .map(|(_, v)| v.to_string())
-            };
-            if get("path").is_some_and(|p| p.ends_with(&want)) {
-                rows.push(get("interface").unwrap_or_default());
+            if column(&row, "path").is_some_and(|p| p.ends_with(&want)) {
+                rows.push(column(&row, "interface").unwrap_or_default().to_string());
             }
         }
     }
@@ -211,8 +206,8 @@ pub(super) fn observe(h: &MinimegaHost, lab: &Lab) -> Result<BTreeMap<String, u3
     let mut paths = BTreeSet::new();
     for r in h.run(Command::new("capture"))? {
         for row in r.rows() {
-            if let Some((_, p)) = row.iter().find(|(c, _)| *c == "path") {
-                paths.insert((*p).to_string());
+            if let Some(p) = column(&row, "path") {
+                paths.insert(p.to_string());
             }
         }
     }

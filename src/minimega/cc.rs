@@ -33,7 +33,7 @@ use sha2::{Digest, Sha256};
 use super::MINICCC_FILES;
 use std::sync::Mutex;
 
-use super::client::{Client, Command, HostResponse, Name};
+use super::client::{Client, Command, HostResponse, Name, column};
 use super::provider::{MinimegaError, MinimegaHost};
 use crate::host::StepOutcome;
 use crate::lab::{CcActionSpec, VmSpec};
@@ -317,9 +317,8 @@ async fn answered(
             };
             let id = id.to_string();
             for row in r.rows() {
-                let get = |k: &str| row.iter().find(|(c, _)| *c == k).map(|(_, v)| *v);
-                if get("id") == Some(id.as_str())
-                    && get("responses").and_then(|n| n.parse::<u64>().ok()) >= Some(1)
+                if column(&row, "id") == Some(id.as_str())
+                    && column(&row, "responses").and_then(|n| n.parse::<u64>().ok()) >= Some(1)
                 {
                     return Ok((r.host.clone(), id.parse().expect("digits")));
                 }

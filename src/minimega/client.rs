@@ -143,6 +143,11 @@ pub struct HostResponse {
     pub data: serde_json::Value,
 }
 
+/// The value of column `name` in a row of [`HostResponse::rows`].
+pub fn column<'a>(row: &[(&'a str, &'a str)], name: &str) -> Option<&'a str> {
+    row.iter().find(|(c, _)| *c == name).map(|(_, v)| *v)
+}
+
 impl HostResponse {
     /// The rows of a tabular answer as (column -> value) pairs.
     pub fn rows(&self) -> Vec<Vec<(&str, &str)>> {

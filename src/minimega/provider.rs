@@ -36,7 +36,9 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use super::MARKER_TAG;
-use super::client::{Client, ClientError, Command, HostResponse, Name, VmInfo, VmState, vm_infos};
+use super::client::{
+    Client, ClientError, Command, HostResponse, Name, VmInfo, VmState, column, vm_infos,
+};
 use crate::host::StepOutcome;
 use crate::lab::{Accel, CcActionSpec, CommandSpec, DiskSpec, Lab, VmSpec};
 use crate::observed::{Observed, ObservedLink, ObservedMirror, ObservedVm};
@@ -264,8 +266,7 @@ impl MinimegaHost {
         let mut aliases: BTreeMap<String, i64> = BTreeMap::new();
         for r in self.run_ok(Command::new("vlans"))? {
             for row in r.rows() {
-                let get = |k: &str| row.iter().find(|(c, _)| *c == k).map(|(_, v)| *v);
-                if let (Some(a), Some(v)) = (get("alias"), get("vlan")) {
+                if let (Some(a), Some(v)) = (column(&row, "alias"), column(&row, "vlan")) {
                     aliases.insert(a.to_string(), v.parse().unwrap_or(-1));
                 }
             }
@@ -648,7 +649,7 @@ impl MinimegaHost {
         for r in self.run_ok(Command::new("cc").word("commands"))? {
             for row in r.rows() {
                 if row.contains(&("prefix", prefix.as_str()))
-                    && let Some((_, id)) = row.iter().find(|(c, _)| *c == "id")
+                    && let Some(id) = column(&row, "id")
                     && let Ok(id) = id.parse()
                 {
                     ids.insert(r.host.clone(), id);

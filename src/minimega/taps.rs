@@ -14,7 +14,7 @@
 
 use std::collections::BTreeSet;
 
-use super::client::{Command, Name};
+use super::client::{Command, Name, column};
 use super::provider::{MinimegaError, MinimegaHost};
 use crate::state::Attrs;
 
@@ -52,8 +52,8 @@ pub(super) fn host_taps(h: &MinimegaHost) -> Result<BTreeSet<String>, MinimegaEr
     let mut out = BTreeSet::new();
     for r in h.run_ok(Command::new("tap"))? {
         for row in r.rows() {
-            if let Some((_, t)) = row.iter().find(|(c, _)| *c == "tap") {
-                out.insert((*t).to_string());
+            if let Some(t) = column(&row, "tap") {
+                out.insert(t.to_string());
             }
         }
     }

@@ -21,7 +21,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use super::MinimegaHost;
-use crate::minimega::client::{Command, HostResponse};
+use crate::minimega::client::{Command, HostResponse, column};
 use crate::minimega::provider::MinimegaError;
 use crate::observed::CcClient;
 use crate::state::{Kind, State, Status};
@@ -52,7 +52,7 @@ impl Clients {
         for r in resps.iter().filter(|r| r.error.is_empty()) {
             let set = by_host.entry(r.host.clone()).or_default();
             for row in r.rows() {
-                if let Some((_, u)) = row.iter().find(|(c, _)| *c == "uuid") {
+                if let Some(u) = column(&row, "uuid") {
                     set.insert(u.to_ascii_lowercase());
                 }
             }

@@ -7,7 +7,7 @@ use std::fmt;
 
 use super::MinimegaError;
 use super::MinimegaHost;
-use crate::minimega::client::{Command, HostResponse};
+use crate::minimega::client::{Command, HostResponse, column};
 
 /// One thing in the namespace that stops megaplan clearing it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -49,10 +49,6 @@ pub fn is_run_prefix(prefix: &str) -> bool {
     prefix
         .strip_prefix("mp")
         .is_some_and(|h| h.len() == 16 && h.bytes().all(|b| b.is_ascii_hexdigit()))
-}
-
-fn column<'a>(row: &[(&'a str, &'a str)], name: &str) -> Option<&'a str> {
-    row.iter().find(|(c, _)| *c == name).map(|(_, v)| *v)
 }
 
 /// The host taps of `tap` answers that are not `ours(name)`.

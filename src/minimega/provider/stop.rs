@@ -279,9 +279,8 @@ impl MinimegaHost {
         let mut prefixes = BTreeSet::new();
         for r in self.run(Command::new("cc").word("commands"))? {
             for row in r.rows() {
-                let get = |k: &str| row.iter().find(|(c, _)| *c == k).map(|(_, v)| *v);
-                if let (Some(p), Some(f)) = (get("prefix"), get("filter"))
-                    && p.starts_with("mp")
+                if let (Some(p), Some(f)) = (column(&row, "prefix"), column(&row, "filter"))
+                    && super::namespace::is_run_prefix(p)
                     && f.split_whitespace().any(|w| wanted.contains(w))
                 {
                     prefixes.insert(p.to_string());
