@@ -82,19 +82,10 @@ impl Rig {
         plan: &Plan,
         parallelism: usize,
     ) -> (Report, Vec<String>) {
-        let lab = text.map(|t| self.lab(t));
-        let mut state = self.state();
         let lines = std::sync::Mutex::new(Vec::new());
-        let progress = |l: &str| lines.lock().unwrap().push(l.to_string());
-        let ex = Executor {
-            provider: &self.host,
-            lab: lab.as_ref(),
-            sd: &self.sd,
-            experiment: "fx".into(),
-            parallelism,
-            progress: &progress,
-        };
-        let report = ex.run(plan, &mut state).await;
+        let report = self
+            .run_driven(text, plan, parallelism, &lines, async {})
+            .await;
         (report, lines.into_inner().unwrap())
     }
 
