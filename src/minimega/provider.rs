@@ -855,11 +855,16 @@ impl Provider for MinimegaHost {
         preflight_files(needs)
     }
 
-    /// minimega's own rule: its nodes run the VMs, so nothing is probed
-    /// here; `auto` is minimega's default (`vm launch kvm`, as `export
-    /// minimega` writes it), `tcg` adds `vm config qemu`/`cpu qemu64`.
+    /// `auto` is what the head node can run: the head is this machine (its
+    /// command socket is a unix socket here), so it is probed as the local
+    /// engine probes (SPEC: KVM when /dev/kvm works for ordinary guests,
+    /// else TCG); the other nodes are taken to be alike, as minimega's own
+    /// `vm launch kvm` takes them. `kvm` is minimega's KVM, not probed: its
+    /// nodes run the VMs.
     fn resolve_accel(&self, asked: crate::lab::Accel) -> Result<crate::provider::Accel, PError> {
-        Ok(accel_for(asked))
+        Ok(accel_for(asked, || {
+            crate::drivers::qemu::resolve_accel(crate::drivers::qemu::AccelChoice::Auto)
+        }))
     }
 
     async fn refresh(&self, _e: &str, state: &State, _sd: &StateDir) -> Result<Observed, PError> {
@@ -1090,11 +1095,15 @@ fn preflight_files(needs: &Requirements) -> Result<(), PError> {
 }
 
 /// The accelerator minimega's nodes get for the one asked: `tcg` is TCG,
-/// `auto` and `kvm` minimega's own KVM (its nodes, not this machine, have it).
-pub fn accel_for(asked: crate::lab::Accel) -> crate::provider::Accel {
+/// `kvm` minimega's own KVM, `auto` what `probe` (the head node's) says.
+pub fn accel_for(
+    asked: crate::lab::Accel,
+    probe: impl FnOnce() -> crate::provider::Accel,
+) -> crate::provider::Accel {
     match asked {
         crate::lab::Accel::Tcg => crate::provider::Accel::Tcg,
-        crate::lab::Accel::Auto | crate::lab::Accel::Kvm => crate::provider::Accel::Kvm,
+        crate::lab::Accel::Kvm => crate::provider::Accel::Kvm,
+        crate::lab::Accel::Auto => probe(),
     }
 }
 
